@@ -1,0 +1,79 @@
+"""steerlab: activation steering for Hugging Face causal language models.
+
+Example:
+    >>> import steerlab
+    >>> lm = steerlab.load_model("default")  # doctest: +SKIP
+    >>> pairs = steerlab.persona_pairs("happy", "sad", ["That game", "I can see"])
+    >>> vec = steerlab.extract(lm, pairs, method="mean_diff", layers=range(8, 20))  # doctest: +SKIP
+    >>> steerlab.generate(lm, ["That game"], steering=steerlab.Steering(vec, 4.0))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from .capture import capture, capture_tokens
+from .data import (
+    ChatText,
+    ContrastPair,
+    caa_pair,
+    caa_pairs,
+    load_caa,
+    load_openings,
+    load_pairs,
+    pairs_from_lists,
+    persona_pairs,
+)
+from .errors import (
+    DatasetError,
+    InvalidVectorError,
+    LayerRangeError,
+    ModelLoadError,
+    ModelMismatchError,
+    SteeringError,
+    SteeringSpecError,
+    UnsupportedArchitectureError,
+    VectorFileError,
+)
+from .extract import extract
+from .generate import generate
+from .methods import REGISTRY as METHODS
+from .model import LM, load_model, wrap_model
+from .steer import steer, steer_rows
+from .steering import Composite, Steering, compose
+from .vector import SteeringVector
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LM",
+    "METHODS",
+    "ChatText",
+    "Composite",
+    "ContrastPair",
+    "DatasetError",
+    "InvalidVectorError",
+    "LayerRangeError",
+    "ModelLoadError",
+    "ModelMismatchError",
+    "Steering",
+    "SteeringError",
+    "SteeringSpecError",
+    "SteeringVector",
+    "UnsupportedArchitectureError",
+    "VectorFileError",
+    "caa_pair",
+    "caa_pairs",
+    "capture",
+    "capture_tokens",
+    "compose",
+    "extract",
+    "generate",
+    "load_caa",
+    "load_model",
+    "load_openings",
+    "load_pairs",
+    "pairs_from_lists",
+    "persona_pairs",
+    "steer",
+    "steer_rows",
+    "wrap_model",
+]

@@ -1,0 +1,304 @@
+"""Contrast data: pairs of texts that differ in the behaviour to steer.
+
+A :class:`ContrastPair` holds a positive and a negative text (plain strings or
+:class:`ChatText` turns rendered with the model's chat template at capture time) and *where* to
+read the activation (:data:`Read`). Builders cover the papers' data:
+
+* :func:`pairs_from_lists` and :func:`load_pairs` (JSON / JSONL / CSV),
+* :func:`caa_pairs` / :func:`load_caa` for CAA A/B items (read at the answer letter),
+* :func:`persona_pairs` for RepE-style persona prompts over sentence openings.
+
+Example:
+    >>> pairs = persona_pairs("happy", "sad", ["That game", "I can see"])
+    >>> pairs[0].positive.user
+    "Act as if you're extremely happy."
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+from .errors import DatasetError
+
+Read = Union[str, int, tuple[int, int]]
+"""Where to read a text's activation.
+
+* ``"last"`` — the last real token (default),
+* ``"mean"`` — the mean over all real tokens,
+* ``"all"`` — every token (used by ActAdd),
+* ``"answer"`` — the answer letter of the last ``(X`` in the text (CAA),
+* an ``int`` — a token index (negative counts from the end),
+* ``(start, end)`` — mean over that token slice (negative indices count from the end).
+"""
+
+READ_KEYWORDS = ("last", "mean", "all", "answer")
+_ANSWER_RE = re.compile(r"\(([A-Z])\)?")
+
+
+@dataclass(frozen=True)
+class ChatText:
+    """One user turn plus the beginning of the assistant's reply.
+
+    Rendered with the model's chat template when it has one, else as ``"{user} {assistant}"``.
+    """
+
+    user: str
+    assistant: str = ""
+    system: str | None = None
+
+    def render(self, lm: Any) -> str:
+        """Model text for ``lm`` (an :class:`~steerlab.model.LM`)."""
+        if lm.has_chat_template:
+            return str(lm.chat(self.user, self.assistant, self.system))
+        head = f"{self.system} " if self.system else ""
+        return f"{head}{self.user} {self.assistant}".rstrip() if self.assistant else head + self.user
+
+
+Text = Union[str, ChatText]
+
+
+def render(text: Text, lm: Any) -> str:
+    """Plain text of a :data:`Text` for ``lm``."""
+    return text.render(lm) if isinstance(text, ChatText) else text
+
+
+def validate_read(read: Read) -> Read:
+    """Return ``read`` if it is a valid :data:`Read`, else raise :class:`DatasetError`."""
+    if isinstance(read, str) and read in READ_KEYWORDS:
+        return read
+    if isinstance(read, int) and not isinstance(read, bool):
+        return read
+    if (
+        isinstance(read, tuple)
+        and len(read) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in read)
+    ):
+        return read
+    raise DatasetError(
+        f"read={read!r} is not a read position: use 'last', 'mean', 'all', 'answer', a token "
+        "index or a (start, end) token slice"
+    )
+
+
+@dataclass(frozen=True)
+class ContrastPair:
+    """A positive and a negative example of a behaviour, and where to read them."""
+
+    positive: Text
+    negative: Text
+    read: Read = "last"
+
+    def __post_init__(self) -> None:
+        for side in (self.positive, self.negative):
+            if not isinstance(side, (str, ChatText)):
+                raise DatasetError(f"a ContrastPair side must be a str or ChatText, got {type(side).__name__}")
+        validate_read(self.read)
+
+
+def data_hash(pairs: Sequence[ContrastPair]) -> str:
+    """A short hash identifying the contrast data a vector was made from."""
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(json.dumps([repr(p.positive), repr(p.negative), repr(p.read)]).encode())
+    return h.hexdigest()[:16]
+
+
+def check_pairs(pairs: Sequence[ContrastPair]) -> list[ContrastPair]:
+    """Raise a clear :class:`DatasetError` if ``pairs`` is empty, one-sided or mistyped."""
+    pairs = list(pairs)
+    if not pairs:
+        raise DatasetError("no contrast pairs given: pass at least one ContrastPair")
+    for i, p in enumerate(pairs):
+        if not isinstance(p, ContrastPair):
+            raise DatasetError(f"item {i} is a {type(p).__name__}, not a ContrastPair")
+        if not str(render_plain(p.positive)).strip() or not str(render_plain(p.negative)).strip():
+            raise DatasetError(f"pair {i} has an empty positive or negative text: both sides are needed")
+    return pairs
+
+
+def render_plain(text: Text) -> str:
+    """Text of a side without any model (for validation and hashing)."""
+    return text if isinstance(text, str) else f"{text.user} {text.assistant}"
+
+
+def pairs_from_lists(positives: Sequence[Text], negatives: Sequence[Text], read: Read = "last") -> list[ContrastPair]:
+    """Zip two equally long lists into pairs.
+
+    Example:
+        >>> pairs_from_lists(["Love"], ["Hate"])[0].negative
+        'Hate'
+    """
+    if len(positives) != len(negatives):
+        raise DatasetError(
+            f"{len(positives)} positive but {len(negatives)} negative texts: the lists must pair up"
+        )
+    return check_pairs([ContrastPair(p, n, read) for p, n in zip(positives, negatives)])
+
+
+def _pair_from_record(rec: Any, where: str, read: Read) -> ContrastPair:
+    if not isinstance(rec, dict):
+        raise DatasetError(f"{where}: expected an object with 'positive' and 'negative' keys")
+    if "answer_matching_behavior" in rec:
+        return caa_pair(rec, where)
+    if "positive" in rec and "negative" in rec:
+        return ContrastPair(str(rec["positive"]), str(rec["negative"]), validate_read(rec.get("read", read)))
+    raise DatasetError(
+        f"{where}: needs 'positive' and 'negative' keys (or CAA 'question' / "
+        "'answer_matching_behavior' / 'answer_not_matching_behavior')"
+    )
+
+
+def load_pairs(path: str | Path, read: Read = "last") -> list[ContrastPair]:
+    """Load pairs from ``.json`` (a list), ``.jsonl`` (one object a line) or ``.csv``.
+
+    Records have ``positive`` and ``negative`` (optionally ``read``), or are CAA A/B items.
+    CSV files need ``positive`` and ``negative`` columns.
+
+    Raises:
+        DatasetError: missing file, unknown extension, malformed line (with its line number).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"pairs file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        pairs = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+            pairs.append(_pair_from_record(rec, f"{path}:{lineno}", read))
+        return check_pairs(pairs)
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+        if not isinstance(data, list):
+            raise DatasetError(f"{path}: expected a JSON list of pair objects")
+        return check_pairs([_pair_from_record(r, f"{path}[{i}]", read) for i, r in enumerate(data)])
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or not {"positive", "negative"} <= set(reader.fieldnames):
+                raise DatasetError(f"{path}: a CSV of pairs needs 'positive' and 'negative' columns")
+            return check_pairs(
+                [ContrastPair(r["positive"], r["negative"], read) for r in reader]
+            )
+    raise DatasetError(f"{path}: unknown pairs format {suffix!r}; use .json, .jsonl or .csv")
+
+
+def answer_letter(answer: str, where: str = "item") -> str:
+    """The letter of a CAA answer such as ``"(A)"`` or ``" (B)"``."""
+    m = _ANSWER_RE.search(answer)
+    if not m:
+        raise DatasetError(f"{where}: answer {answer!r} has no '(X)' letter")
+    return m.group(1)
+
+
+def choice_letters(question: str) -> list[str]:
+    """The choice letters offered in a CAA question (``(A)``, ``(B)``, ...)."""
+    return sorted(set(_ANSWER_RE.findall(question)))
+
+
+def caa_pair(rec: dict[str, Any], where: str = "item") -> ContrastPair:
+    """One CAA A/B item as a pair read at the answer letter.
+
+    The question is the user turn, the answer ``"(A)"`` starts the assistant turn.
+    """
+    try:
+        question = str(rec["question"])
+        match = answer_letter(str(rec["answer_matching_behavior"]), where)
+        other = answer_letter(str(rec["answer_not_matching_behavior"]), where)
+    except KeyError as exc:
+        raise DatasetError(f"{where}: CAA item lacks {exc.args[0]!r}") from exc
+    letters = choice_letters(question)
+    if match not in letters or other not in letters:
+        raise DatasetError(
+            f"{where}: the question offers choices {letters or 'none'}, not ({match}) and ({other})"
+        )
+    return ContrastPair(ChatText(question, f"({match})"), ChatText(question, f"({other})"), "answer")
+
+
+def caa_pairs(items: Iterable[dict[str, Any]]) -> list[ContrastPair]:
+    """CAA A/B items (dicts) as contrast pairs read at the answer letter."""
+    return check_pairs([caa_pair(rec, f"item {i}") for i, rec in enumerate(items)])
+
+
+def load_caa(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Read a CAA-format JSON file (a list of A/B items), optionally the first ``limit`` items."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"CAA file not found: {path}")
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    if not isinstance(items, list):
+        raise DatasetError(f"{path}: expected a JSON list of CAA items")
+    return items[:limit] if limit is not None else items
+
+
+PERSONA_TEMPLATE = "Act as if you're extremely {persona}."
+
+
+def persona_pairs(
+    positive: str,
+    negative: str,
+    openings: Sequence[str],
+    template: str = PERSONA_TEMPLATE,
+) -> list[ContrastPair]:
+    """RepE-style persona pairs: the same sentence opening under two persona instructions.
+
+    Each pair is ``ChatText(template.format(persona=...), opening)``, read at the last token; the
+    chat template is applied when the model has one.
+
+    Example:
+        >>> p = persona_pairs("happy", "sad", ["That game"])[0]
+        >>> (p.positive.assistant, p.negative.user)
+        ('That game', "Act as if you're extremely sad.")
+    """
+    if "{persona}" not in template:
+        raise DatasetError("the persona template must contain '{persona}'")
+    openings = [o for o in openings if o.strip()]
+    if not openings:
+        raise DatasetError("no non-empty sentence openings given for persona_pairs")
+    return check_pairs(
+        [
+            ContrastPair(
+                ChatText(template.format(persona=positive), o),
+                ChatText(template.format(persona=negative), o),
+            )
+            for o in openings
+        ]
+    )
+
+
+def load_openings(path: str | Path) -> list[str]:
+    """Sentence openings from a JSON list (e.g. RepE's ``all_truncated_outputs.json``) or a text file
+    with one opening a line; empty entries are dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"openings file not found: {path}")
+    raw = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        data = json.loads(raw)
+        if not isinstance(data, list):
+            raise DatasetError(f"{path}: expected a JSON list of strings")
+        items = [str(x) for x in data]
+    else:
+        items = raw.splitlines()
+    out = [x for x in items if x.strip()]
+    if not out:
+        raise DatasetError(f"{path}: holds no non-empty openings")
+    return out

