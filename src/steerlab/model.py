@@ -230,8 +230,6 @@ def load_model(
         ModelLoadError: the model or tokenizer cannot be found or loaded.
         UnsupportedArchitectureError: the blocks cannot be located.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     name = os.fspath(name_or_path)
     if name == "default":
         source = converted_gguf(default_gguf_path())
@@ -251,7 +249,7 @@ def load_model(
             )
         source = path if path.exists() else Path(name)
         model_id = path.resolve().name if path.exists() else name
-.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
