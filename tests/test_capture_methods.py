@@ -81,7 +81,9 @@ def test_methods_on_synthetic_data():
 
 
 def test_every_method_extracts_on_a_real_model(lm):
-    pairs = steerlab.pairs_from_lists(["I love it so much", "What a joy", "Great day"], ["I hate it so much", "What a pain", "Awful day"])
+    pairs = steerlab.pairs_from_lists(
+        ["I love it so much", "What a joy", "Great day"], ["I hate it so much", "What a pain", "Awful day"]
+    )
     for name in ("mean_diff", "pca_diff", "pca_center", "probe"):
         v = steerlab.extract(lm, pairs, method=name, layers=[2, 3])
         assert v.method == name and v.layers == [2, 3] and v.data_hash
@@ -171,3 +173,12 @@ def test_caa_vector_on_real_model(lm):
 @pytest.mark.parametrize("name", ["mean_diff", "pca_center"])
 def test_registry_has_docs(name):
     assert get_method(name).summary
+
+
+def test_output_hidden_states_see_the_steered_stream(lm, vec):
+    ids = lm.tokenizer("The cat", return_tensors="pt")
+    with torch.inference_mode():
+        plain = lm.model(**ids, output_hidden_states=True).hidden_states[3]
+        with steerlab.steer(lm, Steering(vec, 2.0, layers=[2])):
+            steered = lm.model(**ids, output_hidden_states=True).hidden_states[3]
+    torch.testing.assert_close(steered, plain + 2.0 * vec.directions[2], rtol=1e-4, atol=1e-4)

@@ -25,7 +25,7 @@ def test_vector_for_another_model(lm, vec):
 
 def test_layer_out_of_range(lm, vec):
     pairs = steerlab.pairs_from_lists(["a b"], ["c d"])
-    with pytest.raises(steerlab.LayerRangeError, match="0..4"):
+    with pytest.raises(steerlab.LayerRangeError, match=r"0\.\.4"):
         steerlab.extract(lm, pairs, layers=[7])
     with pytest.raises(steerlab.LayerRangeError, match="not in the vector"):
         Steering(vec, 1.0, layers=[4])
@@ -100,7 +100,7 @@ def test_bad_steering_options(lm, vec, actadd_vec):
 
 
 def test_model_load_errors(tmp_path):
-    with pytest.raises(steerlab.ModelLoadError, match="config.json"):
+    with pytest.raises(steerlab.ModelLoadError, match=r"config\.json"):
         steerlab.load_model(tmp_path)
     with pytest.raises(steerlab.ModelLoadError, match="not found"):
         steerlab.load_model(tmp_path / "x.gguf")
@@ -126,7 +126,8 @@ def test_bad_pairs_files(tmp_path):
     with pytest.raises(steerlab.DatasetError, match="columns"):
         steerlab.load_pairs(g)
     with pytest.raises(steerlab.DatasetError, match="unknown pairs format"):
-        steerlab.load_pairs(tmp_path / "p.jsonl".replace("jsonl", "txt")) if (tmp_path / "p.txt").write_text("x") else None
+        (tmp_path / "p.txt").write_text("x")
+        steerlab.load_pairs(tmp_path / "p.txt")
     with pytest.raises(steerlab.DatasetError, match="no '\\(X\\)' letter"):
         steerlab.caa_pairs([{"question": "Q?\n (A) x\n (B) y", "answer_matching_behavior": "A",
                              "answer_not_matching_behavior": "(B)"}])

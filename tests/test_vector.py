@@ -25,7 +25,7 @@ def test_arithmetic():
     torch.testing.assert_close(s.directions[2], a.directions[2] + b.directions[2])
     torch.testing.assert_close((a - a).directions[1], torch.zeros(8))
     torch.testing.assert_close((3 * a).directions[1], a.directions[1] * 3)
-    torch.testing.assert_close((a * 3).directions[1], (-(-a) * 3).directions[1])
+    torch.testing.assert_close((a * 3).directions[1], (-a * -3).directions[1])
     torch.testing.assert_close((a / 2).directions[1], a.directions[1] / 2)
     assert all(abs(n - 5.0) < 1e-5 for n in a.normalized(5.0).norms().values())
 

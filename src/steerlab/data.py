@@ -23,11 +23,11 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from .errors import DatasetError
 
-Read = Union[str, int, tuple[int, int]]
+Read = str | int | tuple[int, int]
 """Where to read a text's activation.
 
 * ``"last"`` — the last real token (default),
@@ -61,7 +61,7 @@ class ChatText:
         return f"{head}{self.user} {self.assistant}".rstrip() if self.assistant else head + self.user
 
 
-Text = Union[str, ChatText]
+Text = str | ChatText
 
 
 def render(text: Text, lm: Any) -> str:

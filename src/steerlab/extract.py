@@ -25,11 +25,8 @@ def _space_pad(lm: LM, pos: list[int], neg: list[int]) -> tuple[list[int], list[
     space = lm.tokenizer.encode(" ", add_special_tokens=False)
     if not space:
         raise DatasetError("the tokenizer has no space token to pad the shorter ActAdd prompt with")
-    while len(pos) < len(neg):
-        pos = pos + [space[-1]]
-    while len(neg) < len(pos):
-        neg = neg + [space[-1]]
-    return pos, neg
+    width = max(len(pos), len(neg))
+    return pos + space[-1:] * (width - len(pos)), neg + space[-1:] * (width - len(neg))
 
 
 def extract(

@@ -175,8 +175,8 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
     check_gguf_tokenizer(tokenizer, gguf_path)
     # A de-quantised GGUF model is an ordinary float model: drop the quantisation marker so that
     # save_pretrained writes a standard checkpoint.
-    model.hf_quantizer = None
-    model.is_quantized = False
+    setattr(model, "hf_quantizer", None)  # noqa: B010 - attributes typed as modules by torch
+    setattr(model, "is_quantized", False)  # noqa: B010
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -288,7 +288,7 @@ def _load(
             "file, or a hub id (hub ids need internet access)."
         ) from exc
     if device_map is None:
-        model = model.to(dev)
+        model.to(dev)
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

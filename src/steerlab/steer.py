@@ -162,31 +162,31 @@ class SteeringSession:
     def _build_terms(self, entries: list[tuple[Steering, torch.Tensor | None]]) -> None:
         # Merge plain one-direction additions that share positions into one row-stacked delta
         # per layer: a batch where every row has its own vector costs one addcmul per layer.
-        merged: dict[tuple[int, Positions], torch.Tensor] = {}
+        merged: dict[tuple[int, object], torch.Tensor] = {}
         for s, rows in entries:
             for layer in s.active_layers:
                 block = self.lm.blocks[layer]
                 param = next(block.parameters(), None)
                 device = param.device if param is not None else self.lm.device
                 v = s.vector.directions[layer].to(device=device, dtype=self.dtype)
-                if s.operator == "add" and s.positions != "actadd":
+                if s.operator == "add" and s.where != "actadd":
                     width = 1 if rows is None else len(rows)
-                    key = (layer, s.positions if rows is None else ("rows", s.positions))
+                    key: tuple[int, object] = (layer, s.where if rows is None else ("rows", s.where))
                     acc = merged.get(key)
                     if acc is None:
                         acc = torch.zeros(width, 1, v.shape[-1], device=device, dtype=self.dtype)
                         merged[key] = acc
-                        self.terms.setdefault(layer, []).append(_Term("add", s.positions, None, acc, 1.0))
+                        self.terms.setdefault(layer, []).append(_Term("add", s.where, None, acc, 1.0))
                     if rows is None:
                         acc += s.coefficient * v
                     else:
                         acc[rows.to(device)] += s.coefficient * v
                     continue
-                if s.positions == "actadd":
+                if s.where == "actadd":
                     term = _Term("add", "actadd", rows, s.coefficient * v, s.coefficient)
                 else:
                     norm = float(v.norm())
-                    term = _Term(s.operator, s.positions, rows, v / max(norm, 1e-12), s.coefficient, norm)
+                    term = _Term(s.operator, s.where, rows, v / max(norm, 1e-12), s.coefficient, norm)
                 self.terms.setdefault(layer, []).append(term)
 
     # ------------------------------------------------------------------ hooks
@@ -256,7 +256,10 @@ class SteeringSession:
         if self.terms:
             self.handles.append(self.lm.model.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
             for layer in self.terms:
-                self.handles.append(self.lm.blocks[layer].register_forward_hook(self._make_hook(layer)))
+                # prepend: steering runs before any other hook on the block (e.g. transformers'
+                # output_hidden_states recorder), so every observer sees the steered stream.
+                hook = self._make_hook(layer)
+                self.handles.append(self.lm.blocks[layer].register_forward_hook(hook, prepend=True))
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -28,12 +28,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Union
 
 from .errors import LayerRangeError, SteeringSpecError
 from .vector import SteeringVector
 
-Positions = Union[str, tuple[int, Union[int, None]]]
+Positions = str | tuple[int, int | None]
 POSITION_KEYWORDS = ("all", "prompt", "generated", "actadd")
 OPERATORS = ("add", "ablate", "clamp", "add_norm_preserving")
 
@@ -110,6 +109,12 @@ class Steering:
         object.__setattr__(self, "_layers", layers)
 
     @property
+    def where(self) -> Positions:
+        """The validated positions (``positions`` with its default filled in)."""
+        assert self.positions is not None
+        return self.positions
+
+    @property
     def active_layers(self) -> tuple[int, ...]:
         """The layers this steering acts on."""
         return self._layers
@@ -148,4 +153,4 @@ def compose(*items: Steering | Composite | None) -> Composite:
     return Composite(tuple(out))
 
 
-SteeringLike = Union[Steering, Composite]
+SteeringLike = Steering | Composite

@@ -62,4 +62,4 @@ def scale_to_pairs(direction: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
 
 from . import actadd, mean_diff, pca, probe  # noqa: E402,F401  (registration side effects)
 
-__all__ = ["Method", "REGISTRY", "get_method", "register", "scale_to_pairs"]
+__all__ = ["REGISTRY", "Method", "get_method", "register", "scale_to_pairs"]
