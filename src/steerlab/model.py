@@ -288,7 +288,7 @@ def _load(
             "file, or a hub id (hub ids need internet access)."
         ) from exc
     if device_map is None:
-        model.to(dev)
+        model.to(dev)  # type: ignore[arg-type]
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
