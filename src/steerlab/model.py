@@ -62,7 +62,7 @@ class LM:
     @property
     def d_model(self) -> int:
         """Width of the residual stream."""
-        return int(self.model.config.hidden_size)
+        return int(self.model.config.get_text_config().hidden_size)
 
     @property
     def model_type(self) -> str:
