@@ -1,0 +1,139 @@
+"""``steerlab demo`` and ``steerlab generate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from . import app
+from .common import FLAGS, console, emit, parse_int_list, parse_positions, run, say, status
+
+
+@app.command()
+def demo(
+    model: str = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id."),
+    positive: str = typer.Option("happy", help="Persona of the positive side."),
+    negative: str = typer.Option("sad", help="Persona of the negative side."),
+    layers: str = typer.Option("8-19", help="Layers to read and steer, e.g. 8-19 or 8,10,12."),
+    coef: float = typer.Option(1.0, help="Steering coefficient (shown as +coef and -coef)."),
+    max_new_tokens: int = typer.Option(24, help="Tokens to generate per prompt."),
+) -> None:
+    """Build a 'happy − sad' vector on the default model and show baseline vs steered text.
+
+    Example: steerlab demo --coef 1.5
+    """
+    import steerlab
+    from steerlab.demo_data import DEMO_PROMPTS, OPENINGS
+
+    layer_list = parse_int_list(layers)
+
+    def body() -> None:
+        with status(f"loading {model} (a first run converts the GGUF, ~30 s)"):
+            lm = steerlab.load_model(model)
+        pairs = steerlab.persona_pairs(positive, negative, list(OPENINGS))
+        with status(f"extracting '{positive} − {negative}' from {len(pairs)} persona pairs"):
+            vec = steerlab.extract(lm, pairs, method="mean_diff", layers=layer_list, progress=False)
+        prompts = list(DEMO_PROMPTS)
+        rows = [None, steerlab.Steering(vec, coef), steerlab.Steering(vec, -coef)]
+        with status("generating baseline and steered continuations in one batch"):
+            flat = steerlab.generate(
+                lm,
+                [p for p in prompts for _ in rows],
+                steering=[r for _ in prompts for r in rows],
+                max_new_tokens=max_new_tokens,
+            )
+        results = [
+            {"prompt": p, "baseline": flat[3 * i], "positive": flat[3 * i + 1], "negative": flat[3 * i + 2]}
+            for i, p in enumerate(prompts)
+        ]
+
+        def human() -> None:
+            table = Table(title=f"{lm.model_id}: '{positive} − {negative}' vector (mean_diff, layers {layers})",
+                          show_lines=True)
+            table.add_column("prompt", style="bold")
+            table.add_column("baseline")
+            table.add_column(f"+{coef:g} ({positive})", style="green")
+            table.add_column(f"−{coef:g} ({negative})", style="red")
+            for r in results:
+                table.add_row(r["prompt"], r["baseline"].strip(), r["positive"].strip(), r["negative"].strip())
+            console.print(table)
+
+        emit(results, human)
+
+    run(body)
+
+
+@app.command()
+def generate(
+    prompts: list[str] = typer.Argument(..., help="One or more prompts."),
+    model: str = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id."),
+    vector: list[Path] = typer.Option([], "--vector", "-v", help="Vector folder or .gguf (repeat to compose)."),
+    coef: list[float] = typer.Option([], "--coef", "-c", help="Coefficient for each --vector, in order."),
+    positions: list[str] = typer.Option(
+        [], "--positions", help="all|prompt|generated|actadd|START:END, one for all vectors or one each."
+    ),
+    layers: str | None = typer.Option(None, help="Steer only these layers of each vector, e.g. 10-14."),
+    compare: bool = typer.Option(False, "--compare", help="Also show the unsteered continuation."),
+    chat: bool = typer.Option(False, "--chat", help="Apply the chat template to each prompt."),
+    max_new_tokens: int = typer.Option(48, help="Tokens to generate."),
+    stream: bool = typer.Option(True, help="Stream tokens for a single prompt."),
+) -> None:
+    """Generate text, optionally steered by one or more vectors.
+
+    Example: steerlab generate --vector vectors/happy --coef 1.0 --compare "That game"
+    """
+    import steerlab
+
+    from .vectors import load_vector
+
+    if coef and len(coef) != len(vector):
+        raise typer.BadParameter(f"{len(vector)} --vector but {len(coef)} --coef: give one --coef per --vector")
+    if len(positions) not in (0, 1, len(vector)):
+        raise typer.BadParameter("give one --positions for all vectors or one per --vector")
+    layer_list = parse_int_list(layers) if layers else None
+
+    def body() -> None:
+        with status(f"loading {model}"):
+            lm = steerlab.load_model(model)
+        steerings = []
+        for i, path in enumerate(vector):
+            vec = load_vector(path, lm)
+            vec.check_model(lm)  # type: ignore[attr-defined]
+            pos = parse_positions(positions[i] if len(positions) > 1 else positions[0]) if positions else None
+            steerings.append(
+                steerlab.Steering(vec, coef[i] if coef else 1.0, layers=layer_list, positions=pos)  # type: ignore[arg-type]
+            )
+        steering = steerlab.compose(*steerings) if steerings else None
+        texts = [lm.chat(p) if chat else p for p in prompts]
+        streaming = stream and len(prompts) == 1 and not FLAGS.json and not FLAGS.quiet
+        results = []
+        for label, s in ([("baseline", None)] if compare and steering is not None else []) + [("output", steering)]:
+            if streaming:
+                from transformers import TextStreamer
+
+                say(f"[bold]{label}[/bold]")
+                console.print(prompts[0], end="")
+                out = steerlab.generate(lm, texts, steering=s, max_new_tokens=max_new_tokens,
+                                        streamer=TextStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True))
+            else:
+                with status(f"generating ({label})"):
+                    out = steerlab.generate(lm, texts, steering=s, max_new_tokens=max_new_tokens)
+            results.append((label, out))
+        data = [{"prompt": p, **{label: out[i] for label, out in results}} for i, p in enumerate(prompts)]
+
+        def human() -> None:
+            if streaming:
+                return
+            table = Table(show_lines=True)
+            table.add_column("prompt", style="bold")
+            for label, _ in results:
+                table.add_column("steered" if label == "output" and compare else label)
+            for row in data:
+                table.add_row(row["prompt"], *[row[label].strip() for label, _ in results])
+            console.print(table)
+
+        emit(data, human)
+
+    run(body)

@@ -1,0 +1,133 @@
+"""``steerlab extract``, ``inspect``, ``export gguf`` and ``import gguf``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from . import app
+from .common import console, emit, parse_int_list, progress_flag, run, say, status, write_manifest
+
+export_app = typer.Typer(help="Convert vectors for other engines.", no_args_is_help=True)
+import_app = typer.Typer(help="Bring vectors from other tools into steerlab.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+app.add_typer(import_app, name="import")
+
+
+def load_vector(path: Path, lm: object = None) -> object:
+    """A vector folder or a ``.gguf`` control vector."""
+    from ..vector import SteeringVector
+
+    return SteeringVector.from_gguf(path, lm=lm) if path.suffix == ".gguf" else SteeringVector.load(path)
+
+
+@app.command()
+def extract(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the vector into."),
+    model: str = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id."),
+    pairs: Path | None = typer.Option(None, help="Contrast pairs: .json, .jsonl or .csv (positive/negative, or CAA)."),
+    persona: str | None = typer.Option(None, help="Persona pairs 'positive:negative', e.g. happy:sad."),
+    openings: Path | None = typer.Option(None, help="Sentence openings for --persona (JSON list or text lines)."),
+    method: str = typer.Option("mean_diff", help="actadd | mean_diff | pca_diff | pca_center | probe."),
+    layers: str = typer.Option("8-19", help="Layers, e.g. 8-19 or 8,10,12."),
+    batch_size: int = typer.Option(32, help="Texts per forward pass."),
+) -> None:
+    """Build a steering vector from contrast pairs and save it as a folder.
+
+    Example: steerlab extract --persona happy:sad --layers 8-19 --out vectors/happy
+    """
+    import steerlab
+    from steerlab.demo_data import OPENINGS
+
+    if (pairs is None) == (persona is None):
+        raise typer.BadParameter("give exactly one of --pairs FILE or --persona positive:negative")
+    if persona is not None and persona.count(":") != 1:
+        raise typer.BadParameter("--persona must look like happy:sad")
+    layer_list = parse_int_list(layers)
+
+    def body() -> None:
+        if pairs is not None:
+            data = steerlab.load_pairs(pairs)
+        else:
+            pos, neg = (s.strip() for s in (persona or ":").split(":"))
+            texts = steerlab.load_openings(openings) if openings else list(OPENINGS)
+            data = steerlab.persona_pairs(pos, neg, texts)
+        with status(f"loading {model}"):
+            lm = steerlab.load_model(model)
+        say(f"extracting with {method} from {len(data)} pairs at layers {layers}")
+        vec = steerlab.extract(lm, data, method=method, layers=layer_list, batch_size=batch_size,
+                               progress=progress_flag())
+        vec.save(out)
+        write_manifest(out, lm, data_hash=vec.data_hash, method=method, layers=layer_list)
+        emit({"out": str(out), **vec.describe()}, lambda: console.print(f"wrote {out} ({method}, layers {layers})"))
+
+    run(body)
+
+
+@app.command()
+def inspect(path: Path = typer.Argument(..., help="A vector folder or a .gguf control vector.")) -> None:
+    """Show what a vector is: model, layers, norms, method, data hash.
+
+    Example: steerlab inspect vectors/happy
+    """
+
+    def body() -> None:
+        info = load_vector(path).describe()  # type: ignore[attr-defined]
+
+        def human() -> None:
+            table = Table(title=str(path))
+            table.add_column("field")
+            table.add_column("value")
+            for key, value in info.items():
+                table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+            console.print(table)
+
+        emit(info, human)
+
+    run(body)
+
+
+@export_app.command("gguf")
+def export_gguf(
+    vector: Path = typer.Argument(..., help="A vector folder."),
+    out: Path = typer.Argument(..., help="The .gguf file to write."),
+) -> None:
+    """Write a llama.cpp control vector (use with llama.cpp --control-vector FILE).
+
+    Example: steerlab export gguf vectors/happy happy.gguf
+    """
+
+    def body() -> None:
+        from ..vector import SteeringVector
+
+        path = SteeringVector.load(vector).to_gguf(out)
+        emit({"out": str(path)}, lambda: console.print(f"wrote {path}"))
+
+    run(body)
+
+
+@import_app.command("gguf")
+def import_gguf(
+    gguf_file: Path = typer.Argument(..., help="A llama.cpp control vector (.gguf)."),
+    out: Path = typer.Argument(..., help="Vector folder to write."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model the file was made for (fills in metadata)."),
+) -> None:
+    """Convert a llama.cpp / repeng control vector into a steerlab vector folder.
+
+    Example: steerlab import gguf happy.gguf vectors/happy-from-gguf --model default
+    """
+
+    def body() -> None:
+        import steerlab
+
+        lm = steerlab.load_model(model) if model else None
+        vec = steerlab.SteeringVector.from_gguf(gguf_file, lm=lm)
+        if lm is not None:
+            vec.check_model(lm)
+        vec.save(out)
+        emit({"out": str(out), **vec.describe()}, lambda: console.print(f"wrote {out}"))
+
+    run(body)
