@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .errors import SteeringSpecError
+from .errors import DatasetError, SteeringSpecError
 from .model import LM
 from .steer import steer_rows
 from .steering import SteeringLike
@@ -27,6 +27,8 @@ def encode(lm: LM, texts: Sequence[str], padding_side: str = "left") -> tuple[to
     model's device."""
     if padding_side not in ("left", "right"):
         raise SteeringSpecError(f"padding_side={padding_side!r}: use 'left' or 'right'")
+    if not texts:
+        raise DatasetError("no texts to encode")
     ids = lm.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
     width = max(len(x) for x in ids)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0

@@ -34,7 +34,9 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, float):
-        return None if math.isnan(value) else round(value, 6)
+        if math.isnan(value):
+            return None
+        return ("inf" if value > 0 else "-inf") if math.isinf(value) else round(value, 6)
     if hasattr(value, "tolist"):
         return _jsonable(value.tolist())
     return value

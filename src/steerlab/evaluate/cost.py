@@ -1,0 +1,359 @@
+"""Off-target cost of steering: how much a steering disturbs the model on neutral, held-out text.
+
+Two numbers per steering, both measured on the same (right-padded) batches, real tokens only:
+
+* **perplexity** of the texts under the steered model (pooled over all predicted tokens), and its
+  ratio to the unsteered perplexity;
+* **KL divergence** ``KL(unsteered || steered)`` of the next-token distributions, averaged over
+  every real predicted position (float32 ``log_softmax``).
+
+A well-behaved steering vector moves the behaviour it targets while leaving both close to their
+unsteered values (ratio 1, KL 0) on text that has nothing to do with it.
+
+Example:
+    >>> texts = load_texts("../shared/data/repe/facts_true_false.csv", limit=64)  # doctest: +SKIP
+    >>> report = offtarget_cost(lm, vec, texts, coefficients=(-4, 0, 4))  # doctest: +SKIP
+    >>> print(report.to_markdown())  # doctest: +SKIP
+    >>> report.plot("cost.png")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import DatasetError
+from ..generate import encode
+from ..model import LM
+from ..progress import track
+from ..steer import steer
+from ..steering import Steering, SteeringLike, compose
+from ..vector import SteeringVector
+from .report import Report, new_figure, save_figure
+
+DEFAULT_COEFFICIENTS: tuple[float, ...] = (-4, -2, -1, 0, 1, 2, 4)
+TEXT_COLUMNS = ("statement", "text")
+
+
+@dataclass
+class TextStats:
+    """Perplexity (and KL to the unsteered model) of a set of texts under one steering.
+
+    Attributes:
+        perplexity: pooled perplexity of the texts under the (steered) model.
+        base_perplexity: pooled perplexity under the unsteered model (equal to ``perplexity``
+            when no steering was given).
+        kl: mean per-token ``KL(unsteered || steered)`` in nats; ``None`` without a steering.
+        n_texts: texts scored.
+        n_tokens: predicted tokens scored (real tokens after the first of each text).
+        skipped: texts left out because they have fewer than 2 tokens.
+    """
+
+    perplexity: float
+    base_perplexity: float
+    kl: float | None
+    n_texts: int
+    n_tokens: int
+    skipped: int = 0
+
+    @property
+    def ppl_ratio(self) -> float:
+        """``perplexity / base_perplexity``."""
+        return self.perplexity / self.base_perplexity if self.base_perplexity else float("nan")
+
+
+def _is_noop(steering: SteeringLike | None) -> bool:
+    if steering is None:
+        return True
+    return all(s.is_noop for s in compose(steering).steerings)
+
+
+def _prepare(lm: LM, texts: Sequence[str]) -> tuple[list[str], int]:
+    """Texts with at least 2 tokens (sorted by length to cut padding) and the number skipped."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if not texts:
+        raise DatasetError("no texts given: pass at least one text of 2 or more tokens")
+    ids = lm.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    kept = [(len(x), t) for x, t in zip(ids, texts) if len(x) >= 2]
+    skipped = len(texts) - len(kept)
+    if not kept:
+        raise DatasetError(f"all {len(texts)} texts are shorter than 2 tokens: nothing to score")
+    kept.sort(key=lambda item: item[0])
+    return [t for _, t in kept], skipped
+
+
+def _predicted_logprobs(lm: LM, input_ids: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """float32 log-probabilities ``[N, vocab]`` of the real predicted positions (``valid``)."""
+    logits = lm.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+    return torch.log_softmax(logits[:, :-1][valid].float(), dim=-1)
+
+
+def _nll(logp: torch.Tensor, targets: torch.Tensor) -> float:
+    return float(-logp.gather(-1, targets.unsqueeze(-1)).sum())
+
+
+def _kl_sum(base: torch.Tensor, steered: torch.Tensor) -> float:
+    """Summed ``KL(base || steered)`` over positions (rows of log-probabilities)."""
+    per_pos = (base.exp() * (base - steered)).sum(-1)
+    return float(per_pos.clamp_min(0.0).sum())
+
+
+def run_stats(
+    lm: LM,
+    texts: Sequence[str],
+    steerings: Sequence[SteeringLike | None],
+    batch_size: int = 16,
+    progress: bool | None = None,
+    norm_layers: Sequence[int] = (),
+    norm_skip_first: bool = True,
+) -> tuple[list[TextStats], dict[int, float]]:
+    """:func:`text_stats` for several steerings at once, sharing one unsteered pass per batch.
+
+    Also measures, on that unsteered pass, the mean per-token L2 norm of the residual stream (block
+    output) at ``norm_layers`` over the real tokens of the scored texts — without the first token
+    of each text when ``norm_skip_first`` (that token is an attention sink whose norm can be 100x
+    the others', e.g. ~22,000 against ~150 in SmolLM2's middle layers, and would dominate the mean).
+
+    Returns:
+        one :class:`TextStats` per steering (in order), and ``{layer: mean token norm}``.
+
+    Raises:
+        DatasetError: no text has 2 or more tokens.
+    """
+    kept, skipped = _prepare(lm, texts)
+    n = len(steerings)
+    nll = [0.0] * n
+    kl = [0.0] * n
+    base_nll = 0.0
+    n_tokens = 0
+    norm_sum = dict.fromkeys(norm_layers, 0.0)
+    norm_count = 0
+    batches = [range(i, min(i + batch_size, len(kept))) for i in range(0, len(kept), batch_size)]
+
+    def make_hook(layer: int, real: torch.Tensor) -> Callable[..., None]:
+        def hook(_module: Any, _args: Any, output: Any) -> None:
+            h = output[0] if isinstance(output, tuple) else output
+            norms = h.float().norm(dim=-1) * real.to(device=h.device, dtype=torch.float32)
+            norm_sum[layer] += float(norms.sum())
+
+        return hook
+
+    for rows in track(batches, "scoring texts", enabled=progress if len(batches) > 1 else False):
+        input_ids, mask = encode(lm, [kept[i] for i in rows], padding_side="right")
+        valid = mask[:, 1:] > 0  # position t predicts token t + 1, which must be real
+        targets = input_ids[:, 1:][valid]
+        counted = mask > 0
+        if norm_skip_first:
+            counted[:, 0] = False  # right padding: column 0 is each text's first token
+        handles = [lm.blocks[layer].register_forward_hook(make_hook(layer, counted)) for layer in norm_layers]
+        try:
+            with torch.inference_mode():
+                base = _predicted_logprobs(lm, input_ids, mask, valid)
+        finally:
+            for handle in handles:
+                handle.remove()
+        norm_count += int(counted.sum())
+        base_nll += _nll(base, targets)
+        n_tokens += int(valid.sum())
+        for k, steering in enumerate(steerings):
+            if _is_noop(steering):
+                nll[k] += _nll(base, targets)
+                continue
+            with steer(lm, steering), torch.inference_mode():
+                steered = _predicted_logprobs(lm, input_ids, mask, valid)
+            nll[k] += _nll(steered, targets)
+            kl[k] += _kl_sum(base, steered)
+    base_ppl = math.exp(base_nll / n_tokens)
+    stats = [
+        TextStats(
+            perplexity=math.exp(nll[k] / n_tokens),
+            base_perplexity=base_ppl,
+            kl=None if steerings[k] is None else kl[k] / n_tokens,
+            n_texts=len(kept),
+            n_tokens=n_tokens,
+            skipped=skipped,
+        )
+        for k in range(n)
+    ]
+    norms = {layer: s / norm_count if norm_count else float("nan") for layer, s in norm_sum.items()}
+    return stats, norms
+
+
+def text_stats(
+    lm: LM,
+    texts: Sequence[str],
+    steering: SteeringLike | None = None,
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> TextStats:
+    """Perplexity of ``texts`` under the (steered) model and, with a steering, the mean per-token
+    ``KL(unsteered || steered)`` of the next-token distributions.
+
+    Each batch is right-padded and run once unsteered and once inside :func:`steerlab.steer`;
+    only real predicted positions count. Texts shorter than 2 tokens are skipped
+    (``TextStats.skipped``).
+
+    Example:
+        >>> s = text_stats(lm, ["The dog ran to the park."], Steering(vec, 4.0))  # doctest: +SKIP
+        >>> s.perplexity, s.ppl_ratio, s.kl  # doctest: +SKIP
+
+    Raises:
+        DatasetError: no texts, or none with 2 or more tokens.
+    """
+    return run_stats(lm, texts, [steering], batch_size=batch_size, progress=progress)[0][0]
+
+
+@dataclass
+class CostReport(Report):
+    """Perplexity, perplexity ratio and KL on neutral text, per steering coefficient."""
+
+    coefficients: list[float] = field(default_factory=list)
+    perplexity: list[float] = field(default_factory=list)
+    ppl_ratio: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    base_perplexity: float = float("nan")
+    n_texts: int = 0
+    n_tokens: int = 0
+    skipped: int = 0
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per coefficient: ``coefficient, perplexity, ppl_ratio, kl``."""
+        return [
+            {"coefficient": c, "perplexity": p, "ppl_ratio": r, "kl": k}
+            for c, p, r, k in zip(self.coefficients, self.perplexity, self.ppl_ratio, self.kl)
+        ]
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Two panels against the coefficient: perplexity ratio (log scale) and mean KL."""
+        fig = new_figure(10.0, 4.0)
+        left, right = fig.subplots(1, 2)
+        left.plot(self.coefficients, self.ppl_ratio, "o-", color="tab:blue")
+        left.axhline(1.0, color="grey", lw=0.8, ls=":")
+        left.set_yscale("log")
+        left.set_xlabel("steering coefficient")
+        left.set_ylabel("perplexity / unsteered perplexity")
+        left.set_title(f"perplexity ratio (unsteered ppl {self.base_perplexity:.3g})")
+        right.plot(self.coefficients, self.kl, "o-", color="tab:red")
+        right.set_xlabel("steering coefficient")
+        right.set_ylabel("mean KL(unsteered || steered) [nats/token]")
+        right.set_title("next-token KL divergence")
+        for ax in (left, right):
+            ax.axvline(0.0, color="grey", lw=0.8, ls=":")
+            ax.grid(alpha=0.3)
+        fig.suptitle(self.title or f"off-target cost on {self.n_texts} texts ({self.n_tokens} tokens)")
+        return save_figure(fig, path)
+
+
+def offtarget_cost(
+    lm: LM,
+    vector: SteeringVector,
+    texts: Sequence[str],
+    coefficients: Sequence[float] = DEFAULT_COEFFICIENTS,
+    layers: Sequence[int] | None = None,
+    positions: str | tuple[int, int | None] = "all",
+    operator: str = "add",
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> CostReport:
+    """Off-target cost of ``vector`` at each coefficient, measured on neutral ``texts``.
+
+    The unsteered model runs once per batch and is shared by every coefficient; the baseline of
+    the perplexity ratio is the unsteered model (the same as coefficient 0 for ``"add"``).
+
+    Example:
+        >>> texts = load_texts("../shared/data/repe/facts_true_false.csv", limit=32)  # doctest: +SKIP
+        >>> rep = offtarget_cost(lm, vec, texts, coefficients=(0, 2, 8))  # doctest: +SKIP
+        >>> rep.rows()[0]["kl"], rep.rows()[0]["ppl_ratio"]  # coefficient 0 is the unsteered model  # doctest: +SKIP
+        (0.0, 1.0)
+
+    Raises:
+        DatasetError: no texts, or none with 2 or more tokens.
+    """
+    coefs = [float(c) for c in coefficients]
+    steerings: list[SteeringLike | None] = [
+        Steering(vector, c, layers=layers, positions=positions, operator=operator) for c in coefs
+    ]
+    stats, _ = run_stats(lm, texts, steerings, batch_size=batch_size, progress=progress)
+    used = list(Steering(vector, 0.0, layers=layers).active_layers)
+    return CostReport(
+        title=f"off-target cost of {vector.method} vector (layers {used})",
+        settings={
+            "model_id": lm.model_id,
+            "method": vector.method,
+            "layers": used,
+            "positions": positions,
+            "operator": operator,
+            "batch_size": batch_size,
+        },
+        coefficients=coefs,
+        perplexity=[s.perplexity for s in stats],
+        ppl_ratio=[s.ppl_ratio for s in stats],
+        kl=[float(s.kl or 0.0) for s in stats],
+        base_perplexity=stats[0].base_perplexity,
+        n_texts=stats[0].n_texts,
+        n_tokens=stats[0].n_tokens,
+        skipped=stats[0].skipped,
+    )
+
+
+def load_texts(path: str | os.PathLike[str], limit: int | None = None) -> list[str]:
+    """Neutral texts from a file: ``.txt`` (one text per non-empty line), ``.json`` (a list of
+    strings, or of objects with a ``"statement"`` or ``"text"`` field) or ``.csv`` (a
+    ``"statement"`` or ``"text"`` column, e.g. RepE's ``facts_true_false.csv``).
+
+    Example:
+        >>> load_texts("../shared/data/repe/facts_true_false.csv", limit=1)  # doctest: +SKIP
+        ["The Earth's atmosphere protects us from harmful radiation from the sun."]
+
+    Raises:
+        DatasetError: missing file, unknown format, no text column, or no non-empty text.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"text file not found: {p}")
+    suffix = p.suffix.lower()
+    raw = p.read_text(encoding="utf-8")
+    if suffix == ".txt":
+        items = raw.splitlines()
+    elif suffix == ".json":
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{p}: not valid JSON ({exc})") from None
+        if not isinstance(data, list):
+            raise DatasetError(f"{p}: expected a JSON list of strings")
+        items = []
+        for i, x in enumerate(data):
+            if isinstance(x, dict):
+                key = next((k for k in TEXT_COLUMNS if k in x), None)
+                if key is None:
+                    raise DatasetError(f"{p}: item {i} has no 'statement' or 'text' field")
+                x = x[key]
+            if not isinstance(x, str):
+                raise DatasetError(f"{p}: item {i} is a {type(x).__name__}, expected a string")
+            items.append(x)
+    elif suffix == ".csv":
+        with p.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            column = next((c for c in TEXT_COLUMNS if c in (reader.fieldnames or [])), None)
+            if column is None:
+                raise DatasetError(f"{p}: needs a 'statement' or 'text' column (has {reader.fieldnames})")
+            items = [row[column] or "" for row in reader]
+    else:
+        raise DatasetError(f"{p}: unknown text format {suffix!r}: use .txt, .json or .csv")
+    out = [x.strip() for x in items if x and x.strip()]
+    if not out:
+        raise DatasetError(f"{p}: holds no non-empty texts")
+    return out[:limit] if limit is not None else out
+
+
+__all__ = ["CostReport", "TextStats", "load_texts", "offtarget_cost", "run_stats", "text_stats"]
