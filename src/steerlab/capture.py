@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -91,6 +91,50 @@ def _accepts(model: Any, name: str) -> bool:
         return False
 
 
+def iter_capture(
+    lm: LM,
+    texts: Sequence[str],
+    layers: Sequence[int] | range | int,
+    reads: Read | Sequence[Read] = "last",
+    batch_size: int = 32,
+    padding_side: str | None = None,
+    progress: bool | None = None,
+    skip_batches: int = 0,
+) -> Iterator[tuple[list[int], dict[int, torch.Tensor]]]:
+    """Stream activations batch by batch: yields ``(text indices, {layer: [batch, d_model]})``.
+
+    Batches are length-sorted and deterministic for given texts and ``batch_size``, so a run can
+    resume by skipping the first ``skip_batches``. Memory stays at one batch.
+    """
+    if not texts:
+        raise DatasetError("no texts to capture")
+    layer_list = check_layers(lm, layers)
+    read_list = [reads] * len(texts) if isinstance(reads, (str, int, tuple)) else list(reads)
+    if len(read_list) != len(texts):
+        raise DatasetError(f"{len(read_list)} reads for {len(texts)} texts")
+    for r in read_list:
+        if validate_read(r) == "all":
+            raise DatasetError("read='all' keeps every token: use capture_tokens() for that")
+    tok = lm.tokenizer
+    need_offsets = any(r == "answer" for r in read_list)
+    enc = tok(list(texts), add_special_tokens=True, return_offsets_mapping=need_offsets)
+    ids: list[list[int]] = enc["input_ids"]
+    ranges = [
+        _token_range(r, len(x), enc["offset_mapping"][i] if need_offsets else None, texts[i])
+        for i, (r, x) in enumerate(zip(read_list, ids))
+    ]
+    side = padding_side or tok.padding_side or "right"
+    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)][skip_batches:]
+    for batch in track(batches, "capturing activations", enabled=progress if len(batches) > 1 else False):
+        yield batch, _forward_batch(lm, [ids[i] for i in batch], [ranges[i] for i in batch], layer_list, side)
+
+
+def n_batches(n_texts: int, batch_size: int) -> int:
+    """How many batches :func:`iter_capture` makes of ``n_texts`` texts."""
+    return -(-n_texts // batch_size)
+
+
 def capture(
     lm: LM,
     texts: Sequence[str],
@@ -115,29 +159,9 @@ def capture(
     Returns:
         ``{layer: float32 CPU tensor [len(texts), d_model]}``.
     """
-    if not texts:
-        raise DatasetError("no texts to capture")
     layer_list = check_layers(lm, layers)
-    read_list = [reads] * len(texts) if isinstance(reads, (str, int, tuple)) else list(reads)
-    if len(read_list) != len(texts):
-        raise DatasetError(f"{len(read_list)} reads for {len(texts)} texts")
-    for r in read_list:
-        if validate_read(r) == "all":
-            raise DatasetError("read='all' keeps every token: use capture_tokens() for that")
-    tok = lm.tokenizer
-    need_offsets = any(r == "answer" for r in read_list)
-    enc = tok(list(texts), add_special_tokens=True, return_offsets_mapping=need_offsets)
-    ids: list[list[int]] = enc["input_ids"]
-    ranges = [
-        _token_range(r, len(x), enc["offset_mapping"][i] if need_offsets else None, texts[i])
-        for i, (r, x) in enumerate(zip(read_list, ids))
-    ]
-    side = padding_side or tok.padding_side or "right"
-    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     out = {layer: torch.empty(len(texts), lm.d_model, dtype=torch.float32) for layer in layer_list}
-    for batch in track(batches, "capturing activations", enabled=progress if len(batches) > 1 else False):
-        acts = _forward_batch(lm, [ids[i] for i in batch], [ranges[i] for i in batch], layer_list, side)
+    for batch, acts in iter_capture(lm, texts, layer_list, reads, batch_size, padding_side, progress):
         index = torch.tensor(batch)
         for layer in layer_list:
             out[layer][index] = acts[layer]

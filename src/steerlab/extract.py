@@ -10,10 +10,15 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
-from .capture import capture, capture_tokens, check_layers
-from .data import ContrastPair, check_pairs, data_hash, render
+import torch
+
+from .capture import capture, capture_tokens, check_layers, iter_capture, n_batches
+from .data import ContrastPair, Read, check_pairs, data_hash, render
 from .errors import DatasetError
 from .methods import get_method
 from .model import LM
@@ -36,6 +41,7 @@ def extract(
     layers: Sequence[int] | range | int | None = None,
     batch_size: int = 32,
     progress: bool | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> SteeringVector:
     """Build a steering vector from contrast pairs.
 
@@ -47,6 +53,9 @@ def extract(
         layers: block indices to read (default: all).
         batch_size: texts per forward pass during capture.
         progress: show a progress bar.
+        checkpoint: for streaming methods (``mean_diff``), a file where running sums are saved
+            after every batch; an interrupted run called again with the same arguments resumes
+            from it. Deleted when the vector is done.
 
     Raises:
         DatasetError: empty or one-sided data, too few pairs for the method, unknown method.
@@ -78,8 +87,11 @@ def extract(
         for p in pairs:
             texts += [render(p.positive, lm), render(p.negative, lm)]
             reads += [p.read, p.read]
-        acts = capture(lm, texts, layer_list, reads, batch_size=batch_size, progress=progress)
-        directions = {k: spec.fit(acts[k][0::2], acts[k][1::2]) for k in layer_list}
+        if spec.streaming:
+            directions = _streamed_mean_diff(lm, texts, reads, layer_list, batch_size, progress, checkpoint)
+        else:
+            acts = capture(lm, texts, layer_list, reads, batch_size=batch_size, progress=progress)
+            directions = {k: spec.fit(acts[k][0::2], acts[k][1::2]) for k in layer_list}
         read_kinds = sorted({repr(p.read) for p in pairs})
         meta["read"] = read_kinds[0] if len(read_kinds) == 1 else read_kinds
     return SteeringVector(
@@ -91,3 +103,53 @@ def extract(
         data_hash=data_hash(pairs),
         meta=meta,
     )
+
+
+def _streamed_mean_diff(
+    lm: LM,
+    texts: list[str],
+    reads: list[Read],
+    layers: list[int],
+    batch_size: int,
+    progress: bool | None,
+    checkpoint: str | os.PathLike[str] | None,
+) -> dict[int, torch.Tensor]:
+    """``mean(pos) − mean(neg)`` from running per-side sums (float64), resumable from a checkpoint.
+
+    Texts alternate positive / negative, so a text's side is its index parity.
+    """
+    from safetensors.torch import load_file, save_file
+
+    key = hashlib.sha256(repr((texts, reads, layers, batch_size, lm.model_id)).encode()).hexdigest()[:16]
+    sums = {(side, k): torch.zeros(lm.d_model, dtype=torch.float64) for side in (0, 1) for k in layers}
+    done = 0
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None and path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        if meta.get("key") != key:
+            raise DatasetError(
+                f"checkpoint {path} belongs to another extraction (different data, layers, batch size "
+                "or model); delete it or pass another checkpoint path"
+            )
+        saved = load_file(str(path))
+        sums = {(side, k): saved[f"{side}.{k}"] for side in (0, 1) for k in layers}
+        done = int(meta["done"])
+    total = n_batches(len(texts), batch_size)
+    for batch, acts in iter_capture(lm, texts, layers, reads, batch_size, progress=progress, skip_batches=done):
+        side = torch.tensor([i % 2 for i in batch])
+        for k in layers:
+            a = acts[k].double()
+            sums[(0, k)] += a[side == 0].sum(0)
+            sums[(1, k)] += a[side == 1].sum(0)
+        done += 1
+        if path is not None and done < total:
+            tmp = path.with_name(path.name + ".tmp")
+            save_file({f"{s}.{k}": v for (s, k), v in sums.items()}, str(tmp), metadata={"key": key, "done": str(done)})
+            os.replace(tmp, path)
+    n = len(texts) // 2
+    if path is not None and path.is_file():
+        path.unlink()
+    return {k: ((sums[(0, k)] - sums[(1, k)]) / n).float() for k in layers}

@@ -30,6 +30,9 @@ class Method:
     summary: str
     tokenwise: bool = False
     min_pairs: int = 1
+    streaming: bool = False
+    """True when the direction depends only on per-side sums: capture then streams in O(layers × d)
+    memory and can resume from a checkpoint."""
 
 
 REGISTRY: dict[str, Method] = {}

@@ -18,4 +18,4 @@ def fit(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     return (pos - neg).mean(0)
 
 
-register(Method("mean_diff", fit, "mean of positive − negative activations (CAA)"))
+register(Method("mean_diff", fit, "mean of positive − negative activations (CAA)", streaming=True))
