@@ -136,3 +136,65 @@ def test_demo_on_default_model_in_a_subprocess():
                          check=True, capture_output=True, text=True, timeout=600)
     rows = json.loads(res.stdout)
     assert len(rows) == 3 and all(r["baseline"] != r["negative"] for r in rows)
+
+
+# ---------------------------------------------------------------- eval / sweep / analyze
+def _run_json(*args: str) -> dict:
+    res = runner.invoke(app, ["--json", *args])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def test_eval_sentiment_and_fluency(vec_dir, tmp_path):
+    out = tmp_path / "s"
+    data = _run_json("eval", "sentiment", *M, "--vector", str(vec_dir), "--coefs", "-2,0,2", "--limit", "3",
+                     "--max-new-tokens", "4", "--out", str(out))
+    assert data["kind"] == "SentimentReport" and len(data["rows"]) == 3
+    assert {p.name for p in out.iterdir()} >= {"sentiment.json", "sentiment.md", "sentiment.png", "run.json"}
+    texts = tmp_path / "t.txt"
+    texts.write_text("Once upon a time there was a cat.\nThe dog ran to the park.\n")
+    data = _run_json("eval", "fluency", *M, "--vector", str(vec_dir), "--texts", str(texts), "--coefs", "0,4",
+                     "--out", str(tmp_path / "f"))
+    assert data["kl"][0] == 0.0 and data["kl"][1] > 0
+
+
+def test_eval_behavior(vec_dir, tmp_path):
+    from .conftest import CAA
+
+    items = CAA / "test" / "sycophancy" / "test_dataset_ab.json"
+    data = _run_json("eval", "behavior", *M, "--vector", str(vec_dir), "--items", str(items), "--limit", "4",
+                     "--out", str(tmp_path / "b"))
+    assert data["kind"] == "BehaviorReport" and len(data["rows"]) == 3
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["data_hash"]
+
+
+def test_sweep_and_autotune(vec_dir, tmp_path):
+    data = _run_json("sweep", "sentiment", *M, "--vector", str(vec_dir), "--layer-sets", "1;2-3", "--coefs",
+                     "-2,0,2", "--limit", "2", "--max-new-tokens", "4", "--out", str(tmp_path / "sw"))
+    assert data["layer_sets"] == [[1], [2, 3]]
+    assert (tmp_path / "sw" / "sweep_sentiment.png").is_file()
+    data = _run_json("sweep", "sentiment", *M, "--vector", str(vec_dir), "--autotune", "--coefs", "1,4",
+                     "--limit", "4", "--max-new-tokens", "4", "--out", str(tmp_path / "at"))
+    assert data["kind"] == "AutotuneReport" and set(data["held_out"]) == {"baseline", "steered"}
+
+
+def test_analyze_commands(vec_dir, tmp_path):
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text("".join(json.dumps({"positive": f"Lily was happy {i}", "negative": f"Lily was sad {i}"}) + "\n"
+                             for i in range(4)))
+    data = _run_json("analyze", "pca", *M, "--pairs", str(pairs), "--layer", "2", "--components", "3",
+                     "--save-direction", str(tmp_path / "pc1"), "--out", str(tmp_path / "pca"))
+    assert data["kind"] == "PCAReport" and (tmp_path / "pc1" / "vector.safetensors").is_file()
+    data = _run_json("analyze", "projection", *M, "--vector", str(vec_dir), "--pairs", str(pairs),
+                     "--out", str(tmp_path / "proj"))
+    assert data["kind"] == "ProjectionReport"
+    data = _run_json("analyze", "similarity", str(vec_dir), "--out", str(tmp_path / "sim"))
+    assert data["kind"] == "SimilarityReport"
+    texts = tmp_path / "t.txt"
+    texts.write_text("Once upon a time there was a cat.\nThe dog ran to the park.\n")
+    data = _run_json("analyze", "breakdown", *M, "--vector", str(vec_dir), "--texts", str(texts), "--coefs",
+                     "0,1,4,16", "--out", str(tmp_path / "bd"))
+    assert data["kind"] == "BreakdownReport"
+    for cmd in (["eval", "sentiment"], ["eval", "behavior"], ["eval", "fluency"], ["sweep"], ["analyze", "pca"],
+                ["analyze", "projection"], ["analyze", "similarity"], ["analyze", "breakdown"]):
+        assert "Example:" in runner.invoke(app, [*cmd, "--help"]).output, cmd

@@ -1,0 +1,337 @@
+"""``steerlab eval``, ``steerlab sweep`` and ``steerlab analyze``: the evaluation and analysis API
+from the shell. Each writes ``{name}.json``, ``{name}.md``, ``{name}.png`` and ``run.json`` to ``--out``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from . import app
+from .common import (
+    console,
+    emit,
+    file_hash,
+    parse_float_list,
+    parse_int_list,
+    parse_positions,
+    progress_flag,
+    run,
+    status,
+    write_manifest,
+)
+
+eval_app = typer.Typer(help="Measure what a vector does and what it costs.", no_args_is_help=True)
+analyze_app = typer.Typer(help="Look inside vectors and the residual stream.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+app.add_typer(analyze_app, name="analyze")
+
+MODEL = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id.")
+OUT = typer.Option(..., "--out", "-o", help="Folder for the JSON, markdown, PNG and run.json.")
+
+
+def _load(model: str, vector: Path | None = None) -> tuple[Any, Any]:
+    import steerlab
+
+    from .vectors import load_vector
+
+    with status(f"loading {model}"):
+        lm = steerlab.load_model(model)
+    vec = None
+    if vector is not None:
+        vec = load_vector(vector, lm)
+        vec.check_model(lm)  # type: ignore[attr-defined]
+    return lm, vec
+
+
+def _finish(report: Any, out: Path, name: str, lm: Any, data: Path | None, **extra: Any) -> None:
+    report.write(out, name)
+    write_manifest(out, lm, data_hash=file_hash(data) if data is not None else "", **extra)
+
+    def human() -> None:
+        console.print(report.to_markdown())
+        console.print(f"\nwrote {out}/{name}.*")
+
+    emit(report.to_dict(), human)
+
+
+def _openings(path: Path | None) -> list[str]:
+    import steerlab
+    from steerlab.demo_data import OPENINGS
+
+    return steerlab.load_openings(path) if path else list(OPENINGS)
+
+
+@eval_app.command("sentiment")
+def eval_sentiment(
+    vector: Path = typer.Option(..., "--vector", "-v", help="Vector folder or .gguf."),
+    out: Path = OUT,
+    model: str = MODEL,
+    openings: Path | None = typer.Option(None, help="Sentence openings (JSON list or text lines); default built-in."),
+    coefs: str = typer.Option("-1,0,1", help="Coefficients, e.g. -1,0,1."),
+    layers: str | None = typer.Option(None, help="Use only these layers of the vector."),
+    positions: str = typer.Option("all", help="all|prompt|generated|actadd|START:END."),
+    max_new_tokens: int = typer.Option(24),
+    scorer: str = typer.Option("vader", help="'vader' or a text-classification model folder / hub id."),
+    limit: int | None = typer.Option(None, help="Use the first N openings."),
+    batch_size: int = typer.Option(32),
+) -> None:
+    """Sentiment of continuations with and without steering (shares, bootstrap CIs, the seed's figure).
+
+    Example: steerlab eval sentiment --vector vectors/happy --coefs -1,0,1 --out runs/sentiment
+    """
+    coef_list = parse_float_list(coefs)
+
+    def body() -> None:
+        from steerlab.evaluate.sentiment import sentiment_shift
+
+        lm, vec = _load(model, vector)
+        items = _openings(openings)[:limit]
+        rep = sentiment_shift(lm, vec, items, coefficients=coef_list,
+                              layers=parse_int_list(layers) if layers else None,
+                              positions=parse_positions(positions), max_new_tokens=max_new_tokens, scorer=scorer,
+                              batch_size=batch_size, progress=progress_flag())
+        _finish(rep, out, "sentiment", lm, openings, coefficients=coef_list)
+
+    run(body)
+
+
+@eval_app.command("behavior")
+def eval_behavior(
+    vector: Path = typer.Option(..., "--vector", "-v", help="Vector folder or .gguf."),
+    items: Path = typer.Option(..., help="CAA A/B items (test_dataset_ab.json) or mmlu.json / truthful_qa.json."),
+    out: Path = OUT,
+    model: str = MODEL,
+    multipliers: str = typer.Option("-1,0,1", help="Multipliers, e.g. -1,0,1."),
+    layers: str | None = typer.Option(None, help="Use only these layers of the vector."),
+    limit: int | None = typer.Option(None, help="Use the first N items."),
+    batch_size: int = typer.Option(16),
+) -> None:
+    """CAA A/B evaluation: p(matching) / (p(A)+p(B)) with the answer primed by '(' at each multiplier.
+
+    Example: steerlab eval behavior --vector vectors/syc --items test_dataset_ab.json --out runs/syc
+    """
+    mults = parse_float_list(multipliers)
+
+    def body() -> None:
+        from steerlab.evaluate.behavior import behavior_eval, load_ab_items
+
+        lm, vec = _load(model, vector)
+        data = load_ab_items(items, limit=limit)
+        rep = behavior_eval(lm, vec, data, multipliers=mults, layers=parse_int_list(layers) if layers else None,
+                            batch_size=batch_size, progress=progress_flag(), name=items.parent.name)
+        _finish(rep, out, "behavior", lm, items, multipliers=mults)
+
+    run(body)
+
+
+@eval_app.command("fluency")
+def eval_fluency(
+    vector: Path = typer.Option(..., "--vector", "-v", help="Vector folder or .gguf."),
+    texts: Path = typer.Option(..., help="Neutral text: .txt lines, JSON list or CSV with a statement/text column."),
+    out: Path = OUT,
+    model: str = MODEL,
+    coefs: str = typer.Option("-4,-2,-1,0,1,2,4", help="Coefficients."),
+    layers: str | None = typer.Option(None, help="Use only these layers of the vector."),
+    limit: int | None = typer.Option(None, help="Use the first N texts."),
+) -> None:
+    """Off-target cost: perplexity of neutral text under steering and KL to the unsteered model.
+
+    Example: steerlab eval fluency --vector vectors/happy --texts facts.csv --out runs/cost
+    """
+    coef_list = parse_float_list(coefs)
+
+    def body() -> None:
+        from steerlab.evaluate.cost import load_texts, offtarget_cost
+
+        lm, vec = _load(model, vector)
+        rep = offtarget_cost(lm, vec, load_texts(texts, limit=limit), coefficients=coef_list,
+                             layers=parse_int_list(layers) if layers else None, progress=progress_flag())
+        _finish(rep, out, "fluency", lm, texts, coefficients=coef_list)
+
+    run(body)
+
+
+def _layer_sets(spec: str | None) -> list[list[int]] | None:
+    return [parse_int_list(part) for part in spec.split(";") if part.strip()] if spec else None
+
+
+@app.command()
+def sweep(
+    kind: str = typer.Argument(..., help="sentiment | behavior | cost"),
+    vector: Path = typer.Option(..., "--vector", "-v", help="Vector folder or .gguf."),
+    data: Path | None = typer.Option(None, help="Openings (sentiment), A/B items (behavior) or texts (cost)."),
+    out: Path = OUT,
+    model: str = MODEL,
+    coefs: str = typer.Option("-2,-1,0,1,2", help="Coefficients."),
+    layer_sets: str | None = typer.Option(None, help="Layer groups separated by ';', e.g. '8-11;12-15;16'. "
+                                                     "Default: each layer of the vector alone."),
+    metric: str | None = typer.Option(None, help="Metric for the table and heat map."),
+    limit: int | None = typer.Option(None, help="Use the first N items."),
+    autotune: bool = typer.Option(False, "--autotune", help="Pick the best setting under --budget instead."),
+    budget: float = typer.Option(1.3, help="Auto-tune: maximum perplexity ratio."),
+    direction: int = typer.Option(1, help="Auto-tune: +1 or -1 (which way to push the behaviour)."),
+    cost_texts: Path | None = typer.Option(None, help="Auto-tune: neutral texts for the perplexity budget."),
+    max_new_tokens: int = typer.Option(24, help="Sentiment: tokens per continuation."),
+) -> None:
+    """Layer × coefficient grid of a metric (heat map), or --autotune under a perplexity budget.
+
+    Example: steerlab sweep sentiment --vector vectors/happy --layer-sets '8-11;12-15' --coefs -1,0,1 --out runs/sw
+    """
+    coef_list = parse_float_list(coefs)
+    if kind not in ("sentiment", "behavior", "cost"):
+        raise typer.BadParameter("KIND must be sentiment, behavior or cost")
+
+    def body() -> None:
+        from steerlab.evaluate import sweep as sweep_mod
+
+        lm, vec = _load(model, vector)
+        items: list[Any]
+        if kind == "sentiment":
+            items = _openings(data)
+        elif data is None:
+            raise typer.BadParameter(f"--data is required for a {kind} sweep")
+        elif kind == "behavior":
+            from steerlab.evaluate.behavior import load_ab_items
+
+            items = list(load_ab_items(data))
+        else:
+            from steerlab.evaluate.cost import load_texts
+
+            items = load_texts(data)
+        items = items[:limit]
+        extra: dict[str, Any] = {"max_new_tokens": max_new_tokens} if kind == "sentiment" else {}
+        rep: Any
+        if autotune:
+            from steerlab.evaluate.cost import load_texts
+
+            rep = sweep_mod.autotune(lm, vec, kind, items, coefficients=coef_list, layer_sets=_layer_sets(layer_sets),
+                                     budget=budget, direction=direction,
+                                     cost_texts=load_texts(cost_texts) if cost_texts else None,
+                                     progress=progress_flag(), **extra)
+            name = "autotune"
+        else:
+            rep = sweep_mod.sweep(lm, vec, kind, items, coefficients=coef_list, layer_sets=_layer_sets(layer_sets),
+                                  metric=metric, progress=progress_flag(), **extra)
+            name = f"sweep_{kind}"
+        _finish(rep, out, name, lm, data, coefficients=coef_list)
+
+    run(body)
+
+
+@analyze_app.command("pca")
+def analyze_pca(
+    layer: int = typer.Option(..., help="Block whose output to analyse."),
+    out: Path = OUT,
+    model: str = MODEL,
+    pairs: Path | None = typer.Option(None, help="Contrast pairs (labels positive/negative)."),
+    texts: Path | None = typer.Option(None, help="Or plain texts."),
+    center: bool = typer.Option(False, help="Pairs: centre each pair on its midpoint first."),
+    components: int = typer.Option(8, help="Principal components."),
+    save_direction: Path | None = typer.Option(None, help="Also save PC1 as a steering vector folder."),
+) -> None:
+    """PCA of residual-stream activations at a layer; PC directions usable as steering vectors.
+
+    Example: steerlab analyze pca --pairs pairs.jsonl --layer 15 --center --out runs/pca
+    """
+    if (pairs is None) == (texts is None):
+        raise typer.BadParameter("give exactly one of --pairs or --texts")
+
+    def body() -> None:
+        import steerlab
+        from steerlab.analysis import contrast_pca, residual_pca
+        from steerlab.evaluate.cost import load_texts
+
+        lm, _ = _load(model)
+        if pairs is not None:
+            rep = contrast_pca(lm, steerlab.load_pairs(pairs), layer, n_components=components, center=center,
+                               progress=progress_flag())
+        else:
+            rep = residual_pca(lm, load_texts(texts), layer, n_components=components,  # type: ignore[arg-type]
+                               progress=progress_flag())
+        if save_direction is not None:
+            rep.direction(0).save(save_direction)
+        _finish(rep, out, "pca", lm, pairs or texts, layer=layer)
+
+    run(body)
+
+
+@analyze_app.command("projection")
+def analyze_projection(
+    vector: Path = typer.Option(..., "--vector", "-v", help="Vector folder or .gguf."),
+    pairs: Path = typer.Option(..., help="Contrast pairs to project."),
+    out: Path = OUT,
+    model: str = MODEL,
+    layers: str | None = typer.Option(None, help="Layers (default: the vector's)."),
+) -> None:
+    """Positive vs negative activations projected on a vector, per layer (histograms, Cohen's d).
+
+    Example: steerlab analyze projection --vector vectors/happy --pairs pairs.jsonl --out runs/proj
+    """
+
+    def body() -> None:
+        import steerlab
+        from steerlab.analysis import projection
+
+        lm, vec = _load(model, vector)
+        rep = projection(lm, steerlab.load_pairs(pairs), vec, layers=parse_int_list(layers) if layers else None,
+                         progress=progress_flag())
+        _finish(rep, out, "projection", lm, pairs)
+
+    run(body)
+
+
+@analyze_app.command("similarity")
+def analyze_similarity(
+    vectors: list[Path] = typer.Argument(..., help="One vector (across its layers) or several (between them)."),
+    out: Path = OUT,
+    layer: int | None = typer.Option(None, help="Compare several vectors at this layer (default: mean)."),
+) -> None:
+    """Cosine similarity heat map: of one vector across layers, or between vectors.
+
+    Example: steerlab analyze similarity vectors/happy vectors/angry --out runs/sim
+    """
+
+    def body() -> None:
+        from steerlab.analysis import layer_similarity, vector_similarity
+
+        from .vectors import load_vector
+
+        vecs = {p.name: load_vector(p) for p in vectors}
+        rep = (layer_similarity(next(iter(vecs.values())))  # type: ignore[arg-type]
+               if len(vecs) == 1 else vector_similarity(vecs, layer=layer))  # type: ignore[arg-type]
+        rep.write(out, "similarity")
+        write_manifest(out, None)
+        emit(rep.to_dict(), lambda: console.print(rep.to_markdown()))
+
+    run(body)
+
+
+@analyze_app.command("breakdown")
+def analyze_breakdown(
+    vector: Path = typer.Option(..., "--vector", "-v", help="Vector folder or .gguf."),
+    texts: Path = typer.Option(..., help="Neutral texts."),
+    out: Path = OUT,
+    model: str = MODEL,
+    coefs: str | None = typer.Option(None, help="Coefficients (default a log grid to ±16)."),
+    layers: str | None = typer.Option(None, help="Use only these layers of the vector."),
+    limit: int | None = typer.Option(None, help="Use the first N texts."),
+) -> None:
+    """Where and why the model breaks: coefficient vs added/residual norm ratio, perplexity and KL.
+
+    Example: steerlab analyze breakdown --vector vectors/happy --texts facts.csv --out runs/breakdown
+    """
+
+    def body() -> None:
+        from steerlab.analysis import breakdown_curve
+        from steerlab.evaluate.cost import load_texts
+
+        lm, vec = _load(model, vector)
+        rep = breakdown_curve(lm, vec, load_texts(texts, limit=limit),
+                              coefficients=parse_float_list(coefs) if coefs else None,
+                              layers=parse_int_list(layers) if layers else None, progress=progress_flag())
+        _finish(rep, out, "breakdown", lm, texts)
+
+    run(body)
+
