@@ -40,13 +40,15 @@ Read = str | int | tuple[int, int]
 
 READ_KEYWORDS = ("last", "mean", "all", "answer")
 _ANSWER_RE = re.compile(r"\(([A-Z])\)?")
+_CHOICE_RE = re.compile(r"\(([A-Z])\)")
 
 
 @dataclass(frozen=True)
 class ChatText:
     """One user turn plus the beginning of the assistant's reply.
 
-    Rendered with the model's chat template when it has one, else as ``"{user} {assistant}"``.
+    Rendered with :meth:`steerlab.model.LM.chat`: the model's chat template when it has one, else
+    ``"{user}\n{assistant}"`` — the same text evaluation prompts use.
     """
 
     user: str
@@ -55,10 +57,7 @@ class ChatText:
 
     def render(self, lm: Any) -> str:
         """Model text for ``lm`` (an :class:`~steerlab.model.LM`)."""
-        if lm.has_chat_template:
-            return str(lm.chat(self.user, self.assistant, self.system))
-        head = f"{self.system} " if self.system else ""
-        return f"{head}{self.user} {self.assistant}".rstrip() if self.assistant else head + self.user
+        return str(lm.chat(self.user, self.assistant, self.system))
 
 
 Text = str | ChatText
@@ -208,7 +207,7 @@ def answer_letter(answer: str, where: str = "item") -> str:
 
 def choice_letters(question: str) -> list[str]:
     """The choice letters offered in a CAA question (``(A)``, ``(B)``, ...)."""
-    return sorted(set(_ANSWER_RE.findall(question)))
+    return sorted(set(_CHOICE_RE.findall(question)))
 
 
 def caa_pair(rec: dict[str, Any], where: str = "item") -> ContrastPair:

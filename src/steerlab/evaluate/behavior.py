@@ -1,0 +1,597 @@
+"""Behaviour read-out on CAA multiple-choice (A/B) items, steered at several multipliers.
+
+The protocol of CAA (Rimsky et al., "Steering Llama 2 via Contrastive Activation Addition"):
+
+* the question is the user turn and the assistant's answer is primed with ``"("``
+  (``lm.chat(question, "(")``; plain ``"{question}\\n("`` for a model without a chat template);
+* one forward pass; at the last position (the ``"("``) the next-token distribution gives
+  ``p(matching letter) / (p(matching letter) + p(not-matching letter))``;
+* steering adds ``multiplier × vector`` at every position *after the instruction*: every token
+  from where the assistant's answer begins (the ``"("`` and anything after it), never the question.
+
+Behaviour items (``question`` / ``answer_matching_behavior`` / ``answer_not_matching_behavior``)
+and capability items (MMLU / TruthfulQA: ``prompt`` / ``correct`` / ``incorrect``) are normalised
+into one :class:`ABItem`; for capability sets "positive" is the correct answer, so the same
+number reads as p(correct) and the share of items above 0.5 as accuracy.
+
+All multipliers run in the same batches with per-row steering (rows = items × multipliers):
+one forward pass per batch, no generation.
+
+Example:
+    >>> vec = behavior_vector(lm, CAA / "generate/sycophancy/generate_dataset.json",
+    ...                       layers=[13], limit=200)  # doctest: +SKIP
+    >>> items = load_ab_items(CAA / "test/sycophancy/test_dataset_ab.json")  # doctest: +SKIP
+    >>> report = behavior_eval(lm, vec, items, multipliers=(-1, 0, 1))  # doctest: +SKIP
+    >>> print(report.to_markdown())  # doctest: +SKIP
+    >>> report.plot("sycophancy.png")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import answer_letter, caa_pairs, choice_letters, load_caa
+from ..errors import DatasetError, SteeringSpecError
+from ..extract import extract
+from ..model import LM
+from ..progress import track
+from ..steer import steer_rows
+from ..steering import Steering, SteeringLike
+from ..vector import SteeringVector
+from .report import Report, new_figure, save_figure
+
+PRIME = "("
+"""The assistant's answer starts with this; the next token is the answer letter."""
+
+
+# --------------------------------------------------------------------------- items
+@dataclass(frozen=True)
+class ABItem:
+    """One multiple-choice item: the question and the two letters compared.
+
+    Attributes:
+        prompt: the question with its ``(A)``/``(B)`` choices (the user turn).
+        positive_letter: the matching-behaviour letter (capability sets: the correct one).
+        negative_letter: the not-matching letter (capability sets: the incorrect one).
+        category: the behaviour name, or the record's ``category`` (MMLU subject, ...).
+
+    Example:
+        >>> ab_item({"question": "Q?\\n (A) yes\\n (B) no", "answer_matching_behavior": "(A)",
+        ...          "answer_not_matching_behavior": "(B)"}).positive_letter
+        'A'
+    """
+
+    prompt: str
+    positive_letter: str
+    negative_letter: str
+    category: str = ""
+
+
+_BEHAVIOR_KEYS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
+_CAPABILITY_KEYS = ("prompt", "correct", "incorrect")
+
+
+def ab_item(rec: Mapping[str, Any], index: int = 0, category: str = "", where: str = "") -> ABItem:
+    """Normalise one CAA behaviour record or MMLU / TruthfulQA record into an :class:`ABItem`.
+
+    Args:
+        rec: ``{question, answer_matching_behavior, answer_not_matching_behavior}`` or
+            ``{prompt, correct, incorrect[, category]}``.
+        index: the item's index, named in errors.
+        category: used when the record has no ``category`` of its own.
+        where: a prefix for error messages (e.g. the file).
+
+    Raises:
+        DatasetError: missing keys, an answer without an ``(X)`` letter, a question that does not
+            offer both letters as choices, or the same letter on both sides.
+    """
+    at = f"{where} item {index}".strip()
+    if not isinstance(rec, Mapping):
+        raise DatasetError(f"{at}: expected an object, got {type(rec).__name__}")
+    if "question" in rec or "answer_matching_behavior" in rec:
+        keys = _BEHAVIOR_KEYS
+    elif "prompt" in rec or "correct" in rec:
+        keys = _CAPABILITY_KEYS
+    else:
+        raise DatasetError(
+            f"{at}: needs CAA keys {', '.join(_BEHAVIOR_KEYS)} or capability keys {', '.join(_CAPABILITY_KEYS)}"
+        )
+    missing = [k for k in keys if k not in rec]
+    if missing:
+        raise DatasetError(f"{at}: lacks {', '.join(repr(k) for k in missing)}")
+    prompt, pos_answer, neg_answer = (rec[k] for k in keys)
+    for key, value in zip(keys, (prompt, pos_answer, neg_answer)):
+        if not isinstance(value, str):
+            raise DatasetError(f"{at}: {key!r} must be a string, got {type(value).__name__}")
+    pos = answer_letter(pos_answer, at)
+    neg = answer_letter(neg_answer, at)
+    # choice_letters also picks up "(NLP)" as N, so the choices themselves must read "(X)".
+    letters = [x for x in choice_letters(prompt) if f"({x})" in prompt]
+    if not letters:
+        raise DatasetError(f"{at}: the question offers no (A)/(B) choices to answer with")
+    if pos not in letters or neg not in letters:
+        raise DatasetError(f"{at}: the question offers choices {letters}, not ({pos}) and ({neg})")
+    if pos == neg:
+        raise DatasetError(f"{at}: both answers are ({pos}); the two sides must differ")
+    cat = rec.get("category")
+    return ABItem(prompt, pos, neg, str(cat) if cat is not None else category)
+
+
+def ab_items(records: Sequence[Mapping[str, Any]], category: str = "", where: str = "") -> list[ABItem]:
+    """Normalise a list of records (see :func:`ab_item`); errors name the failing item's index."""
+    return [ab_item(rec, i, category, where) for i, rec in enumerate(records)]
+
+
+def load_ab_items(path: str | os.PathLike[str], limit: int | None = None) -> list[ABItem]:
+    """Read A/B items from a CAA ``test_dataset_ab.json`` / ``generate_dataset.json`` or from
+    ``mmlu.json`` / ``truthful_qa.json``, optionally only the first ``limit``.
+
+    Both spellings of the answer (``"(A)"`` and ``" (A)"``) and questions with more than two
+    options (survival-instinct) are accepted. The category of CAA items is the behaviour
+    (the file's folder name); capability items keep their own ``category``.
+
+    Example:
+        >>> items = load_ab_items(CAA / "test/refusal/test_dataset_ab.json", limit=4)  # doctest: +SKIP
+        >>> items[0].positive_letter, items[0].category  # doctest: +SKIP
+        ('B', 'refusal')
+
+    Raises:
+        DatasetError: missing file, not a JSON list, or a malformed item (named by its index).
+    """
+    p = Path(path)
+    records = load_caa(p, limit)
+    if not records:
+        raise DatasetError(f"{p}: holds no items")
+    return ab_items(records, category=p.parent.name, where=str(p))
+
+
+def _as_items(items: Sequence[ABItem | Mapping[str, Any]]) -> list[ABItem]:
+    out = [it if isinstance(it, ABItem) else ab_item(it, i) for i, it in enumerate(items)]
+    if not out:
+        raise DatasetError("no A/B items given")
+    return out
+
+
+# --------------------------------------------------------------------------- tokens
+@dataclass(frozen=True)
+class _Prepared:
+    """One item as token ids: the context fed to the model, where steering starts, the letters."""
+
+    ids: list[int]
+    prompt_length: int
+    positive_id: int
+    negative_id: int
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _prepare(lm: LM, items: Sequence[ABItem]) -> list[_Prepared]:
+    """Token ids of each item's context and its two letter tokens.
+
+    The letter token is the token the tokenizer gives the letter right after ``"("`` in context:
+    ``lm.chat(q, "(" + letter)`` is tokenised and the first token after the ``lm.chat(q, "(")``
+    prefix is taken. If the tokenizer merges ``"(A"`` into one token (so the primed text is not a
+    prefix of the answered one), the context is cut back to the tokens the three texts share and
+    the two full-text tokens that follow (``"(A"`` vs ``"(B"``) are compared there instead.
+
+    Steering starts at ``prompt_length`` = the token count of ``lm.chat(q, "")`` (the instruction,
+    up to where the assistant's answer begins), capped so that the read position is always steered.
+    """
+    tok = lm.tokenizer
+    instr = [lm.chat(it.prompt, "") for it in items]
+    primed = [lm.chat(it.prompt, PRIME) for it in items]
+    pos_txt = [lm.chat(it.prompt, PRIME + it.positive_letter) for it in items]
+    neg_txt = [lm.chat(it.prompt, PRIME + it.negative_letter) for it in items]
+    enc = tok(instr + primed + pos_txt + neg_txt, add_special_tokens=True)["input_ids"]
+    n = len(items)
+    out: list[_Prepared] = []
+    for i in range(n):
+        ins, ctx, pos, neg = enc[i], enc[n + i], enc[2 * n + i], enc[3 * n + i]
+        k = len(ctx)
+        if len(pos) > k and len(neg) > k and pos[:k] == ctx and neg[:k] == ctx:
+            context, pid, nid = ctx, pos[k], neg[k]
+        else:  # "(A" is one token (or the letter merges with "(" otherwise): compare full-text tokens
+            k = min(_common(ctx, pos), _common(ctx, neg), _common(pos, neg))
+            if k == 0 or k >= min(len(pos), len(neg)):
+                raise DatasetError(f"item {i}: cannot locate the answer-letter token after {PRIME!r}")
+            context, pid, nid = ctx[:k], pos[k], neg[k]
+        if pid == nid:
+            raise DatasetError(
+                f"item {i}: ({items[i].positive_letter}) and ({items[i].negative_letter}) start with the "
+                "same token; the letters cannot be told apart"
+            )
+        start = min(_common(ins, context), len(context) - 1)
+        out.append(_Prepared(list(context), start, int(pid), int(nid)))
+    return out
+
+
+def _forward_params(lm: LM) -> set[str]:
+    try:
+        return set(inspect.signature(lm.model.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def _logits_kwargs(params: set[str]) -> dict[str, Any]:
+    """No KV cache, and only the last position's logits, when the model's forward supports it."""
+    out: dict[str, Any] = {"use_cache": False} if "use_cache" in params else {}
+    if "logits_to_keep" in params:
+        out["logits_to_keep"] = 1
+    elif "num_logits_to_keep" in params:
+        out["num_logits_to_keep"] = 1
+    return out
+
+
+def _read(
+    lm: LM,
+    prepared: Sequence[_Prepared],
+    settings: Sequence[Sequence[SteeringLike | None]],
+    batch_size: int,
+    progress: bool | None,
+) -> np.ndarray:
+    """``[n_items, n_settings, 2]``: p(positive)/(p(pos)+p(neg)) and p(pos)+p(neg) per item and
+    steering setting. Items are length-sorted into batches of ``batch_size``; each batch is one
+    forward pass over ``items × settings`` rows, left-padded (the last column is every row's last
+    token) and steered per row after each item's ``prompt_length``."""
+    if batch_size < 1:
+        raise SteeringSpecError(f"batch_size={batch_size}: use a positive number of items per batch")
+    n, n_set = len(prepared), len(settings[0])
+    out = np.zeros((n, n_set, 2), dtype=np.float64)
+    order = sorted(range(n), key=lambda i: len(prepared[i].ids))
+    chunks = [order[s : s + batch_size] for s in range(0, n, batch_size)]
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    params = _forward_params(lm)
+    extra = _logits_kwargs(params)
+    for chunk in track(chunks, "A/B read-out", enabled=progress):
+        width = max(len(prepared[i].ids) for i in chunk)
+        rows = len(chunk) * n_set
+        ids = torch.full((rows, width), pad, dtype=torch.long)
+        mask = torch.zeros((rows, width), dtype=torch.long)
+        lengths = torch.zeros(rows, dtype=torch.long)
+        row_steer: list[SteeringLike | None] = []
+        for c, i in enumerate(chunk):
+            seq = prepared[i].ids
+            for s in range(n_set):
+                r = c * n_set + s
+                ids[r, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+                mask[r, width - len(seq) :] = 1
+                lengths[r] = prepared[i].prompt_length
+                row_steer.append(settings[i][s])
+        ids, mask = ids.to(lm.device), mask.to(lm.device)
+        kwargs = dict(extra)
+        if "position_ids" in params:  # left padding must not shift positions (absolute embeddings)
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0)
+        with steer_rows(lm, row_steer, prompt_length=lengths.to(lm.device)), torch.inference_mode():
+            logits = lm.model(input_ids=ids, attention_mask=mask, **kwargs).logits[:, -1].double()
+        logp = torch.log_softmax(logits, dim=-1)
+        pid = torch.tensor([prepared[i].positive_id for i in chunk for _ in range(n_set)], device=logp.device)
+        nid = torch.tensor([prepared[i].negative_id for i in chunk for _ in range(n_set)], device=logp.device)
+        lp = logp.gather(1, pid[:, None]).squeeze(1)
+        ln = logp.gather(1, nid[:, None]).squeeze(1)
+        ratio = torch.sigmoid(lp - ln)  # = p(pos) / (p(pos) + p(neg)), without under/overflow
+        mass = lp.exp() + ln.exp()
+        vals = torch.stack([ratio, mass], -1).cpu().numpy().reshape(len(chunk), n_set, 2)
+        out[chunk] = vals
+    return out
+
+
+def ab_probabilities(
+    lm: LM,
+    items: Sequence[ABItem | Mapping[str, Any]],
+    steering: SteeringLike | Sequence[SteeringLike | None] | None = None,
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> list[float]:
+    """p(positive letter) / (p(positive) + p(negative)) of each item, at the ``"("`` priming the
+    assistant's answer.
+
+    Args:
+        lm: the model.
+        items: :class:`ABItem` objects (or raw CAA / MMLU records).
+        steering: one steering for every item, or a list with one (or ``None``) per item. For the
+            CAA protocol use ``positions="generated"``: "generated" here means every token after
+            the instruction (``lm.chat(question, "")``), i.e. the ``"("`` and later.
+        batch_size: items per forward pass.
+        progress: show a progress bar.
+
+    Example:
+        >>> items = load_ab_items(CAA / "test/sycophancy/test_dataset_ab.json", limit=8)  # doctest: +SKIP
+        >>> ab_probabilities(lm, items, Steering(vec, 1.0, positions="generated"))  # doctest: +SKIP
+        [0.71, 0.42, ...]
+    """
+    ab = _as_items(items)
+    if isinstance(steering, (list, tuple)):
+        if len(steering) != len(ab):
+            raise SteeringSpecError(
+                f"got {len(steering)} steerings for {len(ab)} items: pass one steering for all of them "
+                "or a list with one steering (or None) per item"
+            )
+        per_item: list[SteeringLike | None] = list(steering)
+    else:
+        per_item = [steering] * len(ab)  # type: ignore[list-item]
+    vals = _read(lm, _prepare(lm, ab), [[s] for s in per_item], batch_size, progress)
+    return [float(x) for x in vals[:, 0, 0]]
+
+
+# --------------------------------------------------------------------------- report
+@dataclass
+class BehaviorPoint:
+    """The read-out at one multiplier.
+
+    Attributes:
+        multiplier: the steering coefficient.
+        mean: mean p(matching) (capability sets: mean p(correct)).
+        ci_low, ci_high: bootstrap 95% confidence interval of the mean (percentile, over items).
+        above_half: share of items with p > 0.5 (capability sets: accuracy).
+        letter_mass: mean p(A) + p(B), how much of the next-token distribution the two letters get.
+        n: number of items.
+        probabilities: the per-item values, in item order.
+    """
+
+    multiplier: float
+    mean: float
+    ci_low: float
+    ci_high: float
+    above_half: float
+    letter_mass: float
+    n: int
+    probabilities: list[float] = field(default_factory=list)
+
+
+@dataclass
+class BehaviorReport(Report):
+    """A/B read-out at several multipliers (from :func:`behavior_eval` / :func:`capability_eval`).
+
+    Attributes:
+        behavior: the behaviour (or capability set) name.
+        capability: ``True`` for MMLU / TruthfulQA: the value is p(correct), ``above_half`` accuracy.
+        points: one :class:`BehaviorPoint` per multiplier, in the order given.
+    """
+
+    behavior: str = ""
+    capability: bool = False
+    points: list[BehaviorPoint] = field(default_factory=list)
+
+    def point(self, multiplier: float) -> BehaviorPoint:
+        """The point at ``multiplier``."""
+        for p in self.points:
+            if p.multiplier == float(multiplier):
+                return p
+        raise KeyError(f"no multiplier {multiplier} in this report ({[p.multiplier for p in self.points]})")
+
+    @property
+    def value_name(self) -> str:
+        """``"p_correct"`` for capability sets, else ``"p_matching"``."""
+        return "p_correct" if self.capability else "p_matching"
+
+    def rows(self) -> list[dict[str, Any]]:
+        share = "accuracy" if self.capability else "share_above_0.5"
+        return [
+            {
+                "multiplier": p.multiplier,
+                self.value_name: p.mean,
+                "ci_low": p.ci_low,
+                "ci_high": p.ci_high,
+                share: p.above_half,
+                "letter_mass": p.letter_mass,
+                "n": p.n,
+            }
+            for p in self.points
+        ]
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Mean p(matching) (or p(correct)) against the multiplier with 95% CI error bars."""
+        fig = new_figure()
+        ax = fig.add_subplot(1, 1, 1)
+        pts = sorted(self.points, key=lambda p: p.multiplier)
+        xs = [p.multiplier for p in pts]
+        ys = [p.mean for p in pts]
+        lo = [max(p.mean - p.ci_low, 0.0) if np.isfinite(p.ci_low) else 0.0 for p in pts]
+        hi = [max(p.ci_high - p.mean, 0.0) if np.isfinite(p.ci_high) else 0.0 for p in pts]
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=4, label=self.behavior or "items")
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_ylim(0.0, 1.0)
+        ax.set_xlabel("steering multiplier")
+        ax.set_ylabel("p(correct answer)" if self.capability else "p(answer matching behaviour)")
+        ax.set_title(self.title or self.behavior)
+        ax.legend(loc="best")
+        return save_figure(fig, path)
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of the mean of ``values`` (``nan`` without resamples).
+
+    Example:
+        >>> bootstrap_ci([0.5, 0.5, 0.5])
+        (0.5, 0.5)
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0 or n_bootstrap <= 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_bootstrap, x.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _name(items: Sequence[ABItem], name: str) -> str:
+    if name:
+        return name
+    cats = {it.category for it in items}
+    return cats.pop() if len(cats) == 1 and "" not in cats else "behavior"
+
+
+def _evaluate(
+    lm: LM,
+    vector: SteeringVector,
+    items: Sequence[ABItem | Mapping[str, Any]] | str | os.PathLike[str],
+    multipliers: Sequence[float],
+    layers: Sequence[int] | None,
+    batch_size: int,
+    progress: bool | None,
+    n_bootstrap: int,
+    seed: int,
+    name: str,
+    capability: bool,
+    source: str | None,
+    limit: int | None = None,
+) -> BehaviorReport:
+    if isinstance(items, (str, os.PathLike)):
+        source = str(items)
+        ab = load_ab_items(items, limit)
+    else:
+        ab = _as_items(items)
+        ab = ab[:limit] if limit is not None else ab
+    mults = [float(m) for m in multipliers]
+    if not mults:
+        raise SteeringSpecError("no multipliers given: pass e.g. multipliers=(-1, 0, 1)")
+    if len(set(mults)) != len(mults):
+        raise SteeringSpecError(f"multipliers {mults} repeat a value")
+    steerings: list[SteeringLike | None] = [
+        None if m == 0.0 else Steering(vector, m, layers=layers, positions="generated") for m in mults
+    ]
+    used_layers = list(vector.layers) if layers is None else [int(x) for x in layers]
+    vals = _read(lm, _prepare(lm, ab), [steerings] * len(ab), batch_size, progress)
+    points = []
+    for j, m in enumerate(mults):
+        probs = vals[:, j, 0]
+        lo, hi = bootstrap_ci(probs, n_bootstrap, seed)
+        points.append(
+            BehaviorPoint(
+                multiplier=m,
+                mean=float(probs.mean()),
+                ci_low=lo,
+                ci_high=hi,
+                above_half=float((probs > 0.5).mean()),
+                letter_mass=float(vals[:, j, 1].mean()),
+                n=len(ab),
+                probabilities=[float(x) for x in probs],
+            )
+        )
+    behavior = _name(ab, name)
+    kind = "capability" if capability else "behaviour"
+    settings: dict[str, Any] = {
+        "set": kind,
+        "capability": capability,
+        "multipliers": mults,
+        "layers": used_layers,
+        "positions": "after the instruction (the '(' priming the answer and later)",
+        "batch_size": batch_size,
+        "n_bootstrap": n_bootstrap,
+        "seed": seed,
+        "model_id": lm.model_id,
+        "vector": {"method": vector.method, "model_id": vector.model_id, "data_hash": vector.data_hash},
+    }
+    if source:
+        settings["source"] = source
+    if limit is not None:
+        settings["limit"] = limit
+    return BehaviorReport(
+        title=f"CAA A/B {kind}: {behavior}", settings=settings, behavior=behavior, capability=capability,
+        points=points,
+    )
+
+
+def behavior_eval(
+    lm: LM,
+    vector: SteeringVector,
+    items: Sequence[ABItem | Mapping[str, Any]] | str | os.PathLike[str],
+    multipliers: Sequence[float] = (-1.0, 0.0, 1.0),
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    progress: bool | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    name: str = "",
+) -> BehaviorReport:
+    """CAA A/B behaviour evaluation: mean p(matching) per multiplier, steering after the instruction.
+
+    Args:
+        lm: the model.
+        vector: the steering vector (e.g. from :func:`behavior_vector`).
+        items: :class:`ABItem` objects, raw records, or a path for :func:`load_ab_items`.
+        multipliers: steering coefficients; ``0`` is the unsteered model.
+        layers: the vector's layers to steer (default: all of them).
+        batch_size: items per forward pass (each pass holds ``items × multipliers`` rows).
+        progress: show a progress bar.
+        n_bootstrap: bootstrap resamples for the 95% CI (``0``: no CI).
+        seed: bootstrap seed.
+        name: the behaviour's name (default: the items' common category).
+
+    Example:
+        >>> r = behavior_eval(lm, vec, CAA / "test/sycophancy/test_dataset_ab.json")  # doctest: +SKIP
+        >>> r.point(1.0).mean - r.point(-1.0).mean  # doctest: +SKIP
+        0.12
+
+    Raises:
+        DatasetError: a malformed item (named by its index).
+        SteeringSpecError: no or repeated multipliers.
+        LayerRangeError: ``layers`` not in the vector.
+    """
+    return _evaluate(
+        lm, vector, items, multipliers, layers, batch_size, progress, n_bootstrap, seed, name, False, None
+    )
+
+
+def capability_eval(
+    lm: LM,
+    vector: SteeringVector,
+    path: str | os.PathLike[str],
+    multipliers: Sequence[float] = (-1.0, 0.0, 1.0),
+    layers: Sequence[int] | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    progress: bool | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> BehaviorReport:
+    """Capability cost of steering on ``mmlu.json`` / ``truthful_qa.json``: p(correct) per multiplier.
+
+    The report has ``capability=True``; its ``above_half`` (the ``accuracy`` column) is the share of
+    items where p(correct) > 0.5.
+
+    Example:
+        >>> r = capability_eval(lm, vec, CAA / "test/mmlu/mmlu.json", limit=100)  # doctest: +SKIP
+        >>> [p.above_half for p in r.points]  # doctest: +SKIP
+        [0.41, 0.45, 0.44]
+    """
+    return _evaluate(
+        lm, vector, path, multipliers, layers, batch_size, progress, n_bootstrap, seed,
+        Path(path).stem, True, str(path), limit,
+    )
+
+
+# --------------------------------------------------------------------------- vectors
+def behavior_vector(
+    lm: LM,
+    generate_path: str | os.PathLike[str],
+    layers: Sequence[int] | range | int,
+    limit: int | None = None,
+    method: str = "mean_diff",
+    batch_size: int = 32,
+    progress: bool | None = None,
+) -> SteeringVector:
+    """A CAA behaviour vector from a ``generate_dataset.json``: the answer-letter activations of the
+    matching minus the not-matching answer (``caa_pairs`` + :func:`steerlab.extract`).
+
+    Example:
+        >>> vec = behavior_vector(lm, CAA / "generate/sycophancy/generate_dataset.json",
+        ...                       layers=[13], limit=200)  # doctest: +SKIP
+    """
+    return extract(lm, caa_pairs(load_caa(Path(generate_path), limit)), method=method, layers=layers,
+                   batch_size=batch_size, progress=progress)
