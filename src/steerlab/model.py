@@ -275,7 +275,8 @@ def _load(
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     if dtype is None:
-        dtype = torch.float32 if dev.type == "cpu" and device_map is None else torch.bfloat16
+        on_cpu = dev.type == "cpu" if device_map is None else not torch.cuda.is_available()
+        dtype = torch.float32 if on_cpu else torch.bfloat16
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source))
         kwargs: dict[str, Any] = {"dtype": dtype}

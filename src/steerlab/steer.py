@@ -105,6 +105,17 @@ class _Term:
         return _Term(self.operator, self.positions, rows, delta, self.coefficient, self.norm)
 
 
+def _block_device(block: torch.nn.Module, fallback: torch.device) -> torch.device:
+    """Where a block computes: accelerate's execution device for offloaded blocks (whose
+    parameters sit on ``meta``), else the device of its parameters."""
+    hook = getattr(block, "_hf_hook", None)
+    execution = getattr(hook, "execution_device", None)
+    if execution is not None:
+        return torch.device(execution)
+    param = next(block.parameters(), None)
+    return param.device if param is not None else fallback
+
+
 def _as_list(steering: SteeringLike | Sequence[SteeringLike] | None) -> list[Steering]:
     if steering is None:
         return []
@@ -165,9 +176,7 @@ class SteeringSession:
         merged: dict[tuple[int, object], torch.Tensor] = {}
         for s, rows in entries:
             for layer in s.active_layers:
-                block = self.lm.blocks[layer]
-                param = next(block.parameters(), None)
-                device = param.device if param is not None else self.lm.device
+                device = _block_device(self.lm.blocks[layer], self.lm.device)
                 v = s.vector.directions[layer].to(device=device, dtype=self.dtype)
                 if s.operator == "add" and s.where != "actadd":
                     width = 1 if rows is None else len(rows)

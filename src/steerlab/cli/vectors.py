@@ -109,6 +109,51 @@ def export_gguf(
     run(body)
 
 
+@export_app.command("bake")
+def export_bake(
+    vector: Path = typer.Argument(..., help="A vector folder (or a .gguf control vector)."),
+    out: Path = typer.Argument(..., help="Folder to write the baked Hugging Face checkpoint into."),
+    model: str = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id."),
+    coef: float | None = typer.Option(None, "--coef", "-c", help="Coefficient (required to add; ablation: 1)."),
+    layers: str | None = typer.Option(None, help="Layers to use, e.g. 8-19 (default: all of the vector's)."),
+    ablate: bool = typer.Option(False, "--ablate", help="Bake directional ablation (orthogonalised weights)."),
+    approximate: bool = typer.Option(False, "--approximate", help="Allow ablations that are only approximate."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it holds an earlier bake."),
+) -> None:
+    """Fold a steering into the weights: a plain HF checkpoint that vLLM / TGI / transformers serve.
+
+    Adds coef * vector at every token (as an MLP output bias), or with --ablate removes the
+    direction from every residual-stream writer. Needs no steerlab to load.
+
+    Example: steerlab export bake vectors/happy baked/happy --model default --coef 4 --layers 8-19
+    """
+
+    if coef is None and not ablate:
+        raise typer.BadParameter("give --coef C (the coefficient to bake), or --ablate")
+
+    def body() -> None:
+        import steerlab
+        from steerlab.bake import bake
+
+        with status(f"loading {model}"):
+            lm = steerlab.load_model(model)
+        vec = load_vector(vector, lm)
+        assert isinstance(vec, steerlab.SteeringVector)
+        layer_list = parse_int_list(layers) if layers else None
+        operator = "ablate" if ablate else "add"
+        steering = steerlab.Steering(vec, 1.0 if coef is None else coef, layers=layer_list, operator=operator)
+        with status(f"baking into {out}"):
+            path = bake(lm, steering, out, approximate=approximate, overwrite=overwrite)
+        used = list(steering.active_layers)
+        write_manifest(path, lm, operator=operator, coefficient=steering.coefficient, layers=used, vector=str(vector))
+        info = json.loads((path / "steerlab_bake.json").read_text(encoding="utf-8"))
+        span = f"{used[0]}-{used[-1]}" if used == list(range(used[0], used[-1] + 1)) else ",".join(map(str, used))
+        message = f"wrote {path} ({operator}, coefficient {steering.coefficient}, layers {span}); vllm serve {path}"
+        emit({"out": str(path), **info}, lambda: console.print(message))
+
+    run(body)
+
+
 @import_app.command("gguf")
 def import_gguf(
     gguf_file: Path = typer.Argument(..., help="A llama.cpp control vector (.gguf)."),
