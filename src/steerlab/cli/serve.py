@@ -1,0 +1,90 @@
+"""``steerlab serve``: the OpenAI-compatible steering server and its playground page."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import typer
+
+from . import app
+from .common import FLAGS, emit, err_console, run, say, status
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+def serve(
+    model: str = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id."),
+    vectors: Path = typer.Option(Path("vectors"), "--vectors", help="The vector store directory (created if missing)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="STEERLAB_API_KEY", show_envvar=True,
+        help="Require 'Authorization: Bearer KEY' on every endpoint except /health and the page at /.",
+    ),
+    max_tokens: int = typer.Option(256, help="Most tokens one completion may ask for."),
+    default_max_tokens: int = typer.Option(64, help="Tokens generated when a request gives no max_tokens."),
+    max_prompt_tokens: int = typer.Option(2048, help="Longest prompt accepted, in tokens."),
+    max_coefficient: float = typer.Option(16.0, help="Largest |coefficient| a steering entry may use."),
+    max_batch: int = typer.Option(16, help="Most requests generated together in one batch."),
+    max_queue: int = typer.Option(128, help="Most requests waiting for a batch; more get HTTP 429."),
+    batch_wait_ms: float = typer.Option(
+        5.0, help="A batch that is not full starts once no request arrived for this long (ms)."
+    ),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds before an unfinished request is stopped (504)."),
+    max_upload_mb: float = typer.Option(16.0, help="Largest vector upload, in MiB."),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
+    threads: int | None = typer.Option(None, help="torch intra-op threads (default: torch's choice)."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Serve a model with an OpenAI-compatible API, steering vectors and a playground page.
+
+    Example: steerlab serve --model default --vectors vectors/ --port 8000
+    """
+    import steerlab
+
+    def body() -> None:
+        import torch
+        import uvicorn
+
+        from steerlab.serve import ServeSettings, create_app
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        settings = ServeSettings.from_env(
+            api_key=api_key,
+            max_tokens=max_tokens,
+            default_max_tokens=default_max_tokens,
+            max_prompt_tokens=max_prompt_tokens,
+            max_coefficient=max_coefficient,
+            max_batch=max_batch,
+            max_queue=max_queue,
+            batch_wait_ms=batch_wait_ms,
+            request_timeout_s=timeout,
+            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            model_aliases=(model,),
+        )
+        with status(f"loading {model}"):
+            lm = steerlab.load_model(model, device=device)
+        api = create_app(lm, vectors, settings)
+        store = api.state.server.store
+        for name, why in store.skipped.items():
+            err_console.print(f"[yellow]skipped {vectors / name}:[/yellow] {why}", highlight=False)
+        if settings.api_key is None and not _loopback(host):
+            err_console.print(f"[yellow]warning:[/yellow] serving on {host} without an API key: anyone who can "
+                              "reach this port can use the model (set --api-key or STEERLAB_API_KEY)")
+        url = f"http://{host}:{port}"
+        info = {"url": url, "model": lm.model_id, "vectors": store.names(), "auth": settings.api_key is not None}
+        emit(info, lambda: say(f"serving [bold]{lm.model_id}[/bold] with {len(store.names())} vector(s) from "
+                               f"{vectors} at {url} (playground: {url}/)"))
+        uvicorn.run(api, host=host, port=port, log_level="warning" if FLAGS.quiet or FLAGS.json else log_level)
+
+    run(body)

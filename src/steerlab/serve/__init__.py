@@ -1,0 +1,37 @@
+"""``steerlab serve``: an OpenAI-compatible steering server with a browser playground.
+
+Needs the ``serve`` extra (``pip install steerlab[serve]``: fastapi, uvicorn, python-multipart).
+
+Example:
+    >>> import steerlab, uvicorn
+    >>> from steerlab.serve import ServeSettings, create_app
+    >>> lm = steerlab.load_model("default")  # doctest: +SKIP
+    >>> app = create_app(lm, "vectors", ServeSettings(max_batch=16))  # doctest: +SKIP
+    >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+
+See ``docs/serve.md`` for the HTTP API, curl and ``openai`` client examples.
+"""
+
+from __future__ import annotations
+
+from .app import APIError, Server, create_app
+from .batcher import Batcher, GenParams, Job, QueueFull
+from .settings import API_KEY_ENV, ServeSettings
+from .store import NAME_PATTERN, StoreError, VectorStore, check_name, pack_folder
+
+__all__ = [
+    "API_KEY_ENV",
+    "NAME_PATTERN",
+    "APIError",
+    "Batcher",
+    "GenParams",
+    "Job",
+    "QueueFull",
+    "ServeSettings",
+    "Server",
+    "StoreError",
+    "VectorStore",
+    "check_name",
+    "create_app",
+    "pack_folder",
+]

@@ -1,0 +1,188 @@
+"""Request bodies of the OpenAI-compatible API (pydantic v2), plus steerlab's ``steering`` field.
+
+Unknown fields are rejected (a misspelt ``steering`` must not silently serve the plain model);
+OpenAI fields steerlab does not implement are accepted only at their neutral value.
+
+Example:
+    >>> req = CompletionRequest.model_validate(
+    ...     {"model": "default", "prompt": "Once upon a time", "max_tokens": 8,
+    ...      "steering": [{"vector": "happy", "coefficient": 4.0, "positions": [0, 4]}]})
+    >>> req.steering[0].positions
+    (0, 4)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class SteeringEntry(BaseModel):
+    """One vector of the store applied with a coefficient.
+
+    Attributes:
+        vector: name of a vector in the store (``GET /v1/vectors``).
+        coefficient: multiplier; ``|coefficient|`` is capped by the server's ``max_coefficient``.
+        layers: a subset of the vector's layers (default: all of them).
+        positions: ``"all"``, ``"prompt"``, ``"generated"``, ``"actadd"`` (token-wise vectors) or a
+            token window ``[start, end]`` (``end`` may be ``null``: to the end).
+        operator: ``"add"`` (default), ``"ablate"``, ``"clamp"`` or ``"add_norm_preserving"``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    vector: str = Field(min_length=1, max_length=200)
+    coefficient: float = 1.0
+    layers: list[int] | None = Field(default=None, max_length=1024)
+    positions: Literal["all", "prompt", "generated", "actadd"] | tuple[int, int | None] | None = None
+    operator: Literal["add", "ablate", "clamp", "add_norm_preserving"] = "add"
+
+    @field_validator("coefficient")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("coefficient must be a finite number")
+        return value
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``: ``include_usage`` adds a last chunk with token counts."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+def _neutral(name: str, value: Any, neutral: tuple[Any, ...]) -> None:
+    if value not in neutral:
+        raise ValueError(f"{name}={value!r} is not supported by steerlab serve")
+
+
+class _GenerationFields(BaseModel):
+    """Fields shared by completions and chat completions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    steering: list[SteeringEntry] | None = None
+    ignore_eos: bool = False
+    # OpenAI fields accepted at their neutral value only (or ignored: user, metadata, store).
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        stops = [value] if isinstance(value, str) else list(value)
+        if len(stops) > 4 or any(not s for s in stops) or any(len(s) > 200 for s in stops):
+            raise ValueError("stop takes up to 4 non-empty strings of at most 200 characters")
+        return stops
+
+    @model_validator(mode="after")
+    def _unsupported(self) -> _GenerationFields:
+        _neutral("presence_penalty", self.presence_penalty, (None, 0, 0.0))
+        _neutral("frequency_penalty", self.frequency_penalty, (None, 0, 0.0))
+        if self.logit_bias:
+            raise ValueError("logit_bias is not supported by steerlab serve")
+        return self
+
+    @property
+    def stops(self) -> list[str]:
+        """The stop strings as a list."""
+        return list(self.stop or [])
+
+
+class CompletionRequest(_GenerationFields):
+    """``POST /v1/completions``: continue ``prompt`` (one string or a list of strings)."""
+
+    prompt: str | list[str]
+    echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    @model_validator(mode="after")
+    def _completion_unsupported(self) -> CompletionRequest:
+        _neutral("echo", self.echo, (False,))
+        _neutral("logprobs", self.logprobs, (None,))
+        _neutral("best_of", self.best_of, (None, 1))
+        _neutral("suffix", self.suffix, (None,))
+        if isinstance(self.prompt, list) and not self.prompt:
+            raise ValueError("prompt is an empty list")
+        return self
+
+    @property
+    def prompts(self) -> list[str]:
+        """The prompt(s) as a list."""
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+class ContentPart(BaseModel):
+    """A text part of a message's ``content`` list (other part types are rejected)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One chat message."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The message's text (text parts joined)."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(_GenerationFields):
+    """``POST /v1/chat/completions``: answer ``messages`` through the model's chat template."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="after")
+    def _chat_unsupported(self) -> ChatCompletionRequest:
+        _neutral("logprobs", self.logprobs, (None, False))
+        _neutral("top_logprobs", self.top_logprobs, (None, 0))
+        if self.tools:
+            raise ValueError("tools are not supported by steerlab serve")
+        _neutral("tool_choice", self.tool_choice, (None, "none"))
+        if self.response_format and self.response_format.get("type") != "text":
+            raise ValueError("only response_format={'type': 'text'} is supported by steerlab serve")
+        if self.max_tokens is None and self.max_completion_tokens is not None:
+            self.max_tokens = self.max_completion_tokens
+        return self

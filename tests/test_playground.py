@@ -1,0 +1,107 @@
+"""The playground page in a real headless Chromium (Debian's ``chromium``, driven by Playwright).
+
+Loads the page from a real uvicorn server, enters the API key, sends a prompt with a vector,
+checks that the unsteered and steered columns both fill (and differ, and match the library),
+uploads a vector through the form, and saves a screenshot under pytest's tmp dir.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+import steerlab
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_playground_streams_unsteered_and_steered_side_by_side(
+    lm: steerlab.LM, vec: steerlab.SteeringVector, tmp_path: Path
+) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    from steerlab.serve import ServeSettings, create_app, pack_folder
+    from tests.test_serve import KEY, ServerThread
+
+    store = tmp_path / "store"
+    vec.save(store / "happy")
+    (-vec).save(tmp_path / "upload" / "sad")
+    archive = tmp_path / "sad.tar.gz"
+    archive.write_bytes(pack_folder(tmp_path / "upload" / "sad"))
+    want_base = steerlab.generate(lm, PROMPT, max_new_tokens=24)[0]
+    want_steer = steerlab.generate(lm, PROMPT, steering=steerlab.Steering(vec, 4.0), max_new_tokens=24)[0]
+    assert want_base != want_steer
+
+    app = create_app(lm, store, ServeSettings(api_key=KEY))
+    shot = tmp_path / "playground.png"
+    with ServerThread(app) as srv, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 820})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{srv.url}/")
+            # without the key the page says so; with it, it shows the model and the vectors
+            page.wait_for_function("document.getElementById('msg').textContent.includes('API key')")
+            page.fill("#api-key", KEY)
+            page.press("#api-key", "Tab")  # leaving the field fires its change event
+            page.wait_for_function("document.getElementById('model-id').textContent === 'stories260K'")
+            page.wait_for_selector("[data-vector=happy] input[type=range]")
+
+            page.fill("#prompt", PROMPT)
+            page.fill("#max-tokens", "24")
+            page.eval_on_selector("[data-vector=happy] input[type=range]",
+                                  "el => { el.value = '4'; el.dispatchEvent(new Event('input')); }")
+            assert page.is_checked("#use-happy")
+            page.click("#generate")
+            page.wait_for_function(
+                "['status-base', 'status-steer']"
+                ".every(id => document.getElementById(id).textContent.startsWith('done'))",
+                timeout=60_000,
+            )
+            base = page.inner_text("#out-base")
+            steered = page.inner_text("#out-steer")
+            assert base.startswith(PROMPT) and steered.startswith(PROMPT)
+            assert base[len(PROMPT):].strip() and steered[len(PROMPT):].strip()
+            assert base != steered
+            assert base == PROMPT + want_base
+            assert steered == PROMPT + want_steer
+            assert "happy 4.0" in page.inner_text("#steer-desc")
+
+            # upload a vector through the form: it appears in the list
+            page.set_input_files("#upload-file", str(archive))
+            page.fill("#upload-name", "sad")
+            page.click("#upload-form button[type=submit]")
+            page.wait_for_function("document.getElementById('upload-status').textContent.startsWith('added sad')")
+            page.wait_for_selector("[data-vector=sad]")
+            assert (store / "sad" / "vector.safetensors").is_file()
+
+            page.screenshot(path=str(shot), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
+    print(f"playground screenshot: {shot}")
