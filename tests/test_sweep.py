@@ -32,7 +32,7 @@ def test_cost_sweep_is_zero_cost_at_zero(lm, vec):
     rep = sweep(lm, vec, "cost", TEXTS, coefficients=[0, 8], metric="kl")
     assert rep.layer_sets == [[1], [2], [3]]
     assert all(row[0] < 1e-9 and row[1] > 0 for row in rep.grids["kl"])
-    layers, coef, value = rep.best("kl", maximize=True)
+    _, coef, value = rep.best("kl", maximize=True)
     assert coef == 8.0 and value > 0
 
 

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+from .bake import bake
 from .capture import capture, capture_tokens
 from .data import (
     ChatText,
@@ -60,6 +61,7 @@ __all__ = [
     "SteeringVector",
     "UnsupportedArchitectureError",
     "VectorFileError",
+    "bake",
     "caa_pair",
     "caa_pairs",
     "capture",
