@@ -183,3 +183,14 @@ def test_output_hidden_states_see_the_steered_stream(lm, vec):
         with steerlab.steer(lm, Steering(vec, 2.0, layers=[2])):
             steered = lm.model(**ids, output_hidden_states=True).hidden_states[3]
     torch.testing.assert_close(steered, plain + 2.0 * vec.directions[2], rtol=1e-4, atol=1e-4)
+
+
+def test_composition_keeps_order_around_non_add_operators(lm, vec):
+    """add, then ablate, then add again: the second addition survives the ablation."""
+    layer, u = 1, vec.directions[1] / vec.directions[1].norm()
+    s = Steering(vec, 2.0, layers=[layer]) + Steering(vec, 1.0, layers=[layer], operator="ablate")
+    s = s + Steering(vec, 3.0, layers=[layer])
+    with steerlab.steer(lm, s):
+        got = steerlab.capture(lm, PROMPTS, [layer], "last")[layer]
+    expected = float(3.0 * vec.directions[layer] @ u)
+    torch.testing.assert_close(got @ u, torch.full((len(PROMPTS),), expected), rtol=1e-4, atol=1e-4)

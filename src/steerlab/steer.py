@@ -182,6 +182,9 @@ class SteeringSession:
                     width = 1 if rows is None else len(rows)
                     key: tuple[int, object] = (layer, s.where if rows is None else ("rows", s.where))
                     acc = merged.get(key)
+                    last = self.terms.get(layer, [])[-1:]
+                    if acc is not None and not (last and last[0].delta is acc):
+                        acc = None  # an ablate/clamp came in between: keep the order of composition
                     if acc is None:
                         acc = torch.zeros(width, 1, v.shape[-1], device=device, dtype=self.dtype)
                         merged[key] = acc
