@@ -259,16 +259,9 @@ def _layers(spec: list[int]) -> range:
 
 
 def _padded(ids: list[list[int]], pad_id: int, side: str) -> tuple[Any, Any]:
-    import torch
+    from steerlab.tokens import pad_token_ids
 
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, seq in enumerate(ids):
-        off = width - len(seq) if side == "left" else 0
-        input_ids[row, off : off + len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, off : off + len(seq)] = 1
-    return input_ids, mask
+    return pad_token_ids(ids, pad_id, side)
 
 
 def scenario_extract(cfg: dict[str, Any], reps: int) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from .data import Read, validate_read
 from .errors import DatasetError, LayerRangeError
 from .model import LM
 from .progress import track
+from .tokens import pad_id, pad_token_ids
 
 
 class _StopForward(Exception):
@@ -187,15 +188,11 @@ def _forward_batch(
 ) -> dict[int, torch.Tensor]:
     """One padded forward pass, stopped after ``max(layers)``, reducing read ranges in the hooks."""
     device = lm.device
-    width = max(len(x) for x in ids)
-    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    input_ids, mask = pad_token_ids(ids, pad_id(lm.tokenizer), side)
+    width = input_ids.shape[1]
     weights = torch.zeros((len(ids), width), dtype=torch.float32)
     for row, (seq, (start, end)) in enumerate(zip(ids, ranges)):
         off = width - len(seq) if side == "left" else 0
-        input_ids[row, off : off + len(seq)] = torch.tensor(seq)
-        mask[row, off : off + len(seq)] = 1
         weights[row, off + start : off + end] = 1.0 / (end - start)
     input_ids, mask = input_ids.to(device), mask.to(device)
     kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, "use_cache": False}

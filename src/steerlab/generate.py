@@ -20,24 +20,16 @@ from .errors import DatasetError, SteeringSpecError
 from .model import LM
 from .steer import steer_rows
 from .steering import SteeringLike
+from .tokens import pad_id, pad_token_ids
 
 
 def encode(lm: LM, texts: Sequence[str], padding_side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
     """Tokenise ``texts`` and pad them on ``padding_side``: ``(input_ids, attention_mask)`` on the
     model's device."""
-    if padding_side not in ("left", "right"):
-        raise SteeringSpecError(f"padding_side={padding_side!r}: use 'left' or 'right'")
     if not texts:
         raise DatasetError("no texts to encode")
     ids = lm.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-    width = max(len(x) for x in ids)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, seq in enumerate(ids):
-        off = width - len(seq) if padding_side == "left" else 0
-        input_ids[row, off : off + len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, off : off + len(seq)] = 1
+    input_ids, mask = pad_token_ids(ids, pad_id(lm.tokenizer), padding_side)
     return input_ids.to(lm.device), mask.to(lm.device)
 
 

@@ -45,6 +45,7 @@ from ..model import LM
 from ..progress import track
 from ..steer import steer_rows
 from ..steering import Steering, SteeringLike
+from ..tokens import pad_id, pad_token_ids
 from ..vector import SteeringVector
 from .report import Report, new_figure, save_figure
 
@@ -254,24 +255,13 @@ def _read(
     out = np.zeros((n, n_set, 2), dtype=np.float64)
     order = sorted(range(n), key=lambda i: len(prepared[i].ids))
     chunks = [order[s : s + batch_size] for s in range(0, n, batch_size)]
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad = pad_id(lm.tokenizer)
     params = _forward_params(lm)
     extra = _logits_kwargs(params)
     for chunk in track(chunks, "A/B read-out", enabled=progress):
-        width = max(len(prepared[i].ids) for i in chunk)
-        rows = len(chunk) * n_set
-        ids = torch.full((rows, width), pad, dtype=torch.long)
-        mask = torch.zeros((rows, width), dtype=torch.long)
-        lengths = torch.zeros(rows, dtype=torch.long)
-        row_steer: list[SteeringLike | None] = []
-        for c, i in enumerate(chunk):
-            seq = prepared[i].ids
-            for s in range(n_set):
-                r = c * n_set + s
-                ids[r, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-                mask[r, width - len(seq) :] = 1
-                lengths[r] = prepared[i].prompt_length
-                row_steer.append(settings[i][s])
+        ids, mask = pad_token_ids([prepared[i].ids for i in chunk for _ in range(n_set)], pad, "left")
+        lengths = torch.tensor([prepared[i].prompt_length for i in chunk for _ in range(n_set)], dtype=torch.long)
+        row_steer: list[SteeringLike | None] = [settings[i][s] for i in chunk for s in range(n_set)]
         ids, mask = ids.to(lm.device), mask.to(lm.device)
         kwargs = dict(extra)
         if "position_ids" in params:  # left padding must not shift positions (absolute embeddings)

@@ -15,6 +15,7 @@ import torch
 from ..errors import DatasetError
 from ..model import LM
 from ..progress import track
+from ..tokens import pad_id, pad_token_ids
 
 
 def _batches(n: int, size: int) -> list[range]:
@@ -43,15 +44,8 @@ def continuation_nll(
         c_ids = tok(c, add_special_tokens=False)["input_ids"]
         seqs.append((p_ids + c_ids, len(p_ids)))
     out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     for rows in track(_batches(len(seqs), batch_size), "scoring continuations", enabled=progress):
-        width = max(len(seqs[i][0]) for i in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):
-            s = seqs[i][0]
-            ids[r, : len(s)] = torch.tensor(s)
-            mask[r, : len(s)] = 1
+        ids, mask = pad_token_ids([seqs[i][0] for i in rows], pad_id(tok), "right")
         with torch.inference_mode():
             logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)

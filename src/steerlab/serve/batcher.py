@@ -41,6 +41,7 @@ from transformers.generation.streamers import BaseStreamer
 from ..model import LM
 from ..steer import steer_rows
 from ..steering import SteeringLike
+from ..tokens import pad_token_ids
 from .settings import ServeSettings
 
 log = logging.getLogger("steerlab.serve")
@@ -496,13 +497,7 @@ class Batcher:
             self._running = max(0, self._running - 1)
 
     def _inputs(self, batch: Sequence[Job]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(j.prompt_ids) for j in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, job in enumerate(batch):
-            n = len(job.prompt_ids)
-            ids[row, width - n:] = torch.tensor(job.prompt_ids, dtype=torch.long)
-            mask[row, width - n:] = 1
+        ids, mask = pad_token_ids([j.prompt_ids for j in batch], self.pad_id, "left")
         return ids.to(self.lm.device), mask.to(self.lm.device)
 
     def _run(self, batch: list[Job]) -> None:
