@@ -25,21 +25,12 @@ from steerlab.evaluate.behavior import behavior_eval, behavior_vector, capabilit
 from steerlab.evaluate.cost import load_texts
 from steerlab.evaluate.report import markdown_table
 from steerlab.evaluate.sentiment import sentiment_shift
-from steerlab.evaluate.sweep import autotune
+from steerlab.evaluate.sweep import autotune, split_halves
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 REPE = SHARED / "data" / "repe"
 CAA = SHARED / "data" / "caa" / "datasets"
-
-
-def _report_half(items: list[str]) -> list[str]:
-    """The half of ``items`` that autotune reports on (same shuffle as steerlab.evaluate.sweep)."""
-    import random
-
-    shuffled = list(items)
-    random.Random(0).shuffle(shuffled)
-    return shuffled[len(shuffled) // 2 :]
 
 
 def sentiment_section(lm: steerlab.LM, out: Path, quick: bool) -> tuple[str, dict[str, Any]]:
@@ -104,7 +95,7 @@ def sentiment_section(lm: steerlab.LM, out: Path, quick: bool) -> tuple[str, dic
                                                                  "held_out": rep.held_out}
         # the seed's figure: baseline vs +steering vs −steering at the tuned settings (report half)
         pos, neg = tuned[1], tuned[-1]
-        report_half = _report_half(held)
+        report_half = split_halves(held)[1]
         layers = sorted(set(pos.layers) | set(neg.layers))
         fig_vec = vec.select(layers)
         coefs = [neg.coefficient, 0.0, pos.coefficient]

@@ -243,7 +243,8 @@ class AutotuneReport(Report):
         return save_figure(fig, path)
 
 
-def _split(data: Sequence[Any], seed: int) -> tuple[list[Any], list[Any]]:
+def split_halves(data: Sequence[Any], seed: int = 0) -> tuple[list[Any], list[Any]]:
+    """The (selection, report) halves :func:`autotune` uses: shuffled with ``seed``, then halved."""
     items = list(data)
     random.Random(seed).shuffle(items)
     half = len(items) // 2
@@ -289,7 +290,7 @@ def autotune(
     coefs = sorted({0.0, *(float(c) for c in coefficients if c * direction > 0)}, key=abs)
     if len(coefs) < 2:
         raise SteeringSpecError(f"give coefficients with the sign of direction={direction:+d}")
-    select, held = _split(data, seed)
+    select, held = split_halves(data, seed)
     sets = _layer_sets(vector, layer_sets)
     effect_metric = {("sentiment", 1): "positive_share", ("sentiment", -1): "negative_share",
                      ("behavior", 1): "p_matching", ("behavior", -1): "p_not_matching"}[(kind, direction)]
