@@ -30,8 +30,6 @@ import argparse
 import gc
 import json
 import os
-import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -39,9 +37,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import benchlib
+from benchlib import log, maxrss_mb, peak_since_reset_mb, ratio, reset_peak, rss_mb, trim_heap
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -84,55 +84,6 @@ QUICK: dict[str, Any] = {
     "default_threads": 1,
 }
 TARGETS = {"extract/bare": 1.15, "steered/unsteered": 1.03, "mixed/unsteered": 1.15}
-
-
-# --------------------------------------------------------------------------- memory helpers
-def _status_kb(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return float(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def rss_mb() -> float | None:
-    """Current resident set size (MiB), Linux only."""
-    kb = _status_kb("VmRSS")
-    return None if kb is None else round(kb / 1024, 1)
-
-
-def maxrss_mb() -> float:
-    """Process peak RSS since start (``getrusage``; KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
-
-
-def trim_heap() -> None:
-    """Give memory that glibc's malloc keeps after frees back to the OS (Linux/glibc only), so that
-    one call's peak is less inflated by what earlier calls left resident."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def reset_peak() -> bool:
-    """Reset the kernel's RSS high-water mark (VmHWM) to the current RSS; False if unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_since_reset_mb() -> float | None:
-    """VmHWM (MiB): peak RSS since the last :func:`reset_peak` (or since start)."""
-    kb = _status_kb("VmHWM")
-    return None if kb is None else round(kb / 1024, 1)
 
 
 # --------------------------------------------------------------------------- timing helpers
@@ -200,10 +151,6 @@ def run_methods(
         rec["median_s"] = round(statistics.median(rec["times_s"]), 4)
         rec["min_s"] = round(min(rec["times_s"]), 4)
     return out
-
-
-def ratio(a: float, b: float) -> float:
-    return round(a / b, 3) if b > 0 else float("nan")
 
 
 def ratios(res: dict[str, dict[str, Any]], *pairs: tuple[str, str]) -> dict[str, dict[str, float]]:
@@ -453,45 +400,8 @@ def worker(name: str, cfg: dict[str, Any], reps: int, result: Path) -> None:
 
 
 # --------------------------------------------------------------------------- parent side
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _version(pkg: str) -> str | None:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    status = _git("status", "--porcelain")
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "python": platform.python_version(),
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
-        "steerlab": _version("steerlab"),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
-        "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
+    return benchlib.machine_info(("torch", "transformers", "steerlab"))
 
 
 def spawn(name: str, cfg: dict[str, Any], reps: int, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -548,13 +458,6 @@ def load_scenario(cfg: dict[str, Any], reps: int, scenario_runs: list[dict[str, 
         cold_warm = ratio(out["cold"]["load_s"], out["warm"]["median_load_s"])
         out["ratios"] = {"cold/warm": {"median": cold_warm, "min": cold_warm}}
     return out
-
-
-_T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 def _target(key: str, value: float) -> str:

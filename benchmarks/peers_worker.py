@@ -1,0 +1,403 @@
+"""One tool's side of ``bench_peers.py``: load the model, run the asked scenarios, write JSON.
+
+Runs in steerlab's environment (tools ``steerlab`` and ``plain``) or in the peers' environment
+(tools ``steering-vectors``, ``repeng`` and ``plain``); it imports only what its tool needs, so the
+peers' environment needs no steerlab. The parent (``bench_peers.py``) prepares the texts and the
+vectors, so every tool sees exactly the same inputs.
+
+Every measured call is preceded by an untimed warm-up on a small slice of the same work, and is
+measured with :func:`benchlib.measure` (wall time, peak RSS while it ran).
+
+Example (what the parent runs)::
+
+    .venv-peers/bin/python benchmarks/peers_worker.py --job job.json --result out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import benchlib
+
+Pairs = list[tuple[str, str]]
+Vec = dict[int, Any]  # {layer: torch.Tensor [d_model]}
+
+
+class _Stop(Exception):
+    """Raised by the bare-forward hook after the deepest layer."""
+
+
+# --------------------------------------------------------------------------- tools
+class Tool:
+    """A model plus one library's way to extract vectors and generate under steering."""
+
+    name = "tool"
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+
+    def extract(self, pairs: Pairs, layers: list[int], batch_size: int) -> Vec:
+        raise NotImplementedError
+
+    def generate(self, prompts: list[str], vec: Vec | None, new_tokens: int, batch_size: int) -> list[str]:
+        raise NotImplementedError
+
+    def mixed(self, prompts: list[str], vecs: list[Vec], new_tokens: int) -> list[str]:
+        """One prompt per vector. Without per-row steering: one steered call per prompt."""
+        out: list[str] = []
+        for p, v in zip(prompts, vecs):
+            out += self.generate([p], v, new_tokens, 1)
+        return out
+
+
+class HFTool(Tool):
+    """Common part of the tools that hold a plain ``transformers`` model."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        super().__init__(job)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        path, gguf = job["model_dir"], job.get("gguf_file")
+        kw = {"gguf_file": gguf} if gguf else {}
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kw)
+        self.model.eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @property
+    def blocks(self) -> Any:
+        return self.model.model.layers
+
+    def encode(self, texts: Sequence[str], side: str) -> dict[str, Any]:
+        self.tokenizer.padding_side = side
+        return dict(self.tokenizer(list(texts), return_tensors="pt", padding=True))
+
+    def plain_generate(self, prompts: list[str], new_tokens: int, batch_size: int) -> list[str]:
+        """``model.generate`` on left-padded batches, exactly ``new_tokens`` greedy tokens each."""
+        out: list[str] = []
+        for s in range(0, len(prompts), batch_size):
+            enc = self.encode(prompts[s : s + batch_size], "left")
+            with self.torch.inference_mode():
+                ids = self.model.generate(
+                    **enc,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+            n = enc["input_ids"].shape[1]
+            out += self.tokenizer.batch_decode(ids[:, n:], skip_special_tokens=True)
+        return out
+
+    def last_logits(self, text: str) -> Any:
+        enc = self.encode([text], "right")
+        with self.torch.inference_mode():
+            return self.model(**enc).logits[0, -1].float()
+
+
+class Plain(HFTool):
+    """No steering library: the bare truncated forward (the limit for extraction) and plain
+    ``generate`` (the baseline for steered generation)."""
+
+    name = "plain"
+
+    def extract(self, pairs: Pairs, layers: list[int], batch_size: int) -> Vec:
+        """The minimal work of extraction: every text once, length-sorted batches, a hook that
+        stops the forward after the deepest layer. Returns nothing (no vector is built)."""
+        torch = self.torch
+        texts = [t for p in pairs for t in p]
+        self.tokenizer.padding_side = "right"
+        ids = self.tokenizer(texts)["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        pad = self.tokenizer.pad_token_id
+
+        def stop(*_: Any) -> None:
+            raise _Stop
+
+        handle = self.blocks[max(layers)].register_forward_hook(stop)
+        try:
+            with torch.inference_mode():
+                for s in range(0, len(order), batch_size):
+                    rows = [ids[i] for i in order[s : s + batch_size]]
+                    width = max(len(r) for r in rows)
+                    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+                    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+                    try:
+                        self.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+                    except _Stop:
+                        pass
+        finally:
+            handle.remove()
+        return {}
+
+    def generate(self, prompts: list[str], vec: Vec | None, new_tokens: int, batch_size: int) -> list[str]:
+        if vec:
+            raise ValueError("the plain tool does not steer")
+        return self.plain_generate(prompts, new_tokens, batch_size)
+
+    def mixed(self, prompts: list[str], vecs: list[Vec], new_tokens: int) -> list[str]:
+        """The baseline of the mixed scenario: one unsteered batch of the same prompts."""
+        return self.plain_generate(prompts, new_tokens, len(prompts))
+
+
+class SteeringVectors(HFTool):
+    """``steering-vectors`` (David Chanin): ``train_steering_vector`` and ``SteeringVector.apply``."""
+
+    name = "steering-vectors"
+
+    def extract(self, pairs: Pairs, layers: list[int], batch_size: int) -> Vec:
+        from steering_vectors import train_steering_vector
+
+        sv = train_steering_vector(
+            self.model,
+            self.tokenizer,
+            pairs,
+            layers=layers,
+            read_token_index=-1,
+            batch_size=batch_size,
+            show_progress=False,
+        )
+        return {int(k): v.float() for k, v in sv.layer_activations.items()}
+
+    def generate(self, prompts: list[str], vec: Vec | None, new_tokens: int, batch_size: int) -> list[str]:
+        from steering_vectors import SteeringVector
+
+        if not vec:
+            return self.plain_generate(prompts, new_tokens, batch_size)
+        with SteeringVector(dict(vec), "decoder_block").apply(self.model, multiplier=1.0, min_token_index=0):
+            return self.plain_generate(prompts, new_tokens, batch_size)
+
+
+class Repeng(HFTool):
+    """``repeng`` (Theia Vogel): ``ControlVector.train`` (PCA of differences) and ``ControlModel``."""
+
+    name = "repeng"
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        super().__init__(job)
+        self.control: Any = None
+
+    def extract(self, pairs: Pairs, layers: list[int], batch_size: int) -> Vec:
+        from repeng import ControlVector, DatasetEntry
+
+        if self.control is not None:
+            raise RuntimeError("repeng extracts before its ControlModel wraps the blocks")
+        dataset = [DatasetEntry(positive=p, negative=n) for p, n in pairs]
+        cv = ControlVector.train(
+            self.model, self.tokenizer, dataset, hidden_layers=layers, batch_size=batch_size, method="pca_diff"
+        )
+        return {int(k): self.torch.from_numpy(v).float() for k, v in cv.directions.items()}
+
+    def generate(self, prompts: list[str], vec: Vec | None, new_tokens: int, batch_size: int) -> list[str]:
+        from repeng import ControlModel, ControlVector
+
+        if not vec:
+            if self.control is not None:
+                self.control.reset()
+            return self.plain_generate(prompts, new_tokens, batch_size)
+        if self.control is None:
+            # ControlModel replaces the blocks by wrappers in place, on the layers of the first
+            # vector; every vector in a run steers the same layers.
+            self.control = ControlModel(self.model, sorted(vec))
+        cv = ControlVector(model_type=self.model.config.model_type, directions={k: v.numpy() for k, v in vec.items()})
+        self.control.set_control(cv, coeff=1.0)
+        try:
+            return self.plain_generate(prompts, new_tokens, batch_size)
+        finally:
+            self.control.reset()
+
+
+class Steerlab(Tool):
+    """steerlab: ``extract(method="mean_diff")``, ``generate`` with one steering per row."""
+
+    name = "steerlab"
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        super().__init__(job)
+        import steerlab
+
+        self.sl = steerlab
+        self.lm = steerlab.load_model(job["model"])
+
+    def _vector(self, vec: Vec) -> Any:
+        lm = self.lm
+        return self.sl.SteeringVector(
+            directions=vec, model_id=lm.model_id, d_model=lm.d_model, n_layers=lm.n_layers, method="bench"
+        )
+
+    def extract(self, pairs: Pairs, layers: list[int], batch_size: int) -> Vec:
+        cps = [self.sl.ContrastPair(p, n) for p, n in pairs]
+        v = self.sl.extract(self.lm, cps, method="mean_diff", layers=layers, batch_size=batch_size, progress=False)
+        return dict(v.directions)
+
+    def _steering(self, vec: Vec | None) -> Any:
+        return None if not vec else self.sl.Steering(self._vector(vec), 1.0)
+
+    def generate(self, prompts: list[str], vec: Vec | None, new_tokens: int, batch_size: int) -> list[str]:
+        return self.sl.generate(
+            self.lm,
+            prompts,
+            steering=self._steering(vec),
+            max_new_tokens=new_tokens,
+            batch_size=batch_size,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+        )
+
+    def mixed(self, prompts: list[str], vecs: list[Vec], new_tokens: int) -> list[str]:
+        """All rows in one call, each with its own steering."""
+        return self.sl.generate(
+            self.lm,
+            prompts,
+            steering=[self._steering(v) for v in vecs],
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+        )
+
+    def separate(self, prompts: list[str], vecs: list[Vec], new_tokens: int) -> list[str]:
+        """For reference: one steered call per prompt, as a tool without per-row steering must."""
+        return super().mixed(prompts, vecs, new_tokens)
+
+
+TOOLS: dict[str, type[Tool]] = {
+    "plain": Plain,
+    "steerlab": Steerlab,
+    "steering-vectors": SteeringVectors,
+    "repeng": Repeng,
+}
+
+
+# --------------------------------------------------------------------------- scenarios
+def _timed(warm: Callable[[], Any], fn: Callable[[], Any]) -> tuple[dict[str, Any], Any]:
+    """Untimed warm-up call, then one measured call; returns the record and ``fn``'s result."""
+    t0 = time.perf_counter()
+    warm()
+    rec = benchlib.measure(fn)
+    rec["warmup_s"] = round(time.perf_counter() - t0 - rec["time_s"], 4)
+    return rec, rec.pop("result")
+
+
+def _load_vec(path: str) -> Vec:
+    import torch
+
+    return {int(k): v for k, v in torch.load(path).items()}
+
+
+def _scaled(vec: Vec, norms: dict[int, float]) -> Vec:
+    """``vec`` with each layer rescaled to the given norm (the matched-norm comparison)."""
+    return {k: v * (float(norms[k]) / float(v.norm())) for k, v in vec.items()}
+
+
+def _extract(tool: Tool, sc: dict[str, Any], data: dict[str, Any], layers: list[int]) -> dict[str, Any]:
+    import torch
+
+    pairs = [(p[0], p[1]) for p in data[sc["data"]]]
+    bs = sc["batch_size"]
+    head = pairs[: min(len(pairs), max(bs, 4))]
+    rec, vec = _timed(partial(tool.extract, head, layers, bs), partial(tool.extract, pairs, layers, bs))
+    if vec and sc.get("save"):
+        torch.save({int(k): v.detach().cpu().float() for k, v in vec.items()}, sc["save"])
+    rec.update(n_pairs=len(pairs), batch_size=bs)
+    return rec
+
+
+def _generate(tool: Tool, sc: dict[str, Any], data: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    prompts = data["gen_prompts"]
+    vec = _load_vec(job["vectors"]["speed"]) if sc["steered"] else None
+    rec, texts = _timed(
+        partial(tool.generate, prompts[:2], vec, 2, 2),
+        partial(tool.generate, prompts, vec, sc["new_tokens"], sc["batch_size"]),
+    )
+    rec.update(n_prompts=len(prompts), sample=texts[0])
+    return rec
+
+
+def _mixed(tool: Tool, sc: dict[str, Any], data: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    prompts = data["mixed_prompts"]
+    vecs = [_load_vec(p) for p in job["vectors"]["mixed"]]
+    fn = tool.separate if sc["kind"] == "separate" else tool.mixed  # type: ignore[attr-defined]
+    rec, texts = _timed(partial(fn, prompts[:2], vecs[:2], 2), partial(fn, prompts, vecs, sc["new_tokens"]))
+    rec.update(n_prompts=len(prompts), distinct_outputs=len(set(texts)))
+    return rec
+
+
+def _effect(tool: Tool, sc: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """Continuations of the held-out openings with the tool's own vector at each matched norm."""
+    prompts = data["effect_prompts"]
+    own = _load_vec(sc["vector"]) if sc.get("vector") else None
+    texts: dict[str, list[str]] = {}
+    t0 = time.perf_counter()
+    for lab, norms in sc["norms"].items():
+        vec = _scaled(own, {int(k): v for k, v in norms.items()}) if own and norms else None
+        texts[lab] = tool.generate(prompts, vec, sc["new_tokens"], sc["batch_size"])
+    return {"time_s": round(time.perf_counter() - t0, 3), "texts": texts}
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Load the tool's model (measured) and run ``job["scenarios"]`` in order."""
+    import torch
+
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
+    out: dict[str, Any] = {"tool": job["tool"], "env": job["env"], "pid": os.getpid()}
+    out["versions"] = {
+        p: benchlib.version(p)
+        for p in ("torch", "transformers", "steerlab", "steering-vectors", "repeng", "numpy", "scikit-learn")
+    }
+    out["rss_start_mb"] = benchlib.rss_mb()
+    load = benchlib.measure(lambda: TOOLS[job["tool"]](job))
+    tool: Tool = load.pop("result")
+    out["load"] = load
+    out["torch_threads"] = torch.get_num_threads()
+    data = json.loads(Path(job["data"]).read_text())
+    layers = list(range(job["layers"][0], job["layers"][1] + 1))
+    res: dict[str, Any] = {}
+    for sc in job["scenarios"]:
+        kind = sc["kind"]
+        if kind == "extract":
+            res[sc["name"]] = _extract(tool, sc, data, layers)
+        elif kind == "generate":
+            res[sc["name"]] = _generate(tool, sc, data, job)
+        elif kind in ("mixed", "separate"):
+            res[sc["name"]] = _mixed(tool, sc, data, job)
+        elif kind == "effect":
+            res[sc["name"]] = _effect(tool, sc, data)
+        elif kind == "logits":
+            torch.save(tool.last_logits(data["check_text"]), sc["save"])  # type: ignore[attr-defined]
+            res[sc["name"]] = {}
+        else:
+            raise ValueError(f"unknown scenario kind {kind!r}")
+    out["scenarios"] = res
+    out["peak_rss_mb"] = benchlib.maxrss_mb()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="one tool's side of bench_peers.py")
+    ap.add_argument("--job", type=Path, required=True)
+    ap.add_argument("--result", type=Path, required=True)
+    args = ap.parse_args()
+    os.environ.setdefault("STEERLAB_QUIET", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    out = run_job(json.loads(args.job.read_text()))
+    args.result.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
