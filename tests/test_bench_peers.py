@@ -1,0 +1,100 @@
+"""The peer benchmark: its helpers, and its quick mode end to end (CI smoke test, no timing asserted).
+
+The end-to-end test creates the peers' environment (``.venv-peers``, or ``$STEERLAB_PEERS_VENV``)
+with pip on first use, as the documented command does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import bench_peers  # noqa: E402
+
+
+def _checkpoint(folder: Path, config: dict, tokenizer_class: str) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": tokenizer_class}))
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+def test_peer_model_dir_keeps_rope_theta_for_transformers_4(tmp_path: Path) -> None:
+    src = _checkpoint(tmp_path / "m", {"rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}},
+                      "TokenizersBackend")
+    work = tmp_path / "work"
+    work.mkdir()
+    dst = bench_peers.peer_model_dir(src, work)
+    assert dst != src
+    cfg = json.loads((dst / "config.json").read_text())
+    assert cfg["rope_theta"] == 100000.0 and "rope_scaling" not in cfg
+    assert json.loads((dst / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert (dst / "model.safetensors").resolve() == (src / "model.safetensors").resolve()
+    # the source folder is left as it was
+    assert "rope_theta" not in json.loads((src / "config.json").read_text())
+
+
+def test_peer_model_dir_uses_a_transformers_4_folder_as_is(tmp_path: Path) -> None:
+    src = _checkpoint(tmp_path / "m", {"rope_theta": 10000.0}, "LlamaTokenizer")
+    assert bench_peers.peer_model_dir(src, tmp_path) == src
+
+
+def test_caa_text_is_cut_after_the_answer_letter() -> None:
+    text = "<|im_start|>user\nQ?\n (A) yes\n (B) no<|im_end|>\n<|im_start|>assistant\n(B)<|im_end|>\n"
+    assert bench_peers._cut_after_answer(text, "B").endswith("assistant\n(B")
+
+
+def test_ratios_compare_within_each_environment() -> None:
+    rec = {"median_s": 1.0}
+    table = {
+        "steerlab": {"extract_persona": {"median_s": 1.0}, "generate": {"median_s": 1.01}},
+        "plain (steerlab env)": {"extract_persona": {"median_s": 0.9}, "generate": {"median_s": 1.0}},
+        "plain (peers env)": {"extract_persona": rec, "generate": {"median_s": 2.0}},
+        "steering-vectors": {"extract_persona": {"median_s": 3.0}, "generate": {"median_s": 2.2}},
+    }
+    r = bench_peers.ratios(table)
+    assert r["extract_persona: steerlab/bare"] == pytest.approx(1.111, abs=1e-3)
+    assert r["extract_persona: steering-vectors/bare"] == 3.0  # against the bare forward of its own env
+    assert r["extract_persona: fastest peer/steerlab"] == 3.0
+    assert r["generate: steered/plain steering-vectors"] == 1.1
+    assert "extract_persona: repeng/steerlab" not in r
+
+
+def test_quick_mode_end_to_end(tmp_path: Path) -> None:
+    venv = Path(os.environ.get("STEERLAB_PEERS_VENV", REPO / ".venv-peers"))
+    out = tmp_path / "peers_quick.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_peers.py"), "--quick", "--peers-venv", str(venv),
+         "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(out.read_text())
+    assert res["peer_env"]["transformers"].split(".")[0] == "4"
+    table = res["table"]
+    assert set(table) == {"steerlab", "plain (steerlab env)", "plain (peers env)", "steering-vectors", "repeng"}
+    for tool in ("steerlab", "steering-vectors", "repeng"):
+        assert {"extract_persona", "extract_caa", "generate", "mixed"} <= set(table[tool])
+    assert "extract_persona_b1" in table["steering-vectors"] and "separate" in table["steerlab"]
+    for key in ("extract_persona: steerlab/bare", "extract_persona: fastest peer/steerlab",
+                "generate: steered/plain steerlab", "generate: steered/plain repeng",
+                "mixed: steerlab one call/unsteered batch"):
+        assert res["ratios"][key] > 0
+    # every row of the mixed batch had its own vector: the outputs differ
+    assert table["steerlab"]["mixed"]["distinct_outputs"] > 1
+    eff = res["effect"]
+    # both mean-difference implementations find the same vector; the model is the same in both envs
+    assert min(eff["cosine_to_steerlab"]["steering-vectors"].values()) > 0.999
+    assert eff["max_logit_diff_tf5_vs_tf4"] < 1e-3
+    assert {r["tool"] for r in eff["rows"]} == {"unsteered", "steerlab", "steering-vectors", "repeng"}
+    assert out.with_suffix(".md").read_text().startswith("bench_peers — quick mode")
