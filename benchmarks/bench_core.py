@@ -354,8 +354,11 @@ def scenario_mixed(cfg: dict[str, Any], reps: int) -> dict[str, Any]:
         new_tokens=mc["max_new_tokens"],
         coefficients=[s.coefficient for s in steerings],
         forward_calls={k: v["forward_calls"] for k, v in res.items()},
-        expected_forward_calls={"mixed": mc["max_new_tokens"], "unsteered": mc["max_new_tokens"],
-                                "separate": n * mc["max_new_tokens"]},
+        expected_forward_calls={
+            "mixed": mc["max_new_tokens"],
+            "unsteered": mc["max_new_tokens"],
+            "separate": n * mc["max_new_tokens"],
+        },
         outputs_differ_from_unsteered=sum(a != b for a, b in zip(outputs["mixed"], outputs["unsteered"], strict=True)),
         mixed_equals_separate=sum(a == b for a, b in zip(outputs["mixed"], outputs["separate"], strict=True)),
         methods=res,
@@ -408,8 +411,18 @@ def spawn(name: str, cfg: dict[str, Any], reps: int, env: dict[str, str] | None 
     """Run one scenario in a fresh Python process and return its result."""
     with tempfile.TemporaryDirectory(prefix="bench_core.") as tmp:
         result = Path(tmp) / "result.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name,
-               "--config", json.dumps(cfg), "--reps", str(reps), "--result", str(result)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            name,
+            "--config",
+            json.dumps(cfg),
+            "--reps",
+            str(reps),
+            "--result",
+            str(result),
+        ]
         child_env = dict(os.environ, STEERLAB_QUIET="1", TRANSFORMERS_VERBOSITY="error", **(env or {}))
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=child_env, capture_output=True, text=True)
@@ -487,13 +500,12 @@ def markdown(res: dict[str, Any]) -> str:
     ]
     for name in ("extract", "generate", "mixed"):
         for meth, rec in sc[name]["methods"].items():
-            lines.append(
-                f"| {name} | {meth} | {rec['median_s']:.3f} | {rec['min_s']:.3f} | {rec['peak_rss_mb']:.0f} |"
-            )
+            lines.append(f"| {name} | {meth} | {rec['median_s']:.3f} | {rec['min_s']:.3f} | {rec['peak_rss_mb']:.0f} |")
     load = sc["load"]
     if "cold" in load:
-        lines.append(f"| load | cold (GGUF conversion) | {load['cold']['load_s']:.3f} |  | "
-                     f"{load['cold']['peak_rss_mb']:.0f} |")
+        lines.append(
+            f"| load | cold (GGUF conversion) | {load['cold']['load_s']:.3f} |  | {load['cold']['peak_rss_mb']:.0f} |"
+        )
     w = load["warm"]
     lines.append(f"| load | warm | {w['median_load_s']:.3f} | {min(w['load_s']):.3f} | {w['peak_rss_mb']:.0f} |")
     lines.append(f"| load | import steerlab | {w['median_import_s']:.3f} | {min(w['import_s']):.3f} |  |")
@@ -517,10 +529,18 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="stories260K and tiny sizes (< 60 s)")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per method (default 3)")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="JSON output (default benchmarks/results/core.json, core_quick.json with --quick)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch.set_num_threads in the workers (default: torch's default; 1 with --quick)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON output (default benchmarks/results/core.json, core_quick.json with --quick)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads in the workers (default: torch's default; 1 with --quick)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)

@@ -172,6 +172,19 @@ def peer_model_dir(src: Path, work: Path) -> Path:
     return dst
 
 
+def random_checkpoint(src: Path, work: Path) -> Path:
+    """A checkpoint with ``src``'s config and tokenizer and randomly initialised weights (seed 0)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    dst = work / "random-model"
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(src), dtype=torch.float32)
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return dst
+
+
 def _cut_after_answer(text: str, letter: str) -> str:
     """The rendered CAA text up to and including its answer letter (every tool reads the last token)."""
     i = text.rindex(f"({letter})")
@@ -185,7 +198,7 @@ def prepare(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     import steerlab
     from steerlab.data import render
 
-    lm = steerlab.load_model(cfg["model"])
+    lm = steerlab.load_model(cfg["model"], dtype=cfg["dtype"], device=cfg["device"])
     openings = steerlab.load_openings(OPENINGS)
     n_p = cfg["persona_pairs"]
     persona = [
@@ -285,6 +298,7 @@ def tool_jobs(cfg: dict[str, Any], info: dict[str, Any], work: Path, first: bool
     round only (it is long: 2,000 texts of ~190 tokens); the ``last`` adds the effect runs."""
     g, m, e = cfg["gen"], cfg["mixed"], cfg["effect"]
     caa = bool(cfg["caa_pairs"]) and first
+    last = last and bool(cfg["effect"])
     norms = {"none": {}}
     for c in e["coefficients"]:
         norms[f"{c:g}"] = {str(k): c * n for k, n in info["reference_norms"].items()}
@@ -327,6 +341,8 @@ def tool_jobs(cfg: dict[str, Any], info: dict[str, Any], work: Path, first: bool
         "threads": cfg["threads"],
         "data": str(work / "data.json"),
         "vectors": info["vectors"],
+        "device": cfg["device"],
+        "dtype": cfg["dtype"],
     }
     main_dir, peer_dir = info["model_dir"], info["peer_model_dir"]
     jobs = [
@@ -378,6 +394,7 @@ def tool_jobs(cfg: dict[str, Any], info: dict[str, Any], work: Path, first: bool
             model_dir=peer_dir,
             scenarios=[
                 extract("extract_persona_b1", "persona", 1),
+                *([extract("extract_caa_b1", "caa", 1)] if caa and cfg["device"].startswith("cuda") else []),
                 extract("extract_persona", "persona", 32, "vec_steering-vectors.pt"),
                 *([extract("extract_caa", "caa", 32)] if caa else []),
                 gen_s,
@@ -463,6 +480,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             s = t.setdefault(name, {"times_s": [], "peak_rss_mb": 0.0, "added_rss_mb": 0.0})
             s["times_s"].append(rec["time_s"])
             s["peak_rss_mb"] = max(s["peak_rss_mb"], rec["peak_rss_mb"] or 0.0)
+            if "peak_gpu_mb" in rec:
+                s["peak_gpu_mb"] = max(s.get("peak_gpu_mb", 0.0), rec["peak_gpu_mb"])
             s["added_rss_mb"] = max(
                 s["added_rss_mb"], round((rec["peak_rss_mb"] or 0) - (rec["rss_before_mb"] or 0), 1)
             )
@@ -533,7 +552,7 @@ def score_effect(cfg: dict[str, Any], runs: list[dict[str, Any]], work: Path) ->
     from steerlab.evaluate.fluency import continuation_nll, pooled_perplexity
     from steerlab.evaluate.sentiment import VaderScorer
 
-    lm = steerlab.load_model(cfg["model"])
+    lm = steerlab.load_model(cfg["model"], dtype=cfg["dtype"], device=cfg["device"])
     prompts = json.loads((work / "data.json").read_text())["effect_prompts"]
     vader = VaderScorer()
     ref = torch.load(work / "reference.pt")
@@ -584,25 +603,27 @@ def markdown(res: dict[str, Any]) -> str:
     m, cfg = res["machine"], res["config"]
     lines = [
         f"bench_peers — {cfg['mode']} mode, {res['prepare']['model_id']}, {res['reps']} rounds (median), "
-        f"{m['cpu']} × {m['cpu_count']}, torch threads {res['torch_threads']}, steerlab env transformers "
+        f"{m['gpu'] or m['cpu']} ({cfg['dtype']}), {m['cpu_count']} CPUs, torch threads {res['torch_threads']}, "
+        "steerlab env transformers "
         f"{m['transformers']}, peers env transformers {res['peer_env']['transformers']} "
         f"(steering-vectors {res['peer_env']['steering-vectors']}, repeng {res['peer_env']['repeng']}), "
         f"commit {str(m['git_commit'])[:10]}{' (dirty)' if m['git_dirty'] else ''}, load average "
         f"{m['loadavg_start'][0]:.1f} → {m['loadavg_end'][0]:.1f}",
         "",
-        "| tool | scenario | median s | min s | peak RSS MiB | added RSS MiB |",
-        "|---|---|---:|---:|---:|---:|",
+        "| tool | scenario | median s | min s | peak RSS MiB | added RSS MiB | peak GPU MiB |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for tool, scs in res["table"].items():
         for sc, rec in scs.items():
-            added = rec.get("added_rss_mb", "")
+            added, gpu_mb = rec.get("added_rss_mb", ""), rec.get("peak_gpu_mb", "")
             lines.append(
-                f"| {tool} | {sc} | {rec['median_s']:.3f} | {rec['min_s']:.3f} | {rec['peak_rss_mb']:.0f} | {added} |"
+                f"| {tool} | {sc} | {rec['median_s']:.3f} | {rec['min_s']:.3f} | {rec['peak_rss_mb']:.0f} | {added} "
+                f"| {gpu_mb} |"
             )
     for name, rec in res.get("load", {}).items():
         lines.append(
             f"| {name} | load | {statistics.median(rec['times_s']):.3f} | {min(rec['times_s']):.3f} | "
-            f"{rec['peak_rss_mb']:.0f} |  |"
+            f"{rec['peak_rss_mb']:.0f} |  |  |"
         )
     lines += ["", "| ratio (of medians) | value |", "|---|---:|"]
     for key, value in res["ratios"].items():
@@ -644,6 +665,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads in the workers (default: torch's)")
     ap.add_argument("--caa-pairs", type=int, default=None, help="CAA pairs for the scale run (0: skip)")
     ap.add_argument("--no-load", action="store_true", help="skip the cold/GGUF load runs")
+    ap.add_argument("--model", default=None, help="checkpoint folder instead of the default model")
+    ap.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="with --model: its config and tokenizer, weights randomly initialised (seed 0); "
+        "for timing an architecture whose weights are not at hand (no effect runs)",
+    )
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
     ap.add_argument("--peers-venv", type=Path, default=PEER_VENV, help=f"peers' environment (default {PEER_VENV})")
     ap.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/results/peers.json)")
     args = ap.parse_args(argv)
@@ -656,6 +686,18 @@ def main(argv: list[str] | None = None) -> None:
         cfg["caa_pairs"] = args.caa_pairs
     if args.no_load:
         cfg["load"] = False
+    if args.random_weights and not args.model:
+        ap.error("--random-weights needs --model (a folder with config.json and the tokenizer)")
+    import torch
+
+    cfg["device"] = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg["dtype"] = args.dtype or ("bfloat16" if cfg["device"].startswith("cuda") else "float32")
+    if args.model:
+        cfg.update(model=args.model, load=False)
+    cfg["random_weights"] = args.random_weights
+    gpu = torch.cuda.get_device_name() if cfg["device"].startswith("cuda") else None
+    if args.random_weights:
+        cfg["effect"] = None  # random weights say nothing about sentiment
     out_path = args.out or RESULTS / ("peers_quick.json" if args.quick else "peers.json")
     started = time.time()
     peer_env = ensure_peer_env(args.peers_venv)
@@ -667,9 +709,12 @@ def main(argv: list[str] | None = None) -> None:
         "machine": benchlib.machine_info(),
         "peer_env": peer_env,
     }
+    res["machine"]["gpu"] = gpu
     with tempfile.TemporaryDirectory(prefix="bench_peers.") as tmp:
         work = Path(tmp)
-        log(f"preparing texts and vectors ({cfg['model']})")
+        if cfg["random_weights"]:
+            cfg["model"] = str(random_checkpoint(Path(cfg["model"]), work))
+        log(f"preparing texts and vectors ({cfg['model']}, {cfg['device']}, {cfg['dtype']})")
         info = prepare(cfg, work)
         info["peer_model_dir"] = str(peer_model_dir(Path(info["model_dir"]), work))
         res["prepare"] = {k: v for k, v in info.items() if k != "vectors"}
@@ -685,8 +730,9 @@ def main(argv: list[str] | None = None) -> None:
                 runs.append(r)
         if cfg["load"]:
             res["load"] = load_runs(cfg, info, reps, pythons["peers"], work)
-        log("scoring the effect runs")
-        res["effect"] = score_effect(cfg, runs, work)
+        if cfg["effect"]:
+            log("scoring the effect runs")
+            res["effect"] = score_effect(cfg, runs, work)
     res["runs"] = runs
     res["torch_threads"] = sorted({r["torch_threads"] for r in runs})
     res["table"] = summarise(runs)

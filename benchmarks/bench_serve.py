@@ -65,10 +65,22 @@ PROMPTS = [
     "The recipe calls for",
 ]
 
-FULL: dict[str, Any] = {"mode": "full", "model": "default", "layers": list(range(8, 20)), "coefficient": 4.0,
-                        "max_tokens": 32, "threads": None}
-QUICK: dict[str, Any] = {"mode": "quick", "model": str(SHARED / "models" / "stories260K"), "layers": [1, 2, 3],
-                         "coefficient": 2.0, "max_tokens": 16, "threads": 1}
+FULL: dict[str, Any] = {
+    "mode": "full",
+    "model": "default",
+    "layers": list(range(8, 20)),
+    "coefficient": 4.0,
+    "max_tokens": 32,
+    "threads": None,
+}
+QUICK: dict[str, Any] = {
+    "mode": "quick",
+    "model": str(SHARED / "models" / "stories260K"),
+    "layers": [1, 2, 3],
+    "coefficient": 2.0,
+    "max_tokens": 16,
+    "threads": 1,
+}
 
 
 def log(msg: str) -> None:
@@ -139,9 +151,27 @@ class ServeProcess:
     def __init__(self, cfg: dict[str, Any], store: Path, max_batch: int) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "steerlab", "--quiet", "serve", "--model", cfg["model"], "--vectors", str(store),
-               "--port", str(self.port), "--max-batch", str(max_batch), "--max-queue", "64",
-               "--timeout", "3600", "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "steerlab",
+            "--quiet",
+            "serve",
+            "--model",
+            cfg["model"],
+            "--vectors",
+            str(store),
+            "--port",
+            str(self.port),
+            "--max-batch",
+            str(max_batch),
+            "--max-queue",
+            "64",
+            "--timeout",
+            "3600",
+            "--log-level",
+            "warning",
+        ]
         if cfg["threads"]:
             cmd += ["--threads", str(cfg["threads"])]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
@@ -252,8 +282,10 @@ def main() -> None:
                 order = list(modes) if rep % 2 == 0 else list(reversed(modes))
                 for m in order:
                     res = asyncio.run(burst(servers[m].url, bodies))
-                    log(f"rep {rep + 1}/{args.reps} {m}: {res['wall_s']:.2f} s, "
-                        f"{res['completion_tokens'] / res['wall_s']:.1f} tok/s")
+                    log(
+                        f"rep {rep + 1}/{args.reps} {m}: {res['wall_s']:.2f} s, "
+                        f"{res['completion_tokens'] / res['wall_s']:.1f} tok/s"
+                    )
                     runs[m].append(res)
             server_metrics = {m: s.metrics() for m, s in servers.items()}
         finally:
@@ -294,15 +326,21 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
-    print(f"\n### steerlab serve: {args.concurrency} concurrent requests, {len(PERSONAS)} vectors, "
-          f"{cfg['max_tokens']} tokens each ({cfg['mode']}: {cfg['model']}, threads={cfg['threads'] or 'default'})\n")
+    print(
+        f"\n### steerlab serve: {args.concurrency} concurrent requests, {len(PERSONAS)} vectors, "
+        f"{cfg['max_tokens']} tokens each ({cfg['mode']}: {cfg['model']}, threads={cfg['threads'] or 'default'})\n"
+    )
     print("| mode | wall (median) | tokens/s | requests/s | latency p50 | latency p95 | mean batch |")
     print("|---|---|---|---|---|---|---|")
     for m, s in summary.items():
-        print(f"| {m} | {s['wall_s_median']:.2f} s | {s['tokens_per_s']:.1f} | {s['requests_per_s']:.2f} | "
-              f"{s['latency_s_median']:.2f} s | {s['latency_s_p95']:.2f} s | {s['server_mean_batch_size']} |")
-    print(f"\nbatching speedup: **{speedup:.2f}×** (texts identical across modes: {identical}); "
-          f"load average {machine['loadavg_start'][0]:.2f} → {machine['loadavg_end'][0]:.2f}; wrote {out}")
+        print(
+            f"| {m} | {s['wall_s_median']:.2f} s | {s['tokens_per_s']:.1f} | {s['requests_per_s']:.2f} | "
+            f"{s['latency_s_median']:.2f} s | {s['latency_s_p95']:.2f} s | {s['server_mean_batch_size']} |"
+        )
+    print(
+        f"\nbatching speedup: **{speedup:.2f}×** (texts identical across modes: {identical}); "
+        f"load average {machine['loadavg_start'][0]:.2f} → {machine['loadavg_end'][0]:.2f}; wrote {out}"
+    )
 
 
 if __name__ == "__main__":

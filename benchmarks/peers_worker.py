@@ -66,9 +66,11 @@ class HFTool(Tool):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
+        self.device = torch.device(job.get("device") or "cpu")
         path, gguf = job["model_dir"], job.get("gguf_file")
         kw = {"gguf_file": gguf} if gguf else {}
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kw)
+        dtype = getattr(torch, job.get("dtype") or "float32")
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw).to(self.device)
         self.model.eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path, **kw)
         if self.tokenizer.pad_token is None:
@@ -80,7 +82,8 @@ class HFTool(Tool):
 
     def encode(self, texts: Sequence[str], side: str) -> dict[str, Any]:
         self.tokenizer.padding_side = side
-        return dict(self.tokenizer(list(texts), return_tensors="pt", padding=True))
+        enc = self.tokenizer(list(texts), return_tensors="pt", padding=True)
+        return {k: v.to(self.device) for k, v in enc.items()}
 
     def plain_generate(self, prompts: list[str], new_tokens: int, batch_size: int) -> list[str]:
         """``model.generate`` on left-padded batches, exactly ``new_tokens`` greedy tokens each."""
@@ -105,7 +108,7 @@ class HFTool(Tool):
     def last_logits(self, text: str) -> Any:
         enc = self.encode([text], "right")
         with self.torch.inference_mode():
-            return self.model(**enc).logits[0, -1].float()
+            return self.model(**enc).logits[0, -1].float().cpu()
 
 
 class Plain(HFTool):
@@ -133,8 +136,8 @@ class Plain(HFTool):
                 for s in range(0, len(order), batch_size):
                     rows = [ids[i] for i in order[s : s + batch_size]]
                     width = max(len(r) for r in rows)
-                    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-                    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+                    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
+                    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
                     try:
                         self.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
                     except _Stop:
@@ -177,7 +180,8 @@ class SteeringVectors(HFTool):
 
         if not vec:
             return self.plain_generate(prompts, new_tokens, batch_size)
-        with SteeringVector(dict(vec), "decoder_block").apply(self.model, multiplier=1.0, min_token_index=0):
+        vec = {k: v.to(self.device, self.model.dtype) for k, v in vec.items()}
+        with SteeringVector(vec, "decoder_block").apply(self.model, multiplier=1.0, min_token_index=0):
             return self.plain_generate(prompts, new_tokens, batch_size)
 
 
@@ -230,7 +234,7 @@ class Steerlab(Tool):
         import steerlab
 
         self.sl = steerlab
-        self.lm = steerlab.load_model(job["model"])
+        self.lm = steerlab.load_model(job["model"], dtype=job.get("dtype"), device=job.get("device"))
 
     def _vector(self, vec: Vec) -> Any:
         lm = self.lm
@@ -283,10 +287,29 @@ TOOLS: dict[str, type[Tool]] = {
 
 # --------------------------------------------------------------------------- scenarios
 def _timed(warm: Callable[[], Any], fn: Callable[[], Any]) -> tuple[dict[str, Any], Any]:
-    """Untimed warm-up call, then one measured call; returns the record and ``fn``'s result."""
+    """Untimed warm-up call, then one measured call; returns the record and ``fn``'s result.
+
+    On a GPU the call ends with ``torch.cuda.synchronize()`` (inside the timing) and the record
+    also holds ``peak_gpu_mb``, the most GPU memory torch allocated during the call.
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+
+    def synced() -> Any:
+        out = fn()
+        if cuda:
+            torch.cuda.synchronize()
+        return out
+
     t0 = time.perf_counter()
     warm()
-    rec = benchlib.measure(fn)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    rec = benchlib.measure(synced)
+    if cuda:
+        rec["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     rec["warmup_s"] = round(time.perf_counter() - t0 - rec["time_s"], 4)
     return rec, rec.pop("result")
 
