@@ -48,7 +48,7 @@ import benchlib
 from benchlib import log, ratio
 
 REPO = benchlib.REPO
-SHARED = REPO.parent / "shared"
+SHARED = Path(os.environ.get("STEERLAB_SHARED") or REPO.parent / "shared")  # data: ../shared by default
 OPENINGS = SHARED / "data" / "repe" / "all_truncated_outputs.json"
 CAA = SHARED / "data" / "caa" / "datasets" / "generate" / "sycophancy" / "generate_dataset.json"
 RESULTS = REPO / "benchmarks" / "results"
@@ -220,7 +220,7 @@ def prepare(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
         "caa": caa,
         "gen_prompts": openings[: cfg["gen"]["n_prompts"]],
         "mixed_prompts": openings[: cfg["mixed"]["n_prompts"]],
-        "effect_prompts": openings[n_p : n_p + e["n_prompts"]],
+        "effect_prompts": openings[n_p : n_p + e["n_prompts"]] if e else [],
         "check_text": persona[0][0],
     }
     (work / "data.json").write_text(json.dumps(data))
@@ -275,7 +275,7 @@ def spawn(python: Path, job: dict[str, Any], work: Path, env: dict[str, str] | N
         STEERLAB_QUIET="1",
         TRANSFORMERS_VERBOSITY="error",
         TQDM_DISABLE="1",
-        PYTHONPATH=str(WORKER.parent),
+        PYTHONPATH=os.pathsep.join(p for p in (str(WORKER.parent), os.environ.get("PYTHONPATH")) if p),
         **(env or {}),
     )
     t0 = time.perf_counter()
@@ -300,7 +300,7 @@ def tool_jobs(cfg: dict[str, Any], info: dict[str, Any], work: Path, first: bool
     caa = bool(cfg["caa_pairs"]) and first
     last = last and bool(cfg["effect"])
     norms = {"none": {}}
-    for c in e["coefficients"]:
+    for c in e["coefficients"] if e else []:
         norms[f"{c:g}"] = {str(k): c * n for k, n in info["reference_norms"].items()}
 
     def effect(vec: str | None, unsteered_only: bool = False) -> list[dict[str, Any]]:
@@ -713,6 +713,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_peers.") as tmp:
         work = Path(tmp)
         if cfg["random_weights"]:
+            cfg["model_source"] = cfg["model"]
             cfg["model"] = str(random_checkpoint(Path(cfg["model"]), work))
         log(f"preparing texts and vectors ({cfg['model']}, {cfg['device']}, {cfg['dtype']})")
         info = prepare(cfg, work)
