@@ -416,6 +416,10 @@ def tool_jobs(cfg: dict[str, Any], info: dict[str, Any], work: Path, first: bool
             ],
         ),
     ]
+    only = cfg.get("only")
+    if only:
+        for job in jobs:
+            job["scenarios"] = [sc for sc in job["scenarios"] if any(sc["name"].startswith(o) for o in only)]
     return jobs
 
 
@@ -665,6 +669,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads in the workers (default: torch's)")
     ap.add_argument("--caa-pairs", type=int, default=None, help="CAA pairs for the scale run (0: skip)")
     ap.add_argument("--no-load", action="store_true", help="skip the cold/GGUF load runs")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="SCENARIO",
+        help="run only the scenarios whose names start with these (e.g. extract_caa); no load runs",
+    )
     ap.add_argument("--model", default=None, help="checkpoint folder instead of the default model")
     ap.add_argument(
         "--random-weights",
@@ -684,8 +695,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = dict(base, threads=args.threads if args.threads is not None else base["threads"])
     if args.caa_pairs is not None:
         cfg["caa_pairs"] = args.caa_pairs
-    if args.no_load:
+    if args.no_load or args.only:
         cfg["load"] = False
+    cfg["only"] = args.only
     if args.random_weights and not args.model:
         ap.error("--random-weights needs --model (a folder with config.json and the tokenizer)")
     import torch
@@ -731,7 +743,7 @@ def main(argv: list[str] | None = None) -> None:
                 runs.append(r)
         if cfg["load"]:
             res["load"] = load_runs(cfg, info, reps, pythons["peers"], work)
-        if cfg["effect"]:
+        if cfg["effect"] and any("effect" in r["scenarios"] for r in runs):
             log("scoring the effect runs")
             res["effect"] = score_effect(cfg, runs, work)
     res["runs"] = runs
