@@ -91,10 +91,10 @@ QUICK: dict[str, Any] = {
     "load": False,
     "threads": 1,
 }
-TARGETS = {
-    "extract steerlab/bare": 1.15,
+TARGETS = {  # ratio-key suffix: limit (fastest peer: a floor, the others ceilings)
+    ": steerlab/bare": 1.15,
     "steered/plain steerlab": 1.03,
-    "mixed/unsteered": 1.15,
+    "steerlab one call/unsteered batch": 1.15,
     "fastest peer/steerlab": 2.0,
 }
 
@@ -353,6 +353,7 @@ def tool_jobs(cfg: dict[str, Any], info: dict[str, Any], work: Path, first: bool
             model=cfg["model"],
             scenarios=[
                 extract("extract_persona", "persona", 32, "vec_steerlab.pt"),
+                dict(extract("extract_persona_noshare", "persona", 32), share_prefix=False),
                 *([extract("extract_caa", "caa", 32)] if caa else []),
                 gen_s,
                 mixed,
@@ -515,6 +516,11 @@ def ratios(table: dict[str, Any]) -> dict[str, float]:
 
     for sc in ("extract_persona", "extract_caa"):
         put(f"{sc}: steerlab/bare", _med(table, "steerlab", sc), _med(table, bare_main, sc))
+        put(
+            f"{sc}: steerlab without prefix sharing/bare",
+            _med(table, "steerlab", sc + "_noshare"),
+            _med(table, bare_main, sc),
+        )
         put(f"{sc}: bare transformers 4/5", _med(table, bare_peer, sc), _med(table, bare_main, sc))
         for peer, name in (("steering-vectors", sc), ("steering-vectors", sc + "_b1"), ("repeng", sc)):
             key = f"{peer}{' b1' if name.endswith('_b1') else ''}"

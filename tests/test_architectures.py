@@ -10,6 +10,7 @@ Gemma3ForConditionalGeneration.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,9 @@ PAIRS = steerlab.pairs_from_lists(
     ["Lily was happy and loved the sun", "The dog was very happy", "Tom smiled"],
     ["Lily was sad and hated the rain", "The dog was very sad", "Tom cried"],
 )
-PROMPTS = ["Once upon a time, there was a little girl", "The cat"]  # 13 and 4 tokens: left padding
+PROMPTS = ["Once upon a time, there was a little girl", "The cat"]
+PREFIX = "Once upon a time, in a big forest, "  # shared by the texts of the shared-prefix check
+capture_mod = importlib.import_module("steerlab.capture")  # 13 and 4 tokens: left padding
 
 
 @dataclass
@@ -220,8 +223,47 @@ def _check_kv_cache(a: Arch, positions: str | None) -> None:
     assert _hooks(a.lm.model) == 0
 
 
+def _shared_prefix_calls(a: Arch, texts: list[str]) -> int:
+    """Capture ``texts`` with and without shared-prefix reuse, both padding sides; assert equal
+    activations; return how many times the prefix ran on its own."""
+    calls = []
+    real = capture_mod._prefix_cache
+    with mock.patch.object(capture_mod, "_prefix_cache", lambda *args: calls.append(args) or real(*args)):
+        for side in ("right", "left"):
+            full = steerlab.capture(a.lm, texts, [0, 2], padding_side=side, share_prefix=False)
+            shared = steerlab.capture(a.lm, texts, [0, 2], padding_side=side, share_prefix=True)
+            for k in full:
+                torch.testing.assert_close(shared[k], full[k], atol=1e-4, rtol=1e-4)
+    return len(calls)
+
+
+def _check_shared_prefix(a: Arch) -> None:
+    """Capture with the batch's common prefix run once equals running every token. Texts longer
+    than a sliding window run in full (that cache keeps only the window); shorter ones share."""
+    texts = [PREFIX + t for t in ("happy days are here", "a sad story", "the cat sat", "it was rainy and cold")]
+    ids = a.lm.tokenizer(texts)["input_ids"]
+    assert capture_mod.common_prefix_length(ids) >= capture_mod.MIN_SHARED_PREFIX
+    window = capture_mod.sliding_window(a.lm.model.config)
+    fits = window is None or max(len(x) for x in ids) <= window
+    assert _shared_prefix_calls(a, texts) == (2 if fits else 0)
+    if not fits:
+        short = ["Once upon a time a", "Once upon a time the", "Once upon a time it"]
+        assert max(len(x) for x in a.lm.tokenizer(short)["input_ids"]) <= window
+        assert _shared_prefix_calls(a, short) == 2
+    else:
+        # contrast pairs that differ only in their last word: one prefix per pair, of different
+        # lengths (left-padded in the prefix pass)
+        pairs = [f"{stem} {end}" for stem in ("Once upon a time there was a big dog named", "The cat sat on a mat and")
+                 for end in ("Tom", "Sue")]
+        assert _shared_prefix_calls(a, pairs) == 2
+
+
 def test_blocks_and_extract(arch: Arch) -> None:
     _check_blocks_and_extract(arch)
+
+
+def test_shared_prefix_equals_full_forward(arch: Arch) -> None:
+    _check_shared_prefix(arch)
 
 
 def test_zero_is_identical_and_exit_leaves_nothing(arch: Arch) -> None:
@@ -252,6 +294,7 @@ def test_gemma3_multimodal(tokenizer: Any) -> None:
     a = _arch(lm)
     _check_blocks_and_extract(a)
     _check_zero_and_exit(a)
+    _check_shared_prefix(a)
     for positions in (None, "all", "generated"):
         _check_kv_cache(a, positions)
 

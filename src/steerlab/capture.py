@@ -6,6 +6,13 @@ no later block and no ``lm_head`` runs. Only the read positions are kept (reduce
 hook), so memory is ``O(texts × layers × d_model)``. Left and right padding give the same result:
 position ids are derived from the attention mask.
 
+**Shared prefixes are computed once.** Contrast texts start with the same tokens: a chat
+template's system turn and the persona instruction up to the persona word for every text, the
+whole question for the two sides of a CAA pair. Rows of a batch that share a prefix (nothing read
+inside it) are grouped (:func:`plan_prefixes`); each group's prefix runs once, its key/value cache
+is handed to every row of the group, and only the suffixes run batched. The activations equal the
+full forward's up to float rounding; pass ``share_prefix=False`` to run every token of every text.
+
 Example:
     >>> acts = capture(lm, ["I love it", "I hate it"], layers=[2, 3])  # doctest: +SKIP
     >>> acts[2].shape  # doctest: +SKIP
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,6 +37,10 @@ from .tokens import pad_id, pad_token_ids
 
 class _StopForward(Exception):
     """Raised inside the deepest hook to end the forward pass early."""
+
+
+MIN_SHARED_PREFIX = 4
+"""Shorter common prefixes are not worth the extra (batch-1) forward pass."""
 
 
 def check_layers(lm: LM, layers: Sequence[int] | range | int) -> list[int]:
@@ -101,11 +113,13 @@ def iter_capture(
     padding_side: str | None = None,
     progress: bool | None = None,
     skip_batches: int = 0,
+    share_prefix: bool = True,
 ) -> Iterator[tuple[list[int], dict[int, torch.Tensor]]]:
     """Stream activations batch by batch: yields ``(text indices, {layer: [batch, d_model]})``.
 
     Batches are length-sorted and deterministic for given texts and ``batch_size``, so a run can
-    resume by skipping the first ``skip_batches``. Memory stays at one batch.
+    resume by skipping the first ``skip_batches``. Memory stays at one batch. With
+    ``share_prefix`` a prefix common to a whole batch runs once (see the module docstring).
     """
     if not texts:
         raise DatasetError("no texts to capture")
@@ -128,7 +142,9 @@ def iter_capture(
     order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)][skip_batches:]
     for batch in track(batches, "capturing activations", enabled=progress if len(batches) > 1 else False):
-        yield batch, _forward_batch(lm, [ids[i] for i in batch], [ranges[i] for i in batch], layer_list, side)
+        yield batch, _forward_batch(
+            lm, [ids[i] for i in batch], [ranges[i] for i in batch], layer_list, side, share_prefix=share_prefix
+        )
 
 
 def n_batches(n_texts: int, batch_size: int) -> int:
@@ -144,6 +160,7 @@ def capture(
     batch_size: int = 32,
     padding_side: str | None = None,
     progress: bool | None = None,
+    share_prefix: bool = True,
 ) -> dict[int, torch.Tensor]:
     """Read block-output activations of ``texts`` at ``layers``.
 
@@ -156,13 +173,17 @@ def capture(
         batch_size: texts per forward pass.
         padding_side: ``"left"`` or ``"right"``; default the tokenizer's.
         progress: show a progress bar (default: on unless ``STEERLAB_QUIET``).
+        share_prefix: run a prefix common to all texts of a batch once (same activations up to
+            float rounding; ``False`` runs every token of every text).
 
     Returns:
         ``{layer: float32 CPU tensor [len(texts), d_model]}``.
     """
     layer_list = check_layers(lm, layers)
     out = {layer: torch.empty(len(texts), lm.d_model, dtype=torch.float32) for layer in layer_list}
-    for batch, acts in iter_capture(lm, texts, layer_list, reads, batch_size, padding_side, progress):
+    for batch, acts in iter_capture(
+        lm, texts, layer_list, reads, batch_size, padding_side, progress, share_prefix=share_prefix
+    ):
         index = torch.tensor(batch)
         for layer in layer_list:
             out[layer][index] = acts[layer]
@@ -178,6 +199,128 @@ def capture_tokens(
     return _forward_batch(lm, [ids], [(0, len(ids))], layer_list, "right", keep_tokens=True)
 
 
+def common_prefix_length(ids: Sequence[Sequence[int]]) -> int:
+    """Number of leading tokens that all token-id lists share.
+
+    Example:
+        >>> common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]])
+        2
+    """
+    if not ids:
+        return 0
+    n = min(len(x) for x in ids)
+    first = ids[0]
+    for i in range(n):
+        t = first[i]
+        if any(x[i] != t for x in ids):
+            return i
+    return n
+
+
+def sliding_window(config: Any) -> int | None:
+    """The shortest attention window of a model with local (sliding-window) attention, else None."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    windows = []
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True) is not False:
+        windows.append(int(config.sliding_window))
+    if "local" in (getattr(config, "attention_layers", None) or []) and getattr(config, "window_size", None):
+        windows.append(int(config.window_size))
+    return min(windows) if windows else None
+
+
+@dataclass
+class PrefixPlan:
+    """How a batch shares prefixes: row ``r`` continues from prefix ``group[r]``, whose first
+    ``lengths[group[r]]`` tokens are those of row ``rows[group[r]]``."""
+
+    group: list[int]
+    lengths: list[int]
+    rows: list[int]
+
+    @property
+    def saved_tokens(self) -> int:
+        """Tokens that are not run again thanks to the sharing."""
+        sizes = [self.group.count(g) for g in range(len(self.lengths))]
+        return sum((n - 1) * length for n, length in zip(sizes, self.lengths))
+
+
+def plan_prefixes(ids: Sequence[Sequence[int]], starts: Sequence[int]) -> PrefixPlan:
+    """Group rows that share a prefix (none of it read: at most ``starts[r]`` tokens of row ``r``).
+
+    Rows are visited in lexicographic token order, so rows with long common prefixes are
+    neighbours. A row joins the current group when the tokens saved grow: a group of ``n`` rows
+    sharing ``L`` tokens saves ``(n - 1) × L``. So a contrast pair that differs only at its end (a
+    CAA question with answers A and B) forms a group of its own, while texts that share only a
+    template (persona prompts) form one group for the whole batch.
+
+    Example:
+        >>> plan_prefixes([[1, 2, 3, 4, 9], [1, 5, 6, 7, 7], [1, 2, 3, 4, 8]], [4, 4, 4]).group
+        [0, 1, 0]
+    """
+    order = sorted(range(len(ids)), key=lambda r: list(ids[r]))
+    group = [0] * len(ids)
+    lengths: list[int] = []
+    rows: list[int] = []
+    members = 0
+    for r in order:
+        shared = 0
+        if rows:
+            shared = min(lengths[-1], int(starts[r]), common_prefix_length([ids[rows[-1]], ids[r]]))
+        if rows and members * shared > (members - 1) * lengths[-1]:
+            lengths[-1] = shared
+            members += 1
+        else:
+            lengths.append(int(starts[r]))
+            rows.append(r)
+            members = 1
+        group[r] = len(lengths) - 1
+    return PrefixPlan(group, lengths, rows)
+
+
+def _plan(lm: LM, ids: list[list[int]], ranges: list[tuple[int, int]]) -> PrefixPlan | None:
+    """The prefix plan for this batch, or None when sharing does not pay (or cannot be used)."""
+    if len(ids) < 2 or not (_accepts(lm.model, "position_ids") and _accepts(lm.model, "past_key_values")):
+        return None
+    plan = plan_prefixes(ids, [start for start, _ in ranges])
+    if min(plan.lengths) < 1 or plan.saved_tokens < max(MIN_SHARED_PREFIX, sum(map(len, ids)) // 20):
+        return None
+    window = sliding_window(lm.model.config)
+    if window is not None:
+        # a sliding-window cache keeps only the last tokens: the padded prefix + suffix must fit
+        suffix = max(len(seq) - plan.lengths[g] for seq, g in zip(ids, plan.group))
+        if max(plan.lengths) + suffix > window:
+            return None
+    return plan
+
+
+def _prefix_cache(lm: LM, prefixes: list[list[int]], rows: list[int], deepest: int) -> tuple[Any, torch.Tensor]:
+    """Key/value cache of the (left-padded) ``prefixes`` up to block ``deepest`` — one forward
+    pass, stopped there like the batch's own — expanded so that row ``r`` holds prefix
+    ``rows[r]``; and the prefixes' attention mask ``[len(rows), max prefix length]``."""
+    from transformers import DynamicCache
+
+    ids, mask = pad_token_ids(prefixes, pad_id(lm.tokenizer), "left")
+    ids, mask = ids.to(lm.device), mask.to(lm.device)
+    cache = DynamicCache(config=lm.model.config)
+
+    def stop(*_: Any) -> None:
+        raise _StopForward
+
+    kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "past_key_values": cache, "use_cache": True}
+    kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    handle = lm.blocks[deepest].register_forward_hook(stop)
+    try:
+        with torch.inference_mode():
+            lm.model(**kwargs)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    index = torch.tensor(rows, device=lm.device)
+    cache.batch_select_indices(index)
+    return cache, mask[index]
+
+
 def _forward_batch(
     lm: LM,
     ids: list[list[int]],
@@ -185,9 +328,22 @@ def _forward_batch(
     layers: list[int],
     side: str,
     keep_tokens: bool = False,
+    share_prefix: bool = False,
 ) -> dict[int, torch.Tensor]:
-    """One padded forward pass, stopped after ``max(layers)``, reducing read ranges in the hooks."""
+    """One padded forward pass, stopped after ``max(layers)``, reducing read ranges in the hooks.
+
+    With ``share_prefix``, prefixes that rows share (and do not read) run once
+    (:func:`plan_prefixes`) and the rows continue from their cache.
+    """
     device = lm.device
+    plan = None if keep_tokens or not share_prefix else _plan(lm, ids, ranges)
+    cache, prefix_mask = None, None
+    if plan is not None:
+        prefixes = [ids[r][:n] for r, n in zip(plan.rows, plan.lengths)]
+        cache, prefix_mask = _prefix_cache(lm, prefixes, plan.group, max(layers))
+        cut = [plan.lengths[g] for g in plan.group]
+        ids = [seq[n:] for seq, n in zip(ids, cut)]
+        ranges = [(start - n, end - n) for (start, end), n in zip(ranges, cut)]
     input_ids, mask = pad_token_ids(ids, pad_id(lm.tokenizer), side)
     width = input_ids.shape[1]
     weights = torch.zeros((len(ids), width), dtype=torch.float32)
@@ -195,9 +351,15 @@ def _forward_batch(
         off = width - len(seq) if side == "left" else 0
         weights[row, off + start : off + end] = 1.0 / (end - start)
     input_ids, mask = input_ids.to(device), mask.to(device)
-    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, "use_cache": False}
+    shared = 0
+    if prefix_mask is not None:
+        shared = prefix_mask.shape[1]
+        mask = torch.cat([prefix_mask.to(mask.dtype), mask], dim=1)
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, "use_cache": cache is not None}
+    if cache is not None:
+        kwargs["past_key_values"] = cache
     if _accepts(lm.model, "position_ids"):
-        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
     deepest = max(layers)
     result: dict[int, torch.Tensor] = {}
     handles = []

@@ -42,6 +42,7 @@ def extract(
     batch_size: int = 32,
     progress: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    share_prefix: bool = True,
 ) -> SteeringVector:
     """Build a steering vector from contrast pairs.
 
@@ -56,6 +57,9 @@ def extract(
         checkpoint: for streaming methods (``mean_diff``), a file where running sums are saved
             after every batch; an interrupted run called again with the same arguments resumes
             from it. Deleted when the vector is done.
+        share_prefix: run a prefix that all texts of a batch share (e.g. the chat template's system
+            turn) once and continue every text from its cache; the activations equal a full
+            forward's up to float rounding. ``False`` runs every token of every text.
 
     Raises:
         DatasetError: empty or one-sided data, too few pairs for the method, unknown method.
@@ -88,9 +92,13 @@ def extract(
             texts += [render(p.positive, lm), render(p.negative, lm)]
             reads += [p.read, p.read]
         if spec.streaming:
-            directions = _streamed_mean_diff(lm, texts, reads, layer_list, batch_size, progress, checkpoint)
+            directions = _streamed_mean_diff(
+                lm, texts, reads, layer_list, batch_size, progress, checkpoint, share_prefix
+            )
         else:
-            acts = capture(lm, texts, layer_list, reads, batch_size=batch_size, progress=progress)
+            acts = capture(
+                lm, texts, layer_list, reads, batch_size=batch_size, progress=progress, share_prefix=share_prefix
+            )
             directions = {k: spec.fit(acts[k][0::2], acts[k][1::2]) for k in layer_list}
         read_kinds = sorted({repr(p.read) for p in pairs})
         meta["read"] = read_kinds[0] if len(read_kinds) == 1 else read_kinds
@@ -113,6 +121,7 @@ def _streamed_mean_diff(
     batch_size: int,
     progress: bool | None,
     checkpoint: str | os.PathLike[str] | None,
+    share_prefix: bool = True,
 ) -> dict[int, torch.Tensor]:
     """``mean(pos) − mean(neg)`` from running per-side sums (float64), resumable from a checkpoint.
 
@@ -138,7 +147,10 @@ def _streamed_mean_diff(
         sums = {(side, k): saved[f"{side}.{k}"] for side in (0, 1) for k in layers}
         done = int(meta["done"])
     total = n_batches(len(texts), batch_size)
-    for batch, acts in iter_capture(lm, texts, layers, reads, batch_size, progress=progress, skip_batches=done):
+    batches = iter_capture(
+        lm, texts, layers, reads, batch_size, progress=progress, skip_batches=done, share_prefix=share_prefix
+    )
+    for batch, acts in batches:
         side = torch.tensor([i % 2 for i in batch])
         for k in layers:
             a = acts[k].double()
