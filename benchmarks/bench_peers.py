@@ -167,7 +167,8 @@ def peer_model_dir(src: Path, work: Path) -> Path:
             cfg["rope_scaling"] = rope
     (dst / "config.json").write_text(json.dumps(cfg, indent=1))
     if tcfg.get("tokenizer_class") == "TokenizersBackend":
-        tcfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        # a causal LM's tokenizer gives no token_type_ids (4.x generate() refuses them)
+        tcfg.update(tokenizer_class="PreTrainedTokenizerFast", model_input_names=["input_ids", "attention_mask"])
     (dst / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=1))
     return dst
 

@@ -38,7 +38,9 @@ def test_peer_model_dir_keeps_rope_theta_for_transformers_4(tmp_path: Path) -> N
     assert dst != src
     cfg = json.loads((dst / "config.json").read_text())
     assert cfg["rope_theta"] == 100000.0 and "rope_scaling" not in cfg
-    assert json.loads((dst / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    tcfg = json.loads((dst / "tokenizer_config.json").read_text())
+    assert tcfg["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert tcfg["model_input_names"] == ["input_ids", "attention_mask"]
     assert (dst / "model.safetensors").resolve() == (src / "model.safetensors").resolve()
     # the source folder is left as it was
     assert "rope_theta" not in json.loads((src / "config.json").read_text())
