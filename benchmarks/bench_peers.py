@@ -279,19 +279,8 @@ def spawn(python: Path, job: dict[str, Any], work: Path, env: dict[str, str] | N
         PYTHONPATH=os.pathsep.join(p for p in (str(WORKER.parent), os.environ.get("PYTHONPATH")) if p),
         **(env or {}),
     )
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [str(python), str(WORKER), "--job", str(job_path), "--result", str(result)],
-        env=child_env,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0 or not result.is_file():
-        sys.stderr.write(proc.stderr[-5000:])
-        raise SystemExit(f"{job['tool']} ({job['env']}) failed with exit {proc.returncode}")
-    out = json.loads(result.read_text())
-    out["process_wall_s"] = round(time.perf_counter() - t0, 2)
-    return out
+    cmd = [str(python), str(WORKER), "--job", str(job_path), "--result", str(result)]
+    return benchlib.run_worker(cmd, result, f"{job['tool']} ({job['env']})", child_env)
 
 
 def tool_jobs(cfg: dict[str, Any], info: dict[str, Any], work: Path, first: bool, last: bool) -> list[dict[str, Any]]:
@@ -346,6 +335,24 @@ def tool_jobs(cfg: dict[str, Any], info: dict[str, Any], work: Path, first: bool
         "dtype": cfg["dtype"],
     }
     main_dir, peer_dir = info["model_dir"], info["peer_model_dir"]
+
+    def plain(env: str, model_dir: str) -> dict[str, Any]:
+        """The baselines in one environment (the unsteered effect texts come from steerlab's)."""
+        return dict(
+            base,
+            tool="plain",
+            env=env,
+            model_dir=model_dir,
+            scenarios=[
+                extract("extract_persona", "persona", 32),
+                *([extract("extract_caa", "caa", 32)] if caa else []),
+                gen_u,
+                mixed,
+                {"name": "logits", "kind": "logits", "save": str(work / f"logits_{env}.pt")},
+                *(effect(None, unsteered_only=True) if env == "steerlab" else []),
+            ],
+        )
+
     jobs = [
         dict(
             base,
@@ -362,33 +369,8 @@ def tool_jobs(cfg: dict[str, Any], info: dict[str, Any], work: Path, first: bool
                 *effect(str(work / "vec_steerlab.pt")),
             ],
         ),
-        dict(
-            base,
-            tool="plain",
-            env="steerlab",
-            model_dir=main_dir,
-            scenarios=[
-                extract("extract_persona", "persona", 32),
-                *([extract("extract_caa", "caa", 32)] if caa else []),
-                gen_u,
-                mixed,
-                {"name": "logits", "kind": "logits", "save": str(work / "logits_steerlab.pt")},
-                *effect(None, unsteered_only=True),
-            ],
-        ),
-        dict(
-            base,
-            tool="plain",
-            env="peers",
-            model_dir=peer_dir,
-            scenarios=[
-                extract("extract_persona", "persona", 32),
-                *([extract("extract_caa", "caa", 32)] if caa else []),
-                gen_u,
-                mixed,
-                {"name": "logits", "kind": "logits", "save": str(work / "logits_peers.pt")},
-            ],
-        ),
+        plain("steerlab", main_dir),
+        plain("peers", peer_dir),
         dict(
             base,
             tool="steering-vectors",
