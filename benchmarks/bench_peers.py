@@ -646,7 +646,10 @@ def markdown(res: dict[str, Any]) -> str:
         for peer, by_method in cos.items():
             lines.append(
                 f"Cosine of {peer}'s vector to steerlab's, per layer: "
-                + "; ".join(f"{m} {min(v.values()):.3f}–{max(v.values()):.3f}" for m, v in by_method.items())
+                + "; ".join(
+                    f"{m} {min(v.values()):.3f}–{max(v.values()):.3f} (|cos| ≥ {min(abs(c) for c in v.values()):.3f})"
+                    for m, v in by_method.items()
+                )
             )
         if "max_logit_diff_tf5_vs_tf4" in eff:
             lines.append(
