@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -424,14 +423,7 @@ def spawn(name: str, cfg: dict[str, Any], reps: int, env: dict[str, str] | None 
             str(result),
         ]
         child_env = dict(os.environ, STEERLAB_QUIET="1", TRANSFORMERS_VERBOSITY="error", **(env or {}))
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=child_env, capture_output=True, text=True)
-        if proc.returncode != 0 or not result.is_file():
-            sys.stderr.write(proc.stderr[-4000:])
-            raise SystemExit(f"scenario {name!r} failed (exit {proc.returncode})")
-        info = json.loads(result.read_text())
-        info["process_wall_s"] = round(time.perf_counter() - t0, 2)
-        return info
+        return benchlib.run_worker(cmd, result, f"scenario {name!r}", child_env)
 
 
 def load_scenario(cfg: dict[str, Any], reps: int, scenario_runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -279,19 +279,8 @@ def spawn(python: Path, job: dict[str, Any], work: Path, env: dict[str, str] | N
         PYTHONPATH=os.pathsep.join(p for p in (str(WORKER.parent), os.environ.get("PYTHONPATH")) if p),
         **(env or {}),
     )
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [str(python), str(WORKER), "--job", str(job_path), "--result", str(result)],
-        env=child_env,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0 or not result.is_file():
-        sys.stderr.write(proc.stderr[-5000:])
-        raise SystemExit(f"{job['tool']} ({job['env']}) failed with exit {proc.returncode}")
-    out = json.loads(result.read_text())
-    out["process_wall_s"] = round(time.perf_counter() - t0, 2)
-    return out
+    cmd = [str(python), str(WORKER), "--job", str(job_path), "--result", str(result)]
+    return benchlib.run_worker(cmd, result, f"{job['tool']} ({job['env']})", child_env)
 
 
 def tool_jobs(cfg: dict[str, Any], info: dict[str, Any], work: Path, first: bool, last: bool) -> list[dict[str, Any]]:
@@ -304,13 +293,13 @@ def tool_jobs(cfg: dict[str, Any], info: dict[str, Any], work: Path, first: bool
     for c in e["coefficients"] if e else []:
         norms[f"{c:g}"] = {str(k): c * n for k, n in info["reference_norms"].items()}
 
-    def effect(vec: str | None, unsteered_only: bool = False) -> list[dict[str, Any]]:
+    def effect(vec: str | None, unsteered_only: bool = False, name: str = "effect") -> list[dict[str, Any]]:
         if not last:
             return []
         ns = {"none": {}} if unsteered_only else {k: v for k, v in norms.items() if k != "none"}
         return [
             {
-                "name": "effect",
+                "name": name,
                 "kind": "effect",
                 "vector": vec,
                 "norms": ns,
@@ -346,6 +335,24 @@ def tool_jobs(cfg: dict[str, Any], info: dict[str, Any], work: Path, first: bool
         "dtype": cfg["dtype"],
     }
     main_dir, peer_dir = info["model_dir"], info["peer_model_dir"]
+
+    def plain(env: str, model_dir: str) -> dict[str, Any]:
+        """The baselines in one environment (the unsteered effect texts come from steerlab's)."""
+        return dict(
+            base,
+            tool="plain",
+            env=env,
+            model_dir=model_dir,
+            scenarios=[
+                extract("extract_persona", "persona", 32),
+                *([extract("extract_caa", "caa", 32)] if caa else []),
+                gen_u,
+                mixed,
+                {"name": "logits", "kind": "logits", "save": str(work / f"logits_{env}.pt")},
+                *(effect(None, unsteered_only=True) if env == "steerlab" else []),
+            ],
+        )
+
     jobs = [
         dict(
             base,
@@ -359,36 +366,13 @@ def tool_jobs(cfg: dict[str, Any], info: dict[str, Any], work: Path, first: bool
                 gen_s,
                 mixed,
                 dict(mixed, name="separate", kind="separate"),
+                dict(extract("extract_persona_pca_diff", "persona", 32, "vec_steerlab-pca_diff.pt"), method="pca_diff"),
                 *effect(str(work / "vec_steerlab.pt")),
+                *effect(str(work / "vec_steerlab-pca_diff.pt"), name="effect_pca_diff"),
             ],
         ),
-        dict(
-            base,
-            tool="plain",
-            env="steerlab",
-            model_dir=main_dir,
-            scenarios=[
-                extract("extract_persona", "persona", 32),
-                *([extract("extract_caa", "caa", 32)] if caa else []),
-                gen_u,
-                mixed,
-                {"name": "logits", "kind": "logits", "save": str(work / "logits_steerlab.pt")},
-                *effect(None, unsteered_only=True),
-            ],
-        ),
-        dict(
-            base,
-            tool="plain",
-            env="peers",
-            model_dir=peer_dir,
-            scenarios=[
-                extract("extract_persona", "persona", 32),
-                *([extract("extract_caa", "caa", 32)] if caa else []),
-                gen_u,
-                mixed,
-                {"name": "logits", "kind": "logits", "save": str(work / "logits_peers.pt")},
-            ],
-        ),
+        plain("steerlab", main_dir),
+        plain("peers", peer_dir),
         dict(
             base,
             tool="steering-vectors",
@@ -481,7 +465,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         loads["times_s"].append(r["load"]["time_s"])
         loads["peak_rss_mb"] = max(loads["peak_rss_mb"], r["load"]["peak_rss_mb"] or 0.0)
         for name, rec in r["scenarios"].items():
-            if name in ("effect", "logits"):
+            if name.startswith("effect") or name == "logits":
                 continue
             s = t.setdefault(name, {"times_s": [], "peak_rss_mb": 0.0, "added_rss_mb": 0.0})
             s["times_s"].append(rec["time_s"])
@@ -566,18 +550,21 @@ def score_effect(cfg: dict[str, Any], runs: list[dict[str, Any]], work: Path) ->
     lm = steerlab.load_model(cfg["model"], dtype=cfg["dtype"], device=cfg["device"])
     prompts = json.loads((work / "data.json").read_text())["effect_prompts"]
     vader = VaderScorer()
-    ref = torch.load(work / "reference.pt")
+    refs = {"mean_diff": torch.load(work / "vec_steerlab.pt")}
+    if (work / "vec_steerlab-pca_diff.pt").is_file():
+        refs["pca_diff"] = torch.load(work / "vec_steerlab-pca_diff.pt")
     out: dict[str, Any] = {"cosine_to_steerlab": {}, "rows": []}
-    for r in runs:
-        eff = r["scenarios"].get("effect")
-        if eff is None:
-            continue
-        tool = label(r)
-        if r["tool"] in PEERS:
-            own = torch.load(work / f"vec_{r['tool']}.pt")
-            out["cosine_to_steerlab"][tool] = {
-                str(k): round(float(torch.nn.functional.cosine_similarity(own[k], ref[k], dim=0)), 4) for k in ref
+    for peer in PEERS:
+        if (work / f"vec_{peer}.pt").is_file():
+            own = torch.load(work / f"vec_{peer}.pt")
+            out["cosine_to_steerlab"][peer] = {
+                method: {
+                    str(k): round(float(torch.nn.functional.cosine_similarity(own[k], ref[k], dim=0)), 4) for k in ref
+                }
+                for method, ref in refs.items()
             }
+    for r, name, eff in ((run, n, e) for run in runs for n, e in run["scenarios"].items() if n.startswith("effect")):
+        tool = label(r) + (" pca_diff" if name.endswith("pca_diff") else "")
         for lab, texts in eff["texts"].items():
             scores = vader.score(texts)
             nll = continuation_nll(lm, prompts, texts)
@@ -656,12 +643,14 @@ def markdown(res: dict[str, Any]) -> str:
                 f"{row['perplexity_ratio']:.2f} |"
             )
         cos = eff["cosine_to_steerlab"]
-        if cos:
-            lines += [
-                "",
-                "Cosine of each tool's vector to steerlab's, per layer: "
-                + "; ".join(f"{t} {min(v.values()):.3f}–{max(v.values()):.3f}" for t, v in cos.items()),
-            ]
+        for peer, by_method in cos.items():
+            lines.append(
+                f"Cosine of {peer}'s vector to steerlab's, per layer: "
+                + "; ".join(
+                    f"{m} {min(v.values()):.3f}–{max(v.values()):.3f} (|cos| ≥ {min(abs(c) for c in v.values()):.3f})"
+                    for m, v in by_method.items()
+                )
+            )
         if "max_logit_diff_tf5_vs_tf4" in eff:
             lines.append(
                 f"Same model in both environments: max |logit difference| {eff['max_logit_diff_tf5_vs_tf4']:.2e}"

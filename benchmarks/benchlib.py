@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import gc
+import json
 import os
 import platform
 import resource
@@ -96,6 +97,20 @@ def measure(fn: Callable[[], Any]) -> dict[str, Any]:
 def ratio(a: float, b: float) -> float:
     """``a / b`` rounded to 3 places (``nan`` when ``b`` is not positive)."""
     return round(a / b, 3) if b > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------- worker processes
+def run_worker(cmd: list[str], result: Path, what: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a worker process that writes its JSON result to ``result``; return it with
+    ``process_wall_s`` added. Exits with the worker's stderr tail if it fails."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not result.is_file():
+        sys.stderr.write(proc.stderr[-5000:])
+        raise SystemExit(f"{what} failed (exit {proc.returncode})")
+    out: dict[str, Any] = json.loads(result.read_text())
+    out["process_wall_s"] = round(time.perf_counter() - t0, 2)
+    return out
 
 
 # --------------------------------------------------------------------------- machine

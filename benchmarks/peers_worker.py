@@ -242,12 +242,14 @@ class Steerlab(Tool):
             directions=vec, model_id=lm.model_id, d_model=lm.d_model, n_layers=lm.n_layers, method="bench"
         )
 
-    def extract(self, pairs: Pairs, layers: list[int], batch_size: int, share_prefix: bool = True) -> Vec:
+    def extract(
+        self, pairs: Pairs, layers: list[int], batch_size: int, share_prefix: bool = True, method: str = "mean_diff"
+    ) -> Vec:
         cps = [self.sl.ContrastPair(p, n) for p, n in pairs]
         v = self.sl.extract(
             self.lm,
             cps,
-            method="mean_diff",
+            method=method,
             layers=layers,
             batch_size=batch_size,
             progress=False,
@@ -339,7 +341,7 @@ def _extract(tool: Tool, sc: dict[str, Any], data: dict[str, Any], layers: list[
     pairs = [(p[0], p[1]) for p in data[sc["data"]]]
     bs = sc["batch_size"]
     head = pairs[: min(len(pairs), max(bs, 4))]
-    kw = {"share_prefix": sc["share_prefix"]} if "share_prefix" in sc else {}
+    kw = {k: sc[k] for k in ("share_prefix", "method") if k in sc}
     rec, vec = _timed(partial(tool.extract, head, layers, bs, **kw), partial(tool.extract, pairs, layers, bs, **kw))
     if vec and sc.get("save"):
         torch.save({int(k): v.detach().cpu().float() for k, v in vec.items()}, sc["save"])

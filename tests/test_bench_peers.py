@@ -96,7 +96,11 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
     assert table["steerlab"]["mixed"]["distinct_outputs"] > 1
     eff = res["effect"]
     # both mean-difference implementations find the same vector; the model is the same in both envs
-    assert min(eff["cosine_to_steerlab"]["steering-vectors"].values()) > 0.999
+    cos = eff["cosine_to_steerlab"]
+    assert min(cos["steering-vectors"]["mean_diff"].values()) > 0.999
+    # repeng's PCA of differences is steerlab's pca_diff axis (each orients it by its own rule)
+    assert min(abs(c) for c in cos["repeng"]["pca_diff"].values()) > 0.99
     assert eff["max_logit_diff_tf5_vs_tf4"] < 1e-3
-    assert {r["tool"] for r in eff["rows"]} == {"unsteered", "steerlab", "steering-vectors", "repeng"}
+    assert {r["tool"] for r in eff["rows"]} == {
+        "unsteered", "steerlab", "steerlab pca_diff", "steering-vectors", "repeng"}
     assert out.with_suffix(".md").read_text().startswith("bench_peers — quick mode")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from steerlab.cli import app
@@ -44,6 +45,17 @@ def test_extract_writes_vector_and_manifest(vec_dir):
     manifest = json.loads((vec_dir / "run.json").read_text())
     assert manifest["model_id"] == "stories260K" and manifest["model_hash"] and manifest["data_hash"]
     assert manifest["command"][:2] == ["steerlab", "--quiet"] or manifest["command"][0] == "steerlab"
+
+
+def test_extract_without_prefix_sharing_gives_the_same_vector(vec_dir, tmp_path):
+    import steerlab
+
+    out = tmp_path / "full"
+    res = invoke("extract", *M, "--persona", "happy:sad", "--layers", "1-3", "--no-share-prefix", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    shared, full = steerlab.SteeringVector.load(vec_dir), steerlab.SteeringVector.load(out)
+    for k in (1, 2, 3):
+        assert torch.allclose(shared.directions[k], full.directions[k], rtol=1e-4, atol=1e-5)
 
 
 def test_inspect_json(vec_dir):

@@ -316,7 +316,7 @@ def _prefix_cache(lm: LM, prefixes: list[list[int]], rows: list[int], deepest: i
         pass
     finally:
         handle.remove()
-    index = torch.tensor(rows, device=lm.device)
+    index = torch.tensor(rows)  # a CPU index works for the cache on any device (blocks may be split)
     cache.batch_select_indices(index)
     return cache, mask[index]
 

@@ -34,6 +34,9 @@ def extract(
     method: str = typer.Option("mean_diff", help="actadd | mean_diff | pca_diff | pca_center | probe."),
     layers: str = typer.Option("8-19", help="Layers, e.g. 8-19 or 8,10,12."),
     batch_size: int = typer.Option(32, help="Texts per forward pass."),
+    share_prefix: bool = typer.Option(
+        True, help="Run a prefix that texts of a batch share (chat template, a CAA question) once."
+    ),
 ) -> None:
     """Build a steering vector from contrast pairs and save it as a folder.
 
@@ -59,7 +62,7 @@ def extract(
             lm = steerlab.load_model(model)
         say(f"extracting with {method} from {len(data)} pairs at layers {layers}")
         vec = steerlab.extract(lm, data, method=method, layers=layer_list, batch_size=batch_size,
-                               progress=progress_flag())
+                               progress=progress_flag(), share_prefix=share_prefix)
         vec.save(out)
         write_manifest(out, lm, data_hash=vec.data_hash, method=method, layers=layer_list)
         emit({"out": str(out), **vec.describe()}, lambda: console.print(f"wrote {out} ({method}, layers {layers})"))
