@@ -197,7 +197,7 @@ def prepare(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     import torch
 
     import steerlab
-    from steerlab.data import render
+    from steerlab.data import ChatText, render
 
     lm = steerlab.load_model(cfg["model"], dtype=cfg["dtype"], device=cfg["device"])
     openings = steerlab.load_openings(OPENINGS)
@@ -208,13 +208,13 @@ def prepare(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     caa: list[tuple[str, str]] = []
     if cfg["caa_pairs"]:
         for p in steerlab.caa_pairs(steerlab.load_caa(CAA, cfg["caa_pairs"])):
-            pos, neg = render(p.positive, lm), render(p.negative, lm)
+            assert isinstance(p.positive, ChatText) and isinstance(p.negative, ChatText)  # answers "(A)"
             caa.append(
                 (
-                    _cut_after_answer(pos, p.positive.assistant[1]),  # type: ignore[union-attr]
-                    _cut_after_answer(neg, p.negative.assistant[1]),
+                    _cut_after_answer(render(p.positive, lm), p.positive.assistant[1]),
+                    _cut_after_answer(render(p.negative, lm), p.negative.assistant[1]),
                 )
-            )  # type: ignore[union-attr]
+            )
     e = cfg["effect"]
     data = {
         "persona": persona,
@@ -289,7 +289,7 @@ def tool_jobs(cfg: dict[str, Any], info: dict[str, Any], work: Path, first: bool
     g, m, e = cfg["gen"], cfg["mixed"], cfg["effect"]
     caa = bool(cfg["caa_pairs"]) and first
     last = last and bool(cfg["effect"])
-    norms = {"none": {}}
+    norms: dict[str, dict[str, float]] = {"none": {}}
     for c in e["coefficients"] if e else []:
         norms[f"{c:g}"] = {str(k): c * n for k, n in info["reference_norms"].items()}
 

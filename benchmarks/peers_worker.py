@@ -49,12 +49,20 @@ class Tool:
     def generate(self, prompts: list[str], vec: Vec | None, new_tokens: int, batch_size: int) -> list[str]:
         raise NotImplementedError
 
-    def mixed(self, prompts: list[str], vecs: list[Vec], new_tokens: int) -> list[str]:
-        """One prompt per vector. Without per-row steering: one steered call per prompt."""
+    def separate(self, prompts: list[str], vecs: list[Vec], new_tokens: int) -> list[str]:
+        """One steered call per prompt (what a tool without per-row steering must do)."""
         out: list[str] = []
         for p, v in zip(prompts, vecs):
             out += self.generate([p], v, new_tokens, 1)
         return out
+
+    def mixed(self, prompts: list[str], vecs: list[Vec], new_tokens: int) -> list[str]:
+        """One prompt per vector, as this tool can: by default :meth:`separate` calls."""
+        return self.separate(prompts, vecs, new_tokens)
+
+    def last_logits(self, text: str) -> Any:
+        """Last-token logits of ``text`` (the same-model check; plain tools only)."""
+        raise NotImplementedError
 
 
 class HFTool(Tool):
@@ -70,8 +78,8 @@ class HFTool(Tool):
         path, gguf = job["model_dir"], job.get("gguf_file")
         kw = {"gguf_file": gguf} if gguf else {}
         dtype = getattr(torch, job.get("dtype") or "float32")
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw).to(self.device)
-        self.model.eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+        self.model = model.to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path, **kw)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -282,10 +290,6 @@ class Steerlab(Tool):
             do_sample=False,
         )
 
-    def separate(self, prompts: list[str], vecs: list[Vec], new_tokens: int) -> list[str]:
-        """For reference: one steered call per prompt, as a tool without per-row steering must."""
-        return super().mixed(prompts, vecs, new_tokens)
-
 
 TOOLS: dict[str, type[Tool]] = {
     "plain": Plain,
@@ -363,7 +367,7 @@ def _generate(tool: Tool, sc: dict[str, Any], data: dict[str, Any], job: dict[st
 def _mixed(tool: Tool, sc: dict[str, Any], data: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
     prompts = data["mixed_prompts"]
     vecs = [_load_vec(p) for p in job["vectors"]["mixed"]]
-    fn = tool.separate if sc["kind"] == "separate" else tool.mixed  # type: ignore[attr-defined]
+    fn = tool.separate if sc["kind"] == "separate" else tool.mixed
     rec, texts = _timed(partial(fn, prompts[:2], vecs[:2], 2), partial(fn, prompts, vecs, sc["new_tokens"]))
     rec.update(n_prompts=len(prompts), distinct_outputs=len(set(texts)))
     return rec
@@ -411,7 +415,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         elif kind == "effect":
             res[sc["name"]] = _effect(tool, sc, data)
         elif kind == "logits":
-            torch.save(tool.last_logits(data["check_text"]), sc["save"])  # type: ignore[attr-defined]
+            torch.save(tool.last_logits(data["check_text"]), sc["save"])
             res[sc["name"]] = {}
         else:
             raise ValueError(f"unknown scenario kind {kind!r}")

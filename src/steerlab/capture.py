@@ -40,7 +40,7 @@ class _StopForward(Exception):
 
 
 MIN_SHARED_PREFIX = 4
-"""Shorter common prefixes are not worth the extra (batch-1) forward pass."""
+"""A batch shares prefixes only when that saves at least this many tokens (and 5 % of them)."""
 
 
 def check_layers(lm: LM, layers: Sequence[int] | range | int) -> list[int]:
@@ -119,7 +119,7 @@ def iter_capture(
 
     Batches are length-sorted and deterministic for given texts and ``batch_size``, so a run can
     resume by skipping the first ``skip_batches``. Memory stays at one batch. With
-    ``share_prefix`` a prefix common to a whole batch runs once (see the module docstring).
+    ``share_prefix`` prefixes that rows of a batch share run once (see the module docstring).
     """
     if not texts:
         raise DatasetError("no texts to capture")
@@ -173,8 +173,8 @@ def capture(
         batch_size: texts per forward pass.
         padding_side: ``"left"`` or ``"right"``; default the tokenizer's.
         progress: show a progress bar (default: on unless ``STEERLAB_QUIET``).
-        share_prefix: run a prefix common to all texts of a batch once (same activations up to
-            float rounding; ``False`` runs every token of every text).
+        share_prefix: run prefixes that texts of a batch share once (same activations up to float
+            rounding; ``False`` runs every token of every text).
 
     Returns:
         ``{layer: float32 CPU tensor [len(texts), d_model]}``.
@@ -293,6 +293,25 @@ def _plan(lm: LM, ids: list[list[int]], ranges: list[tuple[int, int]]) -> Prefix
     return plan
 
 
+def _run_until(lm: LM, deepest: int, kwargs: dict[str, Any], hooks: dict[int, Any] | None = None) -> None:
+    """``lm.model(**kwargs)`` under ``inference_mode``, stopped right after block ``deepest``;
+    ``hooks`` (``{layer: forward hook}``) run first and are removed afterwards."""
+
+    def stop(*_: Any) -> None:
+        raise _StopForward
+
+    handles = [lm.blocks[layer].register_forward_hook(hook) for layer, hook in (hooks or {}).items()]
+    handles.append(lm.blocks[deepest].register_forward_hook(stop))
+    try:
+        with torch.inference_mode():
+            lm.model(**kwargs)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _prefix_cache(lm: LM, prefixes: list[list[int]], rows: list[int], deepest: int) -> tuple[Any, torch.Tensor]:
     """Key/value cache of the (left-padded) ``prefixes`` up to block ``deepest`` — one forward
     pass, stopped there like the batch's own — expanded so that row ``r`` holds prefix
@@ -302,20 +321,9 @@ def _prefix_cache(lm: LM, prefixes: list[list[int]], rows: list[int], deepest: i
     ids, mask = pad_token_ids(prefixes, pad_id(lm.tokenizer), "left")
     ids, mask = ids.to(lm.device), mask.to(lm.device)
     cache = DynamicCache(config=lm.model.config)
-
-    def stop(*_: Any) -> None:
-        raise _StopForward
-
-    kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "past_key_values": cache, "use_cache": True}
-    kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-    handle = lm.blocks[deepest].register_forward_hook(stop)
-    try:
-        with torch.inference_mode():
-            lm.model(**kwargs)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids, "past_key_values": cache}
+    _run_until(lm, deepest, dict(kwargs, use_cache=True))
     index = torch.tensor(rows)  # a CPU index works for the cache on any device (blocks may be split)
     cache.batch_select_indices(index)
     return cache, mask[index]
@@ -360,9 +368,7 @@ def _forward_batch(
         kwargs["past_key_values"] = cache
     if _accepts(lm.model, "position_ids"):
         kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-    deepest = max(layers)
     result: dict[int, torch.Tensor] = {}
-    handles = []
 
     def make_hook(layer: int) -> Any:
         def hook(_module: Any, _args: Any, output: Any) -> None:
@@ -372,19 +378,8 @@ def _forward_batch(
             else:
                 w = weights.to(device=h.device, dtype=h.dtype)
                 result[layer] = torch.einsum("bl,bld->bd", w, h).float().cpu()
-            if layer == deepest:
-                raise _StopForward
 
         return hook
 
-    try:
-        for layer in layers:
-            handles.append(lm.blocks[layer].register_forward_hook(make_hook(layer)))
-        with torch.inference_mode():
-            lm.model(**kwargs)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    _run_until(lm, max(layers), kwargs, {layer: make_hook(layer) for layer in layers})
     return result

@@ -57,9 +57,9 @@ def extract(
         checkpoint: for streaming methods (``mean_diff``), a file where running sums are saved
             after every batch; an interrupted run called again with the same arguments resumes
             from it. Deleted when the vector is done.
-        share_prefix: run a prefix that all texts of a batch share (e.g. the chat template's system
-            turn) once and continue every text from its cache; the activations equal a full
-            forward's up to float rounding. ``False`` runs every token of every text.
+        share_prefix: run prefixes that texts of a batch share (the chat template's system turn, a
+            CAA pair's question) once and continue every text from their cache; the activations
+            equal a full forward's up to float rounding. ``False`` runs every token of every text.
 
     Raises:
         DatasetError: empty or one-sided data, too few pairs for the method, unknown method.
