@@ -23,6 +23,7 @@ from .data import (
     pairs_from_lists,
     persona_pairs,
 )
+from .engine import steer, steer_rows
 from .errors import (
     DatasetError,
     InvalidVectorError,
@@ -38,7 +39,6 @@ from .extract import extract
 from .generate import generate
 from .methods import REGISTRY as METHODS
 from .model import LM, load_model, wrap_model
-from .steer import steer, steer_rows
 from .steering import Composite, Steering, compose
 from .vector import SteeringVector
 

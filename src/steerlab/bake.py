@@ -64,10 +64,11 @@ from typing import Any
 
 import torch
 
+from . import hf
+from .engine import SteeringSession, steer
 from .errors import SteeringError, UnsupportedArchitectureError
 from .layers import ARCHITECTURES
 from .model import LM
-from .steer import SteeringSession, steer
 from .steering import Composite, Steering, SteeringLike, compose
 
 BAKE_INFO = "steerlab_bake.json"
@@ -198,7 +199,7 @@ def plan(lm: LM, steering: SteeringLike | Sequence[SteeringLike], approximate: b
         raise BakeError("nothing to bake: pass at least one Steering")
     for s in items:
         s.vector.check_model(lm)
-        if s.vector.tokenwise or s.where == "actadd":
+        if s.vector.tokenwise:
             raise BakeError(
                 "a token-wise (ActAdd) vector adds a different row at each prompt position, which "
                 "no weight can do; collapse it with vector.token_mean() (a different steering) or "
@@ -210,13 +211,12 @@ def plan(lm: LM, steering: SteeringLike | Sequence[SteeringLike], approximate: b
                 "can be baked (the weights cannot know where a prompt ends); steer at runtime for "
                 "'prompt', 'generated' or windows"
             )
-        if s.operator not in ("add", "ablate"):
+        if s.op.bake_mode is None:
             raise BakeError(
-                f"operator={s.operator!r} depends on each activation (it is not a fixed change of "
-                "the weights); only 'add' (as a bias) and 'ablate' (as orthogonalised weights) can "
-                "be baked"
+                f"operator={s.operator!r}: {s.op.bake_refusal}; only 'add' (as a bias) and 'ablate' "
+                "(as orthogonalised weights) can be baked"
             )
-    ops = {s.operator for s in items}
+    ops = {s.op.bake_mode for s in items}
     if ops == {"add"}:
         _spec(lm, "add")
         deltas: dict[int, torch.Tensor] = {}
@@ -530,17 +530,8 @@ def bake(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        from transformers.utils import logging as hf_logging
-
-        level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        try:
+        with hf.quiet(errors_only=True):
             lm.model.save_pretrained(tmp, state_dict=sd)
-        finally:
-            hf_logging.set_verbosity(level)
-            if bars:
-                hf_logging.enable_progress_bar()
         if "model_type" not in changes:  # save_pretrained filled in the class name
             config.architectures = list(getattr(lm.model.config, "architectures", None) or [])
         config.dtype = lm.model.config.dtype

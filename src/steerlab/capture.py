@@ -21,13 +21,14 @@ Example:
 
 from __future__ import annotations
 
-import inspect
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from . import hf
 from .data import Read, validate_read
 from .errors import DatasetError, LayerRangeError
 from .model import LM
@@ -95,13 +96,6 @@ def _token_range(read: Read, n: int, offsets: Any, text: str) -> tuple[int, int]
     if not 0 <= start < end:
         raise DatasetError(f"read slice {read} is empty for a text of {n} tokens")
     return start, end
-
-
-def _accepts(model: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def iter_capture(
@@ -279,7 +273,10 @@ def plan_prefixes(ids: Sequence[Sequence[int]], starts: Sequence[int]) -> Prefix
 
 def _plan(lm: LM, ids: list[list[int]], ranges: list[tuple[int, int]]) -> PrefixPlan | None:
     """The prefix plan for this batch, or None when sharing does not pay (or cannot be used)."""
-    if len(ids) < 2 or not (_accepts(lm.model, "position_ids") and _accepts(lm.model, "past_key_values")):
+    if len(ids) < 2:
+        return None
+    if not (hf.accepts(lm.model, "position_ids") and hf.cache_keyword(lm.model)):
+        _warn_no_sharing(lm)
         return None
     plan = plan_prefixes(ids, [start for start, _ in ranges])
     if min(plan.lengths) < 1 or plan.saved_tokens < max(MIN_SHARED_PREFIX, sum(map(len, ids)) // 20):
@@ -291,6 +288,21 @@ def _plan(lm: LM, ids: list[list[int]], ranges: list[tuple[int, int]]) -> Prefix
         if max(plan.lengths) + suffix > window:
             return None
     return plan
+
+
+_WARNED: set[int] = set()
+
+
+def _warn_no_sharing(lm: LM) -> None:
+    """Say once per model that shared prefixes cannot be run once (extraction is slower)."""
+    if id(lm.model) not in _WARNED:
+        _WARNED.add(id(lm.model))
+        warnings.warn(
+            f"{type(lm.model).__name__}.forward takes no position_ids or KV cache ({hf.versions()}): "
+            "shared prefixes run once per text (share_prefix has no effect; results are the same)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def _run_until(lm: LM, deepest: int, kwargs: dict[str, Any], hooks: dict[int, Any] | None = None) -> None:
@@ -316,16 +328,16 @@ def _prefix_cache(lm: LM, prefixes: list[list[int]], rows: list[int], deepest: i
     """Key/value cache of the (left-padded) ``prefixes`` up to block ``deepest`` — one forward
     pass, stopped there like the batch's own — expanded so that row ``r`` holds prefix
     ``rows[r]``; and the prefixes' attention mask ``[len(rows), max prefix length]``."""
-    from transformers import DynamicCache
-
     ids, mask = pad_token_ids(prefixes, pad_id(lm.tokenizer), "left")
     ids, mask = ids.to(lm.device), mask.to(lm.device)
-    cache = DynamicCache(config=lm.model.config)
+    cache = hf.new_cache(lm.model)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids, "past_key_values": cache}
-    _run_until(lm, deepest, dict(kwargs, use_cache=True))
+    kwargs = hf.forward_kwargs(
+        lm.model, input_ids=ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True
+    )
+    _run_until(lm, deepest, kwargs)
     index = torch.tensor(rows)  # a CPU index works for the cache on any device (blocks may be split)
-    cache.batch_select_indices(index)
+    hf.select_cache_rows(cache, index)
     return cache, mask[index]
 
 
@@ -363,16 +375,19 @@ def _forward_batch(
     if prefix_mask is not None:
         shared = prefix_mask.shape[1]
         mask = torch.cat([prefix_mask.to(mask.dtype), mask], dim=1)
-    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, "use_cache": cache is not None}
-    if cache is not None:
-        kwargs["past_key_values"] = cache
-    if _accepts(lm.model, "position_ids"):
-        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+    kwargs = hf.forward_kwargs(
+        lm.model,
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, shared:],
+        cache=cache,
+        use_cache=cache is not None,
+    )
     result: dict[int, torch.Tensor] = {}
 
     def make_hook(layer: int) -> Any:
         def hook(_module: Any, _args: Any, output: Any) -> None:
-            h = output[0] if isinstance(output, tuple) else output
+            h = hf.block_hidden(output)
             if keep_tokens:
                 result[layer] = h[0].float().cpu()
             else:

@@ -46,3 +46,10 @@ class DatasetError(SteeringError):
 
 class SteeringSpecError(SteeringError):
     """A :class:`~steerlab.steering.Steering` was given an invalid option."""
+
+
+class TransformersCompatError(SteeringError):
+    """transformers called the model in a way steerlab cannot read token positions from.
+
+    Raised instead of steering the wrong tokens; the message names the installed versions.
+    """

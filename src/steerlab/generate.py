@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
+from .engine import steer_rows
 from .errors import DatasetError, SteeringSpecError
 from .model import LM
-from .steer import steer_rows
 from .steering import SteeringLike
 from .tokens import pad_id, pad_token_ids
 

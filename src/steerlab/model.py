@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from . import hf
 from .errors import ModelLoadError
 from .layers import find_blocks
 
@@ -249,15 +250,8 @@ def load_model(
             )
         source = path if path.exists() else Path(name)
         model_id = path.resolve().name if path.exists() else name
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with hf.quiet():
         return _load(name, source, model_id, dtype, device, device_map, blocks)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _load(

@@ -1,22 +1,11 @@
 """What to do at inference time: :class:`Steering` (one vector, how strongly, where, how).
 
-Several steerings compose (applied in order at each layer): ``s1 + s2`` or a list passed to
-:func:`steerlab.steer`.
-
-Positions (token indices count real tokens of each row, padding excluded):
-
-* ``"all"`` — every token, prompt and generated;
-* ``"prompt"`` — the prompt's tokens only;
-* ``"generated"`` — only tokens after the prompt (CAA's "every position after the prompt");
-* ``(start, end)`` — token indices ``start <= i < end`` (``end=None``: to the end);
-* ``"actadd"`` — a token-wise (ActAdd) vector added front-aligned: row ``i`` at token ``i``.
-
-Operators, with ``c`` the coefficient, ``v`` the layer's direction and ``u = v/|v|``:
-
-* ``"add"`` — ``h + c·v``;
-* ``"ablate"`` — ``h − c·(h·u)u`` (``c=1`` removes the direction entirely);
-* ``"clamp"`` — ``h + (c − h·u)u``: the projection on ``u`` is set to ``c``;
-* ``"add_norm_preserving"`` — ``h + c·v`` rescaled to the norm of ``h``.
+This module is the *specification*; :mod:`steerlab.engine` applies it. Several steerings compose
+(applied in order at each layer): ``s1 + s2`` or a list passed to :func:`steerlab.steer`.
+Where they act is described in :mod:`steerlab.positions` (``"all"``, ``"prompt"``,
+``"generated"``, a ``(start, end)`` window); how, in :mod:`steerlab.operators` (``"add"``,
+``"ablate"``, ``"clamp"``, ``"add_norm_preserving"``). A token-wise (ActAdd) vector is added
+front-aligned, row ``i`` at token ``i`` of each row's prompt.
 
 Example:
     >>> s = Steering(vec, coefficient=4.0, positions="generated")  # doctest: +SKIP
@@ -30,30 +19,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .errors import LayerRangeError, SteeringSpecError
+from .operators import OPERATORS, Operator, get_operator
+from .positions import POSITION_KEYWORDS, Positions, positions_key
 from .vector import SteeringVector
 
-Positions = str | tuple[int, int | None]
-POSITION_KEYWORDS = ("all", "prompt", "generated", "actadd")
-OPERATORS = ("add", "ablate", "clamp", "add_norm_preserving")
-
-
-def positions_key(positions: Positions) -> Positions:
-    """Validate ``positions`` and return its canonical (hashable) form."""
-    if isinstance(positions, str):
-        if positions not in POSITION_KEYWORDS:
-            raise SteeringSpecError(
-                f"positions={positions!r}: use 'all', 'prompt', 'generated', 'actadd' or (start, end)"
-            )
-        return positions
-    if isinstance(positions, (tuple, list)) and len(positions) == 2:
-        start, end = positions
-        if not isinstance(start, int) or start < 0 or (end is not None and (not isinstance(end, int) or end <= start)):
-            raise SteeringSpecError(
-                f"positions={tuple(positions)!r}: a window is (start, end) with 0 <= start < end "
-                "(end=None runs to the end)"
-            )
-        return (start, end)
-    raise SteeringSpecError(f"positions={positions!r} is not understood")
+__all__ = [
+    "OPERATORS",
+    "POSITION_KEYWORDS",
+    "Composite",
+    "Positions",
+    "Steering",
+    "SteeringLike",
+    "compose",
+    "positions_key",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,15 +43,18 @@ class Steering:
         vector: the :class:`~steerlab.vector.SteeringVector`.
         coefficient: the multiplier (``0`` disables it exactly).
         layers: subset of the vector's layers to use (default: all of them).
-        positions: see the module docs; default ``"all"`` (``"actadd"`` for token-wise vectors).
-        operator: ``"add"``, ``"ablate"``, ``"clamp"`` or ``"add_norm_preserving"``.
+        positions: see :mod:`steerlab.positions`; default ``"all"``. Token-wise (ActAdd) vectors
+            take none: they act front-aligned at each row's first tokens.
+        operator: a name from :data:`steerlab.operators.OPERATORS` (``"add"``, ``"ablate"``,
+            ``"clamp"``, ``"add_norm_preserving"``) or an :class:`~steerlab.operators.Operator`.
     """
 
     vector: SteeringVector
     coefficient: float = 1.0
     layers: Sequence[int] | None = None
     positions: Positions | None = None
-    operator: str = "add"
+    operator: str | Operator = "add"
+    _op: Operator = field(init=False, repr=False)
     _layers: tuple[int, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -85,21 +67,17 @@ class Steering:
         if not math.isfinite(coef):
             raise SteeringSpecError(f"coefficient={self.coefficient!r} must be finite")
         object.__setattr__(self, "coefficient", coef)
-        if self.operator not in OPERATORS:
-            raise SteeringSpecError(f"operator={self.operator!r}: use one of {', '.join(OPERATORS)}")
-        default = "actadd" if self.vector.tokenwise else "all"
-        key = positions_key(self.positions if self.positions is not None else default)
-        object.__setattr__(self, "positions", key)
-        if self.vector.tokenwise and (key != "actadd" or self.operator != "add"):
-            raise SteeringSpecError(
-                "a token-wise (ActAdd) vector is added front-aligned: use positions='actadd' and "
-                "operator='add', or collapse it with vector.token_mean()"
-            )
-        if key == "actadd" and not self.vector.tokenwise:
-            raise SteeringSpecError(
-                "positions='actadd' needs a token-wise vector (method='actadd'); for a one-direction "
-                "vector use a window such as positions=(0, 4)"
-            )
+        op = get_operator(self.operator)
+        object.__setattr__(self, "_op", op)
+        object.__setattr__(self, "operator", op.name)
+        if self.vector.tokenwise:
+            if self.positions is not None or op.name != "add":
+                raise SteeringSpecError(
+                    "a token-wise (ActAdd) vector is added front-aligned at each row's first tokens: "
+                    "leave positions unset and use operator='add', or collapse it with vector.token_mean()"
+                )
+        else:
+            object.__setattr__(self, "positions", positions_key("all" if self.positions is None else self.positions))
         layers = tuple(self.vector.layers if self.layers is None else (int(x) for x in self.layers))
         missing = [x for x in layers if x not in self.vector.directions]
         if missing:
@@ -110,9 +88,9 @@ class Steering:
 
     @property
     def where(self) -> Positions:
-        """The validated positions (``positions`` with its default filled in)."""
-        assert self.positions is not None
-        return self.positions
+        """The validated positions (``"all"`` when unset; token-wise vectors select their front
+        tokens themselves)."""
+        return "all" if self.positions is None else self.positions
 
     @property
     def active_layers(self) -> tuple[int, ...]:
@@ -120,9 +98,14 @@ class Steering:
         return self._layers
 
     @property
+    def op(self) -> Operator:
+        """The :class:`~steerlab.operators.Operator` object."""
+        return self._op
+
+    @property
     def is_noop(self) -> bool:
-        """True when the steering cannot change anything (coefficient 0 of a scaling operator)."""
-        return self.coefficient == 0.0 and self.operator != "clamp"
+        """True when the steering cannot change anything (its operator says so for its coefficient)."""
+        return self._op.is_noop(self.coefficient)
 
     def __add__(self, other: Steering | Composite) -> Composite:
         return compose(self, other)

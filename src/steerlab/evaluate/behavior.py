@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,12 +37,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import hf
 from ..data import answer_letter, caa_pairs, choice_letters, load_caa
+from ..engine import steer_rows
 from ..errors import DatasetError, SteeringSpecError
 from ..extract import extract
 from ..model import LM
 from ..progress import track
-from ..steer import steer_rows
 from ..steering import Steering, SteeringLike
 from ..tokens import pad_id, pad_token_ids
 from ..vector import SteeringVector
@@ -221,13 +221,6 @@ def _prepare(lm: LM, items: Sequence[ABItem]) -> list[_Prepared]:
     return out
 
 
-def _forward_params(lm: LM) -> set[str]:
-    try:
-        return set(inspect.signature(lm.model.forward).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
 def _logits_kwargs(params: set[str]) -> dict[str, Any]:
     """No KV cache, and only the last position's logits, when the model's forward supports it."""
     out: dict[str, Any] = {"use_cache": False} if "use_cache" in params else {}
@@ -256,7 +249,7 @@ def _read(
     order = sorted(range(n), key=lambda i: len(prepared[i].ids))
     chunks = [order[s : s + batch_size] for s in range(0, n, batch_size)]
     pad = pad_id(lm.tokenizer)
-    params = _forward_params(lm)
+    params = set(hf.forward_parameters(lm.model))
     extra = _logits_kwargs(params)
     for chunk in track(chunks, "A/B read-out", enabled=progress):
         ids, mask = pad_token_ids([prepared[i].ids for i in chunk for _ in range(n_set)], pad, "left")

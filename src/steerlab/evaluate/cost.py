@@ -30,11 +30,12 @@ from typing import Any
 
 import torch
 
+from .. import hf
+from ..engine import steer
 from ..errors import DatasetError
 from ..generate import encode
 from ..model import LM
 from ..progress import track
-from ..steer import steer
 from ..steering import Steering, SteeringLike, compose
 from ..vector import SteeringVector
 from .report import Report, new_figure, save_figure
@@ -141,7 +142,7 @@ def run_stats(
 
     def make_hook(layer: int, real: torch.Tensor) -> Callable[..., None]:
         def hook(_module: Any, _args: Any, output: Any) -> None:
-            h = output[0] if isinstance(output, tuple) else output
+            h = hf.block_hidden(output)
             norms = h.float().norm(dim=-1) * real.to(device=h.device, dtype=torch.float32)
             norm_sum[layer] += float(norms.sum())
 

@@ -32,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .. import hf
 from ..errors import DatasetError, SteeringError, SteeringSpecError
 from ..generate import generate
 from ..model import LM
@@ -226,13 +227,11 @@ class HFScorer:
         else:
             source = spec
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModelForSequenceClassification.from_pretrained(source)
+            with hf.quiet():
+                tokenizer = AutoTokenizer.from_pretrained(source)
+                model = AutoModelForSequenceClassification.from_pretrained(source)
         except Exception as exc:  # transformers raises many kinds (OSError, ValueError, HF errors)
             reason = str(exc).strip().rstrip(".")
             raise ScorerLoadError(
@@ -240,9 +239,6 @@ class HFScorer:
                 "access (or a filled Hugging Face cache); offline, download the model once and pass "
                 "its local folder, or use the default scorer 'vader'"
             ) from exc
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
         self.classes = label_classes(dict(model.config.id2label))
         config_pad = model.config.pad_token_id
         if tokenizer.pad_token_id is None:

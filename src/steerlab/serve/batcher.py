@@ -38,8 +38,8 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from ..engine import steer_rows
 from ..model import LM
-from ..steer import steer_rows
 from ..steering import SteeringLike
 from ..tokens import pad_token_ids
 from .settings import ServeSettings

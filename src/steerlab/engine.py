@@ -1,0 +1,287 @@
+"""The steering engine: forward hooks that apply :class:`~steerlab.steering.Steering` objects.
+
+One pre-hook on the model reads, once per forward call, which tokens are real and each one's
+index among its row's real tokens (:func:`steerlab.positions.token_positions`, from what the call
+passes: attention mask, position ids or the cache's length — read through :mod:`steerlab.hf`), so
+padding and the KV cache never shift positions. Each steered block gets one hook that applies the
+precomputed per-layer terms; plain additions at the same positions are merged into one
+row-stacked delta, so a batch where every row has its own vector costs one ``addcmul`` per layer.
+Vectors are moved to each block's device and dtype once, when the session starts.
+
+The first time a model is steered, :func:`steerlab.canary.check_positions` confirms that the
+hooks see the right positions under this transformers version (a prompt, then a cached step);
+otherwise it raises instead of steering the wrong tokens.
+
+Hooks act only in the thread that opened the session, and are removed on exit (also on an
+exception): nothing global, nothing left behind, weights never touched.
+
+Example:
+    >>> with steer(lm, Steering(vec, 4.0)):  # doctest: +SKIP
+    ...     logits = lm.model(**lm.tokenizer("Hello", return_tensors="pt")).logits
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import hf
+from .errors import SteeringSpecError
+from .model import LM
+from .operators import Operator, OpState
+from .positions import Positions, position_mask, starts_sequence, token_positions
+from .steering import Composite, Steering, SteeringLike, compose
+
+RowSteerings = Sequence[SteeringLike | None]
+
+
+def call_positions(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(real, index)`` of one forward call of ``model`` (see :func:`~steerlab.positions.token_positions`)."""
+    inputs = hf.call_inputs(model, args, kwargs)
+    return token_positions(
+        inputs.length,
+        inputs.batch,
+        inputs.device,
+        attention_mask=inputs.attention_mask,
+        position_ids=inputs.position_ids,
+        past=inputs.past,
+        has_cache=inputs.has_cache,
+    )
+
+
+@dataclass
+class _Call:
+    """Per-forward-call state shared by all block hooks."""
+
+    real: torch.Tensor  # [B, q] bool: real (non-pad) tokens of this call
+    index: torch.Tensor  # [B, q] long: index of each token among its row's real tokens
+    prompt_len: torch.Tensor | None  # [B] real prompt tokens per row
+    dtype: torch.dtype
+    masks: dict[Any, torch.Tensor] = field(default_factory=dict)
+
+    def mask(self, key: Positions, rows: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """``[B, q, 1]`` float mask of the positions ``key`` (and rows) on ``device``, made once."""
+        cache_key = (key, None if rows is None else id(rows), device)
+        m = self.masks.get(cache_key)
+        if m is None:
+            sel = position_mask(key, self.real, self.index, self.prompt_len)
+            if rows is not None:
+                sel = sel & rows.to(sel.device)[:, None, None]
+            m = sel.to(device=device, dtype=self.dtype)
+            self.masks[cache_key] = m
+        return m
+
+
+@dataclass
+class _Term:
+    """One operator at one layer: where it acts, on which rows, with what precomputed state."""
+
+    op: Operator
+    positions: Positions
+    rows: torch.Tensor | None  # [B] bool or None (= all rows)
+    state: OpState
+
+    def apply(self, h: torch.Tensor, call: _Call) -> torch.Tensor:
+        index = call.index if call.index.device == h.device else call.index.to(h.device)
+        return self.op.apply(h, call.mask(self.positions, self.rows, h.device), self.state, index)
+
+    def repeated(self, repeat: int) -> _Term:
+        """This term for a batch that HF expanded ``repeat`` times (``num_return_sequences``)."""
+        rows = None if self.rows is None else self.rows.repeat_interleave(repeat)
+        state = self.state
+        if self.op.merges and state.tensor.dim() == 3 and state.tensor.shape[0] > 1:
+            state = OpState(state.tensor.repeat_interleave(repeat, dim=0), state.coefficient, state.norm)
+        return _Term(self.op, self.positions, rows, state)
+
+
+def _block_device(block: torch.nn.Module, fallback: torch.device) -> torch.device:
+    """Where a block computes: accelerate's execution device for offloaded blocks (whose
+    parameters sit on ``meta``), else the device of its parameters."""
+    hook = getattr(block, "_hf_hook", None)
+    execution = getattr(hook, "execution_device", None)
+    if execution is not None:
+        return torch.device(execution)
+    param = next(block.parameters(), None)
+    return param.device if param is not None else fallback
+
+
+def as_steerings(steering: SteeringLike | Sequence[SteeringLike] | None) -> list[Steering]:
+    """The steerings of one steering, a composite or a list of them, in order."""
+    if steering is None:
+        return []
+    if isinstance(steering, (Steering, Composite)):
+        return list(compose(steering).steerings)
+    return list(compose(*steering).steerings)
+
+
+class SteeringSession:
+    """Hooks that apply steerings to one model for the duration of a ``with`` block.
+
+    Use :func:`steer` (one steering set for every row) or :func:`steer_rows` (one per row)
+    rather than this class directly.
+    """
+
+    def __init__(
+        self,
+        lm: LM,
+        shared: list[Steering],
+        rows: RowSteerings | None = None,
+        prompt_length: torch.Tensor | int | None = None,
+    ) -> None:
+        self.lm = lm
+        self.owner = threading.get_ident()
+        self.batch = len(rows) if rows is not None else None
+        self.fixed_prompt_len = prompt_length
+        self.prompt_len: torch.Tensor | None = None
+        self.call: _Call | None = None
+        self.handles: list[Any] = []
+        self.terms: dict[int, list[_Term]] = {}
+        self.dtype = next(lm.model.parameters()).dtype
+        entries: list[tuple[Steering, torch.Tensor | None]] = [(s, None) for s in shared]
+        if rows is not None:
+            by_id: dict[int, tuple[Steering, list[int]]] = {}
+            for i, item in enumerate(rows):
+                for s in as_steerings(item):
+                    by_id.setdefault(id(s), (s, []))[1].append(i)
+            for s, idx in by_id.values():
+                mask = torch.zeros(len(rows), dtype=torch.bool)
+                mask[idx] = True
+                entries.append((s, mask.to(lm.device)))
+        for s, _ in entries:
+            s.vector.check_model(lm)
+        self._build_terms([(s, r) for s, r in entries if not s.is_noop])
+        self.active = self.terms
+        self.repeat = 1
+        if self.terms:
+            from .canary import check_positions
+
+            check_positions(lm)
+
+    def _build_terms(self, entries: list[tuple[Steering, torch.Tensor | None]]) -> None:
+        # Merge one-direction uses of a merging operator (add) that share positions into one
+        # row-stacked delta per layer, unless another term came in between (composition order).
+        merged: dict[tuple[int, str, object], torch.Tensor] = {}
+        for s, rows in entries:
+            op = s.op
+            for layer in s.active_layers:
+                device = _block_device(self.lm.blocks[layer], self.lm.device)
+                v = s.vector.directions[layer].to(device=device, dtype=self.dtype)
+                layer_terms = self.terms.setdefault(layer, [])
+                if not (op.merges and v.dim() == 1):
+                    layer_terms.append(_Term(op, s.where, rows, op.prepare(v, s.coefficient)))
+                    continue
+                key = (layer, op.name, s.where if rows is None else ("rows", s.where))
+                acc = merged.get(key)
+                if acc is None or not (layer_terms and layer_terms[-1].state.tensor is acc):
+                    acc = torch.zeros(1 if rows is None else len(rows), 1, v.shape[-1], device=device, dtype=self.dtype)
+                    merged[key] = acc
+                    layer_terms.append(_Term(op, s.where, None, OpState(acc, 1.0)))
+                delta = op.prepare(v, s.coefficient).tensor
+                if rows is None:
+                    acc += delta
+                else:
+                    acc[rows.to(device)] += delta
+
+    # ------------------------------------------------------------------ hooks
+    def _pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if threading.get_ident() != self.owner:
+            return
+        real, index = call_positions(module, args, kwargs)
+        batch = int(real.shape[0])
+        prompt_len = self._prompt_len(batch, real, index)
+        if self.batch is not None:
+            if batch % self.batch:
+                raise SteeringSpecError(
+                    f"per-row steering was set up for {self.batch} rows but the forward call has {batch}"
+                )
+            repeat = batch // self.batch
+            if repeat != self.repeat:
+                self.active = {k: [t.repeated(repeat) for t in ts] for k, ts in self.terms.items()}
+                self.repeat = repeat
+        self.call = _Call(real=real, index=index, prompt_len=prompt_len, dtype=self.dtype)
+
+    def _prompt_len(self, batch: int, real: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
+        fixed = self.fixed_prompt_len
+        if fixed is not None:
+            t = torch.as_tensor(fixed, device=real.device).reshape(-1)
+            t = t.expand(batch) if t.numel() == 1 else t
+            return t.repeat_interleave(batch // t.numel()) if t.numel() != batch else t
+        if starts_sequence(real, index):  # a call that starts every row at token 0 is the prompt
+            self.prompt_len = real.sum(-1)
+        return self.prompt_len
+
+    def _make_hook(self, layer: int) -> Any:
+        def hook(_module: Any, _args: Any, output: Any) -> Any:
+            call = self.call
+            if call is None or threading.get_ident() != self.owner:
+                return None
+            h = hf.block_hidden(output)
+            for term in self.active[layer]:
+                h = term.apply(h, call)
+            return hf.with_block_hidden(output, h)
+
+        return hook
+
+    def __enter__(self) -> SteeringSession:
+        if self.terms:
+            self.handles.append(self.lm.model.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+            for layer in self.terms:
+                # prepend: steering runs before any other hook on the block (e.g. transformers'
+                # output_hidden_states recorder), so every observer sees the steered stream.
+                hook = self._make_hook(layer)
+                self.handles.append(self.lm.blocks[layer].register_forward_hook(hook, prepend=True))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        self.call = None
+
+
+@contextmanager
+def steer(
+    lm: LM,
+    steering: SteeringLike | Sequence[SteeringLike] | None,
+    prompt_length: torch.Tensor | int | None = None,
+) -> Iterator[SteeringSession]:
+    """Steer every forward call of ``lm.model`` inside the ``with`` block.
+
+    Args:
+        lm: the model.
+        steering: a :class:`Steering`, a composite (``s1 + s2``) or a list (composed in order).
+        prompt_length: real prompt tokens per row, for ``positions="prompt"/"generated"`` when
+            you recompute whole sequences without the KV cache. By default a call in which every
+            row starts at token 0 is taken to be the prompt and later cached calls to be
+            generated tokens.
+
+    Raises:
+        ModelMismatchError: a vector was made for another model.
+        TransformersCompatError: this transformers version calls the model in a way steerlab
+            cannot read positions from (checked once per model).
+
+    Example:
+        >>> with steer(lm, Steering(vec, 4.0)):  # doctest: +SKIP
+        ...     out = lm.model(**lm.tokenizer("Hello", return_tensors="pt"))
+    """
+    with SteeringSession(lm, as_steerings(steering), prompt_length=prompt_length) as session:
+        yield session
+
+
+@contextmanager
+def steer_rows(
+    lm: LM, rows: RowSteerings, prompt_length: torch.Tensor | int | None = None
+) -> Iterator[SteeringSession]:
+    """Like :func:`steer`, with one steering (or ``None``) per batch row.
+
+    Example:
+        >>> with steer_rows(lm, [Steering(vec, 4.0), None]):  # doctest: +SKIP
+        ...     out = lm.model(input_ids=ids, attention_mask=mask)
+    """
+    with SteeringSession(lm, [], rows=rows, prompt_length=prompt_length) as session:
+        yield session

@@ -1,0 +1,221 @@
+"""The one boundary between steerlab and transformers' internals.
+
+Everything steerlab knows about how transformers calls a model lives here: forward keyword names
+(the KV cache is ``cache=`` from 5.24 on and ``past_key_values=`` before; ``position_ids``,
+``attention_mask``), cache objects (creating one, its length, selecting rows), decoder-block output
+tuples, and quieting transformers' logging. transformers renames these between minor releases;
+when it does, this is the module to change, and :func:`steerlab.canary.check_positions` fails
+loudly (naming the versions) instead of letting steering act on the wrong tokens.
+
+Example:
+    >>> from steerlab import hf
+    >>> hf.versions()  # doctest: +SKIP
+    'transformers 5.24.0, torch 2.13.0+cpu'
+    >>> kwargs = hf.forward_kwargs(lm.model, input_ids=ids, attention_mask=mask, cache=None)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import torch
+
+CACHE_KEYWORDS = ("cache", "past_key_values")
+"""Names transformers has used for the KV cache argument of a model's forward, newest first."""
+
+_PARAMS: WeakKeyDictionary[Any, tuple[str, ...]] = WeakKeyDictionary()
+
+
+def versions() -> str:
+    """``"transformers X, torch Y"``: the versions to name in an error about transformers' internals."""
+    import transformers
+
+    return f"transformers {transformers.__version__}, torch {torch.__version__}"
+
+
+def forward_parameters(model: Any) -> tuple[str, ...]:
+    """Names of ``model.forward``'s parameters, in order (read once per model)."""
+    params = _PARAMS.get(model)
+    if params is None:
+        try:
+            params = tuple(inspect.signature(model.forward).parameters)
+        except (TypeError, ValueError):
+            params = ("input_ids",)
+        _PARAMS[model] = params
+    return params
+
+
+def accepts(model: Any, name: str) -> bool:
+    """Whether ``model.forward`` takes a parameter called ``name``."""
+    return name in forward_parameters(model)
+
+
+def cache_keyword(model: Any) -> str | None:
+    """The name under which ``model.forward`` takes a KV cache (``None``: it takes none)."""
+    params = forward_parameters(model)
+    return next((name for name in CACHE_KEYWORDS if name in params), None)
+
+
+def forward_kwargs(
+    model: Any,
+    *,
+    input_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    cache: Any = None,
+    use_cache: bool | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for ``model(**kwargs)``, named the way this transformers version wants.
+
+    ``position_ids`` is dropped when the model's forward does not take it (positions then follow
+    the attention mask inside the model); passing a ``cache`` to a model that takes none raises.
+    """
+    out: dict[str, Any] = {}
+    if input_ids is not None:
+        out["input_ids"] = input_ids
+    if attention_mask is not None:
+        out["attention_mask"] = attention_mask
+    if position_ids is not None and accepts(model, "position_ids"):
+        out["position_ids"] = position_ids
+    if cache is not None:
+        key = cache_keyword(model)
+        if key is None:
+            from .errors import SteeringError
+
+            raise SteeringError(f"{type(model).__name__}.forward takes no KV cache ({versions()})")
+        out[key] = cache
+    if use_cache is not None and accepts(model, "use_cache"):
+        out["use_cache"] = use_cache
+    return out
+
+
+def bind_call(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of one ``model.forward`` call by name (positional ones named by the signature)."""
+    bound = dict(zip(forward_parameters(model), args))
+    bound.update(kwargs)
+    return bound
+
+
+@dataclass(frozen=True)
+class CallInputs:
+    """What a forward call says about its tokens, whatever names this transformers version uses.
+
+    Attributes:
+        batch: rows in the call.
+        length: new tokens per row in this call.
+        device: where the inputs are.
+        attention_mask: the 2-D ``[batch, past + length]`` mask, if the call passed one.
+        position_ids: the 2-D ``[batch or 1, length]`` position ids, if the call passed them.
+        past: tokens already in the cache, if a cache was passed (``None``: no cache, or one whose
+            length cannot be read).
+        has_cache: whether a cache object was passed at all.
+    """
+
+    batch: int
+    length: int
+    device: torch.device
+    attention_mask: torch.Tensor | None
+    position_ids: torch.Tensor | None
+    past: int | None
+    has_cache: bool
+
+
+def call_inputs(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> CallInputs:
+    """Read a forward call's arguments (as a forward pre-hook with ``with_kwargs=True`` sees them).
+
+    Raises:
+        SteeringSpecError: the call has neither ``input_ids`` nor ``inputs_embeds``.
+    """
+    from .errors import SteeringSpecError
+
+    bound = bind_call(model, args, kwargs)
+    ref = bound.get("input_ids")
+    if ref is None:
+        ref = bound.get("inputs_embeds")
+    if not isinstance(ref, torch.Tensor) or ref.dim() < 2:
+        raise SteeringSpecError("steering needs input_ids or inputs_embeds in the forward call")
+    mask = bound.get("attention_mask")
+    mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+    pos = bound.get("position_ids")
+    pos = pos if isinstance(pos, torch.Tensor) and pos.dim() == 2 else None
+    cache = next((bound[k] for k in CACHE_KEYWORDS if bound.get(k) is not None), None)
+    return CallInputs(
+        batch=int(ref.shape[0]),
+        length=int(ref.shape[1]),
+        device=ref.device,
+        attention_mask=mask,
+        position_ids=pos,
+        past=cache_length(cache),
+        has_cache=cache is not None,
+    )
+
+
+def cache_length(cache: Any) -> int | None:
+    """Tokens held by a KV cache object (``None`` when it has no readable length)."""
+    if cache is None:
+        return None
+    get = getattr(cache, "get_seq_length", None)
+    if callable(get):
+        return int(get())
+    if isinstance(cache, (tuple, list)) and cache and isinstance(cache[0], (tuple, list)) and cache[0]:
+        return int(cache[0][0].shape[-2])  # legacy tuple-of-tuples cache: [batch, heads, seq, dim]
+    return None
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a model's forward returned (``output.cache`` from 5.24 on, else
+    ``output.past_key_values``)."""
+    for name in CACHE_KEYWORDS:
+        cache = getattr(output, name, None)
+        if cache is not None:
+            return cache
+    return None
+
+
+def new_cache(model: Any) -> Any:
+    """An empty dynamic KV cache for ``model`` (sliding-window layers included where supported)."""
+    from transformers import DynamicCache
+
+    if "config" in inspect.signature(DynamicCache.__init__).parameters:
+        return DynamicCache(config=model.config)
+    return DynamicCache()
+
+
+def select_cache_rows(cache: Any, index: torch.Tensor) -> None:
+    """Keep (and repeat) the rows ``index`` of a dynamic cache, in place."""
+    cache.batch_select_indices(index)
+
+
+def block_hidden(output: Any) -> torch.Tensor:
+    """The hidden states a decoder block returned (a tensor, or the first item of a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def with_block_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    """``output`` with its hidden states replaced (same container as the block returned)."""
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+@contextmanager
+def quiet(errors_only: bool = False) -> Iterator[None]:
+    """Silence transformers' progress bars (and, with ``errors_only``, its warnings) in the block."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    level = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    if errors_only:
+        hf_logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        if errors_only:
+            hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
