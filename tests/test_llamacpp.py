@@ -6,17 +6,20 @@ Two parts:
   (``common_control_vector_load``: tensor ``direction.k`` → buffer row ``k - 1``, several files
   summed with their strengths, ``--control-vector-layer-range A B`` inclusive) applied to files
   written by :meth:`SteeringVector.to_gguf` gives exactly steerlab's per-layer additions.
-* **Engine** (runs when ``llama-cpp-python`` is installed, else skipped): the default model's own
-  GGUF (SmolLM2-135M-Instruct, Q4_1) in ``llama_cpp.Llama`` with one of our vectors applied through
-  the low-level control-vector API, against steerlab steering the de-quantised weights of the same
-  file. Q4_1 (and llama.cpp's 8-bit activations) make the two differ a little even unsteered, so
-  the check is on the *effect*: steered llama.cpp is much closer to steered steerlab than either is
-  to its unsteered self, and the logit shifts point the same way.
+* **Engine** (slow; skipped only when the ``xllamacpp`` wheel is absent, and it is in
+  ``steerlab[dev]``, so CI runs it): llama.cpp itself, through the C API bundled in the prebuilt
+  ``xllamacpp`` wheel (``tests/llamacpp_engine.py``, ctypes). The default model's own GGUF
+  (SmolLM2-135M-Instruct, Q4_1) with a vector written by ``steerlab export gguf``, read by ggml's
+  C GGUF reader and set with ``llama_set_adapter_cvec``, against steerlab steering the de-quantised
+  weights of the same file. Q4_1 (and llama.cpp's 8-bit activations) make the two differ a little
+  even unsteered, so the check is on the *effect*: steered llama.cpp is much closer to steered
+  steerlab than either is to its unsteered self, and the logit shifts point the same way. If the
+  bundled llama.cpp changed its C API the test fails with a message naming the call.
 """
 
 from __future__ import annotations
 
-import ctypes
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +31,33 @@ from gguf import GGUFReader
 import steerlab
 from steerlab import Steering, SteeringVector
 
+from .llamacpp_engine import GGML_TYPE_F32, LlamaCpp, read_gguf_tensors, xllamacpp_available
+
 # ------------------------------------------------------------------------------ layout
+Tensor = tuple[str, bool, int, np.ndarray]  # name, is F32, number of dims, values
 
 
-def load_like_llama_cpp(files: list[tuple[Path, float]], n_layers: int) -> tuple[np.ndarray, int]:
+def _tensors_gguf_py(path: Path) -> list[Tensor]:
+    """The file as gguf-py (llama.cpp's Python GGUF package) reads it."""
+    return [
+        (t.name, t.tensor_type.name == "F32", len(t.shape), np.asarray(t.data, dtype=np.float32).reshape(-1))
+        for t in GGUFReader(str(path)).tensors
+    ]
+
+
+def load_like_llama_cpp(
+    files: list[tuple[Path, float]], n_layers: int, read: Callable[[Path], list[Tensor]] = _tensors_gguf_py
+) -> tuple[np.ndarray, int]:
     """``common_control_vector_load``: one float buffer, layer ``k`` (1-based) at row ``k - 1``."""
     n_embd = -1
     data = np.zeros(0, dtype=np.float32)
     for path, strength in files:
-        reader = GGUFReader(str(path))
-        for t in reader.tensors:
-            prefix, _, index = t.name.partition(".")
-            assert prefix == "direction" and index.isdigit(), t.name
+        for name, is_f32, n_dims, vec in read(path):
+            prefix, _, index = name.partition(".")
+            assert prefix == "direction" and index.isdigit(), name
             layer = int(index)
             assert layer > 0, "llama.cpp rejects direction.0"
-            assert t.tensor_type.name == "F32" and len(t.shape) == 1, "llama.cpp wants 1-D F32 tensors"
-            vec = np.asarray(t.data, dtype=np.float32).reshape(-1)
+            assert is_f32 and n_dims == 1, "llama.cpp wants 1-D F32 tensors"
             assert n_embd in (-1, vec.size)
             n_embd = vec.size
             if data.size < n_embd * layer:
@@ -96,21 +110,12 @@ def test_layout_round_trips_through_steerlab(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ engine
 LAYERS = range(10, 15)
 COEF = 4.0
+PROMPTS = ["Tell me about your day.", "What do you think of the weather?"]
 
 
-def _apply_cvec(llama_cpp: Any, ctx: Any, data: np.ndarray | None, n_embd: int, start: int, end: int) -> None:
-    fn = None
-    for name in ("llama_set_adapter_cvec", "llama_apply_adapter_cvec", "llama_control_vector_apply"):
-        fn = getattr(llama_cpp, name, None)
-        if fn is not None:
-            break
-    assert fn is not None, "this llama-cpp-python has no control-vector API"
-    if data is None:
-        rc = fn(ctx, None, 0, n_embd, -1, -1)
-    else:
-        buf = np.ascontiguousarray(data, dtype=np.float32)
-        rc = fn(ctx, buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), buf.size, n_embd, start, end)
-    assert rc == 0, f"{fn.__name__} returned {rc}"
+def _tensors_ggml(path: Path) -> list[Tensor]:
+    """The file as llama.cpp's C code reads it (``gguf_init_from_file`` + ``ggml_get_tensor``)."""
+    return [(t.name, t.ggml_type == GGML_TYPE_F32, t.n_dims, t.data) for t in read_gguf_tensors(path)]
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -124,8 +129,12 @@ def _kl(p_log: np.ndarray, q_log: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    llama_cpp = pytest.importorskip("llama_cpp")
+def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    if not xllamacpp_available():
+        pytest.skip("xllamacpp is not installed (it is in steerlab[dev]: pip install -e '.[dev]')")
+    from typer.testing import CliRunner
+
+    from steerlab.cli import app
     from steerlab.model import default_gguf_path
 
     lm = steerlab.load_model("default")
@@ -133,48 +142,82 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "happy", "sad", ["That game", "I can see", "The weather today", "My week", "Our new house", "The food"]
     )
     vec = steerlab.extract(lm, pairs, method="mean_diff", layers=LAYERS)
-    path = vec.to_gguf(tmp_path_factory.mktemp("cvec") / "happy.gguf")
-    llm = llama_cpp.Llama(
-        model_path=str(default_gguf_path()), logits_all=True, n_ctx=512, n_threads=1, verbose=False, seed=0
+    tmp = tmp_path_factory.mktemp("cvec")
+    vec.save(tmp / "happy")
+    path = tmp / "happy.gguf"
+    res = CliRunner().invoke(app, ["--quiet", "export", "gguf", str(tmp / "happy"), str(path)])
+    assert res.exit_code == 0, res.output
+    cpp = LlamaCpp(default_gguf_path(), n_threads=1)  # fails (not skips) if the bundled C API changed
+    assert (cpp.n_embd, cpp.n_layer, cpp.n_vocab) == (lm.d_model, lm.n_layers, lm.model.config.vocab_size), (
+        f"llama.cpp sees another model: n_embd {cpp.n_embd}, n_layer {cpp.n_layer}, n_vocab {cpp.n_vocab}"
     )
-    return {"llama_cpp": llama_cpp, "llm": llm, "lm": lm, "vec": vec, "path": path}
+    yield {"cpp": cpp, "lm": lm, "vec": vec, "path": path}
+    cpp.close()
 
 
-def _cpp_logits(e: dict[str, Any], ids: list[int], steered: bool) -> np.ndarray:
-    llm, lm = e["llm"], e["lm"]
-    if steered:
-        data, n_embd = load_like_llama_cpp([(e["path"], COEF)], lm.n_layers)
-        _apply_cvec(e["llama_cpp"], llm.ctx, data, n_embd, min(LAYERS), max(LAYERS))
+def _ids(lm: steerlab.LM, prompt: str) -> list[int]:
+    return list(lm.tokenizer(lm.chat(prompt), add_special_tokens=False)["input_ids"])
+
+
+def _cpp_logits(e: dict[str, Any], ids: list[int], layers: range | None) -> np.ndarray:
+    """llama.cpp's next-token logits: ``--control-vector-scaled happy.gguf:COEF
+    --control-vector-layer-range min(layers) max(layers)``, or unsteered when ``layers`` is None."""
+    cpp: LlamaCpp = e["cpp"]
+    if layers is None:
+        cpp.set_control_vector(None, cpp.n_embd, -1, -1)
     else:
-        _apply_cvec(e["llama_cpp"], llm.ctx, None, lm.d_model, -1, -1)
-    llm.reset()
-    llm.eval(ids)
-    return np.array(llm.scores[len(ids) - 1], dtype=np.float32)
+        data, n_embd = load_like_llama_cpp([(e["path"], COEF)], cpp.n_layer, read=_tensors_ggml)
+        cpp.set_control_vector(data, n_embd, min(layers), max(layers))
+    return cpp.last_logits(ids)
 
 
-def _steerlab_logits(e: dict[str, Any], ids: list[int], steered: bool) -> np.ndarray:
+def _steerlab_logits(e: dict[str, Any], ids: list[int], layers: range | None) -> np.ndarray:
     lm = e["lm"]
-    x = torch.tensor([ids])
-    with torch.inference_mode(), steerlab.steer(lm, Steering(e["vec"], COEF) if steered else None):
-        return lm.model(input_ids=x).logits[0, -1].float().numpy()
+    steering = None if layers is None else Steering(e["vec"], COEF, layers=list(layers))
+    with torch.inference_mode(), steerlab.steer(lm, steering):
+        return lm.model(input_ids=torch.tensor([ids])).logits[0, -1].float().numpy()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("prompt", ["Tell me about your day.", "What do you think of the weather?"])
-def test_llama_cpp_applies_our_vector_like_steerlab(engines: dict[str, Any], prompt: str) -> None:
-    lm = engines["lm"]
-    ids = lm.tokenizer(lm.chat(prompt), add_special_tokens=False)["input_ids"]
-    cpp0, cpp1 = (_log_softmax(_cpp_logits(engines, ids, s)) for s in (False, True))
-    sl0, sl1 = (_log_softmax(_steerlab_logits(engines, ids, s)) for s in (False, True))
+@pytest.mark.parametrize(
+    ("prompt", "layers"),
+    [(PROMPTS[0], LAYERS), (PROMPTS[1], LAYERS), (PROMPTS[0], range(11, 14))],
+    ids=["day", "weather", "day-layer-range-11-13"],
+)
+def test_llama_cpp_applies_our_vector_like_steerlab(engines: dict[str, Any], prompt: str, layers: range) -> None:
+    ids = _ids(engines["lm"], prompt)
+    cpp0, cpp1 = (_log_softmax(_cpp_logits(engines, ids, s)) for s in (None, layers))
+    sl0, sl1 = (_log_softmax(_steerlab_logits(engines, ids, s)) for s in (None, layers))
     quant = _kl(sl0, cpp0)  # Q4_1 noise, unsteered
-    cross = _kl(sl1, cpp1)  # same steering, two engines
+    cross = _kl(cpp1, sl1)  # same steering, two engines
     effect = min(_kl(sl1, sl0), _kl(cpp1, cpp0))  # what the steering does
-    assert effect > 0.5, f"the vector barely moves the distribution (KL {effect:.3g})"
-    assert cross < 0.1 * effect, f"steered engines differ: KL {cross:.3g}, effect {effect:.3g}, unsteered {quant:.3g}"
     shift_cpp = (cpp1 - cpp0) - (cpp1 - cpp0).mean()
     shift_sl = (sl1 - sl0) - (sl1 - sl0).mean()
     cos = float(shift_cpp @ shift_sl / (np.linalg.norm(shift_cpp) * np.linalg.norm(shift_sl)))
-    assert cos > 0.9, f"logit shifts disagree (cosine {cos:.3f})"
+    numbers = f"KL steered engines {cross:.4f}, effect {effect:.3f}, unsteered {quant:.4f}, cosine {cos:.4f}"
+    print(f"{prompt!r} layers {min(layers)}-{max(layers)}: {numbers}")
+    assert effect > 0.5, f"the vector barely moves the distribution ({numbers})"
+    assert cross < 0.03 * effect, f"steered engines differ ({numbers})"
+    assert cos > 0.98, f"logit shifts disagree ({numbers})"
     top_cpp, top_sl = set(np.argsort(-cpp1)[:10]), set(np.argsort(-sl1)[:10])
-    assert len(top_cpp & top_sl) >= 7
-    assert int(np.argmax(cpp1)) == int(np.argmax(sl1)) or cross < 0.05
+    assert len(top_cpp & top_sl) >= 7, f"steered top-10 overlap {len(top_cpp & top_sl)} ({numbers})"
+    assert int(np.argmax(cpp1)) == int(np.argmax(sl1)) or cross < 0.05, numbers
+
+
+@pytest.mark.slow
+def test_llama_cpp_reads_our_file_like_gguf_py(engines: dict[str, Any]) -> None:
+    """ggml's C reader and gguf-py see the same tensors, so the layout test speaks for llama.cpp."""
+    mine, theirs = _tensors_ggml(engines["path"]), _tensors_gguf_py(engines["path"])
+    assert [t[:3] for t in mine] == [t[:3] for t in theirs] == [(f"direction.{k}", True, 1) for k in LAYERS]
+    for a, b in zip(mine, theirs):
+        np.testing.assert_array_equal(a[3], b[3])
+
+
+@pytest.mark.slow
+def test_clearing_the_control_vector_restores_llama_cpp(engines: dict[str, Any]) -> None:
+    ids = _ids(engines["lm"], PROMPTS[1])
+    before = _cpp_logits(engines, ids, None)
+    steered = _cpp_logits(engines, ids, LAYERS)
+    after = _cpp_logits(engines, ids, None)
+    assert not np.allclose(before, steered)
+    np.testing.assert_array_equal(before, after)
