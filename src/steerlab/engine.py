@@ -4,7 +4,9 @@ One pre-hook on the model reads, once per forward call, which tokens are real an
 index among its row's real tokens (:func:`steerlab.positions.token_positions`, from what the call
 passes: attention mask, position ids or the cache's length — read through :mod:`steerlab.hf`), so
 padding and the KV cache never shift positions. Each steered block gets one hook that applies the
-precomputed per-layer terms; plain additions at the same positions are merged into one
+precomputed per-layer terms, in place on the block's output where autograd allows (so every
+observer of the output sees the steered stream, also transformers releases that record hidden
+states inside a block's forward); plain additions at the same positions are merged into one
 row-stacked delta, so a batch where every row has its own vector costs one ``addcmul`` per layer.
 Vectors are moved to each block's device and dtype once, when the session starts.
 
@@ -87,8 +89,14 @@ class _Term:
     state: OpState
 
     def apply(self, h: torch.Tensor, call: _Call) -> torch.Tensor:
+        """The steered hidden states: written into ``h`` where that is safe (so observers that
+        hold the block's output see the steered stream), else a new tensor."""
         index = call.index if call.index.device == h.device else call.index.to(h.device)
-        return self.op.apply(h, call.mask(self.positions, self.rows, h.device), self.state, index)
+        mask = call.mask(self.positions, self.rows, h.device)
+        if self.op.inplace_under_autograd or not (h.requires_grad and torch.is_grad_enabled()):
+            self.op.apply_(h, mask, self.state, index)
+            return h
+        return self.op.apply(h, mask, self.state, index)
 
     def repeated(self, repeat: int) -> _Term:
         """This term for a batch that HF expanded ``repeat`` times (``num_return_sequences``)."""
@@ -220,10 +228,10 @@ class SteeringSession:
             call = self.call
             if call is None or threading.get_ident() != self.owner:
                 return None
-            h = hf.block_hidden(output)
+            h = out = hf.block_hidden(output)
             for term in self.active[layer]:
-                h = term.apply(h, call)
-            return hf.with_block_hidden(output, h)
+                out = term.apply(out, call)
+            return None if out is h else hf.with_block_hidden(output, out)
 
         return hook
 

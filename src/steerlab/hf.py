@@ -39,6 +39,14 @@ def versions() -> str:
     return f"transformers {transformers.__version__}, torch {torch.__version__}"
 
 
+def checkpoint_format() -> str:
+    """A tag for the checkpoint format this transformers writes (``"tf5"``): saved folders are
+    read back only by the same major version."""
+    import transformers
+
+    return "tf" + transformers.__version__.split(".")[0]
+
+
 def forward_parameters(model: Any) -> tuple[str, ...]:
     """Names of ``model.forward``'s parameters, in order (read once per model)."""
     params = _PARAMS.get(model)

@@ -196,9 +196,13 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
 
 
 def converted_gguf(gguf_path: Path) -> Path:
-    """Folder of the cached plain checkpoint for ``gguf_path``, converting it on first use."""
+    """Folder of the cached plain checkpoint for ``gguf_path``, converting it on first use.
+
+    One folder per transformers major version: 4.x cannot read what 5.x writes (tokenizer class)
+    and would read a 5.x config's RoPE settings as the default (a different model), silently.
+    """
     gguf_path = gguf_path.resolve()
-    out = cache_dir() / "models" / f"{gguf_path.stem}-{_file_key(gguf_path)}"
+    out = cache_dir() / "models" / f"{gguf_path.stem}-{_file_key(gguf_path)}-{hf.checkpoint_format()}"
     if not (out / "config.json").is_file():
         _convert_gguf(gguf_path, out)
     return out

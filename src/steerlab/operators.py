@@ -60,6 +60,9 @@ class Operator(ABC):
     """How :mod:`steerlab.bake` writes it into weights (``"add"``, ``"ablate"``), or ``None``."""
     bake_refusal: ClassVar[str] = ""
     """Why it cannot be baked, when :attr:`bake_mode` is ``None``."""
+    inplace_under_autograd: ClassVar[bool] = False
+    """:meth:`apply_` is safe where autograd tracks ``h`` (it does not overwrite a value that the
+    backward pass needs)."""
 
     def is_noop(self, coefficient: float) -> bool:
         """True when this operator with ``coefficient`` cannot change anything."""
@@ -81,6 +84,10 @@ class Operator(ABC):
             index: ``[batch, length]`` each token's index among its row's real tokens.
         """
 
+    def apply_(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> None:
+        """:meth:`apply` written into ``h`` itself (observers holding ``h`` see the change)."""
+        h.copy_(self.apply(h, mask, state, index))
+
     def __repr__(self) -> str:
         return f"<operator {self.name!r}>"
 
@@ -91,18 +98,28 @@ class Add(Operator):
     name = "add"
     merges = True
     bake_mode = "add"
+    inplace_under_autograd = True  # h + m·δ: backward needs neither h nor the old value
 
     def prepare(self, direction: torch.Tensor, coefficient: float) -> OpState:
         return OpState(coefficient * direction, coefficient)
 
-    def apply(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _factors(
+        h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         delta = state.tensor
         if delta.dim() == 2:  # token-wise: front-aligned, row i of the vector at token i
             n = delta.shape[0]
             idx = index.to(h.device)
             front = ((idx >= 0) & (idx < n)).unsqueeze(-1).to(mask.dtype)
-            return torch.addcmul(h, mask * front, delta[idx.clamp(0, n - 1)])
-        return torch.addcmul(h, mask, delta)
+            return mask * front, delta[idx.clamp(0, n - 1)]
+        return mask, delta
+
+    def apply(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(h, *self._factors(h, mask, state, index))
+
+    def apply_(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> None:
+        h.addcmul_(*self._factors(h, mask, state, index))
 
 
 class Ablate(Operator):
