@@ -20,7 +20,7 @@ import torch
 from .capture import capture, capture_tokens, check_layers, iter_capture, n_batches
 from .data import ContrastPair, Read, check_pairs, data_hash, render
 from .errors import DatasetError
-from .methods import get_method
+from .methods import Method, get_method
 from .model import LM
 from .vector import SteeringVector
 
@@ -92,8 +92,9 @@ def extract(
             texts += [render(p.positive, lm), render(p.negative, lm)]
             reads += [p.read, p.read]
         if spec.streaming:
-            directions = _streamed_mean_diff(
-                lm, texts, reads, layer_list, batch_size, progress, checkpoint, share_prefix
+            directions = _streamed(
+                lm, spec, texts, reads, layer_list, batch_size=batch_size, progress=progress,
+                checkpoint=checkpoint, share_prefix=share_prefix,
             )
         else:
             acts = capture(
@@ -113,24 +114,27 @@ def extract(
     )
 
 
-def _streamed_mean_diff(
+def _streamed(
     lm: LM,
+    spec: Method,
     texts: list[str],
     reads: list[Read],
     layers: list[int],
+    *,
     batch_size: int,
     progress: bool | None,
     checkpoint: str | os.PathLike[str] | None,
     share_prefix: bool = True,
 ) -> dict[int, torch.Tensor]:
-    """``mean(pos) − mean(neg)`` from running per-side sums (float64), resumable from a checkpoint.
+    """Feed the method's accumulators batch by batch, resumable from a checkpoint.
 
     Texts alternate positive / negative, so a text's side is its index parity.
     """
     from safetensors.torch import load_file, save_file
 
-    key = hashlib.sha256(repr((texts, reads, layers, batch_size, lm.model_id)).encode()).hexdigest()[:16]
-    sums = {(side, k): torch.zeros(lm.d_model, dtype=torch.float64) for side in (0, 1) for k in layers}
+    assert spec.accumulator is not None
+    key = hashlib.sha256(repr((spec.name, texts, reads, layers, batch_size, lm.model_id)).encode()).hexdigest()[:16]
+    accs = {k: spec.accumulator(lm.d_model) for k in layers}
     done = 0
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.is_file():
@@ -140,28 +144,28 @@ def _streamed_mean_diff(
             meta = fh.metadata() or {}
         if meta.get("key") != key:
             raise DatasetError(
-                f"checkpoint {path} belongs to another extraction (different data, layers, batch size "
-                "or model); delete it or pass another checkpoint path"
+                f"checkpoint {path} belongs to another extraction (different method, data, layers, "
+                "batch size or model); delete it or pass another checkpoint path"
             )
         saved = load_file(str(path))
-        sums = {(side, k): saved[f"{side}.{k}"] for side in (0, 1) for k in layers}
+        for k, acc in accs.items():
+            prefix = f"{k}."
+            acc.load_state_dict({name[len(prefix) :]: t for name, t in saved.items() if name.startswith(prefix)})
         done = int(meta["done"])
     total = n_batches(len(texts), batch_size)
     batches = iter_capture(
         lm, texts, layers, reads, batch_size, progress=progress, skip_batches=done, share_prefix=share_prefix
     )
     for batch, acts in batches:
-        side = torch.tensor([i % 2 for i in batch])
+        positive = torch.tensor([i % 2 == 0 for i in batch])
         for k in layers:
-            a = acts[k].double()
-            sums[(0, k)] += a[side == 0].sum(0)
-            sums[(1, k)] += a[side == 1].sum(0)
+            accs[k].update(acts[k], positive)
         done += 1
         if path is not None and done < total:
+            state = {f"{k}.{name}": t for k, acc in accs.items() for name, t in acc.state_dict().items()}
             tmp = path.with_name(path.name + ".tmp")
-            save_file({f"{s}.{k}": v for (s, k), v in sums.items()}, str(tmp), metadata={"key": key, "done": str(done)})
+            save_file(state, str(tmp), metadata={"key": key, "done": str(done)})
             os.replace(tmp, path)
-    n = len(texts) // 2
     if path is not None and path.is_file():
         path.unlink()
-    return {k: ((sums[(0, k)] - sums[(1, k)]) / n).float() for k in layers}
+    return {k: acc.finalize() for k, acc in accs.items()}

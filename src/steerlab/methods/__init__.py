@@ -5,6 +5,12 @@ A method turns the activations of positive and negative examples at one layer in
 ``fit(pos [N, d], neg [N, d]) -> [d]``. Token-wise methods (ActAdd) get ``[n_tokens, d]`` arrays
 of a single pair and return ``[n_tokens, d]``.
 
+A **streaming** method also gives an :class:`Accumulator` factory: capture then feeds it batch by
+batch (``update``), memory stays ``O(layers × d)``, a run resumes from its saved state
+(``state_dict``), shards computed apart combine exactly (``merge``), and ``finalize`` gives the
+direction. :func:`steerlab.extract` uses the accumulator of a streaming method and never assumes
+what it computes.
+
 Example:
     >>> import torch
     >>> get_method("mean_diff").fit(torch.ones(2, 3), torch.zeros(2, 3))
@@ -13,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,25 +28,75 @@ import torch
 from ..errors import DatasetError
 
 
+class Accumulator(ABC):
+    """The running state of a streaming method at one layer.
+
+    Example:
+        >>> acc = get_method("mean_diff").accumulator(2)
+        >>> acc.update(torch.tensor([[2.0, 0.0], [0.0, 0.0]]), torch.tensor([True, False]))
+        >>> acc.finalize()
+        tensor([2., 0.])
+    """
+
+    @abstractmethod
+    def update(self, acts: torch.Tensor, positive: torch.Tensor) -> None:
+        """Add a batch: ``acts [n, d]`` with ``positive [n]`` True for positive texts."""
+
+    @abstractmethod
+    def merge(self, other: Accumulator) -> None:
+        """Add what another accumulator of the same method saw (a shard computed elsewhere)."""
+
+    @abstractmethod
+    def finalize(self) -> torch.Tensor:
+        """The direction ``[d]``."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors that :meth:`load_state_dict` restores exactly (for checkpoints)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the state saved by :meth:`state_dict`."""
+
+
 @dataclass(frozen=True)
 class Method:
-    """One extraction method."""
+    """One extraction method.
+
+    Attributes:
+        name: the registry name.
+        fit: ``fit(pos, neg) -> direction`` on all read activations of one layer.
+        summary: one line for listings.
+        tokenwise: one pair, one row per token (ActAdd).
+        min_pairs: fewest pairs it works with.
+        accumulator: for streaming methods, ``accumulator(d_model)`` makes an empty
+            :class:`Accumulator` (its ``finalize`` must equal ``fit`` on the same data).
+    """
 
     name: str
     fit: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     summary: str
     tokenwise: bool = False
     min_pairs: int = 1
-    streaming: bool = False
-    """True when the direction depends only on per-side sums: capture then streams in O(layers × d)
-    memory and can resume from a checkpoint."""
+    accumulator: Callable[[int], Accumulator] | None = None
+
+    @property
+    def streaming(self) -> bool:
+        """Whether capture can stream into an :class:`Accumulator` (memory ``O(layers × d)``)."""
+        return self.accumulator is not None
 
 
 REGISTRY: dict[str, Method] = {}
 
 
-def register(method: Method) -> Method:
-    """Add ``method`` to the registry (replacing one of the same name)."""
+def register(method: Method, replace: bool = False) -> Method:
+    """Add ``method`` to the registry.
+
+    Raises:
+        DatasetError: a method of that name exists and ``replace`` is False.
+    """
+    if method.name in REGISTRY and not replace:
+        raise DatasetError(f"a method called {method.name!r} is registered: pass replace=True to swap it")
     REGISTRY[method.name] = method
     return method
 
@@ -65,4 +122,4 @@ def scale_to_pairs(direction: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
 
 from . import actadd, mean_diff, pca, probe  # noqa: E402,F401  (registration side effects)
 
-__all__ = ["REGISTRY", "Method", "get_method", "register", "scale_to_pairs"]
+__all__ = ["REGISTRY", "Accumulator", "Method", "get_method", "register", "scale_to_pairs"]
