@@ -90,3 +90,47 @@ def test_gguf_refuses_layer0_and_tokenwise(tmp_path, actadd_vec):
     with pytest.raises(steerlab.InvalidVectorError, match="token_mean"):
         actadd_vec.to_gguf(tmp_path / "y.gguf")
     assert actadd_vec.token_mean().directions[2].shape == (actadd_vec.d_model,)
+
+
+@pytest.mark.parametrize("fail_at", ["config", "rename"])
+def test_interrupted_save_leaves_the_old_vector_whole(tmp_path, monkeypatch, fail_at):
+    """A crash while saving over an existing vector leaves the old weights beside the old config
+    (never new weights with an old config), other files in the folder, and no temporary files."""
+    import os
+    from pathlib import Path
+
+    old, new = make(scale=1.0), make(scale=2.0)
+    folder = tmp_path / "v"
+    old.save(folder)
+    (folder / "run.json").write_text("{}")
+    if fail_at == "config":
+        real_write = Path.write_text
+
+        def write_text(self, *args, **kwargs):
+            if self.name == "steering_config.json":
+                raise KeyboardInterrupt
+            return real_write(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", write_text)
+    else:  # the moment the new folder would take the old one's place
+        monkeypatch.setattr("steerlab.files._exchange", lambda a, b: False)
+        real_replace = os.replace
+        failed = []
+
+        def replace(src, dst):
+            if Path(dst) == folder and Path(src).parent == tmp_path and not failed:
+                failed.append(src)
+                raise KeyboardInterrupt
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(folder)
+    monkeypatch.undo()
+    back = SteeringVector.load(folder)
+    assert torch.equal(back.directions[1], old.directions[1])
+    assert (folder / "run.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["v"]
+    new.save(folder)
+    assert torch.equal(SteeringVector.load(folder).directions[1], new.directions[1])
+    assert (folder / "run.json").is_file()

@@ -53,8 +53,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,7 +65,8 @@ import torch
 from . import hf
 from .engine import SteeringSession, steer
 from .errors import SteeringError, UnsupportedArchitectureError
-from .layers import ARCHITECTURES
+from .files import atomic_folder
+from .layers import ARCHITECTURES, get_path
 from .model import LM
 from .steering import Composite, Steering, SteeringLike, compose
 
@@ -289,7 +288,7 @@ def _spec(lm: LM, mode: str) -> BakeSpec:
             f"{', '.join(sorted(k for k, v in BAKE_SPECS.items() if not v.refuse_add))} for additions); "
             "steer at runtime with steerlab.steer"
         )
-    if lm.blocks is not _get(lm.model, arch.blocks):
+    if lm.blocks is not get_path(lm.model, arch.blocks):
         raise BakeArchitectureError(
             "the model's blocks were named by hand (blocks=...); baking needs the standard layout"
         )
@@ -314,13 +313,6 @@ def _spec(lm: LM, mode: str) -> BakeSpec:
                 "steer at runtime"
             )
     return spec
-
-
-def _get(root: Any, path: str) -> Any:
-    node = root
-    for part in path.split("."):
-        node = node[int(part)] if part.isdigit() else getattr(node, part)
-    return node
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -405,7 +397,7 @@ def _bake_ablate(lm: LM, spec: BakeSpec, p: BakePlan, sd: dict[str, torch.Tensor
     in_emb = model.get_input_embeddings()
     tied = out_emb is not None and out_emb.weight is in_emb.weight
     for path in writers:
-        module = _get(model, path)
+        module = get_path(model, path)
         if isinstance(module, (torch.nn.Embedding, Conv1D)):
             out_dim = 1
         elif isinstance(module, torch.nn.Linear):
@@ -415,7 +407,7 @@ def _bake_ablate(lm: LM, spec: BakeSpec, p: BakePlan, sd: dict[str, torch.Tensor
         sd[f"{path}.weight"] = _project_out(sd[f"{path}.weight"], u, c, out_dim)
         if f"{path}.bias" in sd:
             sd[f"{path}.bias"] = _project_out(sd[f"{path}.bias"], u, c, 0)
-    if tied and id(in_emb) in {id(_get(model, w)) for w in embeddings}:
+    if tied and id(in_emb) in {id(get_path(model, w)) for w in embeddings}:
         name = next(
             n
             for n, prm in model.named_parameters(remove_duplicate=False)
@@ -527,9 +519,7 @@ def bake(
         ),
         **p.describe(),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         with hf.quiet(errors_only=True):
             lm.model.save_pretrained(tmp, state_dict=sd)
         if "model_type" not in changes:  # save_pretrained filled in the class name
@@ -538,12 +528,6 @@ def bake(
         config.save_pretrained(tmp)
         lm.tokenizer.save_pretrained(tmp)
         (tmp / BAKE_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -585,7 +569,7 @@ def runtime_equivalent(lm: LM, steering: SteeringLike | Sequence[SteeringLike]) 
 
         attn_out = ARCHITECTURES[lm.model_type].attn_out
         handles = [lm.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
-        handles += [_get(block, attn_out).register_forward_hook(out_hook) for block in lm.blocks]
+        handles += [get_path(block, attn_out).register_forward_hook(out_hook) for block in lm.blocks]
         try:
             yield session
         finally:

@@ -33,7 +33,7 @@ from .data import Read, validate_read
 from .errors import DatasetError, LayerRangeError
 from .model import LM
 from .progress import track
-from .tokens import pad_id, pad_token_ids
+from .tokens import common_prefix_length, pad_id, pad_token_ids, position_ids
 
 
 class _StopForward(Exception):
@@ -193,24 +193,6 @@ def capture_tokens(
     return _forward_batch(lm, [ids], [(0, len(ids))], layer_list, "right", keep_tokens=True)
 
 
-def common_prefix_length(ids: Sequence[Sequence[int]]) -> int:
-    """Number of leading tokens that all token-id lists share.
-
-    Example:
-        >>> common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]])
-        2
-    """
-    if not ids:
-        return 0
-    n = min(len(x) for x in ids)
-    first = ids[0]
-    for i in range(n):
-        t = first[i]
-        if any(x[i] != t for x in ids):
-            return i
-    return n
-
-
 def sliding_window(config: Any) -> int | None:
     """The shortest attention window of a model with local (sliding-window) attention, else None."""
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -331,9 +313,8 @@ def _prefix_cache(lm: LM, prefixes: list[list[int]], rows: list[int], deepest: i
     ids, mask = pad_token_ids(prefixes, pad_id(lm.tokenizer), "left")
     ids, mask = ids.to(lm.device), mask.to(lm.device)
     cache = hf.new_cache(lm.model)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     kwargs = hf.forward_kwargs(
-        lm.model, input_ids=ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True
+        lm.model, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), cache=cache, use_cache=True
     )
     _run_until(lm, deepest, kwargs)
     index = torch.tensor(rows)  # a CPU index works for the cache on any device (blocks may be split)
@@ -379,7 +360,7 @@ def _forward_batch(
         lm.model,
         input_ids=input_ids,
         attention_mask=mask,
-        position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, shared:],
+        position_ids=position_ids(mask)[:, shared:],
         cache=cache,
         use_cache=cache is not None,
     )

@@ -20,6 +20,7 @@ import torch
 from .capture import capture, capture_tokens, check_layers, iter_capture, n_batches
 from .data import ContrastPair, Read, check_pairs, data_hash, render
 from .errors import DatasetError
+from .files import atomic_file
 from .methods import Method, get_method
 from .model import LM
 from .vector import SteeringVector
@@ -163,9 +164,8 @@ def _streamed(
         done += 1
         if path is not None and done < total:
             state = {f"{k}.{name}": t for k, acc in accs.items() for name, t in acc.state_dict().items()}
-            tmp = path.with_name(path.name + ".tmp")
-            save_file(state, str(tmp), metadata={"key": key, "done": str(done)})
-            os.replace(tmp, path)
+            with atomic_file(path) as tmp:
+                save_file(state, str(tmp), metadata={"key": key, "done": str(done)})
     if path is not None and path.is_file():
         path.unlink()
     return {k: acc.finalize() for k, acc in accs.items()}

@@ -73,7 +73,7 @@ def generate(
     rows = _rows(steering, len(items))
     texts = [lm.chat(p) if chat else p for p in items]
     step = batch_size or len(texts)
-    kwargs: dict[str, Any] = {"do_sample": False, "pad_token_id": lm.tokenizer.pad_token_id}
+    kwargs: dict[str, Any] = {"do_sample": False, "pad_token_id": pad_id(lm.tokenizer)}
     kwargs.update(generate_kwargs)
     if not kwargs.get("do_sample"):
         kwargs.setdefault("temperature", None)

@@ -52,13 +52,12 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 
 
 def get_path(root: nn.Module, path: str) -> nn.Module:
-    """Follow a dotted attribute path (``"model.layers"``) from ``root``."""
-    node: object = root
-    for part in path.split("."):
-        node = node[int(part)] if part.isdigit() else getattr(node, part)  # type: ignore[index]
-    if not isinstance(node, nn.Module):
-        raise AttributeError(path)
-    return node
+    """The submodule at a dotted path (``"model.layers"``, ``"model.layers.3.mlp"``) of ``root``.
+
+    Raises:
+        AttributeError: there is no module at ``path``.
+    """
+    return root.get_submodule(path)
 
 
 def _supported() -> str:

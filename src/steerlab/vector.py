@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 
 from .errors import InvalidVectorError, LayerRangeError, ModelMismatchError, VectorFileError
+from .files import atomic_file, atomic_folder
 
 CONFIG_NAME = "steering_config.json"
 WEIGHTS_NAME = "vector.safetensors"
@@ -205,22 +205,17 @@ class SteeringVector:
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``vector.safetensors`` and ``steering_config.json`` into ``directory``.
 
-        Files are written under temporary names and renamed, so a crash never leaves a
-        half-written vector.
+        The folder is written as a temporary sibling and swapped in with one rename (other files
+        already in ``directory`` are kept), so a crash leaves the old vector or the new one,
+        never new weights beside an old config.
         """
         from safetensors.torch import save_file
 
         path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
         tensors = {f"layer.{k}": v.contiguous() for k, v in self.directions.items()}
-        fd, tmp_w = tempfile.mkstemp(dir=path, suffix=".tmp")
-        os.close(fd)
-        save_file(tensors, tmp_w, metadata={"format": "pt", "steerlab": str(FORMAT_VERSION)})
-        fd, tmp_c = tempfile.mkstemp(dir=path, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(self._config(), fh, indent=2)
-        os.replace(tmp_w, path / WEIGHTS_NAME)
-        os.replace(tmp_c, path / CONFIG_NAME)
+        with atomic_folder(path, keep_other_files=True) as tmp:
+            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "steerlab": str(FORMAT_VERSION)})
+            (tmp / CONFIG_NAME).write_text(json.dumps(self._config(), indent=2), encoding="utf-8")
         return path
 
     @classmethod
@@ -285,9 +280,6 @@ class SteeringVector:
         Raises:
             InvalidVectorError: the vector is token-wise or uses layer 0.
         """
-        import numpy as np
-        from gguf import GGUFWriter
-
         if self.tokenwise:
             raise InvalidVectorError(
                 "llama.cpp control vectors hold one direction per layer; collapse this token-wise "
@@ -299,8 +291,14 @@ class SteeringVector:
                 "vec.select([k for k in vec.layers if k > 0])"
             )
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        with atomic_file(path) as tmp:
+            self._write_gguf(tmp, model_hint)
+        return path
+
+    def _write_gguf(self, tmp: Path, model_hint: str) -> None:
+        import numpy as np
+        from gguf import GGUFWriter
+
         writer = GGUFWriter(str(tmp), "controlvector")
         writer.add_string("controlvector.model_hint", model_hint or self.meta.get("model_type", ""))
         writer.add_uint32("controlvector.layer_count", len(self.directions))
@@ -319,8 +317,6 @@ class SteeringVector:
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-        return path
 
     @classmethod
     def from_gguf(cls, path: str | os.PathLike[str], lm: Any = None) -> SteeringVector:
