@@ -326,7 +326,9 @@ def tiny_model(arch: str, vocab_size: int, seed: int = 0) -> Any:
     elif arch == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**shape, tie_word_embeddings=True))
     elif arch == "gemma3":
-        model = Gemma3ForCausalLM(Gemma3TextConfig(**shape, head_dim=16, sliding_window=128))
+        # head_dim 256 = Gemma's default query_pre_attn_scalar, which neither the GGUF file nor
+        # transformers' GGUF loader carries (llama.cpp scales attention by head_dim ** -0.5).
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**shape, head_dim=256, sliding_window=128))
     else:
         raise ValueError(arch)
     with torch.no_grad():  # random norms too, so that a wrong "+1" or permutation shows in the logits

@@ -33,11 +33,23 @@ from .gguf_files import (
     varied_strings,
     write_gguf,
 )
+from .llamacpp_engine import LlamaCpp, xllamacpp_available
 
 TEXTS = SAMPLES + varied_strings(150)
 CHAT = "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
 GEMMA_TURNS = ["<start_of_turn>user\nHi  there<end_of_turn>\n<start_of_turn>model\n", "<mask>x<mask>"]
 CHATML_TURNS = ["<|im_start|>user\nHi  there<|im_end|>\n<|im_start|>assistant\n", "a<|endoftext|>b"]
+FAMILIES = {  # name: (GGUF architecture, tokenizer family)
+    "llama-spm": ("llama", "llama"),
+    "gemma3-spm": ("gemma3", "gemma"),
+    "gpt2-bpe": ("llama", "gpt-2"),
+    "smollm-bpe": ("llama", "smollm"),
+    "qwen2-bpe": ("qwen2", "qwen2"),
+    "llama3-bpe": ("llama", "llama-bpe"),
+}
+needs_llamacpp = pytest.mark.skipif(
+    not xllamacpp_available(), reason="xllamacpp is not installed (it is in steerlab[dev]: pip install -e '.[dev]')"
+)
 
 
 def spm_meta(layout: str) -> tuple[dict, object]:
@@ -61,6 +73,43 @@ def byte_level_meta(pre: str) -> tuple[dict, object]:
 
 def ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text)["input_ids"]
+
+
+def family_gguf(name: str, directory: Path) -> tuple[Path, object, list[str]]:
+    """A tiny model of family ``name`` written to GGUF: (path, source model, texts with its special tokens)."""
+    arch, family = FAMILIES[name]
+    meta, _ = spm_meta(family) if family in ("llama", "gemma") else byte_level_meta(family)
+    source = tiny_model(arch, len(meta["tokens"]))
+    turns = GEMMA_TURNS if family == "gemma" else [] if family == "llama" else CHATML_TURNS
+    return write_gguf(directory / f"{name}.gguf", source, meta, arch=arch), source, TEXTS + turns
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_rebuilt_tokenizer_encodes_like_llama_cpp(name, tmp_path):
+    """llama.cpp's own tokenizer (xllamacpp) on the same file gives the same ids, specials included."""
+    path, _, texts = family_gguf(name, tmp_path)
+    cpp = LlamaCpp(path)
+    try:
+        ours = build_tokenizer(read_gguf_vocab(path))
+        assert [ids(ours, t) for t in texts] == [cpp.tokenize(t) for t in texts]
+    finally:
+        cpp.close()
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("name", ["llama-spm", "qwen2-bpe", "gemma3-spm"])
+def test_tiny_gguf_files_are_models_llama_cpp_runs(name, tmp_path):
+    """The test files are real GGUF models: llama.cpp's logits equal the source model's."""
+    path, source, _ = family_gguf(name, tmp_path)
+    cpp = LlamaCpp(path)
+    try:
+        batch = cpp.tokenize("The quick brown fox jumps over the lazy dog.")
+        with torch.inference_mode():
+            want = source(input_ids=torch.tensor([batch])).logits[0, -1]
+        torch.testing.assert_close(torch.from_numpy(cpp.last_logits(batch)), want, atol=2e-3, rtol=0)
+    finally:
+        cpp.close()
 
 
 @pytest.mark.parametrize("layout", ["llama", "gemma"])
