@@ -192,15 +192,22 @@ def hf_pre_tokenizer(pre: str) -> Any:
         return pre_tokenizers.Sequence(
             [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
         )
-    split = {"qwen2": QWEN2_SPLIT, "llama-bpe": LLAMA3_SPLIT}[pre]
-    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False), byte_level])
+    if pre in ("qwen2", "llama-bpe"):
+        split = {"qwen2": QWEN2_SPLIT, "llama-bpe": LLAMA3_SPLIT}[pre]
+        return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"), byte_level])
+    # Others: steerlab's own reading of llama.cpp's regexes, only to train a vocabulary for files
+    # that are checked against llama.cpp itself (not against this tokenizer).
+    from steerlab.gguf_tokenizer import PRE_TOKENIZERS
+
+    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre].regexes]
+    return pre_tokenizers.Sequence([*splits, byte_level])
 
 
 def train_byte_level(pre: str, vocab_size: int = 600) -> Any:
     """A byte-level BPE ``tokenizers.Tokenizer`` trained with the pre-tokenizer of family ``pre``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    tok = Tokenizer(models.BPE(ignore_merges=pre == "llama-bpe"))
+    tok = Tokenizer(models.BPE(ignore_merges=pre in ("llama-bpe", "tekken")))
     tok.pre_tokenizer = hf_pre_tokenizer(pre)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(

@@ -46,6 +46,12 @@ FAMILIES = {  # name: (GGUF architecture, tokenizer family)
     "smollm-bpe": ("llama", "smollm"),
     "qwen2-bpe": ("qwen2", "qwen2"),
     "llama3-bpe": ("llama", "llama-bpe"),
+    # pre-tokenizers checked against llama.cpp only
+    "tekken-bpe": ("llama", "tekken"),
+    "gpt4o-bpe": ("llama", "gpt-4o"),
+    "qwen35-bpe": ("qwen2", "qwen35"),
+    "default-bpe": ("llama", "default"),
+    "falcon-bpe": ("llama", "falcon"),
 }
 needs_llamacpp = pytest.mark.skipif(
     not xllamacpp_available(), reason="xllamacpp is not installed (it is in steerlab[dev]: pip install -e '.[dev]')"
