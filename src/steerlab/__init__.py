@@ -24,6 +24,7 @@ from .data import (
     persona_pairs,
 )
 from .errors import (
+    ContextLengthError,
     DatasetError,
     InvalidVectorError,
     LayerRangeError,
@@ -49,6 +50,7 @@ __all__ = [
     "METHODS",
     "ChatText",
     "Composite",
+    "ContextLengthError",
     "ContrastPair",
     "DatasetError",
     "InvalidVectorError",
