@@ -210,3 +210,122 @@ def test_analyze_commands(vec_dir, tmp_path):
     for cmd in (["eval", "sentiment"], ["eval", "behavior"], ["eval", "fluency"], ["sweep"], ["analyze", "pca"],
                 ["analyze", "projection"], ["analyze", "similarity"], ["analyze", "breakdown"]):
         assert "Example:" in runner.invoke(app, [*cmd, "--help"]).output, cmd
+
+
+# ---------------------------------------------------------------- malformed vectors, bad numbers
+def _one_line_error(res, code: int) -> str:
+    """The command failed with ``code`` and one 'error:' line, no traceback; returns that line."""
+    assert res.exit_code == code, res.output
+    assert isinstance(res.exception, SystemExit), res.exception
+    assert "Traceback" not in res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, res.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(("change", "field"), [({"layers": 5}, "layers"), ({"meta": [1, 2]}, "meta"),
+                                               ({"d_model": "abc"}, "d_model")])
+def test_malformed_vector_is_a_one_line_error(vec_dir, tmp_path, change, field):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(vec_dir, bad)
+    cfg = json.loads((bad / "steering_config.json").read_text())
+    cfg.update(change)
+    (bad / "steering_config.json").write_text(json.dumps(cfg))
+    texts = tmp_path / "t.txt"
+    texts.write_text("Once upon a time there was a cat.\n")
+    for args in (["inspect", str(bad)],
+                 ["eval", "fluency", *M, "--vector", str(bad), "--texts", str(texts), "--out", str(tmp_path / "f")],
+                 ["generate", *M, "--vector", str(bad), "The cat"],
+                 ["export", "gguf", str(bad), str(tmp_path / "x.gguf")]):
+        line = _one_line_error(runner.invoke(app, ["--quiet", *args]), 1)
+        assert f"'{field}' must be" in line, (args, line)
+    assert not (tmp_path / "f").exists() and not (tmp_path / "x.gguf").exists()
+
+
+def test_malformed_gguf_metadata_is_a_one_line_error(tmp_path):
+    import numpy as np
+    from gguf import GGUFWriter
+
+    path = tmp_path / "bad.gguf"
+    writer = GGUFWriter(str(path), "controlvector")
+    writer.add_string("steerlab.meta", "{not json")
+    writer.add_tensor("direction.1", np.ones(64, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    line = _one_line_error(runner.invoke(app, ["inspect", str(path)]), 1)
+    assert "steerlab.meta is not valid JSON" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["extract", *M, "--persona", "happy:sad", "--batch-size", "0"],
+        ["extract", *M, "--persona", "happy:sad", "--batch-size", "-5"],
+        ["extract", *M, "--persona", ":"],
+        ["extract", *M, "--persona", "happy:"],
+        ["extract", *M, "--persona", " :sad"],
+        ["extract", *M, "--persona", "happy:happy"],
+        ["extract", *M, "--persona", "a:b:c"],
+    ],
+)
+def test_extract_refuses_bad_options_and_writes_nothing(args, tmp_path):
+    out = tmp_path / "v"
+    res = runner.invoke(app, [*args, "--out", str(out)])
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    assert "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_generate_past_the_context_is_an_error(tmp_path):
+    long_prompt = "Once upon a time there was a cat. " * 80  # ~720 tokens; stories260K's context is 512
+    line = _one_line_error(runner.invoke(app, ["--quiet", "generate", *M, "--max-new-tokens", "4", long_prompt]), 2)
+    assert "context" in line and "512" in line
+    line = _one_line_error(runner.invoke(app, ["--quiet", "generate", *M, "--max-new-tokens", "600", "The cat"]), 2)
+    assert "600 new tokens" in line
+    res = runner.invoke(app, ["--json", "generate", *M, "--max-new-tokens", "500", "The cat"])  # 4 + 500 fits
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["eval", "fluency", "--vector", "V", "--texts", "T", "--limit", "-1"],
+        ["eval", "fluency", "--vector", "V", "--texts", "T", "--limit", "0"],
+        ["eval", "sentiment", "--vector", "V", "--limit", "-2"],
+        ["eval", "sentiment", "--vector", "V", "--max-new-tokens", "0"],
+        ["eval", "sentiment", "--vector", "V", "--batch-size", "0"],
+        ["eval", "sentiment", "--vector", "V", "--coefs", "nan,1"],
+        ["eval", "behavior", "--vector", "V", "--items", "I", "--limit", "-1"],
+        ["eval", "behavior", "--vector", "V", "--items", "I", "--batch-size", "-3"],
+        ["sweep", "sentiment", "--vector", "V", "--limit", "-1"],
+        ["sweep", "sentiment", "--vector", "V", "--direction", "2"],
+        ["sweep", "sentiment", "--vector", "V", "--budget", "0"],
+        ["sweep", "sentiment", "--vector", "V", "--max-new-tokens", "-1"],
+        ["analyze", "pca", "--layer", "1", "--texts", "T", "--components", "0"],
+        ["analyze", "breakdown", "--vector", "V", "--texts", "T", "--limit", "-1"],
+        ["generate", "--max-new-tokens", "0", "The cat"],
+        ["generate", "--vector", "V", "--coef", "inf", "The cat"],
+        ["demo", "--max-new-tokens", "-1"],
+        ["demo", "--coef", "nan"],
+        ["serve", "--max-batch", "0"],
+        ["serve", "--max-queue", "-1"],
+        ["serve", "--max-tokens", "0"],
+        ["serve", "--timeout", "0"],
+        ["serve", "--max-coefficient", "nan"],
+        ["serve", "--batch-wait-ms", "-1"],
+        ["serve", "--max-upload-mb", "0"],
+        ["serve", "--max-request-mb", "-1"],
+        ["serve", "--threads", "0"],
+        ["serve", "--port", "70000"],
+    ],
+)
+def test_bad_numbers_are_usage_errors(args, tmp_path):
+    out = ["--out", str(tmp_path / "o")] if args[0] in ("eval", "sweep", "analyze") else []
+    res = runner.invoke(app, [*args, *out])
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit) and "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()

@@ -39,6 +39,7 @@ from steerlab.serve import ServeSettings, create_app, pack_folder
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+RAW = {**AUTH, "Content-Type": "application/octet-stream"}  # a raw-body upload
 PROMPTS = [
     "Once upon a time",
     "The cat",
@@ -528,7 +529,7 @@ def test_bad_uploads_are_rejected_and_store_unchanged(
                     r = client.post("/v1/vectors", headers=AUTH, data={"name": "newvec"},
                                     files={"file": ("upload.bin", data)})
                 else:
-                    r = client.post("/v1/vectors?name=newvec", headers=AUTH, content=data)
+                    r = client.post("/v1/vectors?name=newvec", headers=RAW, content=data)
                 assert r.status_code == status, (label, how, r.text)
                 assert r.json()["error"]["code"] == code, (label, how, r.text)
                 assert tree(store) == before, (label, how)
@@ -547,7 +548,7 @@ def test_traversal_names_rejected(lm: steerlab.LM, store: Path, tmp_path: Path, 
     with served(lm, store) as (_, client):
         r = client.post("/v1/vectors", headers=AUTH, data={"name": name}, files={"file": ("dog.tar.gz", data)})
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_vector_name", (name, r.text)
-        r = client.post("/v1/vectors", headers=AUTH, params={"name": name}, content=data)
+        r = client.post("/v1/vectors", headers=RAW, params={"name": name}, content=data)
         assert r.status_code == 400, (name, r.text)
         quoted = "".join(f"%{b:02X}" for b in name.encode())
         r = client.delete(f"/v1/vectors/{quoted}", headers=AUTH)
@@ -590,7 +591,7 @@ def test_upload_use_overwrite_delete(
         assert r.status_code == 201, r.text
         assert r.json()["name"] == "dog2" and r.json()["layers"] == [2, 3]
         assert (store / "dog2" / "vector.safetensors").is_file()
-        r = client.post("/v1/vectors?name=dogzip", headers=AUTH, content=pack_folder(src / "dog2", "zip"))
+        r = client.post("/v1/vectors?name=dogzip", headers=RAW, content=pack_folder(src / "dog2", "zip"))
         assert r.status_code == 201, r.text
         r = client.post("/v1/vectors", headers=AUTH, data={"name": "night2"},
                         files={"file": ("x.gguf", gguf.read_bytes())})
@@ -604,9 +605,9 @@ def test_upload_use_overwrite_delete(
         assert c["choices"][0]["text"] == d["choices"][0]["text"]
         # name conflict, then overwrite
         before = tree(store)
-        r = client.post("/v1/vectors?name=dog2", headers=AUTH, content=pack_folder(src / "dog2"))
+        r = client.post("/v1/vectors?name=dog2", headers=RAW, content=pack_folder(src / "dog2"))
         assert r.status_code == 409 and tree(store) == before
-        r = client.post("/v1/vectors?name=dog2&overwrite=true", headers=AUTH, content=gguf.read_bytes())
+        r = client.post("/v1/vectors?name=dog2&overwrite=true", headers=RAW, content=gguf.read_bytes())
         assert r.status_code == 201 and r.json()["layers"] == [1, 2]
         assert not [p for p in store.iterdir() if p.name.startswith(".")]
         # delete

@@ -134,3 +134,101 @@ def test_interrupted_save_leaves_the_old_vector_whole(tmp_path, monkeypatch, fai
     new.save(folder)
     assert torch.equal(SteeringVector.load(folder).directions[1], new.directions[1])
     assert (folder / "run.json").is_file()
+
+
+# ---------------------------------------------------------------- malformed metadata
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"layers": 5}, "'layers' must be a list of integers"),
+        ({"layers": ["1", "2"]}, "'layers' must be a list of integers"),
+        ({"layers": [1.5, 2]}, "'layers' must be a list of integers"),
+        ({"meta": [1, 2]}, "'meta' must be a JSON object"),
+        ({"meta": "note"}, "'meta' must be a JSON object"),
+        ({"d_model": "abc"}, "'d_model' must be a positive integer"),
+        ({"d_model": True}, "'d_model' must be a positive integer"),
+        ({"d_model": 8.0}, "'d_model' must be a positive integer"),
+        ({"n_layers": 0}, "'n_layers' must be a positive integer"),
+        ({"n_layers": None}, "'n_layers' must be a positive integer"),
+        ({"model_id": 7}, "'model_id' must be a string"),
+        ({"method": ["t"]}, "'method' must be a string"),
+        ({"created": 2024}, "'created' must be a string"),
+        ({"format_version": "1"}, "'format_version' must be a positive integer"),
+        ({"format_version": 99}, "newer steerlab"),
+        ({"d_model": 9}, "does not fit d_model=9"),
+        ({"n_layers": 2}, "outside a model of 2 blocks"),
+    ],
+)
+def test_load_validates_every_config_field(tmp_path, change, message):
+    make().save(tmp_path / "v")
+    cfg_path = tmp_path / "v" / "steering_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(change)
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(steerlab.VectorFileError, match=message) as info:
+        SteeringVector.load(tmp_path / "v")
+    assert str(tmp_path / "v") in str(info.value)  # the user's own path is named
+
+
+@pytest.mark.parametrize(("text", "message"), [("[1, 2]", "must be a JSON object, not list"),
+                                               ('{"model_id": "m"}', "lacks 'd_model', 'n_layers', 'layers'"),
+                                               ("[[[[" * 100_000, "is corrupt")])
+def test_load_refuses_configs_that_are_not_objects(tmp_path, text, message):
+    make().save(tmp_path / "v")
+    (tmp_path / "v" / "steering_config.json").write_text(text)
+    with pytest.raises(steerlab.VectorFileError, match=message):
+        SteeringVector.load(tmp_path / "v")
+
+
+def test_load_accepts_null_optional_fields(tmp_path):
+    make().save(tmp_path / "v")
+    cfg_path = tmp_path / "v" / "steering_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(meta=None, method=None, data_hash=None)
+    cfg_path.write_text(json.dumps(cfg))
+    w = SteeringVector.load(tmp_path / "v")
+    assert w.meta == {} and w.method == "custom" and w.data_hash == ""
+
+
+def _gguf(path, fields, d=8):
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), "controlvector")
+    for key, value in fields.items():
+        if isinstance(value, int):
+            writer.add_int64(f"steerlab.{key}", value)
+        else:
+            writer.add_string(f"steerlab.{key}", value)
+    writer.add_tensor("direction.1", np.ones(d, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"meta": "{not json"}, "steerlab.meta is not valid JSON"),
+        ({"meta": "[1, 2]"}, "'meta' must be a JSON object"),
+        ({"layers": "[1"}, "steerlab.layers is not valid JSON"),
+        ({"layers": "[2]"}, r"steerlab.layers lists \[2\] but the file holds directions \[1\]"),
+        ({"layers": 5}, "steerlab.layers must be a JSON string"),
+        ({"d_model": "abc"}, "'d_model' must be a positive integer"),
+        ({"n_layers": "4"}, "'n_layers' must be a positive integer"),
+        ({"model_id": 3}, "'model_id' must be a string"),
+    ],
+)
+def test_from_gguf_validates_steerlab_metadata(tmp_path, fields, message):
+    path = _gguf(tmp_path / "v.gguf", fields)
+    with pytest.raises(steerlab.VectorFileError, match=message):
+        SteeringVector.from_gguf(path)
+
+
+def test_from_gguf_roundtrip_keeps_metadata(tmp_path):
+    v = make(layers=(1, 3))
+    v.meta["note"] = {"a": [1, 2]}
+    w = SteeringVector.from_gguf(v.to_gguf(tmp_path / "v.gguf"))
+    assert (w.model_id, w.d_model, w.n_layers, w.method, w.meta) == ("m", 8, 4, "t", {"note": {"a": [1, 2]}})
+    assert w.created == v.created and w.data_hash == v.data_hash

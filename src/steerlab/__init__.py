@@ -25,6 +25,7 @@ from .data import (
 )
 from .engine import steer, steer_rows
 from .errors import (
+    ContextLengthError,
     DatasetError,
     InvalidVectorError,
     LayerRangeError,
@@ -49,6 +50,7 @@ __all__ = [
     "METHODS",
     "ChatText",
     "Composite",
+    "ContextLengthError",
     "ContrastPair",
     "DatasetError",
     "InvalidVectorError",

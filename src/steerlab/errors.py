@@ -40,6 +40,10 @@ class VectorFileError(SteeringError):
     """A saved vector (folder or GGUF file) is missing, corrupt or truncated."""
 
 
+class ContextLengthError(SteeringError):
+    """A prompt plus the tokens to generate do not fit in the model's context."""
+
+
 class DatasetError(SteeringError):
     """Contrast data is empty, one-sided or malformed."""
 

@@ -66,6 +66,9 @@ def generate(
         padding_side: ``"left"`` (default) or ``"right"``.
         **generate_kwargs: passed to ``model.generate`` (``do_sample``, ``temperature``,
             ``use_cache``, ...).
+
+    Raises:
+        ContextLengthError: a prompt plus ``max_new_tokens`` does not fit the model's context.
     """
     items = [prompts] if isinstance(prompts, str) else list(prompts)
     if not items:
@@ -83,6 +86,7 @@ def generate(
     for start in range(0, len(texts), step):
         chunk = texts[start : start + step]
         input_ids, mask = encode(lm, chunk, padding_side)
+        lm.check_context(int(mask.sum(-1).max()), max_new_tokens)  # past its context a model writes garbage
         with steer_rows(lm, rows[start : start + step], prompt_length=mask.sum(-1)), torch.inference_mode():
             seqs = lm.model.generate(
                 input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, **kwargs

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from . import hf
-from .errors import ModelLoadError
+from .errors import ContextLengthError, ModelLoadError
 from .files import atomic_folder
 from .gguf_tokenizer import check_gguf_tokenizer as check_gguf_tokenizer  # re-exported
 from .gguf_tokenizer import load_gguf_tokenizer
@@ -78,6 +78,30 @@ class LM:
     def device(self) -> torch.device:
         """Device of the input embeddings (where inputs must go)."""
         return self.model.get_input_embeddings().weight.device
+
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens the model attends over (``max_position_embeddings``; ``None``: unknown)."""
+        ctx = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return int(ctx) if isinstance(ctx, int) and not isinstance(ctx, bool) and ctx > 0 else None
+
+    def check_context(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """Raise :class:`ContextLengthError` unless ``prompt_tokens + max_new_tokens`` fit the context.
+
+        Past its context a model does not fail: it quietly produces garbage.
+
+        Example:
+            >>> lm.check_context(600, 16)  # doctest: +SKIP
+            Traceback (most recent call last):
+            ...
+            steerlab.errors.ContextLengthError: the prompt (600 tokens) + 16 new tokens exceed ...
+        """
+        ctx = self.context_length
+        if ctx is not None and prompt_tokens + max_new_tokens > ctx:
+            raise ContextLengthError(
+                f"the prompt ({prompt_tokens} tokens) + {max_new_tokens} new tokens exceed the context of "
+                f"{self.model_id} ({ctx} tokens): shorten the prompt or generate fewer tokens"
+            )
 
     @property
     def has_chat_template(self) -> bool:

@@ -37,6 +37,77 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+_REQUIRED_KEYS = ("model_id", "d_model", "n_layers", "layers")
+_TEXT_KEYS = {"method": "custom", "site": "block_output", "data_hash": "", "created": None}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def checked_config(cfg: Any, where: str) -> dict[str, Any]:
+    """Validate a vector's saved metadata; return the :class:`SteeringVector` arguments but ``directions``.
+
+    Every field is checked for its type (a file edited by hand or written by another tool must
+    fail here, with the field named, not deep inside torch): ``model_id`` a string, ``d_model``
+    and ``n_layers`` positive integers, ``layers`` a list of integers, ``method``, ``site``,
+    ``data_hash``, ``created`` strings (or absent / ``null``), ``meta`` an object (or absent /
+    ``null``), ``format_version`` an integer this steerlab reads.
+
+    Raises:
+        VectorFileError: naming ``where`` and the first bad field.
+
+    Example:
+        >>> checked_config({"model_id": "m", "d_model": 4, "n_layers": 6, "layers": [3]}, "x")["d_model"]
+        4
+        >>> checked_config({"model_id": "m", "d_model": "abc", "n_layers": 6, "layers": [3]}, "x")
+        Traceback (most recent call last):
+        ...
+        steerlab.errors.VectorFileError: x: 'd_model' must be a positive integer, not 'abc'; re-save the vector
+    """
+
+    def bad(key: str, want: str) -> VectorFileError:
+        return VectorFileError(f"{where}: {key!r} must be {want}, not {_short(cfg[key])}; re-save the vector")
+
+    if not isinstance(cfg, dict):
+        raise VectorFileError(f"{where}: the config must be a JSON object, not {type(cfg).__name__}; "
+                              "re-save the vector")
+    missing = [k for k in _REQUIRED_KEYS if k not in cfg]
+    if missing:
+        raise VectorFileError(f"{where}: the config lacks {', '.join(map(repr, missing))}; re-save the vector")
+    version = cfg.get("format_version", FORMAT_VERSION)
+    if not _is_int(version) or version < 1:
+        raise bad("format_version", "a positive integer")
+    if version > FORMAT_VERSION:
+        raise VectorFileError(f"{where}: format_version {version} was written by a newer steerlab (this one reads "
+                              f"up to {FORMAT_VERSION}); upgrade steerlab")
+    if not isinstance(cfg["model_id"], str):
+        raise bad("model_id", "a string")
+    for key in ("d_model", "n_layers"):
+        if not _is_int(cfg[key]) or cfg[key] < 1:
+            raise bad(key, "a positive integer")
+    layers = cfg["layers"]
+    if not isinstance(layers, list) or not all(_is_int(k) for k in layers):
+        raise bad("layers", "a list of integers")
+    out: dict[str, Any] = {"model_id": cfg["model_id"], "d_model": cfg["d_model"], "n_layers": cfg["n_layers"]}
+    for key, default in _TEXT_KEYS.items():
+        value = cfg.get(key)
+        if value is not None and not isinstance(value, str):
+            raise bad(key, "a string")
+        out[key] = value if value is not None else (default if default is not None else _now())
+    meta = cfg.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise bad("meta", "a JSON object")
+    out["meta"] = dict(meta or {})
+    out["layers"] = list(layers)
+    return out
+
+
 @dataclass
 class SteeringVector:
     """Per-layer steering directions with metadata.
@@ -236,12 +307,10 @@ class SteeringVector:
                 "(write one with SteeringVector.save or `steerlab extract --out`)"
             )
         try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-            required = ("model_id", "d_model", "n_layers", "layers")
-            if not isinstance(cfg, dict) or any(k not in cfg for k in required):
-                raise ValueError(f"needs keys {required}")
-        except (ValueError, UnicodeDecodeError) as exc:
+            raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise VectorFileError(f"{cfg_path} is corrupt ({exc}); re-save the vector") from exc
+        cfg = checked_config(raw, str(cfg_path))
         try:
             tensors = load_file(str(w_path))
         except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
@@ -251,22 +320,13 @@ class SteeringVector:
             if not name.startswith("layer.") or not name[6:].isdigit():
                 raise VectorFileError(f"{w_path}: unexpected tensor {name!r}")
             directions[int(name[6:])] = t
-        if sorted(directions) != sorted(int(x) for x in cfg["layers"]):
+        layers = cfg.pop("layers")
+        if sorted(directions) != sorted(layers):
             raise VectorFileError(
-                f"{path}: the config lists layers {cfg['layers']} but the weights hold {sorted(directions)}"
+                f"{path}: the config lists layers {layers} but the weights hold {sorted(directions)}"
             )
         try:
-            return cls(
-                directions=directions,
-                model_id=str(cfg["model_id"]),
-                d_model=int(cfg["d_model"]),
-                n_layers=int(cfg["n_layers"]),
-                method=str(cfg.get("method", "custom")),
-                site=str(cfg.get("site", "block_output")),
-                data_hash=str(cfg.get("data_hash", "")),
-                created=str(cfg.get("created", _now())),
-                meta=dict(cfg.get("meta") or {}),
-            )
+            return cls(directions=directions, **cfg)
         except (InvalidVectorError, LayerRangeError) as exc:
             raise VectorFileError(f"{path}: {exc}") from exc
 
@@ -347,20 +407,28 @@ class SteeringVector:
             raise VectorFileError(f"{path} is not a valid llama.cpp control vector ({exc})") from exc
         if not directions:
             raise VectorFileError(f"{path} holds no direction.N tensors")
-        d_model = int(meta.get("d_model", next(iter(directions.values())).numel()))
-        n_layers = int(meta.get("n_layers", lm.n_layers if lm is not None else max(directions) + 1))
-        model_id = str(meta.get("model_id", lm.model_id if lm is not None else ""))
-        try:
-            return cls(
-                directions=directions,
-                model_id=model_id,
-                d_model=d_model,
-                n_layers=n_layers,
-                method=str(meta.get("method", "gguf")),
-                site=str(meta.get("site", "block_output")),
-                data_hash=str(meta.get("data_hash", "")),
-                created=str(meta.get("created", _now())),
-                meta=json.loads(meta["meta"]) if "meta" in meta else {},
+        for key in ("layers", "meta"):
+            if key not in meta:
+                continue
+            if not isinstance(meta[key], str):
+                raise VectorFileError(f"{path}: steerlab.{key} must be a JSON string; re-export the vector")
+            try:
+                meta[key] = json.loads(meta[key])
+            except (ValueError, RecursionError) as exc:
+                raise VectorFileError(f"{path}: steerlab.{key} is not valid JSON ({exc}); re-export the "
+                                      "vector") from exc
+        meta.setdefault("d_model", next(iter(directions.values())).numel())
+        meta.setdefault("n_layers", lm.n_layers if lm is not None else max(directions) + 1)
+        meta.setdefault("model_id", lm.model_id if lm is not None else "")
+        meta.setdefault("method", "gguf")
+        meta.setdefault("layers", sorted(directions))
+        cfg = checked_config(meta, str(path))
+        layers = cfg.pop("layers")
+        if sorted(layers) != sorted(directions):
+            raise VectorFileError(
+                f"{path}: steerlab.layers lists {layers} but the file holds directions {sorted(directions)}"
             )
+        try:
+            return cls(directions=directions, **cfg)
         except (InvalidVectorError, LayerRangeError) as exc:
             raise VectorFileError(f"{path}: {exc}") from exc

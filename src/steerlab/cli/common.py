@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from ..errors import SteeringError
+from ..errors import ContextLengthError, SteeringError
 
 T = TypeVar("T")
 
@@ -78,7 +79,32 @@ def parse_float_list(spec: str) -> list[float]:
         raise typer.BadParameter(f"{spec!r} is not a comma-separated list of numbers such as -4,0,4") from None
     if not out:
         raise typer.BadParameter(f"no numbers in {spec!r}")
+    if not all(math.isfinite(x) for x in out):
+        raise typer.BadParameter(f"{spec!r} holds nan or inf; give finite numbers")
     return out
+
+
+# Option callbacks for floats (typer's min= lets NaN through and has no exclusive bound).
+def finite(value: Any) -> Any:
+    """The option (a float, or a list of floats) must be finite."""
+    values: list[Any] = value if isinstance(value, list) else [value]
+    if any(v is not None and not math.isfinite(v) for v in values):
+        raise typer.BadParameter("must be a finite number")
+    return value
+
+
+def positive(value: float | None) -> float | None:
+    """The option must be a number greater than 0."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be greater than 0 (got {value:g})")
+    return value
+
+
+def non_negative(value: float | None) -> float | None:
+    """The option must be a finite number, 0 or more."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"must be 0 or more (got {value:g})")
+    return value
 
 
 def parse_positions(spec: str) -> str | tuple[int, int | None]:
@@ -114,18 +140,23 @@ def progress_flag() -> bool | None:
 
 
 def run(fn: Callable[[], T]) -> T:
-    """Run a command body: library errors become a one-line message and exit code 1."""
+    """Run a command body: library errors become a one-line message (never wrapped) and exit code 1.
+
+    Bad input found only once the model is loaded (a prompt longer than the model's context)
+    exits with 2, as a bad option does.
+    """
     try:
         return fn()
     except SteeringError as exc:
         if FLAGS.debug:
             raise
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2 if isinstance(exc, ContextLengthError) else 1) from None
     except (OSError, ValueError, RuntimeError) as exc:
         if FLAGS.debug:
             raise
-        err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+        err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+                          highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 

@@ -16,6 +16,7 @@ from .common import (
     parse_float_list,
     parse_int_list,
     parse_positions,
+    positive,
     progress_flag,
     run,
     status,
@@ -72,10 +73,10 @@ def eval_sentiment(
     coefs: str = typer.Option("-1,0,1", help="Coefficients, e.g. -1,0,1."),
     layers: str | None = typer.Option(None, help="Use only these layers of the vector."),
     positions: str = typer.Option("all", help="all|prompt|generated|actadd|START:END."),
-    max_new_tokens: int = typer.Option(24),
+    max_new_tokens: int = typer.Option(24, min=1),
     scorer: str = typer.Option("vader", help="'vader' or a text-classification model folder / hub id."),
-    limit: int | None = typer.Option(None, help="Use the first N openings."),
-    batch_size: int = typer.Option(32),
+    limit: int | None = typer.Option(None, min=1, help="Use the first N openings."),
+    batch_size: int = typer.Option(32, min=1),
 ) -> None:
     """Sentiment of continuations with and without steering (shares, bootstrap CIs, the seed's figure).
 
@@ -105,8 +106,8 @@ def eval_behavior(
     model: str = MODEL,
     multipliers: str = typer.Option("-1,0,1", help="Multipliers, e.g. -1,0,1."),
     layers: str | None = typer.Option(None, help="Use only these layers of the vector."),
-    limit: int | None = typer.Option(None, help="Use the first N items."),
-    batch_size: int = typer.Option(16),
+    limit: int | None = typer.Option(None, min=1, help="Use the first N items."),
+    batch_size: int = typer.Option(16, min=1),
 ) -> None:
     """CAA A/B evaluation: p(matching) / (p(A)+p(B)) with the answer primed by '(' at each multiplier.
 
@@ -134,7 +135,7 @@ def eval_fluency(
     model: str = MODEL,
     coefs: str = typer.Option("-4,-2,-1,0,1,2,4", help="Coefficients."),
     layers: str | None = typer.Option(None, help="Use only these layers of the vector."),
-    limit: int | None = typer.Option(None, help="Use the first N texts."),
+    limit: int | None = typer.Option(None, min=1, help="Use the first N texts."),
 ) -> None:
     """Off-target cost: perplexity of neutral text under steering and KL to the unsteered model.
 
@@ -153,6 +154,12 @@ def eval_fluency(
     run(body)
 
 
+def _sign(value: int) -> int:
+    if value not in (1, -1):
+        raise typer.BadParameter(f"must be 1 or -1 (got {value})")
+    return value
+
+
 def _layer_sets(spec: str | None) -> list[list[int]] | None:
     return [parse_int_list(part) for part in spec.split(";") if part.strip()] if spec else None
 
@@ -168,12 +175,12 @@ def sweep(
     layer_sets: str | None = typer.Option(None, help="Layer groups separated by ';', e.g. '8-11;12-15;16'. "
                                                      "Default: each layer of the vector alone."),
     metric: str | None = typer.Option(None, help="Metric for the table and heat map."),
-    limit: int | None = typer.Option(None, help="Use the first N items."),
+    limit: int | None = typer.Option(None, min=1, help="Use the first N items."),
     autotune: bool = typer.Option(False, "--autotune", help="Pick the best setting under --budget instead."),
-    budget: float = typer.Option(1.3, help="Auto-tune: maximum perplexity ratio."),
-    direction: int = typer.Option(1, help="Auto-tune: +1 or -1 (which way to push the behaviour)."),
+    budget: float = typer.Option(1.3, callback=positive, help="Auto-tune: maximum perplexity ratio."),
+    direction: int = typer.Option(1, callback=_sign, help="Auto-tune: +1 or -1 (which way to push the behaviour)."),
     cost_texts: Path | None = typer.Option(None, help="Auto-tune: neutral texts for the perplexity budget."),
-    max_new_tokens: int = typer.Option(24, help="Sentiment: tokens per continuation."),
+    max_new_tokens: int = typer.Option(24, min=1, help="Sentiment: tokens per continuation."),
 ) -> None:
     """Layer × coefficient grid of a metric (heat map), or --autotune under a perplexity budget.
 
@@ -228,7 +235,7 @@ def analyze_pca(
     pairs: Path | None = typer.Option(None, help="Contrast pairs (labels positive/negative)."),
     texts: Path | None = typer.Option(None, help="Or plain texts."),
     center: bool = typer.Option(False, help="Pairs: centre each pair on its midpoint first."),
-    components: int = typer.Option(8, help="Principal components."),
+    components: int = typer.Option(8, min=1, help="Principal components."),
     save_direction: Path | None = typer.Option(None, help="Also save PC1 as a steering vector folder."),
 ) -> None:
     """PCA of residual-stream activations at a layer; PC directions usable as steering vectors.
@@ -316,7 +323,7 @@ def analyze_breakdown(
     model: str = MODEL,
     coefs: str | None = typer.Option(None, help="Coefficients (default a log grid to ±16)."),
     layers: str | None = typer.Option(None, help="Use only these layers of the vector."),
-    limit: int | None = typer.Option(None, help="Use the first N texts."),
+    limit: int | None = typer.Option(None, min=1, help="Use the first N texts."),
 ) -> None:
     """Where and why the model breaks: coefficient vs added/residual norm ratio, perplexity and KL.
 

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from . import app
-from .common import FLAGS, console, emit, parse_int_list, parse_positions, run, say, status
+from .common import FLAGS, console, emit, finite, parse_int_list, parse_positions, run, say, status
 
 
 @app.command()
@@ -17,8 +17,8 @@ def demo(
     positive: str = typer.Option("happy", help="Persona of the positive side."),
     negative: str = typer.Option("sad", help="Persona of the negative side."),
     layers: str = typer.Option("8-19", help="Layers to read and steer, e.g. 8-19 or 8,10,12."),
-    coef: float = typer.Option(1.0, help="Steering coefficient (shown as +coef and -coef)."),
-    max_new_tokens: int = typer.Option(24, help="Tokens to generate per prompt."),
+    coef: float = typer.Option(1.0, callback=finite, help="Steering coefficient (shown as +coef and -coef)."),
+    max_new_tokens: int = typer.Option(24, min=1, help="Tokens to generate per prompt."),
 ) -> None:
     """Build a 'happy − sad' vector on the default model and show baseline vs steered text.
 
@@ -70,14 +70,15 @@ def generate(
     prompts: list[str] = typer.Argument(..., help="One or more prompts."),
     model: str = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id."),
     vector: list[Path] = typer.Option([], "--vector", "-v", help="Vector folder or .gguf (repeat to compose)."),
-    coef: list[float] = typer.Option([], "--coef", "-c", help="Coefficient for each --vector, in order."),
+    coef: list[float] = typer.Option([], "--coef", "-c", callback=finite,
+                                     help="Coefficient for each --vector, in order."),
     positions: list[str] = typer.Option(
         [], "--positions", help="all|prompt|generated|actadd|START:END, one for all vectors or one each."
     ),
     layers: str | None = typer.Option(None, help="Steer only these layers of each vector, e.g. 10-14."),
     compare: bool = typer.Option(False, "--compare", help="Also show the unsteered continuation."),
     chat: bool = typer.Option(False, "--chat", help="Apply the chat template to each prompt."),
-    max_new_tokens: int = typer.Option(48, help="Tokens to generate."),
+    max_new_tokens: int = typer.Option(48, min=1, help="Tokens to generate (prompt + these must fit the context)."),
     stream: bool = typer.Option(True, help="Stream tokens for a single prompt."),
 ) -> None:
     """Generate text, optionally steered by one or more vectors.
@@ -107,6 +108,12 @@ def generate(
             )
         steering = steerlab.compose(*steerings) if steerings else None
         texts = [lm.chat(p) if chat else p for p in prompts]
+        for i, text in enumerate(texts):  # past its context a model writes garbage rather than failing
+            try:
+                n = len(lm.tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
+                lm.check_context(n, max_new_tokens)
+            except steerlab.ContextLengthError as exc:
+                raise steerlab.ContextLengthError(f"prompt {i + 1}: {exc} (--max-new-tokens)") from None
         streaming = stream and len(prompts) == 1 and not FLAGS.json and not FLAGS.quiet
         results = []
         for label, s in ([("baseline", None)] if compare and steering is not None else []) + [("output", steering)]:

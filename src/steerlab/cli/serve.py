@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import FLAGS, emit, err_console, run, say, status
+from .common import FLAGS, emit, err_console, non_negative, positive, run, say, status
 
 
 def _loopback(host: str) -> bool:
@@ -25,24 +25,28 @@ def serve(
     model: str = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id."),
     vectors: Path = typer.Option(Path("vectors"), "--vectors", help="The vector store directory (created if missing)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
-    port: int = typer.Option(8000, help="Port to listen on."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
     api_key: str | None = typer.Option(
         None, "--api-key", envvar="STEERLAB_API_KEY", show_envvar=True,
         help="Require 'Authorization: Bearer KEY' on every endpoint except /health and the page at /.",
     ),
-    max_tokens: int = typer.Option(256, help="Most tokens one completion may ask for."),
-    default_max_tokens: int = typer.Option(64, help="Tokens generated when a request gives no max_tokens."),
-    max_prompt_tokens: int = typer.Option(2048, help="Longest prompt accepted, in tokens."),
-    max_coefficient: float = typer.Option(16.0, help="Largest |coefficient| a steering entry may use."),
-    max_batch: int = typer.Option(16, help="Most requests generated together in one batch."),
-    max_queue: int = typer.Option(128, help="Most requests waiting for a batch; more get HTTP 429."),
+    max_tokens: int = typer.Option(256, min=1, help="Most tokens one completion may ask for."),
+    default_max_tokens: int = typer.Option(64, min=1, help="Tokens generated when a request gives no max_tokens."),
+    max_prompt_tokens: int = typer.Option(2048, min=1, help="Longest prompt accepted, in tokens."),
+    max_coefficient: float = typer.Option(16.0, callback=non_negative,
+                                          help="Largest |coefficient| a steering entry may use."),
+    max_batch: int = typer.Option(16, min=1, help="Most requests generated together in one batch."),
+    max_queue: int = typer.Option(128, min=1, help="Most requests waiting for a batch; more get HTTP 429."),
     batch_wait_ms: float = typer.Option(
-        5.0, help="A batch that is not full starts once no request arrived for this long (ms)."
+        5.0, callback=non_negative, help="A batch that is not full starts once no request arrived for this long (ms)."
     ),
-    timeout: float = typer.Option(120.0, "--timeout", help="Seconds before an unfinished request is stopped (504)."),
-    max_upload_mb: float = typer.Option(16.0, help="Largest vector upload, in MiB."),
+    timeout: float = typer.Option(120.0, "--timeout", callback=positive,
+                                  help="Seconds before an unfinished request is stopped (504)."),
+    max_request_mb: float = typer.Option(1.0, callback=positive,
+                                         help="Largest request body (uploads aside), in MiB; more get HTTP 413."),
+    max_upload_mb: float = typer.Option(16.0, callback=positive, help="Largest vector upload, in MiB."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
-    threads: int | None = typer.Option(None, help="torch intra-op threads (default: torch's choice)."),
+    threads: int | None = typer.Option(None, min=1, help="torch intra-op threads (default: torch's choice)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Serve a model with an OpenAI-compatible API, steering vectors and a playground page.
@@ -69,7 +73,8 @@ def serve(
             max_queue=max_queue,
             batch_wait_ms=batch_wait_ms,
             request_timeout_s=timeout,
-            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            max_request_bytes=max(1, int(max_request_mb * 1024 * 1024)),
+            max_upload_bytes=max(1, int(max_upload_mb * 1024 * 1024)),
             model_aliases=(model,),
         )
         with status(f"loading {model}"):

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from . import app
-from .common import console, emit, parse_int_list, progress_flag, run, say, status, write_manifest
+from .common import console, emit, finite, parse_int_list, progress_flag, run, say, status, write_manifest
 
 export_app = typer.Typer(help="Convert vectors for other engines.", no_args_is_help=True)
 import_app = typer.Typer(help="Bring vectors from other tools into steerlab.", no_args_is_help=True)
@@ -33,7 +33,7 @@ def extract(
     openings: Path | None = typer.Option(None, help="Sentence openings for --persona (JSON list or text lines)."),
     method: str = typer.Option("mean_diff", help="actadd | mean_diff | pca_diff | pca_center | probe."),
     layers: str = typer.Option("8-19", help="Layers, e.g. 8-19 or 8,10,12."),
-    batch_size: int = typer.Option(32, help="Texts per forward pass."),
+    batch_size: int = typer.Option(32, min=1, help="Texts per forward pass."),
     share_prefix: bool = typer.Option(
         True, help="Run a prefix that texts of a batch share (chat template, a CAA question) once."
     ),
@@ -47,8 +47,12 @@ def extract(
 
     if (pairs is None) == (persona is None):
         raise typer.BadParameter("give exactly one of --pairs FILE or --persona positive:negative")
-    if persona is not None and persona.count(":") != 1:
-        raise typer.BadParameter("--persona must look like happy:sad")
+    if persona is not None:
+        sides = [s.strip() for s in persona.split(":")]
+        if len(sides) != 2 or not all(sides):
+            raise typer.BadParameter("--persona must look like happy:sad (two non-empty personas)")
+        if sides[0] == sides[1]:
+            raise typer.BadParameter(f"--persona {persona!r} names the same persona twice: the vector would be zero")
     layer_list = parse_int_list(layers)
 
     def body() -> None:
@@ -117,7 +121,8 @@ def export_bake(
     vector: Path = typer.Argument(..., help="A vector folder (or a .gguf control vector)."),
     out: Path = typer.Argument(..., help="Folder to write the baked Hugging Face checkpoint into."),
     model: str = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id."),
-    coef: float | None = typer.Option(None, "--coef", "-c", help="Coefficient (required to add; ablation: 1)."),
+    coef: float | None = typer.Option(None, "--coef", "-c", callback=finite,
+                                      help="Coefficient (required to add; ablation: 1)."),
     layers: str | None = typer.Option(None, help="Layers to use, e.g. 8-19 (default: all of the vector's)."),
     ablate: bool = typer.Option(False, "--ablate", help="Bake directional ablation (orthogonalised weights)."),
     approximate: bool = typer.Option(False, "--approximate", help="Allow ablations that are only approximate."),

@@ -14,7 +14,10 @@ Endpoints (all but ``/health`` and the static page ``/`` need the API key when o
 * ``GET /health`` (no key), ``GET /metrics``;
 * ``GET /`` — the playground page.
 
-Errors use OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+Errors use OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}`` — all of them,
+FastAPI's own (validation, 404, 405, unreadable bodies) and unexpected 500s included. Before a
+request reaches an endpoint it passes the checks of :mod:`steerlab.serve.guards`: the API key,
+cross-site writes and content types, and the body size (``max_request_bytes``).
 
 Example:
     >>> import steerlab
@@ -48,6 +51,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -55,6 +59,7 @@ from ..errors import SteeringError
 from ..model import LM
 from ..steering import Composite, Steering, compose
 from .batcher import Batcher, Delta, Done, Failed, GenParams, Job, QueueFull
+from .guards import BodyLimitMiddleware, BodyTooLarge, CrossSiteMiddleware, error_response
 from .schemas import ChatCompletionRequest, CompletionRequest, SteeringEntry, _GenerationFields
 from .settings import ServeSettings
 from .store import StoreError, UploadLimits, VectorStore
@@ -81,10 +86,35 @@ class APIError(Exception):
         """``{"error": {...}}``."""
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    def response(self) -> JSONResponse:
+        """This error as a response (renders whatever the message holds)."""
+        return error_response(self.status, self.message, self.type, self.code, self.param, self.headers)
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 409: "conflict_error",
-          413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+          405: "invalid_request_error", 409: "conflict_error", 413: "invalid_request_error",
+          415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
           503: "server_error", 504: "timeout_error"}
+
+
+def _http_error(request: Request, exc: StarletteHTTPException) -> APIError:
+    """Starlette's / FastAPI's own errors (unknown path, wrong method, unreadable body) as an :class:`APIError`."""
+    status = exc.status_code
+    if isinstance(exc, BodyTooLarge):
+        return APIError(413, f"{exc.detail} (max_request_bytes)", code="request_too_large")
+    if status == 404:
+        message, code = f"there is no endpoint {request.url.path!r} on this server", "not_found"
+    elif status == 405:
+        message, code = f"{request.method} is not allowed on {request.url.path!r}", "method_not_allowed"
+    elif status == 400:
+        cause = exc.__cause__
+        why = ("it is nested too deeply" if isinstance(cause, RecursionError) else
+               "it is not UTF-8" if isinstance(cause, UnicodeDecodeError) else str(exc.detail))
+        message, code = f"the request body could not be read: {why}; send UTF-8 JSON", "invalid_body"
+    else:
+        message, code = str(exc.detail), None
+    return APIError(status, message, _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error"),
+                    code, headers=dict(exc.headers) if exc.headers else None)
 
 
 def _store_error(exc: StoreError, param: str | None = None) -> APIError:
@@ -150,9 +180,7 @@ class Server:
                                                              settings.max_unpacked_bytes))
         self.batcher = Batcher(lm, settings, self.tok_lock)
         self.created = int(time.time())
-        cfg = lm.model.config.get_text_config()
-        ctx = getattr(cfg, "max_position_embeddings", None)
-        self.context = int(ctx) if isinstance(ctx, int) and ctx > 0 else None
+        self.context = lm.context_length
         self.names = {lm.model_id, *settings.model_aliases}
 
     # ------------------------------------------------------------------ auth
@@ -296,6 +324,9 @@ class Server:
 
 OPEN_PATHS = frozenset({"/", "/health"})
 """Paths that never need the API key: the liveness probe and the static playground page."""
+JSON_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
+"""Endpoints whose body must be ``application/json``."""
+UPLOAD_PATH = "/v1/vectors"
 
 
 class _KeyMiddleware:
@@ -310,7 +341,7 @@ class _KeyMiddleware:
             err = self.server.key_error(Headers(scope=scope))
             if err is not None:
                 self.server.batcher.metrics.count("http_401")
-                await JSONResponse(err.body(), status_code=401, headers=err.headers)(scope, receive, send)
+                await err.response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -385,7 +416,17 @@ def create_app(lm: LM, store_dir: str | os.PathLike[str], settings: ServeSetting
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
         server.batcher.metrics.count(f"http_{exc.status}")
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return await _api_error(request, _http_error(request, exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback; the client gets the OpenAI shape, no internals.
+        return await _api_error(request, APIError(500, "internal server error (see the server's log)",
+                                                  "server_error", "server_error"))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -393,10 +434,22 @@ def create_app(lm: LM, store_dir: str | os.PathLike[str], settings: ServeSetting
         first = errors[0] if errors else {}
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         param = ".".join(loc) or None
-        message = f"{param}: {first.get('msg', 'invalid request')}" if param else str(first.get("msg", "invalid"))
+        msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+        message = f"{param}: {msg}" if param else msg
         server.batcher.metrics.count("http_400")
-        return JSONResponse(APIError(400, message, code="invalid_value", param=param).body(), status_code=400)
+        return APIError(400, message, code="invalid_value", param=param).response()
 
+    # Middlewares run outermost first: the key, then cross-site / content-type checks, then the
+    # body size (add_middleware puts each new one outside the previous ones).
+    def body_limit(scope: Scope) -> int | None:
+        if scope["method"] == "POST" and scope["path"] == UPLOAD_PATH:
+            return None  # the upload endpoint applies max_upload_bytes itself, the same way
+        return settings.max_request_bytes
+
+    app.add_middleware(BodyLimitMiddleware, limit=body_limit,
+                       on_reject=lambda: server.batcher.metrics.count("http_413"))
+    app.add_middleware(CrossSiteMiddleware, json_paths=JSON_PATHS, form_paths={UPLOAD_PATH},
+                       on_reject=lambda status: server.batcher.metrics.count(f"http_{status}"))
     app.add_middleware(_KeyMiddleware, server=server)
 
     # ------------------------------------------------------------------ open
@@ -454,7 +507,7 @@ def create_app(lm: LM, store_dir: str | os.PathLike[str], settings: ServeSetting
             raise _store_error(exc, "name") from None
         return {"id": name, "name": name, "object": "steering_vector", "deleted": True}
 
-    @app.post("/v1/vectors", status_code=201)
+    @app.post(UPLOAD_PATH, status_code=201)
     async def upload_vector(request: Request, name: str | None = None, overwrite: bool = False) -> JSONResponse:
         """Add a vector: an archive of a vector folder or a GGUF control vector."""
         limit = settings.max_upload_bytes
@@ -518,7 +571,8 @@ def create_app(lm: LM, store_dir: str | os.PathLike[str], settings: ServeSetting
     async def generate(req: _GenerationFields, texts: list[str], request: Request, chat: bool) -> Response:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Any] = asyncio.Queue()
-        jobs = server.jobs(req, texts, loop, events)
+        # tokenising a long prompt takes a while: off the event loop, so other requests go on
+        jobs = await run_in_threadpool(server.jobs, req, texts, loop, events)
         server.submit(jobs)
         server.batcher.metrics.count("chat_completions" if chat else "completions")
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
@@ -582,6 +636,6 @@ def create_app(lm: LM, store_dir: str | os.PathLike[str], settings: ServeSetting
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
         """OpenAI chat completions, with optional ``steering``."""
-        return await generate(req, [server.render_chat(req)], request, chat=True)
+        return await generate(req, [await run_in_threadpool(server.render_chat, req)], request, chat=True)
 
     return app

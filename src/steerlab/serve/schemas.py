@@ -1,7 +1,10 @@
 """Request bodies of the OpenAI-compatible API (pydantic v2), plus steerlab's ``steering`` field.
 
 Unknown fields are rejected (a misspelt ``steering`` must not silently serve the plain model);
-OpenAI fields steerlab does not implement are accepted only at their neutral value.
+OpenAI fields steerlab does not implement are accepted only at their neutral value. Every value
+that could break a batch is refused here, at the edge, with a 400 for that request alone: a
+``temperature`` too small to divide by, a ``seed`` outside int64, a ``positions`` bound beyond
+:data:`MAX_POSITION`, text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``).
 
 Example:
     >>> req = CompletionRequest.model_validate(
@@ -14,9 +17,48 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MIN_TEMPERATURE = 0.01
+"""The smallest sampling temperature (as vLLM's floor); 0 means greedy, values in between are
+refused: dividing logits by them overflows to inf/NaN and would fail the whole batch."""
+SEED_RANGE = (-(2**63), 2**63 - 1)
+"""``seed`` must fit int64 (what ``torch.Generator.manual_seed`` takes, ``+ n - 1`` included)."""
+MAX_POSITION = 2**31 - 1
+"""The largest token index a ``positions`` window may name."""
+
+Position = Annotated[int, Field(ge=0, le=MAX_POSITION)]
+
+
+def _bad_text(value: Any) -> str | None:
+    """Where ``value`` (parsed JSON) holds a string that is not valid Unicode, e.g. ``prompt[1]``."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or "the request"
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                name = key if isinstance(key, str) else repr(key)
+                if _bad_text(name) is not None:
+                    return where or "the request"
+                stack.append((f"{where}.{name}" if where else name, sub))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((f"{where}[{i}]", sub) for i, sub in enumerate(item))
+    return None
+
+
+def _check_text(data: Any) -> Any:
+    where = _bad_text(data)
+    if where is not None:
+        raise ValueError(f"{where} is not valid Unicode text (it holds a lone surrogate such as \\ud800); "
+                         "send UTF-8 text")
+    return data
 
 
 class SteeringEntry(BaseModel):
@@ -36,8 +78,19 @@ class SteeringEntry(BaseModel):
     vector: str = Field(min_length=1, max_length=200)
     coefficient: float = 1.0
     layers: list[int] | None = Field(default=None, max_length=1024)
-    positions: Literal["all", "prompt", "generated", "actadd"] | tuple[int, int | None] | None = None
+    positions: Literal["all", "prompt", "generated", "actadd"] | tuple[Position, Position | None] | None = None
     operator: Literal["add", "ablate", "clamp", "add_norm_preserving"] = "add"
+
+    @field_validator("positions", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            ok = len(value) == 2 and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in value)
+            if not ok or value[0] is None:
+                raise ValueError("a positions window is [start, end]: two integers (end may be null)")
+            if any(v is not None and not 0 <= v <= MAX_POSITION for v in value):
+                raise ValueError(f"positions window bounds must be between 0 and {MAX_POSITION}")
+        return value
 
     @field_validator("coefficient")
     @classmethod
@@ -73,7 +126,7 @@ class _GenerationFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     steering: list[SteeringEntry] | None = None
     ignore_eos: bool = False
     # OpenAI fields accepted at their neutral value only (or ignored: user, metadata, store).
@@ -84,6 +137,18 @@ class _GenerationFields(BaseModel):
     metadata: dict[str, Any] | None = None
     store: bool | None = None
     service_tier: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data: Any) -> Any:
+        return _check_text(data)
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE} (got {value:g})")
+        return value
 
     @field_validator("stop")
     @classmethod

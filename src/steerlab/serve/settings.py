@@ -35,6 +35,9 @@ class ServeSettings:
             long (at most 10× this after its first request; 0: never wait).
         request_timeout_s: a request still unfinished this long after it arrived is stopped
             (504, or an error event in a stream).
+        max_request_bytes: the largest request body accepted on every endpoint but the upload
+            (413 beyond, refused from ``Content-Length`` before reading, or as soon as a chunked
+            body passes it).
         max_upload_bytes: the largest vector upload accepted (413 beyond).
         max_archive_members: the most entries an uploaded archive may hold.
         max_unpacked_bytes: the most bytes an uploaded archive may unpack to.
@@ -52,6 +55,7 @@ class ServeSettings:
     max_queue: int = 128
     batch_wait_ms: float = 5.0
     request_timeout_s: float = 120.0
+    max_request_bytes: int = 1024 * 1024
     max_upload_bytes: int = 16 * 1024 * 1024
     max_archive_members: int = 16
     max_unpacked_bytes: int = 64 * 1024 * 1024
@@ -59,7 +63,8 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "default_max_tokens", "max_prompt_tokens", "max_steering_entries", "max_n",
-                     "max_batch", "max_queue", "max_upload_bytes", "max_archive_members", "max_unpacked_bytes"):
+                     "max_batch", "max_queue", "max_request_bytes", "max_upload_bytes", "max_archive_members",
+                     "max_unpacked_bytes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.batch_wait_ms < 0 or self.request_timeout_s <= 0 or self.max_coefficient < 0:

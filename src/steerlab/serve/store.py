@@ -16,7 +16,12 @@ Safety rules:
 * every upload is validated (:meth:`SteeringVector.load` / :meth:`SteeringVector.from_gguf`, then
   :meth:`SteeringVector.check_model` against the served model) in a scratch folder, written
   under a hidden temporary name inside the store and renamed into place: a rejected upload
-  leaves the store exactly as it was.
+  leaves the store exactly as it was;
+* the scratch folder is itself hidden inside the store (``.upload-*``, never ``/tmp``), so a
+  process killed mid-upload leaves nothing elsewhere, and the next start removes it; error
+  messages never name server paths;
+* an entry that cannot be loaded (whatever the error) is skipped, logged and listed in
+  :attr:`VectorStore.skipped`; it never stops the server from starting.
 
 Example:
     >>> store = VectorStore("vectors", lm)  # doctest: +SKIP
@@ -199,6 +204,10 @@ class VectorStore:
                 skipped[entry.name] = str(exc)
                 log.warning("vector store: skipping %s: %s", entry.name, exc)
                 continue
+            except Exception as exc:  # a loader bug on one odd file must not stop the server starting
+                skipped[entry.name] = f"{type(exc).__name__}: {exc}"
+                log.warning("vector store: skipping %s", entry.name, exc_info=True)
+                continue
             if sv.name in found:
                 skipped[entry.name] = f"another entry is already named {sv.name!r}"
                 continue
@@ -264,8 +273,13 @@ class VectorStore:
             if name in self._vectors and not overwrite:
                 raise StoreError(409, f"a vector named {name!r} already exists (send overwrite=true to replace it)",
                                  "vector_exists")
-        with tempfile.TemporaryDirectory(prefix="steerlab-upload-") as scratch:
-            vec = self._validate(upload, Path(scratch))
+        # The scratch folder is hidden inside the store, so a crash (kill -9) mid-upload leaves
+        # nothing outside it, and _clean_leftovers removes it at the next start.
+        with tempfile.TemporaryDirectory(prefix=_TMP_PREFIX, dir=self.root) as scratch:
+            try:
+                vec = self._validate(upload, Path(scratch))
+            except StoreError as exc:
+                raise StoreError(exc.status, self._no_paths(exc.message, Path(scratch)), exc.code) from None
         tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.root))
         try:
             vec.save(tmp)
@@ -292,6 +306,13 @@ class VectorStore:
         return sv.describe()
 
     # ------------------------------------------------------------------ validation
+    def _no_paths(self, message: str, scratch: Path) -> str:
+        """``message`` without the server's paths (the scratch folder and the store)."""
+        for path, label in ((scratch / "vector", "the upload"), (scratch / "upload.gguf", "the upload"),
+                            (scratch, "the upload"), (self.root, "the store")):
+            message = message.replace(f"{path}{os.sep}", "").replace(str(path), label)
+        return message
+
     def _validate(self, upload: str | os.PathLike[str] | IO[bytes], scratch: Path) -> SteeringVector:
         raw = scratch / "upload.bin"
         self._copy_capped(upload, raw)
@@ -423,7 +444,8 @@ class VectorStore:
                     if info.is_dir():
                         self._count(count, total)
                         continue
-                    if mode and not stat.S_ISREG(mode):
+                    # writestr() and many non-Unix tools leave the type bits at 0: a regular file
+                    if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
                         raise StoreError(400, f"archive member {info.filename!r} is a link or a special file",
                                          "unsafe_archive")
                     total += info.file_size
