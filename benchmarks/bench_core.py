@@ -36,52 +36,104 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import benchlib
 from benchlib import log, maxrss_mb, peak_since_reset_mb, ratio, reset_peak, rss_mb, trim_heap
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REPO = benchlib.REPO
+SHARED = benchlib.SHARED
 OPENINGS = SHARED / "data" / "repe" / "all_truncated_outputs.json"
-RESULTS = REPO / "benchmarks" / "results"
+RESULTS = benchlib.RESULTS
 
-FULL: dict[str, Any] = {
-    "mode": "full",
-    "model": "default",
-    "extract": {"n_pairs": 128, "layers": [8, 19], "batch_size": 32},
-    "generate": {
-        "n_prompts": 48,
-        "batch_size": 16,
-        "max_new_tokens": 24,
-        "coefficient": 4.0,
-        "vector_pairs": 32,
-    },
-    "mixed": {"n_prompts": 16, "max_new_tokens": 24},
-    "cold_load": True,
-    "warm_load_reps": None,  # None: --reps dedicated processes (+1 warm-up)
-    "default_threads": None,  # None: torch's default
-}
-QUICK: dict[str, Any] = {
-    "mode": "quick",
-    "model": str(SHARED / "models" / "stories260K"),
-    "extract": {"n_pairs": 64, "layers": [1, 3], "batch_size": 32},
-    "generate": {
-        "n_prompts": 12,
-        "batch_size": 4,
-        "max_new_tokens": 8,
-        "coefficient": 4.0,
-        "vector_pairs": 16,
-    },
-    "mixed": {"n_prompts": 4, "max_new_tokens": 8},
-    "cold_load": False,
-    "warm_load_reps": 0,  # 0: the warm loads of the scenario processes (saves 2+ fresh processes)
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """Extraction: ``n_pairs`` persona pairs, layers ``first..last``, texts per forward pass."""
+
+    n_pairs: int
+    layers: tuple[int, int]
+    batch_size: int
+
+    @property
+    def layer_range(self) -> range:
+        return range(self.layers[0], self.layers[1] + 1)
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """Steered generation; the vector is a ``mean_diff`` of ``vector_pairs`` pairs."""
+
+    n_prompts: int
+    batch_size: int
+    max_new_tokens: int
+    coefficient: float
+    vector_pairs: int
+
+
+@dataclass(frozen=True)
+class MixedSettings:
+    """The mixed batch: ``n_prompts`` prompts, each with its own steering."""
+
+    n_prompts: int
+    max_new_tokens: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoreConfig:
+    """One run's settings; the JSON's ``config``, and what the parent hands each worker (``--config``)."""
+
+    mode: str
+    model: str
+    extract: ExtractSettings
+    generate: GenerateSettings
+    mixed: MixedSettings
+    cold_load: bool
+    warm_load_reps: int | None  # None: --reps dedicated processes (+1 warm-up); 0: the scenario processes'
+    default_threads: int | None  # None: torch's default
+    threads: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> CoreConfig:
+        d = json.loads(text)
+        e = d.pop("extract")
+        return cls(
+            **{k: v for k, v in d.items() if k not in ("generate", "mixed")},
+            extract=ExtractSettings(e["n_pairs"], (e["layers"][0], e["layers"][1]), e["batch_size"]),
+            generate=GenerateSettings(**d["generate"]),
+            mixed=MixedSettings(**d["mixed"]),
+        )
+
+
+FULL = CoreConfig(
+    mode="full",
+    model="default",
+    extract=ExtractSettings(n_pairs=128, layers=(8, 19), batch_size=32),
+    generate=GenerateSettings(n_prompts=48, batch_size=16, max_new_tokens=24, coefficient=4.0, vector_pairs=32),
+    mixed=MixedSettings(n_prompts=16, max_new_tokens=24),
+    cold_load=True,
+    warm_load_reps=None,
+    default_threads=None,
+)
+QUICK = CoreConfig(
+    mode="quick",
+    model=str(SHARED / "models" / "stories260K"),
+    extract=ExtractSettings(n_pairs=64, layers=(1, 3), batch_size=32),
+    generate=GenerateSettings(n_prompts=12, batch_size=4, max_new_tokens=8, coefficient=4.0, vector_pairs=16),
+    mixed=MixedSettings(n_prompts=4, max_new_tokens=8),
+    cold_load=False,
+    warm_load_reps=0,  # the warm loads of the scenario processes (saves 2+ fresh processes)
     # A 260K-parameter model is far too small for intra-op threads: when other processes keep the
     # cores busy, 2 OpenMP threads wait on each other at every op and generation gets 5-10x slower
     # and erratic. Quick mode is a smoke test, so it uses 1 thread unless --threads says otherwise.
-    "default_threads": 1,
-}
+    default_threads=1,
+)
+SCENARIO_PROCESSES = ("extract", "generate", "mixed")  # each in its own process; then the loads
 TARGETS = {"extract/bare": 1.15, "steered/unsteered": 1.03, "mixed/unsteered": 1.15}
 
 
@@ -177,11 +229,11 @@ def _quiet() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _load(cfg: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _load(cfg: CoreConfig) -> tuple[Any, dict[str, Any]]:
     import steerlab
 
     t0 = time.perf_counter()
-    lm = steerlab.load_model(cfg["model"])
+    lm = steerlab.load_model(cfg.model)
     info = {"load_s": round(time.perf_counter() - t0, 3), "rss_after_load_mb": rss_mb()}
     info.update(model_id=lm.model_id, n_layers=lm.n_layers, d_model=lm.d_model)
     return lm, info
@@ -200,28 +252,24 @@ def _prompts(n: int) -> list[str]:
     return steerlab.load_openings(OPENINGS)[:n]
 
 
-def _layers(spec: list[int]) -> range:
-    return range(spec[0], spec[1] + 1)
-
-
 def _padded(ids: list[list[int]], pad_id: int, side: str) -> tuple[Any, Any]:
     from steerlab.tokens import pad_token_ids
 
     return pad_token_ids(ids, pad_id, side)
 
 
-def scenario_extract(cfg: dict[str, Any], reps: int) -> dict[str, Any]:
+def scenario_extract(cfg: CoreConfig, reps: int) -> dict[str, Any]:
     import torch
 
     import steerlab
     from steerlab.data import render
 
     lm, info = _load(cfg)
-    ec = cfg["extract"]
-    layers = _layers(ec["layers"])
+    ec = cfg.extract
+    layers = ec.layer_range
     deepest = max(layers)
-    bs = ec["batch_size"]
-    pairs = _pairs(ec["n_pairs"])
+    bs = ec.batch_size
+    pairs = _pairs(ec.n_pairs)
     t0 = time.perf_counter()
     texts = [render(side, lm) for p in pairs for side in (p.positive, p.negative)]
     render_s = time.perf_counter() - t0
@@ -276,26 +324,36 @@ def scenario_extract(cfg: dict[str, Any], reps: int) -> dict[str, Any]:
     return info
 
 
-def _vector(lm: Any, cfg: dict[str, Any]) -> Any:
+def _first_use_check(lm: Any) -> float:
+    """steerlab checks the token positions the first time a model is steered (a few tiny forward
+    calls); run it here, untimed, so the warm-up's ``forward_calls`` count only the generation."""
+    from steerlab.canary import check_positions
+
+    t0 = time.perf_counter()
+    check_positions(lm)
+    return round(time.perf_counter() - t0, 4)
+
+
+def _vector(lm: Any, cfg: CoreConfig) -> Any:
     import steerlab
 
-    gc_ = cfg["generate"]
-    pairs = _pairs(gc_["vector_pairs"])
-    return steerlab.extract(lm, pairs, method="mean_diff", layers=_layers(cfg["extract"]["layers"]), progress=False)
+    pairs = _pairs(cfg.generate.vector_pairs)
+    return steerlab.extract(lm, pairs, method="mean_diff", layers=cfg.extract.layer_range, progress=False)
 
 
-def scenario_generate(cfg: dict[str, Any], reps: int) -> dict[str, Any]:
+def scenario_generate(cfg: CoreConfig, reps: int) -> dict[str, Any]:
     import steerlab
 
     lm, info = _load(cfg)
-    gc_ = cfg["generate"]
+    gc_ = cfg.generate
     vec = _vector(lm, cfg)
-    prompts = _prompts(gc_["n_prompts"])
-    steering = steerlab.Steering(vec, gc_["coefficient"])
+    info["first_use_check_s"] = _first_use_check(lm)
+    prompts = _prompts(gc_.n_prompts)
+    steering = steerlab.Steering(vec, gc_.coefficient)
     kw = {
-        "max_new_tokens": gc_["max_new_tokens"],
-        "min_new_tokens": gc_["max_new_tokens"],
-        "batch_size": gc_["batch_size"],
+        "max_new_tokens": gc_.max_new_tokens,
+        "min_new_tokens": gc_.max_new_tokens,
+        "batch_size": gc_.batch_size,
     }
     outputs: dict[str, list[str]] = {}
 
@@ -305,16 +363,16 @@ def scenario_generate(cfg: dict[str, Any], reps: int) -> dict[str, Any]:
     def unsteered() -> None:
         outputs["unsteered"] = steerlab.generate(lm, prompts, steering=None, **kw)
 
-    n_batches = -(-len(prompts) // gc_["batch_size"])
+    n_batches = -(-len(prompts) // gc_.batch_size)
     res = run_methods({"steered": steered, "unsteered": unsteered}, reps, count_calls_of=lm.model)
     info.update(
         n_prompts=len(prompts),
-        batch_size=gc_["batch_size"],
-        new_tokens=gc_["max_new_tokens"],
-        coefficient=gc_["coefficient"],
+        batch_size=gc_.batch_size,
+        new_tokens=gc_.max_new_tokens,
+        coefficient=gc_.coefficient,
         vector_layers=vec.layers,
         forward_calls={k: v["forward_calls"] for k, v in res.items()},
-        expected_forward_calls=n_batches * gc_["max_new_tokens"],
+        expected_forward_calls=n_batches * gc_.max_new_tokens,
         outputs_differ=sum(a != b for a, b in zip(outputs["steered"], outputs["unsteered"], strict=True)),
         sample={"unsteered": outputs["unsteered"][0], "steered": outputs["steered"][0]},
         methods=res,
@@ -323,17 +381,18 @@ def scenario_generate(cfg: dict[str, Any], reps: int) -> dict[str, Any]:
     return info
 
 
-def scenario_mixed(cfg: dict[str, Any], reps: int) -> dict[str, Any]:
+def scenario_mixed(cfg: CoreConfig, reps: int) -> dict[str, Any]:
     import steerlab
 
     lm, info = _load(cfg)
-    mc = cfg["mixed"]
+    mc = cfg.mixed
     vec = _vector(lm, cfg)
-    n = mc["n_prompts"]
+    info["first_use_check_s"] = _first_use_check(lm)
+    n = mc.n_prompts
     prompts = _prompts(n)
     # n different vectors (scaled copies) with n different coefficients, one per prompt.
     steerings = [steerlab.Steering(vec * (1 + i / 10), 2.0 + 0.25 * i) for i in range(n)]
-    kw = {"max_new_tokens": mc["max_new_tokens"], "min_new_tokens": mc["max_new_tokens"]}
+    kw = {"max_new_tokens": mc.max_new_tokens, "min_new_tokens": mc.max_new_tokens}
     outputs: dict[str, list[str]] = {}
 
     def mixed() -> None:
@@ -350,13 +409,13 @@ def scenario_mixed(cfg: dict[str, Any], reps: int) -> dict[str, Any]:
     res = run_methods({"mixed": mixed, "unsteered": unsteered, "separate": separate}, reps, count_calls_of=lm.model)
     info.update(
         n_prompts=n,
-        new_tokens=mc["max_new_tokens"],
+        new_tokens=mc.max_new_tokens,
         coefficients=[s.coefficient for s in steerings],
         forward_calls={k: v["forward_calls"] for k, v in res.items()},
         expected_forward_calls={
-            "mixed": mc["max_new_tokens"],
-            "unsteered": mc["max_new_tokens"],
-            "separate": n * mc["max_new_tokens"],
+            "mixed": mc.max_new_tokens,
+            "unsteered": mc.max_new_tokens,
+            "separate": n * mc.max_new_tokens,
         },
         outputs_differ_from_unsteered=sum(a != b for a, b in zip(outputs["mixed"], outputs["unsteered"], strict=True)),
         mixed_equals_separate=sum(a == b for a, b in zip(outputs["mixed"], outputs["separate"], strict=True)),
@@ -366,13 +425,13 @@ def scenario_mixed(cfg: dict[str, Any], reps: int) -> dict[str, Any]:
     return info
 
 
-def scenario_load(cfg: dict[str, Any], reps: int) -> dict[str, Any]:
+def scenario_load(cfg: CoreConfig, reps: int) -> dict[str, Any]:
     _lm, info = _load(cfg)
     info.update(cache=os.environ.get("STEERLAB_CACHE"))
     return info
 
 
-SCENARIOS: dict[str, Callable[[dict[str, Any], int], dict[str, Any]]] = {
+SCENARIOS: dict[str, Callable[[CoreConfig, int], dict[str, Any]]] = {
     "extract": scenario_extract,
     "generate": scenario_generate,
     "mixed": scenario_mixed,
@@ -380,7 +439,7 @@ SCENARIOS: dict[str, Callable[[dict[str, Any], int], dict[str, Any]]] = {
 }
 
 
-def worker(name: str, cfg: dict[str, Any], reps: int, result: Path) -> None:
+def worker(name: str, cfg: CoreConfig, reps: int, result: Path) -> None:
     t0 = time.perf_counter()
     import torch
 
@@ -388,8 +447,8 @@ def worker(name: str, cfg: dict[str, Any], reps: int, result: Path) -> None:
 
     import_s = round(time.perf_counter() - t0, 3)
     _quiet()
-    if cfg.get("threads"):
-        torch.set_num_threads(cfg["threads"])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     info = SCENARIOS[name](cfg, reps)
     info.update(
@@ -406,7 +465,7 @@ def machine_info() -> dict[str, Any]:
     return benchlib.machine_info(("torch", "transformers", "steerlab"))
 
 
-def spawn(name: str, cfg: dict[str, Any], reps: int, env: dict[str, str] | None = None) -> dict[str, Any]:
+def spawn(name: str, cfg: CoreConfig, reps: int, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one scenario in a fresh Python process and return its result."""
     with tempfile.TemporaryDirectory(prefix="bench_core.") as tmp:
         result = Path(tmp) / "result.json"
@@ -416,7 +475,7 @@ def spawn(name: str, cfg: dict[str, Any], reps: int, env: dict[str, str] | None 
             "--worker",
             name,
             "--config",
-            json.dumps(cfg),
+            cfg.to_json(),
             "--reps",
             str(reps),
             "--result",
@@ -426,7 +485,7 @@ def spawn(name: str, cfg: dict[str, Any], reps: int, env: dict[str, str] | None 
         return benchlib.run_worker(cmd, result, f"scenario {name!r}", child_env)
 
 
-def load_scenario(cfg: dict[str, Any], reps: int, scenario_runs: list[dict[str, Any]]) -> dict[str, Any]:
+def load_scenario(cfg: CoreConfig, reps: int, scenario_runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Cold load (full mode) and warm loads, each in a fresh process.
 
     The scenario workers are fresh processes that import steerlab and load the model from the warm
@@ -434,14 +493,14 @@ def load_scenario(cfg: dict[str, Any], reps: int, scenario_runs: list[dict[str, 
     one is the warm-up) and no extra process is started.
     """
     out: dict[str, Any] = {}
-    if cfg["cold_load"]:
+    if cfg.cold_load:
         cache = tempfile.mkdtemp(prefix="steerlab-cold-cache.")
         try:
             log(f"load: cold (GGUF conversion into {cache})")
             out["cold"] = spawn("load", cfg, 0, env={"STEERLAB_CACHE": cache})
         finally:
             shutil.rmtree(cache, ignore_errors=True)
-    reps = reps if cfg["warm_load_reps"] is None else cfg["warm_load_reps"]
+    reps = reps if cfg.warm_load_reps is None else cfg.warm_load_reps
     if reps:
         log(f"load: warm x{reps + 1} (1 warm-up)")
         runs = [spawn("load", cfg, 0) for _ in range(reps + 1)]
@@ -517,7 +576,7 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="stories260K and tiny sizes (< 60 s)")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per method (default 3)")
@@ -536,35 +595,37 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    return ap
+
+
+def run(cfg: CoreConfig, reps: int) -> dict[str, Any]:
+    """Every scenario in its own process, then the loads; the result JSON."""
+    started = time.time()
+    res = benchlib.result_header("bench_core", started, reps, asdict(cfg), machine_info())
+    res["scenarios"] = {}
+    for name in SCENARIO_PROCESSES:
+        log(f"{name}: running in a subprocess")
+        res["scenarios"][name] = spawn(name, cfg, reps)
+    runs = [res["scenarios"][n] for n in SCENARIO_PROCESSES]
+    res["scenarios"]["load"] = load_scenario(cfg, reps, runs)
+    res["machine"]["loadavg_end"] = benchlib.loadavg()
+    res["total_wall_s"] = round(time.time() - started, 1)
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = parser()
     args = ap.parse_args(argv)
     if args.worker:
-        worker(args.worker, json.loads(args.config), args.reps, args.result)
+        worker(args.worker, CoreConfig.from_json(args.config), args.reps, args.result)
         return
     if args.reps < 1:
         ap.error("--reps must be >= 1")
     base = QUICK if args.quick else FULL
-    cfg = dict(base, threads=args.threads if args.threads is not None else base["default_threads"])
+    cfg = replace(base, threads=base.default_threads if args.threads is None else args.threads)
     out = args.out or RESULTS / ("core_quick.json" if args.quick else "core.json")
-    started = time.time()
-    res: dict[str, Any] = {
-        "benchmark": "bench_core",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "reps": args.reps,
-        "config": cfg,
-        "machine": machine_info(),
-        "scenarios": {},
-    }
-    for name in ("extract", "generate", "mixed"):
-        log(f"{name}: running in a subprocess")
-        res["scenarios"][name] = spawn(name, cfg, args.reps)
-    runs = [res["scenarios"][n] for n in ("extract", "generate", "mixed")]
-    res["scenarios"]["load"] = load_scenario(cfg, args.reps, runs)
-    res["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    res["total_wall_s"] = round(time.time() - started, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(res, indent=2) + "\n")
-    os.replace(tmp, out)
+    res = run(cfg, args.reps)
+    benchlib.write_json(out, res, indent=2)
     log(f"done in {res['total_wall_s']} s; wrote {out}")
     print(markdown(res))
 

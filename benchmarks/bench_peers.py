@@ -28,31 +28,46 @@ Usage::
 
 Output: ``benchmarks/results/peers.json`` (``peers_quick.json``) with every time, and a markdown
 table on stdout and in ``peers.md`` beside the JSON.
+
+Layout: this script prepares the inputs and runs the rounds; each scenario is a typed object in
+``peers_scenarios.py`` (``--only`` picks them by name); the shared state is ``peers_context.py``;
+``peers_worker.py`` runs one tool's steps (``peers_jobs.py``) in a fresh process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import benchlib
-from benchlib import log, ratio
+from benchlib import log
+from peers_context import (
+    TOOLS,
+    Context,
+    EffectSettings,
+    GenSettings,
+    MixedSettings,
+    PeersConfig,
+    Prepared,
+    Round,
+    ToolSpec,
+    label,
+)
+from peers_jobs import Pair, Step, Texts, VectorPaths
+from peers_scenarios import Scenario, ScenarioResult, build_scenarios, in_tool_order, select, summarise_loads
 
 REPO = benchlib.REPO
-SHARED = Path(os.environ.get("STEERLAB_SHARED") or REPO.parent / "shared")  # data: ../shared by default
+SHARED = benchlib.SHARED
 OPENINGS = SHARED / "data" / "repe" / "all_truncated_outputs.json"
 CAA = SHARED / "data" / "caa" / "datasets" / "generate" / "sycophancy" / "generate_dataset.json"
-RESULTS = REPO / "benchmarks" / "results"
-WORKER = Path(__file__).resolve().with_name("peers_worker.py")
+RESULTS = benchlib.RESULTS
 PEER_VENV = REPO / ".venv-peers"
 PEER_REQUIREMENTS = [
     "torch==2.13.0",
@@ -63,40 +78,33 @@ PEER_REQUIREMENTS = [
     "accelerate",
     "gguf",
 ]
-PEERS = ("steering-vectors", "repeng")
 
-FULL: dict[str, Any] = {
-    "mode": "full",
-    "model": "default",
-    "layers": [8, 19],
-    "persona_pairs": 128,
-    "caa_pairs": 1000,
-    "gen": {"n_prompts": 48, "batch_size": 16, "new_tokens": 24},
-    "mixed": {"n_prompts": 16, "new_tokens": 24},
-    "speed_coefficient": 4.0,
-    "effect": {"n_prompts": 48, "new_tokens": 32, "batch_size": 16, "coefficients": [1.0, 2.0, 4.0]},
-    "load": True,
-    "threads": None,
-}
-QUICK: dict[str, Any] = {
-    "mode": "quick",
-    "model": str(SHARED / "models" / "stories260K"),
-    "layers": [1, 3],
-    "persona_pairs": 32,
-    "caa_pairs": 8,
-    "gen": {"n_prompts": 8, "batch_size": 4, "new_tokens": 8},
-    "mixed": {"n_prompts": 4, "new_tokens": 8},
-    "speed_coefficient": 4.0,
-    "effect": {"n_prompts": 8, "new_tokens": 8, "batch_size": 8, "coefficients": [2.0]},
-    "load": False,
-    "threads": 1,
-}
-TARGETS = {  # ratio-key suffix: limit (fastest peer: a floor, the others ceilings)
-    ": steerlab/bare": 1.15,
-    "steered/plain steerlab": 1.03,
-    "steerlab one call/unsteered batch": 1.15,
-    "fastest peer/steerlab": 2.0,
-}
+FULL = PeersConfig(
+    mode="full",
+    model="default",
+    layers=(8, 19),
+    persona_pairs=128,
+    caa_pairs=1000,
+    gen=GenSettings(n_prompts=48, batch_size=16, new_tokens=24),
+    mixed=MixedSettings(n_prompts=16, new_tokens=24),
+    speed_coefficient=4.0,
+    effect=EffectSettings(n_prompts=48, new_tokens=32, batch_size=16, coefficients=(1.0, 2.0, 4.0)),
+    load=True,
+    threads=None,
+)
+QUICK = PeersConfig(
+    mode="quick",
+    model=str(SHARED / "models" / "stories260K"),
+    layers=(1, 3),
+    persona_pairs=32,
+    caa_pairs=8,
+    gen=GenSettings(n_prompts=8, batch_size=4, new_tokens=8),
+    mixed=MixedSettings(n_prompts=4, new_tokens=8),
+    speed_coefficient=4.0,
+    effect=EffectSettings(n_prompts=8, new_tokens=8, batch_size=8, coefficients=(2.0,)),
+    load=False,
+    threads=1,
+)
 
 
 # --------------------------------------------------------------------------- peer environment
@@ -192,473 +200,175 @@ def _cut_after_answer(text: str, letter: str) -> str:
     return text[: i + 2]
 
 
-def prepare(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
-    """Render all texts once with steerlab, build the vectors; write them into ``work``."""
-    import torch
-
+def _caa_texts(cfg: PeersConfig, lm: Any) -> list[Pair]:
     import steerlab
     from steerlab.data import ChatText, render
 
-    lm = steerlab.load_model(cfg["model"], dtype=cfg["dtype"], device=cfg["device"])
+    caa: list[Pair] = []
+    for p in steerlab.caa_pairs(steerlab.load_caa(CAA, cfg.caa_pairs)) if cfg.caa_pairs else []:
+        assert isinstance(p.positive, ChatText) and isinstance(p.negative, ChatText)  # answers "(A)"
+        caa.append(
+            (
+                _cut_after_answer(render(p.positive, lm), p.positive.assistant[1]),
+                _cut_after_answer(render(p.negative, lm), p.negative.assistant[1]),
+            )
+        )
+    return caa
+
+
+def render_texts(cfg: PeersConfig, lm: Any) -> Texts:
+    """Every text of the run, rendered once with the model's chat template."""
+    import steerlab
+    from steerlab.data import render
+
     openings = steerlab.load_openings(OPENINGS)
-    n_p = cfg["persona_pairs"]
+    n_p = cfg.persona_pairs
     persona = [
         (render(p.positive, lm), render(p.negative, lm)) for p in steerlab.persona_pairs("happy", "sad", openings[:n_p])
     ]
-    caa: list[tuple[str, str]] = []
-    if cfg["caa_pairs"]:
-        for p in steerlab.caa_pairs(steerlab.load_caa(CAA, cfg["caa_pairs"])):
-            assert isinstance(p.positive, ChatText) and isinstance(p.negative, ChatText)  # answers "(A)"
-            caa.append(
-                (
-                    _cut_after_answer(render(p.positive, lm), p.positive.assistant[1]),
-                    _cut_after_answer(render(p.negative, lm), p.negative.assistant[1]),
-                )
-            )
-    e = cfg["effect"]
-    data = {
-        "persona": persona,
-        "caa": caa,
-        "gen_prompts": openings[: cfg["gen"]["n_prompts"]],
-        "mixed_prompts": openings[: cfg["mixed"]["n_prompts"]],
-        "effect_prompts": openings[n_p : n_p + e["n_prompts"]] if e else [],
-        "check_text": persona[0][0],
-    }
-    (work / "data.json").write_text(json.dumps(data))
-    layers = range(cfg["layers"][0], cfg["layers"][1] + 1)
-    ref = steerlab.extract(
-        lm, [steerlab.ContrastPair(p, n) for p, n in persona], method="mean_diff", layers=layers, progress=False
+    return Texts(
+        persona=persona,
+        caa=_caa_texts(cfg, lm),
+        gen_prompts=openings[: cfg.gen.n_prompts],
+        mixed_prompts=openings[: cfg.mixed.n_prompts],
+        effect_prompts=openings[n_p : n_p + cfg.effect.n_prompts] if cfg.effect else [],
+        check_text=persona[0][0],
     )
-    torch.save(ref.directions, work / "reference.pt")
-    speed = {k: v * cfg["speed_coefficient"] for k, v in ref.directions.items()}
-    torch.save(speed, work / "speed.pt")
+
+
+def mixed_vectors(ref: dict[int, Any], n: int, work: Path) -> tuple[str, ...]:
+    """``n`` vectors, each its own direction and strength: the reference, its negation, or a random
+    direction of the same norms, times a coefficient; saved in ``work``."""
+    import torch
+
     gen = torch.Generator().manual_seed(0)
-    mixed: list[str] = []
-    for i in range(cfg["mixed"]["n_prompts"]):
-        # every row its own direction and strength: the reference, its negation, or a random
-        # direction of the same norms, times a coefficient
+    paths: list[str] = []
+    for i in range(n):
         kind, coef = i % 3, (1.0, 2.0, 4.0, 8.0)[i % 4]
         vec = {}
-        for k, v in ref.directions.items():
+        for k, v in ref.items():
             if kind == 2:
                 r = torch.randn(v.shape, generator=gen)
                 v = r * (v.norm() / r.norm())
             vec[k] = v * (-coef if kind == 1 else coef)
         path = work / f"mixed{i}.pt"
         torch.save(vec, path)
-        mixed.append(str(path))
-    tokens = {
-        name: sum(len(x) for p in pairs for x in lm.tokenizer(list(p))["input_ids"])
-        for name, pairs in (("persona", persona), ("caa", caa))
-    }
-    info = {
-        "model_id": lm.model_id,
-        "n_layers": lm.n_layers,
-        "d_model": lm.d_model,
-        "model_dir": str(lm.model.name_or_path),
-        "tokens": tokens,
-        "reference_norms": {k: round(float(v.norm()), 4) for k, v in ref.directions.items()},
-        "vectors": {"speed": str(work / "speed.pt"), "mixed": mixed},
-    }
-    del lm
-    return info
+        paths.append(str(path))
+    return tuple(paths)
 
 
-# --------------------------------------------------------------------------- running
-def spawn(python: Path, job: dict[str, Any], work: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run one job of ``peers_worker.py`` in a fresh process; return its result."""
-    fd, name = tempfile.mkstemp(prefix="job.", suffix=".json", dir=work)
-    os.close(fd)
-    job_path, result = Path(name), Path(name).with_suffix(".out.json")
-    job_path.write_text(json.dumps(job))
-    child_env = dict(
-        os.environ,
-        STEERLAB_QUIET="1",
-        TRANSFORMERS_VERBOSITY="error",
-        TQDM_DISABLE="1",
-        PYTHONPATH=os.pathsep.join(p for p in (str(WORKER.parent), os.environ.get("PYTHONPATH")) if p),
-        **(env or {}),
-    )
-    cmd = [str(python), str(WORKER), "--job", str(job_path), "--result", str(result)]
-    return benchlib.run_worker(cmd, result, f"{job['tool']} ({job['env']})", child_env)
-
-
-def tool_jobs(cfg: dict[str, Any], info: dict[str, Any], work: Path, first: bool, last: bool) -> list[dict[str, Any]]:
-    """The jobs of one round: one per tool and environment. The CAA scale run is in the ``first``
-    round only (it is long: 2,000 texts of ~190 tokens); the ``last`` adds the effect runs."""
-    g, m, e = cfg["gen"], cfg["mixed"], cfg["effect"]
-    caa = bool(cfg["caa_pairs"]) and first
-    last = last and bool(cfg["effect"])
-    norms: dict[str, dict[str, float]] = {"none": {}}
-    for c in e["coefficients"] if e else []:
-        norms[f"{c:g}"] = {str(k): c * n for k, n in info["reference_norms"].items()}
-
-    def effect(vec: str | None, unsteered_only: bool = False, name: str = "effect") -> list[dict[str, Any]]:
-        if not last:
-            return []
-        ns = {"none": {}} if unsteered_only else {k: v for k, v in norms.items() if k != "none"}
-        return [
-            {
-                "name": name,
-                "kind": "effect",
-                "vector": vec,
-                "norms": ns,
-                "new_tokens": e["new_tokens"],
-                "batch_size": e["batch_size"],
-            }
-        ]
-
-    def extract(name: str, data: str, bs: int, save: str | None = None) -> dict[str, Any]:
-        return {
-            "name": name,
-            "kind": "extract",
-            "data": data,
-            "batch_size": bs,
-            "save": str(work / save) if save else None,
-        }
-
-    gen_s = {
-        "name": "generate",
-        "kind": "generate",
-        "steered": True,
-        "new_tokens": g["new_tokens"],
-        "batch_size": g["batch_size"],
-    }
-    gen_u = dict(gen_s, steered=False)
-    mixed = {"name": "mixed", "kind": "mixed", "new_tokens": m["new_tokens"]}
-    base: dict[str, Any] = {
-        "layers": cfg["layers"],
-        "threads": cfg["threads"],
-        "data": str(work / "data.json"),
-        "vectors": info["vectors"],
-        "device": cfg["device"],
-        "dtype": cfg["dtype"],
-    }
-    main_dir, peer_dir = info["model_dir"], info["peer_model_dir"]
-
-    def plain(env: str, model_dir: str) -> dict[str, Any]:
-        """The baselines in one environment (the unsteered effect texts come from steerlab's)."""
-        return dict(
-            base,
-            tool="plain",
-            env=env,
-            model_dir=model_dir,
-            scenarios=[
-                extract("extract_persona", "persona", 32),
-                *([extract("extract_caa", "caa", 32)] if caa else []),
-                gen_u,
-                mixed,
-                {"name": "logits", "kind": "logits", "save": str(work / f"logits_{env}.pt")},
-                *(effect(None, unsteered_only=True) if env == "steerlab" else []),
-            ],
-        )
-
-    jobs = [
-        dict(
-            base,
-            tool="steerlab",
-            env="steerlab",
-            model=cfg["model"],
-            scenarios=[
-                extract("extract_persona", "persona", 32, "vec_steerlab.pt"),
-                dict(extract("extract_persona_noshare", "persona", 32), share_prefix=False),
-                *([extract("extract_caa", "caa", 32)] if caa else []),
-                gen_s,
-                mixed,
-                dict(mixed, name="separate", kind="separate"),
-                dict(extract("extract_persona_pca_diff", "persona", 32, "vec_steerlab-pca_diff.pt"), method="pca_diff"),
-                *effect(str(work / "vec_steerlab.pt")),
-                *effect(str(work / "vec_steerlab-pca_diff.pt"), name="effect_pca_diff"),
-            ],
-        ),
-        plain("steerlab", main_dir),
-        plain("peers", peer_dir),
-        dict(
-            base,
-            tool="steering-vectors",
-            env="peers",
-            model_dir=peer_dir,
-            scenarios=[
-                extract("extract_persona_b1", "persona", 1),
-                *([extract("extract_caa_b1", "caa", 1)] if caa and cfg["device"].startswith("cuda") else []),
-                extract("extract_persona", "persona", 32, "vec_steering-vectors.pt"),
-                *([extract("extract_caa", "caa", 32)] if caa else []),
-                gen_s,
-                mixed,
-                *effect(str(work / "vec_steering-vectors.pt")),
-            ],
-        ),
-        dict(
-            base,
-            tool="repeng",
-            env="peers",
-            model_dir=peer_dir,
-            scenarios=[
-                extract("extract_persona", "persona", 32, "vec_repeng.pt"),
-                *([extract("extract_caa", "caa", 32)] if caa else []),
-                gen_s,
-                mixed,
-                *effect(str(work / "vec_repeng.pt")),
-            ],
-        ),
-    ]
-    only = cfg.get("only")
-    if only:
-        for job in jobs:
-            job["scenarios"] = [sc for sc in job["scenarios"] if any(sc["name"].startswith(o) for o in only)]
-    return jobs
-
-
-def label(job: dict[str, Any]) -> str:
-    return f"plain ({job['env']} env)" if job["tool"] == "plain" else job["tool"]
-
-
-def load_runs(cfg: dict[str, Any], info: dict[str, Any], reps: int, peer_py: Path, work: Path) -> dict[str, Any]:
-    """Cold steerlab load (empty cache) and transformers loading the GGUF itself, fresh processes."""
-    out: dict[str, Any] = {}
-    import steerlab.model as sm
-
-    gguf = sm.default_gguf_path()
-    cache = tempfile.mkdtemp(prefix="steerlab-cold-cache.")
-    try:
-        log("load: steerlab cold (GGUF conversion into an empty cache)")
-        job = {
-            "tool": "steerlab",
-            "env": "steerlab",
-            "model": "default",
-            "threads": cfg["threads"],
-            "data": str(work / "data.json"),
-            "layers": cfg["layers"],
-            "scenarios": [],
-        }
-        r = spawn(Path(sys.executable), job, work, env={"STEERLAB_CACHE": cache})
-        out["steerlab cold"] = {"times_s": [r["load"]["time_s"]], "peak_rss_mb": r["load"]["peak_rss_mb"]}
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-    times, peaks = [], []
-    for i in range(reps):
-        log(f"load: transformers 4 from the GGUF file ({i + 1}/{reps})")
-        job = {
-            "tool": "plain",
-            "env": "peers",
-            "model_dir": str(gguf.parent),
-            "gguf_file": gguf.name,
-            "threads": cfg["threads"],
-            "data": str(work / "data.json"),
-            "layers": cfg["layers"],
-            "scenarios": [],
-        }
-        r = spawn(peer_py, job, work)
-        times.append(r["load"]["time_s"])
-        peaks.append(r["load"]["peak_rss_mb"])
-    out["transformers 4 GGUF"] = {"times_s": times, "peak_rss_mb": max(peaks)}
-    return out
-
-
-# --------------------------------------------------------------------------- summary
-def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``{tool label: {scenario: {times_s, median_s, min_s, peak_rss_mb, ...}}}`` over the rounds."""
-    table: dict[str, dict[str, Any]] = {}
-    for r in runs:
-        t = table.setdefault(label(r), {})
-        loads = t.setdefault("load", {"times_s": [], "peak_rss_mb": 0.0})
-        loads["times_s"].append(r["load"]["time_s"])
-        loads["peak_rss_mb"] = max(loads["peak_rss_mb"], r["load"]["peak_rss_mb"] or 0.0)
-        for name, rec in r["scenarios"].items():
-            if name.startswith("effect") or name == "logits":
-                continue
-            s = t.setdefault(name, {"times_s": [], "peak_rss_mb": 0.0, "added_rss_mb": 0.0})
-            s["times_s"].append(rec["time_s"])
-            s["peak_rss_mb"] = max(s["peak_rss_mb"], rec["peak_rss_mb"] or 0.0)
-            if "peak_gpu_mb" in rec:
-                s["peak_gpu_mb"] = max(s.get("peak_gpu_mb", 0.0), rec["peak_gpu_mb"])
-            s["added_rss_mb"] = max(
-                s["added_rss_mb"], round((rec["peak_rss_mb"] or 0) - (rec["rss_before_mb"] or 0), 1)
-            )
-            for k in ("n_pairs", "batch_size", "n_prompts", "distinct_outputs"):
-                if k in rec:
-                    s[k] = rec[k]
-    for t in table.values():
-        for s in t.values():
-            s["median_s"] = round(statistics.median(s["times_s"]), 4)
-            s["min_s"] = round(min(s["times_s"]), 4)
-    return table
-
-
-def _med(table: dict[str, Any], tool: str, sc: str) -> float | None:
-    rec = table.get(tool, {}).get(sc)
-    return None if rec is None else rec["median_s"]
-
-
-def ratios(table: dict[str, Any]) -> dict[str, float]:
-    """The headline ratios (of medians)."""
-    out: dict[str, float] = {}
-    bare_main, bare_peer = "plain (steerlab env)", "plain (peers env)"
-
-    def put(key: str, a: float | None, b: float | None) -> None:
-        if a is not None and b is not None:
-            out[key] = ratio(a, b)
-
-    for sc in ("extract_persona", "extract_caa"):
-        put(f"{sc}: steerlab/bare", _med(table, "steerlab", sc), _med(table, bare_main, sc))
-        put(
-            f"{sc}: steerlab without prefix sharing/bare",
-            _med(table, "steerlab", sc + "_noshare"),
-            _med(table, bare_main, sc),
-        )
-        put(f"{sc}: bare transformers 4/5", _med(table, bare_peer, sc), _med(table, bare_main, sc))
-        for peer, name in (("steering-vectors", sc), ("steering-vectors", sc + "_b1"), ("repeng", sc)):
-            key = f"{peer}{' b1' if name.endswith('_b1') else ''}"
-            put(f"{sc}: {key}/bare", _med(table, peer, name), _med(table, bare_peer, sc))
-            put(f"{sc}: {key}/steerlab", _med(table, peer, name), _med(table, "steerlab", sc))
-        peers = [
-            v
-            for v in (
-                _med(table, "steering-vectors", sc),
-                _med(table, "steering-vectors", sc + "_b1"),
-                _med(table, "repeng", sc),
-            )
-            if v is not None
-        ]
-        if peers:
-            put(f"{sc}: fastest peer/steerlab", min(peers), _med(table, "steerlab", sc))
-    put("generate: steered/plain steerlab", _med(table, "steerlab", "generate"), _med(table, bare_main, "generate"))
-    for peer in PEERS:
-        put(f"generate: steered/plain {peer}", _med(table, peer, "generate"), _med(table, bare_peer, "generate"))
-        put(f"generate: {peer}/steerlab", _med(table, peer, "generate"), _med(table, "steerlab", "generate"))
-    put("mixed: steerlab one call/unsteered batch", _med(table, "steerlab", "mixed"), _med(table, bare_main, "mixed"))
-    put(
-        "mixed: steerlab separate calls/one call", _med(table, "steerlab", "separate"), _med(table, "steerlab", "mixed")
-    )
-    for peer in PEERS:
-        put(
-            f"mixed: {peer} separate calls/steerlab one call",
-            _med(table, peer, "mixed"),
-            _med(table, "steerlab", "mixed"),
-        )
-    return out
-
-
-def score_effect(cfg: dict[str, Any], runs: list[dict[str, Any]], work: Path) -> dict[str, Any]:
-    """VADER positive share and continuation perplexity (unsteered model) of each tool's texts."""
+def prepare(cfg: PeersConfig, work: Path) -> Prepared:
+    """Render all texts once with steerlab, build the vectors; write them into ``work``."""
     import torch
 
     import steerlab
-    from steerlab.evaluate.fluency import continuation_nll, pooled_perplexity
-    from steerlab.evaluate.sentiment import VaderScorer
 
-    lm = steerlab.load_model(cfg["model"], dtype=cfg["dtype"], device=cfg["device"])
-    prompts = json.loads((work / "data.json").read_text())["effect_prompts"]
-    vader = VaderScorer()
-    refs = {"mean_diff": torch.load(work / "vec_steerlab.pt")}
-    if (work / "vec_steerlab-pca_diff.pt").is_file():
-        refs["pca_diff"] = torch.load(work / "vec_steerlab-pca_diff.pt")
-    out: dict[str, Any] = {"cosine_to_steerlab": {}, "rows": []}
-    for peer in PEERS:
-        if (work / f"vec_{peer}.pt").is_file():
-            own = torch.load(work / f"vec_{peer}.pt")
-            out["cosine_to_steerlab"][peer] = {
-                method: {
-                    str(k): round(float(torch.nn.functional.cosine_similarity(own[k], ref[k], dim=0)), 4) for k in ref
-                }
-                for method, ref in refs.items()
-            }
-    for r, name, eff in ((run, n, e) for run in runs for n, e in run["scenarios"].items() if n.startswith("effect")):
-        tool = label(r) + (" pca_diff" if name.endswith("pca_diff") else "")
-        for lab, texts in eff["texts"].items():
-            scores = vader.score(texts)
-            nll = continuation_nll(lm, prompts, texts)
-            out["rows"].append(
-                {
-                    "tool": "unsteered" if r["tool"] == "plain" else tool,
-                    "coefficient": lab,
-                    "positive_share": round(sum(s.label == "positive" for s in scores) / len(scores), 4),
-                    "negative_share": round(sum(s.label == "negative" for s in scores) / len(scores), 4),
-                    "mean_compound": round(statistics.fmean(s.compound for s in scores), 4),
-                    "perplexity": round(pooled_perplexity(nll), 3),
-                    "sample": texts[0],
-                }
-            )
-    base = next((row for row in out["rows"] if row["tool"] == "unsteered"), None)
-    for row in out["rows"]:
-        row["perplexity_ratio"] = ratio(row["perplexity"], base["perplexity"]) if base else None
-    a, b = work / "logits_steerlab.pt", work / "logits_peers.pt"
-    if a.is_file() and b.is_file():
-        out["max_logit_diff_tf5_vs_tf4"] = round(float((torch.load(a) - torch.load(b)).abs().max()), 6)
-    return out
+    lm = steerlab.load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    texts = render_texts(cfg, lm)
+    (work / "data.json").write_text(texts.to_json())
+    ref = steerlab.extract(
+        lm,
+        [steerlab.ContrastPair(p, n) for p, n in texts.persona],
+        method="mean_diff",
+        layers=range(cfg.layers[0], cfg.layers[1] + 1),
+        progress=False,
+    ).directions
+    torch.save(ref, work / "reference.pt")
+    torch.save({k: v * cfg.speed_coefficient for k, v in ref.items()}, work / "speed.pt")
+    model_dir = Path(lm.model.name_or_path)
+    return Prepared(
+        model_id=lm.model_id,
+        n_layers=lm.n_layers,
+        d_model=lm.d_model,
+        model_dir=str(model_dir),
+        peer_model_dir=str(peer_model_dir(model_dir, work)),
+        tokens={
+            name: sum(len(x) for p in pairs for x in lm.tokenizer(list(p))["input_ids"])
+            for name, pairs in (("persona", texts.persona), ("caa", texts.caa))
+        },
+        reference_norms={k: round(float(v.norm()), 4) for k, v in ref.items()},
+        vectors=VectorPaths(speed=str(work / "speed.pt"), mixed=mixed_vectors(ref, cfg.mixed.n_prompts, work)),
+    )
 
 
-def _target(key: str, value: float) -> str:
-    for name, limit in TARGETS.items():
-        if key.endswith(name):
-            ok = value >= limit if name.startswith("fastest") else value <= limit
-            sign = ">=" if name.startswith("fastest") else "<="
-            return f" (target {sign} {limit}: {'ok' if ok else 'MISSED'})"
-    return ""
+# --------------------------------------------------------------------------- running
+def round_steps(ctx: Context, scenarios: list[Scenario], tool: ToolSpec, rnd: Round) -> list[Step]:
+    """``tool``'s steps in round ``rnd``: every scenario's, in registry order (owners noted)."""
+    steps: list[Step] = []
+    for sc in scenarios:
+        for step in sc.steps(ctx, tool, rnd):
+            ctx.owners[step.name] = sc.name
+            steps.append(step)
+    return steps
 
 
-def markdown(res: dict[str, Any]) -> str:
-    m, cfg = res["machine"], res["config"]
-    lines = [
+def run_rounds(ctx: Context, scenarios: list[Scenario]) -> None:
+    """``ctx.reps`` rounds of one fresh process per tool, the order rotating every round."""
+    for i in range(ctx.reps):
+        rnd = Round(i, ctx.reps)
+        jobs = [ctx.job(tool, round_steps(ctx, scenarios, tool, rnd)) for tool in TOOLS]
+        k = i % len(jobs)
+        for job in jobs[k:] + jobs[:k]:
+            log(f"round {i + 1}/{ctx.reps}: {label(job.tool, job.env)}")
+            r = ctx.spawn(job)
+            r["round"] = i
+            ctx.runs.append(r)
+
+
+# --------------------------------------------------------------------------- report
+def header(res: dict[str, Any]) -> str:
+    m, cfg, peers = res["machine"], res["config"], res["peer_env"]
+    return (
         f"bench_peers — {cfg['mode']} mode, {res['prepare']['model_id']}, {res['reps']} rounds (median), "
         f"{m['gpu'] or m['cpu']} ({cfg['dtype']}), {m['cpu_count']} CPUs, torch threads {res['torch_threads']}, "
-        "steerlab env transformers "
-        f"{m['transformers']}, peers env transformers {res['peer_env']['transformers']} "
-        f"(steering-vectors {res['peer_env']['steering-vectors']}, repeng {res['peer_env']['repeng']}), "
+        f"steerlab env transformers {m['transformers']}, peers env transformers {peers['transformers']} "
+        f"(steering-vectors {peers['steering-vectors']}, repeng {peers['repeng']}), "
         f"commit {str(m['git_commit'])[:10]}{' (dirty)' if m['git_dirty'] else ''}, load average "
-        f"{m['loadavg_start'][0]:.1f} → {m['loadavg_end'][0]:.1f}",
+        f"{m['loadavg_start'][0]:.1f} → {m['loadavg_end'][0]:.1f}"
+    )
+
+
+def markdown(res: dict[str, Any], done: list[tuple[Scenario, ScenarioResult]]) -> str:
+    """The report: the tool table (worker loads, then each scenario's rows), the ratios, the notes."""
+    lines = [
+        header(res),
         "",
         "| tool | scenario | median s | min s | peak RSS MiB | added RSS MiB | peak GPU MiB |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for tool, scs in res["table"].items():
-        for sc, rec in scs.items():
-            added, gpu_mb = rec.get("added_rss_mb", ""), rec.get("peak_gpu_mb", "")
-            lines.append(
-                f"| {tool} | {sc} | {rec['median_s']:.3f} | {rec['min_s']:.3f} | {rec['peak_rss_mb']:.0f} | {added} "
-                f"| {gpu_mb} |"
-            )
-    for name, rec in res.get("load", {}).items():
-        lines.append(
-            f"| {name} | load | {statistics.median(rec['times_s']):.3f} | {min(rec['times_s']):.3f} | "
-            f"{rec['peak_rss_mb']:.0f} |  |  |"
-        )
+    lines += [_load_row(tool, steps["load"]) for tool, steps in res["table"].items() if "load" in steps]
+    for sc, result in done:
+        lines += sc.table(result)
     lines += ["", "| ratio (of medians) | value |", "|---|---:|"]
-    for key, value in res["ratios"].items():
-        lines.append(f"| {key} | {value:.3f}{_target(key, value)} |")
-    eff = res.get("effect")
-    if eff:
-        lines += [
-            "",
-            f"Effect at matched added norm (c × ‖steerlab mean_diff‖ per layer), "
-            f"{cfg['effect']['n_prompts']} held-out openings, {cfg['effect']['new_tokens']} greedy tokens:",
-            "",
-            "| tool | c | positive share | negative share | mean compound | perplexity | × unsteered |",
-            "|---|---|---:|---:|---:|---:|---:|",
-        ]
-        for row in eff["rows"]:
-            lines.append(
-                f"| {row['tool']} | {row['coefficient']} | {row['positive_share']:.2f} | "
-                f"{row['negative_share']:.2f} | {row['mean_compound']:+.3f} | {row['perplexity']:.2f} | "
-                f"{row['perplexity_ratio']:.2f} |"
-            )
-        cos = eff["cosine_to_steerlab"]
-        for peer, by_method in cos.items():
-            lines.append(
-                f"Cosine of {peer}'s vector to steerlab's, per layer: "
-                + "; ".join(
-                    f"{m} {min(v.values()):.3f}–{max(v.values()):.3f} (|cos| ≥ {min(abs(c) for c in v.values()):.3f})"
-                    for m, v in by_method.items()
-                )
-            )
-        if "max_logit_diff_tf5_vs_tf4" in eff:
-            lines.append(
-                f"Same model in both environments: max |logit difference| {eff['max_logit_diff_tf5_vs_tf4']:.2e}"
-            )
+    for sc, result in done:
+        lines += sc.ratio_rows(result)
+    for sc, result in done:
+        lines += sc.notes(result)
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _load_row(tool: str, rec: dict[str, Any]) -> str:
+    """A worker's model load (warm: every round's process loads the model)."""
+    return f"| {tool} | load | {rec['median_s']:.3f} | {rec['min_s']:.3f} | {rec['peak_rss_mb']:.0f} |  |  |"
+
+
+def collect(res: dict[str, Any], ctx: Context, done: list[tuple[Scenario, ScenarioResult]]) -> None:
+    """Add the run's results to the JSON: sections, every worker run, the table, the ratios."""
+    res["config"] = ctx.cfg.to_dict()
+    res["prepare"] = ctx.prepared.summary()
+    res.update({r.name: r.section for _, r in done if r.section is not None})
+    res["runs"] = ctx.runs
+    res["torch_threads"] = sorted({r["torch_threads"] for r in ctx.runs})
+    table: dict[str, dict[str, Any]] = {}
+    for part in (summarise_loads(ctx.runs), *(r.table for _, r in done)):
+        for tool, steps in part.items():
+            table.setdefault(tool, {}).update(steps)
+    res["table"] = in_tool_order(table)
+    res["ratios"] = {k: v for _, r in done for k, v in r.ratios.items()}
+
+
+# --------------------------------------------------------------------------- command line
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="stories260K, tiny sizes, 1 round (smoke test)")
     ap.add_argument("--reps", type=int, default=None, help="rounds (default 3; 1 with --quick)")
@@ -670,7 +380,8 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=None,
         metavar="SCENARIO",
-        help="run only the scenarios whose names start with these (e.g. extract_caa); no load runs",
+        help="run only the scenarios whose names start with these (extract_persona, extract_caa, generate, "
+        "mixed, effect; effect brings extract_persona, whose vectors it uses); no load runs",
     )
     ap.add_argument("--model", default=None, help="checkpoint folder instead of the default model")
     ap.add_argument(
@@ -683,79 +394,77 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
     ap.add_argument("--peers-venv", type=Path, default=PEER_VENV, help=f"peers' environment (default {PEER_VENV})")
     ap.add_argument("--out", type=Path, default=None, help="JSON output (default benchmarks/results/peers.json)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def configure(ap: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[PeersConfig, int, list[Scenario]]:
+    """The run's configuration, its number of rounds and its scenarios (``ap.error`` if invalid)."""
     base = QUICK if args.quick else FULL
     reps = args.reps if args.reps is not None else (1 if args.quick else 3)
     if reps < 1:
         ap.error("--reps must be >= 1")
-    cfg = dict(base, threads=args.threads if args.threads is not None else base["threads"])
-    if args.caa_pairs is not None:
-        cfg["caa_pairs"] = args.caa_pairs
-    if args.no_load or args.only:
-        cfg["load"] = False
-    cfg["only"] = args.only
     if args.random_weights and not args.model:
         ap.error("--random-weights needs --model (a folder with config.json and the tokenizer)")
     import torch
 
-    cfg["device"] = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cfg["dtype"] = args.dtype or ("bfloat16" if cfg["device"].startswith("cuda") else "float32")
-    if args.model:
-        cfg.update(model=args.model, load=False)
-    cfg["random_weights"] = args.random_weights
-    gpu = torch.cuda.get_device_name() if cfg["device"].startswith("cuda") else None
-    if args.random_weights:
-        cfg["effect"] = None  # random weights say nothing about sentiment
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = replace(
+        base,
+        model=args.model or base.model,
+        caa_pairs=base.caa_pairs if args.caa_pairs is None else args.caa_pairs,
+        effect=None if args.random_weights else base.effect,  # random weights say nothing about sentiment
+        load=base.load and not (args.no_load or args.only or args.model),
+        threads=base.threads if args.threads is None else args.threads,
+        only=tuple(args.only) if args.only else None,
+        device=device,
+        dtype=args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"),
+        random_weights=args.random_weights,
+    )
+    try:
+        scenarios = select(build_scenarios(cfg), cfg.only)
+    except ValueError as e:
+        ap.error(str(e))
+    return cfg, reps, scenarios
+
+
+def context(cfg: PeersConfig, work: Path, reps: int, peers_venv: Path) -> Context:
+    """The shared state: the model (a random-weight copy with ``--random-weights``), the texts and
+    vectors, the interpreters of both environments."""
+    if cfg.random_weights:
+        cfg = replace(cfg, model_source=cfg.model, model=str(random_checkpoint(Path(cfg.model), work)))
+    log(f"preparing texts and vectors ({cfg.model}, {cfg.device}, {cfg.dtype})")
+    pythons = {"steerlab": Path(sys.executable), "peers": peer_python(peers_venv)}
+    return Context(cfg=cfg, work=work, prepared=prepare(cfg, work), pythons=pythons, reps=reps)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = parser()
+    args = ap.parse_args(argv)
+    cfg, reps, scenarios = configure(ap, args)
     out_path = args.out or RESULTS / ("peers_quick.json" if args.quick else "peers.json")
     started = time.time()
     peer_env = ensure_peer_env(args.peers_venv)
-    res: dict[str, Any] = {
-        "benchmark": "bench_peers",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "reps": reps,
-        "config": cfg,
-        "machine": benchlib.machine_info(),
-        "peer_env": peer_env,
-    }
-    res["machine"]["gpu"] = gpu
+    res = benchlib.result_header("bench_peers", started, reps, cfg.to_dict(), benchlib.machine_info())
+    res["peer_env"] = peer_env
+    res["machine"]["gpu"] = _gpu_name() if cfg.cuda else None
     with tempfile.TemporaryDirectory(prefix="bench_peers.") as tmp:
-        work = Path(tmp)
-        if cfg["random_weights"]:
-            cfg["model_source"] = cfg["model"]
-            cfg["model"] = str(random_checkpoint(Path(cfg["model"]), work))
-        log(f"preparing texts and vectors ({cfg['model']}, {cfg['device']}, {cfg['dtype']})")
-        info = prepare(cfg, work)
-        info["peer_model_dir"] = str(peer_model_dir(Path(info["model_dir"]), work))
-        res["prepare"] = {k: v for k, v in info.items() if k != "vectors"}
-        pythons = {"steerlab": Path(sys.executable), "peers": peer_python(args.peers_venv)}
-        runs: list[dict[str, Any]] = []
-        for rnd in range(reps):
-            jobs = tool_jobs(cfg, info, work, first=rnd == 0, last=rnd == reps - 1)
-            k = rnd % len(jobs)
-            for job in jobs[k:] + jobs[:k]:
-                log(f"round {rnd + 1}/{reps}: {label(job)}")
-                r = spawn(pythons[job["env"]], job, work)
-                r["round"] = rnd
-                runs.append(r)
-        if cfg["load"]:
-            res["load"] = load_runs(cfg, info, reps, pythons["peers"], work)
-        if cfg["effect"] and any("effect" in r["scenarios"] for r in runs):
-            log("scoring the effect runs")
-            res["effect"] = score_effect(cfg, runs, work)
-    res["runs"] = runs
-    res["torch_threads"] = sorted({r["torch_threads"] for r in runs})
-    res["table"] = summarise(runs)
-    res["ratios"] = ratios(res["table"])
+        ctx = context(cfg, Path(tmp), reps, args.peers_venv)
+        run_rounds(ctx, scenarios)
+        done = [(sc, sc.run(ctx)) for sc in scenarios]
+    collect(res, ctx, done)
     res["machine"]["loadavg_end"] = benchlib.loadavg()
     res["total_wall_s"] = round(time.time() - started, 1)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out_path.with_name(out_path.name + ".tmp")
-    tmp_out.write_text(json.dumps(res, indent=1) + "\n")
-    os.replace(tmp_out, out_path)
-    md = markdown(res)
+    benchlib.write_json(out_path, res, indent=1)
+    md = markdown(res, done)
     out_path.with_suffix(".md").write_text(md + "\n")
     log(f"done in {res['total_wall_s']} s; wrote {out_path} and {out_path.with_suffix('.md').name}")
     print(md)
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return str(torch.cuda.get_device_name())
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import socket
 import statistics
@@ -36,15 +35,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import benchlib
 from benchlib import log
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-RESULTS = REPO / "benchmarks" / "results"
+REPO = benchlib.REPO
+SHARED = benchlib.SHARED
+RESULTS = benchlib.RESULTS
 
 PERSONAS = [("happy", "sad"), ("angry", "calm"), ("formal", "casual"), ("curious", "bored")]
 PROMPTS = [
@@ -66,38 +66,51 @@ PROMPTS = [
     "The recipe calls for",
 ]
 
-FULL: dict[str, Any] = {
-    "mode": "full",
-    "model": "default",
-    "layers": list(range(8, 20)),
-    "coefficient": 4.0,
-    "max_tokens": 32,
-    "threads": None,
-}
-QUICK: dict[str, Any] = {
-    "mode": "quick",
-    "model": str(SHARED / "models" / "stories260K"),
-    "layers": [1, 2, 3],
-    "coefficient": 2.0,
-    "max_tokens": 16,
-    "threads": 1,
-}
+MODES = {"batched": 16, "one_at_a_time": 1}  # mode: the server's --max-batch
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    """One run's settings (the JSON's ``config``): model, vectors' layers and strength, tokens per
+    request, server threads, requests per burst."""
+
+    mode: str
+    model: str
+    layers: tuple[int, ...]
+    coefficient: float
+    max_tokens: int
+    threads: int | None
+    concurrency: int = 16
+    vectors: tuple[str, ...] = tuple(p for p, _ in PERSONAS)
+
+
+FULL = ServeConfig(
+    mode="full", model="default", layers=tuple(range(8, 20)), coefficient=4.0, max_tokens=32, threads=None
+)
+QUICK = ServeConfig(
+    mode="quick",
+    model=str(SHARED / "models" / "stories260K"),
+    layers=(1, 2, 3),
+    coefficient=2.0,
+    max_tokens=16,
+    threads=1,
+)
 
 
 def machine_info() -> dict[str, Any]:
     return benchlib.machine_info(("torch", "transformers", "fastapi", "uvicorn", "httpx"))
 
 
-def make_store(cfg: dict[str, Any], root: Path) -> list[str]:
+def make_store(cfg: ServeConfig, root: Path) -> list[str]:
     """Extract 4 persona vectors (untimed) into the store ``root``; returns their names."""
     import steerlab
     from steerlab.demo_data import OPENINGS
 
-    lm = steerlab.load_model(cfg["model"])
+    lm = steerlab.load_model(cfg.model)
     names = []
     for pos, neg in PERSONAS:
         pairs = steerlab.persona_pairs(pos, neg, list(OPENINGS)[:32])
-        vec = steerlab.extract(lm, pairs, method="mean_diff", layers=cfg["layers"], progress=False)
+        vec = steerlab.extract(lm, pairs, method="mean_diff", layers=list(cfg.layers), progress=False)
         vec.save(root / pos)
         names.append(pos)
     return names
@@ -112,7 +125,7 @@ def free_port() -> int:
 class ServeProcess:
     """``steerlab serve`` in a subprocess (the real command line)."""
 
-    def __init__(self, cfg: dict[str, Any], store: Path, max_batch: int) -> None:
+    def __init__(self, cfg: ServeConfig, store: Path, max_batch: int) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [
@@ -122,7 +135,7 @@ class ServeProcess:
             "--quiet",
             "serve",
             "--model",
-            cfg["model"],
+            cfg.model,
             "--vectors",
             str(store),
             "--port",
@@ -136,8 +149,8 @@ class ServeProcess:
             "--log-level",
             "warning",
         ]
-        if cfg["threads"]:
-            cmd += ["--threads", str(cfg["threads"])]
+        if cfg.threads:
+            cmd += ["--threads", str(cfg.threads)]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
 
     def wait(self, timeout: float = 300) -> None:
@@ -168,18 +181,18 @@ class ServeProcess:
             self.proc.kill()
 
 
-def requests(names: list[str], cfg: dict[str, Any], n: int) -> list[dict[str, Any]]:
-    """``n`` requests: prompt ``i``, vector ``i % 4``, greedy, exactly ``max_tokens`` tokens."""
+def requests(names: list[str], cfg: ServeConfig) -> list[dict[str, Any]]:
+    """``cfg.concurrency`` requests: prompt ``i``, vector ``i % 4``, greedy, exactly ``max_tokens`` tokens."""
     return [
         {
-            "model": cfg["model"],
+            "model": cfg.model,
             "prompt": PROMPTS[i % len(PROMPTS)],
-            "max_tokens": cfg["max_tokens"],
+            "max_tokens": cfg.max_tokens,
             "temperature": 0,
             "ignore_eos": True,
-            "steering": [{"vector": names[i % len(names)], "coefficient": cfg["coefficient"]}],
+            "steering": [{"vector": names[i % len(names)], "coefficient": cfg.coefficient}],
         }
-        for i in range(n)
+        for i in range(cfg.concurrency)
     ]
 
 
@@ -207,7 +220,73 @@ async def burst(url: str, bodies: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def measure_modes(
+    cfg: ServeConfig, store: Path, bodies: list[dict[str, Any]], reps: int
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """Start one server per mode, send one warm-up burst each, then ``reps`` timed bursts, the
+    order of the modes alternating; the bursts and each server's ``/metrics``."""
+    servers = {m: ServeProcess(cfg, store, b) for m, b in MODES.items()}
+    try:
+        for s in servers.values():
+            s.wait()
+        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+        for m, s in servers.items():
+            log(f"warm-up: {m}")
+            asyncio.run(burst(s.url, bodies))
+        for rep in range(reps):
+            for m in list(MODES) if rep % 2 == 0 else list(reversed(MODES)):
+                res = asyncio.run(burst(servers[m].url, bodies))
+                log(
+                    f"rep {rep + 1}/{reps} {m}: {res['wall_s']:.2f} s, "
+                    f"{res['completion_tokens'] / res['wall_s']:.1f} tok/s"
+                )
+                runs[m].append(res)
+        return runs, {m: s.metrics() for m, s in servers.items()}
+    finally:
+        for s in servers.values():
+            s.stop()
+
+
+def summarise(rs: list[dict[str, Any]], n_requests: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    """One mode's bursts: median wall time, throughput, request latency (median, p95)."""
+    walls = [r["wall_s"] for r in rs]
+    lats = sorted(lat for r in rs for lat in r["latencies_s"])
+    wall = statistics.median(walls)
+    tokens = rs[0]["completion_tokens"]
+    return {
+        "wall_s_median": round(wall, 4),
+        "wall_s_all": [round(w, 4) for w in walls],
+        "completion_tokens": tokens,
+        "tokens_per_s": round(tokens / wall, 2),
+        "requests_per_s": round(n_requests / wall, 3),
+        "latency_s_median": round(statistics.median(lats), 4),
+        "latency_s_p95": round(lats[min(len(lats) - 1, int(0.95 * len(lats)))], 4),
+        "server_mean_batch_size": metrics.get("mean_batch_size"),
+    }
+
+
+def markdown(result: dict[str, Any], out: Path) -> str:
+    cfg, machine, speedup = result["config"], result["machine"], result["speedup"]
+    lines = [
+        f"\n### steerlab serve: {cfg['concurrency']} concurrent requests, {len(cfg['vectors'])} vectors, "
+        f"{cfg['max_tokens']} tokens each ({cfg['mode']}: {cfg['model']}, threads={cfg['threads'] or 'default'})\n",
+        "| mode | wall (median) | tokens/s | requests/s | latency p50 | latency p95 | mean batch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {m} | {s['wall_s_median']:.2f} s | {s['tokens_per_s']:.1f} | {s['requests_per_s']:.2f} | "
+        f"{s['latency_s_median']:.2f} s | {s['latency_s_p95']:.2f} s | {s['server_mean_batch_size']} |"
+        for m, s in result["summary"].items()
+    ]
+    lines.append(
+        f"\nbatching speedup: **{speedup:.2f}×** (texts identical across modes: "
+        f"{result['texts_identical_across_modes']}); load average {machine['loadavg_start'][0]:.2f} → "
+        f"{machine['loadavg_end'][0]:.2f}; wrote {out}"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="stories260K, 16 tokens per request")
     ap.add_argument("--reps", type=int, default=3, help="timed bursts per mode (median reported)")
@@ -215,96 +294,34 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=None, help="tokens per request")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of each server")
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
-    args = ap.parse_args()
-    cfg = dict(QUICK if args.quick else FULL)
-    if args.max_tokens:
-        cfg["max_tokens"] = args.max_tokens
-    if args.threads:
-        cfg["threads"] = args.threads
-    cfg["concurrency"] = args.concurrency
-    cfg["vectors"] = [p for p, _ in PERSONAS]
+    args = ap.parse_args(argv)
+    base = QUICK if args.quick else FULL
+    cfg = replace(
+        base,
+        max_tokens=args.max_tokens or base.max_tokens,
+        threads=args.threads or base.threads,
+        concurrency=args.concurrency,
+    )
     out = args.out or RESULTS / ("serve_quick.json" if args.quick else "serve.json")
     os.environ.setdefault("STEERLAB_QUIET", "1")
     started = time.time()
-    machine = machine_info()
-
+    result = benchlib.result_header("bench_serve", started, args.reps, asdict(cfg), machine_info())
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         store = Path(tmp) / "vectors"
-        log(f"extracting {len(PERSONAS)} vectors on {cfg['model']}")
-        names = make_store(cfg, store)
-        bodies = requests(names, cfg, args.concurrency)
-        modes = {"batched": 16, "one_at_a_time": 1}
-        servers = {m: ServeProcess(cfg, store, b) for m, b in modes.items()}
-        try:
-            for s in servers.values():
-                s.wait()
-            runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
-            for m, s in servers.items():
-                log(f"warm-up: {m}")
-                asyncio.run(burst(s.url, bodies))
-            for rep in range(args.reps):
-                order = list(modes) if rep % 2 == 0 else list(reversed(modes))
-                for m in order:
-                    res = asyncio.run(burst(servers[m].url, bodies))
-                    log(
-                        f"rep {rep + 1}/{args.reps} {m}: {res['wall_s']:.2f} s, "
-                        f"{res['completion_tokens'] / res['wall_s']:.1f} tok/s"
-                    )
-                    runs[m].append(res)
-            server_metrics = {m: s.metrics() for m, s in servers.items()}
-        finally:
-            for s in servers.values():
-                s.stop()
-
-    summary: dict[str, Any] = {}
-    for m, rs in runs.items():
-        walls = [r["wall_s"] for r in rs]
-        lats = sorted(lat for r in rs for lat in r["latencies_s"])
-        wall = statistics.median(walls)
-        tokens = rs[0]["completion_tokens"]
-        summary[m] = {
-            "wall_s_median": round(wall, 4),
-            "wall_s_all": [round(w, 4) for w in walls],
-            "completion_tokens": tokens,
-            "tokens_per_s": round(tokens / wall, 2),
-            "requests_per_s": round(len(bodies) / wall, 3),
-            "latency_s_median": round(statistics.median(lats), 4),
-            "latency_s_p95": round(lats[min(len(lats) - 1, int(0.95 * len(lats)))], 4),
-            "server_mean_batch_size": server_metrics[m].get("mean_batch_size"),
-        }
-    identical = all(r["texts"] == runs["batched"][0]["texts"] for rs in runs.values() for r in rs)
-    speedup = summary["one_at_a_time"]["wall_s_median"] / summary["batched"]["wall_s_median"]
-    machine["loadavg_end"] = list(os.getloadavg())
-    result = {
-        "benchmark": "bench_serve",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "reps": args.reps,
-        "config": cfg,
-        "machine": machine,
-        "summary": summary,
-        "speedup": round(speedup, 3),
-        "texts_identical_across_modes": identical,
-        "server_metrics": server_metrics,
-        "total_wall_s": round(time.time() - started, 1),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-
-    print(
-        f"\n### steerlab serve: {args.concurrency} concurrent requests, {len(PERSONAS)} vectors, "
-        f"{cfg['max_tokens']} tokens each ({cfg['mode']}: {cfg['model']}, threads={cfg['threads'] or 'default'})\n"
+        log(f"extracting {len(PERSONAS)} vectors on {cfg.model}")
+        bodies = requests(make_store(cfg, store), cfg)
+        runs, server_metrics = measure_modes(cfg, store, bodies, args.reps)
+    summary = {m: summarise(rs, len(bodies), server_metrics[m]) for m, rs in runs.items()}
+    result["machine"]["loadavg_end"] = benchlib.loadavg()
+    result.update(
+        summary=summary,
+        speedup=round(summary["one_at_a_time"]["wall_s_median"] / summary["batched"]["wall_s_median"], 3),
+        texts_identical_across_modes=all(r["texts"] == runs["batched"][0]["texts"] for rs in runs.values() for r in rs),
+        server_metrics=server_metrics,
+        total_wall_s=round(time.time() - started, 1),
     )
-    print("| mode | wall (median) | tokens/s | requests/s | latency p50 | latency p95 | mean batch |")
-    print("|---|---|---|---|---|---|---|")
-    for m, s in summary.items():
-        print(
-            f"| {m} | {s['wall_s_median']:.2f} s | {s['tokens_per_s']:.1f} | {s['requests_per_s']:.2f} | "
-            f"{s['latency_s_median']:.2f} s | {s['latency_s_p95']:.2f} s | {s['server_mean_batch_size']} |"
-        )
-    print(
-        f"\nbatching speedup: **{speedup:.2f}×** (texts identical across modes: {identical}); "
-        f"load average {machine['loadavg_start'][0]:.2f} → {machine['loadavg_end'][0]:.2f}; wrote {out}"
-    )
+    benchlib.write_json(out, result, indent=2)
+    print(markdown(result, out))
 
 
 if __name__ == "__main__":

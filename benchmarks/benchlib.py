@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("STEERLAB_SHARED") or REPO.parent / "shared")  # models and data: ../shared
+RESULTS = REPO / "benchmarks" / "results"
 
 
 # --------------------------------------------------------------------------- memory
@@ -111,6 +113,30 @@ def run_worker(cmd: list[str], result: Path, what: str, env: dict[str, str] | No
     out: dict[str, Any] = json.loads(result.read_text())
     out["process_wall_s"] = round(time.perf_counter() - t0, 2)
     return out
+
+
+# --------------------------------------------------------------------------- results
+def result_header(
+    benchmark: str, started: float, reps: int, config: dict[str, Any], machine: dict[str, Any]
+) -> dict[str, Any]:
+    """The first keys of every result JSON: which benchmark, when (local time), repetitions,
+    configuration and machine."""
+    return {
+        "benchmark": benchmark,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "reps": reps,
+        "config": config,
+        "machine": machine,
+    }
+
+
+def write_json(path: Path, obj: Any, indent: int = 1) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (a temporary file beside it, then renamed), so
+    an interrupted run never leaves a truncated result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=indent) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- machine

@@ -1,9 +1,9 @@
-"""One tool's side of ``bench_peers.py``: load the model, run the asked scenarios, write JSON.
+"""One tool's side of ``bench_peers.py``: load the model, run the job's steps, write JSON.
 
 Runs in steerlab's environment (tools ``steerlab`` and ``plain``) or in the peers' environment
 (tools ``steering-vectors``, ``repeng`` and ``plain``); it imports only what its tool needs, so the
 peers' environment needs no steerlab. The parent (``bench_peers.py``) prepares the texts and the
-vectors, so every tool sees exactly the same inputs.
+vectors, so every tool sees exactly the same inputs; the job is a :class:`peers_jobs.WorkerJob`.
 
 Every measured call is preceded by an untimed warm-up on a small slice of the same work, and is
 measured with :func:`benchlib.measure` (wall time, peak RSS while it ran).
@@ -20,13 +20,15 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import benchlib
+from peers_jobs import EffectStep, ExtractStep, GenerateStep, LogitsStep, MixedStep, Pair, Step, Texts, WorkerJob
 
-Pairs = list[tuple[str, str]]
+Pairs = list[Pair]
 Vec = dict[int, Any]  # {layer: torch.Tensor [d_model]}
 
 
@@ -40,7 +42,7 @@ class Tool:
 
     name = "tool"
 
-    def __init__(self, job: dict[str, Any]) -> None:
+    def __init__(self, job: WorkerJob) -> None:
         self.job = job
 
     def extract(self, pairs: Pairs, layers: list[int], batch_size: int) -> Vec:
@@ -68,16 +70,18 @@ class Tool:
 class HFTool(Tool):
     """Common part of the tools that hold a plain ``transformers`` model."""
 
-    def __init__(self, job: dict[str, Any]) -> None:
+    def __init__(self, job: WorkerJob) -> None:
         super().__init__(job)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if job.model_dir is None:
+            raise ValueError(f"a {job.tool} job needs model_dir (a checkpoint folder)")
         self.torch = torch
-        self.device = torch.device(job.get("device") or "cpu")
-        path, gguf = job["model_dir"], job.get("gguf_file")
+        self.device = torch.device(job.device)
+        path, gguf = job.model_dir, job.gguf_file
         kw = {"gguf_file": gguf} if gguf else {}
-        dtype = getattr(torch, job.get("dtype") or "float32")
+        dtype = getattr(torch, job.dtype)
         model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
         self.model = model.to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path, **kw)
@@ -198,7 +202,7 @@ class Repeng(HFTool):
 
     name = "repeng"
 
-    def __init__(self, job: dict[str, Any]) -> None:
+    def __init__(self, job: WorkerJob) -> None:
         super().__init__(job)
         self.control: Any = None
 
@@ -237,12 +241,14 @@ class Steerlab(Tool):
 
     name = "steerlab"
 
-    def __init__(self, job: dict[str, Any]) -> None:
+    def __init__(self, job: WorkerJob) -> None:
         super().__init__(job)
         import steerlab
 
+        if job.model is None:
+            raise ValueError("a steerlab job needs model (a load_model name or folder)")
         self.sl = steerlab
-        self.lm = steerlab.load_model(job["model"], dtype=job.get("dtype"), device=job.get("device"))
+        self.lm = steerlab.load_model(job.model, dtype=job.dtype, device=job.device)
 
     def _vector(self, vec: Vec) -> Any:
         lm = self.lm
@@ -339,87 +345,111 @@ def _scaled(vec: Vec, norms: dict[int, float]) -> Vec:
     return {k: v * (float(norms[k]) / float(v.norm())) for k, v in vec.items()}
 
 
-def _extract(tool: Tool, sc: dict[str, Any], data: dict[str, Any], layers: list[int]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Inputs:
+    """What every step of a job reads: the texts, the layers, the parent's vectors."""
+
+    texts: Texts
+    layers: list[int]
+    job: WorkerJob
+
+    def speed_vector(self) -> Vec:
+        if self.job.vectors is None:
+            raise ValueError("this job has no vectors (the parent sets them for generation steps)")
+        return _load_vec(self.job.vectors.speed)
+
+    def mixed_vectors(self) -> list[Vec]:
+        if self.job.vectors is None:
+            raise ValueError("this job has no vectors (the parent sets them for mixed steps)")
+        return [_load_vec(p) for p in self.job.vectors.mixed]
+
+
+def _extract(tool: Tool, step: ExtractStep, inp: Inputs) -> dict[str, Any]:
     import torch
 
-    pairs = [(p[0], p[1]) for p in data[sc["data"]]]
-    bs = sc["batch_size"]
+    pairs = inp.texts.pairs(step.data)
+    bs, layers = step.batch_size, inp.layers
     head = pairs[: min(len(pairs), max(bs, 4))]
-    kw = {k: sc[k] for k in ("share_prefix", "method") if k in sc}
+    kw = step.options()
     rec, vec = _timed(partial(tool.extract, head, layers, bs, **kw), partial(tool.extract, pairs, layers, bs, **kw))
-    if vec and sc.get("save"):
-        torch.save({int(k): v.detach().cpu().float() for k, v in vec.items()}, sc["save"])
+    if vec and step.save:
+        torch.save({int(k): v.detach().cpu().float() for k, v in vec.items()}, step.save)
     rec.update(n_pairs=len(pairs), batch_size=bs)
     return rec
 
 
-def _generate(tool: Tool, sc: dict[str, Any], data: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
-    prompts = data["gen_prompts"]
-    vec = _load_vec(job["vectors"]["speed"]) if sc["steered"] else None
+def _generate(tool: Tool, step: GenerateStep, inp: Inputs) -> dict[str, Any]:
+    prompts = inp.texts.gen_prompts
+    vec = inp.speed_vector() if step.steered else None
     rec, texts = _timed(
         partial(tool.generate, prompts[:2], vec, 2, 2),
-        partial(tool.generate, prompts, vec, sc["new_tokens"], sc["batch_size"]),
+        partial(tool.generate, prompts, vec, step.new_tokens, step.batch_size),
     )
     rec.update(n_prompts=len(prompts), sample=texts[0])
     return rec
 
 
-def _mixed(tool: Tool, sc: dict[str, Any], data: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
-    prompts = data["mixed_prompts"]
-    vecs = [_load_vec(p) for p in job["vectors"]["mixed"]]
-    fn = tool.separate if sc["kind"] == "separate" else tool.mixed
-    rec, texts = _timed(partial(fn, prompts[:2], vecs[:2], 2), partial(fn, prompts, vecs, sc["new_tokens"]))
+def _mixed(tool: Tool, step: MixedStep, inp: Inputs) -> dict[str, Any]:
+    prompts = inp.texts.mixed_prompts
+    vecs = inp.mixed_vectors()
+    fn = tool.separate if step.separate else tool.mixed
+    rec, texts = _timed(partial(fn, prompts[:2], vecs[:2], 2), partial(fn, prompts, vecs, step.new_tokens))
     rec.update(n_prompts=len(prompts), distinct_outputs=len(set(texts)))
     return rec
 
 
-def _effect(tool: Tool, sc: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+def _effect(tool: Tool, step: EffectStep, inp: Inputs) -> dict[str, Any]:
     """Continuations of the held-out openings with the tool's own vector at each matched norm."""
-    prompts = data["effect_prompts"]
-    own = _load_vec(sc["vector"]) if sc.get("vector") else None
+    prompts = inp.texts.effect_prompts
+    own = _load_vec(step.vector) if step.vector else None
     texts: dict[str, list[str]] = {}
     t0 = time.perf_counter()
-    for lab, norms in sc["norms"].items():
+    for lab, norms in step.norms.items():
         vec = _scaled(own, {int(k): v for k, v in norms.items()}) if own and norms else None
-        texts[lab] = tool.generate(prompts, vec, sc["new_tokens"], sc["batch_size"])
+        texts[lab] = tool.generate(prompts, vec, step.new_tokens, step.batch_size)
     return {"time_s": round(time.perf_counter() - t0, 3), "texts": texts}
 
 
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Load the tool's model (measured) and run ``job["scenarios"]`` in order."""
+def _logits(tool: Tool, step: LogitsStep, inp: Inputs) -> dict[str, Any]:
     import torch
 
-    if job.get("threads"):
-        torch.set_num_threads(int(job["threads"]))
-    out: dict[str, Any] = {"tool": job["tool"], "env": job["env"], "pid": os.getpid()}
+    torch.save(tool.last_logits(inp.texts.check_text), step.save)
+    return {}
+
+
+def run_step(tool: Tool, step: Step, inp: Inputs) -> dict[str, Any]:
+    """Run one step; its record (time, memory, sizes) for the result's ``scenarios``."""
+    match step:
+        case ExtractStep():
+            return _extract(tool, step, inp)
+        case GenerateStep():
+            return _generate(tool, step, inp)
+        case MixedStep():
+            return _mixed(tool, step, inp)
+        case EffectStep():
+            return _effect(tool, step, inp)
+        case LogitsStep():
+            return _logits(tool, step, inp)
+
+
+def run_job(job: WorkerJob) -> dict[str, Any]:
+    """Load the tool's model (measured) and run ``job.steps`` in order."""
+    import torch
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    out: dict[str, Any] = {"tool": job.tool, "env": job.env, "pid": os.getpid()}
     out["versions"] = {
         p: benchlib.version(p)
         for p in ("torch", "transformers", "steerlab", "steering-vectors", "repeng", "numpy", "scikit-learn")
     }
     out["rss_start_mb"] = benchlib.rss_mb()
-    load = benchlib.measure(lambda: TOOLS[job["tool"]](job))
+    load = benchlib.measure(lambda: TOOLS[job.tool](job))
     tool: Tool = load.pop("result")
     out["load"] = load
     out["torch_threads"] = torch.get_num_threads()
-    data = json.loads(Path(job["data"]).read_text())
-    layers = list(range(job["layers"][0], job["layers"][1] + 1))
-    res: dict[str, Any] = {}
-    for sc in job["scenarios"]:
-        kind = sc["kind"]
-        if kind == "extract":
-            res[sc["name"]] = _extract(tool, sc, data, layers)
-        elif kind == "generate":
-            res[sc["name"]] = _generate(tool, sc, data, job)
-        elif kind in ("mixed", "separate"):
-            res[sc["name"]] = _mixed(tool, sc, data, job)
-        elif kind == "effect":
-            res[sc["name"]] = _effect(tool, sc, data)
-        elif kind == "logits":
-            torch.save(tool.last_logits(data["check_text"]), sc["save"])
-            res[sc["name"]] = {}
-        else:
-            raise ValueError(f"unknown scenario kind {kind!r}")
-    out["scenarios"] = res
+    inp = Inputs(Texts.from_json(Path(job.data).read_text()), list(range(job.layers[0], job.layers[1] + 1)), job)
+    out["scenarios"] = {step.name: run_step(tool, step, inp) for step in job.steps}
     out["peak_rss_mb"] = benchlib.maxrss_mb()
     return out
 
@@ -433,7 +463,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    out = run_job(json.loads(args.job.read_text()))
+    out = run_job(WorkerJob.from_json(args.job.read_text()))
     args.result.write_text(json.dumps(out, indent=1))
 
 

@@ -18,6 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_peers  # noqa: E402
+import peers_context  # noqa: E402
+from peers_jobs import EffectStep, ExtractStep, GenerateStep, LogitsStep, MixedStep, Texts, VectorPaths, WorkerJob  # noqa: E402
+from peers_scenarios import Effect, Extraction, build_scenarios, select  # noqa: E402
 
 
 def _checkpoint(folder: Path, config: dict, tokenizer_class: str) -> Path:
@@ -64,14 +67,82 @@ def test_ratios_compare_within_each_environment() -> None:
         "plain (peers env)": {"extract_persona": rec, "generate": {"median_s": 2.0}},
         "steering-vectors": {"extract_persona": {"median_s": 3.0}, "generate": {"median_s": 2.2}},
     }
-    r = bench_peers.ratios(table)
+    scenarios = {s.name: s for s in build_scenarios(bench_peers.FULL)}
+    r = scenarios["extract_persona"].ratios(table) | scenarios["generate"].ratios(table)
     assert r["extract_persona: steerlab/bare"] == pytest.approx(1.111, abs=1e-3)
     assert r["extract_persona: steering-vectors/bare"] == 3.0  # against the bare forward of its own env
     assert r["extract_persona: fastest peer/steerlab"] == 3.0
     assert r["generate: steered/plain steering-vectors"] == 1.1
     assert "extract_persona: repeng/steerlab" not in r
+    assert scenarios["extract_caa"].ratios(table) == {}  # no CAA timings in this table
 
 
+def test_worker_job_survives_json() -> None:
+    """The parent writes the job as JSON and the worker (another environment) reads it back."""
+    job = WorkerJob(
+        tool="steerlab",
+        env="steerlab",
+        data="/w/data.json",
+        layers=(8, 19),
+        threads=1,
+        model="default",
+        vectors=VectorPaths(speed="/w/speed.pt", mixed=("/w/mixed0.pt", "/w/mixed1.pt")),
+        steps=(
+            ExtractStep(name="extract_persona_noshare", data="persona", batch_size=32, share_prefix=False),
+            GenerateStep(name="generate", steered=True, new_tokens=24, batch_size=16),
+            MixedStep(name="separate", new_tokens=24, separate=True),
+            EffectStep(name="effect", vector=None, norms={"none": {}}, new_tokens=32, batch_size=16),
+            LogitsStep(name="logits", save="/w/logits_steerlab.pt"),
+        ),
+    )
+    back = WorkerJob.from_json(job.to_json())
+    assert back == job
+    assert [type(s) for s in back.steps] == [type(s) for s in job.steps]
+    assert back.steps[0].options() == {"share_prefix": False}  # only steerlab's options that are set
+    texts = Texts(persona=[("a", "b")], caa=[], gen_prompts=["x"], mixed_prompts=[], effect_prompts=[], check_text="a")
+    assert Texts.from_json(texts.to_json()) == texts
+
+
+def test_only_selects_scenarios_and_what_they_need() -> None:
+    scenarios = build_scenarios(bench_peers.FULL)
+    assert [s.name for s in scenarios] == ["extract_persona", "extract_caa", "generate", "mixed", "load", "effect"]
+    assert [s.name for s in select(scenarios, ["effect"])] == ["extract_persona", "effect"]  # its vectors
+    assert [s.name for s in select(scenarios, ["extract"])] == ["extract_persona", "extract_caa"]
+    with pytest.raises(ValueError, match="no such scenario"):
+        select(scenarios, ["extract_persona_b1"])
+    quick = build_scenarios(bench_peers.QUICK)
+    assert "load" not in [s.name for s in quick] and isinstance(quick[-1], Effect)
+
+
+def test_scenarios_build_each_tools_steps(tmp_path: Path) -> None:
+    """One process per tool and round: each scenario adds its steps (CAA in the first round only,
+    the effect in the last, steering-vectors at batch 1 on CPU for persona pairs only)."""
+    cfg = bench_peers.QUICK
+    prepared = peers_context.Prepared(
+        model_id="m", n_layers=5, d_model=8, model_dir="/m", peer_model_dir="/p", tokens={},
+        reference_norms={1: 2.0, 2: 3.0}, vectors=VectorPaths(speed="s.pt", mixed=()),
+    )
+    ctx = peers_context.Context(cfg=cfg, work=tmp_path, prepared=prepared, pythons={}, reps=2)
+    scenarios = build_scenarios(cfg)
+    first, last = peers_context.Round(0, 2), peers_context.Round(1, 2)
+
+    def names(tool: peers_context.ToolSpec, rnd: peers_context.Round) -> list[str]:
+        return [st.name for sc in scenarios for st in sc.steps(ctx, tool, rnd)]
+
+    assert names(peers_context.STEERING_VECTORS, first) == [
+        "extract_persona_b1", "extract_persona", "extract_caa", "generate", "mixed"]
+    assert names(peers_context.STEERLAB, last) == [
+        "extract_persona", "extract_persona_noshare", "extract_persona_pca_diff", "generate", "mixed", "separate",
+        "effect", "effect_pca_diff"]
+    assert names(peers_context.PLAIN_PEERS, last) == ["extract_persona", "generate", "mixed", "logits"]
+    effect = next(st for sc in scenarios for st in sc.steps(ctx, peers_context.REPENG, last) if st.name == "effect")
+    assert isinstance(effect, EffectStep) and effect.norms == {"2": {"1": 4.0, "2": 6.0}}  # c × ‖steerlab‖
+    persona = next(s for s in scenarios if isinstance(s, Extraction))
+    (plain,) = persona.steps(ctx, peers_context.PLAIN_MAIN, first)
+    assert isinstance(plain, ExtractStep) and plain.save is None and plain.options() == {}
+
+
+@pytest.mark.slow  # creates .venv-peers (pip: torch, transformers 4, the peers) on first use
 def test_quick_mode_end_to_end(tmp_path: Path) -> None:
     venv = Path(os.environ.get("STEERLAB_PEERS_VENV", REPO / ".venv-peers"))
     out = tmp_path / "peers_quick.json"
