@@ -72,6 +72,15 @@ SAMPLES = [
 ]
 
 
+def _rope_theta(config: Any, layer_type: str | None = None) -> float:
+    """RoPE base of a config: transformers 5 keeps it in ``rope_parameters`` (per layer type for
+    Gemma 3), transformers 4 in ``rope_theta``."""
+    params = getattr(config, "rope_parameters", None)
+    if params:
+        return float((params[layer_type] if layer_type and layer_type in params else params)["rope_theta"])
+    return float(config.rope_theta)
+
+
 def varied_strings(n: int, seed: int = 0) -> list[str]:
     """``n`` seeded random strings mixing words, digits, whitespace runs, punctuation and unicode."""
     rng = random.Random(seed)
@@ -286,10 +295,10 @@ def write_gguf(path: Path, model: Any | None, tokenizer: dict[str, Any], arch: s
             writer.add_key_length(head_dim)
             writer.add_value_length(head_dim)
             writer.add_sliding_window(c.sliding_window)
-            writer.add_rope_freq_base(c.rope_parameters["full_attention"]["rope_theta"])
+            writer.add_rope_freq_base(_rope_theta(c, "full_attention"))
         else:
             writer.add_rope_dimension_count(head_dim)
-            writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
+            writer.add_rope_freq_base(_rope_theta(c))
         arch_id = next(k for k, v in MODEL_ARCH_NAMES.items() if v == arch)
         names = get_tensor_name_map(arch_id, c.num_hidden_layers)
         tied = c.tie_word_embeddings

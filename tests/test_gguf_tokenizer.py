@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 import steerlab
 from steerlab.gguf_tokenizer import (
@@ -56,6 +57,9 @@ FAMILIES = {  # name: (GGUF architecture, tokenizer family)
 needs_llamacpp = pytest.mark.skipif(
     not xllamacpp_available(), reason="xllamacpp is not installed (it is in steerlab[dev]: pip install -e '.[dev]')"
 )
+
+TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
+"""What transformers' own GGUF tokenizer conversion gets right was measured on 5.x."""
 
 
 def spm_meta(layout: str) -> tuple[dict, object]:
@@ -156,6 +160,7 @@ def test_transformers_respells_gemma_whitespace_tokens(tmp_path):
     assert tokenizer_mismatch(ours, read_gguf_vocab(path)) is None
 
 
+@pytest.mark.skipif(not TRANSFORMERS_5, reason="which families transformers 4's GGUF conversion gets right differs")
 @pytest.mark.parametrize(
     ("family", "kept"),
     [("qwen2", True), ("gpt-2", True), ("smollm", False), ("llama", False), ("gemma", False)],
@@ -283,5 +288,6 @@ def test_default_smollm2_rebuilt_tokenizer_matches(tmp_path):
     space_digit = re.compile(r"\s\s\d")
     plain = [t for t in texts if not space_digit.search(t)]
     assert len(plain) >= 300
-    assert [ids(ours, t) for t in plain] == [ids(theirs, t) for t in plain]
-    assert ours.chat_template == theirs.chat_template and ours.bos_token_id == theirs.bos_token_id
+    if TRANSFORMERS_5:  # transformers 4's own GGUF conversion adds a BOS the original never had
+        assert [ids(ours, t) for t in plain] == [ids(theirs, t) for t in plain]
+        assert ours.chat_template == theirs.chat_template and ours.bos_token_id == theirs.bos_token_id

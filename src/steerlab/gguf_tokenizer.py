@@ -328,9 +328,7 @@ def _sentencepiece_backend(vocab: GGUFVocab) -> Any:
     merges = _split_merges(vocab.merges) if vocab.merges else _merges_by_score(vocab, ids)
     byte_fallback = any(vocab.token_type(i) == BYTE for i in range(len(vocab.tokens)))
     unk = vocab.tokens[vocab.unk_id] if vocab.unk_id is not None else None
-    backend = Tokenizer(
-        models.BPE(vocab=ids, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=byte_fallback)
-    )
+    backend = Tokenizer(models.BPE(vocab=ids, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=byte_fallback))
     # Spaces are "▁". Like SentencePiece and llama.cpp (and unlike transformers' Metaspace, which skips
     # it when the text already starts with a space), prefix one to every stretch of text between
     # special tokens, unless the file says not to (Gemma).
@@ -358,9 +356,7 @@ def _byte_level_backend(vocab: GGUFVocab) -> Any:
     if not vocab.merges:
         raise ModelLoadError(f"{vocab.name}: a byte-level BPE vocabulary needs tokenizer.ggml.merges, and it has none")
     backend = Tokenizer(
-        models.BPE(
-            vocab=_first_ids(vocab.tokens), merges=_split_merges(vocab.merges), ignore_merges=pre.ignore_merges
-        )
+        models.BPE(vocab=_first_ids(vocab.tokens), merges=_split_merges(vocab.merges), ignore_merges=pre.ignore_merges)
     )
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in pre.regexes]
     backend.pre_tokenizer = pre_tokenizers.Sequence(
@@ -408,14 +404,33 @@ def build_tokenizer(vocab: GGUFVocab) -> Any:
         add_bos = True
     else:
         add_bos = PRE_TOKENIZERS.get(vocab.pre or "default", _PRE_GPT2).add_bos
+    bos = add_bos and vocab.bos_id is not None
+    eos = bool(vocab.add_eos) and vocab.eos_id is not None
+    if bos or eos:
+        # on the backend itself, so every transformers release adds them (4.x ignores add_bos_token
+        # on a plain PreTrainedTokenizerFast; 5.x rebuilds the same template from the flags below)
+        from tokenizers.processors import TemplateProcessing
+
+        marks = [
+            (t, i)
+            for t, i, on in ((token(vocab.bos_id), vocab.bos_id, bos), (token(vocab.eos_id), vocab.eos_id, eos))
+            if on
+        ]
+        head = f"{token(vocab.bos_id)} " if bos else ""
+        tail = f" {token(vocab.eos_id)}" if eos else ""
+        backend.post_processor = TemplateProcessing(
+            single=f"{head}$A{tail}",
+            pair=f"{head}$A{tail} {head}$B{tail}".replace("  ", " ").strip(),
+            special_tokens=[(str(t), int(i)) for t, i in marks if t is not None and i is not None],
+        )
     kwargs: dict[str, Any] = {
         "tokenizer_object": backend,
         "bos_token": token(vocab.bos_id),
         "eos_token": token(vocab.eos_id),
         "unk_token": token(vocab.unk_id),
         "pad_token": token(vocab.pad_id),
-        "add_bos_token": add_bos and vocab.bos_id is not None,
-        "add_eos_token": bool(vocab.add_eos) and vocab.eos_id is not None,
+        "add_bos_token": bos,
+        "add_eos_token": eos,
         "clean_up_tokenization_spaces": False,
     }
     if vocab.chat_template is not None:
