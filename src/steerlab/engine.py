@@ -80,6 +80,13 @@ class _Call:
 
 
 @dataclass
+class _Step:
+    """A decoding step's state: which rows' new token is real (``None``: all of them)."""
+
+    live: torch.Tensor | None  # [B, 1, 1] in the model's dtype
+
+
+@dataclass
 class _Term:
     """One operator at one layer: where it acts, on which rows, with what precomputed state."""
 
@@ -87,6 +94,7 @@ class _Term:
     positions: Positions
     rows: torch.Tensor | None  # [B] bool or None (= all rows)
     state: OpState
+    _decode_mask: torch.Tensor | None = field(default=None, repr=False)
 
     def apply(self, h: torch.Tensor, call: _Call) -> torch.Tensor:
         """The steered hidden states: written into ``h`` where that is safe (so observers that
@@ -97,6 +105,30 @@ class _Term:
             self.op.apply_(h, mask, self.state, index)
             return h
         return self.op.apply(h, mask, self.state, index)
+
+    def apply_decode(self, h: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`apply` for one generated token per row (no positions to compute)."""
+        mask = self.decode_mask(h.device)
+        if live is not None:
+            live = live.to(h.device)
+            mask = live if mask is None else mask * live
+        if mask is None:
+            if self.op.merges:
+                return h.add_(self.state.tensor)
+            mask = torch.ones((), dtype=h.dtype, device=h.device)
+        index = torch.zeros((), dtype=torch.long, device=h.device)
+        if self.op.inplace_under_autograd or not (h.requires_grad and torch.is_grad_enabled()):
+            self.op.apply_(h, mask, self.state, index)
+            return h
+        return self.op.apply(h, mask, self.state, index)
+
+    def decode_mask(self, device: torch.device) -> torch.Tensor | None:
+        """``[B, 1, 1]`` rows this term acts on at a decoding step (``None``: all), made once."""
+        if self.rows is None:
+            return None
+        if self._decode_mask is None or self._decode_mask.device != device:
+            self._decode_mask = self.rows.to(device=device, dtype=self.state.tensor.dtype)[:, None, None]
+        return self._decode_mask
 
     def repeated(self, repeat: int) -> _Term:
         """This term for a batch that HF expanded ``repeat`` times (``num_return_sequences``)."""
@@ -165,6 +197,10 @@ class SteeringSession:
         self._build_terms([(s, r) for s, r in entries if not s.is_noop])
         self.active = self.terms
         self.repeat = 1
+        self.step: _Step | None = None
+        self.prompt_done = False
+        self.max_prompt = None if prompt_length is None else int(torch.as_tensor(prompt_length).max())
+        self.decode_terms = self._build_decode_terms()
         if self.terms:
             from .canary import check_positions
 
@@ -199,19 +235,68 @@ class SteeringSession:
     def _pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if threading.get_ident() != self.owner:
             return
-        real, index = call_positions(module, args, kwargs)
-        batch = int(real.shape[0])
-        prompt_len = self._prompt_len(batch, real, index)
-        if self.batch is not None:
-            if batch % self.batch:
-                raise SteeringSpecError(
-                    f"per-row steering was set up for {self.batch} rows but the forward call has {batch}"
-                )
-            repeat = batch // self.batch
-            if repeat != self.repeat:
-                self.active = {k: [t.repeated(repeat) for t in ts] for k, ts in self.terms.items()}
-                self.repeat = repeat
+        inputs = hf.call_inputs(module, args, kwargs)
+        self._set_repeat(inputs.batch)
+        if self._is_decode_step(inputs):
+            self.call = None
+            self.step = self._decode_step(inputs)
+            return
+        self.step = None
+        real, index = token_positions(
+            inputs.length,
+            inputs.batch,
+            inputs.device,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            past=inputs.past,
+            has_cache=inputs.has_cache,
+        )
+        prompt_len = self._prompt_len(inputs.batch, real, index)
+        if not inputs.past and (self.max_prompt is None or inputs.length >= self.max_prompt):
+            self.prompt_done = prompt_len is not None  # the whole prompt ran: cached steps are generated tokens
         self.call = _Call(real=real, index=index, prompt_len=prompt_len, dtype=self.dtype)
+
+    def _set_repeat(self, batch: int) -> None:
+        if self.batch is None:
+            return
+        if batch % self.batch:
+            raise SteeringSpecError(
+                f"per-row steering was set up for {self.batch} rows but the forward call has {batch}"
+            )
+        repeat = batch // self.batch
+        if repeat != self.repeat:
+            self.active = {k: [t.repeated(repeat) for t in ts] for k, ts in self.terms.items()}
+            self.decode_terms = self._build_decode_terms()
+            self.repeat = repeat
+
+    def _is_decode_step(self, inputs: hf.CallInputs) -> bool:
+        """One new token per row after a whole prompt: every steering at ``"all"``/``"generated"``
+        acts on it, none at ``"prompt"`` — no positions need computing (the fast path)."""
+        return (
+            self.decode_terms is not None
+            and self.prompt_done
+            and inputs.length == 1
+            and bool(inputs.past)
+        )
+
+    def _decode_step(self, inputs: hf.CallInputs) -> _Step:
+        mask = inputs.attention_mask
+        live = None if mask is None else mask[:, -1:].to(self.dtype).unsqueeze(-1)  # [B, 1, 1]
+        return _Step(live)
+
+    def _build_decode_terms(self) -> dict[int, list[_Term]] | None:
+        """The terms that act on a generated token (windows and token-wise vectors depend on the
+        token's index, so with them every step takes the full path)."""
+        out: dict[int, list[_Term]] = {}
+        for layer, terms in self.active.items():
+            kept = []
+            for t in terms:
+                if isinstance(t.positions, tuple) or t.state.tensor.dim() == 2:
+                    return None
+                if t.positions != "prompt":
+                    kept.append(t)
+            out[layer] = kept
+        return out
 
     def _prompt_len(self, batch: int, real: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
         fixed = self.fixed_prompt_len
@@ -225,12 +310,17 @@ class SteeringSession:
 
     def _make_hook(self, layer: int) -> Any:
         def hook(_module: Any, _args: Any, output: Any) -> Any:
-            call = self.call
-            if call is None or threading.get_ident() != self.owner:
+            if threading.get_ident() != self.owner:
                 return None
             h = out = hf.block_hidden(output)
-            for term in self.active[layer]:
-                out = term.apply(out, call)
+            step = self.step
+            if step is not None:
+                assert self.decode_terms is not None
+                for term in self.decode_terms[layer]:
+                    out = term.apply_decode(out, step.live)
+            elif self.call is not None:
+                for term in self.active[layer]:
+                    out = term.apply(out, self.call)
             return None if out is h else hf.with_block_hidden(output, out)
 
         return hook
@@ -250,6 +340,7 @@ class SteeringSession:
             handle.remove()
         self.handles.clear()
         self.call = None
+        self.step = None
 
 
 @contextmanager
