@@ -23,10 +23,10 @@ from steerlab.evaluate.behavior import (
     ab_probabilities,
     behavior_eval,
     behavior_vector,
-    bootstrap_ci,
     capability_eval,
     load_ab_items,
 )
+from steerlab.evaluate.stats import bootstrap_ci
 
 from .conftest import CAA
 

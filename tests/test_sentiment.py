@@ -20,12 +20,12 @@ from steerlab.evaluate.sentiment import (
     SentimentReport,
     SentimentScore,
     VaderScorer,
-    bootstrap_ci,
     coefficient_label,
     get_scorer,
     label_classes,
     sentiment_shift,
 )
+from steerlab.evaluate.stats import bootstrap_ci
 from tests.conftest import REPE, STORIES
 
 OPENINGS = ["Once upon a time", "The cat", "Lily was"]

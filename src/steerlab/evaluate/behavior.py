@@ -48,6 +48,7 @@ from ..steering import Steering, SteeringLike
 from ..tokens import pad_id, pad_token_ids
 from ..vector import SteeringVector
 from .report import Report, new_figure, save_figure
+from .stats import bootstrap_ci, resample_indices
 
 PRIME = "("
 """The assistant's answer starts with this; the next token is the answer letter."""
@@ -396,22 +397,6 @@ class BehaviorReport(Report):
         return save_figure(fig, path)
 
 
-def bootstrap_ci(values: Sequence[float] | np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95% interval of the mean of ``values`` (``nan`` without resamples).
-
-    Example:
-        >>> bootstrap_ci([0.5, 0.5, 0.5])
-        (0.5, 0.5)
-    """
-    x = np.asarray(values, dtype=np.float64)
-    if x.size == 0 or n_bootstrap <= 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_bootstrap, x.size))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
 def _name(items: Sequence[ABItem], name: str) -> str:
     if name:
         return name
@@ -450,10 +435,11 @@ def _evaluate(
     ]
     used_layers = list(vector.layers) if layers is None else [int(x) for x in layers]
     vals = _read(lm, _prepare(lm, ab), [steerings] * len(ab), batch_size, progress)
+    idx = resample_indices(len(ab), n_bootstrap, seed)
     points = []
     for j, m in enumerate(mults):
         probs = vals[:, j, 0]
-        lo, hi = bootstrap_ci(probs, n_bootstrap, seed)
+        lo, hi = bootstrap_ci(probs, indices=idx)
         points.append(
             BehaviorPoint(
                 multiplier=m,
