@@ -237,6 +237,18 @@ def test_malformed_items_name_the_index(lm: steerlab.LM, svec: steerlab.Steering
         load_ab_items(bad)
 
 
+def test_vectors_and_read_outs_check_items_alike() -> None:
+    """caa_pairs (vectors) and ab_items (read-outs) share one parser: the same item fails both."""
+    same = dict(SHORT, answer_not_matching_behavior="(B)")
+    for parse in (steerlab.caa_pairs, ab_items):
+        with pytest.raises(DatasetError, match=r"item 0\b.*both answers are \(B\)"):
+            parse([same])
+    no_choices = dict(SHORT, question="Is the sky blue?")
+    for parse in (steerlab.caa_pairs, ab_items):
+        with pytest.raises(DatasetError, match=r"item 0\b.*offers choices.*no \(A\)/\(B\) choices"):
+            parse([no_choices])
+
+
 def test_option_errors(lm: steerlab.LM, svec: steerlab.SteeringVector) -> None:
     with pytest.raises(SteeringSpecError, match="repeat"):
         behavior_eval(lm, svec, [SHORT], multipliers=(1.0, 1))

@@ -166,3 +166,19 @@ def test_load_texts_errors(tmp_path):
 def test_kl_is_finite_at_huge_coefficient(lm, vec):
     stats = text_stats(lm, TEXTS[:1], Steering(vec, 1e4))
     assert stats.kl is not None and math.isfinite(stats.kl) and math.isfinite(stats.perplexity)
+
+
+def test_openings_and_texts_share_one_loader(tmp_path):
+    """load_openings is load_texts without stripping: the same formats, errors and blank-line rule."""
+    js = tmp_path / "o.json"
+    js.write_text(json.dumps(["That game ", "  ", {"text": "I can see"}]), encoding="utf-8")
+    assert steerlab.load_openings(js) == ["That game ", "I can see"]  # the trailing space matters to generation
+    assert steerlab.load_texts(js) == load_texts(js) == ["That game", "I can see"]
+    broken = tmp_path / "b.json"
+    broken.write_text('["a", ', encoding="utf-8")
+    for loader in (steerlab.load_openings, steerlab.load_texts):
+        with pytest.raises(steerlab.DatasetError, match="not valid JSON"):
+            loader(broken)
+    csv_path = tmp_path / "o.csv"
+    csv_path.write_text("statement,label\nThe sky is,1\n", encoding="utf-8")
+    assert steerlab.load_openings(csv_path) == ["The sky is"]

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .. import hf
-from ..data import answer_letter, caa_pairs, choice_letters, load_caa
+from ..data import ab_letters, caa_pairs, load_caa
 from ..engine import steer_rows
 from ..errors import DatasetError, SteeringSpecError
 from ..extract import extract
@@ -92,8 +92,9 @@ def ab_item(rec: Mapping[str, Any], index: int = 0, category: str = "", where: s
         where: a prefix for error messages (e.g. the file).
 
     Raises:
-        DatasetError: missing keys, an answer without an ``(X)`` letter, a question that does not
-            offer both letters as choices, or the same letter on both sides.
+        DatasetError: missing keys, or letters :func:`steerlab.data.ab_letters` rejects (an answer
+            without an ``(X)`` letter, a question that does not offer both letters as choices, or
+            the same letter on both sides).
     """
     at = f"{where} item {index}".strip()
     if not isinstance(rec, Mapping):
@@ -113,16 +114,7 @@ def ab_item(rec: Mapping[str, Any], index: int = 0, category: str = "", where: s
     for key, value in zip(keys, (prompt, pos_answer, neg_answer)):
         if not isinstance(value, str):
             raise DatasetError(f"{at}: {key!r} must be a string, got {type(value).__name__}")
-    pos = answer_letter(pos_answer, at)
-    neg = answer_letter(neg_answer, at)
-    # choice_letters also picks up "(NLP)" as N, so the choices themselves must read "(X)".
-    letters = [x for x in choice_letters(prompt) if f"({x})" in prompt]
-    if not letters:
-        raise DatasetError(f"{at}: the question offers no (A)/(B) choices to answer with")
-    if pos not in letters or neg not in letters:
-        raise DatasetError(f"{at}: the question offers choices {letters}, not ({pos}) and ({neg})")
-    if pos == neg:
-        raise DatasetError(f"{at}: both answers are ({pos}); the two sides must differ")
+    pos, neg = ab_letters(prompt, pos_answer, neg_answer, at)
     cat = rec.get("category")
     return ABItem(prompt, pos, neg, str(cat) if cat is not None else category)
 

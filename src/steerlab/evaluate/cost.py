@@ -19,8 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -31,6 +29,7 @@ from typing import Any
 import torch
 
 from .. import hf
+from ..data import load_texts
 from ..engine import steer
 from ..errors import DatasetError
 from ..generate import encode
@@ -41,7 +40,6 @@ from ..vector import SteeringVector
 from .report import Report, new_figure, save_figure
 
 DEFAULT_COEFFICIENTS: tuple[float, ...] = (-4, -2, -1, 0, 1, 2, 4)
-TEXT_COLUMNS = ("statement", "text")
 
 
 @dataclass
@@ -306,55 +304,5 @@ def offtarget_cost(
     )
 
 
-def load_texts(path: str | os.PathLike[str], limit: int | None = None) -> list[str]:
-    """Neutral texts from a file: ``.txt`` (one text per non-empty line), ``.json`` (a list of
-    strings, or of objects with a ``"statement"`` or ``"text"`` field) or ``.csv`` (a
-    ``"statement"`` or ``"text"`` column, e.g. RepE's ``facts_true_false.csv``).
-
-    Example:
-        >>> load_texts("../shared/data/repe/facts_true_false.csv", limit=1)  # doctest: +SKIP
-        ["The Earth's atmosphere protects us from harmful radiation from the sun."]
-
-    Raises:
-        DatasetError: missing file, unknown format, no text column, or no non-empty text.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise DatasetError(f"text file not found: {p}")
-    suffix = p.suffix.lower()
-    raw = p.read_text(encoding="utf-8")
-    if suffix == ".txt":
-        items = raw.splitlines()
-    elif suffix == ".json":
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{p}: not valid JSON ({exc})") from None
-        if not isinstance(data, list):
-            raise DatasetError(f"{p}: expected a JSON list of strings")
-        items = []
-        for i, x in enumerate(data):
-            if isinstance(x, dict):
-                key = next((k for k in TEXT_COLUMNS if k in x), None)
-                if key is None:
-                    raise DatasetError(f"{p}: item {i} has no 'statement' or 'text' field")
-                x = x[key]
-            if not isinstance(x, str):
-                raise DatasetError(f"{p}: item {i} is a {type(x).__name__}, expected a string")
-            items.append(x)
-    elif suffix == ".csv":
-        with p.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            column = next((c for c in TEXT_COLUMNS if c in (reader.fieldnames or [])), None)
-            if column is None:
-                raise DatasetError(f"{p}: needs a 'statement' or 'text' column (has {reader.fieldnames})")
-            items = [row[column] or "" for row in reader]
-    else:
-        raise DatasetError(f"{p}: unknown text format {suffix!r}: use .txt, .json or .csv")
-    out = [x.strip() for x in items if x and x.strip()]
-    if not out:
-        raise DatasetError(f"{p}: holds no non-empty texts")
-    return out[:limit] if limit is not None else out
-
-
+# load_texts (steerlab.data) is re-exported: it reads the neutral texts the cost is measured on.
 __all__ = ["CostReport", "TextStats", "load_texts", "offtarget_cost", "run_stats", "text_stats"]
