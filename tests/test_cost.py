@@ -12,7 +12,7 @@ import torch
 import steerlab
 from steerlab import Steering
 from steerlab.evaluate.cost import CostReport, load_texts, offtarget_cost, run_stats, text_stats
-from steerlab.evaluate.fluency import continuation_nll, pooled_perplexity
+from steerlab.evaluate.likelihood import continuation_nll, pooled_perplexity
 from steerlab.generate import encode
 from tests.conftest import REPE
 
@@ -46,7 +46,7 @@ def test_zero_coefficient_is_exactly_unsteered(lm, vec):
 
 
 def test_perplexity_matches_continuation_nll(lm, vec):
-    """Cross-check against fluency.continuation_nll (prompt = BOS only), plain and steered."""
+    """Cross-check against likelihood.continuation_nll (prompt = BOS only), plain and steered."""
     ref = pooled_perplexity(continuation_nll(lm, [""] * len(TEXTS), TEXTS))
     assert text_stats(lm, TEXTS).perplexity == pytest.approx(ref, rel=1e-5)
     s = Steering(vec, 2.0)

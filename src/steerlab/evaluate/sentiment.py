@@ -32,7 +32,7 @@ from ..model import LM
 from ..progress import track
 from ..steering import Positions, Steering
 from ..vector import SteeringVector
-from .fluency import continuation_perplexity
+from .likelihood import continuation_nll, perplexities
 from .report import Report, fmt, new_figure, save_figure
 from .scorers import (
     LABELS,
@@ -276,7 +276,7 @@ def sentiment_shift(
         raise SteeringError(f"scorer {sc.name!r} returned {len(scores)} scores for {len(texts)} texts")
     if fluency:
         rendered = [lm.chat(p) if chat else p for p in prompts]
-        ppl = continuation_perplexity(lm, rendered, continuations, batch_size=batch_size, progress=progress)
+        ppl = perplexities(continuation_nll(lm, rendered, continuations, batch_size=batch_size, progress=progress))
     else:
         ppl = [math.nan] * len(prompts)
 
