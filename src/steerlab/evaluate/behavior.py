@@ -1,4 +1,4 @@
-"""Behaviour read-out on CAA multiple-choice (A/B) items, steered at several multipliers.
+"""Behaviour read-out on CAA multiple-choice (A/B) items, steered at several coefficients.
 
 The protocol of CAA (Rimsky et al., "Steering Llama 2 via Contrastive Activation Addition"):
 
@@ -6,7 +6,7 @@ The protocol of CAA (Rimsky et al., "Steering Llama 2 via Contrastive Activation
   (``lm.chat(question, "(")``; plain ``"{question}\\n("`` for a model without a chat template);
 * one forward pass; at the last position (the ``"("``) the next-token distribution gives
   ``p(matching letter) / (p(matching letter) + p(not-matching letter))``;
-* steering adds ``multiplier × vector`` at every position *after the instruction*: every token
+* steering adds ``coefficient × vector`` at every position *after the instruction*: every token
   from where the assistant's answer begins (the ``"("`` and anything after it), never the question.
 
 Behaviour items (``question`` / ``answer_matching_behavior`` / ``answer_not_matching_behavior``)
@@ -14,14 +14,14 @@ and capability items (MMLU / TruthfulQA: ``prompt`` / ``correct`` / ``incorrect`
 into one :class:`ABItem`; for capability sets "positive" is the correct answer, so the same
 number reads as p(correct) and the share of items above 0.5 as accuracy.
 
-All multipliers run in the same batches with per-row steering (rows = items × multipliers):
+All coefficients run in the same batches with per-row steering (rows = items × coefficients):
 one forward pass per batch, no generation.
 
 Example:
     >>> vec = behavior_vector(lm, CAA / "generate/sycophancy/generate_dataset.json",
     ...                       layers=[13], limit=200)  # doctest: +SKIP
     >>> items = load_ab_items(CAA / "test/sycophancy/test_dataset_ab.json")  # doctest: +SKIP
-    >>> report = behavior_eval(lm, vec, items, multipliers=(-1, 0, 1))  # doctest: +SKIP
+    >>> report = behavior_eval(lm, vec, items, coefficients=(-1, 0, 1))  # doctest: +SKIP
     >>> print(report.to_markdown())  # doctest: +SKIP
     >>> report.plot("sycophancy.png")  # doctest: +SKIP
 """
@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ from ..progress import track
 from ..steering import Steering, SteeringLike
 from ..tokens import pad_id, pad_token_ids
 from ..vector import SteeringVector
+from .protocol import Evaluation, register
 from .report import Report, new_figure, save_figure
 from .stats import bootstrap_ci, resample_indices
 
@@ -307,10 +309,10 @@ def ab_probabilities(
 # --------------------------------------------------------------------------- report
 @dataclass
 class BehaviorPoint:
-    """The read-out at one multiplier.
+    """The read-out at one coefficient.
 
     Attributes:
-        multiplier: the steering coefficient.
+        coefficient: the steering coefficient (``0``: the unsteered model).
         mean: mean p(matching) (capability sets: mean p(correct)).
         ci_low, ci_high: bootstrap 95% confidence interval of the mean (percentile, over items).
         above_half: share of items with p > 0.5 (capability sets: accuracy).
@@ -319,7 +321,7 @@ class BehaviorPoint:
         probabilities: the per-item values, in item order.
     """
 
-    multiplier: float
+    coefficient: float
     mean: float
     ci_low: float
     ci_high: float
@@ -328,27 +330,51 @@ class BehaviorPoint:
     n: int
     probabilities: list[float] = field(default_factory=list)
 
+    @property
+    def multiplier(self) -> float:
+        """Deprecated name of :attr:`coefficient`."""
+        warnings.warn("BehaviorPoint.multiplier is deprecated: use .coefficient", DeprecationWarning, stacklevel=2)
+        return self.coefficient
+
 
 @dataclass
 class BehaviorReport(Report):
-    """A/B read-out at several multipliers (from :func:`behavior_eval` / :func:`capability_eval`).
+    """A/B read-out at several coefficients (from :func:`behavior_eval` / :func:`capability_eval`).
 
     Attributes:
         behavior: the behaviour (or capability set) name.
         capability: ``True`` for MMLU / TruthfulQA: the value is p(correct), ``above_half`` accuracy.
-        points: one :class:`BehaviorPoint` per multiplier, in the order given.
+        points: one :class:`BehaviorPoint` per coefficient, in the order given.
     """
 
     behavior: str = ""
     capability: bool = False
     points: list[BehaviorPoint] = field(default_factory=list)
 
-    def point(self, multiplier: float) -> BehaviorPoint:
-        """The point at ``multiplier``."""
+    def point(self, coefficient: float) -> BehaviorPoint:
+        """The point at ``coefficient``.
+
+        Raises:
+            KeyError: no such coefficient in the report.
+        """
         for p in self.points:
-            if p.multiplier == float(multiplier):
+            if p.coefficient == float(coefficient):
                 return p
-        raise KeyError(f"no multiplier {multiplier} in this report ({[p.multiplier for p in self.points]})")
+        raise KeyError(f"no coefficient {coefficient} in this report ({self.coefficients})")
+
+    @property
+    def coefficients(self) -> list[float]:
+        """The coefficients, in the order given."""
+        return [p.coefficient for p in self.points]
+
+    def metrics(self) -> dict[str, list[float]]:
+        """``p_matching`` (mean p(matching), or p(correct) on capability sets), ``above_half`` and
+        ``p_not_matching`` (``1 − p_matching``), one value per coefficient."""
+        return {
+            "p_matching": [p.mean for p in self.points],
+            "above_half": [p.above_half for p in self.points],
+            "p_not_matching": [1 - p.mean for p in self.points],
+        }
 
     @property
     def value_name(self) -> str:
@@ -359,7 +385,7 @@ class BehaviorReport(Report):
         share = "accuracy" if self.capability else "share_above_0.5"
         return [
             {
-                "multiplier": p.multiplier,
+                "coefficient": p.coefficient,
                 self.value_name: p.mean,
                 "ci_low": p.ci_low,
                 "ci_high": p.ci_high,
@@ -371,22 +397,34 @@ class BehaviorReport(Report):
         ]
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
-        """Mean p(matching) (or p(correct)) against the multiplier with 95% CI error bars."""
+        """Mean p(matching) (or p(correct)) against the coefficient with 95% CI error bars."""
         fig = new_figure()
         ax = fig.add_subplot(1, 1, 1)
-        pts = sorted(self.points, key=lambda p: p.multiplier)
-        xs = [p.multiplier for p in pts]
+        pts = sorted(self.points, key=lambda p: p.coefficient)
+        xs = [p.coefficient for p in pts]
         ys = [p.mean for p in pts]
         lo = [max(p.mean - p.ci_low, 0.0) if np.isfinite(p.ci_low) else 0.0 for p in pts]
         hi = [max(p.ci_high - p.mean, 0.0) if np.isfinite(p.ci_high) else 0.0 for p in pts]
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=4, label=self.behavior or "items")
         ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
         ax.set_ylim(0.0, 1.0)
-        ax.set_xlabel("steering multiplier")
+        ax.set_xlabel("steering coefficient")
         ax.set_ylabel("p(correct answer)" if self.capability else "p(answer matching behaviour)")
         ax.set_title(self.title or self.behavior)
         ax.legend(loc="best")
         return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class _ReadOutOptions:
+    """How :func:`behavior_eval` / :func:`capability_eval` read the items (their keyword options)."""
+
+    layers: Sequence[int] | None = None
+    batch_size: int = 16
+    progress: bool | None = None
+    n_bootstrap: int = 1000
+    seed: int = 0
 
 
 def _name(items: Sequence[ABItem], name: str) -> str:
@@ -396,72 +434,67 @@ def _name(items: Sequence[ABItem], name: str) -> str:
     return cats.pop() if len(cats) == 1 and "" not in cats else "behavior"
 
 
+def _checked_coefficients(coefficients: Sequence[float], multipliers: Sequence[float] | None) -> list[float]:
+    if multipliers is not None:
+        warnings.warn("multipliers= is deprecated: use coefficients=", DeprecationWarning, stacklevel=3)
+        coefficients = multipliers
+    coefs = [float(c) for c in coefficients]
+    if not coefs:
+        raise SteeringSpecError("no coefficients given: pass e.g. coefficients=(-1, 0, 1)")
+    if len(set(coefs)) != len(coefs):
+        raise SteeringSpecError(f"coefficients {coefs} repeat a value")
+    return coefs
+
+
 def _evaluate(
     lm: LM,
     vector: SteeringVector,
-    items: Sequence[ABItem | Mapping[str, Any]] | str | os.PathLike[str],
-    multipliers: Sequence[float],
-    layers: Sequence[int] | None,
-    batch_size: int,
-    progress: bool | None,
-    n_bootstrap: int,
-    seed: int,
+    items: list[ABItem],
+    coefficients: list[float],
+    options: _ReadOutOptions,
+    *,
     name: str,
     capability: bool,
-    source: str | None,
-    limit: int | None = None,
+    extra_settings: Mapping[str, Any],
 ) -> BehaviorReport:
-    if isinstance(items, (str, os.PathLike)):
-        source = str(items)
-        ab = load_ab_items(items, limit)
-    else:
-        ab = _as_items(items)
-        ab = ab[:limit] if limit is not None else ab
-    mults = [float(m) for m in multipliers]
-    if not mults:
-        raise SteeringSpecError("no multipliers given: pass e.g. multipliers=(-1, 0, 1)")
-    if len(set(mults)) != len(mults):
-        raise SteeringSpecError(f"multipliers {mults} repeat a value")
+    """Read every item at every coefficient (one batch of ``items × coefficients`` rows)."""
     steerings: list[SteeringLike | None] = [
-        None if m == 0.0 else Steering(vector, m, layers=layers, positions="generated") for m in mults
+        None if c == 0.0 else Steering(vector, c, layers=options.layers, positions="generated") for c in coefficients
     ]
-    used_layers = list(vector.layers) if layers is None else [int(x) for x in layers]
-    vals = _read(lm, _prepare(lm, ab), [steerings] * len(ab), batch_size, progress)
-    idx = resample_indices(len(ab), n_bootstrap, seed)
+    used_layers = list(vector.layers) if options.layers is None else [int(x) for x in options.layers]
+    vals = _read(lm, _prepare(lm, items), [steerings] * len(items), options.batch_size, options.progress)
+    idx = resample_indices(len(items), options.n_bootstrap, options.seed)
     points = []
-    for j, m in enumerate(mults):
+    for j, c in enumerate(coefficients):
         probs = vals[:, j, 0]
         lo, hi = bootstrap_ci(probs, indices=idx)
         points.append(
             BehaviorPoint(
-                multiplier=m,
+                coefficient=c,
                 mean=float(probs.mean()),
                 ci_low=lo,
                 ci_high=hi,
                 above_half=float((probs > 0.5).mean()),
                 letter_mass=float(vals[:, j, 1].mean()),
-                n=len(ab),
+                n=len(items),
                 probabilities=[float(x) for x in probs],
             )
         )
-    behavior = _name(ab, name)
+    behavior = _name(items, name)
     kind = "capability" if capability else "behaviour"
     settings: dict[str, Any] = {
         "set": kind,
         "capability": capability,
-        "multipliers": mults,
+        "coefficients": coefficients,
         "layers": used_layers,
         "positions": "after the instruction (the '(' priming the answer and later)",
-        "batch_size": batch_size,
-        "n_bootstrap": n_bootstrap,
-        "seed": seed,
+        "batch_size": options.batch_size,
+        "n_bootstrap": options.n_bootstrap,
+        "seed": options.seed,
         "model_id": lm.model_id,
         "vector": {"method": vector.method, "model_id": vector.model_id, "data_hash": vector.data_hash},
+        **extra_settings,
     }
-    if source:
-        settings["source"] = source
-    if limit is not None:
-        settings["limit"] = limit
     return BehaviorReport(
         title=f"CAA A/B {kind}: {behavior}", settings=settings, behavior=behavior, capability=capability,
         points=points,
@@ -472,27 +505,30 @@ def behavior_eval(
     lm: LM,
     vector: SteeringVector,
     items: Sequence[ABItem | Mapping[str, Any]] | str | os.PathLike[str],
-    multipliers: Sequence[float] = (-1.0, 0.0, 1.0),
+    coefficients: Sequence[float] = (-1.0, 0.0, 1.0),
+    *,
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
     progress: bool | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
     name: str = "",
+    multipliers: Sequence[float] | None = None,
 ) -> BehaviorReport:
-    """CAA A/B behaviour evaluation: mean p(matching) per multiplier, steering after the instruction.
+    """CAA A/B behaviour evaluation: mean p(matching) per coefficient, steering after the instruction.
 
     Args:
         lm: the model.
         vector: the steering vector (e.g. from :func:`behavior_vector`).
         items: :class:`ABItem` objects, raw records, or a path for :func:`load_ab_items`.
-        multipliers: steering coefficients; ``0`` is the unsteered model.
+        coefficients: steering coefficients; ``0`` is the unsteered model.
         layers: the vector's layers to steer (default: all of them).
-        batch_size: items per forward pass (each pass holds ``items × multipliers`` rows).
+        batch_size: items per forward pass (each pass holds ``items × coefficients`` rows).
         progress: show a progress bar.
         n_bootstrap: bootstrap resamples for the 95% CI (``0``: no CI).
         seed: bootstrap seed.
         name: the behaviour's name (default: the items' common category).
+        multipliers: deprecated name of ``coefficients``.
 
     Example:
         >>> r = behavior_eval(lm, vec, CAA / "test/sycophancy/test_dataset_ab.json")  # doctest: +SKIP
@@ -501,40 +537,60 @@ def behavior_eval(
 
     Raises:
         DatasetError: a malformed item (named by its index).
-        SteeringSpecError: no or repeated multipliers.
+        SteeringSpecError: no or repeated coefficients.
         LayerRangeError: ``layers`` not in the vector.
     """
-    return _evaluate(
-        lm, vector, items, multipliers, layers, batch_size, progress, n_bootstrap, seed, name, False, None
-    )
+    coefs = _checked_coefficients(coefficients, multipliers)
+    source = {"source": str(items)} if isinstance(items, (str, os.PathLike)) else {}
+    ab = load_ab_items(items) if isinstance(items, (str, os.PathLike)) else _as_items(items)
+    options = _ReadOutOptions(layers=layers, batch_size=batch_size, progress=progress, n_bootstrap=n_bootstrap,
+                             seed=seed)
+    return _evaluate(lm, vector, ab, coefs, options, name=name, capability=False, extra_settings=source)
 
 
 def capability_eval(
     lm: LM,
     vector: SteeringVector,
     path: str | os.PathLike[str],
-    multipliers: Sequence[float] = (-1.0, 0.0, 1.0),
+    coefficients: Sequence[float] = (-1.0, 0.0, 1.0),
+    *,
     layers: Sequence[int] | None = None,
     limit: int | None = None,
     batch_size: int = 16,
     progress: bool | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    multipliers: Sequence[float] | None = None,
 ) -> BehaviorReport:
-    """Capability cost of steering on ``mmlu.json`` / ``truthful_qa.json``: p(correct) per multiplier.
+    """Capability cost of steering on ``mmlu.json`` / ``truthful_qa.json``: p(correct) per coefficient.
 
     The report has ``capability=True``; its ``above_half`` (the ``accuracy`` column) is the share of
-    items where p(correct) > 0.5.
+    items where p(correct) > 0.5. Options as in :func:`behavior_eval`; ``limit`` reads only the
+    first items.
 
     Example:
         >>> r = capability_eval(lm, vec, CAA / "test/mmlu/mmlu.json", limit=100)  # doctest: +SKIP
         >>> [p.above_half for p in r.points]  # doctest: +SKIP
         [0.41, 0.45, 0.44]
     """
-    return _evaluate(
-        lm, vector, path, multipliers, layers, batch_size, progress, n_bootstrap, seed,
-        Path(path).stem, True, str(path), limit,
+    coefs = _checked_coefficients(coefficients, multipliers)
+    ab = load_ab_items(path, limit)
+    extra: dict[str, Any] = {"source": str(path)} | ({"limit": limit} if limit is not None else {})
+    options = _ReadOutOptions(layers=layers, batch_size=batch_size, progress=progress, n_bootstrap=n_bootstrap,
+                             seed=seed)
+    return _evaluate(lm, vector, ab, coefs, options, name=Path(path).stem, capability=True, extra_settings=extra)
+
+
+register(
+    Evaluation(
+        "behavior",
+        behavior_eval,
+        metrics=("p_matching", "above_half", "p_not_matching"),
+        data="CAA A/B items",
+        load=load_ab_items,
+        effect={1: "p_matching", -1: "p_not_matching"},
     )
+)
 
 
 # --------------------------------------------------------------------------- vectors

@@ -37,6 +37,7 @@ from ..model import LM
 from ..progress import track
 from ..steering import Steering, SteeringLike, compose
 from ..vector import SteeringVector
+from .protocol import Evaluation, register
 from .report import Report, new_figure, save_figure
 
 DEFAULT_COEFFICIENTS: tuple[float, ...] = (-4, -2, -1, 0, 1, 2, 4)
@@ -224,6 +225,10 @@ class CostReport(Report):
     n_tokens: int = 0
     skipped: int = 0
 
+    def metrics(self) -> dict[str, list[float]]:
+        """``ppl_ratio``, ``kl`` and ``perplexity``, one value per coefficient."""
+        return {"ppl_ratio": self.ppl_ratio, "kl": self.kl, "perplexity": self.perplexity}
+
     def rows(self) -> list[dict[str, Any]]:
         """One row per coefficient: ``coefficient, perplexity, ppl_ratio, kl``."""
         return [
@@ -257,6 +262,7 @@ def offtarget_cost(
     vector: SteeringVector,
     texts: Sequence[str],
     coefficients: Sequence[float] = DEFAULT_COEFFICIENTS,
+    *,
     layers: Sequence[int] | None = None,
     positions: str | tuple[int, int | None] = "all",
     operator: str = "add",
@@ -303,6 +309,10 @@ def offtarget_cost(
         skipped=stats[0].skipped,
     )
 
+
+register(
+    Evaluation("cost", offtarget_cost, metrics=("ppl_ratio", "kl", "perplexity"), data="neutral texts", load=load_texts)
+)
 
 # load_texts (steerlab.data) is re-exported: it reads the neutral texts the cost is measured on.
 __all__ = ["CostReport", "TextStats", "load_texts", "offtarget_cost", "run_stats", "text_stats"]

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..data import load_openings
+from ..demo_data import OPENINGS
 from ..errors import DatasetError, SteeringError, SteeringSpecError
 from ..generate import generate
 from ..model import LM
@@ -33,6 +35,7 @@ from ..progress import track
 from ..steering import Positions, Steering
 from ..vector import SteeringVector
 from .likelihood import continuation_nll, perplexities
+from .protocol import Evaluation, register
 from .report import Report, fmt, new_figure, save_figure
 from .scorers import (
     LABELS,
@@ -145,6 +148,22 @@ class SentimentReport(Report):
         """Mean compound score at ``coefficient``."""
         return self.row(coefficient).mean_compound
 
+    @property
+    def coefficients(self) -> list[float]:
+        """The coefficients, in the order given."""
+        return [r.coefficient for r in self.by_coefficient]
+
+    def metrics(self) -> dict[str, list[float]]:
+        """``positive_share``, ``negative_share``, ``mean_compound`` and ``continuation_ppl`` (the
+        mean perplexity of the continuations under the unsteered model), one value per coefficient."""
+        rows = self.by_coefficient
+        return {
+            "positive_share": [r.positive_share for r in rows],
+            "negative_share": [r.negative_share for r in rows],
+            "mean_compound": [r.mean_compound for r in rows],
+            "continuation_ppl": [r.mean_perplexity for r in rows],
+        }
+
     def rows(self) -> list[dict[str, Any]]:
         """One table row per coefficient: shares with their 95% CIs and the median perplexity."""
         return [
@@ -188,6 +207,7 @@ def sentiment_shift(
     vector: SteeringVector,
     openings: Sequence[str],
     coefficients: Sequence[float] = (-1.0, 0.0, 1.0),
+    *,
     layers: Sequence[int] | None = None,
     positions: Positions = "all",
     operator: str = "add",
@@ -331,3 +351,17 @@ def sentiment_shift(
         by_coefficient=results,
         examples=examples,
     )
+
+
+register(
+    Evaluation(
+        "sentiment",
+        sentiment_shift,
+        metrics=("positive_share", "negative_share", "mean_compound", "continuation_ppl"),
+        data="sentence openings",
+        load=load_openings,
+        default_data=lambda: list(OPENINGS),
+        effect={1: "positive_share", -1: "negative_share"},
+        cost="continuation_ppl",
+    )
+)
