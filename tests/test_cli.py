@@ -218,8 +218,8 @@ def test_analyze_commands(vec_dir, tmp_path):
     data = _run_json("analyze", "breakdown", *M, "--vector", str(vec_dir), "--texts", str(texts), "--coefs",
                      "0,1,4,16", "--out", str(tmp_path / "bd"))
     assert data["kind"] == "BreakdownReport"
-    for cmd in (["eval", "sentiment"], ["eval", "behavior"], ["eval", "cost"], ["eval", "fluency"], ["sweep"], ["analyze", "pca"],
-                ["analyze", "projection"], ["analyze", "similarity"], ["analyze", "breakdown"]):
+    for cmd in (["eval", "sentiment"], ["eval", "behavior"], ["eval", "cost"], ["eval", "fluency"], ["sweep"],
+                ["analyze", "pca"], ["analyze", "projection"], ["analyze", "similarity"], ["analyze", "breakdown"]):
         assert "Example:" in runner.invoke(app, [*cmd, "--help"]).output, cmd
 
 
