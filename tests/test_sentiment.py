@@ -13,18 +13,16 @@ import torch
 import steerlab
 from steerlab.evaluate import sentiment as sentiment_mod
 from steerlab.evaluate.report import Report
-from steerlab.evaluate.sentiment import (
+from steerlab.evaluate.scorers import (
     HFScorer,
     Scorer,
     ScorerLoadError,
-    SentimentReport,
     SentimentScore,
     VaderScorer,
-    coefficient_label,
     get_scorer,
     label_classes,
-    sentiment_shift,
 )
+from steerlab.evaluate.sentiment import SentimentReport, coefficient_label, sentiment_shift
 from steerlab.evaluate.stats import bootstrap_ci
 from tests.conftest import REPE, STORIES
 

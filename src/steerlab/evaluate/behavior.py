@@ -416,17 +416,6 @@ class BehaviorReport(Report):
 
 
 # --------------------------------------------------------------------------- evaluation
-@dataclass(frozen=True)
-class _ReadOutOptions:
-    """How :func:`behavior_eval` / :func:`capability_eval` read the items (their keyword options)."""
-
-    layers: Sequence[int] | None = None
-    batch_size: int = 16
-    progress: bool | None = None
-    n_bootstrap: int = 1000
-    seed: int = 0
-
-
 def _name(items: Sequence[ABItem], name: str) -> str:
     if name:
         return name
@@ -446,24 +435,9 @@ def _checked_coefficients(coefficients: Sequence[float], multipliers: Sequence[f
     return coefs
 
 
-def _evaluate(
-    lm: LM,
-    vector: SteeringVector,
-    items: list[ABItem],
-    coefficients: list[float],
-    options: _ReadOutOptions,
-    *,
-    name: str,
-    capability: bool,
-    extra_settings: Mapping[str, Any],
-) -> BehaviorReport:
-    """Read every item at every coefficient (one batch of ``items × coefficients`` rows)."""
-    steerings: list[SteeringLike | None] = [
-        None if c == 0.0 else Steering(vector, c, layers=options.layers, positions="generated") for c in coefficients
-    ]
-    used_layers = list(vector.layers) if options.layers is None else [int(x) for x in options.layers]
-    vals = _read(lm, _prepare(lm, items), [steerings] * len(items), options.batch_size, options.progress)
-    idx = resample_indices(len(items), options.n_bootstrap, options.seed)
+def _points(vals: np.ndarray, coefficients: Sequence[float], n_bootstrap: int, seed: int) -> list[BehaviorPoint]:
+    """One :class:`BehaviorPoint` per coefficient from ``_read``'s ``[items, coefficients, 2]`` values."""
+    idx = resample_indices(vals.shape[0], n_bootstrap, seed)
     points = []
     for j, c in enumerate(coefficients):
         probs = vals[:, j, 0]
@@ -476,29 +450,11 @@ def _evaluate(
                 ci_high=hi,
                 above_half=float((probs > 0.5).mean()),
                 letter_mass=float(vals[:, j, 1].mean()),
-                n=len(items),
+                n=vals.shape[0],
                 probabilities=[float(x) for x in probs],
             )
         )
-    behavior = _name(items, name)
-    kind = "capability" if capability else "behaviour"
-    settings: dict[str, Any] = {
-        "set": kind,
-        "capability": capability,
-        "coefficients": coefficients,
-        "layers": used_layers,
-        "positions": "after the instruction (the '(' priming the answer and later)",
-        "batch_size": options.batch_size,
-        "n_bootstrap": options.n_bootstrap,
-        "seed": options.seed,
-        "model_id": lm.model_id,
-        "vector": {"method": vector.method, "model_id": vector.model_id, "data_hash": vector.data_hash},
-        **extra_settings,
-    }
-    return BehaviorReport(
-        title=f"CAA A/B {kind}: {behavior}", settings=settings, behavior=behavior, capability=capability,
-        points=points,
-    )
+    return points
 
 
 def behavior_eval(
@@ -513,9 +469,13 @@ def behavior_eval(
     n_bootstrap: int = 1000,
     seed: int = 0,
     name: str = "",
+    limit: int | None = None,
+    capability: bool = False,
     multipliers: Sequence[float] | None = None,
 ) -> BehaviorReport:
     """CAA A/B behaviour evaluation: mean p(matching) per coefficient, steering after the instruction.
+
+    All items × coefficients are read in the same batches with per-row steering.
 
     Args:
         lm: the model.
@@ -528,6 +488,9 @@ def behavior_eval(
         n_bootstrap: bootstrap resamples for the 95% CI (``0``: no CI).
         seed: bootstrap seed.
         name: the behaviour's name (default: the items' common category).
+        limit: use only the first ``limit`` items.
+        capability: the items are a capability set (MMLU / TruthfulQA): the value reads as
+            p(correct) and ``above_half`` as accuracy (see :func:`capability_eval`).
         multipliers: deprecated name of ``coefficients``.
 
     Example:
@@ -541,11 +504,34 @@ def behavior_eval(
         LayerRangeError: ``layers`` not in the vector.
     """
     coefs = _checked_coefficients(coefficients, multipliers)
-    source = {"source": str(items)} if isinstance(items, (str, os.PathLike)) else {}
-    ab = load_ab_items(items) if isinstance(items, (str, os.PathLike)) else _as_items(items)
-    options = _ReadOutOptions(layers=layers, batch_size=batch_size, progress=progress, n_bootstrap=n_bootstrap,
-                             seed=seed)
-    return _evaluate(lm, vector, ab, coefs, options, name=name, capability=False, extra_settings=source)
+    if isinstance(items, (str, os.PathLike)):
+        ab, source = load_ab_items(items, limit), {"source": str(items)}
+    else:
+        ab, source = _as_items(items)[:limit], {}
+    steerings: list[SteeringLike | None] = [
+        None if c == 0.0 else Steering(vector, c, layers=layers, positions="generated") for c in coefs
+    ]
+    vals = _read(lm, _prepare(lm, ab), [steerings] * len(ab), batch_size, progress)
+    behavior = _name(ab, name)
+    kind = "capability" if capability else "behaviour"
+    settings: dict[str, Any] = {
+        "set": kind,
+        "capability": capability,
+        "coefficients": coefs,
+        "layers": list(vector.layers) if layers is None else [int(x) for x in layers],
+        "positions": "after the instruction (the '(' priming the answer and later)",
+        "batch_size": batch_size,
+        "n_bootstrap": n_bootstrap,
+        "seed": seed,
+        "model_id": lm.model_id,
+        "vector": {"method": vector.method, "model_id": vector.model_id, "data_hash": vector.data_hash},
+        **source,
+        **({"limit": limit} if limit is not None else {}),
+    }
+    return BehaviorReport(
+        title=f"CAA A/B {kind}: {behavior}", settings=settings, behavior=behavior, capability=capability,
+        points=_points(vals, coefs, n_bootstrap, seed),
+    )
 
 
 def capability_eval(
@@ -554,31 +540,22 @@ def capability_eval(
     path: str | os.PathLike[str],
     coefficients: Sequence[float] = (-1.0, 0.0, 1.0),
     *,
-    layers: Sequence[int] | None = None,
     limit: int | None = None,
-    batch_size: int = 16,
-    progress: bool | None = None,
-    n_bootstrap: int = 1000,
-    seed: int = 0,
-    multipliers: Sequence[float] | None = None,
+    **options: Any,
 ) -> BehaviorReport:
     """Capability cost of steering on ``mmlu.json`` / ``truthful_qa.json``: p(correct) per coefficient.
 
-    The report has ``capability=True``; its ``above_half`` (the ``accuracy`` column) is the share of
-    items where p(correct) > 0.5. Options as in :func:`behavior_eval`; ``limit`` reads only the
-    first items.
+    :func:`behavior_eval` with ``capability=True`` and the file's name as the set's name: its
+    ``above_half`` (the ``accuracy`` column) is the share of items where p(correct) > 0.5.
+    ``options`` are :func:`behavior_eval`'s (``layers``, ``batch_size``, ``n_bootstrap``, ...).
 
     Example:
         >>> r = capability_eval(lm, vec, CAA / "test/mmlu/mmlu.json", limit=100)  # doctest: +SKIP
         >>> [p.above_half for p in r.points]  # doctest: +SKIP
         [0.41, 0.45, 0.44]
     """
-    coefs = _checked_coefficients(coefficients, multipliers)
-    ab = load_ab_items(path, limit)
-    extra: dict[str, Any] = {"source": str(path)} | ({"limit": limit} if limit is not None else {})
-    options = _ReadOutOptions(layers=layers, batch_size=batch_size, progress=progress, n_bootstrap=n_bootstrap,
-                             seed=seed)
-    return _evaluate(lm, vector, ab, coefs, options, name=Path(path).stem, capability=True, extra_settings=extra)
+    return behavior_eval(lm, vector, path, coefficients, name=Path(path).stem, limit=limit, capability=True,
+                         **options)
 
 
 register(

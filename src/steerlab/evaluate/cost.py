@@ -214,7 +214,15 @@ def text_stats(
 
 @dataclass
 class CostReport(Report):
-    """Perplexity, perplexity ratio and KL on neutral text, per steering coefficient."""
+    """Perplexity, perplexity ratio and KL on neutral text, per steering coefficient.
+
+    Attributes:
+        coefficients: the coefficients, in the order given.
+        perplexity, ppl_ratio, kl: per coefficient (ratio to the unsteered perplexity; KL in nats
+            per token, 0 for the unsteered model).
+        base_perplexity: the unsteered perplexity.
+        n_texts, n_tokens, skipped: texts scored, predicted tokens, texts too short to score.
+    """
 
     coefficients: list[float] = field(default_factory=list)
     perplexity: list[float] = field(default_factory=list)
@@ -255,6 +263,26 @@ class CostReport(Report):
             ax.grid(alpha=0.3)
         fig.suptitle(self.title or f"off-target cost on {self.n_texts} texts ({self.n_tokens} tokens)")
         return save_figure(fig, path)
+
+
+def cost_curve(coefficients: Sequence[float], stats: Sequence[TextStats]) -> dict[str, Any]:
+    """The :class:`CostReport` fields of :func:`run_stats` results, one per coefficient.
+
+    Example:
+        >>> stats, _ = run_stats(lm, texts, [Steering(vec, c) for c in (0.0, 4.0)])  # doctest: +SKIP
+        >>> CostReport(**cost_curve([0.0, 4.0], stats)).kl  # doctest: +SKIP
+        [0.0, 0.31]
+    """
+    return {
+        "coefficients": [float(c) for c in coefficients],
+        "perplexity": [s.perplexity for s in stats],
+        "ppl_ratio": [s.ppl_ratio for s in stats],
+        "kl": [float(s.kl or 0.0) for s in stats],
+        "base_perplexity": stats[0].base_perplexity,
+        "n_texts": stats[0].n_texts,
+        "n_tokens": stats[0].n_tokens,
+        "skipped": stats[0].skipped,
+    }
 
 
 def offtarget_cost(
@@ -299,14 +327,7 @@ def offtarget_cost(
             "operator": operator,
             "batch_size": batch_size,
         },
-        coefficients=coefs,
-        perplexity=[s.perplexity for s in stats],
-        ppl_ratio=[s.ppl_ratio for s in stats],
-        kl=[float(s.kl or 0.0) for s in stats],
-        base_perplexity=stats[0].base_perplexity,
-        n_texts=stats[0].n_texts,
-        n_tokens=stats[0].n_tokens,
-        skipped=stats[0].skipped,
+        **cost_curve(coefs, stats),
     )
 
 
@@ -315,4 +336,4 @@ register(
 )
 
 # load_texts (steerlab.data) is re-exported: it reads the neutral texts the cost is measured on.
-__all__ = ["CostReport", "TextStats", "load_texts", "offtarget_cost", "run_stats", "text_stats"]
+__all__ = ["CostReport", "TextStats", "cost_curve", "load_texts", "offtarget_cost", "run_stats", "text_stats"]

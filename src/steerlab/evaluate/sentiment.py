@@ -5,9 +5,8 @@ every continuation is scored by a sentiment :class:`Scorer`, and the result is s
 coefficient with bootstrap confidence intervals (:class:`SentimentReport`). All coefficients run
 together in batched ``generate`` calls with per-row steering.
 
-The scorers (VADER by default, or any Hugging Face text classifier) live in
-:mod:`steerlab.evaluate.scorers`; they are re-exported here because ``scorer`` is an argument of
-:func:`sentiment_shift`.
+The scorers (VADER by default, or any Hugging Face text classifier) are in
+:mod:`steerlab.evaluate.scorers`.
 
 Example:
     >>> report = sentiment_shift(lm, happy, openings, coefficients=(-4, 0, 4))  # doctest: +SKIP
@@ -37,33 +36,10 @@ from ..vector import SteeringVector
 from .likelihood import continuation_nll, perplexities
 from .protocol import Evaluation, register
 from .report import Report, fmt, new_figure, save_figure
-from .scorers import (
-    LABELS,
-    NEUTRAL_SCORE,
-    HFScorer,
-    Scorer,
-    ScorerLoadError,
-    SentimentScore,
-    VaderScorer,
-    get_scorer,
-    label_classes,
-)
+from .scorers import LABELS, Scorer, SentimentScore, get_scorer
 from .stats import bootstrap_ci, finite_stat, resample_indices
 
-__all__ = [
-    "NEUTRAL_SCORE",
-    "HFScorer",
-    "Scorer",
-    "ScorerLoadError",
-    "SentimentReport",
-    "SentimentRow",
-    "SentimentScore",
-    "VaderScorer",
-    "coefficient_label",
-    "get_scorer",
-    "label_classes",
-    "sentiment_shift",
-]
+__all__ = ["SentimentReport", "SentimentRow", "coefficient_label", "sentiment_shift"]
 
 
 # --------------------------------------------------------------------------- report
@@ -202,6 +178,59 @@ class SentimentReport(Report):
 
 
 # --------------------------------------------------------------------------- evaluation
+def _checked(openings: Sequence[str], coefficients: Sequence[float], batch_size: int) -> tuple[list[str], list[float]]:
+    """The openings as a list and the coefficients without repeats, or a clear error."""
+    items = [openings] if isinstance(openings, str) else list(openings)
+    if not items:
+        raise DatasetError("no sentence openings given: pass at least one opening to continue")
+    bad = [i for i, o in enumerate(items) if not isinstance(o, str)]
+    if bad:
+        raise DatasetError(f"openings must be strings; item {bad[0]} is a {type(items[bad[0]]).__name__}")
+    try:
+        coefs = list(dict.fromkeys(float(c) for c in coefficients))
+    except (TypeError, ValueError):
+        raise SteeringSpecError(f"coefficients={coefficients!r} must be numbers") from None
+    if not coefs:
+        raise SteeringSpecError("no coefficients given: pass e.g. coefficients=(-1, 0, 1)")
+    if batch_size < 1:
+        raise SteeringSpecError(f"batch_size={batch_size} must be at least 1")
+    return items, coefs
+
+
+def _score(scorer: Scorer, texts: list[str], batch_size: int, progress: bool | None) -> list[SentimentScore]:
+    scores: list[SentimentScore] = []
+    for start in track(range(0, len(texts), batch_size), "scoring sentiment", enabled=progress):
+        scores += scorer.score(texts[start : start + batch_size])
+    if len(scores) != len(texts):
+        raise SteeringError(f"scorer {scorer.name!r} returned {len(scores)} scores for {len(texts)} texts")
+    return scores
+
+
+def _summary(
+    coefficient: float, scores: Sequence[SentimentScore], ppl: Sequence[float], idx: np.ndarray
+) -> SentimentRow:
+    """The row of one coefficient: means, shares and their bootstrap intervals (resampled along ``idx``)."""
+    compound = np.array([s.compound for s in scores])
+    shares = {lab: np.array([s.label == lab for s in scores], dtype=float) for lab in LABELS}
+    return SentimentRow(
+        coefficient=coefficient,
+        n=len(scores),
+        mean_compound=float(compound.mean()),
+        compound_ci=bootstrap_ci(compound, indices=idx),
+        positive_share=float(shares["positive"].mean()),
+        positive_ci=bootstrap_ci(shares["positive"], indices=idx),
+        neutral_share=float(shares["neutral"].mean()),
+        neutral_ci=bootstrap_ci(shares["neutral"], indices=idx),
+        negative_share=float(shares["negative"].mean()),
+        negative_ci=bootstrap_ci(shares["negative"], indices=idx),
+        mean_negative=float(np.mean([s.negative for s in scores])),
+        mean_neutral=float(np.mean([s.neutral for s in scores])),
+        mean_positive=float(np.mean([s.positive for s in scores])),
+        median_perplexity=finite_stat(ppl, np.median),
+        mean_perplexity=finite_stat(ppl, np.mean),
+    )
+
+
 def sentiment_shift(
     lm: LM,
     vector: SteeringVector,
@@ -257,20 +286,7 @@ def sentiment_shift(
         >>> r.mean_compound(4) > r.mean_compound(0) > r.mean_compound(-4)  # doctest: +SKIP
         True
     """
-    items = [openings] if isinstance(openings, str) else list(openings)
-    if not items:
-        raise DatasetError("no sentence openings given: pass at least one opening to continue")
-    bad = [i for i, o in enumerate(items) if not isinstance(o, str)]
-    if bad:
-        raise DatasetError(f"openings must be strings; item {bad[0]} is a {type(items[bad[0]]).__name__}")
-    try:
-        coefs = list(dict.fromkeys(float(c) for c in coefficients))
-    except (TypeError, ValueError):
-        raise SteeringSpecError(f"coefficients={coefficients!r} must be numbers") from None
-    if not coefs:
-        raise SteeringSpecError("no coefficients given: pass e.g. coefficients=(-1, 0, 1)")
-    if batch_size < 1:
-        raise SteeringSpecError(f"batch_size={batch_size} must be at least 1")
+    items, coefs = _checked(openings, coefficients, batch_size)
     vector.check_model(lm)
     steerings: list[Steering | None] = [
         None if c == 0 else Steering(vector, c, layers=layers, positions=positions, operator=operator) for c in coefs
@@ -288,48 +304,18 @@ def sentiment_shift(
             max_new_tokens=max_new_tokens,
             chat=chat,
         )
-    texts = [c.strip() for c in continuations]
-    scores: list[SentimentScore] = []
-    for start in track(range(0, len(texts), batch_size), "scoring sentiment", enabled=progress):
-        scores += sc.score(texts[start : start + batch_size])
-    if len(scores) != len(texts):
-        raise SteeringError(f"scorer {sc.name!r} returned {len(scores)} scores for {len(texts)} texts")
+    scores = _score(sc, [c.strip() for c in continuations], batch_size, progress)
     if fluency:
         rendered = [lm.chat(p) if chat else p for p in prompts]
         ppl = perplexities(continuation_nll(lm, rendered, continuations, batch_size=batch_size, progress=progress))
     else:
         ppl = [math.nan] * len(prompts)
 
-    n = len(items)
-    k = len(coefs)
+    n, k = len(items), len(coefs)
     idx = resample_indices(n, n_bootstrap, seed)
-    results: list[SentimentRow] = []
-    examples: dict[str, list[tuple[str, str]]] = {}
-    for j, c in enumerate(coefs):
-        mine = [scores[i * k + j] for i in range(n)]
-        compound = np.array([s.compound for s in mine])
-        shares = {lab: np.array([s.label == lab for s in mine], dtype=float) for lab in LABELS}
-        row_ppl = [ppl[i * k + j] for i in range(n)]
-        results.append(
-            SentimentRow(
-                coefficient=c,
-                n=n,
-                mean_compound=float(compound.mean()),
-                compound_ci=bootstrap_ci(compound, indices=idx),
-                positive_share=float(shares["positive"].mean()),
-                positive_ci=bootstrap_ci(shares["positive"], indices=idx),
-                neutral_share=float(shares["neutral"].mean()),
-                neutral_ci=bootstrap_ci(shares["neutral"], indices=idx),
-                negative_share=float(shares["negative"].mean()),
-                negative_ci=bootstrap_ci(shares["negative"], indices=idx),
-                mean_negative=float(np.mean([s.negative for s in mine])),
-                mean_neutral=float(np.mean([s.neutral for s in mine])),
-                mean_positive=float(np.mean([s.positive for s in mine])),
-                median_perplexity=finite_stat(row_ppl, np.median),
-                mean_perplexity=finite_stat(row_ppl, np.mean),
-            )
-        )
-        examples[str(c)] = [(items[i], continuations[i * k + j]) for i in range(min(5, n))]
+    # rows are opening-major: the rows of coefficient j are j, j + k, j + 2k, ...
+    results = [_summary(c, scores[j::k], ppl[j::k], idx) for j, c in enumerate(coefs)]
+    examples = {str(c): [(items[i], continuations[i * k + j]) for i in range(min(5, n))] for j, c in enumerate(coefs)}
     return SentimentReport(
         title=f"Sentiment shift: {vector.method} vector on {lm.model_id} ({sc.name})",
         settings={
