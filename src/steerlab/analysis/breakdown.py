@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ..evaluate.cost import CostReport, cost_curve, run_stats
+from ..evaluate.cost import CostReport, cost_curve, cost_settings, run_stats
 from ..evaluate.report import fmt, new_figure, save_figure
 from ..model import LM
 from ..steering import Steering, SteeringLike
@@ -255,12 +255,7 @@ def breakdown_curve(
     return BreakdownReport(
         title=f"breakdown of a {vector.method} vector on {lm.model_id} (layers {span})",
         settings={
-            "model_id": lm.model_id,
-            "method": vector.method,
-            "layers": used,
-            "positions": "all",
-            "operator": "add",
-            "batch_size": batch_size,
+            **cost_settings(lm, vector, layers=used, positions="all", operator="add", batch_size=batch_size),
             "include_first_token": include_first_token,
         },
         **curve,

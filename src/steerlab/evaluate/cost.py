@@ -285,6 +285,20 @@ def cost_curve(coefficients: Sequence[float], stats: Sequence[TextStats]) -> dic
     }
 
 
+def cost_settings(
+    lm: LM, vector: SteeringVector, *, layers: list[int], positions: Any, operator: str, batch_size: int
+) -> dict[str, Any]:
+    """The settings a :class:`CostReport` records: model, vector method and how it was steered."""
+    return {
+        "model_id": lm.model_id,
+        "method": vector.method,
+        "layers": layers,
+        "positions": positions,
+        "operator": operator,
+        "batch_size": batch_size,
+    }
+
+
 def offtarget_cost(
     lm: LM,
     vector: SteeringVector,
@@ -319,14 +333,7 @@ def offtarget_cost(
     used = list(Steering(vector, 0.0, layers=layers).active_layers)
     return CostReport(
         title=f"off-target cost of {vector.method} vector (layers {used})",
-        settings={
-            "model_id": lm.model_id,
-            "method": vector.method,
-            "layers": used,
-            "positions": positions,
-            "operator": operator,
-            "batch_size": batch_size,
-        },
+        settings=cost_settings(lm, vector, layers=used, positions=positions, operator=operator, batch_size=batch_size),
         **cost_curve(coefs, stats),
     )
 
@@ -336,4 +343,13 @@ register(
 )
 
 # load_texts (steerlab.data) is re-exported: it reads the neutral texts the cost is measured on.
-__all__ = ["CostReport", "TextStats", "cost_curve", "load_texts", "offtarget_cost", "run_stats", "text_stats"]
+__all__ = [
+    "CostReport",
+    "TextStats",
+    "cost_curve",
+    "cost_settings",
+    "load_texts",
+    "offtarget_cost",
+    "run_stats",
+    "text_stats",
+]

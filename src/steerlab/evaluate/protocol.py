@@ -9,6 +9,10 @@ report's fields. The built-ins are ``"sentiment"``, ``"behavior"`` and ``"cost"`
 
 Example — a new evaluation (the mean length of steered continuations) in a few lines:
 
+    >>> from dataclasses import dataclass, field
+    >>> from steerlab import Steering, generate
+    >>> from steerlab.evaluate import Report
+    >>> from steerlab.evaluate.sweep import autotune, sweep
     >>> @dataclass
     ... class LengthReport(Report):
     ...     coefficients: list[float] = field(default_factory=list)
@@ -20,8 +24,13 @@ Example — a new evaluation (the mean length of steered continuations) in a few
     >>> def length_eval(lm, vector, prompts, coefficients=(0.0, 1.0), *, progress=None):
     ...     outs = [generate(lm, prompts, steering=Steering(vector, c), max_new_tokens=16) for c in coefficients]
     ...     return LengthReport(coefficients=list(coefficients), mean_chars=[sum(map(len, o)) / len(o) for o in outs])
-    >>> register(Evaluation("length", length_eval, metrics=("mean_chars",), effect={1: "mean_chars"}))  # doctest: +SKIP
+    >>> length = register(Evaluation("length", length_eval, metrics=("mean_chars",), effect={1: "mean_chars"}))
     >>> sweep(lm, vec, "length", ["The cat"], coefficients=[0, 4], layer_sets=[[2], [3]])  # doctest: +SKIP
+    >>> autotune(lm, vec, "length", prompts, coefficients=[1, 4], cost_texts=texts)  # doctest: +SKIP
+
+A frontier (effect against perplexity), a prompting baseline (a report row that is not a
+coefficient) or conditional steering plug in the same way: the report says which coefficients it
+has and what it measured at each; sweeps and auto-tuning need nothing else.
 """
 
 from __future__ import annotations
