@@ -201,6 +201,13 @@ def test_sweep_and_autotune(vec_dir, tmp_path):
     assert data["kind"] == "AutotuneReport" and set(data["held_out"]) == {"baseline", "steered"}
 
 
+def test_sweep_unknown_evaluation_is_a_usage_error(vec_dir, tmp_path):
+    res = runner.invoke(app, ["sweep", "nope", *M, "--vector", str(vec_dir), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "unknown evaluation 'nope'" in res.output
+    res = runner.invoke(app, ["sweep", "cost", *M, "--vector", str(vec_dir), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--data is required" in res.output
+
+
 def test_analyze_commands(vec_dir, tmp_path):
     pairs = tmp_path / "p.jsonl"
     pairs.write_text("".join(json.dumps({"positive": f"Lily was happy {i}", "negative": f"Lily was sad {i}"}) + "\n"

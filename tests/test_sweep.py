@@ -9,8 +9,8 @@ import pytest
 import steerlab
 from steerlab import Steering
 from steerlab.evaluate.behavior import ab_items, ab_probabilities, behavior_eval
-from steerlab.evaluate.cost import offtarget_cost, text_stats
-from steerlab.evaluate.protocol import Evaluation
+from steerlab.evaluate.cost import CostReport, offtarget_cost, text_stats
+from steerlab.evaluate.protocol import EVALUATIONS, Evaluation, MetricReport, get_evaluation, metrics_at
 from steerlab.evaluate.sentiment import sentiment_shift
 from steerlab.evaluate.sweep import autotune, split_halves, sweep
 
@@ -125,6 +125,22 @@ def test_autotune_returns_the_baseline_when_every_setting_breaks_the_budget(lm, 
     assert rep.held_out["steered"] == rep.held_out["baseline"]
 
 
+def test_evaluation_protocol():
+    get_evaluation("cost")  # the built-ins register themselves on first use
+    assert set(EVALUATIONS) >= {"sentiment", "behavior", "cost"}
+    report = CostReport(coefficients=[0.0, 2.0], perplexity=[5.0, 9.0], ppl_ratio=[1.0, 1.8], kl=[0.0, 0.4])
+    assert isinstance(report, MetricReport)
+    # columns follow the coefficients asked for, not the report's order
+    assert metrics_at(report, [2.0, 0.0, 2.0]) == {"ppl_ratio": [1.8, 1.0, 1.8], "kl": [0.4, 0.0, 0.4],
+                                                   "perplexity": [9.0, 5.0, 9.0]}
+    with pytest.raises(steerlab.SteeringSpecError, match=r"no coefficients \[1.0\]"):
+        metrics_at(report, [1.0])
+    with pytest.raises(steerlab.SteeringSpecError, match="among its metrics"):
+        Evaluation("bad", offtarget_cost, metrics=("kl",), effect={1: "ppl_ratio"})
+    with pytest.raises(steerlab.SteeringSpecError, match="unknown evaluation 'nope'"):
+        get_evaluation("nope")
+
+
 def test_autotune_errors(lm, vec):
     with pytest.raises(steerlab.DatasetError, match="cost_texts"):
         autotune(lm, vec, "behavior", [{}], coefficients=[1])
@@ -134,3 +150,7 @@ def test_autotune_errors(lm, vec):
         autotune(lm, vec, "sentiment", OPENINGS, coefficients=[-1], direction=1)
     with pytest.raises(steerlab.SteeringSpecError, match="unknown evaluation"):
         sweep(lm, vec, "nope", OPENINGS, coefficients=[1])
+    with pytest.raises(steerlab.SteeringSpecError, match="measures none"):
+        autotune(lm, vec, "cost", TEXTS, coefficients=[1])
+    with pytest.raises(steerlab.SteeringSpecError, match="measure ppl_ratio, kl, perplexity, not 'p_matching'"):
+        sweep(lm, vec, "cost", TEXTS, coefficients=[1], metric="p_matching")
