@@ -8,9 +8,10 @@ import pytest
 
 import steerlab
 from steerlab import Steering
+from steerlab.evaluate import protocol
 from steerlab.evaluate.behavior import ab_items, ab_probabilities, behavior_eval
 from steerlab.evaluate.cost import CostReport, offtarget_cost, text_stats
-from steerlab.evaluate.protocol import EVALUATIONS, Evaluation, MetricReport, get_evaluation, metrics_at
+from steerlab.evaluate.protocol import EVALUATIONS, Evaluation, MetricReport, get_evaluation, metrics_at, register
 from steerlab.evaluate.sentiment import sentiment_shift
 from steerlab.evaluate.sweep import autotune, split_halves, sweep
 
@@ -139,6 +140,15 @@ def test_evaluation_protocol():
         Evaluation("bad", offtarget_cost, metrics=("kl",), effect={1: "ppl_ratio"})
     with pytest.raises(steerlab.SteeringSpecError, match="unknown evaluation 'nope'"):
         get_evaluation("nope")
+
+
+def test_builtins_do_not_replace_an_evaluation_registered_first(monkeypatch):
+    registry: dict[str, Evaluation] = {}
+    monkeypatch.setattr(protocol, "EVALUATIONS", registry)
+    mine = register(Evaluation("cost", offtarget_cost, metrics=("kl",)))
+    builtin = Evaluation("cost", offtarget_cost, metrics=("ppl_ratio",))
+    assert register(builtin, replace=False) is mine and registry["cost"] is mine
+    assert register(builtin) is builtin and registry["cost"] is builtin
 
 
 def test_autotune_errors(lm, vec):

@@ -566,7 +566,8 @@ register(
         data="CAA A/B items",
         load=load_ab_items,
         effect={1: "p_matching", -1: "p_not_matching"},
-    )
+    ),
+    replace=False,
 )
 
 

@@ -339,7 +339,10 @@ def offtarget_cost(
 
 
 register(
-    Evaluation("cost", offtarget_cost, metrics=("ppl_ratio", "kl", "perplexity"), data="neutral texts", load=load_texts)
+    Evaluation(
+        "cost", offtarget_cost, metrics=("ppl_ratio", "kl", "perplexity"), data="neutral texts", load=load_texts
+    ),
+    replace=False,
 )
 
 # load_texts (steerlab.data) is re-exported: it reads the neutral texts the cost is measured on.

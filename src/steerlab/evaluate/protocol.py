@@ -99,8 +99,9 @@ class Evaluation:
                 f"not {unknown}"
             )
 
-    def __call__(self, lm: Any, vector: Any, data: Sequence[Any], coefficients: Sequence[float],
-                 **options: Any) -> dict[str, list[float]]:
+    def __call__(
+        self, lm: Any, vector: Any, data: Sequence[Any], coefficients: Sequence[float], **options: Any
+    ) -> dict[str, list[float]]:
         """Run it at ``coefficients``; ``{metric: [value per coefficient]}`` in the order given."""
         report = self.run(lm, vector, list(data), coefficients=list(coefficients), **options)
         return metrics_at(report, coefficients)
@@ -110,10 +111,12 @@ EVALUATIONS: dict[str, Evaluation] = {}
 """Registered evaluations by name (the built-ins appear on first :func:`get_evaluation`)."""
 
 
-def register(evaluation: Evaluation) -> Evaluation:
-    """Add ``evaluation`` to :data:`EVALUATIONS` (replacing one of the same name)."""
-    EVALUATIONS[evaluation.name] = evaluation
-    return evaluation
+def register(evaluation: Evaluation, *, replace: bool = True) -> Evaluation:
+    """Add ``evaluation`` to :data:`EVALUATIONS`, replacing one of the same name unless
+    ``replace=False`` (the built-ins use that, so an evaluation you register first stays)."""
+    if replace or evaluation.name not in EVALUATIONS:
+        EVALUATIONS[evaluation.name] = evaluation
+    return EVALUATIONS[evaluation.name]
 
 
 def _load_builtins() -> None:

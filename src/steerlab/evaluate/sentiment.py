@@ -349,5 +349,6 @@ register(
         default_data=lambda: list(OPENINGS),
         effect={1: "positive_share", -1: "negative_share"},
         cost="continuation_ppl",
-    )
+    ),
+    replace=False,
 )
