@@ -142,13 +142,16 @@ def test_evaluation_protocol():
         get_evaluation("nope")
 
 
-def test_builtins_do_not_replace_an_evaluation_registered_first(monkeypatch):
-    registry: dict[str, Evaluation] = {}
-    monkeypatch.setattr(protocol, "EVALUATIONS", registry)
-    mine = register(Evaluation("cost", offtarget_cost, metrics=("kl",)))
+def test_register_refuses_a_taken_name_unless_replace(monkeypatch):
+    get_evaluation("cost")  # the built-ins are registered
+    monkeypatch.setattr(protocol, "EVALUATIONS", dict(protocol.EVALUATIONS))
+    mine = Evaluation("cost", offtarget_cost, metrics=("kl",))
+    with pytest.raises(steerlab.SteeringSpecError, match="replace=True"):
+        register(mine)
+    assert register(mine, replace=True) is mine and get_evaluation("cost") is mine
+    # a built-in module imported later never replaces it
     builtin = Evaluation("cost", offtarget_cost, metrics=("ppl_ratio",))
-    assert register(builtin, replace=False) is mine and registry["cost"] is mine
-    assert register(builtin) is builtin and registry["cost"] is builtin
+    assert protocol.register_builtin(builtin) is mine and get_evaluation("cost") is mine
 
 
 def test_autotune_errors(lm, vec):

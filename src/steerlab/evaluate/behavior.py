@@ -48,7 +48,7 @@ from ..progress import track
 from ..steering import Steering, SteeringLike
 from ..tokens import pad_id, pad_token_ids
 from ..vector import SteeringVector
-from .protocol import Evaluation, register
+from .protocol import Evaluation, register_builtin
 from .report import Report, new_figure, save_figure
 from .stats import bootstrap_ci, resample_indices
 
@@ -558,7 +558,7 @@ def capability_eval(
                          **options)
 
 
-register(
+register_builtin(
     Evaluation(
         "behavior",
         behavior_eval,
@@ -567,7 +567,6 @@ register(
         load=load_ab_items,
         effect={1: "p_matching", -1: "p_not_matching"},
     ),
-    replace=False,
 )
 
 

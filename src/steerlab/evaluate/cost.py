@@ -37,7 +37,7 @@ from ..model import LM
 from ..progress import track
 from ..steering import Steering, SteeringLike, compose
 from ..vector import SteeringVector
-from .protocol import Evaluation, register
+from .protocol import Evaluation, register_builtin
 from .report import Report, new_figure, save_figure
 
 DEFAULT_COEFFICIENTS: tuple[float, ...] = (-4, -2, -1, 0, 1, 2, 4)
@@ -338,11 +338,10 @@ def offtarget_cost(
     )
 
 
-register(
+register_builtin(
     Evaluation(
         "cost", offtarget_cost, metrics=("ppl_ratio", "kl", "perplexity"), data="neutral texts", load=load_texts
     ),
-    replace=False,
 )
 
 # load_texts (steerlab.data) is re-exported: it reads the neutral texts the cost is measured on.

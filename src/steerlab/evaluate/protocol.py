@@ -111,12 +111,27 @@ EVALUATIONS: dict[str, Evaluation] = {}
 """Registered evaluations by name (the built-ins appear on first :func:`get_evaluation`)."""
 
 
-def register(evaluation: Evaluation, *, replace: bool = True) -> Evaluation:
-    """Add ``evaluation`` to :data:`EVALUATIONS`, replacing one of the same name unless
-    ``replace=False`` (the built-ins use that, so an evaluation you register first stays)."""
-    if replace or evaluation.name not in EVALUATIONS:
-        EVALUATIONS[evaluation.name] = evaluation
-    return EVALUATIONS[evaluation.name]
+def register(evaluation: Evaluation, replace: bool = False) -> Evaluation:
+    """Add ``evaluation`` to :data:`EVALUATIONS` (as :func:`steerlab.methods.register` does for
+    extraction methods).
+
+    Raises:
+        SteeringSpecError: an evaluation of that name is registered (a built-in included) and
+            ``replace`` is False.
+    """
+    _load_builtins()
+    if evaluation.name in EVALUATIONS and not replace:
+        raise SteeringSpecError(
+            f"an evaluation called {evaluation.name!r} is registered: pass replace=True to swap it"
+        )
+    EVALUATIONS[evaluation.name] = evaluation
+    return evaluation
+
+
+def register_builtin(evaluation: Evaluation) -> Evaluation:
+    """How the built-in modules register themselves on import: never over an evaluation that was
+    registered (with ``replace=True``) before they were imported."""
+    return EVALUATIONS.setdefault(evaluation.name, evaluation)
 
 
 def _load_builtins() -> None:

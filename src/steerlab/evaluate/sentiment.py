@@ -34,7 +34,7 @@ from ..progress import track
 from ..steering import Positions, Steering
 from ..vector import SteeringVector
 from .likelihood import continuation_nll, perplexities
-from .protocol import Evaluation, register
+from .protocol import Evaluation, register_builtin
 from .report import Report, fmt, new_figure, save_figure
 from .scorers import LABELS, Scorer, SentimentScore, get_scorer
 from .stats import bootstrap_ci, finite_stat, resample_indices
@@ -339,7 +339,7 @@ def sentiment_shift(
     )
 
 
-register(
+register_builtin(
     Evaluation(
         "sentiment",
         sentiment_shift,
@@ -350,5 +350,4 @@ register(
         effect={1: "positive_share", -1: "negative_share"},
         cost="continuation_ppl",
     ),
-    replace=False,
 )
