@@ -3,7 +3,7 @@
 1. Sentiment ("happy" vs "sad"): ActAdd pair, CAA mean_diff and RepE pca_diff side by side; for each
    the layers and coefficient are auto-tuned (positive and negative direction) under a continuation
    perplexity budget on half of the held-out openings and reported on the other half.
-2. CAA behaviours: A/B p(matching) at multipliers −1, 0, +1 at the auto-tuned layer, plus an MMLU
+2. CAA behaviours: A/B p(matching) at coefficients −1, 0, +1 at the auto-tuned layer, plus an MMLU
    capability check at that layer.
 3. The breakdown curve of the happy vector.
 
@@ -22,7 +22,6 @@ from typing import Any
 import steerlab
 from steerlab.analysis import breakdown_curve
 from steerlab.evaluate.behavior import behavior_eval, behavior_vector, capability_eval, load_ab_items
-from steerlab.evaluate.cost import load_texts
 from steerlab.evaluate.report import markdown_table
 from steerlab.evaluate.sentiment import sentiment_shift
 from steerlab.evaluate.sweep import autotune, split_halves
@@ -127,7 +126,7 @@ def caa_section(lm: steerlab.LM, out: Path, quick: bool) -> tuple[str, dict[str,
     behaviors = ["corrigible-neutral-HHH", "refusal", "survival-instinct"]
     if quick:
         behaviors = behaviors[:1]
-    cost_texts = load_texts(REPE / "facts_true_false.csv", limit=8 if quick else 32)
+    cost_texts = steerlab.load_texts(REPE / "facts_true_false.csv", limit=8 if quick else 32)
     layers = [10, 14] if quick else [6, 9, 12, 15, 18]
     rows, summary, capability_rows = [], {}, []
     for name in behaviors:
@@ -138,18 +137,19 @@ def caa_section(lm: steerlab.LM, out: Path, quick: bool) -> tuple[str, dict[str,
         tune = autotune(lm, vec, "behavior", items, coefficients=[1.0], layer_sets=[[k] for k in layers],
                         budget=1.3, direction=1, cost_texts=cost_texts, progress=False)
         layer = tune.layers[0]
-        rep = behavior_eval(lm, vec.select([layer]), items, multipliers=(-1.0, 0.0, 1.0), progress=False, name=name)
+        rep = behavior_eval(lm, vec.select([layer]), items, coefficients=(-1.0, 0.0, 1.0), progress=False,
+                            name=name)
         rep.write(out / "results", f"caa_{name}")
-        pts = {p.multiplier: p for p in rep.points}
+        pts = {p.coefficient: p for p in rep.points}
         rows.append({"behavior": name, "layer": layer, "p(match) −1": pts[-1.0].mean, "0": pts[0.0].mean,
                      "+1": pts[1.0].mean, "letter mass": pts[0.0].letter_mass, "n": pts[0.0].n})
         summary[name] = {"layer": layer, "points": {m: p.mean for m, p in pts.items()}}
         if name == behaviors[0]:
             mmlu = capability_eval(lm, vec.select([layer]), CAA / "test" / "mmlu" / "mmlu.json",
-                                   multipliers=(-1.0, 0.0, 1.0), limit=20 if quick else 100)
+                                   coefficients=(-1.0, 0.0, 1.0), limit=20 if quick else 100)
             mmlu.write(out / "results", "caa_mmlu")
             capability_rows = [{"set": "MMLU (A/B)", "vector": name, "layer": layer,
-                                **{f"acc {p.multiplier:+g}": p.above_half for p in mmlu.points},
+                                **{f"acc {p.coefficient:+g}": p.above_half for p in mmlu.points},
                                 "n": mmlu.points[0].n}]
         print(f"  {name}: layer {layer} ({time.perf_counter() - t0:.0f} s)", flush=True)
     md = (
@@ -170,7 +170,7 @@ def caa_section(lm: steerlab.LM, out: Path, quick: bool) -> tuple[str, dict[str,
 def breakdown_section(lm: steerlab.LM, out: Path, quick: bool) -> str:
     openings = steerlab.load_openings(REPE / "all_truncated_outputs.json")
     vec = steerlab.extract(lm, steerlab.persona_pairs("happy", "sad", openings[:128]), layers=range(8, 20))
-    texts = load_texts(REPE / "facts_true_false.csv", limit=16 if quick else 64)
+    texts = steerlab.load_texts(REPE / "facts_true_false.csv", limit=16 if quick else 64)
     rep = breakdown_curve(lm, vec, texts, progress=False)
     rep.write(out / "results", "breakdown")
     bp = rep.breaking_point

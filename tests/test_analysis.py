@@ -12,8 +12,10 @@ import torch
 
 import steerlab
 from steerlab.analysis.pca import PCAReport, activation_pca, center_pairs, contrast_pca, residual_pca
-from steerlab.analysis.projection import ProjectionReport, best_threshold, cohens_d, pair_texts, projection
+from steerlab.analysis.projection import ProjectionReport, best_threshold, cohens_d, projection
 from steerlab.analysis.similarity import SimilarityReport, layer_similarity, vector_similarity
+from steerlab.data import pair_texts
+from steerlab.methods import center_on_midpoints
 
 from .conftest import REPE
 
@@ -142,6 +144,10 @@ def test_activation_pca_and_center_pairs(lm):
     acts = torch.randn(6, lm.d_model, generator=torch.Generator().manual_seed(0))
     centred = center_pairs(acts)
     assert torch.allclose(centred[0::2], -centred[1::2], atol=1e-6)
+    # the interleaved view and the extraction method's centring are the same numbers
+    pos, neg = center_on_midpoints(acts[0::2], acts[1::2])
+    assert torch.equal(centred[0::2], pos) and torch.equal(centred[1::2], neg)
+    assert torch.equal(centred, acts - ((acts[0::2] + acts[1::2]) / 2).repeat_interleave(2, dim=0))
     r = activation_pca(lm, acts, layer=1, n_components=2, labels=list("ababab"), orient_label="a")
     assert r.separation is not None and all(s >= 0 for s in r.separation)
     with pytest.raises(steerlab.DatasetError):

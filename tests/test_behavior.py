@@ -23,10 +23,10 @@ from steerlab.evaluate.behavior import (
     ab_probabilities,
     behavior_eval,
     behavior_vector,
-    bootstrap_ci,
     capability_eval,
     load_ab_items,
 )
+from steerlab.evaluate.stats import bootstrap_ci
 
 from .conftest import CAA
 
@@ -58,7 +58,7 @@ def base(lm: steerlab.LM, items: list[ABItem]) -> list[float]:
 
 @pytest.fixture(scope="module")
 def report(lm: steerlab.LM, svec: steerlab.SteeringVector, items: list[ABItem]) -> BehaviorReport:
-    return behavior_eval(lm, svec, items, multipliers=(-1.0, 0.0, 1.0), n_bootstrap=200)
+    return behavior_eval(lm, svec, items, coefficients=(-1.0, 0.0, 1.0), n_bootstrap=200)
 
 
 def test_items_and_vector(items: list[ABItem], svec: steerlab.SteeringVector) -> None:
@@ -74,12 +74,12 @@ def test_probabilities_in_unit_interval(base: list[float]) -> None:
     assert all(0.0 < p < 1.0 for p in base)
 
 
-def test_multiplier_zero_is_exactly_unsteered(
+def test_coefficient_zero_is_exactly_unsteered(
     lm: steerlab.LM, svec: steerlab.SteeringVector, items: list[ABItem], report: BehaviorReport, base: list[float]
 ) -> None:
     # bit for bit against the same batch layout with every row unsteered (a batch of another shape
     # may round differently in the matrix kernels, so the separate read-out matches to tolerance)
-    zero = behavior_eval(lm, svec * 0.0, items, multipliers=(-1.0, 0.0, 1.0), n_bootstrap=200)
+    zero = behavior_eval(lm, svec * 0.0, items, coefficients=(-1.0, 0.0, 1.0), n_bootstrap=200)
     assert report.point(0.0).probabilities == zero.point(-1.0).probabilities == zero.point(0.0).probabilities
     assert report.point(0.0).probabilities == pytest.approx(base, rel=1e-6, abs=1e-9)
     assert report.point(1.0).probabilities != base and report.point(-1.0).probabilities != base
@@ -91,7 +91,7 @@ def test_batched_equals_one_by_one(
     # unsteered, one item per forward pass (no padding) vs the padded batch (two short items)
     single = ab_probabilities(lm, [items[5], items[7]], batch_size=1)
     assert max(abs(single[0] - base[5]), abs(single[1] - base[7])) < 1e-5
-    # one multiplier at a time, one item at a time vs all multipliers as rows of one batch
+    # one coefficient at a time, one item at a time vs all coefficients as rows of one batch
     s = Steering(svec, 1.0, positions="generated")
     steered = ab_probabilities(lm, items, s, batch_size=1)
     assert max(abs(a - b) for a, b in zip(steered, report.point(1.0).probabilities)) < 1e-5
@@ -205,11 +205,11 @@ def test_capability_sets_load(lm: steerlab.LM) -> None:
 
 
 def test_capability_eval(lm: steerlab.LM, svec: steerlab.SteeringVector) -> None:
-    rep = capability_eval(lm, svec, TQA, multipliers=(0.0, 1.0), layers=[2], limit=3, n_bootstrap=20)
+    rep = capability_eval(lm, svec, TQA, coefficients=(0.0, 1.0), layers=[2], limit=3, n_bootstrap=20)
     assert rep.capability and rep.settings["capability"] and rep.settings["set"] == "capability"
     assert rep.behavior == "truthful_qa" and rep.settings["layers"] == [2] and rep.settings["limit"] == 3
     rows = rep.rows()
-    assert [r["multiplier"] for r in rows] == [0.0, 1.0] and "accuracy" in rows[0] and "p_correct" in rows[0]
+    assert [r["coefficient"] for r in rows] == [0.0, 1.0] and "accuracy" in rows[0] and "p_correct" in rows[0]
     assert all(r["n"] == 3 and 0.0 <= r["accuracy"] <= 1.0 for r in rows)
 
 
@@ -237,15 +237,36 @@ def test_malformed_items_name_the_index(lm: steerlab.LM, svec: steerlab.Steering
         load_ab_items(bad)
 
 
+def test_vectors_and_read_outs_check_items_alike() -> None:
+    """caa_pairs (vectors) and ab_items (read-outs) share one parser: the same item fails both."""
+    same = dict(SHORT, answer_not_matching_behavior="(B)")
+    for parse in (steerlab.caa_pairs, ab_items):
+        with pytest.raises(DatasetError, match=r"item 0\b.*both answers are \(B\)"):
+            parse([same])
+    no_choices = dict(SHORT, question="Is the sky blue?")
+    for parse in (steerlab.caa_pairs, ab_items):
+        with pytest.raises(DatasetError, match=r"item 0\b.*offers choices.*no \(A\)/\(B\) choices"):
+            parse([no_choices])
+
+
 def test_option_errors(lm: steerlab.LM, svec: steerlab.SteeringVector) -> None:
     with pytest.raises(SteeringSpecError, match="repeat"):
-        behavior_eval(lm, svec, [SHORT], multipliers=(1.0, 1))
-    with pytest.raises(SteeringSpecError, match="no multipliers"):
-        behavior_eval(lm, svec, [SHORT], multipliers=())
+        behavior_eval(lm, svec, [SHORT], coefficients=(1.0, 1))
+    with pytest.raises(SteeringSpecError, match="no coefficients"):
+        behavior_eval(lm, svec, [SHORT], coefficients=())
     with pytest.raises(steerlab.LayerRangeError):
         behavior_eval(lm, svec, [SHORT], layers=[4])
     with pytest.raises(DatasetError, match="no A/B items"):
         ab_probabilities(lm, [])
+
+
+def test_deprecated_multipliers_alias(lm: steerlab.LM, svec: steerlab.SteeringVector, report: BehaviorReport,
+                                      items: list[ABItem]) -> None:
+    with pytest.warns(DeprecationWarning, match="coefficients="):
+        old = behavior_eval(lm, svec, items, multipliers=(-1.0, 0.0, 1.0), n_bootstrap=200)
+    assert old.points == report.points
+    with pytest.warns(DeprecationWarning, match=r"\.coefficient"):
+        assert old.points[2].multiplier == 1.0
 
 
 def test_bootstrap_ci() -> None:
@@ -263,7 +284,7 @@ def test_report_outputs(report: BehaviorReport, tmp_path: Any) -> None:
         assert p.n == 8 and p.ci_low <= p.mean <= p.ci_high and 0.0 <= p.above_half <= 1.0
         assert 0.0 < p.letter_mass <= 1.0
     rows = report.rows()
-    assert [r["multiplier"] for r in rows] == [-1.0, 0.0, 1.0]
+    assert [r["coefficient"] for r in rows] == [-1.0, 0.0, 1.0]
     data = json.loads(report.to_json())
     assert data["kind"] == "BehaviorReport" and data["behavior"] == "sycophancy"
     assert data["rows"][1]["p_matching"] == pytest.approx(report.point(0.0).mean, abs=1e-6)
@@ -281,16 +302,16 @@ def test_report_outputs(report: BehaviorReport, tmp_path: Any) -> None:
 @pytest.mark.slow
 def test_default_model_sycophancy_read_out() -> None:
     """The CAA protocol end to end on SmolLM2-135M: layer-13 vector from 64 generate items, 20 test
-    items, multipliers -1 / 0 / +1.
+    items, coefficients -1 / 0 / +1.
 
     Measured here: mean p(matching) .462 / .457 / .453, letter mass ~.8. A 135M model barely
-    moves at |multiplier| = 1 (Llama-2-7b-chat in the CAA paper: .64 / .76 / .81), and the +1 vs
+    moves at |coefficient| = 1 (Llama-2-7b-chat in the CAA paper: .64 / .76 / .81), and the +1 vs
     -1 gap is within noise and slightly negative, so only "no large reversal" is asserted.
     """
     t0 = time.time()
     smol = steerlab.load_model("default")
     vec = behavior_vector(smol, SYC_GEN, layers=[13], limit=64)
-    rep = behavior_eval(smol, vec, load_ab_items(SYC_TEST, limit=20), multipliers=(-1.0, 0.0, 1.0))
+    rep = behavior_eval(smol, vec, load_ab_items(SYC_TEST, limit=20), coefficients=(-1.0, 0.0, 1.0))
     print(rep.to_markdown(), f"\n({time.time() - t0:.1f} s)")
     lo, mid, hi = (rep.point(m) for m in (-1.0, 0.0, 1.0))
     assert mid.letter_mass > 0.5  # the model does answer with a letter

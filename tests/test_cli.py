@@ -157,7 +157,7 @@ def _run_json(*args: str) -> dict:
     return json.loads(res.stdout)
 
 
-def test_eval_sentiment_and_fluency(vec_dir, tmp_path):
+def test_eval_sentiment_and_cost(vec_dir, tmp_path):
     out = tmp_path / "s"
     data = _run_json("eval", "sentiment", *M, "--vector", str(vec_dir), "--coefs", "-2,0,2", "--limit", "3",
                      "--max-new-tokens", "4", "--out", str(out))
@@ -165,9 +165,14 @@ def test_eval_sentiment_and_fluency(vec_dir, tmp_path):
     assert {p.name for p in out.iterdir()} >= {"sentiment.json", "sentiment.md", "sentiment.png", "run.json"}
     texts = tmp_path / "t.txt"
     texts.write_text("Once upon a time there was a cat.\nThe dog ran to the park.\n")
-    data = _run_json("eval", "fluency", *M, "--vector", str(vec_dir), "--texts", str(texts), "--coefs", "0,4",
-                     "--out", str(tmp_path / "f"))
+    data = _run_json("eval", "cost", *M, "--vector", str(vec_dir), "--texts", str(texts), "--coefs", "0,4",
+                     "--out", str(tmp_path / "c"))
     assert data["kl"][0] == 0.0 and data["kl"][1] > 0
+    assert (tmp_path / "c" / "cost.json").is_file()
+    # `eval fluency`, the older name of the command, still runs the same measurement
+    alias = _run_json("eval", "fluency", *M, "--vector", str(vec_dir), "--texts", str(texts), "--coefs", "0,4",
+                      "--out", str(tmp_path / "f"))
+    assert alias["kl"] == data["kl"] and (tmp_path / "f" / "fluency.json").is_file()
 
 
 def test_eval_behavior(vec_dir, tmp_path):
@@ -178,6 +183,12 @@ def test_eval_behavior(vec_dir, tmp_path):
                      "--out", str(tmp_path / "b"))
     assert data["kind"] == "BehaviorReport" and len(data["rows"]) == 3
     assert json.loads((tmp_path / "b" / "run.json").read_text())["data_hash"]
+    assert [r["coefficient"] for r in data["rows"]] == [-1.0, 0.0, 1.0]
+    # --multipliers is the hidden, deprecated spelling of --coefs
+    old = _run_json("eval", "behavior", *M, "--vector", str(vec_dir), "--items", str(items), "--limit", "4",
+                    "--multipliers", "0,2", "--out", str(tmp_path / "m"))
+    assert [r["coefficient"] for r in old["rows"]] == [0.0, 2.0]
+    assert "--multipliers" not in runner.invoke(app, ["eval", "behavior", "--help"]).output
 
 
 def test_sweep_and_autotune(vec_dir, tmp_path):
@@ -188,6 +199,13 @@ def test_sweep_and_autotune(vec_dir, tmp_path):
     data = _run_json("sweep", "sentiment", *M, "--vector", str(vec_dir), "--autotune", "--coefs", "1,4",
                      "--limit", "4", "--max-new-tokens", "4", "--out", str(tmp_path / "at"))
     assert data["kind"] == "AutotuneReport" and set(data["held_out"]) == {"baseline", "steered"}
+
+
+def test_sweep_unknown_evaluation_is_a_usage_error(vec_dir, tmp_path):
+    res = runner.invoke(app, ["sweep", "nope", *M, "--vector", str(vec_dir), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "unknown evaluation 'nope'" in res.output
+    res = runner.invoke(app, ["sweep", "cost", *M, "--vector", str(vec_dir), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--data is required" in res.output
 
 
 def test_analyze_commands(vec_dir, tmp_path):
@@ -207,8 +225,8 @@ def test_analyze_commands(vec_dir, tmp_path):
     data = _run_json("analyze", "breakdown", *M, "--vector", str(vec_dir), "--texts", str(texts), "--coefs",
                      "0,1,4,16", "--out", str(tmp_path / "bd"))
     assert data["kind"] == "BreakdownReport"
-    for cmd in (["eval", "sentiment"], ["eval", "behavior"], ["eval", "fluency"], ["sweep"], ["analyze", "pca"],
-                ["analyze", "projection"], ["analyze", "similarity"], ["analyze", "breakdown"]):
+    for cmd in (["eval", "sentiment"], ["eval", "behavior"], ["eval", "cost"], ["eval", "fluency"], ["sweep"],
+                ["analyze", "pca"], ["analyze", "projection"], ["analyze", "similarity"], ["analyze", "breakdown"]):
         assert "Example:" in runner.invoke(app, [*cmd, "--help"]).output, cmd
 
 

@@ -12,7 +12,7 @@ import torch
 import steerlab
 from steerlab import Steering
 from steerlab.evaluate.cost import CostReport, load_texts, offtarget_cost, run_stats, text_stats
-from steerlab.evaluate.fluency import continuation_nll, pooled_perplexity
+from steerlab.evaluate.likelihood import continuation_nll, pooled_perplexity
 from steerlab.generate import encode
 from tests.conftest import REPE
 
@@ -46,7 +46,7 @@ def test_zero_coefficient_is_exactly_unsteered(lm, vec):
 
 
 def test_perplexity_matches_continuation_nll(lm, vec):
-    """Cross-check against fluency.continuation_nll (prompt = BOS only), plain and steered."""
+    """Cross-check against likelihood.continuation_nll (prompt = BOS only), plain and steered."""
     ref = pooled_perplexity(continuation_nll(lm, [""] * len(TEXTS), TEXTS))
     assert text_stats(lm, TEXTS).perplexity == pytest.approx(ref, rel=1e-5)
     s = Steering(vec, 2.0)
@@ -166,3 +166,19 @@ def test_load_texts_errors(tmp_path):
 def test_kl_is_finite_at_huge_coefficient(lm, vec):
     stats = text_stats(lm, TEXTS[:1], Steering(vec, 1e4))
     assert stats.kl is not None and math.isfinite(stats.kl) and math.isfinite(stats.perplexity)
+
+
+def test_openings_and_texts_share_one_loader(tmp_path):
+    """load_openings is load_texts without stripping: the same formats, errors and blank-line rule."""
+    js = tmp_path / "o.json"
+    js.write_text(json.dumps(["That game ", "  ", {"text": "I can see"}]), encoding="utf-8")
+    assert steerlab.load_openings(js) == ["That game ", "I can see"]  # the trailing space matters to generation
+    assert steerlab.load_texts(js) == load_texts(js) == ["That game", "I can see"]
+    broken = tmp_path / "b.json"
+    broken.write_text('["a", ', encoding="utf-8")
+    for loader in (steerlab.load_openings, steerlab.load_texts):
+        with pytest.raises(steerlab.DatasetError, match="not valid JSON"):
+            loader(broken)
+    csv_path = tmp_path / "o.csv"
+    csv_path.write_text("statement,label\nThe sky is,1\n", encoding="utf-8")
+    assert steerlab.load_openings(csv_path) == ["The sky is"]

@@ -13,19 +13,17 @@ import torch
 import steerlab
 from steerlab.evaluate import sentiment as sentiment_mod
 from steerlab.evaluate.report import Report
-from steerlab.evaluate.sentiment import (
+from steerlab.evaluate.scorers import (
     HFScorer,
     Scorer,
     ScorerLoadError,
-    SentimentReport,
     SentimentScore,
     VaderScorer,
-    bootstrap_ci,
-    coefficient_label,
     get_scorer,
     label_classes,
-    sentiment_shift,
 )
+from steerlab.evaluate.sentiment import SentimentReport, coefficient_label, sentiment_shift
+from steerlab.evaluate.stats import bootstrap_ci
 from tests.conftest import REPE, STORIES
 
 OPENINGS = ["Once upon a time", "The cat", "Lily was"]

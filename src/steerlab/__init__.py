@@ -20,6 +20,7 @@ from .data import (
     load_caa,
     load_openings,
     load_pairs,
+    load_texts,
     pairs_from_lists,
     persona_pairs,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "load_model",
     "load_openings",
     "load_pairs",
+    "load_texts",
     "pairs_from_lists",
     "persona_pairs",
     "steer",

@@ -127,6 +127,24 @@ def render_plain(text: Text) -> str:
     return text if isinstance(text, str) else f"{text.user} {text.assistant}"
 
 
+def pair_texts(lm: Any, pairs: Sequence[ContrastPair]) -> tuple[list[str], list[Read]]:
+    """Rendered texts and read positions of ``pairs``, interleaved ``[pos0, neg0, pos1, neg1, ...]``.
+
+    Activations captured from them keep the order: positives are rows ``[0::2]``, negatives
+    ``[1::2]``.
+
+    Example:
+        >>> pair_texts(None, pairs_from_lists(["Love"], ["Hate"]))
+        (['Love', 'Hate'], ['last', 'last'])
+    """
+    texts: list[str] = []
+    reads: list[Read] = []
+    for p in pairs:
+        texts += [render(p.positive, lm), render(p.negative, lm)]
+        reads += [p.read, p.read]
+    return texts, reads
+
+
 def pairs_from_lists(positives: Sequence[Text], negatives: Sequence[Text], read: Read = "last") -> list[ContrastPair]:
     """Zip two equally long lists into pairs.
 
@@ -179,12 +197,7 @@ def load_pairs(path: str | Path, read: Read = "last") -> list[ContrastPair]:
             pairs.append(_pair_from_record(rec, f"{path}:{lineno}", read))
         return check_pairs(pairs)
     if suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
-        if not isinstance(data, list):
-            raise DatasetError(f"{path}: expected a JSON list of pair objects")
+        data = read_json_list(path, "pair objects")
         return check_pairs([_pair_from_record(r, f"{path}[{i}]", read) for i, r in enumerate(data)])
     if suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as fh:
@@ -210,6 +223,31 @@ def choice_letters(question: str) -> list[str]:
     return sorted(set(_CHOICE_RE.findall(question)))
 
 
+def ab_letters(question: str, matching: str, not_matching: str, where: str = "item") -> tuple[str, str]:
+    """The two answer letters of a multiple-choice item, checked against the choices it offers.
+
+    Shared by :func:`caa_pair` (vectors) and :mod:`steerlab.evaluate.behavior` (A/B read-outs), so
+    an item is valid or invalid in the same way for both.
+
+    Raises:
+        DatasetError: an answer without an ``(X)`` letter, a question offering no ``(X)`` choices or
+            not offering both letters, or the same letter on both sides.
+
+    Example:
+        >>> ab_letters("Sky blue?\n (A) yes\n (B) no", "(A)", " (B)")
+        ('A', 'B')
+    """
+    match, other = answer_letter(matching, where), answer_letter(not_matching, where)
+    letters = choice_letters(question)
+    if not letters:
+        raise DatasetError(f"{where}: the question offers choices: none — no (A)/(B) choices to answer with")
+    if match not in letters or other not in letters:
+        raise DatasetError(f"{where}: the question offers choices {letters}, not ({match}) and ({other})")
+    if match == other:
+        raise DatasetError(f"{where}: both answers are ({match}); the two sides must differ")
+    return match, other
+
+
 def caa_pair(rec: dict[str, Any], where: str = "item") -> ContrastPair:
     """One CAA A/B item as a pair read at the answer letter.
 
@@ -217,15 +255,10 @@ def caa_pair(rec: dict[str, Any], where: str = "item") -> ContrastPair:
     """
     try:
         question = str(rec["question"])
-        match = answer_letter(str(rec["answer_matching_behavior"]), where)
-        other = answer_letter(str(rec["answer_not_matching_behavior"]), where)
+        matching, not_matching = str(rec["answer_matching_behavior"]), str(rec["answer_not_matching_behavior"])
     except KeyError as exc:
         raise DatasetError(f"{where}: CAA item lacks {exc.args[0]!r}") from exc
-    letters = choice_letters(question)
-    if match not in letters or other not in letters:
-        raise DatasetError(
-            f"{where}: the question offers choices {letters or 'none'}, not ({match}) and ({other})"
-        )
+    match, other = ab_letters(question, matching, not_matching, where)
     return ContrastPair(ChatText(question, f"({match})"), ChatText(question, f"({other})"), "answer")
 
 
@@ -239,12 +272,7 @@ def load_caa(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"CAA file not found: {path}")
-    try:
-        items = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
-    if not isinstance(items, list):
-        raise DatasetError(f"{path}: expected a JSON list of CAA items")
+    items = read_json_list(path, "CAA items")
     return items[:limit] if limit is not None else items
 
 
@@ -283,21 +311,79 @@ def persona_pairs(
     )
 
 
-def load_openings(path: str | Path) -> list[str]:
-    """Sentence openings from a JSON list (e.g. RepE's ``all_truncated_outputs.json``) or a text file
-    with one opening a line; empty entries are dropped."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"openings file not found: {path}")
-    raw = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        data = json.loads(raw)
-        if not isinstance(data, list):
-            raise DatasetError(f"{path}: expected a JSON list of strings")
-        items = [str(x) for x in data]
+TEXT_COLUMNS = ("statement", "text")
+"""Fields / columns :func:`load_texts` reads a text from, in order of preference."""
+
+
+def read_json_list(path: Path, what: str) -> list[Any]:
+    """The JSON list in ``path``; a :class:`DatasetError` naming the line of a syntax error, or
+    saying it should be a list of ``what``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected a JSON list of {what}")
+    return data
+
+
+def _text_of(item: Any, where: str) -> str:
+    if isinstance(item, dict):
+        key = next((k for k in TEXT_COLUMNS if k in item), None)
+        if key is None:
+            raise DatasetError(f"{where} has no 'statement' or 'text' field")
+        item = item[key]
+    if not isinstance(item, str):
+        raise DatasetError(f"{where} is a {type(item).__name__}, expected a string")
+    return item
+
+
+def _csv_texts(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        column = next((c for c in TEXT_COLUMNS if c in (reader.fieldnames or [])), None)
+        if column is None:
+            raise DatasetError(f"{path}: needs a 'statement' or 'text' column (has {reader.fieldnames})")
+        return [row[column] or "" for row in reader]
+
+
+def load_texts(path: str | Path, limit: int | None = None, *, strip: bool = True) -> list[str]:
+    """Texts from a file: ``.txt`` (one text a line), ``.json`` (a list of strings, or of objects
+    with a ``"statement"`` or ``"text"`` field) or ``.csv`` (a ``"statement"`` or ``"text"``
+    column, e.g. RepE's ``facts_true_false.csv``). Blank entries are dropped.
+
+    Args:
+        path: the file.
+        limit: keep only the first ``limit`` texts.
+        strip: strip surrounding whitespace from each text (``False`` keeps it, e.g. for sentence
+            openings whose trailing space matters to the continuation).
+
+    Raises:
+        DatasetError: missing file, unknown format, no text column / field, or no non-empty text.
+
+    Example:
+        >>> load_texts("../shared/data/repe/facts_true_false.csv", limit=1)  # doctest: +SKIP
+        ["The Earth's atmosphere protects us from harmful radiation from the sun."]
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"text file not found: {p}")
+    suffix = p.suffix.lower()
+    if suffix == ".txt":
+        items = p.read_text(encoding="utf-8").splitlines()
+    elif suffix == ".json":
+        items = [_text_of(x, f"{p}: item {i}") for i, x in enumerate(read_json_list(p, "strings"))]
+    elif suffix == ".csv":
+        items = _csv_texts(p)
     else:
-        items = raw.splitlines()
-    out = [x for x in items if x.strip()]
+        raise DatasetError(f"{p}: unknown text format {suffix!r}: use .txt, .json or .csv")
+    out = [x.strip() if strip else x for x in items if x.strip()]
     if not out:
-        raise DatasetError(f"{path}: holds no non-empty openings")
-    return out
+        raise DatasetError(f"{p}: holds no non-empty texts")
+    return out[:limit] if limit is not None else out
+
+
+def load_openings(path: str | Path) -> list[str]:
+    """Sentence openings (e.g. RepE's ``all_truncated_outputs.json``): :func:`load_texts` without
+    stripping, so an opening keeps any trailing space."""
+    return load_texts(path, strip=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .capture import capture, capture_tokens, check_layers, iter_capture, n_batches
-from .data import ContrastPair, Read, check_pairs, data_hash, render
+from .data import ContrastPair, Read, check_pairs, data_hash, pair_texts, render
 from .errors import DatasetError
 from .files import atomic_file
 from .methods import Method, get_method
@@ -87,11 +87,7 @@ def extract(
         directions = {k: spec.fit(pos_acts[k], neg_acts[k]) for k in layer_list}
         meta["n_tokens"] = len(pos_ids)
     else:
-        texts: list[str] = []
-        reads = []
-        for p in pairs:
-            texts += [render(p.positive, lm), render(p.negative, lm)]
-            reads += [p.read, p.read]
+        texts, reads = pair_texts(lm, pairs)
         if spec.streaming:
             directions = _streamed(
                 lm, spec, texts, reads, layer_list, batch_size=batch_size, progress=progress,

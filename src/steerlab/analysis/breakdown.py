@@ -18,7 +18,7 @@ the unsteered perplexity.
 
 Example:
     >>> from steerlab.analysis import breakdown_curve
-    >>> from steerlab.evaluate.cost import load_texts
+    >>> from steerlab import load_texts
     >>> texts = load_texts("../shared/data/repe/facts_true_false.csv", limit=8)  # doctest: +SKIP
     >>> rep = breakdown_curve(lm, vec, texts, coefficients=(0, 1, 4, 16))  # doctest: +SKIP
     >>> rep.breaking_point, round(rep.breaking_norm_ratio, 2)  # SmolLM2, happy/sad, layers 8-19  # doctest: +SKIP
@@ -37,8 +37,8 @@ from typing import Any
 
 import torch
 
-from ..evaluate.cost import run_stats
-from ..evaluate.report import Report, fmt, new_figure, save_figure
+from ..evaluate.cost import CostReport, cost_curve, cost_settings, run_stats
+from ..evaluate.report import fmt, new_figure, save_figure
 from ..model import LM
 from ..steering import Steering, SteeringLike
 from ..vector import SteeringVector
@@ -64,11 +64,12 @@ def _smallest_breaking(coefs: Sequence[float], ratios: Sequence[float], threshol
 
 
 @dataclass
-class BreakdownReport(Report):
-    """Norm ratio, perplexity and KL per coefficient, and where the model breaks.
+class BreakdownReport(CostReport):
+    """Norm ratio, perplexity and KL per coefficient, and where the model breaks: a
+    :class:`~steerlab.evaluate.cost.CostReport` (coefficients, perplexity, ppl_ratio, kl,
+    base_perplexity, text counts) with the norms and breaking points.
 
     Attributes:
-        coefficients: the coefficients, in the order given.
         norm_ratio: ``max_l |c·v_l| / mean |h_l|`` per coefficient.
         cumulative_norm_ratio: ``max_l |c·sum_{k<=l} v_k| / mean |h_l|`` per coefficient (over
             the steered layers ``k``): what the stream at layer ``l`` carries when several layers
@@ -76,32 +77,22 @@ class BreakdownReport(Report):
         layer_norm_ratio: ``{layer: [|c·v_l| / mean |h_l| per coefficient]}``.
         residual_norm: ``{layer: mean per-token residual norm}`` (unsteered).
         vector_norm: ``{layer: |v_l|}``.
-        perplexity, ppl_ratio, kl: per coefficient (ratio to the unsteered perplexity).
-        base_perplexity: the unsteered perplexity.
         threshold: the perplexity ratio that counts as broken.
         breaking_point: smallest ``|c|`` with ``ppl_ratio > threshold`` (``None``: never).
         breaking_point_positive, breaking_point_negative: the same per sign of ``c``.
         breaking_norm_ratio: the norm ratio at ``breaking_point``.
     """
 
-    coefficients: list[float] = field(default_factory=list)
     norm_ratio: list[float] = field(default_factory=list)
     cumulative_norm_ratio: list[float] = field(default_factory=list)
     layer_norm_ratio: dict[int, list[float]] = field(default_factory=dict)
     residual_norm: dict[int, float] = field(default_factory=dict)
     vector_norm: dict[int, float] = field(default_factory=dict)
-    perplexity: list[float] = field(default_factory=list)
-    ppl_ratio: list[float] = field(default_factory=list)
-    kl: list[float] = field(default_factory=list)
-    base_perplexity: float = float("nan")
     threshold: float = BREAK_THRESHOLD
     breaking_point: float | None = None
     breaking_point_positive: float | None = None
     breaking_point_negative: float | None = None
     breaking_norm_ratio: float | None = None
-    n_texts: int = 0
-    n_tokens: int = 0
-    skipped: int = 0
 
     @property
     def ratio_per_unit(self) -> float:
@@ -216,7 +207,7 @@ def breakdown_curve(
         lm: the model.
         vector: a one-direction steering vector (``method="actadd"`` vectors: use
             ``vector.token_mean()``).
-        texts: neutral held-out texts (see :func:`steerlab.evaluate.cost.load_texts`).
+        texts: neutral held-out texts (see :func:`steerlab.load_texts`).
         coefficients: the grid (default :data:`DEFAULT_COEFFICIENTS`, 0 and ±0.25 ... ±16).
         layers: the vector's layers to steer (default: all of them).
         batch_size: texts per forward pass.
@@ -246,7 +237,8 @@ def breakdown_curve(
     unit_per_layer = {k: vnorm[k] / residual[k] if residual[k] > 0 else float("inf") for k in used}
     per_layer = {k: [abs(c) * unit_per_layer[k] for c in coefs] for k in used}
     ratio = [max(per_layer[k][i] for k in used) for i in range(len(coefs))]
-    ppl_ratio = [s.ppl_ratio for s in stats]
+    curve = cost_curve(coefs, stats)
+    ppl_ratio = curve["ppl_ratio"]
     bp = _smallest_breaking(coefs, ppl_ratio, threshold)
     pos = _smallest_breaking([c for c in coefs if c > 0], [r for c, r in zip(coefs, ppl_ratio) if c > 0], threshold)
     neg = _smallest_breaking([c for c in coefs if c < 0], [r for c, r in zip(coefs, ppl_ratio) if c < 0], threshold)
@@ -263,30 +255,18 @@ def breakdown_curve(
     return BreakdownReport(
         title=f"breakdown of a {vector.method} vector on {lm.model_id} (layers {span})",
         settings={
-            "model_id": lm.model_id,
-            "method": vector.method,
-            "layers": used,
-            "positions": "all",
-            "operator": "add",
-            "batch_size": batch_size,
+            **cost_settings(lm, vector, layers=used, positions="all", operator="add", batch_size=batch_size),
             "include_first_token": include_first_token,
         },
-        coefficients=coefs,
+        **curve,
         norm_ratio=ratio,
         cumulative_norm_ratio=[abs(c) * cum_unit for c in coefs],
         layer_norm_ratio=per_layer,
         residual_norm=residual,
         vector_norm=vnorm,
-        perplexity=[s.perplexity for s in stats],
-        ppl_ratio=ppl_ratio,
-        kl=[float(s.kl or 0.0) for s in stats],
-        base_perplexity=stats[0].base_perplexity,
         threshold=threshold,
         breaking_point=bp,
         breaking_point_positive=pos,
         breaking_point_negative=neg,
         breaking_norm_ratio=None if bp is None else bp * unit,
-        n_texts=stats[0].n_texts,
-        n_tokens=stats[0].n_tokens,
-        skipped=stats[0].skipped,
     )

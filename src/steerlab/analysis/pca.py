@@ -37,13 +37,14 @@ import torch
 from sklearn.decomposition import PCA
 
 from ..capture import capture, check_layers
-from ..data import ContrastPair, Read, Text, check_pairs, render
+from ..data import ContrastPair, Read, Text, check_pairs, pair_texts, render
 from ..data import data_hash as pairs_hash
 from ..errors import DatasetError, InvalidVectorError
 from ..evaluate.report import Report, new_figure, save_figure
+from ..methods import center_on_midpoints
 from ..model import LM
 from ..vector import SteeringVector
-from .projection import cohens_d, pair_texts
+from .projection import cohens_d
 
 _LABEL_COLORS = {"positive": "tab:orange", "negative": "tab:blue"}
 """Same colours as the projection histograms."""
@@ -324,14 +325,12 @@ def residual_pca(
 
 
 def center_pairs(acts: torch.Tensor) -> torch.Tensor:
-    """Subtract each pair's midpoint from interleaved ``[pos0, neg0, pos1, neg1, ...]`` rows.
-
-    What is left is only the within-pair (behaviour) difference: ``pos_i − mid_i = −(neg_i − mid_i)``.
-    """
+    """Subtract each pair's midpoint from interleaved ``[pos0, neg0, pos1, neg1, ...]`` rows
+    (:func:`steerlab.methods.center_on_midpoints` on the two sides, interleaved again)."""
     if acts.shape[0] % 2:
         raise DatasetError(f"{acts.shape[0]} rows cannot be interleaved positive/negative pairs")
-    mid = (acts[0::2] + acts[1::2]) / 2
-    return acts - mid.repeat_interleave(2, dim=0)
+    pos, neg = center_on_midpoints(acts[0::2], acts[1::2])
+    return torch.stack([pos, neg], dim=1).flatten(0, 1)
 
 
 def contrast_pca(

@@ -28,21 +28,11 @@ import numpy as np
 import torch
 
 from ..capture import capture
-from ..data import ContrastPair, Read, check_pairs, render
+from ..data import ContrastPair, check_pairs, pair_texts
 from ..errors import DatasetError, InvalidVectorError
 from ..evaluate.report import Report, new_figure, save_figure
 from ..model import LM
 from ..vector import SteeringVector
-
-
-def pair_texts(lm: LM, pairs: Sequence[ContrastPair]) -> tuple[list[str], list[Read]]:
-    """Rendered texts and read positions of ``pairs``, interleaved ``[pos0, neg0, pos1, neg1, ...]``."""
-    texts: list[str] = []
-    reads: list[Read] = []
-    for p in pairs:
-        texts += [render(p.positive, lm), render(p.negative, lm)]
-        reads += [p.read, p.read]
-    return texts, reads
 
 
 def cohens_d(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
@@ -273,4 +263,4 @@ def projection(
     )
 
 
-__all__ = ["LayerProjection", "ProjectionReport", "best_threshold", "cohens_d", "pair_texts", "projection"]
+__all__ = ["LayerProjection", "ProjectionReport", "best_threshold", "cohens_d", "projection"]

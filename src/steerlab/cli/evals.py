@@ -104,54 +104,87 @@ def eval_behavior(
     items: Path = typer.Option(..., help="CAA A/B items (test_dataset_ab.json) or mmlu.json / truthful_qa.json."),
     out: Path = OUT,
     model: str = MODEL,
-    multipliers: str = typer.Option("-1,0,1", help="Multipliers, e.g. -1,0,1."),
+    coefs: str = typer.Option("-1,0,1", help="Coefficients, e.g. -1,0,1."),
+    multipliers: str | None = typer.Option(None, hidden=True, help="Deprecated name of --coefs."),
     layers: str | None = typer.Option(None, help="Use only these layers of the vector."),
     limit: int | None = typer.Option(None, min=1, help="Use the first N items."),
     batch_size: int = typer.Option(16, min=1),
 ) -> None:
-    """CAA A/B evaluation: p(matching) / (p(A)+p(B)) with the answer primed by '(' at each multiplier.
+    """CAA A/B evaluation: p(matching) / (p(A)+p(B)) with the answer primed by '(' at each coefficient.
 
     Example: steerlab eval behavior --vector vectors/syc --items test_dataset_ab.json --out runs/syc
     """
-    mults = parse_float_list(multipliers)
+    coef_list = parse_float_list(multipliers if multipliers is not None else coefs)
 
     def body() -> None:
         from steerlab.evaluate.behavior import behavior_eval, load_ab_items
 
         lm, vec = _load(model, vector)
         data = load_ab_items(items, limit=limit)
-        rep = behavior_eval(lm, vec, data, multipliers=mults, layers=parse_int_list(layers) if layers else None,
+        rep = behavior_eval(lm, vec, data, coefficients=coef_list,
+                            layers=parse_int_list(layers) if layers else None,
                             batch_size=batch_size, progress=progress_flag(), name=items.parent.name)
-        _finish(rep, out, "behavior", lm, items, multipliers=mults)
+        _finish(rep, out, "behavior", lm, items, coefficients=coef_list)
 
     run(body)
+
+
+def _offtarget(vector: Path, texts: Path, out: Path, model: str, coefs: str, layers: str | None, limit: int | None,
+               name: str) -> None:
+    coef_list = parse_float_list(coefs)
+
+    def body() -> None:
+        import steerlab
+        from steerlab.evaluate.cost import offtarget_cost
+
+        lm, vec = _load(model, vector)
+        rep = offtarget_cost(lm, vec, steerlab.load_texts(texts, limit=limit), coefficients=coef_list,
+                             layers=parse_int_list(layers) if layers else None, progress=progress_flag())
+        _finish(rep, out, name, lm, texts, coefficients=coef_list)
+
+    run(body)
+
+
+TEXTS = typer.Option(..., help="Neutral text: .txt lines, JSON list or CSV with a statement/text column.")
+COST_COEFS = typer.Option("-4,-2,-1,0,1,2,4", help="Coefficients.")
+LAYERS = typer.Option(None, help="Use only these layers of the vector.")
+LIMIT_TEXTS = typer.Option(None, min=1, help="Use the first N texts.")
+
+
+@eval_app.command("cost")
+def eval_cost(
+    vector: Path = typer.Option(..., "--vector", "-v", help="Vector folder or .gguf."),
+    texts: Path = TEXTS,
+    out: Path = OUT,
+    model: str = MODEL,
+    coefs: str = COST_COEFS,
+    layers: str | None = LAYERS,
+    limit: int | None = LIMIT_TEXTS,
+) -> None:
+    """Off-target cost: perplexity of neutral text under steering and KL to the unsteered model.
+
+    Writes cost.json / .md / .png. `steerlab eval fluency` is the same command (it writes fluency.*).
+
+    Example: steerlab eval cost --vector vectors/happy --texts facts.csv --out runs/cost
+    """
+    _offtarget(vector, texts, out, model, coefs, layers, limit, "cost")
 
 
 @eval_app.command("fluency")
 def eval_fluency(
     vector: Path = typer.Option(..., "--vector", "-v", help="Vector folder or .gguf."),
-    texts: Path = typer.Option(..., help="Neutral text: .txt lines, JSON list or CSV with a statement/text column."),
+    texts: Path = TEXTS,
     out: Path = OUT,
     model: str = MODEL,
-    coefs: str = typer.Option("-4,-2,-1,0,1,2,4", help="Coefficients."),
-    layers: str | None = typer.Option(None, help="Use only these layers of the vector."),
-    limit: int | None = typer.Option(None, min=1, help="Use the first N texts."),
+    coefs: str = COST_COEFS,
+    layers: str | None = LAYERS,
+    limit: int | None = LIMIT_TEXTS,
 ) -> None:
-    """Off-target cost: perplexity of neutral text under steering and KL to the unsteered model.
+    """Alias of `steerlab eval cost` (off-target perplexity and KL on neutral text); writes fluency.*.
 
-    Example: steerlab eval fluency --vector vectors/happy --texts facts.csv --out runs/cost
+    Example: steerlab eval fluency --vector vectors/happy --texts facts.csv --out runs/fluency
     """
-    coef_list = parse_float_list(coefs)
-
-    def body() -> None:
-        from steerlab.evaluate.cost import load_texts, offtarget_cost
-
-        lm, vec = _load(model, vector)
-        rep = offtarget_cost(lm, vec, load_texts(texts, limit=limit), coefficients=coef_list,
-                             layers=parse_int_list(layers) if layers else None, progress=progress_flag())
-        _finish(rep, out, "fluency", lm, texts, coefficients=coef_list)
-
-    run(body)
+    _offtarget(vector, texts, out, model, coefs, layers, limit, "fluency")
 
 
 def _sign(value: int) -> int:
@@ -164,9 +197,29 @@ def _layer_sets(spec: str | None) -> list[list[int]] | None:
     return [parse_int_list(part) for part in spec.split(";") if part.strip()] if spec else None
 
 
+def _evaluation(kind: str) -> Any:
+    from steerlab.errors import SteeringSpecError
+    from steerlab.evaluate.protocol import get_evaluation
+
+    try:
+        return get_evaluation(kind)
+    except SteeringSpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="KIND") from None
+
+
+def _sweep_data(evaluation: Any, data: Path | None, limit: int | None) -> list[Any]:
+    if data is not None and evaluation.load is not None:
+        items = list(evaluation.load(data))
+    elif data is None and evaluation.default_data is not None:
+        items = evaluation.default_data()
+    else:
+        raise typer.BadParameter(f"--data is required for a {evaluation.name} sweep ({evaluation.data})")
+    return items[:limit]
+
+
 @app.command()
 def sweep(
-    kind: str = typer.Argument(..., help="sentiment | behavior | cost"),
+    kind: str = typer.Argument(..., help="The evaluation: sentiment | behavior | cost."),
     vector: Path = typer.Option(..., "--vector", "-v", help="Vector folder or .gguf."),
     data: Path | None = typer.Option(None, help="Openings (sentiment), A/B items (behavior) or texts (cost)."),
     out: Path = OUT,
@@ -187,41 +240,27 @@ def sweep(
     Example: steerlab sweep sentiment --vector vectors/happy --layer-sets '8-11;12-15' --coefs -1,0,1 --out runs/sw
     """
     coef_list = parse_float_list(coefs)
-    if kind not in ("sentiment", "behavior", "cost"):
-        raise typer.BadParameter("KIND must be sentiment, behavior or cost")
+    evaluation = _evaluation(kind)
 
     def body() -> None:
+        import steerlab
         from steerlab.evaluate import sweep as sweep_mod
+        from steerlab.evaluate.protocol import accepts
 
+        items = _sweep_data(evaluation, data, limit)
         lm, vec = _load(model, vector)
-        items: list[Any]
-        if kind == "sentiment":
-            items = _openings(data)
-        elif data is None:
-            raise typer.BadParameter(f"--data is required for a {kind} sweep")
-        elif kind == "behavior":
-            from steerlab.evaluate.behavior import load_ab_items
-
-            items = list(load_ab_items(data))
-        else:
-            from steerlab.evaluate.cost import load_texts
-
-            items = load_texts(data)
-        items = items[:limit]
-        extra: dict[str, Any] = {"max_new_tokens": max_new_tokens} if kind == "sentiment" else {}
+        extra: dict[str, Any] = {"max_new_tokens": max_new_tokens} if accepts(evaluation, "max_new_tokens") else {}
         rep: Any
         if autotune:
-            from steerlab.evaluate.cost import load_texts
-
-            rep = sweep_mod.autotune(lm, vec, kind, items, coefficients=coef_list, layer_sets=_layer_sets(layer_sets),
-                                     budget=budget, direction=direction,
-                                     cost_texts=load_texts(cost_texts) if cost_texts else None,
+            rep = sweep_mod.autotune(lm, vec, evaluation, items, coefficients=coef_list,
+                                     layer_sets=_layer_sets(layer_sets), budget=budget, direction=direction,
+                                     cost_texts=steerlab.load_texts(cost_texts) if cost_texts else None,
                                      progress=progress_flag(), **extra)
             name = "autotune"
         else:
-            rep = sweep_mod.sweep(lm, vec, kind, items, coefficients=coef_list, layer_sets=_layer_sets(layer_sets),
-                                  metric=metric, progress=progress_flag(), **extra)
-            name = f"sweep_{kind}"
+            rep = sweep_mod.sweep(lm, vec, evaluation, items, coefficients=coef_list,
+                                  layer_sets=_layer_sets(layer_sets), metric=metric, progress=progress_flag(), **extra)
+            name = f"sweep_{evaluation.name}"
         _finish(rep, out, name, lm, data, coefficients=coef_list)
 
     run(body)
@@ -248,14 +287,13 @@ def analyze_pca(
     def body() -> None:
         import steerlab
         from steerlab.analysis import contrast_pca, residual_pca
-        from steerlab.evaluate.cost import load_texts
 
         lm, _ = _load(model)
         if pairs is not None:
             rep = contrast_pca(lm, steerlab.load_pairs(pairs), layer, n_components=components, center=center,
                                progress=progress_flag())
         else:
-            rep = residual_pca(lm, load_texts(texts), layer, n_components=components,  # type: ignore[arg-type]
+            rep = residual_pca(lm, steerlab.load_texts(texts), layer, n_components=components,  # type: ignore[arg-type]
                                progress=progress_flag())
         if save_direction is not None:
             rep.direction(0).save(save_direction)
@@ -331,11 +369,11 @@ def analyze_breakdown(
     """
 
     def body() -> None:
+        import steerlab
         from steerlab.analysis import breakdown_curve
-        from steerlab.evaluate.cost import load_texts
 
         lm, vec = _load(model, vector)
-        rep = breakdown_curve(lm, vec, load_texts(texts, limit=limit),
+        rep = breakdown_curve(lm, vec, steerlab.load_texts(texts, limit=limit),
                               coefficients=parse_float_list(coefs) if coefs else None,
                               layers=parse_int_list(layers) if layers else None, progress=progress_flag())
         _finish(rep, out, "breakdown", lm, texts)

@@ -1,11 +1,27 @@
 """Evaluation: does the vector move the behaviour, what does it cost, where does it break.
 
 Every evaluation returns a :class:`~steerlab.evaluate.report.Report` subclass with
-``to_json()``, ``to_markdown()``, ``plot(path)`` and ``write(out_dir)``.
+``to_json()``, ``to_markdown()``, ``plot(path)`` and ``write(out_dir)``, and follows one protocol
+(:mod:`~steerlab.evaluate.protocol`): its report's ``metrics()`` gives ``{metric: [value per
+coefficient]}``, so :mod:`~steerlab.evaluate.sweep` can sweep and auto-tune any of them.
+
+* :mod:`~steerlab.evaluate.sentiment` — sentiment of continuations (``sentiment_shift``).
+* :mod:`~steerlab.evaluate.behavior` — CAA A/B read-outs (``behavior_eval``, ``capability_eval``).
+* :mod:`~steerlab.evaluate.cost` — off-target cost: perplexity and KL on neutral text.
+* :mod:`~steerlab.evaluate.sweep` — layer × coefficient grids and auto-tuning.
+* helpers: :mod:`~steerlab.evaluate.scorers` (sentiment scorers), :mod:`~steerlab.evaluate.stats`
+  (bootstrap intervals), :mod:`~steerlab.evaluate.likelihood` (continuation log-likelihoods),
+  :mod:`~steerlab.evaluate.report` (the report base class).
+
+Example:
+    >>> from steerlab.evaluate import get_evaluation
+    >>> get_evaluation("sentiment").effect[1]
+    'positive_share'
 """
 
 from __future__ import annotations
 
+from .protocol import Evaluation, MetricReport, get_evaluation, register
 from .report import IncompleteReportError, Report
 
-__all__ = ["IncompleteReportError", "Report"]
+__all__ = ["Evaluation", "IncompleteReportError", "MetricReport", "Report", "get_evaluation", "register"]

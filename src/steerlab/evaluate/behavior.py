@@ -1,4 +1,4 @@
-"""Behaviour read-out on CAA multiple-choice (A/B) items, steered at several multipliers.
+"""Behaviour read-out on CAA multiple-choice (A/B) items, steered at several coefficients.
 
 The protocol of CAA (Rimsky et al., "Steering Llama 2 via Contrastive Activation Addition"):
 
@@ -6,7 +6,7 @@ The protocol of CAA (Rimsky et al., "Steering Llama 2 via Contrastive Activation
   (``lm.chat(question, "(")``; plain ``"{question}\\n("`` for a model without a chat template);
 * one forward pass; at the last position (the ``"("``) the next-token distribution gives
   ``p(matching letter) / (p(matching letter) + p(not-matching letter))``;
-* steering adds ``multiplier × vector`` at every position *after the instruction*: every token
+* steering adds ``coefficient × vector`` at every position *after the instruction*: every token
   from where the assistant's answer begins (the ``"("`` and anything after it), never the question.
 
 Behaviour items (``question`` / ``answer_matching_behavior`` / ``answer_not_matching_behavior``)
@@ -14,14 +14,14 @@ and capability items (MMLU / TruthfulQA: ``prompt`` / ``correct`` / ``incorrect`
 into one :class:`ABItem`; for capability sets "positive" is the correct answer, so the same
 number reads as p(correct) and the share of items above 0.5 as accuracy.
 
-All multipliers run in the same batches with per-row steering (rows = items × multipliers):
+All coefficients run in the same batches with per-row steering (rows = items × coefficients):
 one forward pass per batch, no generation.
 
 Example:
     >>> vec = behavior_vector(lm, CAA / "generate/sycophancy/generate_dataset.json",
     ...                       layers=[13], limit=200)  # doctest: +SKIP
     >>> items = load_ab_items(CAA / "test/sycophancy/test_dataset_ab.json")  # doctest: +SKIP
-    >>> report = behavior_eval(lm, vec, items, multipliers=(-1, 0, 1))  # doctest: +SKIP
+    >>> report = behavior_eval(lm, vec, items, coefficients=(-1, 0, 1))  # doctest: +SKIP
     >>> print(report.to_markdown())  # doctest: +SKIP
     >>> report.plot("sycophancy.png")  # doctest: +SKIP
 """
@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 from .. import hf
-from ..data import answer_letter, caa_pairs, choice_letters, load_caa
+from ..data import ab_letters, caa_pairs, load_caa
 from ..engine import steer_rows
 from ..errors import DatasetError, SteeringSpecError
 from ..extract import extract
@@ -47,7 +48,9 @@ from ..progress import track
 from ..steering import Steering, SteeringLike
 from ..tokens import pad_id, pad_token_ids
 from ..vector import SteeringVector
+from .protocol import Evaluation, register_builtin
 from .report import Report, new_figure, save_figure
+from .stats import bootstrap_ci, resample_indices
 
 PRIME = "("
 """The assistant's answer starts with this; the next token is the answer letter."""
@@ -91,8 +94,9 @@ def ab_item(rec: Mapping[str, Any], index: int = 0, category: str = "", where: s
         where: a prefix for error messages (e.g. the file).
 
     Raises:
-        DatasetError: missing keys, an answer without an ``(X)`` letter, a question that does not
-            offer both letters as choices, or the same letter on both sides.
+        DatasetError: missing keys, or letters :func:`steerlab.data.ab_letters` rejects (an answer
+            without an ``(X)`` letter, a question that does not offer both letters as choices, or
+            the same letter on both sides).
     """
     at = f"{where} item {index}".strip()
     if not isinstance(rec, Mapping):
@@ -112,16 +116,7 @@ def ab_item(rec: Mapping[str, Any], index: int = 0, category: str = "", where: s
     for key, value in zip(keys, (prompt, pos_answer, neg_answer)):
         if not isinstance(value, str):
             raise DatasetError(f"{at}: {key!r} must be a string, got {type(value).__name__}")
-    pos = answer_letter(pos_answer, at)
-    neg = answer_letter(neg_answer, at)
-    # choice_letters also picks up "(NLP)" as N, so the choices themselves must read "(X)".
-    letters = [x for x in choice_letters(prompt) if f"({x})" in prompt]
-    if not letters:
-        raise DatasetError(f"{at}: the question offers no (A)/(B) choices to answer with")
-    if pos not in letters or neg not in letters:
-        raise DatasetError(f"{at}: the question offers choices {letters}, not ({pos}) and ({neg})")
-    if pos == neg:
-        raise DatasetError(f"{at}: both answers are ({pos}); the two sides must differ")
+    pos, neg = ab_letters(prompt, pos_answer, neg_answer, at)
     cat = rec.get("category")
     return ABItem(prompt, pos, neg, str(cat) if cat is not None else category)
 
@@ -314,10 +309,10 @@ def ab_probabilities(
 # --------------------------------------------------------------------------- report
 @dataclass
 class BehaviorPoint:
-    """The read-out at one multiplier.
+    """The read-out at one coefficient.
 
     Attributes:
-        multiplier: the steering coefficient.
+        coefficient: the steering coefficient (``0``: the unsteered model).
         mean: mean p(matching) (capability sets: mean p(correct)).
         ci_low, ci_high: bootstrap 95% confidence interval of the mean (percentile, over items).
         above_half: share of items with p > 0.5 (capability sets: accuracy).
@@ -326,7 +321,7 @@ class BehaviorPoint:
         probabilities: the per-item values, in item order.
     """
 
-    multiplier: float
+    coefficient: float
     mean: float
     ci_low: float
     ci_high: float
@@ -335,27 +330,51 @@ class BehaviorPoint:
     n: int
     probabilities: list[float] = field(default_factory=list)
 
+    @property
+    def multiplier(self) -> float:
+        """Deprecated name of :attr:`coefficient`."""
+        warnings.warn("BehaviorPoint.multiplier is deprecated: use .coefficient", DeprecationWarning, stacklevel=2)
+        return self.coefficient
+
 
 @dataclass
 class BehaviorReport(Report):
-    """A/B read-out at several multipliers (from :func:`behavior_eval` / :func:`capability_eval`).
+    """A/B read-out at several coefficients (from :func:`behavior_eval` / :func:`capability_eval`).
 
     Attributes:
         behavior: the behaviour (or capability set) name.
         capability: ``True`` for MMLU / TruthfulQA: the value is p(correct), ``above_half`` accuracy.
-        points: one :class:`BehaviorPoint` per multiplier, in the order given.
+        points: one :class:`BehaviorPoint` per coefficient, in the order given.
     """
 
     behavior: str = ""
     capability: bool = False
     points: list[BehaviorPoint] = field(default_factory=list)
 
-    def point(self, multiplier: float) -> BehaviorPoint:
-        """The point at ``multiplier``."""
+    def point(self, coefficient: float) -> BehaviorPoint:
+        """The point at ``coefficient``.
+
+        Raises:
+            KeyError: no such coefficient in the report.
+        """
         for p in self.points:
-            if p.multiplier == float(multiplier):
+            if p.coefficient == float(coefficient):
                 return p
-        raise KeyError(f"no multiplier {multiplier} in this report ({[p.multiplier for p in self.points]})")
+        raise KeyError(f"no coefficient {coefficient} in this report ({self.coefficients})")
+
+    @property
+    def coefficients(self) -> list[float]:
+        """The coefficients, in the order given."""
+        return [p.coefficient for p in self.points]
+
+    def metrics(self) -> dict[str, list[float]]:
+        """``p_matching`` (mean p(matching), or p(correct) on capability sets), ``above_half`` and
+        ``p_not_matching`` (``1 − p_matching``), one value per coefficient."""
+        return {
+            "p_matching": [p.mean for p in self.points],
+            "above_half": [p.above_half for p in self.points],
+            "p_not_matching": [1 - p.mean for p in self.points],
+        }
 
     @property
     def value_name(self) -> str:
@@ -366,7 +385,7 @@ class BehaviorReport(Report):
         share = "accuracy" if self.capability else "share_above_0.5"
         return [
             {
-                "multiplier": p.multiplier,
+                "coefficient": p.coefficient,
                 self.value_name: p.mean,
                 "ci_low": p.ci_low,
                 "ci_high": p.ci_high,
@@ -378,40 +397,25 @@ class BehaviorReport(Report):
         ]
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
-        """Mean p(matching) (or p(correct)) against the multiplier with 95% CI error bars."""
+        """Mean p(matching) (or p(correct)) against the coefficient with 95% CI error bars."""
         fig = new_figure()
         ax = fig.add_subplot(1, 1, 1)
-        pts = sorted(self.points, key=lambda p: p.multiplier)
-        xs = [p.multiplier for p in pts]
+        pts = sorted(self.points, key=lambda p: p.coefficient)
+        xs = [p.coefficient for p in pts]
         ys = [p.mean for p in pts]
         lo = [max(p.mean - p.ci_low, 0.0) if np.isfinite(p.ci_low) else 0.0 for p in pts]
         hi = [max(p.ci_high - p.mean, 0.0) if np.isfinite(p.ci_high) else 0.0 for p in pts]
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=4, label=self.behavior or "items")
         ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
         ax.set_ylim(0.0, 1.0)
-        ax.set_xlabel("steering multiplier")
+        ax.set_xlabel("steering coefficient")
         ax.set_ylabel("p(correct answer)" if self.capability else "p(answer matching behaviour)")
         ax.set_title(self.title or self.behavior)
         ax.legend(loc="best")
         return save_figure(fig, path)
 
 
-def bootstrap_ci(values: Sequence[float] | np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95% interval of the mean of ``values`` (``nan`` without resamples).
-
-    Example:
-        >>> bootstrap_ci([0.5, 0.5, 0.5])
-        (0.5, 0.5)
-    """
-    x = np.asarray(values, dtype=np.float64)
-    if x.size == 0 or n_bootstrap <= 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_bootstrap, x.size))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
+# --------------------------------------------------------------------------- evaluation
 def _name(items: Sequence[ABItem], name: str) -> str:
     if name:
         return name
@@ -419,102 +423,75 @@ def _name(items: Sequence[ABItem], name: str) -> str:
     return cats.pop() if len(cats) == 1 and "" not in cats else "behavior"
 
 
-def _evaluate(
-    lm: LM,
-    vector: SteeringVector,
-    items: Sequence[ABItem | Mapping[str, Any]] | str | os.PathLike[str],
-    multipliers: Sequence[float],
-    layers: Sequence[int] | None,
-    batch_size: int,
-    progress: bool | None,
-    n_bootstrap: int,
-    seed: int,
-    name: str,
-    capability: bool,
-    source: str | None,
-    limit: int | None = None,
-) -> BehaviorReport:
-    if isinstance(items, (str, os.PathLike)):
-        source = str(items)
-        ab = load_ab_items(items, limit)
-    else:
-        ab = _as_items(items)
-        ab = ab[:limit] if limit is not None else ab
-    mults = [float(m) for m in multipliers]
-    if not mults:
-        raise SteeringSpecError("no multipliers given: pass e.g. multipliers=(-1, 0, 1)")
-    if len(set(mults)) != len(mults):
-        raise SteeringSpecError(f"multipliers {mults} repeat a value")
-    steerings: list[SteeringLike | None] = [
-        None if m == 0.0 else Steering(vector, m, layers=layers, positions="generated") for m in mults
-    ]
-    used_layers = list(vector.layers) if layers is None else [int(x) for x in layers]
-    vals = _read(lm, _prepare(lm, ab), [steerings] * len(ab), batch_size, progress)
+def _checked_coefficients(coefficients: Sequence[float], multipliers: Sequence[float] | None) -> list[float]:
+    if multipliers is not None:
+        warnings.warn("multipliers= is deprecated: use coefficients=", DeprecationWarning, stacklevel=3)
+        coefficients = multipliers
+    coefs = [float(c) for c in coefficients]
+    if not coefs:
+        raise SteeringSpecError("no coefficients given: pass e.g. coefficients=(-1, 0, 1)")
+    if len(set(coefs)) != len(coefs):
+        raise SteeringSpecError(f"coefficients {coefs} repeat a value")
+    return coefs
+
+
+def _points(vals: np.ndarray, coefficients: Sequence[float], n_bootstrap: int, seed: int) -> list[BehaviorPoint]:
+    """One :class:`BehaviorPoint` per coefficient from ``_read``'s ``[items, coefficients, 2]`` values."""
+    idx = resample_indices(vals.shape[0], n_bootstrap, seed)
     points = []
-    for j, m in enumerate(mults):
+    for j, c in enumerate(coefficients):
         probs = vals[:, j, 0]
-        lo, hi = bootstrap_ci(probs, n_bootstrap, seed)
+        lo, hi = bootstrap_ci(probs, indices=idx)
         points.append(
             BehaviorPoint(
-                multiplier=m,
+                coefficient=c,
                 mean=float(probs.mean()),
                 ci_low=lo,
                 ci_high=hi,
                 above_half=float((probs > 0.5).mean()),
                 letter_mass=float(vals[:, j, 1].mean()),
-                n=len(ab),
+                n=vals.shape[0],
                 probabilities=[float(x) for x in probs],
             )
         )
-    behavior = _name(ab, name)
-    kind = "capability" if capability else "behaviour"
-    settings: dict[str, Any] = {
-        "set": kind,
-        "capability": capability,
-        "multipliers": mults,
-        "layers": used_layers,
-        "positions": "after the instruction (the '(' priming the answer and later)",
-        "batch_size": batch_size,
-        "n_bootstrap": n_bootstrap,
-        "seed": seed,
-        "model_id": lm.model_id,
-        "vector": {"method": vector.method, "model_id": vector.model_id, "data_hash": vector.data_hash},
-    }
-    if source:
-        settings["source"] = source
-    if limit is not None:
-        settings["limit"] = limit
-    return BehaviorReport(
-        title=f"CAA A/B {kind}: {behavior}", settings=settings, behavior=behavior, capability=capability,
-        points=points,
-    )
+    return points
 
 
 def behavior_eval(
     lm: LM,
     vector: SteeringVector,
     items: Sequence[ABItem | Mapping[str, Any]] | str | os.PathLike[str],
-    multipliers: Sequence[float] = (-1.0, 0.0, 1.0),
+    coefficients: Sequence[float] = (-1.0, 0.0, 1.0),
+    *,
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
     progress: bool | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
     name: str = "",
+    limit: int | None = None,
+    capability: bool = False,
+    multipliers: Sequence[float] | None = None,
 ) -> BehaviorReport:
-    """CAA A/B behaviour evaluation: mean p(matching) per multiplier, steering after the instruction.
+    """CAA A/B behaviour evaluation: mean p(matching) per coefficient, steering after the instruction.
+
+    All items × coefficients are read in the same batches with per-row steering.
 
     Args:
         lm: the model.
         vector: the steering vector (e.g. from :func:`behavior_vector`).
         items: :class:`ABItem` objects, raw records, or a path for :func:`load_ab_items`.
-        multipliers: steering coefficients; ``0`` is the unsteered model.
+        coefficients: steering coefficients; ``0`` is the unsteered model.
         layers: the vector's layers to steer (default: all of them).
-        batch_size: items per forward pass (each pass holds ``items × multipliers`` rows).
+        batch_size: items per forward pass (each pass holds ``items × coefficients`` rows).
         progress: show a progress bar.
         n_bootstrap: bootstrap resamples for the 95% CI (``0``: no CI).
         seed: bootstrap seed.
         name: the behaviour's name (default: the items' common category).
+        limit: use only the first ``limit`` items.
+        capability: the items are a capability set (MMLU / TruthfulQA): the value reads as
+            p(correct) and ``above_half`` as accuracy (see :func:`capability_eval`).
+        multipliers: deprecated name of ``coefficients``.
 
     Example:
         >>> r = behavior_eval(lm, vec, CAA / "test/sycophancy/test_dataset_ab.json")  # doctest: +SKIP
@@ -523,11 +500,37 @@ def behavior_eval(
 
     Raises:
         DatasetError: a malformed item (named by its index).
-        SteeringSpecError: no or repeated multipliers.
+        SteeringSpecError: no or repeated coefficients.
         LayerRangeError: ``layers`` not in the vector.
     """
-    return _evaluate(
-        lm, vector, items, multipliers, layers, batch_size, progress, n_bootstrap, seed, name, False, None
+    coefs = _checked_coefficients(coefficients, multipliers)
+    if isinstance(items, (str, os.PathLike)):
+        ab, source = load_ab_items(items, limit), {"source": str(items)}
+    else:
+        ab, source = _as_items(items)[:limit], {}
+    steerings: list[SteeringLike | None] = [
+        None if c == 0.0 else Steering(vector, c, layers=layers, positions="generated") for c in coefs
+    ]
+    vals = _read(lm, _prepare(lm, ab), [steerings] * len(ab), batch_size, progress)
+    behavior = _name(ab, name)
+    kind = "capability" if capability else "behaviour"
+    settings: dict[str, Any] = {
+        "set": kind,
+        "capability": capability,
+        "coefficients": coefs,
+        "layers": list(vector.layers) if layers is None else [int(x) for x in layers],
+        "positions": "after the instruction (the '(' priming the answer and later)",
+        "batch_size": batch_size,
+        "n_bootstrap": n_bootstrap,
+        "seed": seed,
+        "model_id": lm.model_id,
+        "vector": {"method": vector.method, "model_id": vector.model_id, "data_hash": vector.data_hash},
+        **source,
+        **({"limit": limit} if limit is not None else {}),
+    }
+    return BehaviorReport(
+        title=f"CAA A/B {kind}: {behavior}", settings=settings, behavior=behavior, capability=capability,
+        points=_points(vals, coefs, n_bootstrap, seed),
     )
 
 
@@ -535,28 +538,36 @@ def capability_eval(
     lm: LM,
     vector: SteeringVector,
     path: str | os.PathLike[str],
-    multipliers: Sequence[float] = (-1.0, 0.0, 1.0),
-    layers: Sequence[int] | None = None,
+    coefficients: Sequence[float] = (-1.0, 0.0, 1.0),
+    *,
     limit: int | None = None,
-    batch_size: int = 16,
-    progress: bool | None = None,
-    n_bootstrap: int = 1000,
-    seed: int = 0,
+    **options: Any,
 ) -> BehaviorReport:
-    """Capability cost of steering on ``mmlu.json`` / ``truthful_qa.json``: p(correct) per multiplier.
+    """Capability cost of steering on ``mmlu.json`` / ``truthful_qa.json``: p(correct) per coefficient.
 
-    The report has ``capability=True``; its ``above_half`` (the ``accuracy`` column) is the share of
-    items where p(correct) > 0.5.
+    :func:`behavior_eval` with ``capability=True`` and the file's name as the set's name: its
+    ``above_half`` (the ``accuracy`` column) is the share of items where p(correct) > 0.5.
+    ``options`` are :func:`behavior_eval`'s (``layers``, ``batch_size``, ``n_bootstrap``, ...).
 
     Example:
         >>> r = capability_eval(lm, vec, CAA / "test/mmlu/mmlu.json", limit=100)  # doctest: +SKIP
         >>> [p.above_half for p in r.points]  # doctest: +SKIP
         [0.41, 0.45, 0.44]
     """
-    return _evaluate(
-        lm, vector, path, multipliers, layers, batch_size, progress, n_bootstrap, seed,
-        Path(path).stem, True, str(path), limit,
-    )
+    return behavior_eval(lm, vector, path, coefficients, name=Path(path).stem, limit=limit, capability=True,
+                         **options)
+
+
+register_builtin(
+    Evaluation(
+        "behavior",
+        behavior_eval,
+        metrics=("p_matching", "above_half", "p_not_matching"),
+        data="CAA A/B items",
+        load=load_ab_items,
+        effect={1: "p_matching", -1: "p_not_matching"},
+    ),
+)
 
 
 # --------------------------------------------------------------------------- vectors

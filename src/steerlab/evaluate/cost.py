@@ -19,8 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -31,6 +29,7 @@ from typing import Any
 import torch
 
 from .. import hf
+from ..data import load_texts
 from ..engine import steer
 from ..errors import DatasetError
 from ..generate import encode
@@ -38,10 +37,10 @@ from ..model import LM
 from ..progress import track
 from ..steering import Steering, SteeringLike, compose
 from ..vector import SteeringVector
+from .protocol import Evaluation, register_builtin
 from .report import Report, new_figure, save_figure
 
 DEFAULT_COEFFICIENTS: tuple[float, ...] = (-4, -2, -1, 0, 1, 2, 4)
-TEXT_COLUMNS = ("statement", "text")
 
 
 @dataclass
@@ -215,7 +214,15 @@ def text_stats(
 
 @dataclass
 class CostReport(Report):
-    """Perplexity, perplexity ratio and KL on neutral text, per steering coefficient."""
+    """Perplexity, perplexity ratio and KL on neutral text, per steering coefficient.
+
+    Attributes:
+        coefficients: the coefficients, in the order given.
+        perplexity, ppl_ratio, kl: per coefficient (ratio to the unsteered perplexity; KL in nats
+            per token, 0 for the unsteered model).
+        base_perplexity: the unsteered perplexity.
+        n_texts, n_tokens, skipped: texts scored, predicted tokens, texts too short to score.
+    """
 
     coefficients: list[float] = field(default_factory=list)
     perplexity: list[float] = field(default_factory=list)
@@ -225,6 +232,10 @@ class CostReport(Report):
     n_texts: int = 0
     n_tokens: int = 0
     skipped: int = 0
+
+    def metrics(self) -> dict[str, list[float]]:
+        """``ppl_ratio``, ``kl`` and ``perplexity``, one value per coefficient."""
+        return {"ppl_ratio": self.ppl_ratio, "kl": self.kl, "perplexity": self.perplexity}
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per coefficient: ``coefficient, perplexity, ppl_ratio, kl``."""
@@ -254,11 +265,46 @@ class CostReport(Report):
         return save_figure(fig, path)
 
 
+def cost_curve(coefficients: Sequence[float], stats: Sequence[TextStats]) -> dict[str, Any]:
+    """The :class:`CostReport` fields of :func:`run_stats` results, one per coefficient.
+
+    Example:
+        >>> stats, _ = run_stats(lm, texts, [Steering(vec, c) for c in (0.0, 4.0)])  # doctest: +SKIP
+        >>> CostReport(**cost_curve([0.0, 4.0], stats)).kl  # doctest: +SKIP
+        [0.0, 0.31]
+    """
+    return {
+        "coefficients": [float(c) for c in coefficients],
+        "perplexity": [s.perplexity for s in stats],
+        "ppl_ratio": [s.ppl_ratio for s in stats],
+        "kl": [float(s.kl or 0.0) for s in stats],
+        "base_perplexity": stats[0].base_perplexity,
+        "n_texts": stats[0].n_texts,
+        "n_tokens": stats[0].n_tokens,
+        "skipped": stats[0].skipped,
+    }
+
+
+def cost_settings(
+    lm: LM, vector: SteeringVector, *, layers: list[int], positions: Any, operator: str, batch_size: int
+) -> dict[str, Any]:
+    """The settings a :class:`CostReport` records: model, vector method and how it was steered."""
+    return {
+        "model_id": lm.model_id,
+        "method": vector.method,
+        "layers": layers,
+        "positions": positions,
+        "operator": operator,
+        "batch_size": batch_size,
+    }
+
+
 def offtarget_cost(
     lm: LM,
     vector: SteeringVector,
     texts: Sequence[str],
     coefficients: Sequence[float] = DEFAULT_COEFFICIENTS,
+    *,
     layers: Sequence[int] | None = None,
     positions: str | tuple[int, int | None] = "all",
     operator: str = "add",
@@ -287,74 +333,25 @@ def offtarget_cost(
     used = list(Steering(vector, 0.0, layers=layers).active_layers)
     return CostReport(
         title=f"off-target cost of {vector.method} vector (layers {used})",
-        settings={
-            "model_id": lm.model_id,
-            "method": vector.method,
-            "layers": used,
-            "positions": positions,
-            "operator": operator,
-            "batch_size": batch_size,
-        },
-        coefficients=coefs,
-        perplexity=[s.perplexity for s in stats],
-        ppl_ratio=[s.ppl_ratio for s in stats],
-        kl=[float(s.kl or 0.0) for s in stats],
-        base_perplexity=stats[0].base_perplexity,
-        n_texts=stats[0].n_texts,
-        n_tokens=stats[0].n_tokens,
-        skipped=stats[0].skipped,
+        settings=cost_settings(lm, vector, layers=used, positions=positions, operator=operator, batch_size=batch_size),
+        **cost_curve(coefs, stats),
     )
 
 
-def load_texts(path: str | os.PathLike[str], limit: int | None = None) -> list[str]:
-    """Neutral texts from a file: ``.txt`` (one text per non-empty line), ``.json`` (a list of
-    strings, or of objects with a ``"statement"`` or ``"text"`` field) or ``.csv`` (a
-    ``"statement"`` or ``"text"`` column, e.g. RepE's ``facts_true_false.csv``).
+register_builtin(
+    Evaluation(
+        "cost", offtarget_cost, metrics=("ppl_ratio", "kl", "perplexity"), data="neutral texts", load=load_texts
+    ),
+)
 
-    Example:
-        >>> load_texts("../shared/data/repe/facts_true_false.csv", limit=1)  # doctest: +SKIP
-        ["The Earth's atmosphere protects us from harmful radiation from the sun."]
-
-    Raises:
-        DatasetError: missing file, unknown format, no text column, or no non-empty text.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise DatasetError(f"text file not found: {p}")
-    suffix = p.suffix.lower()
-    raw = p.read_text(encoding="utf-8")
-    if suffix == ".txt":
-        items = raw.splitlines()
-    elif suffix == ".json":
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{p}: not valid JSON ({exc})") from None
-        if not isinstance(data, list):
-            raise DatasetError(f"{p}: expected a JSON list of strings")
-        items = []
-        for i, x in enumerate(data):
-            if isinstance(x, dict):
-                key = next((k for k in TEXT_COLUMNS if k in x), None)
-                if key is None:
-                    raise DatasetError(f"{p}: item {i} has no 'statement' or 'text' field")
-                x = x[key]
-            if not isinstance(x, str):
-                raise DatasetError(f"{p}: item {i} is a {type(x).__name__}, expected a string")
-            items.append(x)
-    elif suffix == ".csv":
-        with p.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            column = next((c for c in TEXT_COLUMNS if c in (reader.fieldnames or [])), None)
-            if column is None:
-                raise DatasetError(f"{p}: needs a 'statement' or 'text' column (has {reader.fieldnames})")
-            items = [row[column] or "" for row in reader]
-    else:
-        raise DatasetError(f"{p}: unknown text format {suffix!r}: use .txt, .json or .csv")
-    out = [x.strip() for x in items if x and x.strip()]
-    if not out:
-        raise DatasetError(f"{p}: holds no non-empty texts")
-    return out[:limit] if limit is not None else out
-
-
-__all__ = ["CostReport", "TextStats", "load_texts", "offtarget_cost", "run_stats", "text_stats"]
+# load_texts (steerlab.data) is re-exported: it reads the neutral texts the cost is measured on.
+__all__ = [
+    "CostReport",
+    "TextStats",
+    "cost_curve",
+    "cost_settings",
+    "load_texts",
+    "offtarget_cost",
+    "run_stats",
+    "text_stats",
+]

@@ -1,12 +1,16 @@
-"""Layer × coefficient sweeps for any metric, and auto-tuning under a cost budget.
+"""Layer × coefficient sweeps of any evaluation, and auto-tuning under a cost budget.
 
-:func:`sweep` evaluates a vector restricted to each layer set (a single layer or a group) at every
-coefficient, with one of the evaluations (``"sentiment"``, ``"behavior"``, ``"cost"``), and
-collects every metric that evaluation yields into grids (:class:`SweepReport`, heat-map PNG).
+:func:`sweep` runs an evaluation (any :class:`~steerlab.evaluate.protocol.Evaluation`: the
+built-in ``"sentiment"``, ``"behavior"``, ``"cost"`` or one registered by you) with the vector
+restricted to each layer set (a single layer or a group) at every coefficient, and collects every
+metric it yields into grids (:class:`SweepReport`, heat-map PNG).
 
-:func:`autotune` picks the layer set and coefficient that maximise the behaviour effect while a
-cost stays within budget (e.g. continuation perplexity at most 1.3x the unsteered one), choosing
-on one half of the items and reporting on the other half (:class:`AutotuneReport`).
+:func:`autotune` picks the layer set and coefficient that maximise the evaluation's effect metric
+while a cost stays within budget (e.g. continuation perplexity at most 1.3x the unsteered one),
+choosing on one half of the items and reporting on the other half (:class:`AutotuneReport`).
+
+Neither knows any report's fields: they read ``metrics()`` and the evaluation's ``effect`` and
+``cost`` (see :mod:`steerlab.evaluate.protocol`).
 
 Example:
     >>> rep = sweep(lm, vec, "sentiment", openings, layer_sets=[[8], [12], [16]],
@@ -28,14 +32,8 @@ from ..errors import DatasetError, SteeringSpecError
 from ..model import LM
 from ..progress import track
 from ..vector import SteeringVector
+from .protocol import EVALUATIONS, Evaluation, get_evaluation
 from .report import Report, new_figure, save_figure
-
-KINDS = ("sentiment", "behavior", "cost")
-METRICS = {
-    "sentiment": ("positive_share", "negative_share", "mean_compound", "continuation_ppl"),
-    "behavior": ("p_matching", "above_half"),
-    "cost": ("ppl_ratio", "kl", "perplexity"),
-}
 
 
 def _layer_label(layers: Sequence[int]) -> str:
@@ -45,39 +43,25 @@ def _layer_label(layers: Sequence[int]) -> str:
     return ",".join(str(x) for x in layers)
 
 
-def _evaluate(
-    kind: str, lm: LM, vector: SteeringVector, data: Sequence[Any], coefficients: Sequence[float], **kwargs: Any
-) -> dict[str, list[float]]:
-    """Run one evaluation at all ``coefficients``; return ``{metric: [value per coefficient]}``."""
-    coefs = list(coefficients)
-    if kind == "sentiment":
-        from .sentiment import sentiment_shift
-
-        rep = sentiment_shift(lm, vector, list(data), coefficients=coefs, **kwargs)
-        rows = [rep.row(c) for c in coefs]
-        return {
-            "positive_share": [r.positive_share for r in rows],
-            "negative_share": [r.negative_share for r in rows],
-            "mean_compound": [r.mean_compound for r in rows],
-            "continuation_ppl": [r.mean_perplexity for r in rows],
-        }
-    if kind == "behavior":
-        from .behavior import behavior_eval
-
-        brep = behavior_eval(lm, vector, list(data), multipliers=coefs, **kwargs)
-        points = [brep.point(c) for c in coefs]
-        return {"p_matching": [p.mean for p in points], "above_half": [p.above_half for p in points]}
-    if kind == "cost":
-        from .cost import offtarget_cost
-
-        crep = offtarget_cost(lm, vector, list(data), coefficients=coefs, **kwargs)
-        by_coef = {c: i for i, c in enumerate(crep.coefficients)}
-        return {
-            "ppl_ratio": [crep.ppl_ratio[by_coef[c]] for c in coefs],
-            "kl": [crep.kl[by_coef[c]] for c in coefs],
-            "perplexity": [crep.perplexity[by_coef[c]] for c in coefs],
-        }
-    raise SteeringSpecError(f"unknown evaluation {kind!r}: use one of {', '.join(KINDS)}")
+def _grids(
+    evaluation: Evaluation,
+    lm: LM,
+    vector: SteeringVector,
+    data: Sequence[Any],
+    sets: Sequence[Sequence[int]],
+    coefficients: Sequence[float],
+    *,
+    progress: bool | None,
+    **options: Any,
+) -> dict[str, list[list[float]]]:
+    """``{metric: [[value per coefficient] per layer set]}``: the evaluation with the vector
+    restricted to each layer set in turn."""
+    grids: dict[str, list[list[float]]] = {}
+    label = f"{evaluation.name}: {len(sets)} layer sets"
+    for ls in track(sets, label, enabled=progress):
+        for name, row in evaluation(lm, vector.select(ls), data, coefficients, progress=False, **options).items():
+            grids.setdefault(name, []).append(row)
+    return grids
 
 
 def _layer_sets(vector: SteeringVector, layer_sets: Sequence[Sequence[int]] | None) -> list[list[int]]:
@@ -92,7 +76,7 @@ class SweepReport(Report):
     """Grids ``[layer set, coefficient]`` of every metric of one evaluation.
 
     Attributes:
-        kind: ``"sentiment"``, ``"behavior"`` or ``"cost"``.
+        kind: the evaluation's name.
         metric: the metric shown by :meth:`plot` and :meth:`rows`.
         layer_sets: the layer sets (rows of each grid).
         coefficients: the coefficients (columns).
@@ -151,9 +135,10 @@ class SweepReport(Report):
 def sweep(
     lm: LM,
     vector: SteeringVector,
-    kind: str,
+    kind: str | Evaluation,
     data: Sequence[Any],
     coefficients: Sequence[float],
+    *,
     layer_sets: Sequence[Sequence[int]] | None = None,
     metric: str | None = None,
     progress: bool | None = None,
@@ -164,29 +149,31 @@ def sweep(
     Args:
         lm: the model.
         vector: the steering vector; each layer set restricts it to those layers.
-        kind: ``"sentiment"`` (data: sentence openings), ``"behavior"`` (data: CAA A/B items or
-            :class:`~steerlab.evaluate.behavior.ABItem`) or ``"cost"`` (data: neutral texts).
+        kind: the evaluation: a registered name — ``"sentiment"`` (data: sentence openings),
+            ``"behavior"`` (data: CAA A/B items or :class:`~steerlab.evaluate.behavior.ABItem`),
+            ``"cost"`` (data: neutral texts) — or an :class:`~steerlab.evaluate.protocol.Evaluation`.
+        data: what the evaluation reads.
         coefficients: coefficients to try (include 0 for the baseline).
         layer_sets: layer groups to try (default: each layer of the vector on its own).
-        metric: the metric shown in the table and heat map (default: the kind's first).
+        metric: the metric shown in the table and heat map (default: the evaluation's first).
         progress: progress bar over layer sets.
         **kwargs: passed to the evaluation (``max_new_tokens``, ``batch_size``, ``scorer``, ...).
+
+    Raises:
+        SteeringSpecError: an unknown evaluation or metric, or empty layer sets.
+        DatasetError: no data.
     """
-    if kind not in KINDS:
-        raise SteeringSpecError(f"unknown evaluation {kind!r}: use one of {', '.join(KINDS)}")
-    metric = metric or METRICS[kind][0]
-    if metric not in METRICS[kind]:
-        raise SteeringSpecError(f"{kind} sweeps measure {', '.join(METRICS[kind])}, not {metric!r}")
+    evaluation = get_evaluation(kind)
+    metric = metric or evaluation.metrics[0]
+    if metric not in evaluation.metrics:
+        raise SteeringSpecError(f"{evaluation.name} sweeps measure {', '.join(evaluation.metrics)}, not {metric!r}")
     if not data:
-        raise DatasetError(f"no data for the {kind} sweep")
+        raise DatasetError(f"no data for the {evaluation.name} sweep")
     sets = _layer_sets(vector, layer_sets)
     coefs = [float(c) for c in coefficients]
-    report = SweepReport(kind=kind, metric=metric, layer_sets=sets, coefficients=coefs, complete=False,
+    report = SweepReport(kind=evaluation.name, metric=metric, layer_sets=sets, coefficients=coefs, complete=False,
                          settings={k: v for k, v in kwargs.items() if isinstance(v, (int, float, str))})
-    for ls in track(sets, f"{kind} sweep over {len(sets)} layer sets", enabled=progress):
-        values = _evaluate(kind, lm, vector.select(ls), data, coefs, progress=False, **kwargs)
-        for name, row in values.items():
-            report.grids.setdefault(name, []).append(row)
+    report.grids = _grids(evaluation, lm, vector, data, sets, coefs, progress=progress, **kwargs)
     report.complete = True
     return report
 
@@ -253,92 +240,135 @@ def split_halves(data: Sequence[Any], seed: int = 0) -> tuple[list[Any], list[An
     return items[:half], items[half:]
 
 
+@dataclass(frozen=True)
+class _Objective:
+    """What auto-tune maximises and what it keeps within budget, read from the evaluations."""
+
+    evaluation: Evaluation
+    effect: str
+    cost: Evaluation | None  # the evaluation run on neutral texts, or None: the evaluation's own cost
+    cost_metric: str
+    direction: int
+
+    @classmethod
+    def of(cls, kind: str | Evaluation, direction: int, cost_texts: Sequence[str] | None,
+           cost_evaluation: str | Evaluation) -> _Objective:
+        evaluation = get_evaluation(kind)
+        if not evaluation.effect:
+            tunable = [n for n, e in EVALUATIONS.items() if e.effect]
+            raise SteeringSpecError(
+                f"auto-tune maximises an effect; {evaluation.name!r} measures none: use one of {', '.join(tunable)}"
+            )
+        if direction not in evaluation.effect:
+            raise SteeringSpecError(f"direction must be one of {sorted(evaluation.effect)} for {evaluation.name}")
+        if cost_texts:
+            cost = get_evaluation(cost_evaluation)
+            return cls(evaluation, evaluation.effect[direction], cost, cost.metrics[0], direction)
+        if evaluation.cost is None:
+            raise DatasetError(
+                f"auto-tuning {evaluation.name} needs cost_texts (neutral text) to measure the perplexity cost"
+            )
+        return cls(evaluation, evaluation.effect[direction], None, f"{evaluation.cost}_ratio", direction)
+
+    @staticmethod
+    def own_cost(values: Sequence[float], coefficients: Sequence[float]) -> list[float]:
+        """The evaluation's cost metric relative to its value at coefficient 0 (the unsteered model)."""
+        base = values[list(coefficients).index(0.0)]
+        return [v / base if base else math.nan for v in values]
+
+
+def _choose(effect: list[list[float]], cost: list[list[float]], coefs: list[float], budget: float) -> tuple[int, int]:
+    """``(layer set, coefficient)`` indices of the largest effect whose cost is within budget (ties:
+    the smaller ``|coefficient|``); ``(0, 0)`` — the unsteered model — when nothing fits."""
+    candidates = [
+        (effect[i][j], -abs(coefs[j]), i, j)
+        for i in range(len(effect)) for j in range(1, len(coefs))
+        if cost[i][j] <= budget and not math.isnan(effect[i][j])
+    ]
+    if not candidates:
+        return 0, 0
+    _, _, i, j = max(candidates)
+    return i, j
+
+
 def autotune(
     lm: LM,
     vector: SteeringVector,
-    kind: str,
+    kind: str | Evaluation,
     data: Sequence[Any],
     coefficients: Sequence[float],
+    *,
     layer_sets: Sequence[Sequence[int]] | None = None,
     budget: float = 1.3,
     direction: int = 1,
     cost_texts: Sequence[str] | None = None,
+    cost_evaluation: str | Evaluation = "cost",
     seed: int = 0,
     progress: bool | None = None,
     **kwargs: Any,
 ) -> AutotuneReport:
     """Choose layers and coefficient maximising the effect with the cost within ``budget``.
 
-    * ``kind="sentiment"``: effect = positive share (``direction=+1``) or negative share (``-1``);
-      cost = mean perplexity of the steered continuations under the unsteered model, relative to
-      the unsteered continuations' (or, with ``cost_texts``, perplexity ratio on neutral text).
-    * ``kind="behavior"``: effect = mean p(matching) (``+1``) or 1 − p(matching) (``-1``); cost =
-      perplexity ratio on ``cost_texts`` (required).
+    The effect is the evaluation's ``effect[direction]`` metric (sentiment: positive share for
+    ``direction=+1``, negative share for ``-1``; behavior: p(matching) or 1 − p(matching)). The
+    cost is, with ``cost_texts``, the first metric of ``cost_evaluation`` on them (default: the
+    perplexity ratio on neutral text); without, the evaluation's own ``cost`` metric relative to
+    the unsteered model (sentiment: mean continuation perplexity under the unsteered model,
+    ``continuation_ppl_ratio``). An evaluation without an own cost (behavior) needs ``cost_texts``.
 
     The data is shuffled (``seed``) and halved: the choice is made on the first half, the chosen
-    setting and the baseline are reported on the second.
+    setting and the baseline are reported on the second. When no setting fits the budget the
+    choice is the unsteered model (coefficient 0).
 
     Raises:
-        DatasetError: fewer than 2 items, or ``kind="behavior"`` without ``cost_texts``.
+        DatasetError: fewer than 2 items, or no ``cost_texts`` for an evaluation without own cost.
+        SteeringSpecError: an evaluation without an effect, a direction it lacks, or no coefficient
+            with the sign of ``direction``.
     """
-    if kind not in ("sentiment", "behavior"):
-        raise SteeringSpecError("auto-tune optimises 'sentiment' or 'behavior'")
-    if direction not in (1, -1):
-        raise SteeringSpecError("direction must be +1 or -1")
-    if kind == "behavior" and not cost_texts:
-        raise DatasetError("auto-tuning a behaviour needs cost_texts (neutral text) to measure the perplexity cost")
+    objective = _Objective.of(kind, direction, cost_texts, cost_evaluation)
     coefs = sorted({0.0, *(float(c) for c in coefficients if c * direction > 0)}, key=abs)
     if len(coefs) < 2:
         raise SteeringSpecError(f"give coefficients with the sign of direction={direction:+d}")
     select, held = split_halves(data, seed)
     sets = _layer_sets(vector, layer_sets)
-    effect_metric = {("sentiment", 1): "positive_share", ("sentiment", -1): "negative_share",
-                     ("behavior", 1): "p_matching", ("behavior", -1): "p_not_matching"}[(kind, direction)]
-    cost_metric = "ppl_ratio" if cost_texts else "continuation_ppl_ratio"
-    effect: list[list[float]] = []
-    cost: list[list[float]] = []
-    for ls in track(sets, f"auto-tune: {len(sets)} layer sets", enabled=progress):
-        sub = vector.select(ls)
-        values = _evaluate(kind, lm, sub, select, coefs, progress=False, **kwargs)
-        if kind == "sentiment":
-            row_effect = values[effect_metric]
-        else:
-            row_effect = [p if direction > 0 else 1 - p for p in values["p_matching"]]
-        if cost_texts:
-            row_cost = _evaluate("cost", lm, sub, cost_texts, coefs, progress=False)["ppl_ratio"]
-        else:
-            ppl = values["continuation_ppl"]
-            row_cost = [p / ppl[0] if ppl[0] else math.nan for p in ppl]
-        effect.append(row_effect)
-        cost.append(row_cost)
-    candidates = [
-        (effect[i][j], -abs(coefs[j]), i, j)
-        for i in range(len(sets)) for j in range(1, len(coefs))
-        if cost[i][j] <= budget and not math.isnan(effect[i][j])
-    ]
-    if candidates:
-        _, _, bi, bj = max(candidates)
-        chosen_layers, chosen = sets[bi], coefs[bj]
-    else:  # nothing fits the budget: the unsteered model is the honest answer
-        chosen_layers, chosen = sets[0], 0.0
-    final = _evaluate(kind, lm, vector.select(chosen_layers), held, sorted({0.0, chosen}), progress=False, **kwargs)
-    idx = {c: k for k, c in enumerate(sorted({0.0, chosen}))}
-    held_out: dict[str, dict[str, float]] = {}
-    for label, c in (("baseline", 0.0), ("steered", chosen)):
-        metrics = {name: vals[idx[c]] for name, vals in final.items()}
-        if kind == "sentiment":
-            base_ppl = final["continuation_ppl"][idx[0.0]]
-            metrics["continuation_ppl_ratio"] = metrics["continuation_ppl"] / base_ppl if base_ppl else math.nan
-        held_out[label] = metrics
-    if cost_texts:
-        ratios = _evaluate("cost", lm, vector.select(chosen_layers), cost_texts, sorted({0.0, chosen}),
-                           progress=False)["ppl_ratio"]
-        for label, c in (("baseline", 0.0), ("steered", chosen)):
-            held_out[label]["ppl_ratio"] = ratios[idx[c]]
+    grids = _grids(objective.evaluation, lm, vector, select, sets, coefs, progress=progress, **kwargs)
+    effect = grids[objective.effect]
+    if objective.cost is None:
+        cost = [objective.own_cost(row, coefs) for row in grids[objective.evaluation.cost or ""]]
+    else:
+        cost = _grids(objective.cost, lm, vector, cost_texts or [], sets, coefs, progress=progress)[
+            objective.cost_metric
+        ]
+    bi, bj = _choose(effect, cost, coefs, budget)
+    chosen_layers, chosen = sets[bi], coefs[bj]
     return AutotuneReport(
-        title=f"auto-tune ({kind}, {effect_metric}, {cost_metric} ≤ {budget:g})",
-        kind=kind, effect_metric=effect_metric, cost_metric=cost_metric, budget=budget,
-        layers=chosen_layers, coefficient=chosen, n_select=len(select), n_report=len(held),
+        title=f"auto-tune ({objective.evaluation.name}, {objective.effect}, {objective.cost_metric} ≤ {budget:g})",
+        kind=objective.evaluation.name, effect_metric=objective.effect, cost_metric=objective.cost_metric,
+        budget=budget, layers=chosen_layers, coefficient=chosen, n_select=len(select), n_report=len(held),
         selection={"layer_sets": sets, "coefficients": coefs, "effect": effect, "cost": cost},
-        held_out=held_out, settings={"direction": direction, "seed": seed},
+        held_out=_held_out(objective, lm, vector.select(chosen_layers), held, chosen, cost_texts, **kwargs),
+        settings={"direction": direction, "seed": seed},
     )
+
+
+def _held_out(
+    objective: _Objective,
+    lm: LM,
+    vector: SteeringVector,
+    held: Sequence[Any],
+    chosen: float,
+    cost_texts: Sequence[str] | None,
+    **kwargs: Any,
+) -> dict[str, dict[str, float]]:
+    """Every metric of the baseline and the chosen coefficient on the held-out half (and the cost)."""
+    coefs = sorted({0.0, chosen})
+    final = objective.evaluation(lm, vector, held, coefs, progress=False, **kwargs)
+    own = objective.evaluation.cost
+    if own is not None:
+        final[f"{own}_ratio"] = objective.own_cost(final[own], coefs)
+    if objective.cost is not None:
+        final[objective.cost_metric] = objective.cost(lm, vector, cost_texts or [], coefs, progress=False)[
+            objective.cost_metric
+        ]
+    return {label: {name: values[coefs.index(c)] for name, values in final.items()}
+            for label, c in (("baseline", 0.0), ("steered", chosen))}

@@ -120,6 +120,19 @@ def scale_to_pairs(direction: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
     return unit * gap if gap > 0 else unit
 
 
+def center_on_midpoints(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pair's two activations minus the pair's midpoint: ``(pos − mid, neg − mid)``.
+
+    What is left is only the within-pair (behaviour) difference: ``pos − mid = −(neg − mid)``.
+
+    Example:
+        >>> center_on_midpoints(torch.tensor([[3.0]]), torch.tensor([[1.0]]))
+        (tensor([[1.]]), tensor([[-1.]]))
+    """
+    mid = (pos + neg) / 2
+    return pos - mid, neg - mid
+
+
 from . import actadd, mean_diff, pca, probe  # noqa: E402,F401  (registration side effects)
 
-__all__ = ["REGISTRY", "Accumulator", "Method", "get_method", "register", "scale_to_pairs"]
+__all__ = ["REGISTRY", "Accumulator", "Method", "center_on_midpoints", "get_method", "register", "scale_to_pairs"]

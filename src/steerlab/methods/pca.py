@@ -19,7 +19,7 @@ import torch
 from sklearn.decomposition import PCA
 
 from ..errors import DatasetError
-from . import Method, register, scale_to_pairs
+from . import Method, center_on_midpoints, register, scale_to_pairs
 
 
 def _first_pc(x: torch.Tensor) -> torch.Tensor:
@@ -36,8 +36,7 @@ def fit_pca_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
 
 def fit_pca_center(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """First principal component of pair-centred activations, oriented and scaled."""
-    mid = (pos + neg) / 2
-    return scale_to_pairs(_first_pc(torch.cat([pos - mid, neg - mid])), pos, neg)
+    return scale_to_pairs(_first_pc(torch.cat(center_on_midpoints(pos, neg))), pos, neg)
 
 
 register(Method("pca_diff", fit_pca_diff, "first PC of pair differences (RepE/repeng)", min_pairs=2))

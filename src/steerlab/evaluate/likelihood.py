@@ -1,8 +1,17 @@
-"""Token log-likelihoods under a (possibly steered) model: the building block of perplexity,
-fluency and KL measurements.
+"""Log-likelihood of continuations under the model as it is (wrap in :func:`steerlab.steer` to
+score under steering), and the perplexities made from it.
+
+:func:`continuation_nll` runs the model; :func:`perplexities` and :func:`pooled_perplexity` only
+reduce its ``(summed nll, token count)`` pairs. The sentiment evaluation uses them for the
+perplexity of each continuation under the unsteered model; :mod:`steerlab.evaluate.cost` measures
+perplexity and KL of whole texts under steering.
 
 Example:
-    >>> ppl = continuation_perplexity(lm, ["That game"], [" was fun."])  # doctest: +SKIP
+    >>> nlls = continuation_nll(lm, ["That game"], [" was fun."])  # doctest: +SKIP
+    >>> perplexities(nlls), pooled_perplexity(nlls)  # doctest: +SKIP
+    ([12.3], 12.3)
+    >>> perplexities([(0.0, 0), (2.0, 2)])
+    [nan, 2.718281828459045]
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ def continuation_nll(
     lm: LM,
     prompts: Sequence[str],
     continuations: Sequence[str],
+    *,
     batch_size: int = 16,
     progress: bool | None = None,
 ) -> list[tuple[float, int]]:
@@ -61,18 +71,9 @@ def continuation_nll(
     return out
 
 
-def continuation_perplexity(
-    lm: LM,
-    prompts: Sequence[str],
-    continuations: Sequence[str],
-    batch_size: int = 16,
-    progress: bool | None = None,
-) -> list[float]:
-    """Perplexity of each continuation given its prompt (``nan`` for an empty continuation)."""
-    return [
-        math.exp(nll / n) if n else float("nan")
-        for nll, n in continuation_nll(lm, prompts, continuations, batch_size, progress)
-    ]
+def perplexities(nlls: Sequence[tuple[float, int]]) -> list[float]:
+    """Perplexity of each text from its ``(summed nll, token count)``: ``nan`` for an empty one."""
+    return [math.exp(nll / n) if n else float("nan") for nll, n in nlls]
 
 
 def pooled_perplexity(nlls: Sequence[tuple[float, int]]) -> float:
