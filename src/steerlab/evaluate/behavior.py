@@ -46,7 +46,7 @@ from ..extract import extract
 from ..model import LM
 from ..progress import track
 from ..steering import Steering, SteeringLike
-from ..tokens import pad_id, pad_token_ids
+from ..tokens import common_prefix_length, pad_id, pad_token_ids, position_ids
 from ..vector import SteeringVector
 from .protocol import Evaluation, register_builtin
 from .report import Report, new_figure, save_figure
@@ -168,12 +168,7 @@ class _Prepared:
 
 
 def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    return common_prefix_length([a, b])
 
 
 def _prepare(lm: LM, items: Sequence[ABItem]) -> list[_Prepared]:
@@ -253,7 +248,7 @@ def _read(
         ids, mask = ids.to(lm.device), mask.to(lm.device)
         kwargs = dict(extra)
         if "position_ids" in params:  # left padding must not shift positions (absolute embeddings)
-            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0)
+            kwargs["position_ids"] = position_ids(mask)
         with steer_rows(lm, row_steer, prompt_length=lengths.to(lm.device)), torch.inference_mode():
             logits = lm.model(input_ids=ids, attention_mask=mask, **kwargs).logits[:, -1].double()
         logp = torch.log_softmax(logits, dim=-1)
