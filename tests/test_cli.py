@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import steerlab
 from steerlab.cli import app
 from steerlab.cli.common import parse_float_list, parse_int_list, parse_positions
 
@@ -208,23 +209,38 @@ def test_sweep_unknown_evaluation_is_a_usage_error(vec_dir, tmp_path):
     assert res.exit_code == 2 and "--data is required" in res.output
 
 
+def _jsonable(d: dict) -> dict:
+    """A report dict as the CLI's --json prints it (JSON types)."""
+    return json.loads(json.dumps(d))
+
+
 def test_analyze_commands(vec_dir, tmp_path):
+    from steerlab.analysis import breakdown_curve, layer_similarity, projection
+
     pairs = tmp_path / "p.jsonl"
     pairs.write_text("".join(json.dumps({"positive": f"Lily was happy {i}", "negative": f"Lily was sad {i}"}) + "\n"
                              for i in range(4)))
     data = _run_json("analyze", "pca", *M, "--pairs", str(pairs), "--layer", "2", "--components", "3",
                      "--save-direction", str(tmp_path / "pc1"), "--out", str(tmp_path / "pca"))
     assert data["kind"] == "PCAReport" and (tmp_path / "pc1" / "vector.safetensors").is_file()
+    # each command prints what the library computes on the same inputs, and writes its figure
+    lm, vec = steerlab.load_model(STORIES), steerlab.SteeringVector.load(vec_dir)
     data = _run_json("analyze", "projection", *M, "--vector", str(vec_dir), "--pairs", str(pairs),
                      "--out", str(tmp_path / "proj"))
-    assert data["kind"] == "ProjectionReport"
+    assert data == _jsonable(projection(lm, steerlab.load_pairs(pairs), vec).to_dict())
+    assert data["kind"] == "ProjectionReport" and sorted(map(int, data["layers"])) == vec.layers
     data = _run_json("analyze", "similarity", str(vec_dir), "--out", str(tmp_path / "sim"))
-    assert data["kind"] == "SimilarityReport"
+    assert data == _jsonable(layer_similarity(vec).to_dict())
+    assert all(abs(row[i] - 1.0) < 1e-6 for i, row in enumerate(data["matrix"]))
     texts = tmp_path / "t.txt"
     texts.write_text("Once upon a time there was a cat.\nThe dog ran to the park.\n")
     data = _run_json("analyze", "breakdown", *M, "--vector", str(vec_dir), "--texts", str(texts), "--coefs",
                      "0,1,4,16", "--out", str(tmp_path / "bd"))
+    direct = breakdown_curve(lm, vec, steerlab.load_texts(texts), coefficients=[0, 1, 4, 16])
+    assert data == _jsonable(direct.to_dict())
     assert data["kind"] == "BreakdownReport"
+    for name in ("proj", "sim", "bd"):
+        assert list((tmp_path / name).glob("*.png")), name
     for cmd in (["eval", "sentiment"], ["eval", "behavior"], ["eval", "cost"], ["eval", "fluency"], ["sweep"],
                 ["analyze", "pca"], ["analyze", "projection"], ["analyze", "similarity"], ["analyze", "breakdown"]):
         assert "Example:" in runner.invoke(app, [*cmd, "--help"]).output, cmd
