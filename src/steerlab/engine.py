@@ -44,7 +44,11 @@ RowSteerings = Sequence[SteeringLike | None]
 
 def call_positions(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(real, index)`` of one forward call of ``model`` (see :func:`~steerlab.positions.token_positions`)."""
-    inputs = hf.call_inputs(model, args, kwargs)
+    return input_positions(hf.call_inputs(model, args, kwargs))
+
+
+def input_positions(inputs: hf.CallInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(real, index)`` of a forward call's inputs as :func:`steerlab.hf.call_inputs` read them."""
     return token_positions(
         inputs.length,
         inputs.batch,
@@ -242,15 +246,7 @@ class SteeringSession:
             self.step = self._decode_step(inputs)
             return
         self.step = None
-        real, index = token_positions(
-            inputs.length,
-            inputs.batch,
-            inputs.device,
-            attention_mask=inputs.attention_mask,
-            position_ids=inputs.position_ids,
-            past=inputs.past,
-            has_cache=inputs.has_cache,
-        )
+        real, index = input_positions(inputs)
         prompt_len = self._prompt_len(inputs.batch, real, index)
         if not inputs.past and (self.max_prompt is None or inputs.length >= self.max_prompt):
             self.prompt_done = prompt_len is not None  # the whole prompt ran: cached steps are generated tokens
