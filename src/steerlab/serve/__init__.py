@@ -17,20 +17,27 @@ from __future__ import annotations
 from .app import APIError, Server, create_app
 from .batcher import Batcher, GenParams, Job, QueueFull
 from .settings import API_KEY_ENV, ServeSettings
-from .store import NAME_PATTERN, StoreError, VectorStore, check_name, pack_folder
+from .store import NAME_PATTERN, VectorStore, check_name, pack_folder
+from .store_errors import AlreadyExists, InvalidName, InvalidUpload, NotFound, StoreError, TooLarge, WrongModel
 
 __all__ = [
     "API_KEY_ENV",
     "NAME_PATTERN",
     "APIError",
+    "AlreadyExists",
     "Batcher",
     "GenParams",
+    "InvalidName",
+    "InvalidUpload",
     "Job",
+    "NotFound",
     "QueueFull",
     "ServeSettings",
     "Server",
     "StoreError",
+    "TooLarge",
     "VectorStore",
+    "WrongModel",
     "check_name",
     "create_app",
     "pack_folder",

@@ -62,14 +62,15 @@ from .batcher import Batcher, Delta, Done, Failed, GenParams, Job, QueueFull
 from .guards import BodyLimitMiddleware, BodyTooLarge, CrossSiteMiddleware, error_response
 from .schemas import ChatCompletionRequest, CompletionRequest, SteeringEntry, _GenerationFields
 from .settings import ServeSettings
-from .store import StoreError, UploadLimits, VectorStore
+from .store import UploadLimits, VectorStore
+from .store_errors import AlreadyExists, InvalidName, InvalidUpload, NotFound, StoreError, TooLarge, WrongModel
 
 log = logging.getLogger("steerlab.serve")
 
 _MULTIPART_OVERHEAD = 64 * 1024
 
 
-class APIError(Exception):
+class APIError(SteeringError):
     """An error answered in OpenAI's shape with ``status``."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
@@ -117,8 +118,14 @@ def _http_error(request: Request, exc: StarletteHTTPException) -> APIError:
                     code, headers=dict(exc.headers) if exc.headers else None)
 
 
+_STORE_STATUS: dict[type[StoreError], int] = {InvalidName: 400, InvalidUpload: 400, NotFound: 404, AlreadyExists: 409,
+                                               TooLarge: 413, WrongModel: 422, StoreError: 400}
+"""The HTTP status of each store error (the most specific class in its MRO wins)."""
+
+
 def _store_error(exc: StoreError, param: str | None = None) -> APIError:
-    return APIError(exc.status, exc.message, _TYPES.get(exc.status, "invalid_request_error"), exc.code, param)
+    status = next(_STORE_STATUS[cls] for cls in type(exc).__mro__ if cls in _STORE_STATUS)
+    return APIError(status, exc.message, _TYPES.get(status, "invalid_request_error"), exc.code, param)
 
 
 class _SSEResponse(StreamingResponse):
