@@ -1,5 +1,6 @@
-"""The server's layers: the vector store raises domain errors and knows nothing of HTTP; every
-serve error is a :class:`steerlab.errors.SteeringError`; the store writes through :func:`steerlab.files.swap_in`
+"""The server's layers: the vector store raises domain errors and knows nothing of HTTP; one table
+(:data:`steerlab.serve.http_errors.STATUS`) gives them their statuses; every serve error is a
+:class:`steerlab.errors.SteeringError`; the store writes through :func:`steerlab.files.swap_in`
 and cleans every hidden temporary at start.
 
 Runs on the trained stories260K model, like ``tests/test_serve.py`` (whose helpers it uses).
@@ -18,12 +19,13 @@ from steerlab.errors import SteeringError
 
 pytest.importorskip("fastapi")
 
-from steerlab.serve.app import APIError
+from steerlab.serve import store_errors
 from steerlab.serve.batcher import QueueFull
+from steerlab.serve.http_errors import STATUS, APIError, from_domain
 from steerlab.serve.store import UploadLimits, VectorStore, pack_folder
-from steerlab.serve.store_errors import StoreError, TooLarge
+from steerlab.serve.store_errors import AlreadyExists, InvalidName, NotFound, StoreError, TooLarge
 
-from .test_serve import make_vectors
+from .test_serve import bad_uploads, make_vectors
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +48,43 @@ def hidden(root: Path) -> list[str]:
 def test_serve_errors_are_steering_errors() -> None:
     for cls in (StoreError, QueueFull, APIError):
         assert issubclass(cls, SteeringError), cls
+    err = APIError(404, "no such thing", "not_found_error", "not_found", "name")
+    assert str(err) == "no such thing" and err.body()["error"]["param"] == "name"
+
+
+def test_every_store_error_has_its_status_in_the_one_table() -> None:
+    classes = [c for c in vars(store_errors).values() if isinstance(c, type) and issubclass(c, StoreError)]
+    assert len(classes) >= 7
+    for cls in classes:
+        assert cls in STATUS, cls
+        assert not hasattr(cls("x"), "status"), cls  # the store knows no HTTP
+    queue = from_domain(QueueFull("busy"))
+    assert (queue.status, queue.type, queue.code, queue.headers) == (429, "rate_limit_error", "queue_full",
+                                                                      {"Retry-After": "1"})
+
+
+def test_the_store_refuses_with_domain_errors_that_map_to_the_http_statuses(
+    lm: steerlab.LM, store: Path, tmp_path: Path, vectors: dict[str, steerlab.SteeringVector]
+) -> None:
+    """Every bad upload of the HTTP tests, straight into the store: a domain error whose class the
+    table maps to the status the server answers, and the store left as it was."""
+    vs = VectorStore(store, lm, UploadLimits(max_upload_bytes=200_000, max_unpacked_bytes=200_000))  # as the HTTP tests
+    before = sorted(p.name for p in store.iterdir())
+    for label, data, status, code in bad_uploads(tmp_path / "src", lm, vectors):
+        with pytest.raises(StoreError) as info:
+            vs.add_upload("newvec", io.BytesIO(data))
+        err = from_domain(info.value, "file")
+        assert (err.status, err.code) == (status, code), (label, info.value)
+        assert sorted(p.name for p in store.iterdir()) == before, label
+    for call, cls, status in ((lambda: vs.get("../x"), InvalidName, 400), (lambda: vs.get("nope"), NotFound, 404),
+                              (lambda: vs.delete("nope"), NotFound, 404)):
+        with pytest.raises(cls) as caught:
+            call()
+        assert from_domain(caught.value).status == status
+    vectors["night"].save(tmp_path / "night")
+    with pytest.raises(AlreadyExists) as exists:
+        vs.add_upload("dog", io.BytesIO(pack_folder(tmp_path / "night")))
+    assert from_domain(exists.value).status == 409
 
 
 def test_start_removes_the_hidden_temporaries_of_uploads_deletes_and_swaps(lm: steerlab.LM, store: Path) -> None:
