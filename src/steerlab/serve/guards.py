@@ -1,6 +1,7 @@
 """Checks every request passes before the API sees it: API key, body size, cross-site writes, content type.
 
-Pure ASGI middlewares (no body buffering), plus :func:`error_response`, the one place that
+Pure ASGI middlewares (no body buffering; each a :class:`Gate`: a check that may answer the request
+itself, with a hook counting each refusal), plus :func:`error_response`, the one place that
 renders an error in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
 
 * :class:`APIKeyMiddleware` — every path but a few open ones needs the key (401 otherwise),
