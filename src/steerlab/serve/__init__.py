@@ -14,23 +14,33 @@ See ``docs/serve.md`` for the HTTP API, curl and ``openai`` client examples.
 
 from __future__ import annotations
 
-from .app import APIError, Server, create_app
+from .app import create_app
 from .batcher import Batcher, GenParams, Job, QueueFull
+from .http_errors import STATUS, APIError
 from .settings import API_KEY_ENV, ServeSettings
-from .store import NAME_PATTERN, StoreError, VectorStore, check_name, pack_folder
+from .state import Server
+from .store import NAME_PATTERN, VectorStore, check_name, pack_folder
+from .store_errors import AlreadyExists, InvalidName, InvalidUpload, NotFound, StoreError, TooLarge, WrongModel
 
 __all__ = [
     "API_KEY_ENV",
     "NAME_PATTERN",
+    "STATUS",
     "APIError",
+    "AlreadyExists",
     "Batcher",
     "GenParams",
+    "InvalidName",
+    "InvalidUpload",
     "Job",
+    "NotFound",
     "QueueFull",
     "ServeSettings",
     "Server",
     "StoreError",
+    "TooLarge",
     "VectorStore",
+    "WrongModel",
     "check_name",
     "create_app",
     "pack_folder",

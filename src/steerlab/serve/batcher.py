@@ -39,6 +39,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from transformers.generation.streamers import BaseStreamer
 
 from ..engine import steer_rows
+from ..errors import SteeringError
 from ..model import LM
 from ..steering import SteeringLike
 from ..tokens import pad_token_ids
@@ -47,8 +48,10 @@ from .settings import ServeSettings
 log = logging.getLogger("steerlab.serve")
 
 
-class QueueFull(Exception):
-    """The queue cannot take the request(s) now (HTTP 429)."""
+class QueueFull(SteeringError):
+    """The queue cannot take the request(s) now: retry later."""
+
+    code = "queue_full"
 
 
 @dataclass(frozen=True)

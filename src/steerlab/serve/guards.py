@@ -1,8 +1,11 @@
-"""Checks every request passes before the API sees it: body size, cross-site writes, content type.
+"""Checks every request passes before the API sees it: API key, body size, cross-site writes, content type.
 
-Pure ASGI middlewares (no body buffering), plus :func:`error_response`, the one place that
+Pure ASGI middlewares (no body buffering; each a :class:`Gate`: a check that may answer the request
+itself, with a hook counting each refusal), plus :func:`error_response`, the one place that
 renders an error in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
 
+* :class:`APIKeyMiddleware` — every path but a few open ones needs the key (401 otherwise),
+  checked before anything else runs, body parsing included.
 * :class:`BodyLimitMiddleware` — a request body larger than the limit is refused with 413:
   from its ``Content-Length`` before a byte is read, or (chunked / no length) as soon as the
   bytes read pass the limit.
@@ -21,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Callable, Collection
 from typing import Any
@@ -31,6 +35,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .schemas import error_body
+
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 """Methods that change state: the ones checked for cross-site use."""
 
@@ -39,11 +45,6 @@ SIMPLE_CONTENT_TYPES = frozenset({"text/plain", "application/x-www-form-urlencod
 CORS-safelisted request header values); a request without a content type is "simple" too."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-
-
-def _clean(text: str) -> str:
-    """``text`` encodable as UTF-8 (lone surrogates become ``\\udXXX`` escapes)."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _SafeJSONResponse(JSONResponse):
@@ -61,9 +62,7 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
         >>> error_response(413, "too large", code="request_too_large").body
         b'{"error":{"message":"too large","type":"invalid_request_error","param":null,"code":"request_too_large"}}'
     """
-    body = {"error": {"message": _clean(message), "type": type_, "param": None if param is None else _clean(param),
-                      "code": code}}
-    return _SafeJSONResponse(body, status_code=status, headers=headers)
+    return _SafeJSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
 
 
 class BodyTooLarge(HTTPException):
@@ -81,7 +80,32 @@ def too_large_response(limit: int) -> JSONResponse:
                           "(max_request_bytes)", code="request_too_large")
 
 
-class BodyLimitMiddleware:
+class Gate:
+    """A middleware that answers some requests itself (:meth:`check` returns the refusal) and
+    passes the others on; ``on_reject`` is called with the status of each refusal (metrics)."""
+
+    def __init__(self, app: ASGIApp, on_reject: Callable[[int], None] = lambda status: None) -> None:
+        self.app = app
+        self.on_reject = on_reject
+
+    def check(self, scope: Scope) -> JSONResponse | None:  # pragma: no cover - abstract
+        """The refusal of this (HTTP) request, or ``None`` to pass it on."""
+        raise NotImplementedError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = self.check(scope) if scope["type"] == "http" else None
+        if refusal is None:
+            await self.forward(scope, receive, send)
+            return
+        self.on_reject(refusal.status_code)
+        await refusal(scope, receive, send)
+
+    async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass a request that was not refused on to the app."""
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware(Gate):
     """Refuse request bodies over ``limit(scope)`` bytes with 413 (``None``: no limit here).
 
     ``Content-Length`` over the limit is refused before anything is read; otherwise ``receive``
@@ -90,20 +114,22 @@ class BodyLimitMiddleware:
     """
 
     def __init__(self, app: ASGIApp, limit: Callable[[Scope], int | None],
-                 on_reject: Callable[[], None] = lambda: None) -> None:
-        self.app = app
+                 on_reject: Callable[[int], None] = lambda status: None) -> None:
+        super().__init__(app, on_reject)
         self.limit = limit
-        self.on_reject = on_reject
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        cap = self.limit(scope) if scope["type"] == "http" else None
-        if cap is None:
-            await self.app(scope, receive, send)
-            return
+    def check(self, scope: Scope) -> JSONResponse | None:
+        """The 413 of a ``Content-Length`` over the limit (nothing read yet), or ``None``."""
+        cap = self.limit(scope)
         length = Headers(scope=scope).get("content-length")
-        if length is not None and length.strip().isdigit() and int(length) > cap:
-            self.on_reject()
-            await too_large_response(cap)(scope, receive, send)
+        if cap is not None and length is not None and length.strip().isdigit() and int(length) > cap:
+            return too_large_response(cap)
+        return None
+
+    async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app with a ``receive`` that counts the body's bytes and stops past the limit."""
+        if scope["type"] != "http" or (cap := self.limit(scope)) is None:
+            await self.app(scope, receive, send)
             return
         seen = 0
         started = False
@@ -127,7 +153,7 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             if started:
                 raise
-            self.on_reject()
+            self.on_reject(413)
             await too_large_response(cap)(scope, receive, send)
 
 
@@ -176,7 +202,7 @@ def media_type(headers: Headers) -> str:
     return headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-class CrossSiteMiddleware:
+class CrossSiteMiddleware(Gate):
     """Refuse state-changing requests from other sites' pages (403) and "simple" bodies (415).
 
     Args:
@@ -189,14 +215,13 @@ class CrossSiteMiddleware:
 
     def __init__(self, app: ASGIApp, json_paths: Collection[str], form_paths: Collection[str],
                  on_reject: Callable[[int], None] = lambda status: None) -> None:
-        self.app = app
+        super().__init__(app, on_reject)
         self.json_paths = frozenset(json_paths)
         self.form_paths = frozenset(form_paths)
-        self.on_reject = on_reject
 
     def check(self, scope: Scope) -> JSONResponse | None:
         """The refusal for this request, or ``None``."""
-        if scope["type"] != "http" or scope["method"] not in UNSAFE_METHODS:
+        if scope["method"] not in UNSAFE_METHODS:
             return None
         headers = Headers(scope=scope)
         why = cross_site(headers)
@@ -217,10 +242,42 @@ class CrossSiteMiddleware:
                                   f"{kind or 'no content type'!r})", code="unsupported_media_type")
         return None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = self.check(scope)
-        if refusal is not None:
-            self.on_reject(refusal.status_code)
-            await refusal(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+
+def key_refusal(headers: Headers, key: str | None) -> JSONResponse | None:
+    """The 401 for a request without the right API key (``None``: let it through).
+
+    The key comes as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``, compared in constant time.
+
+    Example:
+        >>> key_refusal(Headers({"authorization": "Bearer secret"}), "secret") is None
+        True
+        >>> key_refusal(Headers({}), "secret").status_code
+        401
+    """
+    if key is None:
+        return None
+    auth = headers.get("authorization", "")
+    token = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if not token:
+        return error_response(401, "this server needs an API key: send 'Authorization: Bearer KEY'",
+                              "authentication_error", "missing_api_key", headers=challenge)
+    if not hmac.compare_digest(token.encode(), key.encode()):
+        return error_response(401, "invalid API key", "authentication_error", "invalid_api_key", headers=challenge)
+    return None
+
+
+class APIKeyMiddleware(Gate):
+    """Refuse requests without the API ``key`` (401), except on ``open_paths``; no key: all pass."""
+
+    def __init__(self, app: ASGIApp, key: str | None, open_paths: Collection[str],
+                 on_reject: Callable[[int], None] = lambda status: None) -> None:
+        super().__init__(app, on_reject)
+        self.key = key
+        self.open_paths = frozenset(open_paths)
+
+    def check(self, scope: Scope) -> JSONResponse | None:
+        """The 401 of a request without the key on a closed path, or ``None``."""
+        if scope["path"] in self.open_paths:
+            return None
+        return key_refusal(Headers(scope=scope), self.key)

@@ -1,4 +1,5 @@
-"""Request bodies of the OpenAI-compatible API (pydantic v2), plus steerlab's ``steering`` field.
+"""Request and response bodies of the OpenAI-compatible API: requests as pydantic v2 models (plus
+steerlab's ``steering`` field), responses built by :class:`Reply` and :func:`error_body`.
 
 Unknown fields are rejected (a misspelt ``steering`` must not silently serve the plain model);
 OpenAI fields steerlab does not implement are accepted only at their neutral value. Every value
@@ -16,10 +17,18 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Annotated, Any, Literal
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:  # the batcher's events; no import of torch for the request models
+    from .batcher import Done
 
 MIN_TEMPERATURE = 0.01
 """The smallest sampling temperature (as vLLM's floor); 0 means greedy, values in between are
@@ -117,6 +126,9 @@ class _GenerationFields(BaseModel):
     """Fields shared by completions and chat completions."""
 
     model_config = ConfigDict(extra="forbid")
+    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {"presence_penalty": (None, 0, 0.0),
+                                                     "frequency_penalty": (None, 0, 0.0)}
+    """OpenAI fields accepted only at one of these values."""
 
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
@@ -137,6 +149,11 @@ class _GenerationFields(BaseModel):
     metadata: dict[str, Any] | None = None
     store: bool | None = None
     service_tier: str | None = None
+
+    @property
+    def stops(self) -> list[str]:
+        """The stop strings as a list."""
+        return list(self.stop or [])
 
     @model_validator(mode="before")
     @classmethod
@@ -162,16 +179,11 @@ class _GenerationFields(BaseModel):
 
     @model_validator(mode="after")
     def _unsupported(self) -> _GenerationFields:
-        _neutral("presence_penalty", self.presence_penalty, (None, 0, 0.0))
-        _neutral("frequency_penalty", self.frequency_penalty, (None, 0, 0.0))
+        for name, neutral in self.NEUTRAL.items():
+            _neutral(name, getattr(self, name), neutral)
         if self.logit_bias:
             raise ValueError("logit_bias is not supported by steerlab serve")
         return self
-
-    @property
-    def stops(self) -> list[str]:
-        """The stop strings as a list."""
-        return list(self.stop or [])
 
 
 class CompletionRequest(_GenerationFields):
@@ -182,13 +194,11 @@ class CompletionRequest(_GenerationFields):
     logprobs: int | None = None
     best_of: int | None = None
     suffix: str | None = None
+    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {**_GenerationFields.NEUTRAL, "echo": (False,),
+                                                     "logprobs": (None,), "best_of": (None, 1), "suffix": (None,)}
 
     @model_validator(mode="after")
-    def _completion_unsupported(self) -> CompletionRequest:
-        _neutral("echo", self.echo, (False,))
-        _neutral("logprobs", self.logprobs, (None,))
-        _neutral("best_of", self.best_of, (None, 1))
-        _neutral("suffix", self.suffix, (None,))
+    def _empty(self) -> CompletionRequest:
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt is an empty list")
         return self
@@ -238,11 +248,11 @@ class ChatCompletionRequest(_GenerationFields):
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {**_GenerationFields.NEUTRAL, "logprobs": (None, False),
+                                                     "top_logprobs": (None, 0)}
 
     @model_validator(mode="after")
     def _chat_unsupported(self) -> ChatCompletionRequest:
-        _neutral("logprobs", self.logprobs, (None, False))
-        _neutral("top_logprobs", self.top_logprobs, (None, 0))
         if self.tools:
             raise ValueError("tools are not supported by steerlab serve")
         _neutral("tool_choice", self.tool_choice, (None, "none"))
@@ -251,3 +261,101 @@ class ChatCompletionRequest(_GenerationFields):
         if self.max_tokens is None and self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
         return self
+
+
+# --------------------------------------------------------------------------- responses
+def clean_text(text: str) -> str:
+    """``text`` encodable as UTF-8 (lone surrogates become ``\\udXXX`` escapes).
+
+    Example:
+        >>> clean_text("ok \\ud800")
+        'ok \\\\ud800'
+    """
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def error_body(message: str, type_: str = "invalid_request_error", code: str | None = None,
+               param: str | None = None) -> dict[str, Any]:
+    """An error in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}`` (always renderable).
+
+    Example:
+        >>> error_body("the prompt is empty", code="empty_prompt", param="prompt")["error"]["param"]
+        'prompt'
+    """
+    return {"error": {"message": clean_text(message), "type": type_,
+                      "param": None if param is None else clean_text(param), "code": code}}
+
+
+def usage(done: Sequence[Done], n: int) -> dict[str, int]:
+    """Token counts of a response; each prompt (shared by its ``n`` choices) counts once."""
+    prompt = sum({d.index // n: d.prompt_tokens for d in done}.values())
+    completion = sum(d.completion_tokens for d in done)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def sse(data: Any) -> str:
+    """One server-sent event carrying ``data`` as JSON."""
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+"""The last event of every stream."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The OpenAI-shaped bodies of one (chat) completion response: whole, or as stream chunks.
+
+    Example:
+        >>> reply = Reply(chat=True, model="m", id="chatcmpl-1", created=0)
+        >>> reply.chunk(0, "Hi", None)["choices"][0]["delta"]
+        {'content': 'Hi'}
+    """
+
+    chat: bool
+    model: str
+    include_usage: bool = False
+    id: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex)
+
+    def _head(self, obj: str) -> dict[str, Any]:
+        return {"id": self.id, "created": self.created, "model": self.model, "system_fingerprint": None,
+                "object": obj}
+
+    def body(self, done: Sequence[Done], n: int) -> dict[str, Any]:
+        """The whole response (``stream: false``)."""
+        if self.chat:
+            choices = [{"index": d.index, "message": {"role": "assistant", "content": d.text}, "logprobs": None,
+                        "finish_reason": d.finish_reason} for d in done]
+            return {**self._head("chat.completion"), "choices": choices, "usage": usage(done, n)}
+        choices = [{"index": d.index, "text": d.text, "logprobs": None, "finish_reason": d.finish_reason}
+                   for d in done]
+        return {**self._head("text_completion"), "choices": choices, "usage": usage(done, n)}
+
+    @property
+    def chunk_object(self) -> str:
+        """``object`` of each stream chunk."""
+        return "chat.completion.chunk" if self.chat else "text_completion"
+
+    def chunk(self, index: int, text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+        """One stream chunk: new ``text`` of choice ``index``, or its ``finish`` reason (``role``: the
+        chat stream's first chunk of a choice)."""
+        if self.chat:
+            delta: dict[str, Any] = {} if text is None else {"content": text}
+            if role:
+                delta = {"role": "assistant", "content": text or ""}
+            choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+        out = {**self._head(self.chunk_object), "choices": [choice]}
+        if self.include_usage:
+            out["usage"] = None
+        return out
+
+    def usage_chunk(self, done: Sequence[Done], n: int) -> dict[str, Any]:
+        """The last chunk of a stream with ``stream_options.include_usage``."""
+        return {**self._head(self.chunk_object), "choices": [], "usage": usage(done, n)}

@@ -1,0 +1,109 @@
+"""The state one served model shares across requests, and the FastAPI dependency that hands it out.
+
+:func:`~steerlab.serve.app.create_app` builds one :class:`Server` and keeps it as
+``app.state.server``; routes take it as a parameter of type :data:`ServerDep`.
+
+Example:
+    >>> from fastapi import APIRouter
+    >>> router = APIRouter()
+    >>> @router.get("/v1/models")
+    ... async def models(server: ServerDep) -> dict:
+    ...     return {"object": "list", "data": [server.model_card()]}
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Annotated, Any, cast
+
+from fastapi import Depends, Request
+
+from ..model import LM
+from .batcher import Batcher, Job
+from .http_errors import APIError
+from .schemas import ChatCompletionRequest
+from .settings import ServeSettings
+from .store import UploadLimits, VectorStore
+
+
+class Server:
+    """State of one served model: the model, its store, the batcher and the settings.
+
+    Args:
+        lm: the served model.
+        store_dir: the vector store directory (created if missing).
+        settings: limits and the optional API key.
+    """
+
+    def __init__(self, lm: LM, store_dir: str | os.PathLike[str], settings: ServeSettings) -> None:
+        self.lm = lm
+        self.settings = settings
+        self.tok_lock = threading.Lock()  # HF fast tokenizers are not safe to call from two threads at once
+        self.store = VectorStore(store_dir, lm, UploadLimits(settings.max_upload_bytes, settings.max_archive_members,
+                                                             settings.max_unpacked_bytes))
+        self.batcher = Batcher(lm, settings, self.tok_lock)
+        self.created = int(time.time())
+        self.context = lm.context_length
+        self.names = {lm.model_id, *settings.model_aliases}
+
+    # ------------------------------------------------------------------ models
+    def model_card(self) -> dict[str, Any]:
+        """The served model in ``GET /v1/models`` shape (plus a ``steerlab`` block)."""
+        return {
+            "id": self.lm.model_id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "steerlab",
+            "steerlab": {
+                "n_layers": self.lm.n_layers,
+                "d_model": self.lm.d_model,
+                "model_type": self.lm.model_type,
+                "chat_template": self.lm.has_chat_template,
+                "context": self.context,
+                "aliases": sorted(self.names - {self.lm.model_id}),
+                "limits": self.settings.limits(),
+            },
+        }
+
+    def check_model_name(self, name: str | None) -> None:
+        """404 unless ``name`` is the served model (or an alias), or absent."""
+        if name is not None and name not in self.names:
+            raise APIError(404, f"model {name!r} is not served here; this server serves {self.lm.model_id!r}",
+                           "not_found_error", "model_not_found", "model")
+
+    # ------------------------------------------------------------------ tokenizer
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (special tokens added, as :func:`steerlab.generate.encode` does)."""
+        with self.tok_lock:
+            return list(self.lm.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def render_chat(self, req: ChatCompletionRequest) -> str:
+        """The messages as model text: the chat template, or one line per message without one."""
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in req.messages]
+        if self.lm.has_chat_template:
+            with self.tok_lock:
+                text = self.lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return str(text)
+        return "".join(f"{m['content']}\n" for m in messages)
+
+    # ------------------------------------------------------------------ jobs
+    def cancel(self, jobs: Sequence[Job]) -> None:
+        """Stop every job still running (client gone, or request over)."""
+        for job in jobs:
+            self.batcher.cancel(job)
+
+    def count(self, name: str) -> None:
+        """Add one to the metrics counter ``name``."""
+        self.batcher.metrics.count(name)
+
+
+def get_server(request: Request) -> Server:
+    """The app's :class:`Server` (a FastAPI dependency)."""
+    return cast(Server, request.app.state.server)
+
+
+ServerDep = Annotated[Server, Depends(get_server)]
+"""A route parameter of this type receives the app's :class:`Server`."""
