@@ -176,6 +176,7 @@ class SteeringSession:
         shared: list[Steering],
         rows: RowSteerings | None = None,
         prompt_length: torch.Tensor | int | None = None,
+        generating: bool = False,
     ) -> None:
         self.lm = lm
         self.owner = threading.get_ident()
@@ -202,7 +203,7 @@ class SteeringSession:
         self.active = self.terms
         self.repeat = 1
         self.step: _Step | None = None
-        self.prompt_done = False
+        self.prompt_done = generating
         self.max_prompt = None if prompt_length is None else int(torch.as_tensor(prompt_length).max())
         self.decode_terms = self._build_decode_terms()
         if self.terms:
@@ -370,13 +371,17 @@ def steer(
 
 @contextmanager
 def steer_rows(
-    lm: LM, rows: RowSteerings, prompt_length: torch.Tensor | int | None = None
+    lm: LM, rows: RowSteerings, prompt_length: torch.Tensor | int | None = None, generating: bool = False
 ) -> Iterator[SteeringSession]:
     """Like :func:`steer`, with one steering (or ``None``) per batch row.
+
+    ``generating=True`` says that every call in the block continues rows whose prompts already ran
+    (a decoding loop that rows join and leave, each with its own ``prompt_length``): one-token
+    cached steps then take the fast path from the first call.
 
     Example:
         >>> with steer_rows(lm, [Steering(vec, 4.0), None]):  # doctest: +SKIP
         ...     out = lm.model(input_ids=ids, attention_mask=mask)
     """
-    with SteeringSession(lm, [], rows=rows, prompt_length=prompt_length) as session:
+    with SteeringSession(lm, [], rows=rows, prompt_length=prompt_length, generating=generating) as session:
         yield session
