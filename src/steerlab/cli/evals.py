@@ -42,7 +42,7 @@ def _load(model: str, vector: Path | None = None) -> tuple[Any, Any]:
     vec = None
     if vector is not None:
         vec = load_vector(vector, lm)
-        vec.check_model(lm)  # type: ignore[attr-defined]
+        vec.check_model(lm)
     return lm, vec
 
 
@@ -344,8 +344,8 @@ def analyze_similarity(
         from .vectors import load_vector
 
         vecs = {p.name: load_vector(p) for p in vectors}
-        rep = (layer_similarity(next(iter(vecs.values())))  # type: ignore[arg-type]
-               if len(vecs) == 1 else vector_similarity(vecs, layer=layer))  # type: ignore[arg-type]
+        rep = (layer_similarity(next(iter(vecs.values())))
+               if len(vecs) == 1 else vector_similarity(vecs, layer=layer))
         rep.write(out, "similarity")
         write_manifest(out, None)
         emit(rep.to_dict(), lambda: console.print(rep.to_markdown()))

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from . import app
+
+if TYPE_CHECKING:
+    from ..vector import SteeringVector
+
 from .common import console, emit, finite, parse_int_list, progress_flag, run, say, status, write_manifest
 
 export_app = typer.Typer(help="Convert vectors for other engines.", no_args_is_help=True)
@@ -17,7 +22,7 @@ app.add_typer(export_app, name="export")
 app.add_typer(import_app, name="import")
 
 
-def load_vector(path: Path, lm: object = None) -> object:
+def load_vector(path: Path, lm: object = None) -> SteeringVector:
     """A vector folder or a ``.gguf`` control vector."""
     from ..vector import SteeringVector
 
@@ -82,7 +87,7 @@ def inspect(path: Path = typer.Argument(..., help="A vector folder or a .gguf co
     """
 
     def body() -> None:
-        info = load_vector(path).describe()  # type: ignore[attr-defined]
+        info = load_vector(path).describe()
 
         def human() -> None:
             table = Table(title=str(path))
