@@ -41,6 +41,7 @@ from .extract import extract
 from .generate import generate
 from .methods import REGISTRY as METHODS
 from .model import LM, load_model, wrap_model
+from .scale import relative, residual_norms
 from .steering import Composite, Steering, compose
 from .vector import SteeringVector
 
@@ -78,6 +79,8 @@ __all__ = [
     "load_pairs",
     "load_texts",
     "pairs_from_lists",
+    "relative",
+    "residual_norms",
     "persona_pairs",
     "steer",
     "steer_rows",

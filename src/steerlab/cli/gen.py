@@ -79,6 +79,9 @@ def generate(
         None, help="A condition folder (steerlab condition): steer only prompts that match it (CAST)."
     ),
     threshold: float | None = typer.Option(None, callback=finite, help="Override the condition's threshold."),
+    relative: bool = typer.Option(
+        False, "--relative", help="Coefficients are fractions of the residual norm at each layer (0.1 = 10 %)."
+    ),
     layers: str | None = typer.Option(None, help="Steer only these layers of each vector, e.g. 10-14."),
     compare: bool = typer.Option(False, "--compare", help="Also show the unsteered continuation."),
     chat: bool = typer.Option(False, "--chat", help="Apply the chat template to each prompt."),
@@ -112,6 +115,8 @@ def generate(
         for i, path in enumerate(vector):
             vec = load_vector(path, lm)
             vec.check_model(lm)
+            if relative:
+                vec = steerlab.relative(vec, lm)
             pos = parse_positions(positions[i] if len(positions) > 1 else positions[0]) if positions else None
             steerings.append(
                 steerlab.Steering(
