@@ -270,8 +270,17 @@ class SteeringSession:
                     acc[rows.to(device)] += delta
 
     # ------------------------------------------------------------------ hooks
+    def _owned(self) -> bool:
+        """Whether the running forward call belongs to the thread that opened the session.
+
+        Under ``torch.compile`` the hooks are traced into the graph, which cannot ask for a thread:
+        a compiled model is steered by the session that was open when it was traced (steer it from
+        one thread).
+        """
+        return torch.compiler.is_compiling() or threading.get_ident() == self.owner
+
     def _pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if threading.get_ident() != self.owner:
+        if not self._owned():
             return
         inputs = hf.call_inputs(module, args, kwargs)
         self._set_repeat(inputs.batch)
@@ -340,7 +349,7 @@ class SteeringSession:
 
     def _make_hook(self, layer: int) -> Any:
         def hook(_module: Any, _args: Any, output: Any) -> Any:
-            if threading.get_ident() != self.owner:
+            if not self._owned():
                 return None
             h = out = hf.block_hidden(output)
             step = self.step
@@ -361,7 +370,7 @@ class SteeringSession:
 
         def reader(_module: Any, _args: Any, output: Any) -> None:
             call = self.call
-            if call is None or threading.get_ident() != self.owner:
+            if call is None or not self._owned():
                 return
             prompt = call.real if call.prompt_len is None else call.real & (call.index < call.prompt_len[:, None])
             scores, seen = prompt_scores(condition, hf.block_hidden(output), prompt)
