@@ -91,6 +91,7 @@ class _Step:
 
     live: torch.Tensor | None  # [B, 1, 1] in the model's dtype
     decisions: dict[int, torch.Tensor] = field(default_factory=dict)
+    index: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))  # unused by decode ops
 
 
 def _decision(
@@ -137,6 +138,9 @@ class _Term:
 
     def apply_decode(self, h: torch.Tensor, step: _Step) -> torch.Tensor:
         """:meth:`apply` for one generated token per row (no positions to compute)."""
+        if self.op.merges and self.rows is None and self.condition is None:  # the common case: one fused op
+            delta = self.state.tensor
+            return h.add_(delta) if step.live is None else h.addcmul_(step.live.to(h.device), delta)
         mask = self.decode_mask(h.device)
         live = step.live
         if self.condition is not None:
@@ -149,7 +153,7 @@ class _Term:
             if self.op.merges:
                 return h.add_(self.state.tensor)
             mask = torch.ones((), dtype=h.dtype, device=h.device)
-        index = torch.zeros((), dtype=torch.long, device=h.device)
+        index = step.index if step.index.device == h.device else step.index.to(h.device)
         if self.op.inplace_under_autograd or not (h.requires_grad and torch.is_grad_enabled()):
             self.op.apply_(h, mask, self.state, index)
             return h
@@ -216,16 +220,14 @@ class SteeringSession:
         self.handles: list[Any] = []
         self.terms: dict[int, list[_Term]] = {}
         self.dtype = next(lm.model.parameters()).dtype
-        entries: list[tuple[Steering, torch.Tensor | None]] = [(s, None) for s in shared]
+        self.device = lm.device
+        entries: list[tuple[Steering, list[int] | None]] = [(s, None) for s in shared]
         if rows is not None:
             by_id: dict[int, tuple[Steering, list[int]]] = {}
             for i, item in enumerate(rows):
                 for s in as_steerings(item):
                     by_id.setdefault(id(s), (s, []))[1].append(i)
-            for s, idx in by_id.values():
-                mask = torch.zeros(len(rows), dtype=torch.bool)
-                mask[idx] = True
-                entries.append((s, mask.to(lm.device)))
+            entries += list(by_id.values())
         for s, _ in entries:
             s.vector.check_model(lm)
         live_entries = [(s, r) for s, r in entries if not s.is_noop]
@@ -244,30 +246,45 @@ class SteeringSession:
 
             check_positions(lm)
 
-    def _build_terms(self, entries: list[tuple[Steering, torch.Tensor | None]]) -> None:
+    def _build_terms(self, entries: list[tuple[Steering, list[int] | None]]) -> None:
         # Merge one-direction uses of a merging operator (add) that share positions into one
         # row-stacked delta per layer, unless another term came in between (composition order).
+        # Row deltas are written with one index_add per merged delta, after all are known.
         merged: dict[tuple[int, str, object], torch.Tensor] = {}
-        for s, rows in entries:
+        pending: dict[int, tuple[torch.Tensor, list[int], list[torch.Tensor]]] = {}
+        devices = {k: _block_device(self.lm.blocks[k], self.device) for s, _ in entries for k in s.active_layers}
+        for s, idx in entries:
             op = s.op
+            rows = None if idx is None else self._row_mask(idx)
             for layer in s.active_layers:
-                device = _block_device(self.lm.blocks[layer], self.lm.device)
+                device = devices[layer]
                 v = s.vector.directions[layer].to(device=device, dtype=self.dtype)
                 layer_terms = self.terms.setdefault(layer, [])
                 if not (op.merges and v.dim() == 1) or s.condition is not None:
                     layer_terms.append(_Term(op, s.where, rows, op.prepare(v, s.coefficient), s.condition))
                     continue
-                key = (layer, op.name, s.where if rows is None else ("rows", s.where))
+                key = (layer, op.name, s.where if idx is None else ("rows", s.where))
                 acc = merged.get(key)
                 if acc is None or not (layer_terms and layer_terms[-1].state.tensor is acc):
-                    acc = torch.zeros(1 if rows is None else len(rows), 1, v.shape[-1], device=device, dtype=self.dtype)
+                    width = 1 if idx is None else self.batch or 1
+                    acc = torch.zeros(width, 1, v.shape[-1], device=device, dtype=self.dtype)
                     merged[key] = acc
                     layer_terms.append(_Term(op, s.where, None, OpState(acc, 1.0)))
                 delta = op.prepare(v, s.coefficient).tensor
-                if rows is None:
+                if idx is None:
                     acc += delta
                 else:
-                    acc[rows.to(device)] += delta
+                    _, at, values = pending.setdefault(id(acc), (acc, [], []))
+                    at += idx
+                    values.append(delta.expand(len(idx), -1))
+        for acc, at, values in pending.values():
+            index = torch.tensor(at, device=acc.device)
+            acc.view(acc.shape[0], -1).index_add_(0, index, torch.cat(values))
+
+    def _row_mask(self, idx: list[int]) -> torch.Tensor:
+        mask = torch.zeros(self.batch or 0, dtype=torch.bool)
+        mask[idx] = True
+        return mask.to(self.device)
 
     # ------------------------------------------------------------------ hooks
     def _owned(self) -> bool:
