@@ -41,6 +41,7 @@ from .positions import Positions, position_mask, starts_sequence, token_position
 from .steering import Composite, Steering, SteeringLike, compose
 
 RowSteerings = Sequence[SteeringLike | None]
+_NO_INDEX = torch.zeros((), dtype=torch.long)
 
 
 def call_positions(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +92,7 @@ class _Step:
 
     live: torch.Tensor | None  # [B, 1, 1] in the model's dtype
     decisions: dict[int, torch.Tensor] = field(default_factory=dict)
-    index: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))  # unused by decode ops
+    index: torch.Tensor = field(default_factory=lambda: _NO_INDEX)  # decode-step operators read no index
 
 
 def _decision(
