@@ -21,9 +21,11 @@ drives them (prefill, then one-token decode steps with a KV cache). The checks:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -533,7 +535,10 @@ def test_vllm_engine_answers_like_the_transformers_engine(
     assert got[0] != got[1]  # the steering changed the text
     sent = fake.state.received
     assert all(b["model"] == "fake-vllm" and b["stream"] and b["temperature"] == 0.0 for b in sent)
-    assert sent[0]["prompt"] == prompt_ids(lm) and "vllm_xargs" not in sent[0]
+    assert sent[0]["prompt"] == prompt_ids(lm) and "vllm_xargs" not in sent[0] and "cache_salt" not in sent[0]
+    # steered requests get their own prefix-cache namespace, shared only by the same steering
+    salts = [b.get("cache_salt") for b in sent]
+    assert salts[1] and salts[1] != salts[2] and salts[2] == salts[3] == salts[4] == salts[5]
     assert len(sent) == 1 + 1 + 4 + len(requests) - 3  # one vLLM request per choice
     key = vllm_lens.XARG if plugin == "vllm-lens" else hotwire.XARG
     assert set(sent[1]["vllm_xargs"]) == {key}
@@ -655,9 +660,11 @@ class FakeLLM:
     def __init__(self, pm: PluginModel) -> None:
         self.pm = pm
         self.calls: list[list[Any]] = []
+        self.prompts: list[dict[str, Any]] = []
 
     def generate(self, prompts: list[dict[str, Any]], params: list[Any], use_tqdm: bool = True) -> list[Any]:
         self.calls.append(params)
+        self.prompts.extend(prompts)
         tok = self.pm.lm.tokenizer
         outs = []
         for p, sp in zip(prompts, params):
@@ -687,6 +694,7 @@ def test_vllm_engine_in_process(lm: steerlab.LM, shell: steerlab.LM, store: Path
     extra = llm.calls[1][0].extra_args
     assert set(extra) == {vllm_lens.XARG} and lens_decode_steering_vectors(extra[vllm_lens.XARG])
     assert sum(len(c) for c in llm.calls[2:]) == 4  # the four choices (batched as they arrive)
+    assert "cache_salt" not in llm.prompts[0] and llm.prompts[1]["cache_salt"].startswith("steerlab-")
 
 
 def test_cli_serve_engine_vllm(shell: steerlab.LM, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -759,3 +767,88 @@ def test_playground_against_the_vllm_engine(lm: steerlab.LM, shell: steerlab.LM,
         finally:
             browser.close()
     assert want_base != want_steer and len(fake.state.received) == 2
+
+
+class SlowBackend:
+    """A vLLM that takes 10 ms per piece of text, for the engine's own bookkeeping."""
+
+    description = "slow"
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def stream(self, job: Any, xargs: dict[str, str]) -> Any:
+        from steerlab.serve.engines.vllm_backends import Piece
+
+        for _ in range(job.params.max_tokens):
+            await asyncio.sleep(0.01)
+            yield Piece("x")
+        yield Piece(finish_reason="length", tokens=job.params.max_tokens)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def test_vllm_engine_queue_cancel_timeout_close(shell: steerlab.LM, store: Path) -> None:
+    from steerlab.serve import ServeSettings
+    from steerlab.serve.batcher import Delta, Done, Failed, GenParams, Job, QueueFull
+    from steerlab.serve.engines.vllm import VLLMEngine, VLLMOptions
+
+    backend = SlowBackend()
+    engine = VLLMEngine(shell, ServeSettings(max_batch=1, max_queue=2), _Store({}), VLLMOptions(backend=backend))
+
+    async def scenario() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        queues = [asyncio.Queue() for _ in range(5)]
+        jobs = [Job([1, 2], None, GenParams(max_tokens=m), loop, q, index=i)
+                for i, (m, q) in enumerate(zip([3, 1000, 1000, 1000, 3], queues))]
+        engine.submit([jobs[0]])
+        await until(lambda: jobs[0].finished)
+        done = [e for e in _drain(queues[0]) if isinstance(e, Done)]
+        engine.submit([jobs[1], jobs[2]])  # one runs (max_batch=1), one waits
+        await until(lambda: (engine.running(), engine.queue_length()) == (1, 1))
+        state = (engine.running(), engine.queue_length())
+        with pytest.raises(QueueFull):
+            engine.submit([jobs[3], jobs[4]])  # max_queue=2: 1 waiting + 2 > 2
+        await asyncio.sleep(0.05)
+        engine.cancel(jobs[2])  # waiting
+        engine.cancel(jobs[1])  # running
+        await until(lambda: (engine.running(), engine.queue_length()) == (0, 0))
+        after = (engine.running(), engine.queue_length())
+        timed = Job([1], None, GenParams(max_tokens=1000), loop, queues[3], deadline=time.monotonic() + 0.1)
+        engine.submit([timed])
+        await until(lambda: timed.finished)
+        long = Job([1], None, GenParams(max_tokens=1000), loop, queues[4])
+        engine.submit([long])
+        await until(lambda: engine.running() == 1)
+        engine.close()
+        await until(lambda: long.finished)
+        await asyncio.sleep(0.01)
+        return {"done": done, "state": state, "after": after, "cancelled": [list(_drain(q)) for q in queues[1:3]],
+                "timed": list(_drain(queues[3])), "closed": list(_drain(queues[4])), "long": long}
+
+    out = asyncio.run(scenario())
+    assert out["done"] and out["done"][0].text == "xxx" and out["done"][0].completion_tokens == 3
+    assert out["state"] == (1, 1) and out["after"] == (0, 0)
+    assert not any(isinstance(e, (Done, Failed)) for evs in out["cancelled"] for e in evs)
+    assert any(isinstance(e, Delta) for e in out["cancelled"][0])  # it was running
+    assert [(e.status, e.code) for e in out["timed"] if isinstance(e, Failed)] == [(504, "timeout")]
+    assert [(e.status, e.code) for e in out["closed"] if isinstance(e, Failed)] == [(503, "server_shutdown")]
+    snap = engine.snapshot()
+    assert snap["requests"]["cancelled"] == 2 and snap["requests"]["timed_out"] == 1
+    assert snap["requests"]["rejected"] == 1 and snap["engine"]["backend"] == "slow"
+    assert backend.closed and not engine.alive
+    with pytest.raises(QueueFull):
+        engine.submit([out["long"]])
+
+
+async def until(condition: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)
+
+
+def _drain(q: asyncio.Queue[Any]) -> Iterator[Any]:
+    while not q.empty():
+        yield q.get_nowait()

@@ -11,6 +11,10 @@ Both take one job (prompt token ids, sampling options, the plugin's ``vllm_xargs
 * In process: ``LLM.generate`` on the jobs waiting together (vLLM batches them), steering in
   ``SamplingParams.extra_args``; the text arrives in one piece per job.
 
+A steered request also carries a ``cache_salt`` derived from its steering (:func:`cache_salt`):
+vLLM's prefix cache would otherwise hand the KV blocks of a steered prompt to an unsteered
+request with the same prefix (and the reverse).
+
 Example:
     >>> backend = HTTPBackend("http://127.0.0.1:8001")  # doctest: +SKIP
     >>> async for piece in backend.stream(job, {"hotwire": "[...]"}):  # doctest: +SKIP
@@ -20,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -60,6 +65,20 @@ class Backend(Protocol):
     async def aclose(self) -> None:
         """Release connections / the engine."""
         ...
+
+
+def cache_salt(xargs: dict[str, str]) -> str | None:
+    """vLLM's ``cache_salt`` for a steered request: a hash of its steering, so that its KV blocks
+    are shared only with requests steered the same way — never read by unsteered ones, and never
+    taken from them (``None``: unsteered, the ordinary prefix cache).
+
+    Example:
+        >>> cache_salt({}) is None, cache_salt({"hotwire": "[]"}) == cache_salt({"hotwire": "[]"})
+        (True, True)
+    """
+    if not xargs:
+        return None
+    return "steerlab-" + hashlib.sha256(json.dumps(xargs, sort_keys=True).encode()).hexdigest()
 
 
 def sampling_fields(params: GenParams) -> dict[str, Any]:
@@ -120,6 +139,7 @@ class HTTPBackend:
                                     "stream_options": {"include_usage": True}, **sampling_fields(job.params)}
             if xargs:
                 body["vllm_xargs"] = xargs
+                body["cache_salt"] = cache_salt(xargs)
             async with self._client.stream("POST", "/v1/completions", json=body) as resp:
                 if resp.status_code != 200:
                     raise _refusal(resp.status_code, (await resp.aread()).decode("utf-8", "replace"))
@@ -237,7 +257,7 @@ class InProcessBackend:
                     p.done.set_result(piece)
 
     def _generate(self, batch: Sequence[_Pending]) -> list[Piece]:
-        prompts = [{"prompt_token_ids": list(p.job.prompt_ids)} for p in batch]
+        prompts = [_tokens_prompt(p) for p in batch]
         params = [self.sampling_params(**sampling_fields(p.job.params), extra_args=dict(p.xargs) or None)
                   for p in batch]
         outs = self.llm.generate(prompts, params, use_tqdm=False)
@@ -247,3 +267,12 @@ class InProcessBackend:
     async def aclose(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
+
+
+def _tokens_prompt(p: _Pending) -> dict[str, Any]:
+    """vLLM's ``TokensPrompt`` of a job (with its ``cache_salt`` when steered)."""
+    out: dict[str, Any] = {"prompt_token_ids": list(p.job.prompt_ids)}
+    salt = cache_salt(p.xargs)
+    if salt is not None:
+        out["cache_salt"] = salt
+    return out
