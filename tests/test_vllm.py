@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import json
 import shutil
 import time
@@ -722,6 +723,9 @@ def test_cli_serve_engine_vllm(shell: steerlab.LM, store: Path, monkeypatch: pyt
     assert json.loads(r.output)["engine"] == "vllm (hotwire, http://127.0.0.1:9)"
     r = CliRunner().invoke(cli, ["serve", "--engine", "sglang"])
     assert r.exit_code != 0 and "--engine" in r.output
+    if importlib.util.find_spec("vllm") is None:  # no --vllm-url: a vllm.LLM in this process needs vLLM
+        r = CliRunner().invoke(cli, ["serve", "--model", str(STORIES), "--vectors", str(store), "--engine", "vllm"])
+        assert r.exit_code == 1 and "vLLM is not installed" in r.output and "--vllm-url" in r.output
 
 
 def test_playground_against_the_vllm_engine(lm: steerlab.LM, shell: steerlab.LM, store: Path,

@@ -107,8 +107,13 @@ class VLLMEngine:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="steerlab-vllm", daemon=True)
         self._thread.start()
-        self._slots = self._call(self._make_semaphore())
-        self.backend = self._call(self._make_backend())
+        try:
+            self._slots = self._call(self._make_semaphore())
+            self.backend = self._call(self._make_backend())
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            raise
 
     # ------------------------------------------------------------------ loop helpers
     def _call(self, coro: Any) -> Any:
