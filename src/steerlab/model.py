@@ -231,26 +231,35 @@ def load_model(
         UnsupportedArchitectureError: the blocks cannot be located.
     """
     name = os.fspath(name_or_path)
-    if name == "default":
-        source = converted_gguf(default_gguf_path())
-        model_id = DEFAULT_MODEL_ID
-    elif name.endswith(".gguf"):
-        path = Path(name)
-        if not path.is_file():
-            raise ModelLoadError(f"GGUF file not found: {name}")
-        source = converted_gguf(path)
-        model_id = path.stem
-    else:
-        path = Path(name)
-        if path.exists() and not (path / "config.json").is_file():
-            raise ModelLoadError(
-                f"{name} exists but holds no config.json: give a Hugging Face checkpoint folder, "
-                "a .gguf file, a hub id, or 'default'"
-            )
-        source = path if path.exists() else Path(name)
-        model_id = path.resolve().name if path.exists() else name
+    source, model_id = resolve_model(name)
     with hf.quiet():
         return _load(name, source, model_id, dtype, device, device_map, blocks)
+
+
+def resolve_model(name_or_path: str | os.PathLike[str]) -> tuple[Path, str]:
+    """Where :func:`load_model` reads ``name_or_path`` from, and the ``model_id`` it records.
+
+    ``"default"`` and ``.gguf`` files resolve to their cached plain checkpoint (converted on first
+    use); a folder to itself (id: its name); anything else is taken as a hub id.
+
+    Example:
+        >>> resolve_model("../shared/models/stories260K")  # doctest: +SKIP
+        (PosixPath('../shared/models/stories260K'), 'stories260K')
+    """
+    name = os.fspath(name_or_path)
+    if name == "default":
+        return converted_gguf(default_gguf_path()), DEFAULT_MODEL_ID
+    path = Path(name)
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {name}")
+        return converted_gguf(path), path.stem
+    if path.exists() and not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"{name} exists but holds no config.json: give a Hugging Face checkpoint folder, "
+            "a .gguf file, a hub id, or 'default'"
+        )
+    return (path, path.resolve().name) if path.exists() else (Path(name), name)
 
 
 def _load(

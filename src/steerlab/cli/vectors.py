@@ -1,4 +1,4 @@
-"""``steerlab extract``, ``inspect``, ``export gguf`` and ``import gguf``."""
+"""``steerlab extract``, ``inspect``, ``export gguf|vllm-lens|hotwire|bake`` and ``import gguf``."""
 
 from __future__ import annotations
 
@@ -117,6 +117,72 @@ def export_gguf(
 
         path = SteeringVector.load(vector).to_gguf(out)
         emit({"out": str(path)}, lambda: console.print(f"wrote {path}"))
+
+    run(body)
+
+
+@export_app.command("vllm-lens")
+def export_vllm_lens(
+    vector: Path = typer.Argument(..., help="A vector folder (or a .gguf control vector)."),
+    out: Path = typer.Argument(..., help="The .json file to write."),
+) -> None:
+    """Write a vllm-lens steering list (the value of vllm_xargs / extra_args "apply_steering_vectors").
+
+    Each entry's "scale" is the coefficient (1 in the file). Token-wise (ActAdd) vectors become
+    position-specific entries, front-aligned as in steerlab. See docs/vllm.md.
+
+    Example: steerlab export vllm-lens vectors/happy happy.vllm-lens.json
+    """
+
+    def body() -> None:
+        from ..export import vllm_lens
+
+        path = vllm_lens.write(load_vector(vector), out)
+        emit({"out": str(path), "format": "vllm-lens"}, lambda: console.print(f"wrote {path}"))
+
+    run(body)
+
+
+def _store_entries(folder: Path) -> list[Path]:
+    """The vector folders and .gguf files directly inside a store directory."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".")
+                  and ((p / "steering_config.json").is_file() or p.suffix == ".gguf"))
+
+
+def _vector_name(path: Path) -> str:
+    """A vector's name in steerlab serve's store: a folder's name, a .gguf file's stem."""
+    return path.stem if path.suffix == ".gguf" else path.name
+
+
+@export_app.command("hotwire")
+def export_hotwire(
+    vector: Path = typer.Argument(..., help="A vector folder, a .gguf control vector, or a store directory "
+                                  "(every vector in it)."),
+    out: Path = typer.Argument(..., help="The HOTWIRE_VECTORS directory to write NAME.pt into (or a .pt file)."),
+    name: str | None = typer.Option(None, "--name", help="The id requests use (default: the vector's folder or "
+                                    "file name, as in steerlab serve's store)."),
+) -> None:
+    """Write hotwire-vllm vector files: (n_layers, d_model) float32, the id is the file name.
+
+    Start vLLM with HOTWIRE_VECTORS=OUT; a request then steers with
+    vllm_xargs {"hotwire": "[{\"id\": NAME, \"layer\": k, \"scale\": c}, ...]"} (steerlab serve
+    --engine vllm --vllm-plugin hotwire writes those for you). See docs/vllm.md.
+
+    Example: steerlab export hotwire vectors/ hotwire_vectors/
+    """
+
+    def body() -> None:
+        from ..errors import VectorFileError
+        from ..export import hotwire
+
+        is_store = vector.is_dir() and not (vector / "steering_config.json").is_file()
+        sources = _store_entries(vector) if is_store else [vector]
+        if is_store and (name or not sources):
+            raise VectorFileError(f"{vector} holds no vectors" if not sources else "--name names one vector; "
+                                  "give a vector folder, not a store directory")
+        written = [str(hotwire.write(load_vector(src), out, name=name or _vector_name(src))) for src in sources]
+        emit({"out": written, "format": "hotwire"},
+             lambda: console.print("\n".join(f"wrote {p}" for p in written)))
 
     run(body)
 
