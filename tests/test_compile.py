@@ -20,7 +20,8 @@ def _decode(lm: steerlab.LM, model, rows: list, static: bool) -> torch.Tensor:
     from transformers import StaticCache
 
     ids, mask = encode(lm, PROMPTS)
-    cache = StaticCache(config=lm.model.config, max_cache_len=ids.shape[1] + STEPS) if static else hf.new_cache(lm.model)
+    length = ids.shape[1] + STEPS
+    cache = StaticCache(config=lm.model.config, max_cache_len=length) if static else hf.new_cache(lm.model)
     position = (mask.cumsum(-1) - 1).clamp(min=0)
     x, out = ids, []
     with torch.inference_mode(), steerlab.steer_rows(lm, rows, prompt_length=mask.sum(-1)):
