@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,7 @@ def run_case(case: StepCase) -> dict[str, Any]:
     for r in range(case.rounds):
         names = list(settings)
         for k in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order every round
-            w, c = _timed(lambda k=k: gen(settings[k]))
+            w, c = _timed(partial(gen, settings[k]))
             cpu[k].append(c)
             wall[k].append(w)
         log(f"{case.name}: round {r + 1}/{case.rounds}")

@@ -102,7 +102,7 @@ async def cell(args: argparse.Namespace, concurrency: int, fraction: float, stee
     return summarize(samples, wall, concurrency, fraction)
 
 
-def _pct(values: list[float], q: float) -> float:
+def _pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) >= 2 else (values[0] if values else 0.0)
 
 
