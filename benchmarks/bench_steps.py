@@ -128,7 +128,7 @@ def run_case(case: StepCase) -> dict[str, Any]:
 def markdown(res: dict[str, Any]) -> str:
     """The short table."""
     out = [
-        "| model | setting | CPU ms/step (min) | ratio min | ratio median | extra µs/step | session set-up ms | target |",
+        "| model | setting | CPU ms/step (min) | ratio min | ratio median | extra µs/step | set-up ms | target |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for case in res["cases"]:
@@ -136,9 +136,10 @@ def markdown(res: dict[str, Any]) -> str:
         for name, row in case["settings"].items():
             ok = "" if name == "plain" else ("met" if row["ratio_median"] <= c["target"] else "MISSED")
             setup = "" if row["session_setup_ms"] is None else f"{row['session_setup_ms']:.2f}"
+            where = f"{c['name']} (batch {c['batch']}, {c['new_tokens']} tokens, {case['n_layers']} layers)"
+            step_ms = row["cpu_min_s"] / c["new_tokens"] * 1e3
             out.append(
-                f"| {c['name']} (batch {c['batch']}, {c['new_tokens']} tokens, {case['n_layers']} layers) | {name} "
-                f"| {row['cpu_min_s'] / c['new_tokens'] * 1e3:.3f} | {row['ratio_min']:.3f} | {row['ratio_median']:.3f} "
+                f"| {where} | {name} | {step_ms:.3f} | {row['ratio_min']:.3f} | {row['ratio_median']:.3f} "
                 f"| {row['extra_us_per_step_min']:.0f} | {setup} | ≤ {c['target']:.2f} {ok} |"
             )
     return "\n".join(out)
