@@ -23,8 +23,6 @@ from steerlab.methods.mean_diff import MeanDiffAccumulator
 
 from .conftest import CAA, STORIES
 
-ray = pytest.importorskip("ray")
-
 N = 16
 POS = [f"Lily was happy and the sun was out on day {i}" for i in range(N)]
 NEG = [f"Lily was sad and the rain fell on day {i}" for i in range(N)]
@@ -41,6 +39,8 @@ def max_diff(a: steerlab.SteeringVector, b: steerlab.SteeringVector) -> float:
 
 @pytest.fixture(scope="module")
 def ray_session():
+    """The ``ray`` module, with a local instance of 2 CPUs running for the module's tests."""
+    ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     shutdown_pool()
@@ -50,8 +50,8 @@ def ray_session():
 @pytest.fixture()
 def pair_files(tmp_path):
     """The same pairs as JSONL (with a blank line), CSV and Parquet (row groups of 5)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
 
     rows = [{"positive": p, "negative": n} for p, n in zip(POS, NEG)]
     jsonl = tmp_path / "pairs.jsonl"
@@ -114,10 +114,12 @@ def test_sharded_extraction_in_one_process_equals_extract(lm, pair_files):
 
 
 # ----------------------------------------------------------------------------- refusals
-def test_without_ray_the_error_says_how_to_install_it(lm, monkeypatch):
+def test_without_ray_the_error_says_how_to_install_it(lm, vec, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(DistributedError, match=r"pip install steerlab\[ray\]"):
         steerlab.extract(lm, PAIRS, layers=[1], workers=2)
+    with pytest.raises(DistributedError, match=r"pip install steerlab\[ray\]"):
+        sweep(lm, vec, "cost", TEXTS, coefficients=[0, 1], workers=2)
 
 
 def test_wrapped_models_and_bad_worker_counts_are_refused(lm):
@@ -152,6 +154,7 @@ class SlowMeanDiff(MeanDiffAccumulator):
 
 
 def test_killed_worker_is_restarted_and_its_shard_redone_once(lm, ray_session, tmp_path, caplog):
+    ray = ray_session
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship SlowMeanDiff to the workers
     steerlab.methods.register(steerlab.methods.Method("slow_mean_diff", steerlab.methods.get_method("mean_diff").fit,
                                                       "slow", accumulator=SlowMeanDiff))
@@ -243,12 +246,16 @@ def test_cli_extract_and_sweep_with_workers(lm, ray_session, pair_files, tmp_pat
     assert res.exit_code == 2 and "--workers" in res.output
 
 
-def test_list_sources_pickle_small(pair_files):
-    """What a shard job ships: a file source is its path, not its pairs."""
+def test_shard_jobs_ship_small_sources(pair_files):
+    """What a shard job ships: a file source is its path, pairs in memory only the shard's own."""
     import pickle
 
+    from steerlab.distributed.shards import _window
+
     assert len(pickle.dumps(JsonlPairs(pair_files["jsonl"]))) < 400
-    assert list(ListPairs(PAIRS).pairs(3, 5)) == PAIRS[3:5]
+    part, start, stop = _window(ListPairs(PAIRS), 3, 5)
+    assert isinstance(part, ListPairs) and len(part) == 2 and list(part.pairs(start, stop)) == PAIRS[3:5]
+    assert _window(src := JsonlPairs(pair_files["jsonl"]), 3, 5) == (src, 3, 5)
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from ..capture import capture, check_layers
-from ..data import ContrastPair, DataHash, PairSource, open_pairs, pair_texts
+from ..data import ContrastPair, DataHash, ListPairs, PairSource, open_pairs, pair_texts
 from ..errors import DatasetError, ModelMismatchError
 from ..files import atomic_file
 from ..methods import Accumulator, Method, get_method
@@ -223,6 +223,14 @@ class _Merged:
         self.path.unlink(missing_ok=True)
 
 
+def _window(source: PairSource, start: int, stop: int) -> tuple[PairSource, int, int]:
+    """What a shard job carries: a file or dataset source is its location (small), pairs held in
+    memory are cut to the shard's own (a job never ships all of them)."""
+    if isinstance(source, ListPairs):
+        return ListPairs(source.items[start:stop]), 0, stop - start
+    return source, start, stop
+
+
 def _results(lm: LM, jobs: list[ShardJob], workers: int | None, ray_address: str | None) -> Iterator[ShardResult]:
     """Shard results as they complete: on Ray actors, or one after another here."""
     if workers is None:
@@ -287,7 +295,7 @@ def extract_sharded(
     ).hexdigest()[:16]
     merged = _Merged(spec, layer_list, lm.d_model, len(ranges), checkpoint, key)
     jobs = [
-        ShardJob(i, source, start, stop, spec, layer_list, batch_size, share_prefix, lm.model_id,
+        ShardJob(i, *_window(source, start, stop), spec, layer_list, batch_size, share_prefix, lm.model_id,
                  merged.shard_checkpoint(i))
         for i, (start, stop) in enumerate(ranges) if i not in merged.done
     ]
