@@ -21,6 +21,7 @@ from .data import (
     load_openings,
     load_pairs,
     load_texts,
+    open_pairs,
     pairs_from_lists,
     persona_pairs,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "load_openings",
     "load_pairs",
     "load_texts",
+    "open_pairs",
     "pairs_from_lists",
     "persona_pairs",
     "relative",

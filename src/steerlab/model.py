@@ -43,6 +43,28 @@ CONVERSION_VERSION = 2
 :mod:`steerlab.gguf_tokenizer`), so that older cached conversions are redone."""
 
 
+@dataclass(frozen=True)
+class LoadSpec:
+    """How :func:`load_model` loaded a model, so that another process can load the same one
+    (:mod:`steerlab.distributed` workers load by name, never receive the model object).
+
+    Example:
+        >>> LoadSpec("default", "float32", "cpu").load()  # doctest: +SKIP
+        LM(model=LlamaForCausalLM(...), ...)
+    """
+
+    name: str
+    dtype: str
+    device: str | None = None
+    device_map: str | dict[str, Any] | None = None
+    blocks: str | None = None
+
+    def load(self) -> LM:
+        """:func:`load_model` with the recorded arguments."""
+        return load_model(self.name, dtype=self.dtype, device=self.device, device_map=self.device_map,
+                          blocks=self.blocks)
+
+
 @dataclass
 class LM:
     """A causal LM ready for steering: HF model + tokenizer + where its blocks are.
@@ -52,12 +74,15 @@ class LM:
         tokenizer: its tokenizer (a pad token is always set).
         model_id: a stable name recorded in vectors made with this model.
         blocks: the decoder blocks; block ``k``'s output is "layer ``k``" everywhere in steerlab.
+        spec: how to load it again elsewhere (set by :func:`load_model`; ``None`` for
+            :func:`wrap_model`, whose model another process cannot re-create).
     """
 
     model: Any
     tokenizer: Any
     model_id: str
     blocks: nn.ModuleList = field(repr=False)
+    spec: LoadSpec | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_layers(self) -> int:
@@ -232,8 +257,12 @@ def load_model(
     """
     name = os.fspath(name_or_path)
     source, model_id = resolve_model(name)
+    where = name if name == "default" or not Path(name).exists() else str(Path(name).resolve())
     with hf.quiet():
-        return _load(name, source, model_id, dtype, device, device_map, blocks)
+        lm = _load(name, source, model_id, dtype, device, device_map, blocks)
+    device_name = None if device_map is not None else lm.device.type
+    lm.spec = LoadSpec(where, str(lm.model.dtype).removeprefix("torch."), device_name, device_map, blocks)
+    return lm
 
 
 def resolve_model(name_or_path: str | os.PathLike[str]) -> tuple[Path, str]:

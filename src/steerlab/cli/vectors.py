@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -33,7 +33,9 @@ def load_vector(path: Path, lm: object = None) -> SteeringVector:
 def extract(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the vector into."),
     model: str = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id."),
-    pairs: Path | None = typer.Option(None, help="Contrast pairs: .json, .jsonl or .csv (positive/negative, or CAA)."),
+    pairs: Path | None = typer.Option(
+        None, help="Contrast pairs: .json, .jsonl, .csv or .parquet (positive/negative, or CAA)."
+    ),
     persona: str | None = typer.Option(None, help="Persona pairs 'positive:negative', e.g. happy:sad."),
     openings: Path | None = typer.Option(None, help="Sentence openings for --persona (JSON list or text lines)."),
     method: str = typer.Option("mean_diff", help="actadd | mean_diff | pca_diff | pca_center | probe."),
@@ -42,11 +44,17 @@ def extract(
     share_prefix: bool = typer.Option(
         True, help="Run a prefix that texts of a batch share (chat template, a CAA question) once."
     ),
+    workers: int | None = typer.Option(None, min=1, help="Read shards of the pairs on N Ray actors "
+                                       "(pip install steerlab[ray]); --pairs files are then streamed."),
+    ray_address: str | None = typer.Option(None, help="Join this Ray cluster (needs --workers); "
+                                           "default: start a local Ray instance."),
 ) -> None:
     """Build a steering vector from contrast pairs and save it as a folder.
 
     Example: steerlab extract --persona happy:sad --layers 8-19 --out vectors/happy
     """
+    if ray_address is not None and workers is None:
+        raise typer.BadParameter("--ray-address needs --workers N (how many Ray actors to start)")
     import steerlab
     from steerlab.demo_data import OPENINGS
 
@@ -61,7 +69,10 @@ def extract(
     layer_list = parse_int_list(layers)
 
     def body() -> None:
-        if pairs is not None:
+        data: Any
+        if pairs is not None and (workers is not None or pairs.suffix.lower() == ".parquet"):
+            data = steerlab.open_pairs(pairs)  # streamed: read in shards, never all in memory
+        elif pairs is not None:
             data = steerlab.load_pairs(pairs)
         else:
             pos, neg = (s.strip() for s in (persona or ":").split(":"))
@@ -70,8 +81,11 @@ def extract(
         with status(f"loading {model}"):
             lm = steerlab.load_model(model)
         say(f"extracting with {method} from {len(data)} pairs at layers {layers}")
+        if workers is not None:
+            say(f"on {workers} Ray workers" + (f" at {ray_address}" if ray_address else " (local Ray instance)"))
         vec = steerlab.extract(lm, data, method=method, layers=layer_list, batch_size=batch_size,
-                               progress=progress_flag(), share_prefix=share_prefix)
+                               progress=progress_flag(), share_prefix=share_prefix, workers=workers,
+                               ray_address=ray_address)
         vec.save(out)
         write_manifest(out, lm, data_hash=vec.data_hash, method=method, layers=layer_list)
         emit({"out": str(out), **vec.describe()}, lambda: console.print(f"wrote {out} ({method}, layers {layers})"))
