@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .capture import capture, capture_tokens, check_layers, iter_capture, n_batches
+from .capture import batch_order, capture, capture_tokens, check_layers, iter_capture, n_batches
 from .data import ContrastPair, Read, check_pairs, data_hash, render
 from .errors import DatasetError
 from .files import atomic_file
@@ -134,7 +134,9 @@ def _streamed(
     from safetensors.torch import load_file, save_file
 
     assert spec.accumulator is not None
-    key = hashlib.sha256(repr((spec.name, texts, reads, layers, batch_size, lm.model_id)).encode()).hexdigest()[:16]
+    order = batch_order(lm, share_prefix)
+    run = (spec.name, texts, reads, layers, batch_size, lm.model_id, order)
+    key = hashlib.sha256(repr(run).encode()).hexdigest()[:16]
     accs = {k: spec.accumulator(lm.d_model) for k in layers}
     done = 0
     path = Path(checkpoint) if checkpoint is not None else None
@@ -146,7 +148,7 @@ def _streamed(
         if meta.get("key") != key:
             raise DatasetError(
                 f"checkpoint {path} belongs to another extraction (different method, data, layers, "
-                "batch size or model); delete it or pass another checkpoint path"
+                "batch size, model or share_prefix); delete it or pass another checkpoint path"
             )
         saved = load_file(str(path))
         for k, acc in accs.items():
