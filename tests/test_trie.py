@@ -61,14 +61,15 @@ def test_partition_is_optimal(seed: int) -> None:
     rng = random.Random(seed)
     widths = sorted(rng.randint(1, 20) for _ in range(rng.randint(1, 8)))
     context, budget, cost = rng.randint(0, 10), rng.randint(20, 80), rng.randint(0, 30)
-    cuts = trie.partition(widths, context, budget, cost)
+    spawns = [rng.random() < 0.3 for _ in widths]
+    cuts = trie.partition(widths, context, budget, cost, spawns)
 
     def total(cs: list[int]) -> float:
         out = 0
         for i, j in itertools.pairwise(cs):
             if j - i > 1 and (j - i) * (context + widths[j - 1]) > budget:
                 return float("inf")
-            out += cost + (j - i) * widths[j - 1]
+            out += cost * (1 + any(spawns[i:j])) + (j - i) * widths[j - 1]
         return out
 
     inner = range(1, len(widths))

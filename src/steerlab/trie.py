@@ -236,7 +236,8 @@ class _Planner:
             group = self._inline(group, ctx)
             width = {r: segs[r.segment].end - r.start for r in group}
             ordered = sorted(group, key=lambda r: (width[r], r.segment))
-            cuts = partition([width[r] for r in ordered], ctx, self.budget, self.pass_cost)
+            spawns = [bool(segs[r.segment].children) for r in ordered]
+            cuts = partition([width[r] for r in ordered], ctx, self.budget, self.pass_cost, spawns)
             out += [(ordered[i:j], ctx) for i, j in itertools.pairwise(cuts)]
         return out
 
@@ -261,15 +262,25 @@ class _Planner:
         return rows
 
 
-def partition(widths: Sequence[int], context: int, budget: int, pass_cost: int = PASS_COST) -> list[int]:
+def partition(
+    widths: Sequence[int],
+    context: int,
+    budget: int,
+    pass_cost: int = PASS_COST,
+    spawns: Sequence[bool] | None = None,
+) -> list[int]:
     """Cut points ``[0, ..., len(widths)]`` splitting ascending ``widths`` into passes at least cost.
 
     A pass of rows ``i..j-1`` costs ``pass_cost + (j - i) × widths[j - 1]`` (every row padded to
-    the longest) and may hold ``(j - i) × (context + widths[j - 1]) <= budget`` positions.
+    the longest), one ``pass_cost`` more if one of its rows ``spawns`` (has children: they run in
+    passes of their own, which one more cut multiplies), and may hold ``(j - i) × (context +
+    widths[j - 1]) <= budget`` positions.
 
     Example:
-        >>> partition([1, 1, 2, 30, 31], context=0, budget=1000, pass_cost=10)
+        >>> partition([1, 1, 2, 6, 7], context=0, budget=1000, pass_cost=10)
         [0, 3, 5]
+        >>> partition([1, 1, 2, 6, 7], context=0, budget=1000, pass_cost=10, spawns=[True] * 5)
+        [0, 5]
     """
     n = len(widths)
     best = [0] + [float("inf")] * n
@@ -277,8 +288,10 @@ def partition(widths: Sequence[int], context: int, budget: int, pass_cost: int =
     for j in range(1, n + 1):
         width = widths[j - 1]
         rows = max(1, budget // (context + width))
+        spawned = False
         for i in range(j - 1, max(j - rows, 0) - 1, -1):
-            cost = best[i] + pass_cost + (j - i) * width
+            spawned = spawned or bool(spawns and spawns[i])
+            cost = best[i] + pass_cost * (1 + spawned) + (j - i) * width
             if cost < best[j]:
                 best[j], cut[j] = cost, i
     out = [n]
