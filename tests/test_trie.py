@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import random
+import weakref
 
 import pytest
 import torch
@@ -254,6 +255,40 @@ def test_extraction_checkpoint_resumes_with_sharing(lm: steerlab.LM, tmp_path, m
     assert not ckpt.exists()
     for k in (2, 4):
         torch.testing.assert_close(got.directions[k], want.directions[k], atol=1e-5, rtol=1e-4)
+
+
+def test_only_the_caches_on_one_path_stay_alive(lm: steerlab.LM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Passes run depth first: at any time the caches alive are those of the current pass's
+    ancestors (that still have passes to continue them), not one per pass."""
+    monkeypatch.setattr(capture_mod, "pass_cost", lambda lm: 0)  # the deepest tree of passes
+    texts = _texts(lm)
+    plan = capture_mod.plan_capture(lm, texts, "last", batch_size=4)
+
+    def depth(p: int) -> int:
+        return 0 if p < 0 else 1 + depth(plan.passes[p].parent)
+
+    real = capture_mod._run_pass
+    made: list[weakref.ref] = []
+    alive: list[int] = []
+
+    def run_pass(*args: object) -> object:
+        alive.append(sum(r() is not None and r().cache is not None for r in made))
+        ran = real(*args)
+        made.append(weakref.ref(ran))
+        return ran
+
+    monkeypatch.setattr(capture_mod, "_run_pass", run_pass)
+    steerlab.capture(lm, texts, [1], batch_size=4)
+    assert len(alive) == len(plan.passes) >= 12
+    assert max(alive) <= max(depth(p) for p in range(len(plan.passes))) < len(plan.passes) / 3
+
+
+def test_a_text_without_tokens_is_refused(lm: steerlab.LM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tokenizer that adds no BOS turns "" into no tokens: nothing to read, for either path."""
+    monkeypatch.setattr(type(lm.tokenizer), "__call__", lambda self, texts, **kw: {"input_ids": [[1, 5], []]})
+    for share in (True, False):
+        with pytest.raises(steerlab.DatasetError, match=r"text 1 .* has no tokens"):
+            steerlab.capture(lm, ["a b", ""], [1], share_prefix=share)
 
 
 def test_cache_rows_leaves_the_cache_as_it_was(lm: steerlab.LM) -> None:

@@ -1,9 +1,10 @@
 """Batched reading of residual-stream activations (the output of chosen decoder blocks).
 
-Texts are tokenised once, sorted into length buckets to cut padding, run under
-``torch.inference_mode()`` and the forward pass is **stopped after the deepest requested block**:
+Texts are tokenised once, run in passes grouped by length to cut padding, under
+``torch.inference_mode()``, and every forward pass is **stopped after the deepest requested block**:
 no later block and no ``lm_head`` runs. Only the read positions are kept (reduced inside the
-hook), so memory is ``O(texts × layers × d_model)``. Left and right padding give the same result:
+hook), so memory is ``O(texts × layers × d_model)`` for :func:`capture` and one batch for
+:func:`iter_capture`. Left and right padding give the same result:
 position ids are derived from the attention mask.
 
 **Every distinct token prefix is computed once.** A causal model's activation at a token depends
@@ -114,6 +115,9 @@ def _encode(
     need_offsets = any(r == "answer" for r in read_list)
     enc = lm.tokenizer(list(texts), add_special_tokens=True, return_offsets_mapping=need_offsets)
     ids: list[list[int]] = enc["input_ids"]
+    empty = next((i for i, x in enumerate(ids) if not x), None)
+    if empty is not None:
+        raise DatasetError(f"text {empty} ({texts[empty]!r}) has no tokens: drop it or add text")
     ranges = [
         _token_range(r, len(x), enc["offset_mapping"][i] if need_offsets else None, texts[i])
         for i, (r, x) in enumerate(zip(read_list, ids))
@@ -227,8 +231,8 @@ def capture(
         batch_size: texts per forward pass.
         padding_side: ``"left"`` or ``"right"``; default the tokenizer's.
         progress: show a progress bar (default: on unless ``STEERLAB_QUIET``).
-        share_prefix: run prefixes that texts of a batch share once (same activations up to float
-            rounding; ``False`` runs every token of every text).
+        share_prefix: compute every distinct token prefix of ``texts`` once (same activations up to
+            float rounding; ``False`` runs every token of every text).
 
     Returns:
         ``{layer: float32 CPU tensor [len(texts), d_model]}``.

@@ -58,9 +58,10 @@ def extract(
         checkpoint: for streaming methods (``mean_diff``), a file where running sums are saved
             after every batch; an interrupted run called again with the same arguments resumes
             from it. Deleted when the vector is done.
-        share_prefix: run prefixes that texts of a batch share (the chat template's system turn, a
-            CAA pair's question) once and continue every text from their cache; the activations
-            equal a full forward's up to float rounding. ``False`` runs every token of every text.
+        share_prefix: compute every distinct token prefix of the dataset once (the chat
+            template's system turn, a CAA pair's question, openings that are prefixes of one
+            another), continuing from key/value caches (:mod:`steerlab.trie`); the activations equal
+            a full forward's up to float rounding. ``False`` runs every token of every text.
 
     Raises:
         DatasetError: empty or one-sided data, too few pairs for the method, unknown method.

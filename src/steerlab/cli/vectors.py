@@ -35,7 +35,7 @@ def extract(
     layers: str = typer.Option("8-19", help="Layers, e.g. 8-19 or 8,10,12."),
     batch_size: int = typer.Option(32, min=1, help="Texts per forward pass."),
     share_prefix: bool = typer.Option(
-        True, help="Run a prefix that texts of a batch share (chat template, a CAA question) once."
+        True, help="Compute each distinct token prefix of the texts once (chat template, a CAA question)."
     ),
 ) -> None:
     """Build a steering vector from contrast pairs and save it as a folder.
