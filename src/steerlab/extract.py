@@ -149,7 +149,7 @@ def _streamed(
         if meta.get("key") != key:
             raise DatasetError(
                 f"checkpoint {path} belongs to another extraction (different method, data, layers, "
-                "batch size, model or share_prefix); delete it or pass another checkpoint path"
+                "batch size, model, device or share_prefix); delete it or pass another checkpoint path"
             )
         saved = load_file(str(path))
         for k, acc in accs.items():

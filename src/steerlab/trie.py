@@ -230,7 +230,8 @@ class _Planner:
         context)``, context 0 for rows that start from nothing (roots, or past the window)."""
         segs = self.tree.segments
         fits = [r for r in rows if context and self._fits(context, segs[r.segment].end - r.start)]
-        fresh = [r._replace(start=0, anchor=-1) for r in rows if r not in set(fits)]
+        fitting = set(fits)
+        fresh = [r._replace(start=0, anchor=-1) for r in rows if r not in fitting]
         out: list[tuple[list[_Row], int]] = []
         for group, ctx in ((fits, context), (fresh, 0)):
             group = self._inline(group, ctx)
