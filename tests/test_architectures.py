@@ -11,6 +11,7 @@ Gemma3ForConditionalGeneration.
 from __future__ import annotations
 
 import importlib
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import steerlab
 from steerlab import Steering
 from steerlab.generate import encode
 from steerlab.layers import ARCHITECTURES, find_blocks
+from steerlab.tokens import common_prefix_length
 
 STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "stories260K"
 
@@ -223,39 +225,53 @@ def _check_kv_cache(a: Arch, positions: str | None) -> None:
     assert _hooks(a.lm.model) == 0
 
 
-def _shared_prefix_calls(a: Arch, texts: list[str]) -> int:
-    """Capture ``texts`` with and without shared-prefix reuse, both padding sides; assert equal
-    activations; return how many times the prefix ran on its own."""
-    calls = []
-    real = capture_mod._prefix_cache
-    with mock.patch.object(capture_mod, "_prefix_cache", lambda *args: calls.append(args) or real(*args)):
-        for side in ("right", "left"):
-            full = steerlab.capture(a.lm, texts, [0, 2], padding_side=side, share_prefix=False)
-            shared = steerlab.capture(a.lm, texts, [0, 2], padding_side=side, share_prefix=True)
+def _cached_passes(a: Arch, texts: list[str]) -> int:
+    """Capture ``texts`` with and without shared prefixes, both padding sides, reads at the last
+    token and the mean, sharing as planned and wherever it can (a pass that costs nothing: every
+    run of tokens continues from its parent's cache); assert equal activations; return how many
+    passes continued from a cache (when some did, fewer tokens ran than the texts hold)."""
+    passes = []
+    real = capture_mod._run_pass
+
+    def run_pass(lm: steerlab.LM, plan: Any, p: int, *rest: Any) -> Any:
+        passes.append(plan.passes[p])
+        return real(lm, plan, p, *rest)
+
+    planned = capture_mod.pass_cost
+    with mock.patch.object(capture_mod, "_run_pass", run_pass):
+        for side, read, cost in itertools.product(("right", "left"), ("last", "mean"), (planned, lambda lm: 0)):
+            full = steerlab.capture(a.lm, texts, [0, 2], read, padding_side=side, share_prefix=False)
+            with mock.patch.object(capture_mod, "pass_cost", cost):
+                shared = steerlab.capture(a.lm, texts, [0, 2], read, padding_side=side, share_prefix=True)
             for k in full:
                 torch.testing.assert_close(shared[k], full[k], atol=1e-4, rtol=1e-4)
-    return len(calls)
+    cached = sum(p.cached for p in passes)
+    if cached:
+        tokens = sum(len(x) for x in a.lm.tokenizer(texts)["input_ids"])
+        with mock.patch.object(capture_mod, "pass_cost", lambda lm: 0):
+            assert capture_mod.plan_capture(a.lm, texts, "mean").n_computed < tokens
+    return cached
 
 
 def _check_shared_prefix(a: Arch) -> None:
-    """Capture with the batch's common prefix run once equals running every token. Texts longer
-    than a sliding window run in full (that cache keeps only the window); shorter ones share."""
+    """Capture with each distinct prefix run once equals running every token. Texts longer than a
+    sliding window run in full (that cache keeps only the window); shorter ones share."""
     texts = [PREFIX + t for t in ("happy days are here", "a sad story", "the cat sat", "it was rainy and cold")]
+    texts += [texts[0], texts[1][: len(PREFIX) + 5]]  # a duplicate, a prefix of another text
     ids = a.lm.tokenizer(texts)["input_ids"]
-    assert capture_mod.common_prefix_length(ids) >= capture_mod.MIN_SHARED_PREFIX
+    assert common_prefix_length(ids) >= 4
     window = capture_mod.sliding_window(a.lm.model.config)
     fits = window is None or max(len(x) for x in ids) <= window
-    assert _shared_prefix_calls(a, texts) == (2 if fits else 0)
+    assert (_cached_passes(a, texts) > 0) == fits
     if not fits:
         short = ["Once upon a time a", "Once upon a time the", "Once upon a time it"]
         assert max(len(x) for x in a.lm.tokenizer(short)["input_ids"]) <= window
-        assert _shared_prefix_calls(a, short) == 2
+        assert _cached_passes(a, short) > 0
     else:
-        # contrast pairs that differ only in their last word: one prefix per pair, of different
-        # lengths (left-padded in the prefix pass)
-        pairs = [f"{stem} {end}" for stem in ("Once upon a time there was a big dog named", "The cat sat on a mat and")
-                 for end in ("Tom", "Sue")]
-        assert _shared_prefix_calls(a, pairs) == 2
+        # contrast pairs that differ only in their last word, and share a story opening
+        stems = ("Once upon a time there was a big dog named", "Once upon a time the cat sat on a mat and")
+        pairs = [f"{stem} {end}" for stem in stems for end in ("Tom", "Sue")]
+        assert _cached_passes(a, pairs) > 0
 
 
 def test_blocks_and_extract(arch: Arch) -> None:

@@ -30,54 +30,34 @@ def test_batching_does_not_change_reads(lm):
     torch.testing.assert_close(one[2], all_[2], rtol=1e-4, atol=1e-5)
 
 
-def test_shared_prefix_gives_the_same_vectors(lm, monkeypatch):
-    """Persona texts share "Act as if you're extremely": that prefix runs once per batch, and the
-    vector equals the one from running every token; a read inside the prefix turns sharing off."""
+def test_shared_prefix_gives_the_same_vectors(lm):
+    """Persona texts share "Act as if you're extremely" and RepE's openings are prefixes of one
+    another: each distinct prefix runs once, and the vector equals the one from running every token."""
     capture_mod = importlib.import_module("steerlab.capture")
     openings = steerlab.load_openings(REPE / "all_truncated_outputs.json")[:24]
     pairs = steerlab.persona_pairs("happy", "sad", openings)
-    runs = []
-    real = capture_mod._prefix_cache
-    monkeypatch.setattr(capture_mod, "_prefix_cache", lambda *a: runs.append(a[1]) or real(*a))
     shared = steerlab.extract(lm, pairs, layers=[1, 3], batch_size=16)
-    # one prefix per batch ("Act as if you're extremely"), or one per persona word ("... happy.")
-    assert len(runs) == 3 and all(len(p) in (1, 2) and min(map(len, p)) >= capture_mod.MIN_SHARED_PREFIX for p in runs)
     full = steerlab.extract(lm, pairs, layers=[1, 3], batch_size=16, share_prefix=False)
-    assert len(runs) == 3
     for k in (1, 3):
         torch.testing.assert_close(shared.directions[k], full.directions[k], rtol=1e-4, atol=1e-5)
-    texts = [steerlab.data.render(p.positive, lm) for p in pairs[:4]]
-    for read in ("mean", 0, (1, 3)):
-        steerlab.capture(lm, texts, [1], read)
-    assert len(runs) == 3, "a read inside the shared prefix must run every token"
+    texts = [steerlab.data.render(s, lm) for p in pairs for s in (p.positive, p.negative)]
+    plan = capture_mod.plan_capture(lm, texts, "last", batch_size=16)
+    tokens = sum(len(x) for x in lm.tokenizer(texts)["input_ids"])
+    assert plan.tree.n_distinct <= plan.n_computed <= 1.1 * plan.tree.n_distinct < tokens / 3
 
 
-def test_caa_pairs_share_their_question(lm, monkeypatch):
-    """The two sides of a CAA pair share the whole question: one prefix per pair, same vector."""
+def test_caa_pairs_share_their_question(lm):
+    """The two sides of a CAA pair share the whole question: it runs once, same vector."""
     capture_mod = importlib.import_module("steerlab.capture")
     pairs = steerlab.caa_pairs(steerlab.load_caa(CAA / "generate" / "sycophancy" / "generate_dataset.json", 8))
-    groups = []
-    real = capture_mod._prefix_cache
-    monkeypatch.setattr(capture_mod, "_prefix_cache", lambda *a: groups.append(a[2]) or real(*a))
     shared = steerlab.extract(lm, pairs, layers=[2, 4], batch_size=8)
-    assert [sorted(g) for g in groups] == [[0, 0, 1, 1, 2, 2, 3, 3]] * 2
     full = steerlab.extract(lm, pairs, layers=[2, 4], batch_size=8, share_prefix=False)
     for k in (2, 4):
         torch.testing.assert_close(shared.directions[k], full.directions[k], rtol=1e-4, atol=1e-5)
-
-
-def test_prefix_plan_groups_rows_when_it_saves_tokens():
-    from steerlab.capture import plan_prefixes
-
-    template = [7, 7, 7, 7]
-    persona = [[*template, i, 50 + i] for i in range(4)]
-    plan = plan_prefixes(persona, [5] * 4)
-    assert plan.group == [0, 0, 0, 0] and plan.lengths == [4] and plan.saved_tokens == 12
-    question = [template + [q] * 20 + [a] for q in (1, 2) for a in (65, 66)]
-    plan = plan_prefixes(question, [24] * 4)
-    assert plan.group == [0, 0, 1, 1] and plan.lengths == [24, 24] and plan.saved_tokens == 48
-    # nothing shared where it would be read
-    assert plan_prefixes(persona, [0] * 4).saved_tokens == 0
+    texts = [steerlab.data.render(s, lm) for p in pairs for s in (p.positive, p.negative)]
+    plan = capture_mod.plan_capture(lm, texts, "answer", batch_size=8)
+    questions = sum(len(x) for x in lm.tokenizer(texts[0::2])["input_ids"])
+    assert plan.n_computed == plan.tree.n_distinct <= questions + len(pairs)
 
 
 def test_read_positions_agree_with_hidden_states(lm):
@@ -100,10 +80,11 @@ def test_forward_stops_after_deepest_layer(lm):
     handles.append(lm.model.lm_head.register_forward_hook(lambda *_a: calls.append("head")))
     try:
         steerlab.capture(lm, PROMPTS, [1, 2])
+        steerlab.capture(lm, PROMPTS, [1, 2], share_prefix=False)
     finally:
         for h in handles:
             h.remove()
-    assert calls == ["b0", "b1", "b2"]
+    assert calls and calls == ["b0", "b1", "b2"] * (len(calls) // 3)
 
 
 def test_answer_letter_read(lm):

@@ -1,17 +1,23 @@
 """Batched reading of residual-stream activations (the output of chosen decoder blocks).
 
-Texts are tokenised once, sorted into length buckets to cut padding, run under
-``torch.inference_mode()`` and the forward pass is **stopped after the deepest requested block**:
+Texts are tokenised once, run in passes grouped by length to cut padding, under
+``torch.inference_mode()``, and every forward pass is **stopped after the deepest requested block**:
 no later block and no ``lm_head`` runs. Only the read positions are kept (reduced inside the
-hook), so memory is ``O(texts × layers × d_model)``. Left and right padding give the same result:
+hook), so memory is ``O(texts × layers × d_model)`` for :func:`capture` and one batch for
+:func:`iter_capture`. Left and right padding give the same result:
 position ids are derived from the attention mask.
 
-**Shared prefixes are computed once.** Contrast texts start with the same tokens: a chat
-template's system turn and the persona instruction up to the persona word for every text, the
-whole question for the two sides of a CAA pair. Rows of a batch that share a prefix (nothing read
-inside it) are grouped (:func:`plan_prefixes`); each group's prefix runs once, its key/value cache
-is handed to every row of the group, and only the suffixes run batched. The activations equal the
-full forward's up to float rounding; pass ``share_prefix=False`` to run every token of every text.
+**Every distinct token prefix is computed once.** A causal model's activation at a token depends
+only on the tokens up to it, and contrast texts repeat each other's openings: the chat template's
+system turn and the persona instruction in every persona text, RepE's truncated openings that are
+prefixes of one another, the whole question on both sides of a CAA pair. The texts' token ids
+(each cut after its last read token) form a prefix tree (:mod:`steerlab.trie`); its runs of tokens
+are grouped into forward passes, each row continuing from the key/value cache of the pass that ran
+the tokens before it, and every text's read is summed from the passes that hold its tokens. A
+text that is a prefix of another is read from the longer one's forward; duplicates run once.
+Passes run depth first, so only the caches on one path of the tree are alive. The activations
+equal the full forward's up to float rounding; pass ``share_prefix=False`` to run every token of
+every text (length-sorted batches).
 
 Example:
     >>> acts = capture(lm, ["I love it", "I hate it"], layers=[2, 3])  # doctest: +SKIP
@@ -28,20 +34,16 @@ from typing import Any
 
 import torch
 
-from . import hf
+from . import hf, trie
 from .data import Read, validate_read
 from .errors import DatasetError, LayerRangeError
 from .model import LM
 from .progress import track
-from .tokens import common_prefix_length, pad_id, pad_token_ids, position_ids
+from .tokens import pad_id, pad_token_ids, position_ids
 
 
 class _StopForward(Exception):
     """Raised inside the deepest hook to end the forward pass early."""
-
-
-MIN_SHARED_PREFIX = 4
-"""A batch shares prefixes only when that saves at least this many tokens (and 5 % of them)."""
 
 
 def check_layers(lm: LM, layers: Sequence[int] | range | int) -> list[int]:
@@ -98,6 +100,69 @@ def _token_range(read: Read, n: int, offsets: Any, text: str) -> tuple[int, int]
     return start, end
 
 
+def _encode(
+    lm: LM, texts: Sequence[str], reads: Read | Sequence[Read]
+) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """Token ids of ``texts`` and, per text, the token range ``[start, end)`` its read reduces over."""
+    if not texts:
+        raise DatasetError("no texts to capture")
+    read_list = [reads] * len(texts) if isinstance(reads, (str, int, tuple)) else list(reads)
+    if len(read_list) != len(texts):
+        raise DatasetError(f"{len(read_list)} reads for {len(texts)} texts")
+    for r in read_list:
+        if validate_read(r) == "all":
+            raise DatasetError("read='all' keeps every token: use capture_tokens() for that")
+    need_offsets = any(r == "answer" for r in read_list)
+    enc = lm.tokenizer(list(texts), add_special_tokens=True, return_offsets_mapping=need_offsets)
+    ids: list[list[int]] = enc["input_ids"]
+    empty = next((i for i, x in enumerate(ids) if not x), None)
+    if empty is not None:
+        raise DatasetError(f"text {empty} ({texts[empty]!r}) has no tokens: drop it or add text")
+    ranges = [
+        _token_range(r, len(x), enc["offset_mapping"][i] if need_offsets else None, texts[i])
+        for i, (r, x) in enumerate(zip(read_list, ids))
+    ]
+    return ids, ranges
+
+
+def plan_capture(
+    lm: LM, texts: Sequence[str], reads: Read | Sequence[Read] = "last", batch_size: int = 32
+) -> trie.Plan:
+    """The passes :func:`iter_capture` runs with ``share_prefix`` (counts: ``plan.tree.n_distinct``
+    distinct prefixes, ``plan.n_computed`` tokens run, ``plan.n_padded`` positions, ``len(plan.passes)``)."""
+    return _plan(lm, *_encode(lm, texts, reads), batch_size)
+
+
+def _plan(lm: LM, ids: list[list[int]], ranges: list[tuple[int, int]], batch_size: int) -> trie.Plan:
+    """Plan with a budget of ``batch_size`` × the longest text's positions per pass (what the plain
+    path's longest batch holds)."""
+    budget = batch_size * max(end for _, end in ranges)
+    return trie.plan(ids, ranges, budget, pass_cost(lm), sliding_window(lm.model.config))
+
+
+BLOCK_CALL_S = 3e-4
+"""Seconds one decoder block's call costs beyond its arithmetic on an accelerator (Python, launches)."""
+ACCELERATOR_FLOPS = {torch.float32: 3e13, torch.float16: 2e14, torch.bfloat16: 2e14}
+"""Arithmetic an accelerator sustains on a small model's matrix products, FLOP/s, per weight dtype."""
+
+
+def pass_cost(lm: LM) -> int:
+    """What one more forward pass costs, in token positions, when planning passes.
+
+    On a CPU a pass reads every weight once, about as long as computing 20-40 tokens, at any model
+    size (:data:`steerlab.trie.PASS_COST`). On an accelerator the arithmetic is so fast that a
+    block's call overhead (:data:`BLOCK_CALL_S`) is worth many tokens: its ratio to one token's
+    ``2 × parameters`` FLOP, at least :data:`~steerlab.trie.PASS_COST`.
+    """
+    if lm.device.type == "cpu":
+        return trie.PASS_COST
+    weights = [p for block in lm.blocks for p in block.parameters()]
+    if not weights:
+        return trie.PASS_COST
+    per_token = 2 * sum(p.numel() for p in weights) / ACCELERATOR_FLOPS.get(weights[0].dtype, 3e13)
+    return max(trie.PASS_COST, round(len(lm.blocks) * BLOCK_CALL_S / per_token))
+
+
 def iter_capture(
     lm: LM,
     texts: Sequence[str],
@@ -111,34 +176,33 @@ def iter_capture(
 ) -> Iterator[tuple[list[int], dict[int, torch.Tensor]]]:
     """Stream activations batch by batch: yields ``(text indices, {layer: [batch, d_model]})``.
 
-    Batches are length-sorted and deterministic for given texts and ``batch_size``, so a run can
-    resume by skipping the first ``skip_batches``. Memory stays at one batch. With
-    ``share_prefix`` prefixes that rows of a batch share run once (see the module docstring).
+    Every batch but the last has ``batch_size`` texts, in an order fixed by the texts, reads and
+    ``batch_size``, so a run can resume by skipping the first ``skip_batches`` (their passes are not
+    run unless a later batch needs them). With ``share_prefix`` each distinct token prefix is
+    computed once (see the module docstring) and texts come in the order their reads complete;
+    without, texts are length-sorted and every token of every text runs. Memory stays at one pass
+    per level of the prefix tree (or one batch).
     """
-    if not texts:
-        raise DatasetError("no texts to capture")
     layer_list = check_layers(lm, layers)
-    read_list = [reads] * len(texts) if isinstance(reads, (str, int, tuple)) else list(reads)
-    if len(read_list) != len(texts):
-        raise DatasetError(f"{len(read_list)} reads for {len(texts)} texts")
-    for r in read_list:
-        if validate_read(r) == "all":
-            raise DatasetError("read='all' keeps every token: use capture_tokens() for that")
-    tok = lm.tokenizer
-    need_offsets = any(r == "answer" for r in read_list)
-    enc = tok(list(texts), add_special_tokens=True, return_offsets_mapping=need_offsets)
-    ids: list[list[int]] = enc["input_ids"]
-    ranges = [
-        _token_range(r, len(x), enc["offset_mapping"][i] if need_offsets else None, texts[i])
-        for i, (r, x) in enumerate(zip(read_list, ids))
-    ]
-    side = padding_side or tok.padding_side or "right"
+    ids, ranges = _encode(lm, texts, reads)
+    side = padding_side or lm.tokenizer.padding_side or "right"
+    total = n_batches(len(texts), batch_size) - skip_batches
+    enabled = progress if total > 1 else False
+    if share_prefix and _can_share(lm):
+        plan = _plan(lm, ids, ranges, batch_size)
+        done = _run_plan(lm, plan, layer_list, side, skip_batches * batch_size)
+        yield from track(_rebatch(done, batch_size), "capturing activations", total=total, enabled=enabled)
+        return
     order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)][skip_batches:]
-    for batch in track(batches, "capturing activations", enabled=progress if len(batches) > 1 else False):
-        yield batch, _forward_batch(
-            lm, [ids[i] for i in batch], [ranges[i] for i in batch], layer_list, side, share_prefix=share_prefix
-        )
+    for batch in track(batches, "capturing activations", enabled=enabled):
+        yield batch, _forward_batch(lm, [ids[i] for i in batch], [ranges[i] for i in batch], layer_list, side)
+
+
+def batch_order(lm: LM, share_prefix: bool) -> str:
+    """A tag for the order in which :func:`iter_capture` yields texts: a run resumes (by skipping
+    batches) only under the same order."""
+    return f"prefix-tree-v1-cost{pass_cost(lm)}" if share_prefix and _can_share(lm) else "length-sorted"
 
 
 def n_batches(n_texts: int, batch_size: int) -> int:
@@ -167,8 +231,8 @@ def capture(
         batch_size: texts per forward pass.
         padding_side: ``"left"`` or ``"right"``; default the tokenizer's.
         progress: show a progress bar (default: on unless ``STEERLAB_QUIET``).
-        share_prefix: run prefixes that texts of a batch share once (same activations up to float
-            rounding; ``False`` runs every token of every text).
+        share_prefix: compute every distinct token prefix of ``texts`` once (same activations up to
+            float rounding; ``False`` runs every token of every text).
 
     Returns:
         ``{layer: float32 CPU tensor [len(texts), d_model]}``.
@@ -204,79 +268,10 @@ def sliding_window(config: Any) -> int | None:
     return min(windows) if windows else None
 
 
-@dataclass
-class PrefixPlan:
-    """How a batch shares prefixes: row ``r`` continues from prefix ``group[r]``, whose first
-    ``lengths[group[r]]`` tokens are those of row ``rows[group[r]]``."""
-
-    group: list[int]
-    lengths: list[int]
-    rows: list[int]
-
-    @property
-    def saved_tokens(self) -> int:
-        """Tokens that are not run again thanks to the sharing."""
-        sizes = [self.group.count(g) for g in range(len(self.lengths))]
-        return sum((n - 1) * length for n, length in zip(sizes, self.lengths))
-
-
-def plan_prefixes(ids: Sequence[Sequence[int]], starts: Sequence[int]) -> PrefixPlan:
-    """Group rows that share a prefix (none of it read: at most ``starts[r]`` tokens of row ``r``).
-
-    Rows are visited in lexicographic token order, so rows with long common prefixes are
-    neighbours. A row joins the current group when the tokens saved grow: a group of ``n`` rows
-    sharing ``L`` tokens saves ``(n - 1) × L``. So a contrast pair that differs only at its end (a
-    CAA question with answers A and B) forms a group of its own, while texts that share only a
-    template (persona prompts) form one group for the whole batch.
-
-    Example:
-        >>> plan_prefixes([[1, 2, 3, 4, 9], [1, 5, 6, 7, 7], [1, 2, 3, 4, 8]], [4, 4, 4]).group
-        [0, 1, 0]
-    """
-    order = sorted(range(len(ids)), key=lambda r: list(ids[r]))
-    group = [0] * len(ids)
-    lengths: list[int] = []
-    rows: list[int] = []
-    members = 0
-    for r in order:
-        shared = 0
-        if rows:
-            shared = min(lengths[-1], int(starts[r]), common_prefix_length([ids[rows[-1]], ids[r]]))
-        if rows and members * shared > (members - 1) * lengths[-1]:
-            lengths[-1] = shared
-            members += 1
-        else:
-            lengths.append(int(starts[r]))
-            rows.append(r)
-            members = 1
-        group[r] = len(lengths) - 1
-    return PrefixPlan(group, lengths, rows)
-
-
-def _plan(lm: LM, ids: list[list[int]], ranges: list[tuple[int, int]]) -> PrefixPlan | None:
-    """The prefix plan for this batch, or None when sharing does not pay (or cannot be used)."""
-    if len(ids) < 2:
-        return None
-    if not (hf.accepts(lm.model, "position_ids") and hf.cache_keyword(lm.model)):
-        _warn_no_sharing(lm)
-        return None
-    plan = plan_prefixes(ids, [start for start, _ in ranges])
-    if min(plan.lengths) < 1 or plan.saved_tokens < max(MIN_SHARED_PREFIX, sum(map(len, ids)) // 20):
-        return None
-    window = sliding_window(lm.model.config)
-    if window is not None:
-        # a sliding-window cache keeps only the last tokens: the padded prefix + suffix must fit
-        suffix = max(len(seq) - plan.lengths[g] for seq, g in zip(ids, plan.group))
-        if max(plan.lengths) + suffix > window:
-            return None
-    return plan
-
-
-_WARNED: set[int] = set()
-
-
-def _warn_no_sharing(lm: LM) -> None:
-    """Say once per model that shared prefixes cannot be run once (extraction is slower)."""
+def _can_share(lm: LM) -> bool:
+    """Whether passes can continue from a cache with explicit positions (else warn once)."""
+    if hf.accepts(lm.model, "position_ids") and hf.cache_keyword(lm.model):
+        return True
     if id(lm.model) not in _WARNED:
         _WARNED.add(id(lm.model))
         warnings.warn(
@@ -285,6 +280,10 @@ def _warn_no_sharing(lm: LM) -> None:
             RuntimeWarning,
             stacklevel=4,
         )
+    return False
+
+
+_WARNED: set[int] = set()
 
 
 def _run_until(lm: LM, deepest: int, kwargs: dict[str, Any], hooks: dict[int, Any] | None = None) -> None:
@@ -306,20 +305,150 @@ def _run_until(lm: LM, deepest: int, kwargs: dict[str, Any], hooks: dict[int, An
             handle.remove()
 
 
-def _prefix_cache(lm: LM, prefixes: list[list[int]], rows: list[int], deepest: int) -> tuple[Any, torch.Tensor]:
-    """Key/value cache of the (left-padded) ``prefixes`` up to block ``deepest`` — one forward
-    pass, stopped there like the batch's own — expanded so that row ``r`` holds prefix
-    ``rows[r]``; and the prefixes' attention mask ``[len(rows), max prefix length]``."""
-    ids, mask = pad_token_ids(prefixes, pad_id(lm.tokenizer), "left")
-    ids, mask = ids.to(lm.device), mask.to(lm.device)
-    cache = hf.new_cache(lm.model)
+@dataclass
+class _Ran:
+    """A pass that has run: its cache and full attention mask (while later passes continue from
+    it) and, per layer, the sums of its read ranges ``[n_ranges, d_model]``."""
+
+    cache: Any
+    mask: torch.Tensor
+    sums: dict[int, torch.Tensor]
+
+
+def _run_plan(
+    lm: LM, plan: trie.Plan, layers: list[int], side: str, skip: int
+) -> Iterator[tuple[list[int], dict[int, torch.Tensor]]]:
+    """Run ``plan``'s passes in order, yielding the texts each completes with their reads; the
+    first ``skip`` texts of :meth:`~steerlab.trie.Plan.order` are not yielded, and passes that
+    only they need are not run."""
+    position = {t: i for i, t in enumerate(plan.order())}
+    needed = _needed(plan, position, skip)
+    last_child: dict[int, int] = {}
+    for p, ps in enumerate(plan.passes):
+        if needed[p] and ps.parent >= 0:
+            last_child[ps.parent] = p
+    alive: list[tuple[int, _Ran]] = []  # the passes from a root to the current one
+    for p, ps in enumerate(plan.passes):
+        if not needed[p]:
+            continue
+        while alive and alive[-1][0] != ps.parent:
+            alive.pop()
+        parent = alive[-1][1] if alive else None
+        ran = _run_pass(lm, plan, p, layers, side, parent, p in last_child, last_child.get(ps.parent) == p)
+        alive.append((p, ran))
+        texts = [t for t in plan.done[p] if position[t] >= skip]
+        if texts:
+            yield texts, _gather(plan, texts, dict(alive), layers, lm.d_model)
+
+
+def _needed(plan: trie.Plan, position: dict[int, int], skip: int) -> list[bool]:
+    """Per pass: whether it or a pass after it in its subtree completes a text not skipped."""
+    last = [max((position[t] for t in texts), default=-1) for texts in plan.done]
+    for p in range(len(plan.passes) - 1, -1, -1):  # children come after their parent
+        parent = plan.passes[p].parent
+        if parent >= 0:
+            last[parent] = max(last[parent], last[p])
+    return [n >= skip for n in last]
+
+
+def _run_pass(
+    lm: LM, plan: trie.Plan, p: int, layers: list[int], side: str, parent: _Ran | None, keep: bool, last: bool
+) -> _Ran:
+    """Run pass ``p`` (continuing from ``parent``'s cache; its last child takes the cache over)
+    and sum its read ranges; keep its own cache if passes continue from it."""
+    ps = plan.passes[p]
+    rows = [plan.tree.tokens(s, start) for s, start in zip(ps.segments, ps.starts)]
+    input_ids, mask = pad_token_ids(rows, pad_id(lm.tokenizer), side)
+    input_ids, mask = input_ids.to(lm.device), mask.to(lm.device)
+    cache = hf.new_cache(lm.model) if keep else None
+    if ps.cached:
+        assert parent is not None and parent.cache is not None
+        index = torch.tensor(ps.parent_rows)  # a CPU index works for the cache on any device
+        if last:
+            cache, parent.cache = parent.cache, None
+            hf.select_cache_rows(cache, index)
+        else:
+            cache = hf.cache_rows(parent.cache, index)
+        mask = torch.cat([parent.mask[index.to(parent.mask.device)], mask], dim=1)
     kwargs = hf.forward_kwargs(
-        lm.model, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), cache=cache, use_cache=True
+        lm.model,
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=position_ids(mask)[:, ps.context :],
+        cache=cache,
+        use_cache=cache is not None,
     )
-    _run_until(lm, deepest, kwargs)
-    index = torch.tensor(rows)  # a CPU index works for the cache on any device (blocks may be split)
-    hf.select_cache_rows(cache, index)
-    return cache, mask[index]
+    offsets = [ps.width - len(r) if side == "left" else 0 for r in rows]
+    flat, owner = _range_positions(plan.ranges[p], ps.width, offsets)
+    sums: dict[int, torch.Tensor] = {}
+
+    def make_hook(layer: int) -> Any:
+        def hook(_module: Any, _args: Any, output: Any) -> None:
+            h = hf.block_hidden(output).flatten(0, 1)
+            picked = h[flat.to(h.device)].float()
+            total = torch.zeros(len(plan.ranges[p]), h.shape[-1], dtype=torch.float32, device=h.device)
+            sums[layer] = total.index_add_(0, owner.to(h.device), picked).cpu()
+
+        return hook
+
+    hooks = {layer: make_hook(layer) for layer in layers} if plan.ranges[p] else {}
+    _run_until(lm, max(layers), kwargs, hooks)
+    return _Ran(cache if keep else None, mask, sums)
+
+
+def _range_positions(
+    ranges: list[tuple[int, int, int]], width: int, offsets: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``(row, start, end)`` ranges of a ``[rows, width]`` pass: the flat positions they cover
+    and, per position, which range it belongs to."""
+    flat: list[int] = []
+    owner: list[int] = []
+    for i, (row, start, end) in enumerate(ranges):
+        base = row * width + offsets[row]
+        flat += range(base + start, base + end)
+        owner += [i] * (end - start)
+    return torch.tensor(flat, dtype=torch.long), torch.tensor(owner, dtype=torch.long)
+
+
+def _gather(
+    plan: trie.Plan, texts: list[int], ran: dict[int, _Ran], layers: list[int], d_model: int
+) -> dict[int, torch.Tensor]:
+    """The reads of ``texts``: the sums of their ranges over the passes they span, averaged."""
+    by_pass: dict[int, tuple[list[int], list[int]]] = {}
+    count = torch.zeros(len(texts), 1)
+    for i, t in enumerate(texts):
+        for q, r in plan.parts[t]:
+            rows, picks = by_pass.setdefault(q, ([], []))
+            rows.append(i)
+            picks.append(r)
+            _, start, end = plan.ranges[q][r]
+            count[i] += end - start
+    out = {}
+    for layer in layers:
+        acts = torch.zeros(len(texts), d_model, dtype=torch.float32)
+        for q, (rows, picks) in by_pass.items():
+            acts.index_add_(0, torch.tensor(rows), ran[q].sums[layer][torch.tensor(picks)])
+        out[layer] = acts / count
+    return out
+
+
+def _rebatch(
+    items: Iterator[tuple[list[int], dict[int, torch.Tensor]]], size: int
+) -> Iterator[tuple[list[int], dict[int, torch.Tensor]]]:
+    """Regroup ``(texts, {layer: acts})`` items into batches of exactly ``size`` texts (the last
+    one smaller), keeping their order."""
+    texts: list[int] = []
+    parts: list[dict[int, torch.Tensor]] = []
+    for batch, acts in items:
+        texts += batch
+        parts.append(acts)
+        while len(texts) >= size:
+            merged = {k: torch.cat([a[k] for a in parts]) for k in parts[0]}
+            yield texts[:size], {k: v[:size].clone() for k, v in merged.items()}
+            texts = texts[size:]
+            parts = [{k: v[size:] for k, v in merged.items()}] if texts else []
+    if texts:
+        yield texts, {k: torch.cat([a[k] for a in parts]) for k in parts[0]}
 
 
 def _forward_batch(
@@ -329,22 +458,10 @@ def _forward_batch(
     layers: list[int],
     side: str,
     keep_tokens: bool = False,
-    share_prefix: bool = False,
 ) -> dict[int, torch.Tensor]:
-    """One padded forward pass, stopped after ``max(layers)``, reducing read ranges in the hooks.
-
-    With ``share_prefix``, prefixes that rows share (and do not read) run once
-    (:func:`plan_prefixes`) and the rows continue from their cache.
-    """
+    """One padded forward pass over whole texts, stopped after ``max(layers)``, reducing read
+    ranges in the hooks (every token of every text runs: the plain path)."""
     device = lm.device
-    plan = None if keep_tokens or not share_prefix else _plan(lm, ids, ranges)
-    cache, prefix_mask = None, None
-    if plan is not None:
-        prefixes = [ids[r][:n] for r, n in zip(plan.rows, plan.lengths)]
-        cache, prefix_mask = _prefix_cache(lm, prefixes, plan.group, max(layers))
-        cut = [plan.lengths[g] for g in plan.group]
-        ids = [seq[n:] for seq, n in zip(ids, cut)]
-        ranges = [(start - n, end - n) for (start, end), n in zip(ranges, cut)]
     input_ids, mask = pad_token_ids(ids, pad_id(lm.tokenizer), side)
     width = input_ids.shape[1]
     weights = torch.zeros((len(ids), width), dtype=torch.float32)
@@ -352,17 +469,8 @@ def _forward_batch(
         off = width - len(seq) if side == "left" else 0
         weights[row, off + start : off + end] = 1.0 / (end - start)
     input_ids, mask = input_ids.to(device), mask.to(device)
-    shared = 0
-    if prefix_mask is not None:
-        shared = prefix_mask.shape[1]
-        mask = torch.cat([prefix_mask.to(mask.dtype), mask], dim=1)
     kwargs = hf.forward_kwargs(
-        lm.model,
-        input_ids=input_ids,
-        attention_mask=mask,
-        position_ids=position_ids(mask)[:, shared:],
-        cache=cache,
-        use_cache=cache is not None,
+        lm.model, input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False
     )
     result: dict[int, torch.Tensor] = {}
 

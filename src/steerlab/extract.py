@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .capture import capture, capture_tokens, check_layers, iter_capture, n_batches
+from .capture import batch_order, capture, capture_tokens, check_layers, iter_capture, n_batches
 from .data import ContrastPair, PairSource, Read, check_pairs, data_hash, pair_texts, render
 from .errors import DatasetError
 from .files import atomic_file
@@ -60,9 +60,10 @@ def extract(
         checkpoint: for streaming methods (``mean_diff``), a file where running sums are saved
             after every batch; an interrupted run called again with the same arguments resumes
             from it. Deleted when the vector is done.
-        share_prefix: run prefixes that texts of a batch share (the chat template's system turn, a
-            CAA pair's question) once and continue every text from their cache; the activations
-            equal a full forward's up to float rounding. ``False`` runs every token of every text.
+        share_prefix: compute every distinct token prefix of the dataset once (the chat
+            template's system turn, a CAA pair's question, openings that are prefixes of one
+            another), continuing from key/value caches (:mod:`steerlab.trie`); the activations equal
+            a full forward's up to float rounding. ``False`` runs every token of every text.
         workers: split the pairs into shards and read them on this many Ray actors, each loading
             the model once (see :mod:`steerlab.distributed`; ``pip install steerlab[ray]``).
             ``pairs`` may then also be a :class:`~steerlab.data.PairSource` (a streamed file or
@@ -162,7 +163,9 @@ def accumulate(
     from safetensors.torch import load_file, save_file
 
     assert spec.accumulator is not None
-    key = hashlib.sha256(repr((spec.name, texts, reads, layers, batch_size, lm.model_id)).encode()).hexdigest()[:16]
+    order = batch_order(lm, share_prefix)
+    run = (spec.name, texts, reads, layers, batch_size, lm.model_id, order)
+    key = hashlib.sha256(repr(run).encode()).hexdigest()[:16]
     accs = {k: spec.accumulator(lm.d_model) for k in layers}
     done = 0
     path = Path(checkpoint) if checkpoint is not None else None
@@ -174,7 +177,7 @@ def accumulate(
         if meta.get("key") != key:
             raise DatasetError(
                 f"checkpoint {path} belongs to another extraction (different method, data, layers, "
-                "batch size or model); delete it or pass another checkpoint path"
+                "batch size, model, device or share_prefix); delete it or pass another checkpoint path"
             )
         saved = load_file(str(path))
         for k, acc in accs.items():

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections.abc import Iterator, Mapping
@@ -197,6 +198,20 @@ def new_cache(model: Any) -> Any:
 def select_cache_rows(cache: Any, index: torch.Tensor) -> None:
     """Keep (and repeat) the rows ``index`` of a dynamic cache, in place."""
     cache.batch_select_indices(index)
+
+
+def cache_rows(cache: Any, index: torch.Tensor) -> Any:
+    """A new dynamic cache holding the rows ``index`` of ``cache`` (repeats allowed), which stays
+    as it was. Only the selected rows are copied: a dynamic cache's layers replace their tensors
+    when rows are selected or tokens appended, so the copy may share them until then."""
+    layers = getattr(cache, "layers", None)
+    if isinstance(layers, list):
+        out = copy.copy(cache)
+        out.layers = [copy.copy(layer) for layer in layers]
+    else:  # a cache without per-layer objects: copy it whole
+        out = copy.deepcopy(cache)
+    select_cache_rows(out, index)
+    return out
 
 
 def block_hidden(output: Any) -> torch.Tensor:

@@ -42,7 +42,7 @@ def extract(
     layers: str = typer.Option("8-19", help="Layers, e.g. 8-19 or 8,10,12."),
     batch_size: int = typer.Option(32, min=1, help="Texts per forward pass."),
     share_prefix: bool = typer.Option(
-        True, help="Run a prefix that texts of a batch share (chat template, a CAA question) once."
+        True, help="Compute each distinct token prefix of the texts once (chat template, a CAA question)."
     ),
     workers: int | None = typer.Option(None, min=1, help="Read shards of the pairs on N Ray actors "
                                        "(pip install steerlab[ray]); --pairs files are then streamed."),
