@@ -29,8 +29,8 @@ percentiles over every request of every run.
 
 Usage::
 
-    python benchmarks/bench_serve.py --quick     # stories260K, 64 requests, 8-24 tokens (~2 min)
-    python benchmarks/bench_serve.py             # SmolLM2-135M-Instruct ("default"), 64 requests, 8-40 tokens
+    python benchmarks/bench_serve.py --quick     # stories260K, 64 requests, 16-64 tokens (~3 min)
+    python benchmarks/bench_serve.py             # SmolLM2-135M-Instruct ("default"), 64 requests, 8-40 tokens (~35 min)
 
 Writes ``benchmarks/results/serve_schedulers.json`` (``serve_schedulers_quick.json`` with
 ``--quick``; ``--out`` overrides) and prints a markdown table.
@@ -108,7 +108,7 @@ class ServeConfig:
 FULL = ServeConfig(mode="full", model="default", layers=tuple(range(8, 20)), coefficient=4.0, min_tokens=8,
                    max_tokens=40, threads=1, spread_s=8.0)
 QUICK = ServeConfig(mode="quick", model=str(SHARED / "models" / "stories260K"), layers=(1, 2, 3), coefficient=2.0,
-                    min_tokens=8, max_tokens=24, threads=1, spread_s=0.5)
+                    min_tokens=16, max_tokens=64, threads=1, spread_s=1.0)
 
 
 def machine_info() -> dict[str, Any]:
@@ -362,7 +362,7 @@ def markdown(result: dict[str, Any], out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="stories260K, 8-24 tokens per request")
+    ap.add_argument("--quick", action="store_true", help="stories260K, 16-64 tokens per request")
     ap.add_argument("--reps", type=int, default=3, help="timed runs per pattern and server")
     ap.add_argument("--solo-reps", type=int, default=None, help="timed runs of the one-at-a-time server "
                     "(default: --reps with --quick, else 1)")

@@ -2,8 +2,9 @@
 
 Everything steerlab knows about how transformers calls a model lives here: forward keyword names
 (the KV cache is ``cache=`` from 5.24 on and ``past_key_values=`` before; ``position_ids``,
-``attention_mask``), cache objects (creating one, its length, selecting rows), decoder-block output
-tuples, and quieting transformers' logging. transformers renames these between minor releases;
+``attention_mask``, ``logits_to_keep``), cache objects (creating one, its length, selecting rows;
+padding, trimming and concatenating the rows of dynamic caches), decoder-block output tuples, and
+quieting transformers' logging. transformers renames these between minor releases;
 when it does, this is the module to change, and :func:`steerlab.canary.check_positions` fails
 loudly (naming the versions) instead of letting steering act on the wrong tokens.
 

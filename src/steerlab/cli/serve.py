@@ -52,7 +52,7 @@ def serve(
     max_queue: int = typer.Option(128, min=1, help="Most requests waiting for a batch; more get HTTP 429."),
     batch_wait_ms: float = typer.Option(
         5.0, callback=non_negative,
-        help="(--scheduler batch) A batch that is not full starts once no request arrived for this long (ms).",
+        help="An idle server gathers a burst of requests until none arrived for this long (ms).",
     ),
     timeout: float = typer.Option(120.0, "--timeout", callback=positive,
                                   help="Seconds before an unfinished request is stopped (504)."),

@@ -157,9 +157,15 @@ class ContinuousScheduler:
                 keep.append(i)
         if not keep:
             return
-        if len(keep) < len(rows):
-            hf.select_cache_rows(cache, torch.tensor(keep))
-        self._merge([rows[i] for i in keep], cache, width)
+        joining = [rows[i] for i in keep]
+        try:
+            if len(keep) < len(rows):
+                hf.select_cache_rows(cache, torch.tensor(keep))
+            self._merge(joining, cache, width)
+        except Exception as exc:  # the running batch's cache may be half merged: the caller resets it
+            for row in joining:
+                row.stream.fail(exc)
+            raise
 
     def _prefill(self, jobs: list[Job]) -> tuple[Any, torch.Tensor, int]:
         """One steered forward call over the jobs' left-padded prompts: ``(cache, [B, V] logits of

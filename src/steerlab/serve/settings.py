@@ -36,8 +36,8 @@ class ServeSettings:
             meanwhile waits for it to end).
         max_batch: the most requests generating together.
         max_queue: the most requests waiting for a batch (not yet generating); more get a 429.
-        batch_wait_ms: (batch scheduler) a batch that is not full starts once no request has
-            arrived for this long (at most 10× this after its first request; 0: never wait).
+        batch_wait_ms: an idle worker gathers a burst of requests before starting them: until no
+            request has arrived for this long (at most 10× this after the first; 0: never wait).
         request_timeout_s: a request still unfinished this long after it arrived is stopped
             (504, or an error event in a stream).
         max_request_bytes: the largest request body accepted on every endpoint but the upload
