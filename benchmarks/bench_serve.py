@@ -250,7 +250,9 @@ async def load(url: str, bodies: list[dict[str, Any]], delays: list[float]) -> d
 
 
 def _step_rows(m: dict[str, Any]) -> tuple[int, float]:
-    return int(m.get("steps_total", 0)), float(m.get("mean_batch_size", 0.0)) * int(m.get("steps_total", 0))
+    """Decoding steps and rows × steps so far (from ``/metrics?format=json``)."""
+    steps = int(m.get("steps_total", 0))
+    return steps, float(m.get("step_rows_total", m.get("mean_batch_size", 0.0) * steps))
 
 
 def run_pattern(cfg: ServeConfig, servers: dict[str, ServeProcess], bodies: list[dict[str, Any]], pattern: str,
@@ -295,6 +297,7 @@ def summarise(rs: list[dict[str, Any]]) -> dict[str, Any]:
         "ttft_s_p50": round(percentile(ttft, 0.5), 4),
         "ttft_s_p95": round(percentile(ttft, 0.95), 4),
         "ttft_s_max": round(max(ttft), 4),
+        "ttft_s_p95_runs": [round(percentile(r["ttft_s"], 0.95), 4) for r in rs],
         "latency_s_p50": round(percentile(lat, 0.5), 4),
         "latency_s_p95": round(percentile(lat, 0.95), 4),
         "mean_batch_size": [r["mean_batch_size"] for r in rs],

@@ -418,3 +418,31 @@ def test_cli_serve_takes_the_scheduler(lm: steerlab.LM, store: Path, monkeypatch
     with pytest.raises(ValueError, match="scheduler"):
         ServeSettings(scheduler="eager")
 
+
+
+# --------------------------------------------------------------------------- the default model
+@pytest.mark.slow
+def test_continuous_batching_on_the_default_model_equals_each_request_alone(tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct: chat and completion requests over 2 vectors (and none), sent at
+    different times so they join a running batch, give each request's text alone (greedy)."""
+    from steerlab.demo_data import OPENINGS
+
+    smol = steerlab.load_model("default")
+    for name, (pos, neg) in {"happy": ("happy", "sad"), "formal": ("formal", "casual")}.items():
+        pairs = steerlab.persona_pairs(pos, neg, list(OPENINGS[:12]))
+        steerlab.extract(smol, pairs, method="mean_diff", layers=range(8, 20)).save(tmp_path / "store" / name)
+    prompts = ["I think that the weather today", "My favourite food is", "Tell me about the sea.",
+               "The train was late, so", "When I was young,", "Our team meeting went"]
+    spec = [None, steering("happy", 4.0), [{"vector": "formal", "coefficient": 4.0, "positions": "generated"}],
+            [{"vector": "happy", "coefficient": -4.0, "positions": [2, 9]}]]
+    bodies = [{"prompt": p, "max_tokens": 6 + 3 * i, **({"steering": spec[i % 4]} if spec[i % 4] else {})}
+              for i, p in enumerate(prompts)]
+    app = create_app(smol, tmp_path / "store", ServeSettings(api_key=KEY, batch_wait_ms=0))
+    try:
+        with forward_calls(smol, 0.02) as calls:
+            together = texts(asyncio.run(staggered(app, bodies, 0.05)))
+        alone = texts(asyncio.run(one_by_one(app, bodies)))
+    finally:
+        app.state.server.batcher.close()
+    assert together == alone
+    assert max(decode_sizes(calls)) >= 3

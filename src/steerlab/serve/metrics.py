@@ -122,6 +122,7 @@ class Metrics:
                 "tokens_per_second_busy": round(self.completion_tokens / self.busy_s, 3) if self.busy_s else 0.0,
                 "batches_total": self.batches,
                 "steps_total": self.steps,
+                "step_rows_total": self.step_rows,
                 "mean_batch_size": round(self.step_rows / self.steps, 3) if self.steps else 0.0,
                 "busy_s": round(self.busy_s, 3),
                 "time_to_first_token_s": _summary(ttft),
