@@ -200,8 +200,8 @@ def test_rows_joining_and_leaving_mid_generation_give_each_requests_text_alone(l
     bodies = _mixed_bodies()
     app = create_app(lm, store, ServeSettings(api_key=KEY, max_batch=6, batch_wait_ms=0))
     try:
-        with forward_calls(lm, 0.004) as calls:
-            together = texts(asyncio.run(staggered(app, bodies, 0.012)))
+        with forward_calls(lm, 0.01) as calls:
+            together = texts(asyncio.run(staggered(app, bodies, 0.006)))
         alone = texts(asyncio.run(one_by_one(app, bodies)))
         snap = app.state.server.batcher.snapshot()
     finally:
@@ -234,8 +234,8 @@ def test_continuous_rows_equal_the_library_alone(lm: steerlab.LM, store: Path,
               for p, n, _, e in cases]
     app = create_app(lm, store, ServeSettings(api_key=KEY, batch_wait_ms=0))
     try:
-        with forward_calls(lm, 0.004) as calls:
-            got = texts(asyncio.run(staggered(app, bodies, 0.015)))
+        with forward_calls(lm, 0.01) as calls:
+            got = texts(asyncio.run(staggered(app, bodies, 0.01)))
     finally:
         app.state.server.batcher.close()
     assert got == want
@@ -320,7 +320,7 @@ def test_every_architecture_is_served_continuously_or_falls_back(model_type: str
                   if i % 4 else {})} for i in range(6)]
     app = create_app(lm, tmp_path / "store", ServeSettings(api_key=KEY, batch_wait_ms=0))
     try:
-        with forward_calls(lm, 0.003) as calls:
+        with forward_calls(lm, 0.005) as calls:
             together = texts(asyncio.run(staggered(app, bodies, 0.01)))
         alone = texts(asyncio.run(one_by_one(app, bodies)))
         snap = app.state.server.batcher.snapshot()
