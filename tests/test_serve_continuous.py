@@ -446,3 +446,19 @@ def test_continuous_batching_on_the_default_model_equals_each_request_alone(tmp_
         app.state.server.batcher.close()
     assert together == alone
     assert max(decode_sizes(calls)) >= 3
+
+
+def test_metrics_of_other_engines() -> None:
+    """Engines that stand in for the batcher (``serve --engine vllm``) record whole requests as
+    batches without decoding steps and name themselves in their snapshot's ``engine``."""
+    from steerlab.serve.metrics import Metrics
+    from steerlab.serve.routes.info import scheduler_label
+
+    m = Metrics()
+    m.add_batch(1, 7, 0.5)
+    m.add_batch(1, 3, 0.25)
+    snap = m.snapshot()
+    assert snap["mean_batch_size"] == 1.0 and snap["busy_s"] == 0.75 and snap["prompt_tokens_total"] == 10
+    assert scheduler_label({"scheduler": "batch"}) == "batch"
+    assert scheduler_label({"engine": {"name": "vllm", "plugin": "hotwire"}}) == "vllm"
+    assert b'steerlab_info{model="m",scheduler="vllm"} 1.0' in m.prometheus({"model": "m", "scheduler": "vllm"})

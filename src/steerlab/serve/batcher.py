@@ -310,7 +310,7 @@ class Batcher:
         try:
             ids, mask = pad_token_ids([j.prompt_ids for j in batch], self.pad_id, "left")
             ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
-            self.metrics.add_batch(sum(len(j.prompt_ids) for j in batch))
+            self.metrics.add_batch(len(batch), sum(len(j.prompt_ids) for j in batch))
             kwargs: dict[str, Any] = {
                 "do_sample": False,
                 "temperature": None,

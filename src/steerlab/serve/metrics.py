@@ -48,6 +48,7 @@ class Metrics:
         self.prompt_tokens = 0
         self.busy_s = 0.0
         self.batches = 0
+        self.batched_rows = 0
         self.steps = 0
         self.step_rows = 0
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
@@ -85,11 +86,14 @@ class Metrics:
         with self._lock:
             self._ttft.append(seconds)
 
-    def add_batch(self, prompt_tokens: int) -> None:
-        """Record one prompt pass (a batch, or requests joining a running batch)."""
+    def add_batch(self, rows: int, prompt_tokens: int, seconds: float = 0.0) -> None:
+        """Record one prompt pass of ``rows`` requests (a batch, or requests joining a running
+        batch), and ``seconds`` of busy time if the caller does not record it with :meth:`add_busy`."""
         with self._lock:
             self.batches += 1
+            self.batched_rows += rows
             self.prompt_tokens += prompt_tokens
+            self.busy_s += seconds
 
     def add_step(self, rows: int) -> None:
         """Record one decoding step of ``rows`` rows."""
@@ -123,10 +127,16 @@ class Metrics:
                 "batches_total": self.batches,
                 "steps_total": self.steps,
                 "step_rows_total": self.step_rows,
-                "mean_batch_size": round(self.step_rows / self.steps, 3) if self.steps else 0.0,
+                "mean_batch_size": self._mean_batch_size(),
                 "busy_s": round(self.busy_s, 3),
                 "time_to_first_token_s": _summary(ttft),
             }
+
+    def _mean_batch_size(self) -> float:
+        """Rows per decoding step (per prompt pass for engines that count no steps)."""
+        if self.steps:
+            return round(self.step_rows / self.steps, 3)
+        return round(self.batched_rows / self.batches, 3) if self.batches else 0.0
 
     def prometheus(self, live: Mapping[str, Any]) -> bytes:
         """Everything in Prometheus' text format; ``live`` adds the batcher's current state
@@ -171,7 +181,8 @@ class _Collector(Collector):
                 yield GaugeMetricFamily(name, doc, value=float(live[key]))
         yield GaugeMetricFamily("steerlab_tokens_per_second", f"Generated tokens per second over the last "
                                 f"{m.WINDOW_S:g} s.", value=snap["tokens_per_second"])
-        yield GaugeMetricFamily("steerlab_mean_batch_size", "Mean rows per decoding step since start.",
+        yield GaugeMetricFamily("steerlab_mean_batch_size", "Mean rows per decoding step since start (per "
+                                "batch for engines that count no steps).",
                                 value=snap["mean_batch_size"])
         requests = CounterMetricFamily("steerlab_requests", "Requests by event (accepted, rejected, cancelled, "
                                        "timed_out, completions, http_<status>, ...).", labels=["event"])

@@ -177,7 +177,7 @@ class ContinuousScheduler:
                                    cache=cache, use_cache=True, logits_to_keep=1)
         with steer_rows(self.lm, shared_steerings([j.steering for j in jobs]), prompt_length=mask.sum(-1)):
             out = self.model(**kwargs)
-        self.metrics.add_batch(int(mask.sum()))
+        self.metrics.add_batch(len(jobs), int(mask.sum()))
         return _returned_cache(out, cache), out.logits[:, -1, :], int(ids.shape[1])
 
     def _merge(self, rows: list[_Row], cache: Any, width: int) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -64,7 +64,18 @@ async def metrics(server: ServerDep, request: Request,
                   format: Literal["prometheus", "json"] | None = None) -> Response:
     """Queue depth, batch size, tokens per second, time to first token, requests by outcome and
     by vector: Prometheus' text format, or JSON (``?format=json``)."""
-    live = {**server.batcher.live(), "model": server.lm.model_id, "vectors": len(server.store.names())}
+    out = server.batcher.snapshot()  # every engine's metrics plus its queue state
+    out["model"] = server.lm.model_id
+    out["vectors"] = len(server.store.names())
     if wants_json(format, request.headers.get("accept", "")):
-        return JSONResponse({**server.batcher.metrics.snapshot(), **live})
+        return JSONResponse(out)
+    live = {**out, "scheduler": scheduler_label(out)}
     return Response(server.batcher.metrics.prometheus(live), media_type=PROMETHEUS_CONTENT_TYPE)
+
+
+def scheduler_label(snapshot: dict[str, Any]) -> str:
+    """How requests are scheduled: the batcher's scheduler, or the name of another engine."""
+    engine = snapshot.get("engine")
+    if "scheduler" not in snapshot and isinstance(engine, dict):
+        return str(engine.get("name", ""))
+    return str(snapshot.get("scheduler", ""))
