@@ -471,8 +471,8 @@ def score_effect(ctx: Context, name: str) -> dict[str, Any]:
     import torch
 
     import steerlab
-    from steerlab.evaluate.fluency import continuation_nll, pooled_perplexity
-    from steerlab.evaluate.sentiment import VaderScorer
+    from steerlab.evaluate.likelihood import continuation_nll, pooled_perplexity
+    from steerlab.evaluate.scorers import VaderScorer
 
     cfg = ctx.cfg
     lm = steerlab.load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)

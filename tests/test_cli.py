@@ -363,3 +363,26 @@ def test_bad_numbers_are_usage_errors(args, tmp_path):
     assert res.exit_code == 2, res.output
     assert isinstance(res.exception, SystemExit) and "Traceback" not in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_condition_then_conditional_generate(vec_dir, tmp_path):
+    from steerlab.condition import Condition, find_condition
+
+    dogs = ["The dog ran to the park", "The big dog barked at the cat", "A dog wagged its tail"]
+    rain = ["It was raining all day", "The rain fell on the roof", "Dark clouds brought rain"]
+    (tmp_path / "pos.txt").write_text("\n".join(dogs) + "\n")
+    (tmp_path / "neg.txt").write_text("\n".join(rain) + "\n")
+    data = _run_json("condition", *M, "--positive", str(tmp_path / "pos.txt"), "--negative",
+                     str(tmp_path / "neg.txt"), "--no-chat", "--out", str(tmp_path / "cond"))
+    lm = steerlab.load_model(STORIES)
+    want = find_condition(lm, dogs, rain, chat=False)
+    assert data == _jsonable(want.to_dict()) and data["accuracy"][str(data["layer"])] == 1.0
+    cond = Condition.load(tmp_path / "cond")
+    prompts = ["The dog sat", "The rain fell"]
+    out = _run_json("generate", *M, "--vector", str(vec_dir), "--coef", "6", "--condition", str(tmp_path / "cond"),
+                    "--max-new-tokens", "8", "--compare", *prompts)
+    vec = steerlab.SteeringVector.load(vec_dir)
+    direct = steerlab.generate(lm, prompts, steering=steerlab.Steering(vec, 6.0, condition=cond), max_new_tokens=8)
+    assert [row["output"] for row in out] == direct
+    res = runner.invoke(app, ["generate", *M, "--threshold", "0.5", "x"])
+    assert res.exit_code == 2 and "--threshold goes with --condition" in res.output

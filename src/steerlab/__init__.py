@@ -21,6 +21,7 @@ from .data import (
     load_openings,
     load_pairs,
     load_texts,
+    open_pairs,
     pairs_from_lists,
     persona_pairs,
 )
@@ -41,6 +42,7 @@ from .extract import extract
 from .generate import generate
 from .methods import REGISTRY as METHODS
 from .model import LM, load_model, wrap_model
+from .scale import relative, residual_norms
 from .steering import Composite, Steering, compose
 from .vector import SteeringVector
 
@@ -77,8 +79,11 @@ __all__ = [
     "load_openings",
     "load_pairs",
     "load_texts",
+    "open_pairs",
     "pairs_from_lists",
     "persona_pairs",
+    "relative",
+    "residual_norms",
     "steer",
     "steer_rows",
     "wrap_model",

@@ -6,7 +6,9 @@ read the activation (:data:`Read`). Builders cover the papers' data:
 
 * :func:`pairs_from_lists` and :func:`load_pairs` (JSON / JSONL / CSV),
 * :func:`caa_pairs` / :func:`load_caa` for CAA A/B items (read at the answer letter),
-* :func:`persona_pairs` for RepE-style persona prompts over sentence openings.
+* :func:`persona_pairs` for RepE-style persona prompts over sentence openings,
+* :func:`open_pairs` for data too large to hold: JSONL / CSV / Parquet files or a Hugging Face
+  dataset, streamed as a :class:`PairSource` that shards read by index range or round-robin.
 
 Example:
     >>> pairs = persona_pairs("happy", "sad", ["That game", "I can see"])
@@ -18,9 +20,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib
+import itertools
 import json
 import re
-from collections.abc import Iterable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,12 +106,44 @@ class ContrastPair:
         validate_read(self.read)
 
 
-def data_hash(pairs: Sequence[ContrastPair]) -> str:
+class DataHash:
+    """The running hash behind :func:`data_hash`, fed one pair at a time (for streamed data).
+
+    Example:
+        >>> h = DataHash()
+        >>> h.update(ContrastPair("Love", "Hate"))
+        >>> h.hexdigest() == data_hash([ContrastPair("Love", "Hate")])
+        True
+    """
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+
+    def update(self, pair: ContrastPair) -> None:
+        """Add one pair."""
+        self._h.update(json.dumps([repr(pair.positive), repr(pair.negative), repr(pair.read)]).encode())
+
+    def hexdigest(self) -> str:
+        """The short hash of the pairs added so far."""
+        return self._h.hexdigest()[:16]
+
+
+def data_hash(pairs: Iterable[ContrastPair]) -> str:
     """A short hash identifying the contrast data a vector was made from."""
-    h = hashlib.sha256()
+    h = DataHash()
     for p in pairs:
-        h.update(json.dumps([repr(p.positive), repr(p.negative), repr(p.read)]).encode())
-    return h.hexdigest()[:16]
+        h.update(p)
+    return h.hexdigest()
+
+
+def check_pair(pair: Any, where: str) -> ContrastPair:
+    """``pair`` if it is a :class:`ContrastPair` with two non-empty sides, else a
+    :class:`DatasetError` naming ``where`` (e.g. ``"pair 3"``)."""
+    if not isinstance(pair, ContrastPair):
+        raise DatasetError(f"{where} is a {type(pair).__name__}, not a ContrastPair")
+    if not str(render_plain(pair.positive)).strip() or not str(render_plain(pair.negative)).strip():
+        raise DatasetError(f"{where} has an empty positive or negative text: both sides are needed")
+    return pair
 
 
 def check_pairs(pairs: Sequence[ContrastPair]) -> list[ContrastPair]:
@@ -115,10 +152,7 @@ def check_pairs(pairs: Sequence[ContrastPair]) -> list[ContrastPair]:
     if not pairs:
         raise DatasetError("no contrast pairs given: pass at least one ContrastPair")
     for i, p in enumerate(pairs):
-        if not isinstance(p, ContrastPair):
-            raise DatasetError(f"item {i} is a {type(p).__name__}, not a ContrastPair")
-        if not str(render_plain(p.positive)).strip() or not str(render_plain(p.negative)).strip():
-            raise DatasetError(f"pair {i} has an empty positive or negative text: both sides are needed")
+        check_pair(p, f"item {i}" if not isinstance(p, ContrastPair) else f"pair {i}")
     return pairs
 
 
@@ -387,3 +421,236 @@ def load_openings(path: str | Path) -> list[str]:
     """Sentence openings (e.g. RepE's ``all_truncated_outputs.json``): :func:`load_texts` without
     stripping, so an opening keeps any trailing space."""
     return load_texts(path, strip=False)
+
+
+# --------------------------------------------------------------------------- streamed contrast data
+class PairSource(ABC):
+    """Contrast pairs read from storage one at a time, never all in memory.
+
+    Any part can be read again, by index range (:meth:`pairs`) or round-robin (:meth:`shard`), so
+    shards of one source can be read by different processes (:mod:`steerlab.distributed`). A source
+    holds only where the data is (a path, a dataset's name), so it pickles small. Records are
+    objects with ``positive`` / ``negative`` (optionally ``read``) or CAA A/B items; ``columns``
+    renames fields, e.g. ``{"positive": "chosen", "negative": "rejected"}``.
+
+    Example:
+        >>> src = open_pairs([ContrastPair("Love", "Hate"), ContrastPair("Joy", "Grief")])
+        >>> len(src), [p.positive for p in src.pairs(1, 2)]
+        (2, ['Joy'])
+    """
+
+    read: Read = "last"
+    columns: Mapping[str, str] | None = None
+    _length: int | None = None
+
+    @abstractmethod
+    def _records(self, start: int) -> Iterator[tuple[str, Any]]:
+        """``(where, record)`` from record ``start`` on, skipping what is before it cheaply."""
+
+    @abstractmethod
+    def _count(self) -> int:
+        """How many records there are."""
+
+    def __len__(self) -> int:
+        """The number of pairs (counted once, then remembered)."""
+        if self._length is None:
+            self._length = self._count()
+        return self._length
+
+    def __iter__(self) -> Iterator[ContrastPair]:
+        return self.pairs()
+
+    def pairs(self, start: int = 0, stop: int | None = None, step: int = 1) -> Iterator[ContrastPair]:
+        """Pairs ``start, start + step, ...`` before ``stop``, each checked (:func:`check_pair`)."""
+        if start < 0 or step < 1 or (stop is not None and stop < start):
+            raise DatasetError(f"bad pair range start={start}, stop={stop}, step={step}")
+        count = None if stop is None else stop - start
+        for where, rec in itertools.islice(self._records(start), 0, count, step):
+            yield check_pair(self._pair(rec, where), where)
+
+    def shard(self, index: int, count: int) -> Iterator[ContrastPair]:
+        """Round-robin shard ``index`` of ``count``: pairs ``index, index + count, ...``."""
+        if not 0 <= index < count:
+            raise DatasetError(f"shard {index} of {count} does not exist")
+        return self.pairs(index, None, count)
+
+    def _pair(self, rec: Any, where: str) -> ContrastPair:
+        if isinstance(rec, ContrastPair):
+            return rec
+        if self.columns and isinstance(rec, Mapping):
+            rec = {**rec, **{ours: rec[theirs] for ours, theirs in self.columns.items() if theirs in rec}}
+        return _pair_from_record(rec, where, self.read)
+
+
+class ListPairs(PairSource):
+    """Pairs already in memory (a list), as a :class:`PairSource`."""
+
+    def __init__(self, pairs: Sequence[ContrastPair]) -> None:
+        self.items = list(pairs)
+
+    def _records(self, start: int) -> Iterator[tuple[str, Any]]:
+        for i in range(start, len(self.items)):
+            yield f"pair {i}", self.items[i]
+
+    def _count(self) -> int:
+        return len(self.items)
+
+
+@dataclass
+class _FileSource(PairSource):
+    path: Path
+    read: Read = "last"
+    columns: Mapping[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path).resolve()
+        if not self.path.is_file():
+            raise DatasetError(f"pairs file not found: {self.path}")
+        validate_read(self.read)
+
+
+class JsonlPairs(_FileSource):
+    """A ``.jsonl`` file, one pair object a line (blank lines skipped), read line by line."""
+
+    def _lines(self) -> Iterator[tuple[int, str]]:
+        with self.path.open(encoding="utf-8") as fh:
+            yield from ((n, line) for n, line in enumerate(fh, 1) if line.strip())
+
+    def _records(self, start: int) -> Iterator[tuple[str, Any]]:
+        for lineno, line in itertools.islice(self._lines(), start, None):
+            try:
+                yield f"{self.path}:{lineno}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{self.path}:{lineno}: not valid JSON ({exc.msg})") from exc
+
+    def _count(self) -> int:
+        return sum(1 for _ in self._lines())
+
+
+class CsvPairs(_FileSource):
+    """A ``.csv`` file with ``positive`` and ``negative`` columns (or renamed by ``columns``)."""
+
+    def _rows(self) -> Iterator[dict[str, Any]]:
+        with self.path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            names = set(reader.fieldnames or []) | set((self.columns or {}).keys())
+            if not {"positive", "negative"} <= names:
+                raise DatasetError(f"{self.path}: a CSV of pairs needs 'positive' and 'negative' columns")
+            yield from reader
+
+    def _records(self, start: int) -> Iterator[tuple[str, Any]]:
+        for i, row in itertools.islice(enumerate(self._rows()), start, None):
+            yield f"{self.path}: row {i + 1}", row
+
+    def _count(self) -> int:
+        return sum(1 for _ in self._rows())
+
+
+def _optional(module: str, what: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DatasetError(f"{what} needs the {module.split('.')[0]} package: pip install steerlab[data]") from None
+
+
+class ParquetPairs(_FileSource):
+    """A ``.parquet`` file, read a record batch at a time; row groups before ``start`` are skipped
+    without reading them."""
+
+    batch_rows: int = 1024
+
+    def _file(self) -> Any:
+        return _optional("pyarrow.parquet", "reading Parquet files").ParquetFile(str(self.path))
+
+    def _records(self, start: int) -> Iterator[tuple[str, Any]]:
+        pf = self._file()
+        row = 0
+        for group in range(pf.metadata.num_row_groups):
+            rows = pf.metadata.row_group(group).num_rows
+            if row + rows <= start:
+                row += rows
+                continue
+            for batch in pf.iter_batches(batch_size=self.batch_rows, row_groups=[group]):
+                for rec in batch.to_pylist():
+                    if row >= start:
+                        yield f"{self.path}: row {row}", rec
+                    row += 1
+
+    def _count(self) -> int:
+        return int(self._file().metadata.num_rows)
+
+
+class HFPairs(PairSource):
+    """A Hugging Face ``datasets`` dataset, streamed.
+
+    Give a dataset object (``Dataset`` or ``IterableDataset``) or what
+    ``datasets.load_dataset(name, split=..., streaming=True, **load_kwargs)`` needs: then each
+    process that reads the source opens its own stream (local files: ``name="json"`` or
+    ``"parquet"`` with ``data_files=...``; hub names need internet access).
+    """
+
+    def __init__(self, dataset: Any = None, *, name: str | None = None, split: str = "train",
+                 read: Read = "last", columns: Mapping[str, str] | None = None, **load_kwargs: Any) -> None:
+        if (dataset is None) == (name is None):
+            raise DatasetError("give HFPairs a dataset object or a dataset name, not both")
+        self.dataset, self.name, self.split, self.load_kwargs = dataset, name, split, load_kwargs
+        self.read, self.columns = validate_read(read), columns
+
+    def _open(self) -> Any:
+        if self.dataset is not None:
+            return self.dataset
+        datasets = _optional("datasets", "reading Hugging Face datasets")
+        return datasets.load_dataset(self.name, split=self.split, streaming=True, **self.load_kwargs)
+
+    def _records(self, start: int) -> Iterator[tuple[str, Any]]:
+        ds = self._open()
+        rows = ds.skip(start) if start and hasattr(ds, "skip") else ds
+        label = self.name or getattr(getattr(ds, "info", None), "dataset_name", None) or "dataset"
+        for i, rec in enumerate(rows, start):
+            yield f"{label}: row {i}", rec
+
+    def _count(self) -> int:
+        ds = self._open()
+        try:
+            return len(ds)
+        except TypeError:  # a stream: count it
+            return sum(1 for _ in ds)
+
+
+def open_pairs(
+    source: Any,
+    read: Read = "last",
+    *,
+    columns: Mapping[str, str] | None = None,
+    split: str = "train",
+    **load_kwargs: Any,
+) -> PairSource:
+    """Contrast pairs as a :class:`PairSource`, streamed where the format allows.
+
+    ``source`` is a ``.jsonl``, ``.csv`` or ``.parquet`` file (streamed), a ``.json`` file (a JSON
+    list is parsed whole), a Hugging Face dataset object or a dataset name / folder for
+    ``datasets.load_dataset`` (streamed; ``split`` and ``load_kwargs`` go to it), a list of
+    :class:`ContrastPair`, or a :class:`PairSource` (returned as it is).
+
+    Example:
+        >>> src = open_pairs("pairs.parquet")  # doctest: +SKIP
+        >>> first = next(iter(src.shard(0, 4)))  # doctest: +SKIP
+    """
+    if isinstance(source, PairSource):
+        return source
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        suffix = path.suffix.lower()
+        kinds: dict[str, type[_FileSource]] = {".jsonl": JsonlPairs, ".csv": CsvPairs, ".parquet": ParquetPairs}
+        if path.is_file() and suffix in kinds:
+            return kinds[suffix](path, read, columns)
+        if path.is_file() and suffix == ".json":
+            return ListPairs(load_pairs(path, read))
+        if path.is_file():
+            raise DatasetError(f"{path}: unknown pairs format {suffix!r}; use .jsonl, .csv, .parquet or .json")
+        return HFPairs(name=str(source), split=split, read=read, columns=columns, **load_kwargs)
+    if hasattr(source, "features") or type(source).__module__.startswith("datasets"):
+        return HFPairs(source, read=read, columns=columns)
+    if isinstance(source, Sequence):
+        return ListPairs(source)
+    raise DatasetError(f"cannot read contrast pairs from a {type(source).__name__}: give a file, a dataset or a list")

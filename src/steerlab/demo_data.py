@@ -35,3 +35,19 @@ OPENINGS: tuple[str, ...] = (
 )
 
 DEMO_PROMPTS: tuple[str, ...] = ("That game", "I went to the store and", "My neighbour told me")
+
+NEUTRAL: tuple[str, ...] = (
+    "The capital of France is Paris, and the city lies on the river Seine.",
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "The meeting is scheduled for Tuesday at ten in the morning in room four.",
+    "A triangle has three sides, and its angles add up to one hundred and eighty degrees.",
+    "The library opens at nine and closes at six on weekdays.",
+    "Copper is a good conductor of electricity and is used in most household wiring.",
+    "The train from the north arrives at platform two every hour.",
+    "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen.",
+    "The report lists the sales figures for each quarter of last year.",
+    "Mount Everest is the highest mountain above sea level on Earth.",
+    "To reset the device, hold the power button for ten seconds.",
+    "The museum has a collection of old maps, coins and tools.",
+)
+"""Neutral statements (no sentiment, no persona) for measuring the residual stream."""

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from . import hf
+from .condition import Condition, prompt_scores
 from .errors import SteeringSpecError
 from .model import LM
 from .operators import Operator, OpState
@@ -40,6 +41,7 @@ from .positions import Positions, position_mask, starts_sequence, token_position
 from .steering import Composite, Steering, SteeringLike, compose
 
 RowSteerings = Sequence[SteeringLike | None]
+_NO_INDEX = torch.zeros((), dtype=torch.long)
 
 
 def call_positions(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,6 +70,7 @@ class _Call:
     index: torch.Tensor  # [B, q] long: index of each token among its row's real tokens
     prompt_len: torch.Tensor | None  # [B] real prompt tokens per row
     dtype: torch.dtype
+    decisions: dict[int, torch.Tensor] = field(default_factory=dict)  # condition id -> [B] bool
     masks: dict[Any, torch.Tensor] = field(default_factory=dict)
 
     def mask(self, key: Positions, rows: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -88,6 +91,27 @@ class _Step:
     """A decoding step's state: which rows' new token is real (``None``: all of them)."""
 
     live: torch.Tensor | None  # [B, 1, 1] in the model's dtype
+    decisions: dict[int, torch.Tensor] = field(default_factory=dict)
+    index: torch.Tensor = field(default_factory=lambda: _NO_INDEX)  # decode-step operators read no index
+
+
+def _decision(
+    decisions: dict[int, torch.Tensor], condition: Condition, like: torch.Tensor, strict: bool
+) -> torch.Tensor:
+    """``[B, 1, 1]`` rows (of ``like``'s batch) whose prompt passed ``condition``.
+
+    Before the prompt has been read (the layers under the condition's, in the prompt's own call)
+    no row is steered; a decoding step with no decision at all is an error (``strict``).
+    """
+    d = decisions.get(id(condition))
+    if d is None:
+        if strict:
+            raise SteeringSpecError(
+                "a conditional steering decides on the prompt: run the prompt in this steering session "
+                "before generated tokens"
+            )
+        return torch.zeros(like.shape[0], 1, 1, dtype=like.dtype, device=like.device)
+    return d.to(device=like.device, dtype=like.dtype)[:, None, None]
 
 
 @dataclass
@@ -98,6 +122,7 @@ class _Term:
     positions: Positions
     rows: torch.Tensor | None  # [B] bool or None (= all rows)
     state: OpState
+    condition: Condition | None = None  # steer only rows whose prompt passed it
     _decode_mask: torch.Tensor | None = field(default=None, repr=False)
 
     def apply(self, h: torch.Tensor, call: _Call) -> torch.Tensor:
@@ -105,14 +130,23 @@ class _Term:
         hold the block's output see the steered stream), else a new tensor."""
         index = call.index if call.index.device == h.device else call.index.to(h.device)
         mask = call.mask(self.positions, self.rows, h.device)
+        if self.condition is not None:
+            mask = mask * _decision(call.decisions, self.condition, mask, strict=False)
         if self.op.inplace_under_autograd or not (h.requires_grad and torch.is_grad_enabled()):
             self.op.apply_(h, mask, self.state, index)
             return h
         return self.op.apply(h, mask, self.state, index)
 
-    def apply_decode(self, h: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
+    def apply_decode(self, h: torch.Tensor, step: _Step) -> torch.Tensor:
         """:meth:`apply` for one generated token per row (no positions to compute)."""
+        if self.op.merges and self.rows is None and self.condition is None:  # the common case: one fused op
+            delta = self.state.tensor
+            return h.add_(delta) if step.live is None else h.addcmul_(step.live.to(h.device), delta)
         mask = self.decode_mask(h.device)
+        live = step.live
+        if self.condition is not None:
+            decided = _decision(step.decisions, self.condition, h, strict=True)
+            live = decided if live is None else live.to(h.device) * decided
         if live is not None:
             live = live.to(h.device)
             mask = live if mask is None else mask * live
@@ -120,7 +154,7 @@ class _Term:
             if self.op.merges:
                 return h.add_(self.state.tensor)
             mask = torch.ones((), dtype=h.dtype, device=h.device)
-        index = torch.zeros((), dtype=torch.long, device=h.device)
+        index = step.index if step.index.device == h.device else step.index.to(h.device)
         if self.op.inplace_under_autograd or not (h.requires_grad and torch.is_grad_enabled()):
             self.op.apply_(h, mask, self.state, index)
             return h
@@ -140,7 +174,7 @@ class _Term:
         state = self.state
         if self.op.merges and state.tensor.dim() == 3 and state.tensor.shape[0] > 1:
             state = OpState(state.tensor.repeat_interleave(repeat, dim=0), state.coefficient, state.norm)
-        return _Term(self.op, self.positions, rows, state)
+        return _Term(self.op, self.positions, rows, state, self.condition)
 
 
 def _block_device(block: torch.nn.Module, fallback: torch.device) -> torch.device:
@@ -187,19 +221,21 @@ class SteeringSession:
         self.handles: list[Any] = []
         self.terms: dict[int, list[_Term]] = {}
         self.dtype = next(lm.model.parameters()).dtype
-        entries: list[tuple[Steering, torch.Tensor | None]] = [(s, None) for s in shared]
+        self.device = lm.device
+        entries: list[tuple[Steering, list[int] | None]] = [(s, None) for s in shared]
         if rows is not None:
             by_id: dict[int, tuple[Steering, list[int]]] = {}
             for i, item in enumerate(rows):
                 for s in as_steerings(item):
                     by_id.setdefault(id(s), (s, []))[1].append(i)
-            for s, idx in by_id.values():
-                mask = torch.zeros(len(rows), dtype=torch.bool)
-                mask[idx] = True
-                entries.append((s, mask.to(lm.device)))
+            entries += list(by_id.values())
         for s, _ in entries:
             s.vector.check_model(lm)
-        self._build_terms([(s, r) for s, r in entries if not s.is_noop])
+        live_entries = [(s, r) for s, r in entries if not s.is_noop]
+        self._build_terms(live_entries)
+        self.conditions = {id(s.condition): s.condition for s, _ in live_entries if s.condition is not None}
+        self.decisions: dict[int, torch.Tensor] = {}
+        self.scores: dict[int, torch.Tensor] = {}
         self.active = self.terms
         self.repeat = 1
         self.step: _Step | None = None
@@ -211,34 +247,58 @@ class SteeringSession:
 
             check_positions(lm)
 
-    def _build_terms(self, entries: list[tuple[Steering, torch.Tensor | None]]) -> None:
+    def _build_terms(self, entries: list[tuple[Steering, list[int] | None]]) -> None:
         # Merge one-direction uses of a merging operator (add) that share positions into one
         # row-stacked delta per layer, unless another term came in between (composition order).
+        # Row deltas are written with one index_add per merged delta, after all are known.
         merged: dict[tuple[int, str, object], torch.Tensor] = {}
-        for s, rows in entries:
+        pending: dict[int, tuple[torch.Tensor, list[int], list[torch.Tensor]]] = {}
+        devices = {k: _block_device(self.lm.blocks[k], self.device) for s, _ in entries for k in s.active_layers}
+        for s, idx in entries:
             op = s.op
+            rows = None if idx is None else self._row_mask(idx)
             for layer in s.active_layers:
-                device = _block_device(self.lm.blocks[layer], self.lm.device)
+                device = devices[layer]
                 v = s.vector.directions[layer].to(device=device, dtype=self.dtype)
                 layer_terms = self.terms.setdefault(layer, [])
-                if not (op.merges and v.dim() == 1):
-                    layer_terms.append(_Term(op, s.where, rows, op.prepare(v, s.coefficient)))
+                if not (op.merges and v.dim() == 1) or s.condition is not None:
+                    layer_terms.append(_Term(op, s.where, rows, op.prepare(v, s.coefficient), s.condition))
                     continue
-                key = (layer, op.name, s.where if rows is None else ("rows", s.where))
+                key = (layer, op.name, s.where if idx is None else ("rows", s.where))
                 acc = merged.get(key)
                 if acc is None or not (layer_terms and layer_terms[-1].state.tensor is acc):
-                    acc = torch.zeros(1 if rows is None else len(rows), 1, v.shape[-1], device=device, dtype=self.dtype)
+                    width = 1 if idx is None else self.batch or 1
+                    acc = torch.zeros(width, 1, v.shape[-1], device=device, dtype=self.dtype)
                     merged[key] = acc
                     layer_terms.append(_Term(op, s.where, None, OpState(acc, 1.0)))
                 delta = op.prepare(v, s.coefficient).tensor
-                if rows is None:
+                if idx is None:
                     acc += delta
                 else:
-                    acc[rows.to(device)] += delta
+                    _, at, values = pending.setdefault(id(acc), (acc, [], []))
+                    at += idx
+                    values.append(delta.expand(len(idx), -1))
+        for acc, at, values in pending.values():
+            index = torch.tensor(at, device=acc.device)
+            acc.view(acc.shape[0], -1).index_add_(0, index, torch.cat(values))
+
+    def _row_mask(self, idx: list[int]) -> torch.Tensor:
+        mask = torch.zeros(self.batch or 0, dtype=torch.bool)
+        mask[idx] = True
+        return mask.to(self.device)
 
     # ------------------------------------------------------------------ hooks
+    def _owned(self) -> bool:
+        """Whether the running forward call belongs to the thread that opened the session.
+
+        Under ``torch.compile`` the hooks are traced into the graph, which cannot ask for a thread:
+        a compiled model is steered by the session that was open when it was traced (steer it from
+        one thread).
+        """
+        return torch.compiler.is_compiling() or threading.get_ident() == self.owner
+
     def _pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if threading.get_ident() != self.owner:
+        if not self._owned():
             return
         inputs = hf.call_inputs(module, args, kwargs)
         self._set_repeat(inputs.batch)
@@ -251,7 +311,7 @@ class SteeringSession:
         prompt_len = self._prompt_len(inputs.batch, real, index)
         if not inputs.past and (self.max_prompt is None or inputs.length >= self.max_prompt):
             self.prompt_done = prompt_len is not None  # the whole prompt ran: cached steps are generated tokens
-        self.call = _Call(real=real, index=index, prompt_len=prompt_len, dtype=self.dtype)
+        self.call = _Call(real=real, index=index, prompt_len=prompt_len, dtype=self.dtype, decisions=self.decisions)
 
     def _set_repeat(self, batch: int) -> None:
         if self.batch is None:
@@ -279,7 +339,7 @@ class SteeringSession:
     def _decode_step(self, inputs: hf.CallInputs) -> _Step:
         mask = inputs.attention_mask
         live = None if mask is None else mask[:, -1:].to(self.dtype).unsqueeze(-1)  # [B, 1, 1]
-        return _Step(live)
+        return _Step(live, self.decisions)
 
     def _build_decode_terms(self) -> dict[int, list[_Term]] | None:
         """The terms that act on a generated token (windows and token-wise vectors depend on the
@@ -307,14 +367,14 @@ class SteeringSession:
 
     def _make_hook(self, layer: int) -> Any:
         def hook(_module: Any, _args: Any, output: Any) -> Any:
-            if threading.get_ident() != self.owner:
+            if not self._owned():
                 return None
             h = out = hf.block_hidden(output)
             step = self.step
             if step is not None:
                 assert self.decode_terms is not None
                 for term in self.decode_terms[layer]:
-                    out = term.apply_decode(out, step.live)
+                    out = term.apply_decode(out, step)
             elif self.call is not None:
                 for term in self.active[layer]:
                     out = term.apply(out, self.call)
@@ -322,7 +382,31 @@ class SteeringSession:
 
         return hook
 
+    def _make_reader(self, condition: Condition) -> Any:
+        """A hook on the condition's block: decides, from the prompt tokens of a call, which rows
+        the condition's steerings act on (rows without prompt tokens keep their decision)."""
+
+        def reader(_module: Any, _args: Any, output: Any) -> None:
+            call = self.call
+            if call is None or not self._owned():
+                return
+            prompt = call.real if call.prompt_len is None else call.real & (call.index < call.prompt_len[:, None])
+            scores, seen = prompt_scores(condition, hf.block_hidden(output), prompt)
+            key = id(condition)
+            decided = condition.holds(scores)
+            old = self.decisions.get(key)
+            if old is not None and old.shape == decided.shape:
+                decided = torch.where(seen, decided, old.to(decided.device))
+                scores = torch.where(seen, scores, self.scores[key].to(scores.device))
+            self.decisions[key] = decided
+            self.scores[key] = scores
+
+        return reader
+
     def __enter__(self) -> SteeringSession:
+        for condition in self.conditions.values():
+            # after the steering hooks of that block: the condition reads the stream as it leaves
+            self.handles.append(self.lm.blocks[condition.at].register_forward_hook(self._make_reader(condition)))
         if self.terms:
             self.handles.append(self.lm.model.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
             for layer in self.terms:

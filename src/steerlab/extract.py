@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from .capture import capture, capture_tokens, check_layers, iter_capture, n_batches
-from .data import ContrastPair, Read, check_pairs, data_hash, pair_texts, render
+from .data import ContrastPair, PairSource, Read, check_pairs, data_hash, pair_texts, render
 from .errors import DatasetError
 from .files import atomic_file
-from .methods import Method, get_method
+from .methods import Accumulator, Method, get_method
 from .model import LM
 from .vector import SteeringVector
 
@@ -37,13 +37,15 @@ def _space_pad(lm: LM, pos: list[int], neg: list[int]) -> tuple[list[int], list[
 
 def extract(
     lm: LM,
-    pairs: Sequence[ContrastPair],
+    pairs: Sequence[ContrastPair] | PairSource,
     method: str = "mean_diff",
     layers: Sequence[int] | range | int | None = None,
     batch_size: int = 32,
     progress: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     share_prefix: bool = True,
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> SteeringVector:
     """Build a steering vector from contrast pairs.
 
@@ -61,11 +63,22 @@ def extract(
         share_prefix: run prefixes that texts of a batch share (the chat template's system turn, a
             CAA pair's question) once and continue every text from their cache; the activations
             equal a full forward's up to float rounding. ``False`` runs every token of every text.
+        workers: split the pairs into shards and read them on this many Ray actors, each loading
+            the model once (see :mod:`steerlab.distributed`; ``pip install steerlab[ray]``).
+            ``pairs`` may then also be a :class:`~steerlab.data.PairSource` (a streamed file or
+            dataset), which is read in shards without workers too.
+        ray_address: join this Ray cluster instead of starting a local instance (needs ``workers``).
 
     Raises:
         DatasetError: empty or one-sided data, too few pairs for the method, unknown method.
         LayerRangeError: a layer outside the model.
     """
+    if workers is not None or ray_address is not None or isinstance(pairs, PairSource):
+        from .distributed import extract_sharded
+
+        return extract_sharded(lm, pairs, method, layers, batch_size=batch_size, progress=progress,
+                               checkpoint=checkpoint, share_prefix=share_prefix, workers=workers,
+                               ray_address=ray_address)
     spec = get_method(method)
     pairs = check_pairs(pairs)
     layer_list = check_layers(lm, range(lm.n_layers) if layers is None else layers)
@@ -123,9 +136,28 @@ def _streamed(
     checkpoint: str | os.PathLike[str] | None,
     share_prefix: bool = True,
 ) -> dict[int, torch.Tensor]:
+    """The method's directions from its accumulators (:func:`accumulate`)."""
+    accs = accumulate(lm, spec, texts, reads, layers, batch_size=batch_size, progress=progress,
+                      checkpoint=checkpoint, share_prefix=share_prefix)
+    return {k: acc.finalize() for k, acc in accs.items()}
+
+
+def accumulate(
+    lm: LM,
+    spec: Method,
+    texts: list[str],
+    reads: list[Read],
+    layers: list[int],
+    *,
+    batch_size: int,
+    progress: bool | None,
+    checkpoint: str | os.PathLike[str] | None,
+    share_prefix: bool = True,
+) -> dict[int, Accumulator]:
     """Feed the method's accumulators batch by batch, resumable from a checkpoint.
 
-    Texts alternate positive / negative, so a text's side is its index parity.
+    Texts alternate positive / negative, so a text's side is its index parity. Shards of a
+    distributed extraction (:mod:`steerlab.distributed`) run this on their own texts.
     """
     from safetensors.torch import load_file, save_file
 
@@ -164,4 +196,4 @@ def _streamed(
                 save_file(state, str(tmp), metadata={"key": key, "done": str(done)})
     if path is not None and path.is_file():
         path.unlink()
-    return {k: acc.finalize() for k, acc in accs.items()}
+    return accs

@@ -21,8 +21,7 @@ import inspect
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from weakref import WeakKeyDictionary
 
 import torch
@@ -116,8 +115,7 @@ def bind_call(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> d
     return bound
 
 
-@dataclass(frozen=True)
-class CallInputs:
+class CallInputs(NamedTuple):
     """What a forward call says about its tokens, whatever names this transformers version uses.
 
     Attributes:
@@ -146,27 +144,28 @@ def call_inputs(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) ->
     Raises:
         SteeringSpecError: the call has neither ``input_ids`` nor ``inputs_embeds``.
     """
-    from .errors import SteeringSpecError
-
-    bound = bind_call(model, args, kwargs)
+    bound = bind_call(model, args, kwargs) if args else kwargs  # generate passes keywords only
     ref = bound.get("input_ids")
     if ref is None:
         ref = bound.get("inputs_embeds")
     if not isinstance(ref, torch.Tensor) or ref.dim() < 2:
+        from .errors import SteeringSpecError
+
         raise SteeringSpecError("steering needs input_ids or inputs_embeds in the forward call")
     mask = bound.get("attention_mask")
-    mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
     pos = bound.get("position_ids")
-    pos = pos if isinstance(pos, torch.Tensor) and pos.dim() == 2 else None
-    cache = next((bound[k] for k in CACHE_KEYWORDS if bound.get(k) is not None), None)
+    cache = bound.get("cache")
+    if cache is None:
+        cache = bound.get("past_key_values")
+    shape = ref.shape
     return CallInputs(
-        batch=int(ref.shape[0]),
-        length=int(ref.shape[1]),
-        device=ref.device,
-        attention_mask=mask,
-        position_ids=pos,
-        past=cache_length(cache),
-        has_cache=cache is not None,
+        shape[0],
+        shape[1],
+        ref.device,
+        mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None,
+        pos if isinstance(pos, torch.Tensor) and pos.dim() == 2 else None,
+        cache_length(cache),
+        cache is not None,
     )
 
 

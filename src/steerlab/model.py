@@ -43,6 +43,28 @@ CONVERSION_VERSION = 2
 :mod:`steerlab.gguf_tokenizer`), so that older cached conversions are redone."""
 
 
+@dataclass(frozen=True)
+class LoadSpec:
+    """How :func:`load_model` loaded a model, so that another process can load the same one
+    (:mod:`steerlab.distributed` workers load by name, never receive the model object).
+
+    Example:
+        >>> LoadSpec("default", "float32", "cpu").load()  # doctest: +SKIP
+        LM(model=LlamaForCausalLM(...), ...)
+    """
+
+    name: str
+    dtype: str
+    device: str | None = None
+    device_map: str | dict[str, Any] | None = None
+    blocks: str | None = None
+
+    def load(self) -> LM:
+        """:func:`load_model` with the recorded arguments."""
+        return load_model(self.name, dtype=self.dtype, device=self.device, device_map=self.device_map,
+                          blocks=self.blocks)
+
+
 @dataclass
 class LM:
     """A causal LM ready for steering: HF model + tokenizer + where its blocks are.
@@ -52,12 +74,15 @@ class LM:
         tokenizer: its tokenizer (a pad token is always set).
         model_id: a stable name recorded in vectors made with this model.
         blocks: the decoder blocks; block ``k``'s output is "layer ``k``" everywhere in steerlab.
+        spec: how to load it again elsewhere (set by :func:`load_model`; ``None`` for
+            :func:`wrap_model`, whose model another process cannot re-create).
     """
 
     model: Any
     tokenizer: Any
     model_id: str
     blocks: nn.ModuleList = field(repr=False)
+    spec: LoadSpec | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_layers(self) -> int:
@@ -231,26 +256,39 @@ def load_model(
         UnsupportedArchitectureError: the blocks cannot be located.
     """
     name = os.fspath(name_or_path)
+    source, model_id = resolve_model(name)
+    where = name if name == "default" or not Path(name).exists() else str(Path(name).resolve())
+    with hf.quiet():
+        lm = _load(name, source, model_id, dtype, device, device_map, blocks)
+    device_name = None if device_map is not None else lm.device.type
+    lm.spec = LoadSpec(where, str(lm.model.dtype).removeprefix("torch."), device_name, device_map, blocks)
+    return lm
+
+
+def resolve_model(name_or_path: str | os.PathLike[str]) -> tuple[Path, str]:
+    """Where :func:`load_model` reads ``name_or_path`` from, and the ``model_id`` it records.
+
+    ``"default"`` and ``.gguf`` files resolve to their cached plain checkpoint (converted on first
+    use); a folder to itself (id: its name); anything else is taken as a hub id.
+
+    Example:
+        >>> resolve_model("../shared/models/stories260K")  # doctest: +SKIP
+        (PosixPath('../shared/models/stories260K'), 'stories260K')
+    """
+    name = os.fspath(name_or_path)
     if name == "default":
-        source = converted_gguf(default_gguf_path())
-        model_id = DEFAULT_MODEL_ID
-    elif name.endswith(".gguf"):
-        path = Path(name)
+        return converted_gguf(default_gguf_path()), DEFAULT_MODEL_ID
+    path = Path(name)
+    if name.endswith(".gguf"):
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {name}")
-        source = converted_gguf(path)
-        model_id = path.stem
-    else:
-        path = Path(name)
-        if path.exists() and not (path / "config.json").is_file():
-            raise ModelLoadError(
-                f"{name} exists but holds no config.json: give a Hugging Face checkpoint folder, "
-                "a .gguf file, a hub id, or 'default'"
-            )
-        source = path if path.exists() else Path(name)
-        model_id = path.resolve().name if path.exists() else name
-    with hf.quiet():
-        return _load(name, source, model_id, dtype, device, device_map, blocks)
+        return converted_gguf(path), path.stem
+    if path.exists() and not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"{name} exists but holds no config.json: give a Hugging Face checkpoint folder, "
+            "a .gguf file, a hub id, or 'default'"
+        )
+    return (path, path.resolve().name) if path.exists() else (Path(name), name)
 
 
 def _load(

@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .condition import Condition
 from .errors import LayerRangeError, SteeringSpecError
 from .operators import OPERATORS, Operator, get_operator
 from .positions import POSITION_KEYWORDS, Positions, positions_key
@@ -47,6 +48,8 @@ class Steering:
             take none: they act front-aligned at each row's first tokens.
         operator: a name from :data:`steerlab.operators.OPERATORS` (``"add"``, ``"ablate"``,
             ``"clamp"``, ``"add_norm_preserving"``) or an :class:`~steerlab.operators.Operator`.
+        condition: a :class:`~steerlab.condition.Condition` read on each row's prompt: rows whose
+            prompt does not match are not steered (CAST). Acts on generated tokens only.
     """
 
     vector: SteeringVector
@@ -54,6 +57,7 @@ class Steering:
     layers: Sequence[int] | None = None
     positions: Positions | None = None
     operator: str | Operator = "add"
+    condition: Condition | None = None
     _op: Operator = field(init=False, repr=False)
     _layers: tuple[int, ...] = field(init=False, repr=False)
 
@@ -70,6 +74,8 @@ class Steering:
         op = get_operator(self.operator)
         object.__setattr__(self, "_op", op)
         object.__setattr__(self, "operator", op.name)
+        if self.condition is not None:
+            self._check_condition()
         if self.vector.tokenwise:
             if self.positions is not None or op.name != "add":
                 raise SteeringSpecError(
@@ -85,6 +91,24 @@ class Steering:
         if not layers:
             raise LayerRangeError("Steering was given an empty list of layers")
         object.__setattr__(self, "_layers", layers)
+
+    def _check_condition(self) -> None:
+        if not isinstance(self.condition, Condition):
+            raise SteeringSpecError(f"condition must be a steerlab Condition, got {type(self.condition).__name__}")
+        if self.vector.tokenwise:
+            raise SteeringSpecError("a token-wise (ActAdd) vector acts on the prompt; it cannot be conditional")
+        if self.positions is None:
+            object.__setattr__(self, "positions", "generated")
+        elif self.positions != "generated":
+            raise SteeringSpecError(
+                f"positions={self.positions!r}: a conditional steering reads the prompt and acts on the "
+                "generated tokens (positions='generated')"
+            )
+        if self.condition.vector.model_id != self.vector.model_id:
+            raise SteeringSpecError(
+                f"the condition was made for {self.condition.vector.model_id!r}, the vector for "
+                f"{self.vector.model_id!r}"
+            )
 
     @property
     def where(self) -> Positions:

@@ -34,6 +34,6 @@ def _global(
     quiet_env()
 
 
-from . import evals, gen, serve, vectors  # noqa: E402,F401  (command registration)
+from . import condition, evals, gen, serve, vectors  # noqa: E402,F401  (command registration)
 
 __all__ = ["app"]

@@ -108,7 +108,7 @@ def non_negative(value: float | None) -> float | None:
 
 
 def parse_positions(spec: str) -> str | tuple[int, int | None]:
-    """``all|prompt|generated|actadd`` or a window ``start:end`` (``end`` may be empty)."""
+    """``all|prompt|generated`` or a window ``start:end`` (``end`` may be empty)."""
     if ":" in spec:
         start, _, end = spec.partition(":")
         try:

@@ -42,7 +42,7 @@ def _load(model: str, vector: Path | None = None) -> tuple[Any, Any]:
     vec = None
     if vector is not None:
         vec = load_vector(vector, lm)
-        vec.check_model(lm)  # type: ignore[attr-defined]
+        vec.check_model(lm)
     return lm, vec
 
 
@@ -234,11 +234,17 @@ def sweep(
     direction: int = typer.Option(1, callback=_sign, help="Auto-tune: +1 or -1 (which way to push the behaviour)."),
     cost_texts: Path | None = typer.Option(None, help="Auto-tune: neutral texts for the perplexity budget."),
     max_new_tokens: int = typer.Option(24, min=1, help="Sentiment: tokens per continuation."),
+    workers: int | None = typer.Option(None, min=1, help="Run the layer sets on N Ray actors holding the model "
+                                       "(pip install steerlab[ray]); the grids are the same."),
+    ray_address: str | None = typer.Option(None, help="Join this Ray cluster (needs --workers); "
+                                           "default: start a local Ray instance."),
 ) -> None:
     """Layer × coefficient grid of a metric (heat map), or --autotune under a perplexity budget.
 
     Example: steerlab sweep sentiment --vector vectors/happy --layer-sets '8-11;12-15' --coefs -1,0,1 --out runs/sw
     """
+    if ray_address is not None and workers is None:
+        raise typer.BadParameter("--ray-address needs --workers N (how many Ray actors to start)")
     coef_list = parse_float_list(coefs)
     evaluation = _evaluation(kind)
 
@@ -250,6 +256,7 @@ def sweep(
         items = _sweep_data(evaluation, data, limit)
         lm, vec = _load(model, vector)
         extra: dict[str, Any] = {"max_new_tokens": max_new_tokens} if accepts(evaluation, "max_new_tokens") else {}
+        extra.update(workers=workers, ray_address=ray_address)
         rep: Any
         if autotune:
             rep = sweep_mod.autotune(lm, vec, evaluation, items, coefficients=coef_list,
@@ -344,8 +351,8 @@ def analyze_similarity(
         from .vectors import load_vector
 
         vecs = {p.name: load_vector(p) for p in vectors}
-        rep = (layer_similarity(next(iter(vecs.values())))  # type: ignore[arg-type]
-               if len(vecs) == 1 else vector_similarity(vecs, layer=layer))  # type: ignore[arg-type]
+        rep = (layer_similarity(next(iter(vecs.values())))
+               if len(vecs) == 1 else vector_similarity(vecs, layer=layer))
         rep.write(out, "similarity")
         write_manifest(out, None)
         emit(rep.to_dict(), lambda: console.print(rep.to_markdown()))

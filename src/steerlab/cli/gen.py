@@ -73,7 +73,14 @@ def generate(
     coef: list[float] = typer.Option([], "--coef", "-c", callback=finite,
                                      help="Coefficient for each --vector, in order."),
     positions: list[str] = typer.Option(
-        [], "--positions", help="all|prompt|generated|actadd|START:END, one for all vectors or one each."
+        [], "--positions", help="all|prompt|generated|START:END, one for all vectors or one each."
+    ),
+    condition: Path | None = typer.Option(
+        None, help="A condition folder (steerlab condition): steer only prompts that match it (CAST)."
+    ),
+    threshold: float | None = typer.Option(None, callback=finite, help="Override the condition's threshold."),
+    relative: bool = typer.Option(
+        False, "--relative", help="Coefficients are fractions of the residual norm at each layer (0.1 = 10 %)."
     ),
     layers: str | None = typer.Option(None, help="Steer only these layers of each vector, e.g. 10-14."),
     compare: bool = typer.Option(False, "--compare", help="Also show the unsteered continuation."),
@@ -87,6 +94,9 @@ def generate(
     """
     import steerlab
 
+    if threshold is not None and condition is None:
+        raise typer.BadParameter("--threshold goes with --condition")
+
     from .vectors import load_vector
 
     if coef and len(coef) != len(vector):
@@ -96,15 +106,22 @@ def generate(
     layer_list = parse_int_list(layers) if layers else None
 
     def body() -> None:
+        from steerlab.condition import Condition
+
         with status(f"loading {model}"):
             lm = steerlab.load_model(model)
+        cond = Condition.load(condition, threshold=threshold) if condition is not None else None
         steerings = []
         for i, path in enumerate(vector):
             vec = load_vector(path, lm)
-            vec.check_model(lm)  # type: ignore[attr-defined]
+            vec.check_model(lm)
+            if relative:
+                vec = steerlab.relative(vec, lm)
             pos = parse_positions(positions[i] if len(positions) > 1 else positions[0]) if positions else None
             steerings.append(
-                steerlab.Steering(vec, coef[i] if coef else 1.0, layers=layer_list, positions=pos)  # type: ignore[arg-type]
+                steerlab.Steering(
+                    vec, coef[i] if coef else 1.0, layers=layer_list, positions=pos, condition=cond
+                )
             )
         steering = steerlab.compose(*steerings) if steerings else None
         texts = [lm.chat(p) if chat else p for p in prompts]

@@ -62,12 +62,32 @@ def serve(
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
     threads: int | None = typer.Option(None, min=1, help="torch intra-op threads (default: torch's choice)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    engine: str = typer.Option("transformers", help="transformers (steerlab generates) or vllm (a vLLM server "
+                               "with a steering plugin generates; see docs/vllm.md)."),
+    vllm_url: str | None = typer.Option(None, help="--engine vllm: the vLLM server, e.g. http://127.0.0.1:8001 "
+                                        "(default: a vllm.LLM in this process)."),
+    vllm_plugin: str = typer.Option("vllm-lens", help="--engine vllm: the plugin installed in vLLM: vllm-lens or "
+                                    "hotwire."),
+    vllm_model: str | None = typer.Option(None, help="--engine vllm: the model name vLLM serves (default: asked "
+                                          "from its /v1/models; in process: --model's checkpoint)."),
+    vllm_api_key: str | None = typer.Option(None, envvar="VLLM_API_KEY", show_envvar=True,
+                                            help="--engine vllm: vLLM's --api-key, if it has one."),
+    hotwire_vectors: Path | None = typer.Option(None, help="--vllm-plugin hotwire: the HOTWIRE_VECTORS directory, "
+                                                "if visible here (each request's vectors are checked to be "
+                                                "exported and current)."),
+    hotwire_slots: int | None = typer.Option(None, min=1, help="--vllm-plugin hotwire: vLLM's HOTWIRE_SLOTS "
+                                             "(requests that would overflow hotwire's slot bank are refused)."),
 ) -> None:
     """Serve a model with an OpenAI-compatible API, steering vectors and a playground page.
 
     Example: steerlab serve --model default --vectors vectors/ --port 8000
     """
     import steerlab
+
+    if engine not in ("transformers", "vllm"):
+        raise typer.BadParameter("--engine must be transformers or vllm")
+    if vllm_plugin not in ("vllm-lens", "hotwire"):
+        raise typer.BadParameter("--vllm-plugin must be vllm-lens or hotwire")
 
     def body() -> None:
         import torch
@@ -92,9 +112,19 @@ def serve(
             max_upload_bytes=max(1, int(max_upload_mb * 1024 * 1024)),
             model_aliases=(model,),
         )
+        factory = None
         with status(f"loading {model}"):
-            lm = steerlab.load_model(model, device=device)
-        api = create_app(lm, vectors, settings)
+            if engine == "vllm":
+                from steerlab.model import resolve_model
+                from steerlab.serve.engines.vllm import VLLMOptions, engine_factory, load_shell
+
+                lm = load_shell(model)
+                source = None if vllm_url else str(resolve_model(model)[0])
+                factory = engine_factory(VLLMOptions(vllm_url, vllm_plugin, vllm_model or source, vllm_api_key,
+                                                     hotwire_vectors, hotwire_slots))
+            else:
+                lm = steerlab.load_model(model, device=device)
+        api = create_app(lm, vectors, settings, engine=factory)
         store = api.state.server.store
         for name, why in store.skipped.items():
             err_console.print(f"[yellow]skipped {vectors / name}:[/yellow] {why}", highlight=False)
@@ -102,7 +132,9 @@ def serve(
             err_console.print(f"[yellow]warning:[/yellow] serving on {host} without an API key: anyone who can "
                               "reach this port can use the model (set --api-key or STEERLAB_API_KEY)")
         url = f"http://{host}:{port}"
-        info = {"url": url, "model": lm.model_id, "vectors": store.names(), "auth": settings.api_key is not None}
+        where = "" if factory is None else f" ({vllm_plugin}, {api.state.server.batcher.backend.description})"
+        info = {"url": url, "model": lm.model_id, "vectors": store.names(), "auth": settings.api_key is not None,
+                "engine": engine + where}
         emit(info, lambda: say(f"serving [bold]{lm.model_id}[/bold] with {len(store.names())} vector(s) from "
                                f"{vectors} at {url} (playground: {url}/)"))
         uvicorn.run(api, host=host, port=port, log_level="warning" if FLAGS.quiet or FLAGS.json else log_level)

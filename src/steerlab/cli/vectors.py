@@ -1,14 +1,19 @@
-"""``steerlab extract``, ``inspect``, ``export gguf`` and ``import gguf``."""
+"""``steerlab extract``, ``inspect``, ``export gguf|vllm-lens|hotwire|bake`` and ``import gguf``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from . import app
+
+if TYPE_CHECKING:
+    from ..vector import SteeringVector
+
 from .common import console, emit, finite, parse_int_list, progress_flag, run, say, status, write_manifest
 
 export_app = typer.Typer(help="Convert vectors for other engines.", no_args_is_help=True)
@@ -17,7 +22,7 @@ app.add_typer(export_app, name="export")
 app.add_typer(import_app, name="import")
 
 
-def load_vector(path: Path, lm: object = None) -> object:
+def load_vector(path: Path, lm: object = None) -> SteeringVector:
     """A vector folder or a ``.gguf`` control vector."""
     from ..vector import SteeringVector
 
@@ -28,7 +33,9 @@ def load_vector(path: Path, lm: object = None) -> object:
 def extract(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the vector into."),
     model: str = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id."),
-    pairs: Path | None = typer.Option(None, help="Contrast pairs: .json, .jsonl or .csv (positive/negative, or CAA)."),
+    pairs: Path | None = typer.Option(
+        None, help="Contrast pairs: .json, .jsonl, .csv or .parquet (positive/negative, or CAA)."
+    ),
     persona: str | None = typer.Option(None, help="Persona pairs 'positive:negative', e.g. happy:sad."),
     openings: Path | None = typer.Option(None, help="Sentence openings for --persona (JSON list or text lines)."),
     method: str = typer.Option("mean_diff", help="actadd | mean_diff | pca_diff | pca_center | probe."),
@@ -37,11 +44,17 @@ def extract(
     share_prefix: bool = typer.Option(
         True, help="Run a prefix that texts of a batch share (chat template, a CAA question) once."
     ),
+    workers: int | None = typer.Option(None, min=1, help="Read shards of the pairs on N Ray actors "
+                                       "(pip install steerlab[ray]); --pairs files are then streamed."),
+    ray_address: str | None = typer.Option(None, help="Join this Ray cluster (needs --workers); "
+                                           "default: start a local Ray instance."),
 ) -> None:
     """Build a steering vector from contrast pairs and save it as a folder.
 
     Example: steerlab extract --persona happy:sad --layers 8-19 --out vectors/happy
     """
+    if ray_address is not None and workers is None:
+        raise typer.BadParameter("--ray-address needs --workers N (how many Ray actors to start)")
     import steerlab
     from steerlab.demo_data import OPENINGS
 
@@ -56,7 +69,10 @@ def extract(
     layer_list = parse_int_list(layers)
 
     def body() -> None:
-        if pairs is not None:
+        data: Any
+        if pairs is not None and (workers is not None or pairs.suffix.lower() == ".parquet"):
+            data = steerlab.open_pairs(pairs)  # streamed: read in shards, never all in memory
+        elif pairs is not None:
             data = steerlab.load_pairs(pairs)
         else:
             pos, neg = (s.strip() for s in (persona or ":").split(":"))
@@ -65,8 +81,11 @@ def extract(
         with status(f"loading {model}"):
             lm = steerlab.load_model(model)
         say(f"extracting with {method} from {len(data)} pairs at layers {layers}")
+        if workers is not None:
+            say(f"on {workers} Ray workers" + (f" at {ray_address}" if ray_address else " (local Ray instance)"))
         vec = steerlab.extract(lm, data, method=method, layers=layer_list, batch_size=batch_size,
-                               progress=progress_flag(), share_prefix=share_prefix)
+                               progress=progress_flag(), share_prefix=share_prefix, workers=workers,
+                               ray_address=ray_address)
         vec.save(out)
         write_manifest(out, lm, data_hash=vec.data_hash, method=method, layers=layer_list)
         emit({"out": str(out), **vec.describe()}, lambda: console.print(f"wrote {out} ({method}, layers {layers})"))
@@ -82,7 +101,7 @@ def inspect(path: Path = typer.Argument(..., help="A vector folder or a .gguf co
     """
 
     def body() -> None:
-        info = load_vector(path).describe()  # type: ignore[attr-defined]
+        info = load_vector(path).describe()
 
         def human() -> None:
             table = Table(title=str(path))
@@ -112,6 +131,72 @@ def export_gguf(
 
         path = SteeringVector.load(vector).to_gguf(out)
         emit({"out": str(path)}, lambda: console.print(f"wrote {path}"))
+
+    run(body)
+
+
+@export_app.command("vllm-lens")
+def export_vllm_lens(
+    vector: Path = typer.Argument(..., help="A vector folder (or a .gguf control vector)."),
+    out: Path = typer.Argument(..., help="The .json file to write."),
+) -> None:
+    """Write a vllm-lens steering list (the value of vllm_xargs / extra_args "apply_steering_vectors").
+
+    Each entry's "scale" is the coefficient (1 in the file). Token-wise (ActAdd) vectors become
+    position-specific entries, front-aligned as in steerlab. See docs/vllm.md.
+
+    Example: steerlab export vllm-lens vectors/happy happy.vllm-lens.json
+    """
+
+    def body() -> None:
+        from ..export import vllm_lens
+
+        path = vllm_lens.write(load_vector(vector), out)
+        emit({"out": str(path), "format": "vllm-lens"}, lambda: console.print(f"wrote {path}"))
+
+    run(body)
+
+
+def _store_entries(folder: Path) -> list[Path]:
+    """The vector folders and .gguf files directly inside a store directory."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".")
+                  and ((p / "steering_config.json").is_file() or p.suffix == ".gguf"))
+
+
+def _vector_name(path: Path) -> str:
+    """A vector's name in steerlab serve's store: a folder's name, a .gguf file's stem."""
+    return path.stem if path.suffix == ".gguf" else path.name
+
+
+@export_app.command("hotwire")
+def export_hotwire(
+    vector: Path = typer.Argument(..., help="A vector folder, a .gguf control vector, or a store directory "
+                                  "(every vector in it)."),
+    out: Path = typer.Argument(..., help="The HOTWIRE_VECTORS directory to write NAME.pt into (or a .pt file)."),
+    name: str | None = typer.Option(None, "--name", help="The id requests use (default: the vector's folder or "
+                                    "file name, as in steerlab serve's store)."),
+) -> None:
+    """Write hotwire-vllm vector files: (n_layers, d_model) float32, the id is the file name.
+
+    Start vLLM with HOTWIRE_VECTORS=OUT; a request then steers with
+    vllm_xargs {"hotwire": "[{\"id\": NAME, \"layer\": k, \"scale\": c}, ...]"} (steerlab serve
+    --engine vllm --vllm-plugin hotwire writes those for you). See docs/vllm.md.
+
+    Example: steerlab export hotwire vectors/ hotwire_vectors/
+    """
+
+    def body() -> None:
+        from ..errors import VectorFileError
+        from ..export import hotwire
+
+        is_store = vector.is_dir() and not (vector / "steering_config.json").is_file()
+        sources = _store_entries(vector) if is_store else [vector]
+        if is_store and (name or not sources):
+            raise VectorFileError(f"{vector} holds no vectors" if not sources else "--name names one vector; "
+                                  "give a vector folder, not a store directory")
+        written = [str(hotwire.write(load_vector(src), out, name=name or _vector_name(src))) for src in sources]
+        emit({"out": written, "format": "hotwire"},
+             lambda: console.print("\n".join(f"wrote {p}" for p in written)))
 
     run(body)
 

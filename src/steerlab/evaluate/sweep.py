@@ -52,16 +52,37 @@ def _grids(
     coefficients: Sequence[float],
     *,
     progress: bool | None,
+    workers: int | None = None,
+    ray_address: str | None = None,
     **options: Any,
 ) -> dict[str, list[list[float]]]:
     """``{metric: [[value per coefficient] per layer set]}``: the evaluation with the vector
-    restricted to each layer set in turn."""
+    restricted to each layer set in turn (on Ray actors with ``workers``)."""
+    if workers is not None or ray_address is not None:
+        from ..distributed import sweep_grids
+
+        return sweep_grids(evaluation, lm, vector, data, sets, coefficients, workers=workers,
+                           ray_address=ray_address, progress=progress, **options)
     grids: dict[str, list[list[float]]] = {}
     label = f"{evaluation.name}: {len(sets)} layer sets"
     for ls in track(sets, label, enabled=progress):
-        for name, row in evaluation(lm, vector.select(ls), data, coefficients, progress=False, **options).items():
+        for name, row in evaluate_setting(evaluation, lm, vector, data, ls, coefficients, **options).items():
             grids.setdefault(name, []).append(row)
     return grids
+
+
+def evaluate_setting(
+    evaluation: Evaluation,
+    lm: LM,
+    vector: SteeringVector,
+    data: Sequence[Any],
+    layers: Sequence[int],
+    coefficients: Sequence[float],
+    **options: Any,
+) -> dict[str, list[float]]:
+    """One row of every grid: the evaluation with the vector cut to ``layers``, at every coefficient
+    (what a distributed sweep's actors run too)."""
+    return evaluation(lm, vector.select(layers), data, coefficients, progress=False, **options)
 
 
 def _layer_sets(vector: SteeringVector, layer_sets: Sequence[Sequence[int]] | None) -> list[list[int]]:
@@ -142,6 +163,8 @@ def sweep(
     layer_sets: Sequence[Sequence[int]] | None = None,
     metric: str | None = None,
     progress: bool | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
     **kwargs: Any,
 ) -> SweepReport:
     """Evaluate ``vector`` at every (layer set, coefficient).
@@ -157,6 +180,9 @@ def sweep(
         layer_sets: layer groups to try (default: each layer of the vector on its own).
         metric: the metric shown in the table and heat map (default: the evaluation's first).
         progress: progress bar over layer sets.
+        workers: run the layer sets on this many Ray actors holding the model
+            (:mod:`steerlab.distributed`; ``pip install steerlab[ray]``); the grids are the same.
+        ray_address: join this Ray cluster instead of starting a local instance.
         **kwargs: passed to the evaluation (``max_new_tokens``, ``batch_size``, ``scorer``, ...).
 
     Raises:
@@ -173,7 +199,8 @@ def sweep(
     coefs = [float(c) for c in coefficients]
     report = SweepReport(kind=evaluation.name, metric=metric, layer_sets=sets, coefficients=coefs, complete=False,
                          settings={k: v for k, v in kwargs.items() if isinstance(v, (int, float, str))})
-    report.grids = _grids(evaluation, lm, vector, data, sets, coefs, progress=progress, **kwargs)
+    report.grids = _grids(evaluation, lm, vector, data, sets, coefs, progress=progress, workers=workers,
+                          ray_address=ray_address, **kwargs)
     report.complete = True
     return report
 
@@ -305,6 +332,8 @@ def autotune(
     cost_evaluation: str | Evaluation = "cost",
     seed: int = 0,
     progress: bool | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
     **kwargs: Any,
 ) -> AutotuneReport:
     """Choose layers and coefficient maximising the effect with the cost within ``budget``.
@@ -318,7 +347,8 @@ def autotune(
 
     The data is shuffled (``seed``) and halved: the choice is made on the first half, the chosen
     setting and the baseline are reported on the second. When no setting fits the budget the
-    choice is the unsteered model (coefficient 0).
+    choice is the unsteered model (coefficient 0). With ``workers`` the candidate settings run on
+    Ray actors (as in :func:`sweep`); the held-out report runs here.
 
     Raises:
         DatasetError: fewer than 2 items, or no ``cost_texts`` for an evaluation without own cost.
@@ -331,12 +361,13 @@ def autotune(
         raise SteeringSpecError(f"give coefficients with the sign of direction={direction:+d}")
     select, held = split_halves(data, seed)
     sets = _layer_sets(vector, layer_sets)
-    grids = _grids(objective.evaluation, lm, vector, select, sets, coefs, progress=progress, **kwargs)
+    ray_options: dict[str, Any] = {"workers": workers, "ray_address": ray_address}
+    grids = _grids(objective.evaluation, lm, vector, select, sets, coefs, progress=progress, **ray_options, **kwargs)
     effect = grids[objective.effect]
     if objective.cost is None:
         cost = [objective.own_cost(row, coefs) for row in grids[objective.evaluation.cost or ""]]
     else:
-        cost = _grids(objective.cost, lm, vector, cost_texts or [], sets, coefs, progress=progress)[
+        cost = _grids(objective.cost, lm, vector, cost_texts or [], sets, coefs, progress=progress, **ray_options)[
             objective.cost_metric
         ]
     bi, bj = _choose(effect, cost, coefs, budget)

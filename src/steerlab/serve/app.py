@@ -34,8 +34,9 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import Scope
@@ -68,7 +69,8 @@ def _add_guards(app: FastAPI, server: Server) -> None:
     app.add_middleware(APIKeyMiddleware, key=settings.api_key, open_paths=OPEN_PATHS, on_reject=refused)
 
 
-def create_app(lm: LM, store_dir: str | os.PathLike[str], settings: ServeSettings | None = None) -> FastAPI:
+def create_app(lm: LM, store_dir: str | os.PathLike[str], settings: ServeSettings | None = None,
+               engine: Callable[..., Any] | None = None) -> FastAPI:
     """The steering server for ``lm`` with vectors in ``store_dir``.
 
     The worker thread starts now (so the app also works under test clients that skip the
@@ -78,8 +80,10 @@ def create_app(lm: LM, store_dir: str | os.PathLike[str], settings: ServeSetting
         lm: the served model.
         store_dir: the vector store directory (created if missing).
         settings: limits and the optional API key (default: :class:`ServeSettings`).
+        engine: a factory of the generation engine (default: the transformers batcher); for vLLM,
+            :func:`steerlab.serve.engines.vllm.engine_factory`.
     """
-    server = Server(lm, store_dir, settings or ServeSettings())
+    server = Server(lm, store_dir, settings or ServeSettings(), engine)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
@@ -36,15 +36,20 @@ class Server:
         lm: the served model.
         store_dir: the vector store directory (created if missing).
         settings: limits and the optional API key.
+        engine: builds the generation engine (default: the transformers :class:`Batcher`).
     """
 
-    def __init__(self, lm: LM, store_dir: str | os.PathLike[str], settings: ServeSettings) -> None:
+    def __init__(self, lm: LM, store_dir: str | os.PathLike[str], settings: ServeSettings,
+                 engine: Callable[..., Any] | None = None) -> None:
         self.lm = lm
         self.settings = settings
         self.tok_lock = threading.Lock()  # HF fast tokenizers are not safe to call from two threads at once
         self.store = VectorStore(store_dir, lm, UploadLimits(settings.max_upload_bytes, settings.max_archive_members,
                                                              settings.max_unpacked_bytes))
-        self.batcher = Batcher(lm, settings, self.tok_lock)
+        # engine: a factory (lm, settings, tok_lock, store) -> an object with the Batcher's interface
+        # (submit, cancel, close, alive, snapshot, metrics), e.g. serve.engines.vllm.engine_factory(...)
+        self.batcher = Batcher(lm, settings, self.tok_lock) if engine is None else engine(
+            lm, settings, self.tok_lock, self.store)
         self.created = int(time.time())
         self.context = lm.context_length
         self.names = {lm.model_id, *settings.model_aliases}

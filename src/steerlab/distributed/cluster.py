@@ -1,0 +1,171 @@
+"""Ray plumbing: connect to (or start) Ray, and a pool of model-holding actors.
+
+Every actor loads the model once, by name (:class:`~steerlab.model.LoadSpec`, recorded by
+:func:`steerlab.load_model`); model objects are never shipped. A killed or crashed actor is
+restarted by Ray (``max_restarts``) and the call it was running is sent again
+(``max_task_retries``), so a shard or sweep setting is redone, never half-counted.
+
+One pool is kept alive between calls (a sweep after an extraction reuses the loaded models);
+asking for another model or worker count replaces it, so a local instance never waits for CPUs
+held by idle actors.
+
+Example:
+    >>> handles = actors(lm, workers=2)  # doctest: +SKIP
+    >>> ray.get([h.pid.remote() for h in handles])  # doctest: +SKIP
+    [4711, 4712]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from ..errors import SteeringError
+from ..model import LM, LoadSpec
+
+log = logging.getLogger("steerlab.distributed")
+
+MAX_RESTARTS = 3
+"""How often Ray restarts a dead actor (and resends the call it was running)."""
+
+THREADS_PER_WORKER = 1
+"""CPUs each actor reserves from Ray, and its torch threads. A worker's results equal a single
+process's bit for bit at the same torch thread count (``torch.set_num_threads``); at another count
+float sums are split differently (relative differences ~1e-7)."""
+
+
+class DistributedError(SteeringError):
+    """Ray is missing, a model cannot be loaded by workers, or workers died too often."""
+
+
+def require_ray() -> ModuleType:
+    """The ``ray`` module, or a :class:`DistributedError` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise DistributedError(
+            "distributed extraction and sweeps use Ray, which is not installed: pip install steerlab[ray]"
+        ) from None
+    return ray
+
+
+def load_spec(lm: LM) -> LoadSpec:
+    """How workers load ``lm``; a :class:`DistributedError` for a model they cannot re-create."""
+    if lm.spec is None:
+        raise DistributedError(
+            f"{lm.model_id!r} was wrapped with wrap_model(): Ray workers load the model themselves by name, so "
+            "load it with steerlab.load_model(name_or_path) to distribute the work, or drop workers"
+        )
+    return lm.spec
+
+
+def check_workers(workers: int | None, ray_address: str | None) -> int:
+    """``workers`` as a positive int (a :class:`DistributedError` otherwise)."""
+    if workers is None:
+        raise DistributedError(f"ray_address={ray_address!r} needs workers=N: how many actors to start on the cluster")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise DistributedError(f"workers must be a positive number of Ray actors, not {workers!r}")
+    return workers
+
+
+def connect(workers: int, address: str | None = None) -> ModuleType:
+    """Ray, initialised: an existing session as it is, else the cluster at ``address``, else a
+    new local instance with ``workers`` CPUs."""
+    ray = require_ray()
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+        if address is not None:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=workers, **kwargs)
+    return ray
+
+
+class Worker:
+    """The body of a Ray actor: one loaded model, shards and sweep settings run on it."""
+
+    def __init__(self, spec: LoadSpec, threads: int = THREADS_PER_WORKER) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.lm = spec.load()
+
+    def pid(self) -> int:
+        """The actor's process id (changes when Ray restarts it)."""
+        return os.getpid()
+
+    def extract_shard(self, job: Any) -> Any:
+        """One shard of an extraction (:func:`steerlab.distributed.shards.run_shard`)."""
+        from .shards import run_shard
+
+        return run_shard(self.lm, job)
+
+    def evaluate(self, evaluation: Any, vector: Any, layers: list[int], data: list[Any],
+                 coefficients: list[float], options: dict[str, Any]) -> dict[str, list[float]]:
+        """One sweep setting (:func:`steerlab.evaluate.sweep.evaluate_setting`)."""
+        from ..evaluate.sweep import evaluate_setting
+
+        return evaluate_setting(evaluation, self.lm, vector, data, layers, coefficients, **options)
+
+
+@dataclass
+class _Pool:
+    key: str = ""
+    handles: list[Any] = field(default_factory=list)
+
+
+_POOL = _Pool()
+
+
+def actors(lm: LM, workers: int, address: str | None = None) -> list[Any]:
+    """``workers`` Ray actors holding ``lm``'s model (made, or reused from the previous call)."""
+    spec = load_spec(lm)
+    ray = connect(workers, address)
+    key = repr((ray.get_runtime_context().get_job_id(), spec, workers))
+    if _POOL.key != key:
+        shutdown_pool()
+        options: dict[str, Any] = {"num_cpus": THREADS_PER_WORKER, "max_restarts": MAX_RESTARTS,
+                                   "max_task_retries": MAX_RESTARTS}
+        if spec.device == "cuda":
+            options["num_gpus"] = 1
+        remote = ray.remote(Worker)
+        _POOL.handles = [remote.options(**options).remote(spec) for _ in range(workers)]
+        _POOL.key = key
+        log.info("started %d Ray workers for %s", workers, spec.name)
+    return list(_POOL.handles)
+
+
+def actor_pool(lm: LM, workers: int, address: str | None = None) -> Any:
+    """A ``ray.util.ActorPool`` over :func:`actors`: calls go to whichever actor is free."""
+    handles = actors(lm, workers, address)
+    from ray.util import ActorPool
+
+    return ActorPool(handles)
+
+
+def shutdown_pool() -> None:
+    """Stop the pool's actors (their models are freed); the Ray session stays up."""
+    if _POOL.handles:
+        ray = require_ray()
+        if ray.is_initialized():
+            for handle in _POOL.handles:
+                ray.kill(handle, no_restart=True)
+    _POOL.handles, _POOL.key = [], ""
+
+
+def ray_errors() -> tuple[type[BaseException], ...]:
+    """The Ray exceptions that mean workers died (not that the work itself raised)."""
+    import ray.exceptions as rex
+
+    return (rex.RayActorError, rex.WorkerCrashedError, rex.ObjectLostError)
+
+
+def died(exc: BaseException) -> DistributedError:
+    """The error to raise when workers died more often than Ray restarts them."""
+    return DistributedError(
+        f"Ray workers died more than {MAX_RESTARTS} times ({type(exc).__name__}: {exc}); "
+        "check the workers' memory (each holds one model) and rerun; with a checkpoint the run resumes"
+    )
