@@ -1,34 +1,48 @@
-"""Throughput of ``steerlab serve``: dynamic batching vs serving requests one at a time.
+"""Schedulers of ``steerlab serve``: continuous batching vs batch at a time vs one at a time.
 
-The scenario the server is built for: 16 clients send a completion at the same moment, each
-steered by one of 4 different vectors (4 requests per vector). The same burst is sent to two
-``steerlab serve`` processes started from the real command line, on the same model and store:
+The scenario the server is built for: many clients stream completions at once, each steered by one
+of 4 different vectors. The same requests go to three ``steerlab serve`` processes started from
+the real command line, on the same model and store:
 
-* **batched** — ``--max-batch 16``: the worker gathers the burst into one batched ``generate``
-  with one steering per row;
-* **one at a time** — ``--max-batch 1``: the same server serving the queue one request after
-  another (what a server without batching does).
+* **continuous** — ``--scheduler continuous --max-batch N``: a request joins the running batch at
+  the next decoding step and leaves it when it is done;
+* **batch** — ``--scheduler batch --max-batch N`` (the scheduler before continuous batching): the
+  worker gathers the requests waiting into one ``generate`` call; a request that arrives while a
+  batch decodes waits for the whole batch to end;
+* **one at a time** — ``--scheduler batch --max-batch 1``: the queue served one request after
+  another (what a server without batching does; each request is served alone).
 
-Every request is greedy with ``ignore_eos`` so both servers do exactly the same work
-(``16 × max_tokens`` tokens), and the texts of the two servers are compared (they must match).
-Each mode gets one warm-up burst, then ``--reps`` timed bursts, with the order of the modes
-alternated each repetition; the median wall time is reported, with tokens per second, request
-latency and the speedup (one-at-a-time wall time / batched wall time).
+Two load patterns, each ``--concurrency`` requests (64; request ``i`` uses vector ``i % 4``):
+
+* ``burst`` — every request is sent at the same moment;
+* ``arrivals`` — requests arrive at random times (seeded, uniform over ``--spread`` seconds: a
+  Poisson process given its count), so most arrive while others are generating.
+
+Every request is greedy with ``ignore_eos`` and its own ``max_tokens`` (between the configured
+bounds), streamed; the client measures the **time to first token** (request sent → first text
+chunk), the request latency, and the **total tokens per second** (all completion tokens / time
+from the first request sent to the last one finished). The texts of the three servers are
+compared (they must match: greedy rows give the text of the same request served alone). Each
+server gets a short warm-up, then ``--reps`` timed runs per pattern with the order of the servers
+alternated (one at a time gets ``--solo-reps``, it is slow); medians of the throughput, and
+percentiles over every request of every run.
 
 Usage::
 
-    python benchmarks/bench_serve.py --quick     # stories260K, 16 tokens per request (~1 min)
-    python benchmarks/bench_serve.py             # SmolLM2-135M-Instruct ("default"), 32 tokens
+    python benchmarks/bench_serve.py --quick     # stories260K, 64 requests, 16-64 tokens (~3 min)
+    python benchmarks/bench_serve.py             # SmolLM2-135M-Instruct ("default"), 64 requests, 8-40 tokens (~35 min)
 
-Writes ``benchmarks/results/serve.json`` (``serve_quick.json`` with ``--quick``; ``--out``
-overrides) and prints a markdown table.
+Writes ``benchmarks/results/serve_schedulers.json`` (``serve_schedulers_quick.json`` with
+``--quick``; ``--out`` overrides) and prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -65,36 +79,36 @@ PROMPTS = [
     "After the storm,",
     "The recipe calls for",
 ]
-
-MODES = {"batched": 16, "one_at_a_time": 1}  # mode: the server's --max-batch
+PATTERNS = ("burst", "arrivals")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServeConfig:
-    """One run's settings (the JSON's ``config``): model, vectors' layers and strength, tokens per
-    request, server threads, requests per burst."""
+    """One run's settings (the JSON's ``config``)."""
 
     mode: str
     model: str
     layers: tuple[int, ...]
     coefficient: float
+    min_tokens: int
     max_tokens: int
     threads: int | None
-    concurrency: int = 16
+    concurrency: int = 64
+    max_batch: int = 64
+    spread_s: float = 8.0
+    seed: int = 0
     vectors: tuple[str, ...] = tuple(p for p, _ in PERSONAS)
 
+    def modes(self) -> dict[str, tuple[str, int]]:
+        """Server name: (``--scheduler``, ``--max-batch``)."""
+        return {"continuous": ("continuous", self.max_batch), "batch": ("batch", self.max_batch),
+                "one_at_a_time": ("batch", 1)}
 
-FULL = ServeConfig(
-    mode="full", model="default", layers=tuple(range(8, 20)), coefficient=4.0, max_tokens=32, threads=None
-)
-QUICK = ServeConfig(
-    mode="quick",
-    model=str(SHARED / "models" / "stories260K"),
-    layers=(1, 2, 3),
-    coefficient=2.0,
-    max_tokens=16,
-    threads=1,
-)
+
+FULL = ServeConfig(mode="full", model="default", layers=tuple(range(8, 20)), coefficient=4.0, min_tokens=8,
+                   max_tokens=40, threads=1, spread_s=8.0)
+QUICK = ServeConfig(mode="quick", model=str(SHARED / "models" / "stories260K"), layers=(1, 2, 3), coefficient=2.0,
+                    min_tokens=16, max_tokens=64, threads=1, spread_s=1.0)
 
 
 def machine_info() -> dict[str, Any]:
@@ -125,30 +139,12 @@ def free_port() -> int:
 class ServeProcess:
     """``steerlab serve`` in a subprocess (the real command line)."""
 
-    def __init__(self, cfg: ServeConfig, store: Path, max_batch: int) -> None:
+    def __init__(self, cfg: ServeConfig, store: Path, scheduler: str, max_batch: int) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "steerlab",
-            "--quiet",
-            "serve",
-            "--model",
-            cfg.model,
-            "--vectors",
-            str(store),
-            "--port",
-            str(self.port),
-            "--max-batch",
-            str(max_batch),
-            "--max-queue",
-            "64",
-            "--timeout",
-            "3600",
-            "--log-level",
-            "warning",
-        ]
+        cmd = [sys.executable, "-m", "steerlab", "--quiet", "serve", "--model", cfg.model, "--vectors", str(store),
+               "--port", str(self.port), "--scheduler", scheduler, "--max-batch", str(max_batch),
+               "--max-queue", str(max(64, 2 * cfg.concurrency)), "--timeout", "3600", "--log-level", "warning"]
         if cfg.threads:
             cmd += ["--threads", str(cfg.threads)]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
@@ -171,7 +167,7 @@ class ServeProcess:
     def metrics(self) -> dict[str, Any]:
         import httpx
 
-        return dict(httpx.get(f"{self.url}/metrics", timeout=10).json())
+        return dict(httpx.get(f"{self.url}/metrics", params={"format": "json"}, timeout=10).json())
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -182,117 +178,202 @@ class ServeProcess:
 
 
 def requests(names: list[str], cfg: ServeConfig) -> list[dict[str, Any]]:
-    """``cfg.concurrency`` requests: prompt ``i``, vector ``i % 4``, greedy, exactly ``max_tokens`` tokens."""
+    """``cfg.concurrency`` streamed requests: prompt ``i``, vector ``i % 4``, greedy, exactly
+    ``max_tokens`` tokens (between the configured bounds, varying)."""
+    span = cfg.max_tokens - cfg.min_tokens + 1
     return [
         {
             "model": cfg.model,
             "prompt": PROMPTS[i % len(PROMPTS)],
-            "max_tokens": cfg.max_tokens,
+            "max_tokens": cfg.min_tokens + (i * 7) % span,
             "temperature": 0,
             "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
             "steering": [{"vector": names[i % len(names)], "coefficient": cfg.coefficient}],
         }
         for i in range(cfg.concurrency)
     ]
 
 
-async def burst(url: str, bodies: list[dict[str, Any]]) -> dict[str, Any]:
-    """Send every request at once; wall time, per-request latency, texts and token counts."""
+def offsets(cfg: ServeConfig, pattern: str) -> list[float]:
+    """When each request is sent (seconds after the start): all at 0 (``burst``), or seeded random
+    times over ``spread_s`` (``arrivals``)."""
+    if pattern == "burst":
+        return [0.0] * cfg.concurrency
+    rng = random.Random(cfg.seed)
+    return [rng.uniform(0, cfg.spread_s) for _ in range(cfg.concurrency)]
+
+
+async def one_request(client: Any, body: dict[str, Any], delay: float, t0: float) -> dict[str, Any]:
+    """Send ``body`` ``delay`` s after ``t0`` and read its stream: times, text, tokens."""
+    await asyncio.sleep(max(0.0, t0 + delay - time.perf_counter()))
+    sent = time.perf_counter()
+    first: float | None = None
+    text, tokens = "", 0
+    async with client.stream("POST", "/v1/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            for choice in chunk.get("choices", []):
+                if choice.get("text"):
+                    first = first or time.perf_counter()
+                    text += choice["text"]
+    end = time.perf_counter()
+    return {"sent": sent - t0, "ttft_s": (first or end) - sent, "latency_s": end - sent, "end": end - t0,
+            "text": text, "tokens": tokens}
+
+
+async def load(url: str, bodies: list[dict[str, Any]], delays: list[float]) -> dict[str, Any]:
+    """Send every request at its time; per-request times and texts, total tokens per second."""
     import httpx
 
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=64)) as client:
-
-        async def one(body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-            t0 = time.perf_counter()
-            r = await client.post("/v1/completions", json={k: v for k, v in body.items() if v is not None})
-            r.raise_for_status()
-            return time.perf_counter() - t0, r.json()
-
-        t0 = time.perf_counter()
-        results = await asyncio.gather(*(one(b) for b in bodies))
-        wall = time.perf_counter() - t0
-    latencies = [lat for lat, _ in results]
+    limits = httpx.Limits(max_connections=len(bodies) + 8)
+    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as client:
+        t0 = time.perf_counter() + 0.05
+        results = await asyncio.gather(*(one_request(client, b, d, t0) for b, d in zip(bodies, delays)))
+    start = min(r["sent"] for r in results)
+    wall = max(r["end"] for r in results) - start
+    tokens = sum(r["tokens"] for r in results)
     return {
         "wall_s": wall,
-        "latencies_s": latencies,
-        "texts": [r["choices"][0]["text"] for _, r in results],
-        "completion_tokens": sum(r["usage"]["completion_tokens"] for _, r in results),
+        "completion_tokens": tokens,
+        "tokens_per_s": tokens / wall,
+        "ttft_s": [r["ttft_s"] for r in results],
+        "latency_s": [r["latency_s"] for r in results],
+        "texts": [r["text"] for r in results],
     }
 
 
-def measure_modes(
-    cfg: ServeConfig, store: Path, bodies: list[dict[str, Any]], reps: int
-) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
-    """Start one server per mode, send one warm-up burst each, then ``reps`` timed bursts, the
-    order of the modes alternating; the bursts and each server's ``/metrics``."""
-    servers = {m: ServeProcess(cfg, store, b) for m, b in MODES.items()}
+def _step_rows(m: dict[str, Any]) -> tuple[int, float]:
+    """Decoding steps and rows × steps so far (from ``/metrics?format=json``)."""
+    steps = int(m.get("steps_total", 0))
+    return steps, float(m.get("step_rows_total", m.get("mean_batch_size", 0.0) * steps))
+
+
+def run_pattern(cfg: ServeConfig, servers: dict[str, ServeProcess], bodies: list[dict[str, Any]], pattern: str,
+                reps: int, solo_reps: int) -> dict[str, list[dict[str, Any]]]:
+    """``reps`` runs of one load pattern per server (order alternating); each run's results plus
+    the server's mean rows per decoding step during it."""
+    delays = offsets(cfg, pattern)
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in servers}
+    for rep in range(reps):
+        order = list(servers) if rep % 2 == 0 else list(reversed(servers))
+        for m in order:
+            if m == "one_at_a_time" and rep >= solo_reps:
+                continue
+            before = _step_rows(servers[m].metrics())
+            res = asyncio.run(load(servers[m].url, bodies, delays))
+            after = _step_rows(servers[m].metrics())
+            steps = after[0] - before[0]
+            res["mean_batch_size"] = round((after[1] - before[1]) / steps, 2) if steps else None
+            log(f"{pattern} rep {rep + 1}/{reps} {m}: {res['wall_s']:.2f} s, {res['tokens_per_s']:.1f} tok/s, "
+                f"ttft p95 {percentile(res['ttft_s'], 0.95):.3f} s, load {os.getloadavg()[0]:.1f}")
+            runs[m].append(res)
+    return runs
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarise(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One server's runs of one pattern: throughput (median run), TTFT and latency percentiles
+    over every request of every run."""
+    ttft = [t for r in rs for t in r["ttft_s"]]
+    lat = [t for r in rs for t in r["latency_s"]]
+    return {
+        "runs": len(rs),
+        "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in rs), 2),
+        "tokens_per_s_all": [round(r["tokens_per_s"], 2) for r in rs],
+        "wall_s_median": round(statistics.median(r["wall_s"] for r in rs), 3),
+        "completion_tokens": rs[0]["completion_tokens"],
+        "ttft_s_p50": round(percentile(ttft, 0.5), 4),
+        "ttft_s_p95": round(percentile(ttft, 0.95), 4),
+        "ttft_s_max": round(max(ttft), 4),
+        "ttft_s_p95_runs": [round(percentile(r["ttft_s"], 0.95), 4) for r in rs],
+        "latency_s_p50": round(percentile(lat, 0.5), 4),
+        "latency_s_p95": round(percentile(lat, 0.95), 4),
+        "mean_batch_size": [r["mean_batch_size"] for r in rs],
+    }
+
+
+def compare(summary: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Continuous vs the others: TTFT p95 ratio, throughput ratio, identical texts."""
+    c, b = summary["continuous"], summary["batch"]
+    alone = runs["one_at_a_time"][0]["texts"]
+    return {
+        "ttft_p95_batch_over_continuous": round(b["ttft_s_p95"] / c["ttft_s_p95"], 2),
+        "ttft_p50_batch_over_continuous": round(b["ttft_s_p50"] / c["ttft_s_p50"], 2),
+        "tokens_per_s_continuous_over_batch": round(c["tokens_per_s"] / b["tokens_per_s"], 3),
+        "tokens_per_s_continuous_over_one_at_a_time": round(
+            c["tokens_per_s"] / summary["one_at_a_time"]["tokens_per_s"], 2),
+        "texts_identical_to_alone": {m: all(r["texts"] == alone for r in rs) for m, rs in runs.items()},
+    }
+
+
+def measure(cfg: ServeConfig, store: Path, bodies: list[dict[str, Any]], reps: int,
+            solo_reps: int) -> dict[str, Any]:
+    """Start the three servers, warm each up, run both patterns; summaries per pattern."""
+    servers = {m: ServeProcess(cfg, store, sched, mb) for m, (sched, mb) in cfg.modes().items()}
     try:
         for s in servers.values():
             s.wait()
-        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
         for m, s in servers.items():
             log(f"warm-up: {m}")
-            asyncio.run(burst(s.url, bodies))
-        for rep in range(reps):
-            for m in list(MODES) if rep % 2 == 0 else list(reversed(MODES)):
-                res = asyncio.run(burst(servers[m].url, bodies))
-                log(
-                    f"rep {rep + 1}/{reps} {m}: {res['wall_s']:.2f} s, "
-                    f"{res['completion_tokens'] / res['wall_s']:.1f} tok/s"
-                )
-                runs[m].append(res)
-        return runs, {m: s.metrics() for m, s in servers.items()}
+            asyncio.run(load(s.url, bodies[:4], [0.0] * 4))
+        out: dict[str, Any] = {}
+        for pattern in PATTERNS:
+            runs = run_pattern(cfg, servers, bodies, pattern, reps, solo_reps)
+            summary = {m: summarise(rs) for m, rs in runs.items()}
+            out[pattern] = {"summary": summary, "comparison": compare(summary, runs),
+                            "offsets_s": [round(x, 3) for x in offsets(cfg, pattern)]}
+        out["server_metrics"] = {m: s.metrics() for m, s in servers.items()}
+        return out
     finally:
         for s in servers.values():
             s.stop()
 
 
-def summarise(rs: list[dict[str, Any]], n_requests: int, metrics: dict[str, Any]) -> dict[str, Any]:
-    """One mode's bursts: median wall time, throughput, request latency (median, p95)."""
-    walls = [r["wall_s"] for r in rs]
-    lats = sorted(lat for r in rs for lat in r["latencies_s"])
-    wall = statistics.median(walls)
-    tokens = rs[0]["completion_tokens"]
-    return {
-        "wall_s_median": round(wall, 4),
-        "wall_s_all": [round(w, 4) for w in walls],
-        "completion_tokens": tokens,
-        "tokens_per_s": round(tokens / wall, 2),
-        "requests_per_s": round(n_requests / wall, 3),
-        "latency_s_median": round(statistics.median(lats), 4),
-        "latency_s_p95": round(lats[min(len(lats) - 1, int(0.95 * len(lats)))], 4),
-        "server_mean_batch_size": metrics.get("mean_batch_size"),
-    }
-
-
 def markdown(result: dict[str, Any], out: Path) -> str:
-    cfg, machine, speedup = result["config"], result["machine"], result["speedup"]
-    lines = [
-        f"\n### steerlab serve: {cfg['concurrency']} concurrent requests, {len(cfg['vectors'])} vectors, "
-        f"{cfg['max_tokens']} tokens each ({cfg['mode']}: {cfg['model']}, threads={cfg['threads'] or 'default'})\n",
-        "| mode | wall (median) | tokens/s | requests/s | latency p50 | latency p95 | mean batch |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {m} | {s['wall_s_median']:.2f} s | {s['tokens_per_s']:.1f} | {s['requests_per_s']:.2f} | "
-        f"{s['latency_s_median']:.2f} s | {s['latency_s_p95']:.2f} s | {s['server_mean_batch_size']} |"
-        for m, s in result["summary"].items()
-    ]
-    lines.append(
-        f"\nbatching speedup: **{speedup:.2f}×** (texts identical across modes: "
-        f"{result['texts_identical_across_modes']}); load average {machine['loadavg_start'][0]:.2f} → "
-        f"{machine['loadavg_end'][0]:.2f}; wrote {out}"
-    )
+    cfg, machine = result["config"], result["machine"]
+    lines = [f"\n### steerlab serve schedulers: {cfg['concurrency']} streamed requests over {len(cfg['vectors'])} "
+             f"vectors, {cfg['min_tokens']}-{cfg['max_tokens']} tokens each, --max-batch {cfg['max_batch']} "
+             f"({cfg['mode']}: {cfg['model']}, threads={cfg['threads'] or 'default'})\n",
+             "| load | server | TTFT p50 | TTFT p95 | latency p95 | tokens/s | mean batch |",
+             "|---|---|---|---|---|---|---|"]
+    for pattern in PATTERNS:
+        for m, s in result[pattern]["summary"].items():
+            batch = "/".join(str(b) for b in s["mean_batch_size"])
+            lines.append(f"| {pattern} | {m} | {s['ttft_s_p50']:.3f} s | {s['ttft_s_p95']:.3f} s | "
+                         f"{s['latency_s_p95']:.2f} s | {s['tokens_per_s']:.1f} | {batch} |")
+    for pattern in PATTERNS:
+        c = result[pattern]["comparison"]
+        lines.append(f"\n{pattern}: TTFT p95 batch/continuous **{c['ttft_p95_batch_over_continuous']}×**, "
+                     f"tokens/s continuous/batch {c['tokens_per_s_continuous_over_batch']}×, continuous/one at a "
+                     f"time {c['tokens_per_s_continuous_over_one_at_a_time']}×; texts identical to the request "
+                     f"alone: {c['texts_identical_to_alone']}")
+    lines.append(f"\nload average {machine['loadavg_start'][0]:.2f} → {machine['loadavg_end'][0]:.2f}; wrote {out}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="stories260K, 16 tokens per request")
-    ap.add_argument("--reps", type=int, default=3, help="timed bursts per mode (median reported)")
-    ap.add_argument("--concurrency", type=int, default=16, help="requests per burst")
-    ap.add_argument("--max-tokens", type=int, default=None, help="tokens per request")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads of each server")
+    ap.add_argument("--quick", action="store_true", help="stories260K, 16-64 tokens per request")
+    ap.add_argument("--reps", type=int, default=3, help="timed runs per pattern and server")
+    ap.add_argument("--solo-reps", type=int, default=None, help="timed runs of the one-at-a-time server "
+                    "(default: --reps with --quick, else 1)")
+    ap.add_argument("--concurrency", type=int, default=None, help="requests per run (64)")
+    ap.add_argument("--max-batch", type=int, default=None, help="--max-batch of the batching servers (64)")
+    ap.add_argument("--max-tokens", type=int, default=None, help="the most tokens per request")
+    ap.add_argument("--spread", type=float, default=None, help="seconds over which the 'arrivals' requests arrive")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of each server (1)")
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
     args = ap.parse_args(argv)
     base = QUICK if args.quick else FULL
@@ -300,26 +381,23 @@ def main(argv: list[str] | None = None) -> None:
         base,
         max_tokens=args.max_tokens or base.max_tokens,
         threads=args.threads or base.threads,
-        concurrency=args.concurrency,
+        concurrency=args.concurrency or base.concurrency,
+        max_batch=args.max_batch or base.max_batch,
+        spread_s=args.spread if args.spread is not None else base.spread_s,
     )
-    out = args.out or RESULTS / ("serve_quick.json" if args.quick else "serve.json")
+    solo_reps = args.solo_reps or (args.reps if args.quick else 1)
+    out = args.out or RESULTS / ("serve_schedulers_quick.json" if args.quick else "serve_schedulers.json")
     os.environ.setdefault("STEERLAB_QUIET", "1")
     started = time.time()
     result = benchlib.result_header("bench_serve", started, args.reps, asdict(cfg), machine_info())
+    result["solo_reps"] = solo_reps
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         store = Path(tmp) / "vectors"
         log(f"extracting {len(PERSONAS)} vectors on {cfg.model}")
         bodies = requests(make_store(cfg, store), cfg)
-        runs, server_metrics = measure_modes(cfg, store, bodies, args.reps)
-    summary = {m: summarise(rs, len(bodies), server_metrics[m]) for m, rs in runs.items()}
+        result.update(measure(cfg, store, bodies, args.reps, solo_reps))
     result["machine"]["loadavg_end"] = benchlib.loadavg()
-    result.update(
-        summary=summary,
-        speedup=round(summary["one_at_a_time"]["wall_s_median"] / summary["batched"]["wall_s_median"], 3),
-        texts_identical_across_modes=all(r["texts"] == runs["batched"][0]["texts"] for rs in runs.values() for r in rs),
-        server_metrics=server_metrics,
-        total_wall_s=round(time.time() - started, 1),
-    )
+    result["total_wall_s"] = round(time.time() - started, 1)
     benchlib.write_json(out, result, indent=2)
     print(markdown(result, out))
 

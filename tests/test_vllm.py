@@ -531,7 +531,7 @@ def test_vllm_engine_answers_like_the_transformers_engine(
     extra = {"hotwire_dir": hw_dir} if plugin == "hotwire" else {}
     with vllm_served(shell, store, fake, plugin, **extra) as client:
         got = answers(client, requests)
-        metrics = client.get("/metrics", headers=AUTH).json()
+        metrics = client.get("/metrics?format=json", headers=AUTH).json()
     assert got == reference[: len(requests)]
     assert got[0] != got[1]  # the steering changed the text
     sent = fake.state.received
@@ -637,7 +637,7 @@ def test_vllm_engine_reports_vllm_failures(shell: steerlab.LM, store: Path) -> N
     with vllm_served(shell, store, None, transport=httpx.MockTransport(down)) as client:
         r = post(client, "/v1/completions", prompt="x", max_tokens=2)
         assert _error(r) == (502, "vllm_unreachable", None) and "cannot be reached" in r.text
-        assert client.get("/metrics", headers=AUTH).json()["requests"]["vllm_errors"] == 1
+        assert client.get("/metrics?format=json", headers=AUTH).json()["requests"]["vllm_errors"] == 1
         chunks = [ln for ln in post(client, "/v1/completions", prompt="x", stream=True).text.splitlines() if ln]
         assert json.loads(chunks[-2][6:])["error"]["code"] == "vllm_unreachable" and chunks[-1] == "data: [DONE]"
     with vllm_served(shell, store, None, transport=httpx.MockTransport(refuses)) as client:

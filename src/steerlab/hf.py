@@ -2,8 +2,9 @@
 
 Everything steerlab knows about how transformers calls a model lives here: forward keyword names
 (the KV cache is ``cache=`` from 5.24 on and ``past_key_values=`` before; ``position_ids``,
-``attention_mask``), cache objects (creating one, its length, selecting rows), decoder-block output
-tuples, and quieting transformers' logging. transformers renames these between minor releases;
+``attention_mask``, ``logits_to_keep``), cache objects (creating one, its length, selecting rows;
+padding, trimming and concatenating the rows of dynamic caches), decoder-block output tuples, and
+quieting transformers' logging. transformers renames these between minor releases;
 when it does, this is the module to change, and :func:`steerlab.canary.check_positions` fails
 loudly (naming the versions) instead of letting steering act on the wrong tokens.
 
@@ -78,11 +79,14 @@ def forward_kwargs(
     position_ids: torch.Tensor | None = None,
     cache: Any = None,
     use_cache: bool | None = None,
+    logits_to_keep: int | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``model(**kwargs)``, named the way this transformers version wants.
 
     ``position_ids`` is dropped when the model's forward does not take it (positions then follow
     the attention mask inside the model); passing a ``cache`` to a model that takes none raises.
+    ``logits_to_keep`` (compute logits for the last N positions only) is dropped when the model
+    does not take it.
     """
     out: dict[str, Any] = {}
     if input_ids is not None:
@@ -100,6 +104,8 @@ def forward_kwargs(
         out[key] = cache
     if use_cache is not None and accepts(model, "use_cache"):
         out["use_cache"] = use_cache
+    if logits_to_keep is not None and accepts(model, "logits_to_keep"):
+        out["logits_to_keep"] = logits_to_keep
     return out
 
 
@@ -212,6 +218,57 @@ def cache_rows(cache: Any, index: torch.Tensor) -> Any:
         out = copy.deepcopy(cache)
     select_cache_rows(out, index)
     return out
+
+
+def _kv_layers(cache: Any) -> list[Any]:
+    return list(getattr(cache, "layers", None) or [])
+
+
+def unmergeable_cache(cache: Any) -> str | None:
+    """Why the rows of ``cache`` cannot be padded, trimmed and concatenated by
+    :func:`shift_cache` / :func:`append_cache_rows` (``None``: they can).
+
+    Only transformers' plain dynamic layers qualify (one ``[batch, heads, tokens, dim]`` key and
+    value tensor per layer); sliding-window, static, quantized and linear-attention layers do not.
+    """
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # pragma: no cover - transformers without layered caches
+        return f"this transformers has no layered dynamic cache ({versions()})"
+    layers = _kv_layers(cache)
+    if not layers:
+        return f"{type(cache).__name__} has no dynamic cache layers"
+    for layer in layers:
+        if type(layer) is not DynamicLayer or getattr(layer, "is_sliding", False):
+            return f"its cache has {type(layer).__name__} layers (only plain dynamic layers can be merged)"
+        keys = getattr(layer, "keys", None)
+        if not isinstance(keys, torch.Tensor) or keys.dim() != 4:
+            return "its cache layers hold no [batch, heads, tokens, dim] key tensors"
+    return None
+
+
+def shift_cache(cache: Any, n: int) -> None:
+    """Add ``n`` empty (zero) positions before every row of a dynamic cache, in place; a negative
+    ``n`` drops the ``-n`` oldest positions instead. The caller masks the added positions out
+    (attention-mask zeros), exactly as left padding.
+    """
+    if n == 0:
+        return
+    for layer in _kv_layers(cache):
+        if n > 0:
+            k, v = layer.keys, layer.values
+            layer.keys = torch.cat([k.new_zeros((*k.shape[:2], n, k.shape[3])), k], dim=-2)
+            layer.values = torch.cat([v.new_zeros((*v.shape[:2], n, v.shape[3])), v], dim=-2)
+        else:
+            layer.keys = layer.keys[:, :, -n:, :]
+            layer.values = layer.values[:, :, -n:, :]
+
+
+def append_cache_rows(cache: Any, other: Any) -> None:
+    """Append the rows of ``other`` to ``cache`` (both dynamic, the same length), in place."""
+    for layer, more in zip(_kv_layers(cache), _kv_layers(other), strict=True):
+        layer.keys = torch.cat([layer.keys, more.keys.to(layer.keys.device)], dim=0)
+        layer.values = torch.cat([layer.values, more.values.to(layer.values.device)], dim=0)
 
 
 def block_hidden(output: Any) -> torch.Tensor:

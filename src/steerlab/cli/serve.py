@@ -11,6 +11,14 @@ from . import app
 from .common import FLAGS, emit, err_console, non_negative, positive, run, say, status
 
 
+def _scheduler(value: str) -> str:
+    from steerlab.serve.settings import SCHEDULERS
+
+    if value not in SCHEDULERS:
+        raise typer.BadParameter(f"use one of {', '.join(SCHEDULERS)} (got {value!r})")
+    return value
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -35,10 +43,16 @@ def serve(
     max_prompt_tokens: int = typer.Option(2048, min=1, help="Longest prompt accepted, in tokens."),
     max_coefficient: float = typer.Option(16.0, callback=non_negative,
                                           help="Largest |coefficient| a steering entry may use."),
-    max_batch: int = typer.Option(16, min=1, help="Most requests generated together in one batch."),
+    scheduler: str = typer.Option(
+        "continuous", callback=_scheduler,
+        help="continuous: a request joins the running batch at the next step; batch: one batch at a time "
+        "(a request arriving meanwhile waits for the whole batch).",
+    ),
+    max_batch: int = typer.Option(16, min=1, help="Most requests generated together."),
     max_queue: int = typer.Option(128, min=1, help="Most requests waiting for a batch; more get HTTP 429."),
     batch_wait_ms: float = typer.Option(
-        5.0, callback=non_negative, help="A batch that is not full starts once no request arrived for this long (ms)."
+        5.0, callback=non_negative,
+        help="An idle server gathers a burst of requests until none arrived for this long (ms).",
     ),
     timeout: float = typer.Option(120.0, "--timeout", callback=positive,
                                   help="Seconds before an unfinished request is stopped (504)."),
@@ -89,6 +103,7 @@ def serve(
             default_max_tokens=default_max_tokens,
             max_prompt_tokens=max_prompt_tokens,
             max_coefficient=max_coefficient,
+            scheduler=scheduler,
             max_batch=max_batch,
             max_queue=max_queue,
             batch_wait_ms=batch_wait_ms,

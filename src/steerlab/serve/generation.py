@@ -104,13 +104,15 @@ def build_jobs(server: Server, req: _GenerationFields, texts: Sequence[str], loo
     params = _gen_params(req, server.settings, len(texts))
     steering = build_steering(server, req.steering)
     deadline = time.monotonic() + server.settings.request_timeout_s
+    vectors = tuple(e.vector for e in req.steering or ())
     out: list[Job] = []
     for p, text in enumerate(texts):
         ids = _prompt_ids(server, text, params.max_tokens)
         for j in range(req.n):
             seed = None if params.seed is None else params.seed + j
             jp = params if seed == params.seed else GenParams(**{**params.__dict__, "seed": seed})
-            out.append(Job(ids, steering, jp, loop, events, index=p * req.n + j, deadline=deadline))
+            out.append(Job(ids, steering, jp, loop, events, index=p * req.n + j, deadline=deadline,
+                           vectors=vectors))
     return out
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 API_KEY_ENV = "STEERLAB_API_KEY"
+SCHEDULERS = ("continuous", "batch")
 
 
 @dataclass
@@ -29,10 +30,14 @@ class ServeSettings:
         max_coefficient: the largest ``|coefficient|`` a steering entry may use.
         max_steering_entries: the most vectors one request may compose.
         max_n: the most choices (``n`` × prompts) one request may ask for.
-        max_batch: the most requests generated together in one batched ``generate`` call.
+        scheduler: ``"continuous"`` (a request joins the running batch at the next decoding
+            step; models whose KV caches cannot be merged fall back to ``"batch"``) or
+            ``"batch"`` (batch at a time: one ``generate`` call per batch, a request arriving
+            meanwhile waits for it to end).
+        max_batch: the most requests generating together.
         max_queue: the most requests waiting for a batch (not yet generating); more get a 429.
-        batch_wait_ms: a batch that is not full starts once no request has arrived for this
-            long (at most 10× this after its first request; 0: never wait).
+        batch_wait_ms: an idle worker gathers a burst of requests before starting them: until no
+            request has arrived for this long (at most 10× this after the first; 0: never wait).
         request_timeout_s: a request still unfinished this long after it arrived is stopped
             (504, or an error event in a stream).
         max_request_bytes: the largest request body accepted on every endpoint but the upload
@@ -51,6 +56,7 @@ class ServeSettings:
     max_coefficient: float = 16.0
     max_steering_entries: int = 8
     max_n: int = 8
+    scheduler: str = "continuous"
     max_batch: int = 16
     max_queue: int = 128
     batch_wait_ms: float = 5.0
@@ -69,6 +75,8 @@ class ServeSettings:
                 raise ValueError(f"{name} must be at least 1")
         if self.batch_wait_ms < 0 or self.request_timeout_s <= 0 or self.max_coefficient < 0:
             raise ValueError("batch_wait_ms and max_coefficient must be >= 0 and request_timeout_s > 0")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler={self.scheduler!r}: use one of {', '.join(SCHEDULERS)}")
         self.default_max_tokens = min(self.default_max_tokens, self.max_tokens)
         if self.api_key == "":
             self.api_key = None

@@ -1,22 +1,26 @@
 """The open and informational routes: the playground page ``/``, ``/health`` and ``/metrics``.
 
 ``/`` and ``/health`` never need the API key (``/`` is static: it holds no data, and its API
-calls send the key); ``/metrics`` does.
+calls send the key); ``/metrics`` does. ``/metrics`` answers in Prometheus' text format, or as
+JSON with ``?format=json`` (or ``Accept: application/json`` without ``text/plain``).
 
 Example::
 
     curl -s localhost:8000/health    # {"status": "ok"}, no key needed
+    curl -s localhost:8000/metrics   # steerlab_queue_depth 0.0 ...
+    curl -s "localhost:8000/metrics?format=json"
 """
 
 from __future__ import annotations
 
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from ..metrics import PROMETHEUS_CONTENT_TYPE
 from ..state import ServerDep
 
 PLAYGROUND_PATH = "/"
@@ -46,10 +50,32 @@ async def health(server: ServerDep) -> JSONResponse:
     return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
 
 
+def wants_json(format: str | None, accept: str) -> bool:
+    """JSON when asked by ``?format=json``, or by an ``Accept`` header that names
+    ``application/json`` and not Prometheus' ``text/plain`` / OpenMetrics."""
+    if format is not None:
+        return format == "json"
+    accept = accept.lower()
+    return "application/json" in accept and "text/plain" not in accept and "openmetrics" not in accept
+
+
 @router.get("/metrics")
-async def metrics(server: ServerDep) -> dict[str, Any]:
-    """Requests, tokens per second, queue length, batches."""
-    out = server.batcher.snapshot()
+async def metrics(server: ServerDep, request: Request,
+                  format: Literal["prometheus", "json"] | None = None) -> Response:
+    """Queue depth, batch size, tokens per second, time to first token, requests by outcome and
+    by vector: Prometheus' text format, or JSON (``?format=json``)."""
+    out = server.batcher.snapshot()  # every engine's metrics plus its queue state
     out["model"] = server.lm.model_id
     out["vectors"] = len(server.store.names())
-    return out
+    if wants_json(format, request.headers.get("accept", "")):
+        return JSONResponse(out)
+    live = {**out, "scheduler": scheduler_label(out)}
+    return Response(server.batcher.metrics.prometheus(live), media_type=PROMETHEUS_CONTENT_TYPE)
+
+
+def scheduler_label(snapshot: dict[str, Any]) -> str:
+    """How requests are scheduled: the batcher's scheduler, or the name of another engine."""
+    engine = snapshot.get("engine")
+    if "scheduler" not in snapshot and isinstance(engine, dict):
+        return str(engine.get("name", ""))
+    return str(snapshot.get("scheduler", ""))

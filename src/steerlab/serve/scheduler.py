@@ -1,0 +1,259 @@
+"""Continuous batching: requests join the running batch at the next decoding step and leave it
+as soon as they finish, each with its own steering.
+
+The worker runs its own decoding loop instead of ``model.generate``. Each turn of the loop:
+
+1. **admit** — waiting requests (as many as fit under ``max_batch``) run their prompts in one
+   forward call, left-padded, steered with their own rows (:func:`steerlab.steer_rows` with
+   their ``prompt_length``); each one's first token is sampled from that call's logits and sent
+   at once. Their KV cache is then merged into the running batch's: both are left-padded to a
+   common length with empty positions (masked out by attention-mask zeros) and concatenated
+   along the batch (:func:`steerlab.hf.shift_cache`, :func:`steerlab.hf.append_cache_rows`);
+2. **step** — one token for every row: a one-token forward with a 2-D attention mask over the
+   cache and each row's own ``position_ids`` (its count of real tokens, so left padding never
+   shifts a row), under one steering session for the current rows (``steer_rows(...,
+   generating=True)``: the engine's one-token fast path), rebuilt only when the row set changes;
+   each row samples with its own settings (:mod:`steerlab.serve.rows`) and streams its text;
+3. **leave** — finished or cancelled rows are dropped from the cache
+   (:func:`steerlab.hf.select_cache_rows`), and the padding no row needs any more is trimmed.
+
+A row's tokens are those of the same request served alone (greedy): its steering sees its own
+prompt length and token positions whatever the batch, padding never reaches a real token, and
+its sampler is its own.
+
+Models whose caches cannot be merged this way (sliding-window, static or other non-dynamic
+caches; a forward without ``position_ids`` or a KV cache) are served batch at a time instead:
+:func:`unsupported` says why.
+
+Example:
+    >>> ContinuousScheduler(batcher).run()  # the worker thread's loop  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .. import hf
+from ..engine import steer_rows
+from ..model import LM
+from ..tokens import pad_token_ids, position_ids
+from .jobs import Job
+from .rows import RowStream, Sampler, choose_tokens, shared_steerings
+
+if TYPE_CHECKING:
+    from .batcher import Batcher
+
+log = logging.getLogger("steerlab.serve")
+
+
+def unsupported(lm: LM) -> str | None:
+    """Why continuous batching cannot serve ``lm`` (``None``: it can).
+
+    Runs one one-token forward call (no steering) to see which cache the model fills.
+    """
+    model = lm.model
+    if hf.cache_keyword(model) is None:
+        return "its forward takes no KV cache"
+    if not hf.accepts(model, "position_ids"):
+        return "its forward takes no position_ids"
+    ids = torch.zeros((1, 1), dtype=torch.long, device=lm.device)
+    try:
+        with torch.inference_mode():
+            out = model(**hf.forward_kwargs(model, input_ids=ids, attention_mask=torch.ones_like(ids),
+                                            position_ids=torch.zeros_like(ids), cache=hf.new_cache(model),
+                                            use_cache=True, logits_to_keep=1))
+    except Exception as exc:  # a model that cannot even run this way is served batch at a time
+        return f"a cached forward call failed ({type(exc).__name__}: {exc})"
+    return hf.unmergeable_cache(hf.output_cache(out))
+
+
+def _returned_cache(output: Any, passed: Any) -> Any:
+    """The cache a forward call returned (the one passed, filled in place, if it returned none)."""
+    cache = hf.output_cache(output)
+    return passed if cache is None else cache
+
+
+@dataclass(eq=False)
+class _Row:
+    """One request in the running batch."""
+
+    job: Job
+    stream: RowStream
+    sampler: Sampler
+    pad: int = 0  # cache positions before the row's first real token
+    token: int = 0  # the row's last sampled token: the next step's input
+
+
+class ContinuousScheduler:
+    """The decoding loop of one :class:`~steerlab.serve.batcher.Batcher` (run in its worker thread).
+
+    Args:
+        batcher: the queue (``take``), the settings, the tokenizer lock, eos and pad ids, the metrics.
+    """
+
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher = batcher
+        self.lm = batcher.lm
+        self.model = batcher.lm.model
+        self.metrics = batcher.metrics
+        self.max_batch = batcher.settings.max_batch
+        self.rows: list[_Row] = []
+        self.cache: Any = None
+        self.width = 0  # positions in the cache (padding included)
+        self.session: ExitStack | None = None  # steering of the current rows
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        """Serve until the batcher closes and the running rows are finished."""
+        try:
+            with torch.inference_mode():
+                while True:
+                    jobs = self.batcher.take(self.max_batch - len(self.rows), block=not self.rows)
+                    if jobs is None and not self.rows:
+                        return
+                    self._turn(jobs or [])
+        finally:
+            self._close_session()
+
+    def _turn(self, jobs: list[Job]) -> None:
+        """Admit ``jobs``, then one decoding step of every row."""
+        start = time.monotonic()
+        try:
+            if jobs:
+                self._admit(jobs)
+            if self.rows:
+                self._step()
+        except Exception as exc:  # the worker must survive anything a step does
+            log.exception("decoding step failed")
+            for row in self.rows:
+                row.stream.fail(exc)
+            self._reset()
+        finally:
+            self.metrics.add_busy(time.monotonic() - start)
+
+    # ------------------------------------------------------------------ admit
+    def _admit(self, jobs: list[Job]) -> None:
+        """Run the prompts of ``jobs``, send their first tokens and merge them into the batch."""
+        self._close_session()  # the prompt call has its own steering
+        rows = [_Row(j, self.batcher.stream(j), Sampler(j.params, self.batcher.eos, self.lm.device)) for j in jobs]
+        try:
+            cache, logits, width = self._prefill(jobs)
+            tokens = choose_tokens(logits, [r.sampler for r in rows])
+        except Exception as exc:  # these requests fail alone; the running batch goes on
+            log.exception("prompt pass failed")
+            for row in rows:
+                row.stream.fail(exc)
+            return
+        keep: list[int] = []
+        for i, (row, tok) in enumerate(zip(rows, tokens)):
+            row.pad, row.token = width - len(row.job.prompt_ids), tok
+            if not row.stream.push(tok):
+                keep.append(i)
+        if not keep:
+            return
+        joining = [rows[i] for i in keep]
+        try:
+            if len(keep) < len(rows):
+                hf.select_cache_rows(cache, torch.tensor(keep))
+            self._merge(joining, cache, width)
+        except Exception as exc:  # the running batch's cache may be half merged: the caller resets it
+            for row in joining:
+                row.stream.fail(exc)
+            raise
+
+    def _prefill(self, jobs: list[Job]) -> tuple[Any, torch.Tensor, int]:
+        """One steered forward call over the jobs' left-padded prompts: ``(cache, [B, V] logits of
+        each prompt's last token, padded length)``."""
+        ids, mask = pad_token_ids([j.prompt_ids for j in jobs], self.batcher.pad_id, "left")
+        ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
+        cache = hf.new_cache(self.model)
+        kwargs = hf.forward_kwargs(self.model, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                                   cache=cache, use_cache=True, logits_to_keep=1)
+        with steer_rows(self.lm, shared_steerings([j.steering for j in jobs]), prompt_length=mask.sum(-1)):
+            out = self.model(**kwargs)
+        self.metrics.add_batch(len(jobs), int(mask.sum()))
+        return _returned_cache(out, cache), out.logits[:, -1, :], int(ids.shape[1])
+
+    def _merge(self, rows: list[_Row], cache: Any, width: int) -> None:
+        """Add ``rows`` (whose cache, ``width`` positions long, is ``cache``) to the running batch."""
+        if not self.rows:
+            self.rows, self.cache, self.width = rows, cache, width
+        else:
+            common = max(self.width, width)
+            self._pad(self.rows, self.cache, common - self.width)
+            self._pad(rows, cache, common - width)
+            hf.append_cache_rows(self.cache, cache)
+            self.rows += rows
+            self.width = common
+        self._trim()
+
+    @staticmethod
+    def _pad(rows: list[_Row], cache: Any, n: int) -> None:
+        hf.shift_cache(cache, n)
+        for row in rows:
+            row.pad += n
+
+    def _trim(self) -> None:
+        """Drop the leading cache positions that are padding in every row."""
+        n = min(row.pad for row in self.rows)
+        if n:
+            self._pad(self.rows, self.cache, -n)
+            self.width -= n
+
+    # ------------------------------------------------------------------ step
+    def _step(self) -> None:
+        """One token for every row; finished rows leave."""
+        if self.session is None:
+            self._open_session()
+        device = self.lm.device
+        pads = torch.tensor([row.pad for row in self.rows], device=device)
+        mask = (torch.arange(self.width + 1, device=device)[None, :] >= pads[:, None]).long()
+        ids = torch.tensor([[row.token] for row in self.rows], device=device)
+        kwargs = hf.forward_kwargs(self.model, input_ids=ids, attention_mask=mask,
+                                   position_ids=(self.width - pads)[:, None], cache=self.cache, use_cache=True,
+                                   logits_to_keep=1)
+        out = self.model(**kwargs)
+        self.cache = _returned_cache(out, self.cache)
+        self.width += 1
+        self.metrics.add_step(len(self.rows))
+        tokens = choose_tokens(out.logits[:, -1, :], [row.sampler for row in self.rows])
+        keep: list[int] = []
+        for i, (row, tok) in enumerate(zip(self.rows, tokens)):
+            row.token = tok
+            if not row.stream.push(tok):
+                keep.append(i)
+        if len(keep) < len(self.rows):
+            self._leave(keep)
+
+    def _leave(self, keep: list[int]) -> None:
+        """Keep only the rows ``keep`` (the others finished)."""
+        self._close_session()
+        if not keep:
+            self._reset()
+            return
+        hf.select_cache_rows(self.cache, torch.tensor(keep))
+        self.rows = [self.rows[i] for i in keep]
+        self._trim()
+
+    # ------------------------------------------------------------------ steering
+    def _open_session(self) -> None:
+        stack = ExitStack()
+        lengths = torch.tensor([len(row.job.prompt_ids) for row in self.rows], device=self.lm.device)
+        steerings = shared_steerings([row.job.steering for row in self.rows])
+        stack.enter_context(steer_rows(self.lm, steerings, prompt_length=lengths, generating=True))
+        self.session = stack
+
+    def _close_session(self) -> None:
+        if self.session is not None:
+            session, self.session = self.session, None
+            session.close()
+
+    def _reset(self) -> None:
+        self._close_session()
+        self.rows, self.cache, self.width = [], None, 0
