@@ -41,6 +41,7 @@ from .extract import extract
 from .generate import generate
 from .methods import REGISTRY as METHODS
 from .model import LM, load_model, wrap_model
+from .preference import PreferencePair, load_preferences, preference_pairs, self_contrast
 from .steering import Composite, Steering, compose
 from .vector import SteeringVector
 
@@ -58,6 +59,7 @@ __all__ = [
     "LayerRangeError",
     "ModelLoadError",
     "ModelMismatchError",
+    "PreferencePair",
     "Steering",
     "SteeringError",
     "SteeringSpecError",
@@ -76,9 +78,12 @@ __all__ = [
     "load_model",
     "load_openings",
     "load_pairs",
+    "load_preferences",
     "load_texts",
     "pairs_from_lists",
     "persona_pairs",
+    "preference_pairs",
+    "self_contrast",
     "steer",
     "steer_rows",
     "wrap_model",
