@@ -250,15 +250,16 @@ def test_preference_pairs_from_caa_contrast_pairs_and_files(lm: steerlab.LM, tmp
 
 # ----------------------------------------------------------------------------- objectives
 def test_objectives_follow_their_formulas() -> None:
-    t = torch.tensor
-    s = Scores(t([-2.0]), t([-5.0]), t([-6.0]), t([-3.0]), t([-4.0]), t([-4.5]), t([2.0]), t([3.0]))
+    t, logsig = torch.tensor, torch.nn.functional.logsigmoid
+    # one pair: log p(w), log p(l) under +v = (-2, -5), under −v = (-6, -3); unsteered (-4, -4.5); lengths 2, 3
+    s = Scores(t([1.0, -1.0]), t([-2.0, -6.0]), t([-5.0, -3.0]), t([-4.0] * 2), t([-4.5] * 2), t([2.0] * 2),
+               t([3.0] * 2))  # fmt: skip
     m_pos, m_neg = (-2 + 4) - (-5 + 4.5), (-6 + 4) - (-3 + 4.5)
-    want = -(torch.nn.functional.logsigmoid(t(0.1 * m_pos)) + torch.nn.functional.logsigmoid(t(-0.1 * m_neg))) / 2
-    torch.testing.assert_close(OBJECTIVES["bipo"].loss(s, 0.1), want.reshape(1))
+    torch.testing.assert_close(OBJECTIVES["bipo"].loss(s, 0.1), -logsig(t([0.1 * m_pos, -0.1 * m_neg])))
     b_pos, b_neg = max(-4.5 + 4, 1.0), max(-4 + 4.5, 1.0)
     d_pos, d_neg = b_pos * -2 / 2 - (-5 / 3), b_neg * -3 / 3 - (-6 / 2)
-    want = -(torch.nn.functional.logsigmoid(t(d_pos)) + torch.nn.functional.logsigmoid(t(d_neg))) / 2
-    torch.testing.assert_close(OBJECTIVES["reps"].loss(s, 1.0), want.reshape(1))
+    torch.testing.assert_close(OBJECTIVES["reps"].loss(s, 1.0), -logsig(t([d_pos, d_neg])))
+    assert s.accuracy().tolist() == [1.0, 1.0]
 
 
 # ----------------------------------------------------------------------------- errors
@@ -266,7 +267,7 @@ def test_objectives_follow_their_formulas() -> None:
     "options",
     [{"lr": 0.0}, {"lr": float("nan")}, {"epochs": 0}, {"beta": -1.0}, {"holdout": 1.0}, {"patience": 0},
      {"batch_size": 0}, {"fluency_weight": -0.5}, {"positions": "prompt"}, {"factors": ()}, {"factors": (0.0,)},
-     {"seed": 1.5}, {"learning_rate": 0.1}],
+     {"seed": 1.5}, {"directions": "one"}, {"learning_rate": 0.1}],
 )  # fmt: skip
 def test_bad_settings_raise(lm: steerlab.LM, options: dict[str, Any]) -> None:
     with pytest.raises(TrainingError) as err:

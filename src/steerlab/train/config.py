@@ -25,6 +25,11 @@ TRAIN_POSITIONS = ("generated", "all")
 DEFAULT_BETA = {"bipo": 0.1, "reps": 1.0}
 """β by objective: BiPO's DPO temperature (Cao et al. use 0.1), RePS's reward scale (Wu et al.: 1)."""
 
+DIRECTIONS = ("sample", "both")
+DEFAULT_DIRECTIONS = {"bipo": "sample", "reps": "both"}
+"""Directions scored per pair and step by objective: BiPO draws ``d ~ U{−1, 1}`` per pair (half the
+forward work per step), RePS scores both its steering and its suppression pair."""
+
 
 class TrainingError(SteeringError):
     """A trained steering vector was given a setting it cannot train with (the message says which)."""
@@ -46,8 +51,10 @@ class TrainConfig:
         patience: stop after this many epochs without a better held-out loss.
         seed: seeds the split, the shuffling and the sampled coefficients.
         positions: ``"generated"`` (completion tokens) or ``"all"`` (see :data:`TRAIN_POSITIONS`).
-        factors: coefficients the vector is trained at, one sampled per pair and direction
-            (RePS samples several; ``(1.0,)`` trains ``Steering(vec, ±1)``).
+        factors: coefficients the vector is trained at, one sampled per pair and step (RePS
+            samples several; ``(1.0,)`` trains ``Steering(vec, ±1)``).
+        directions: ``"sample"`` (one direction ``±`` drawn per pair and step) or ``"both"``
+            (``None``: ``"sample"`` for ``bipo`` as in the paper, ``"both"`` for ``reps``).
     """
 
     lr: float = 0.01
@@ -61,6 +68,7 @@ class TrainConfig:
     seed: int = 0
     positions: str = "generated"
     factors: tuple[float, ...] = (1.0,)
+    directions: str | None = None
 
     def resolved(self, objective: str) -> TrainConfig:
         """This config with ``beta`` filled in for ``objective``, checked.
@@ -69,8 +77,9 @@ class TrainConfig:
             TrainingError: a setting out of range (the message names it and a usual value).
         """
         beta = DEFAULT_BETA.get(objective, 1.0) if self.beta is None else self.beta
+        directions = DEFAULT_DIRECTIONS.get(objective, "both") if self.directions is None else self.directions
         factors = _as_factors(self.factors)
-        out = replace(self, beta=beta, factors=factors)
+        out = replace(self, beta=beta, factors=factors, directions=directions)
         out.check()
         return out
 
@@ -88,6 +97,8 @@ class TrainConfig:
             raise TrainingError(f"fluency_weight={self.fluency_weight!r} must be a finite number >= 0 (0 turns it off)")
         if not _finite(self.holdout) or not 0 <= self.holdout < 1:
             raise TrainingError(f"holdout={self.holdout!r} must be in [0, 1) (the share of pairs held out)")
+        if self.directions is not None and self.directions not in DIRECTIONS:
+            raise TrainingError(f"directions={self.directions!r}: use 'sample' or 'both'")
         if self.positions not in TRAIN_POSITIONS:
             raise TrainingError(f"positions={self.positions!r}: trained vectors use 'generated' or 'all'")
 

@@ -100,11 +100,11 @@ def pair_rows(
     pairs: Sequence[EncodedPair], coefs: Sequence[tuple[float, ...]], vec: SteeringVector | None, positions: str
 ) -> tuple[list[tuple[int, ...]], list[Row], list[Steering | None] | None]:
     """The prompts, rows and prompt steerings that score every pair's chosen and rejected completion
-    under each of its coefficients (``coefs[i]`` for pair ``i``; rows are pair-major: for each
-    coefficient the chosen then the rejected completion). ``vec=None`` scores unsteered.
+    under each of its coefficients (``coefs[i]`` for pair ``i``). Rows come in twos — chosen, then
+    rejected — for each pair and coefficient in order. ``vec=None`` scores unsteered.
 
-    With ``positions="all"`` each pair's prompt appears once per coefficient (it is steered too);
-    with ``"generated"`` once (its tokens are never steered)."""
+    With ``positions="all"`` a pair's prompt appears once per coefficient (it is steered too); with
+    ``"generated"`` once (its tokens are never steered)."""
     made: dict[float, Steering] = {}
 
     def steering(c: float) -> Steering | None:
@@ -116,21 +116,13 @@ def pair_rows(
 
     if positions == "generated" or vec is None:
         prompts = [p.prompt for p in pairs]
-        rows = [
-            Row(i, p.completion(rej), steering(c))
-            for i, (p, pc) in enumerate(zip(pairs, coefs))
-            for c in pc
-            for rej in (False, True)
-        ]
+        rows = [Row(i, p.completion(rej), steering(c)) for i, (p, pc) in enumerate(zip(pairs, coefs))
+                for c in pc for rej in (False, True)]  # fmt: skip
         return prompts, rows, None
-    prompts = [p.prompt for p in pairs for _ in (0, 1)]
+    prompts = [p.prompt for p, pc in zip(pairs, coefs) for _ in pc]
     prompt_steering = [steering(c) for pc in coefs for c in pc]
-    rows = [
-        Row(2 * i + j, p.completion(rej), prompt_steering[2 * i + j])
-        for i, p in enumerate(pairs)
-        for j in (0, 1)
-        for rej in (False, True)
-    ]
+    owners = [p for p, pc in zip(pairs, coefs) for _ in pc]
+    rows = [Row(j, p.completion(rej), prompt_steering[j]) for j, p in enumerate(owners) for rej in (False, True)]
     return prompts, rows, prompt_steering
 
 

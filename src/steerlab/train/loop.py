@@ -100,14 +100,18 @@ class _Run:
 
 
 # ---------------------------------------------------------------------------------- scoring
-def _scores(run: _Run, idx: Sequence[int], ref: torch.Tensor, vec: SteeringVector, coefs: list[float]) -> Scores:
+def _scores(
+    run: _Run, idx: Sequence[int], ref: torch.Tensor, vec: SteeringVector, coefs: list[tuple[float, ...]]
+) -> Scores:
+    """Score pairs ``idx`` under their signed coefficients (one or two per pair)."""
     pairs = [run.pairs[i] for i in idx]
-    prompts, rows, prompt_steering = pair_rows(pairs, [(c, -c) for c in coefs], vec, run.cfg.positions)
-    logp = completion_logps(run.lm, prompts, rows, prompt_steering, run.share_prefix).view(len(idx), 2, 2)
-    lengths = torch.tensor([[len(p.chosen), len(p.rejected)] for p in pairs], dtype=torch.float32)
-    r = ref[list(idx)]
-    return Scores(logp[:, 0, 0], logp[:, 0, 1], logp[:, 1, 0], logp[:, 1, 1], r[:, 0], r[:, 1],
-                  lengths[:, 0], lengths[:, 1])
+    prompts, rows, prompt_steering = pair_rows(pairs, coefs, vec, run.cfg.positions)
+    logp = completion_logps(run.lm, prompts, rows, prompt_steering, run.share_prefix).view(-1, 2)
+    owner = [j for j, pc in enumerate(coefs) for _ in pc]
+    r = ref[[idx[j] for j in owner]]
+    lengths = torch.tensor([[len(pairs[j].chosen), len(pairs[j].rejected)] for j in owner], dtype=torch.float32)
+    sign = torch.tensor([1.0 if c > 0 else -1.0 for pc in coefs for c in pc])
+    return Scores(sign, logp[:, 0], logp[:, 1], r[:, 0], r[:, 1], lengths[:, 0], lengths[:, 1])
 
 
 def reference_logps(
@@ -120,19 +124,22 @@ def reference_logps(
     starts = range(0, len(pairs), batch_size)
     for start in track(starts, "reference log-probabilities", enabled=progress if len(starts) > 1 else False):
         chunk = pairs[start : start + batch_size]
-        prompts, rows, _ = pair_rows(chunk, [(0.0,)] * len(chunk), None, "generated")
+        prompts, rows, _ = pair_rows(chunk, [(1.0,)] * len(chunk), None, "generated")
         with torch.inference_mode():
             out.append(completion_logps(lm, prompts, rows, share_prefix=share_prefix).view(len(chunk), 2))
     return torch.cat(out).clone()
 
 
 # ---------------------------------------------------------------------------------- steps
-def _coefficients(run: _Run, step: int, n: int) -> list[float]:
+def _coefficients(run: _Run, step: int, n: int) -> list[tuple[float, ...]]:
+    """The signed coefficients each of ``n`` pairs is scored at in ``step``: a factor drawn from
+    ``factors``, with both signs or one drawn sign (``directions``)."""
     factors = run.cfg.factors
-    if len(factors) == 1:
-        return [factors[0]] * n
-    pick = torch.randint(len(factors), (n,), generator=_generator(run.cfg.seed, 2, step))
-    return [factors[i] for i in pick.tolist()]
+    pick = torch.randint(len(factors), (n,), generator=_generator(run.cfg.seed, 2, step)).tolist()
+    if run.cfg.directions == "both":
+        return [(factors[i], -factors[i]) for i in pick]
+    signs = torch.randint(2, (n,), generator=_generator(run.cfg.seed, 4, step)).tolist()
+    return [(factors[i] if s else -factors[i],) for i, s in zip(pick, signs)]
 
 
 def _batch(run: _Run, step: int) -> list[int]:
@@ -159,12 +166,13 @@ def _train_step(run: _Run, state: TrainState, step: int) -> tuple[float, float, 
     state.optimizer.zero_grad(set_to_none=True)
     loss_sum, acc_sum = 0.0, 0.0
     micro = run.cfg.micro_batch_size
+    per_pair = len(coefs[0])  # directions scored per pair
     for start in range(0, len(batch), micro):
         s = _scores(run, batch[start : start + micro], state.ref, vec, coefs[start : start + micro])
-        losses = run.objective.loss(s, run.beta)
+        losses = run.objective.loss(s, run.beta) / per_pair
         (losses.sum() / len(batch)).backward()
         loss_sum += float(losses.detach().sum())
-        acc_sum += float(s.accuracy().sum())
+        acc_sum += float(s.accuracy().sum()) / per_pair
     if run.cfg.fluency_weight > 0 and run.neutral:
         (run.cfg.fluency_weight * _fluency(run, vec, step)).backward()
     state.optimizer.step()
@@ -172,7 +180,8 @@ def _train_step(run: _Run, state: TrainState, step: int) -> tuple[float, float, 
 
 
 def _heldout(run: _Run, state: TrainState) -> tuple[float, float]:
-    """Mean loss and accuracy of the held-out pairs at the middle training coefficient."""
+    """Mean loss and accuracy of the held-out pairs at the middle training coefficient, both
+    directions."""
     assert state.ref is not None
     vec = live_vector(run.lm, state.params)
     c = sorted(run.cfg.factors)[len(run.cfg.factors) // 2]
@@ -180,9 +189,9 @@ def _heldout(run: _Run, state: TrainState) -> tuple[float, float]:
     with torch.no_grad():
         for start in range(0, len(run.held), run.cfg.micro_batch_size):
             idx = run.held[start : start + run.cfg.micro_batch_size]
-            s = _scores(run, idx, state.ref, vec, [c] * len(idx))
-            loss += float(run.objective.loss(s, run.beta).sum())
-            acc += float(s.accuracy().sum())
+            s = _scores(run, idx, state.ref, vec, [(c, -c)] * len(idx))
+            loss += float(run.objective.loss(s, run.beta).sum()) / 2
+            acc += float(s.accuracy().sum()) / 2
     return loss / len(run.held), acc / len(run.held)
 
 

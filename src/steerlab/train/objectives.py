@@ -1,32 +1,36 @@
 """The bidirectional preference objectives trained steering vectors minimise.
 
-Both score every pair under ``+c·v`` and ``−c·v`` with the model frozen; ``w`` is the chosen
-(preferred) completion, ``l`` the rejected one, ``log p±(y)`` the summed token log-probability of a
-completion under ``±c·v`` and ``log p₀(y)`` under the unsteered model (the reference, computed once).
+Each pair is scored under ``+c·v`` and/or ``−c·v`` with the model frozen (a *direction*
+``d = ±1``); ``w`` is the chosen (preferred) completion, ``l`` the rejected one, ``log p_d(y)`` the
+summed token log-probability of a completion under ``d·c·v`` and ``log p₀(y)`` under the unsteered
+model (the reference, computed once). A pair's loss is the mean over the directions it was scored
+in (both, or one drawn at random per step — BiPO's ``d ~ U{−1, 1}``).
 
 * **BiPO** (Cao et al., NeurIPS 2024, "Personalized Steering of Large Language Models: Versatile
   Steering Vectors Through Bi-directional Preference Optimization"): DPO with the unsteered model
   as the reference, in both directions — ``+v`` must raise ``w`` over ``l`` relative to the
   reference, ``−v`` the reverse::
 
-      m± = [log p±(w) − log p₀(w)] − [log p±(l) − log p₀(l)]
-      L  = ½ [−log σ(β m₊) − log σ(−β m₋)]
+      m_d = [log p_d(w) − log p₀(w)] − [log p_d(l) − log p₀(l)]
+      L_d = −log σ(d · β · m_d)
 
 * **RePS** (Wu et al. 2025, "Improved Representation Steering for Language Models"):
   reference-free and length-normalised (SimPO-like); the reference only scales the winning term
-  by how unlikely the unsteered model finds it, ``β₊ = max(log p₀(l) − log p₀(w), 1)``::
+  by how unlikely the unsteered model finds it::
 
-      Δ₊ = β₊ · log p₊(w)/|w| − log p₊(l)/|l|        (under +v, w wins)
-      Δ₋ = β₋ · log p₋(l)/|l| − log p₋(w)/|w|,  β₋ = max(log p₀(w) − log p₀(l), 1)
-      L  = ½ [−log σ(β Δ₊) − log σ(β Δ₋)]
+      under +v (w wins): Δ₊ = β₊ · log p₊(w)/|w| − log p₊(l)/|l|,  β₊ = max(log p₀(l) − log p₀(w), 1)
+      under −v (l wins): Δ₋ = β₋ · log p₋(l)/|l| − log p₋(w)/|w|,  β₋ = max(log p₀(w) − log p₀(l), 1)
+      L_d = −log σ(β · Δ_d)
 
   (``β`` multiplies the reward margin as in SimPO; AxBench's RePS runs use 1.)
 
 Example:
     >>> import torch
-    >>> s = Scores(*(torch.tensor([x]) for x in (-1.0, -3.0, -3.0, -1.0, -2.0, -2.0, 2.0, 2.0)))
-    >>> round(float(OBJECTIVES["bipo"].loss(s, 1.0)), 4)  # both directions right by a margin of 2
-    0.1269
+    >>> t = torch.tensor
+    >>> two = lambda x: t([x, x])
+    >>> s = Scores(t([1.0, -1.0]), t([-1.0, -3.0]), t([-3.0, -1.0]), two(-2.0), two(-2.0), two(2.0), two(2.0))
+    >>> [round(x, 4) for x in OBJECTIVES["bipo"].loss(s, 1.0).tolist()]  # both directions right by 2
+    [0.1269, 0.1269]
 """
 
 from __future__ import annotations
@@ -40,42 +44,49 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class Scores:
-    """Summed completion log-probabilities of a batch of pairs (each ``[n]``)."""
+    """Summed completion log-probabilities, one entry per (pair, direction) (each ``[m]``).
 
-    pos_w: torch.Tensor
-    pos_l: torch.Tensor
-    neg_w: torch.Tensor
-    neg_l: torch.Tensor
+    Attributes:
+        sign: the direction ``d``: ``+1`` for ``+c·v``, ``−1`` for ``−c·v``.
+        lp_w, lp_l: log-probability of the chosen / rejected completion under ``d·c·v``.
+        ref_w, ref_l: the same under the unsteered model.
+        len_w, len_l: completion lengths in tokens.
+    """
+
+    sign: torch.Tensor
+    lp_w: torch.Tensor
+    lp_l: torch.Tensor
     ref_w: torch.Tensor
     ref_l: torch.Tensor
     len_w: torch.Tensor
     len_l: torch.Tensor
 
     def accuracy(self) -> torch.Tensor:
-        """Per pair, 1 when ``+v`` prefers ``w`` more than ``−v`` does (the steering margin is positive)."""
-        margin = (self.pos_w - self.pos_l) - (self.neg_w - self.neg_l)
-        return (margin > 0).float()
+        """1 where the steering moved the preference the right way relative to the reference
+        (``d · m_d > 0``: ``+v`` raised ``w`` over ``l``, ``−v`` raised ``l`` over ``w``)."""
+        margin = (self.lp_w - self.ref_w) - (self.lp_l - self.ref_l)
+        return (self.sign * margin > 0).float()
 
 
 def bipo_loss(s: Scores, beta: float) -> torch.Tensor:
-    """Per-pair BiPO loss (see the module docs)."""
-    m_pos = (s.pos_w - s.ref_w) - (s.pos_l - s.ref_l)
-    m_neg = (s.neg_w - s.ref_w) - (s.neg_l - s.ref_l)
-    return -(F.logsigmoid(beta * m_pos) + F.logsigmoid(-beta * m_neg)) / 2
+    """BiPO loss per (pair, direction) (see the module docs)."""
+    margin = (s.lp_w - s.ref_w) - (s.lp_l - s.ref_l)
+    return -F.logsigmoid(s.sign * beta * margin)
 
 
 def reps_loss(s: Scores, beta: float) -> torch.Tensor:
-    """Per-pair RePS loss (see the module docs)."""
-    scale_pos = (s.ref_l - s.ref_w).clamp_min(1.0)
-    scale_neg = (s.ref_w - s.ref_l).clamp_min(1.0)
-    d_pos = scale_pos * s.pos_w / s.len_w - s.pos_l / s.len_l
-    d_neg = scale_neg * s.neg_l / s.len_l - s.neg_w / s.len_w
-    return -(F.logsigmoid(beta * d_pos) + F.logsigmoid(beta * d_neg)) / 2
+    """RePS loss per (pair, direction) (see the module docs)."""
+    positive = s.sign > 0
+    win, lose = torch.where(positive, s.lp_w, s.lp_l), torch.where(positive, s.lp_l, s.lp_w)
+    win_len, lose_len = torch.where(positive, s.len_w, s.len_l), torch.where(positive, s.len_l, s.len_w)
+    ref_win, ref_lose = torch.where(positive, s.ref_w, s.ref_l), torch.where(positive, s.ref_l, s.ref_w)
+    scale = (ref_lose - ref_win).clamp_min(1.0)
+    return -F.logsigmoid(beta * (scale * win / win_len - lose / lose_len))
 
 
 @dataclass(frozen=True)
 class Objective:
-    """A training objective: its name, a one-line summary and the per-pair loss."""
+    """A training objective: its name, a one-line summary and the loss per (pair, direction)."""
 
     name: str
     summary: str
