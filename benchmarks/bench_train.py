@@ -14,6 +14,10 @@ completion under one drawn direction — BiPO's ``d ~ U{−1, 1}`` — so 2 rows
 * ``whole run`` — ``steerlab.extract(method="bipo")`` on all pairs end to end (reference pass,
   epochs, held-out evaluation), with its steps and epochs.
 
+The step scenarios run twice: on the sentiment pairs (short prompts: RepE openings, nothing to
+share) and on CAA sycophancy A/B items (``--caa``: long questions, answers of a few tokens — where
+running each prompt once pays).
+
 Tokens/s count the tokens of the full rows (prompt + completion, each row) for every scenario, so
 the numbers compare like with like. Each step scenario gets one untimed warm-up, then ``--reps``
 timed calls in rotating order; medians are reported.
@@ -139,7 +143,7 @@ class Steps:
 def _steps(lm: Any, pairs: list[Any], args: argparse.Namespace, layers: list[int]) -> dict[str, Any]:
     from steerlab.train.loop import frozen
 
-    steps = Steps(lm, pairs[: args.batch], layers, args.both)
+    steps = Steps(lm, pairs, layers, args.both)
     names = {"steerlab step": steps.steerlab_step, "bare step": steps.bare_step,
              "inference forward": steps.inference_forward}  # fmt: skip
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -204,6 +208,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-whole", action="store_true", help="skip the end-to-end training run")
+    ap.add_argument("--caa", action=argparse.BooleanOptionalAction, default=True, help="also time CAA items")
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
     ap.add_argument("--pairs", type=Path, default=tmp / "steerlab_sentiment_pairs.json", help="cached pairs (JSON)")
     ap.add_argument("--out", type=Path, default=None)
@@ -225,7 +230,12 @@ def main() -> None:
         **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "layers": layers,
         "model": lm.model_id, "threads": torch.get_num_threads(),
     }, machine)  # fmt: skip
-    out["step"] = _steps(lm, pairs, args, layers)
+    out["step"] = _steps(lm, pairs[: args.batch], args, layers)
+    if args.caa and not args.quick:
+        items = steerlab.load_caa(benchlib.SHARED / "data" / "caa" / "datasets" / "generate" / "sycophancy"
+                                  / "generate_dataset.json", limit=args.batch)  # fmt: skip
+        log(f"CAA step: {len(items)} sycophancy items")
+        out["step_caa"] = _steps(lm, steerlab.preference_pairs(items), args, layers)
     if not args.no_whole:
         log("whole run")
         out["whole"] = _whole(lm, pairs, args, layers)
@@ -236,13 +246,16 @@ def main() -> None:
 
 
 def _table(out: dict[str, Any]) -> None:
-    s = out["step"]
-    print(f"one step: {s['rows']} rows, {s['tokens']} tokens (prompt + completion per row)\n")
-    print("| scenario | median s | tokens/s | × bare step | peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|")
-    bare = s["median_s"]["bare step"]
-    for name, t in s["median_s"].items():
-        print(f"| {name} | {t:.2f} | {s['tokens_per_s'][name]:.0f} | {ratio(t, bare):.2f} | {s['peak_rss_mb'][name]} |")
+    print("| data | scenario | rows | tokens | median s | tokens/s | × bare step | peak RSS MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for key, data in (("step", "sentiment pairs"), ("step_caa", "CAA items")):
+        s = out.get(key)
+        if s is None:
+            continue
+        bare = s["median_s"]["bare step"]
+        for name, t in s["median_s"].items():
+            print(f"| {data} | {name} | {s['rows']} | {s['tokens']} | {t:.2f} | {s['tokens_per_s'][name]:.0f} | "
+                  f"{ratio(t, bare):.2f} | {s['peak_rss_mb'][name]} |")  # fmt: skip
     w = out.get("whole")
     if w:
         print(f"\nwhole run: {w['time_s']:.0f} s, {w['steps']} steps, {w['epochs_run']} epochs, "

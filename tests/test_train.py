@@ -16,6 +16,7 @@ import torch
 import steerlab
 from steerlab import ChatText, ContrastPair, Steering, SteeringVector
 from steerlab.errors import DatasetError, SteeringError
+from steerlab.hf import block_hidden
 from steerlab.preference import PreferencePair, contrast_pairs, load_preferences, preference_pairs, self_contrast
 from steerlab.train import TrainConfig, TrainingError, preference_margin, train_vector
 from steerlab.train.encode import encode_pairs
@@ -79,7 +80,8 @@ def test_metadata_records_the_objective_and_settings(bipo: SteeringVector) -> No
     meta = bipo.meta
     assert bipo.method == "bipo" and meta["objective"] == "bipo"
     for key, want in {"lr": 0.05, "epochs": 8, "beta": 0.1, "fluency_weight": 0.0, "seed": 0, "layers": [2],
-                      "positions": "generated", "n_train": 18, "n_heldout": 6}.items():  # fmt: skip
+                      "positions": "generated", "directions": "sample", "n_train": 18, "n_heldout": 6,
+                      }.items():  # fmt: skip
         assert meta[key] == want, key
     assert len(meta["train_loss"]) == meta["epochs_run"] == len(meta["heldout_loss"])
     assert meta["inference"] == "Steering(vec, ±c, positions='generated')"
@@ -98,6 +100,22 @@ def test_model_stays_frozen_and_unchanged(lm: steerlab.LM) -> None:
     assert seen and not any(seen), "a model parameter required or received a gradient during training"
     assert param_hash(lm) == before
     assert [p.requires_grad for p in lm.model.parameters()] == flags
+
+
+def test_autograd_records_nothing_before_the_first_steered_layer(lm: steerlab.LM) -> None:
+    seen: dict[int, list[bool]] = {0: [], 1: [], 2: [], 3: []}
+
+    def watch(layer: int) -> Any:
+        return lambda _m, _a, out: seen[layer].append(block_hidden(out).requires_grad)
+
+    handles = [lm.blocks[k].register_forward_hook(watch(k)) for k in seen]
+    try:
+        steerlab.extract(lm, TRAIN[:8], method="bipo", layers=[2], **{**FAST, "epochs": 1, "holdout": 0.0})
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen[0] and not any(seen[0] + seen[1]), "blocks before the steered layer were recorded by autograd"
+    assert any(seen[2]) and any(seen[3])
 
 
 @pytest.mark.parametrize("positions", ["generated", "all"])
