@@ -42,6 +42,7 @@ from .extract import extract
 from .generate import generate
 from .methods import REGISTRY as METHODS
 from .model import LM, load_model, wrap_model
+from .preference import PreferencePair, load_preferences, preference_pairs, self_contrast
 from .scale import relative, residual_norms
 from .steering import Composite, Steering, compose
 from .vector import SteeringVector
@@ -60,6 +61,7 @@ __all__ = [
     "LayerRangeError",
     "ModelLoadError",
     "ModelMismatchError",
+    "PreferencePair",
     "Steering",
     "SteeringError",
     "SteeringSpecError",
@@ -78,12 +80,15 @@ __all__ = [
     "load_model",
     "load_openings",
     "load_pairs",
+    "load_preferences",
     "load_texts",
     "open_pairs",
     "pairs_from_lists",
     "persona_pairs",
+    "preference_pairs",
     "relative",
     "residual_norms",
+    "self_contrast",
     "steer",
     "steer_rows",
     "wrap_model",

@@ -14,6 +14,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,29 +38,34 @@ def _space_pad(lm: LM, pos: list[int], neg: list[int]) -> tuple[list[int], list[
 
 def extract(
     lm: LM,
-    pairs: Sequence[ContrastPair] | PairSource,
+    pairs: Sequence[ContrastPair] | Sequence[Any] | PairSource,
     method: str = "mean_diff",
     layers: Sequence[int] | range | int | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     share_prefix: bool = True,
     workers: int | None = None,
     ray_address: str | None = None,
+    **train_options: Any,
 ) -> SteeringVector:
-    """Build a steering vector from contrast pairs.
+    """Build a steering vector from contrast pairs (or, for trained methods, preference pairs).
 
     Args:
         lm: the model (from :func:`steerlab.load_model`).
-        pairs: contrast pairs (:func:`steerlab.persona_pairs`, :func:`steerlab.caa_pairs`, ...).
+        pairs: contrast pairs (:func:`steerlab.persona_pairs`, :func:`steerlab.caa_pairs`, ...); trained
+            methods also take :class:`steerlab.PreferencePair` objects and CAA items
+            (:func:`steerlab.self_contrast`, :func:`steerlab.preference_pairs`).
         method: a registered method: ``mean_diff``, ``pca_diff``, ``pca_center``, ``probe``,
-            ``actadd``.
+            ``actadd``, or a trained one: ``bipo``, ``reps``.
         layers: block indices to read (default: all).
-        batch_size: texts per forward pass during capture.
+        batch_size: texts per forward pass during capture (default 32); for trained methods,
+            preference pairs per optimiser step (default 16).
         progress: show a progress bar.
         checkpoint: for streaming methods (``mean_diff``), a file where running sums are saved
-            after every batch; an interrupted run called again with the same arguments resumes
-            from it. Deleted when the vector is done.
+            after every batch; for trained methods, the training state after every step. An
+            interrupted run called again with the same arguments resumes from it. Deleted when the
+            vector is done.
         share_prefix: compute every distinct token prefix of the dataset once (the chat
             template's system turn, a CAA pair's question, openings that are prefixes of one
             another), continuing from key/value caches (:mod:`steerlab.trie`); the activations equal
@@ -69,20 +75,42 @@ def extract(
             ``pairs`` may then also be a :class:`~steerlab.data.PairSource` (a streamed file or
             dataset), which is read in shards without workers too.
         ray_address: join this Ray cluster instead of starting a local instance (needs ``workers``).
+        **train_options: trained methods only: :class:`steerlab.train.TrainConfig` fields (``lr``,
+            ``epochs``, ``beta``, ``fluency_weight``, ``holdout``, ``patience``, ``seed``,
+            ``positions``, ``factors``, ...), ``config=``, ``fluency_texts=`` and ``on_step=``.
 
     Raises:
-        DatasetError: empty or one-sided data, too few pairs for the method, unknown method.
+        DatasetError: empty or one-sided data, too few pairs for the method, unknown method, or
+            training options given to a read-out method.
         LayerRangeError: a layer outside the model.
+        TrainingError: a training setting out of range.
     """
     if workers is not None or ray_address is not None or isinstance(pairs, PairSource):
+        if get_method(method).trained or train_options:
+            raise DatasetError(
+                f"method {method!r} with training options cannot run on Ray workers or streamed sources; "
+                "trained methods (bipo, reps) take an in-memory list of pairs in one process"
+            )
         from .distributed import extract_sharded
 
-        return extract_sharded(lm, pairs, method, layers, batch_size=batch_size, progress=progress,
+        return extract_sharded(lm, pairs, method, layers, batch_size=32 if batch_size is None else batch_size,
+                               progress=progress,
                                checkpoint=checkpoint, share_prefix=share_prefix, workers=workers,
                                ray_address=ray_address)
     spec = get_method(method)
-    pairs = check_pairs(pairs)
     layer_list = check_layers(lm, range(lm.n_layers) if layers is None else layers)
+    if spec.trained:
+        assert spec.trainer is not None
+        return spec.trainer(
+            lm, pairs, layer_list, batch_size=batch_size, progress=progress, checkpoint=checkpoint,
+            share_prefix=share_prefix, **train_options,
+        )
+    if train_options:
+        raise DatasetError(
+            f"options {sorted(train_options)} only apply to trained methods (bipo, reps), not {method!r}"
+        )
+    batch_size = 32 if batch_size is None else batch_size
+    pairs = check_pairs(pairs)
     if len(pairs) < spec.min_pairs:
         raise DatasetError(f"method {method!r} needs at least {spec.min_pairs} pairs, got {len(pairs)}")
     meta: dict[str, object] = {"n_pairs": len(pairs), "model_type": lm.model_type}

@@ -11,6 +11,10 @@ batch (``update``), memory stays ``O(layers × d)``, a run resumes from its save
 direction. :func:`steerlab.extract` uses the accumulator of a streaming method and never assumes
 what it computes.
 
+A **trained** method (``bipo``, ``reps``) needs the model itself, not activations: it gives a
+``trainer(lm, data, layers, **options) -> SteeringVector`` that :func:`steerlab.extract` hands the
+whole job to (see :mod:`steerlab.train`).
+
 Example:
     >>> import torch
     >>> get_method("mean_diff").fit(torch.ones(2, 3), torch.zeros(2, 3))
@@ -22,6 +26,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -71,6 +76,8 @@ class Method:
         min_pairs: fewest pairs it works with.
         accumulator: for streaming methods, ``accumulator(d_model)`` makes an empty
             :class:`Accumulator` (its ``finalize`` must equal ``fit`` on the same data).
+        trainer: for trained methods, ``trainer(lm, data, layers, **options)`` returns the
+            :class:`~steerlab.vector.SteeringVector` (``fit`` is then never called).
     """
 
     name: str
@@ -79,6 +86,12 @@ class Method:
     tokenwise: bool = False
     min_pairs: int = 1
     accumulator: Callable[[int], Accumulator] | None = None
+    trainer: Callable[..., Any] | None = None
+
+    @property
+    def trained(self) -> bool:
+        """Whether the method trains a vector with the model (and needs no activations)."""
+        return self.trainer is not None
 
     @property
     def streaming(self) -> bool:
@@ -133,6 +146,6 @@ def center_on_midpoints(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Ten
     return pos - mid, neg - mid
 
 
-from . import actadd, mean_diff, pca, probe  # noqa: E402,F401  (registration side effects)
+from . import actadd, bipo, mean_diff, pca, probe, reps  # noqa: E402,F401  (registration side effects)
 
 __all__ = ["REGISTRY", "Accumulator", "Method", "center_on_midpoints", "get_method", "register", "scale_to_pairs"]
