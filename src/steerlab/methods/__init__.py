@@ -22,6 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -71,6 +72,9 @@ class Method:
         min_pairs: fewest pairs it works with.
         accumulator: for streaming methods, ``accumulator(d_model)`` makes an empty
             :class:`Accumulator` (its ``finalize`` must equal ``fit`` on the same data).
+        diagnose: optional ``diagnose(pos, neg, direction) -> dict`` (JSON-ready) describing a
+            fitted layer, e.g. how sure its sign is; :func:`steerlab.extract` stores it in the
+            vector's ``meta["per_layer"][str(layer)]`` (non-streaming methods).
     """
 
     name: str
@@ -79,6 +83,7 @@ class Method:
     tokenwise: bool = False
     min_pairs: int = 1
     accumulator: Callable[[int], Accumulator] | None = None
+    diagnose: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, Any]] | None = None
 
     @property
     def streaming(self) -> bool:
