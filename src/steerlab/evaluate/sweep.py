@@ -295,11 +295,12 @@ class _Objective:
 
 def _choose(effect: list[list[float]], cost: list[list[float]], coefs: list[float], budget: float) -> tuple[int, int]:
     """``(layer set, coefficient)`` indices of the largest effect whose cost is within budget (ties:
-    the smaller ``|coefficient|``, so coefficient 0 — listed first — wins a tie); ``(0, 0)`` when
+    the smaller ``|coefficient|``, so coefficient 0 — listed first — wins a tie, then the earlier
+    layer set); ``(0, 0)`` when
     nothing fits. Coefficient 0 is a candidate: auto-tune never picks a setting that does worse
     than not steering."""
     candidates = [
-        (effect[i][j], -abs(coefs[j]), -j, i, j)
+        (effect[i][j], -abs(coefs[j]), -j, -i, i, j)
         for i in range(len(effect)) for j in range(len(coefs))
         if cost[i][j] <= budget and not math.isnan(effect[i][j])
     ]
