@@ -85,6 +85,7 @@ MODELS: dict[str, dict[str, Any]] = {
 
 
 def _commit() -> str:
+    """The commit the run started from (``+changes``: with uncommitted changes under src/)."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True)
@@ -93,8 +94,11 @@ def _commit() -> str:
         return "unknown"
 
 
+STARTED_AT = _commit()
+
+
 def _provenance(minutes: float, mode: str) -> str:
-    return (f"_Run of {date.today().isoformat()} at commit {_commit()} ({mode} mode, {minutes:.0f} min, "
+    return (f"_Run of {date.today().isoformat()} at commit {STARTED_AT} ({mode} mode, {minutes:.0f} min, "
             f"torch {torch.get_num_threads()} thread(s) on a shared 2-core CPU machine)._")
 
 

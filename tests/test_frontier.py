@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -15,13 +16,14 @@ from steerlab import Steering
 from steerlab.cli import app
 from steerlab.evaluate import Contender, Prompt, frontier
 from steerlab.evaluate.behavior import ab_items, ab_probabilities, behavior_eval
+from steerlab.evaluate.cost import offtarget_cost, text_stats
 from steerlab.evaluate.frontier import FrontierPoint, FrontierReport, _choose, _mark_and_choose, pareto_front
-from steerlab.evaluate.likelihood import continuation_nll, perplexities
+from steerlab.evaluate.likelihood import continuation_nll, perplexities, pooled_perplexity
 from steerlab.evaluate.prompting import as_prompt
 from steerlab.evaluate.sentiment import sentiment_shift
 from steerlab.evaluate.sweep import _choose as autotune_choose
 from steerlab.evaluate.sweep import autotune, split_halves
-from steerlab.methods.pca import orientation, reorient
+from steerlab.methods.pca import orientation, oriented, reorient
 
 from .conftest import CAA, STORIES
 
@@ -124,6 +126,43 @@ def test_autotune_choice_never_does_worse_than_coefficient_zero():
     assert autotune_choose(effect, [[9.0] * 3] * 2, [0.0, 1.0, 2.0], budget=1.2) == (0, 0)  # nothing fits
 
 
+NEUTRAL = ["Once upon a time, there was a little girl named Lily.", "The dog ran to the park.", "Tom had a red ball."]
+
+
+def test_prompt_cost_on_neutral_text(lm, vec):
+    alone = offtarget_cost(lm, None, NEUTRAL, [0], prompt=HAPPY)
+    # the texts read after the prompt, against the plain texts under the unsteered model
+    assert alone.perplexity[0] == pytest.approx(pooled_perplexity(continuation_nll(lm, [HAPPY.text] * 3, NEUTRAL)),
+                                                rel=1e-4)
+    plain = text_stats(lm, NEUTRAL)
+    assert alone.base_perplexity == pytest.approx(plain.perplexity, rel=1e-4)
+    assert alone.ppl_ratio[0] == pytest.approx(alone.perplexity[0] / plain.perplexity)
+    assert alone.kl[0] > 0 and alone.settings["prompt"]["text"] == HAPPY.text
+    both = offtarget_cost(lm, vec, NEUTRAL, [0, 2], prompt=HAPPY)
+    assert both.perplexity[0] == pytest.approx(alone.perplexity[0], rel=1e-5)
+    with steerlab.steer(lm, Steering(vec, 2.0)):
+        steered = pooled_perplexity(continuation_nll(lm, [HAPPY.text] * 3, NEUTRAL))
+    assert both.perplexity[1] == pytest.approx(steered, rel=1e-4)
+    with pytest.raises(steerlab.SteeringSpecError, match="prefix prompts only"):
+        offtarget_cost(lm, None, NEUTRAL, [0], prompt=Prompt("Be happy.", "system"))
+    with pytest.raises(steerlab.SteeringSpecError, match="need a vector"):
+        offtarget_cost(lm, None, NEUTRAL, [0, 1], prompt=HAPPY)
+
+
+def test_behavior_frontier_with_prompting_and_neutral_text_cost(lm, vec):
+    items = _caa_items() + steerlab.load_caa(CAA / "test" / "sycophancy" / "test_dataset_ab.json", limit=5)[3:]
+    rep = frontier(lm, [Contender.steering("mean_diff", vec, [2], layer_sets=[[2]]),
+                        Contender.prompting("prompting", positive=[HAPPY], negative=[SAD])],
+                   items, kind="behavior", cost_texts=NEUTRAL, budget=3.0, n_bootstrap=0)
+    assert rep.cost_metric == "ppl_ratio" and rep.effect_metrics == {1: "p_matching", -1: "p_not_matching"}
+    p = next(p for p in rep.points if p.method == "prompting" and p.direction == 1)
+    assert p.cost == pytest.approx(offtarget_cost(lm, None, NEUTRAL, [0], prompt=HAPPY).ppl_ratio[0])
+    select = split_halves(items)[0]
+    direct = behavior_eval(lm, None, select, coefficients=[0], prompt=HAPPY, n_bootstrap=0)
+    assert p.selection["p_matching"] == pytest.approx(direct.points[0].mean)
+    assert rep.baseline["ppl_ratio"] == pytest.approx(1.0)
+
+
 # --------------------------------------------------------------------------- pareto, choice
 def _dominated(p: tuple[float, float], others: list[tuple[float, float]]) -> bool:
     return any(o[0] <= p[0] and o[1] >= p[1] and o != p for o in others)
@@ -141,7 +180,7 @@ def test_pareto_front_on_synthetic_points():
         for p, on in zip(pts, flags):
             assert on == (not _dominated(p, pts))
         front = sorted(p for p, on in zip(pts, flags) if on)
-        assert all(a[1] <= b[1] for a, b in zip(front, front[1:]))  # effect rises along the front
+        assert all(a[1] <= b[1] for a, b in itertools.pairwise(front))  # effect rises along the front
 
 
 def _point(method: str, d: int, c: float, sel: tuple[float, float], held: tuple[float, float]) -> FrontierPoint:
@@ -275,15 +314,37 @@ def test_cli_prompt_options(vec, tmp_path):
 
 # --------------------------------------------------------------------------- pca orientation
 def test_orientation_rules_on_synthetic_pairs():
-    # most pairs agree a little with +u, one pair disagrees a lot: the mean gap says −, the majority +
+    # most pairs agree a little with +u, one pair disagrees a lot: the majority says +, the mean gap −
     pos = torch.tensor([[1.0], [1.0], [1.0], [-9.0]])
     neg = torch.zeros(4, 1)
-    info = orientation(pos, neg, torch.tensor([-1.0]))
-    assert info["rule"] == "mean_gap" and info["mean_gap"] == pytest.approx(1.5)
-    assert info["pair_agreement"] == 0.25 and info["majority_sign"] == -1 and not info["rules_agree"]
-    assert 0.5 < info["sign_confidence"] <= 1.0
+    info = orientation(pos, neg, torch.tensor([1.0]))
+    assert info["rule"] == "majority" and info["mean_gap"] == pytest.approx(-1.5)
+    assert info["pair_agreement"] == 0.75 and info["signs"] == {"majority": 1, "mean_gap": -1}
+    assert not info["rules_agree"] and 0.0 <= info["mean_gap_confidence"] < 0.5 < info["sign_confidence"]
+    flipped = orientation(pos, neg, torch.tensor([-1.0]))
+    assert flipped["signs"] == {"majority": -1, "mean_gap": 1} and flipped["pair_agreement"] == 0.25
+    # the fitted direction follows the majority, scaled to the absolute mean gap
+    assert oriented(torch.tensor([-2.0]), pos, neg).tolist() == [1.5]
+    assert oriented(torch.tensor([-2.0]), pos, neg, "mean_gap").tolist() == [-1.5]
+    tie = torch.tensor([[1.0], [-3.0]])  # one pair each way: the mean gap decides
+    assert oriented(torch.tensor([1.0]), tie, torch.zeros(2, 1)).tolist() == [-1.0]
     clear = orientation(torch.randn(40, 3) + torch.tensor([2.0, 0, 0]), torch.randn(40, 3), torch.tensor([1.0, 0, 0]))
     assert clear["rules_agree"] and clear["pair_agreement"] > 0.8 and clear["sign_confidence"] == 1.0
+
+
+def test_pca_diff_follows_the_majority_where_the_rules_disagree():
+    torch.manual_seed(0)
+    # pairs differ along x by +1 mostly and by −12 in a few: PC1 is x; most pairs say +x, the mean says −x
+    diffs = torch.tensor([[1.0, 0.0]] * 9 + [[-12.0, 0.0]] * 2) + 0.01 * torch.randn(11, 2)
+    neg = torch.randn(11, 2)
+    pos = neg + diffs
+    from steerlab.methods import get_method
+
+    for name in ("pca_diff", "pca_center"):
+        direction = get_method(name).fit(pos, neg)
+        assert float(direction[0]) > 0, name
+        info = orientation(pos, neg, direction)
+        assert info["signs"] == {"majority": 1, "mean_gap": -1}
 
 
 def test_pca_vectors_carry_orientation_metadata(lm, tmp_path):
@@ -301,26 +362,27 @@ def test_pca_vectors_carry_orientation_metadata(lm, tmp_path):
         gaps = (acts[k][0::2] - acts[k][1::2]) @ (vec.directions[k] / vec.directions[k].norm())
         assert info["pair_agreement"] == pytest.approx(float((gaps > 0).double().mean()))
         assert info["mean_gap"] == pytest.approx(float(gaps.mean()), rel=1e-4, abs=1e-6)
-        assert info["mean_gap"] > 0  # the stored orientation is the mean gap's
-        assert info["rules_agree"] == (info["majority_sign"] >= 0)
+        assert info["signs"]["majority"] == 1  # the stored orientation is the majority's
+        assert info["rules_agree"] == (info["signs"]["mean_gap"] == 1)
+        assert 0.0 <= info["sign_confidence"] <= 1.0 and 0.0 <= info["mean_gap_confidence"] <= 1.0
     # the metadata survives saving, and reorient follows it
     back = steerlab.SteeringVector.load(vec.save(tmp_path / "pca"))
     assert back.meta["per_layer"] == json.loads(json.dumps(per_layer))
-    majority = reorient(back, "majority")
+    old_style = reorient(back, "mean_gap")
     for k in (1, 2, 3):
-        sign = -1.0 if per_layer[str(k)]["majority_sign"] < 0 else 1.0
-        assert torch.equal(majority.directions[k], sign * back.directions[k])
-    assert majority.meta["orientation"] == "majority"
+        sign = float(per_layer[str(k)]["signs"]["mean_gap"])
+        assert torch.equal(old_style.directions[k], sign * back.directions[k])
+    assert old_style.meta["orientation"] == "mean_gap"
     assert "per_layer" not in steerlab.extract(lm, pairs, method="mean_diff", layers=[1]).meta
     with pytest.raises(steerlab.SteeringSpecError, match="rule"):
         reorient(vec, "median")
 
 
 def test_reorient_flips_exactly_the_disagreeing_layers():
-    vec = steerlab.SteeringVector({0: torch.ones(4), 1: torch.ones(4), 2: torch.ones(4)}, "m", 4, 3,
-                                  meta={"per_layer": {"0": {"majority_sign": 1}, "1": {"majority_sign": -1},
-                                                      "2": {"majority_sign": 0}}})
-    out = reorient(vec, "majority")
+    signs = [{"majority": 1, "mean_gap": 1}, {"majority": 1, "mean_gap": -1}, {"majority": 1, "mean_gap": 1}]
+    vec = steerlab.SteeringVector({k: torch.ones(4) for k in range(3)}, "m", 4, 3,
+                                  meta={"per_layer": {str(k): {"signs": s} for k, s in enumerate(signs)}})
+    out = reorient(vec, "mean_gap")
     assert [float(out.directions[k][0]) for k in (0, 1, 2)] == [1.0, -1.0, 1.0]
     assert out.meta["flipped_layers"] == [1]
-    assert math.isclose(float(reorient(vec, "mean_gap").directions[1][0]), 1.0)
+    assert math.isclose(float(reorient(vec, "majority").directions[1][0]), 1.0)
