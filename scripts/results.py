@@ -77,9 +77,9 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "stories260K": {
         "path": str(SHARED / "models" / "stories260K"), "n_held": 192, "tokens": 24, "batch": 64,
-        "mid": [1, 2, 3], "sets": [[1, 2, 3], [1], [2], [3]], "coefs": [0.25, 0.5, 1.0, 1.5, 2.5, 4.0, 6.0],
-        "actadd_layers": [1, 2], "actadd_sets": [[1], [2], [1, 2]], "actadd_coefs": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
-        "combo_sets": 4, "combo_coefs": [0.25, 0.5, 1.0, 1.5, 2.5], "n_orient": 128, "orient_tokens": 24,
+        "mid": [1, 2, 3], "sets": [[1, 2, 3], [1], [2], [3]], "coefs": [0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0],
+        "actadd_layers": [1, 2], "actadd_sets": [[1], [2], [1, 2]], "actadd_coefs": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
+        "combo_sets": 4, "combo_coefs": [1.0, 2.0, 4.0, 8.0], "n_orient": 128, "orient_tokens": 24,
     },
 }
 
@@ -454,6 +454,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     parser.add_argument("--models", default="stories260K,default", help="frontier / orientation models")
+    parser.add_argument("--replot", action="store_true", help="only redraw the frontier plots from their JSON")
     parser.add_argument("--methods", default="actadd,mean_diff,pca_diff",
                         help="extraction methods on the frontier (any name steerlab.extract accepts)")
     args = parser.parse_args()
@@ -467,6 +468,11 @@ def main() -> None:
         parser.error(f"unknown sections / models {unknown}")
     _check_methods(methods)
     out: Path = args.out
+    if args.replot:
+        for key in keys:
+            path = out / "results" / f"frontier_{key}.json"
+            FrontierReport.from_dict(json.loads(path.read_text())).plot(path.with_suffix(".png"))
+        return
     t0 = time.perf_counter()
     if "frontier" in sections:
         for key in keys:

@@ -260,6 +260,9 @@ def test_frontier_end_to_end_on_stories(lm, vec, small_frontier, tmp_path):
     assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     data = json.loads((out / "frontier.json").read_text())
     assert data["kind"] == "FrontierReport" and len(data["points"]) == len(rep.points)
+    assert data["evaluation"] == "sentiment"
+    again = FrontierReport.from_dict(data)  # back from JSON: the same report, drawable again
+    assert again.to_dict() == data and again.plot(tmp_path / "again.png").is_file()
     assert "Best inside the budget" in (out / "frontier.md").read_text()
 
 

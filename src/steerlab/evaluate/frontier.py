@@ -211,7 +211,7 @@ class FrontierReport(Report):
     """Effect against cost for every setting of every contender, fronts and budgeted choices.
 
     Attributes:
-        kind: the evaluation.
+        evaluation: the evaluation's name (``"sentiment"``, ...).
         effect_metrics: ``{direction: metric}``.
         cost_metric: the cost (x axis), a ratio to the unsteered, unprompted model.
         budget: the cost budget (vertical line); goal: ``{direction: effect}`` (horizontal lines).
@@ -222,7 +222,7 @@ class FrontierReport(Report):
         plot_max_cost: where the plot's x axis ends (settings beyond sit on its edge as ▶).
     """
 
-    kind: str = ""
+    evaluation: str = ""
     effect_metrics: dict[int, str] = field(default_factory=dict)
     cost_metric: str = ""
     budget: float = math.nan
@@ -232,6 +232,37 @@ class FrontierReport(Report):
     baseline: dict[str, float] = field(default_factory=dict)
     points: list[FrontierPoint] = field(default_factory=list)
     best: list[BestSetting] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FrontierReport:
+        """A report back from its :meth:`to_dict` / JSON (to redraw it, or to add points to it).
+
+        Example:
+            >>> rep = FrontierReport.from_dict(json.loads(Path("frontier.json").read_text()))  # doctest: +SKIP
+            >>> rep.plot("frontier.png")  # doctest: +SKIP
+        """
+
+        def num(x: Any) -> float:
+            return math.nan if x is None else float(x)
+
+        def point(p: Mapping[str, Any]) -> FrontierPoint:
+            return FrontierPoint(
+                p["method"], int(p["direction"]), list(p["layers"]), num(p["coefficient"]), p["prompt"],
+                num(p["effect"]), num(p["cost"]), {k: num(v) for k, v in p["selection"].items()},
+                {k: num(v) for k, v in p["held_out"].items()}, bool(p["on_front"]),
+            )
+
+        points = [point(p) for p in data["points"]]
+        best = [BestSetting(b["method"], int(b["direction"]), None if b["point"] is None else point(b["point"]),
+                            bool(b["reaches_goal"])) for b in data["best"]]
+        return cls(
+            title=data.get("title", ""), complete=bool(data.get("complete", True)), settings=dict(data["settings"]),
+            evaluation=data.get("evaluation", ""),
+            effect_metrics={int(k): v for k, v in data["effect_metrics"].items()}, cost_metric=data["cost_metric"],
+            budget=num(data["budget"]), goal={int(k): num(v) for k, v in data["goal"].items()},
+            n_select=int(data["n_select"]), n_report=int(data["n_report"]),
+            baseline={k: num(v) for k, v in data["baseline"].items()}, points=points, best=best,
+        )
 
     def methods(self) -> list[str]:
         """Contender names, in the order given."""
@@ -302,14 +333,15 @@ class FrontierReport(Report):
         for k, direction in enumerate(directions):
             ax = fig.add_subplot(1, len(directions), k + 1)
             self._panel(ax, direction, colors)
-        fig.suptitle(self.title or f"{self.kind}: effect against {self.cost_metric}")
+        fig.suptitle(self.title or f"{self.evaluation}: effect against {self.cost_metric}")
         return save_figure(fig, path)
 
     plot_max_cost: float = 8.0
 
     def _panel(self, ax: Any, direction: int, colors: dict[str, str]) -> None:
         metric = self.effect_metrics[direction]
-        xmax = max(self.plot_max_cost, 1.5 * self.budget)
+        finite = [p.cost for p in self.points if math.isfinite(p.cost)]
+        xmax = max(1.5 * self.budget, min(self.plot_max_cost, 1.05 * max(finite, default=1.0)))
 
         def x(points: Sequence[FrontierPoint]) -> list[float]:  # settings past the axis sit on its edge
             return [min(p.cost, xmax) for p in points]
@@ -337,10 +369,11 @@ class FrontierReport(Report):
 
         ax.set_xscale("log")
         ax.set_xlim(right=xmax * 1.08)
-        ax.xaxis.set_major_locator(FixedLocator([t for t in (0.8, 1, 1.5, 2, 3, 5, 8, 15, 30) if t <= xmax * 1.08]))
+        ticks = (0.8, 0.9, 1, 1.15, 1.3, 1.5, 2, 3, 5, 8, 15, 30)
+        ax.xaxis.set_major_locator(FixedLocator([t for t in ticks if t <= xmax * 1.08]))
         ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(f"{self.cost_metric} (log scale; ▶ = beyond {xmax:g}×)")
+        ax.set_xlabel(f"{self.cost_metric} (log scale; ▶ = beyond {xmax:.3g}×)")
         ax.set_ylabel(metric)
         if metric.endswith("share"):
             ax.set_ylim(0, 1.02)
@@ -546,7 +579,7 @@ def frontier(
     first = objectives[directions[0]]
     report = FrontierReport(
         title=f"{evaluation.name} frontier on {lm.model_id}: effect against {first.cost_metric}",
-        kind=evaluation.name, effect_metrics={d: o.effect for d, o in objectives.items()},
+        evaluation=evaluation.name, effect_metrics={d: o.effect for d, o in objectives.items()},
         cost_metric=first.cost_metric, budget=budget, goal=dict(DEFAULT_GOAL if goal is None else goal),
         n_select=len(select), n_report=len(held), complete=False,
         settings={"seed": seed, "directions": list(directions), "model_id": lm.model_id,
