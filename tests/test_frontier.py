@@ -114,7 +114,7 @@ def test_autotune_with_a_prompt_costs_against_the_unprompted_model(lm, vec):
                              prompt=HAPPY, max_new_tokens=4)
     assert rep.held_out["baseline"]["continuation_ppl_ratio"] == pytest.approx(direct.row(0).ppl_ratio)
     assert rep.held_out["baseline"]["continuation_ppl_ratio"] != 1.0
-    assert rep.fits_budget
+    assert rep.fits_budget and rep.settings["prompt"] == HAPPY.describe()
 
 
 def test_autotune_choice_never_does_worse_than_coefficient_zero():

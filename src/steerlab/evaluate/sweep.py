@@ -32,6 +32,7 @@ from ..errors import DatasetError, SteeringSpecError
 from ..model import LM
 from ..progress import track
 from ..vector import SteeringVector
+from .prompting import as_prompt
 from .protocol import EVALUATIONS, Evaluation, get_evaluation
 from .report import Report, new_figure, save_figure
 
@@ -69,6 +70,15 @@ def _layer_sets(vector: SteeringVector, layer_sets: Sequence[Sequence[int]] | No
     if not sets or any(not s for s in sets):
         raise SteeringSpecError("layer_sets must be a non-empty list of non-empty layer lists")
     return sets
+
+
+def _recorded(options: dict[str, Any]) -> dict[str, Any]:
+    """The options a report records: plain values, and a prompt as ``{"text", "mode", "name"}``."""
+    out: dict[str, Any] = {k: v for k, v in options.items() if isinstance(v, (int, float, str))}
+    prompt = as_prompt(options.get("prompt"))
+    if prompt is not None:
+        out["prompt"] = prompt.describe()
+    return out
 
 
 @dataclass
@@ -172,7 +182,7 @@ def sweep(
     sets = _layer_sets(vector, layer_sets)
     coefs = [float(c) for c in coefficients]
     report = SweepReport(kind=evaluation.name, metric=metric, layer_sets=sets, coefficients=coefs, complete=False,
-                         settings={k: v for k, v in kwargs.items() if isinstance(v, (int, float, str))})
+                         settings=_recorded(kwargs))
     report.grids = _grids(evaluation, lm, vector, data, sets, coefs, progress=progress, **kwargs)
     report.complete = True
     return report
@@ -371,7 +381,7 @@ def autotune(
         fits_budget=bool(cost[bi][bj] <= budget),
         selection={"layer_sets": sets, "coefficients": coefs, "effect": effect, "cost": cost},
         held_out=_held_out(objective, lm, vector.select(chosen_layers), held, chosen, cost_texts, **kwargs),
-        settings={"direction": direction, "seed": seed},
+        settings={"direction": direction, "seed": seed, **_recorded(kwargs)},
     )
 
 
