@@ -1,13 +1,24 @@
-"""Reproduce docs/results.md on the default model (SmolLM2-135M-Instruct).
+"""Reproduce docs/results.md: the effect–fluency frontier first, then pca_diff orientation, CAA and
+the breakdown curve.
 
-1. Sentiment ("happy" vs "sad"): ActAdd pair, CAA mean_diff and RepE pca_diff side by side; for each
-   the layers and coefficient are auto-tuned (positive and negative direction) under a continuation
-   perplexity budget on half of the held-out openings and reported on the other half.
-2. CAA behaviours: A/B p(matching) at coefficients −1, 0, +1 at the auto-tuned layer, plus an MMLU
-   capability check at that layer.
-3. The breakdown curve of the happy vector.
+Sections (each writes a fragment ``docs/results/section_<name>.md``; results.md is assembled from
+the fragments present, so a section can be re-run alone and the others keep their numbers and
+their provenance line):
 
-Run:  .venv/bin/python scripts/results.py [--quick] [--out docs]
+* ``frontier`` — for each model (``--models``: the default SmolLM2-135M-Instruct and
+  stories260K), every method of ``--methods`` (any name ``steerlab.extract`` accepts: ``actadd``,
+  ``mean_diff``, ``pca_diff``, ... and trained methods such as ``bipo`` once they exist) plus
+  prompting (positive and negative prompts) and prompting + mean_diff: positive / negative share of
+  held-out continuations against the continuation perplexity ratio, Pareto fronts, the best setting
+  within 1.15× chosen on one half and reported on the other (``steerlab.evaluate.frontier``).
+* ``orientation`` — pca_diff's two orientation rules (mean gap vs majority of pairs) against which
+  sign actually moves held-out sentiment the intended way, layer by layer.
+* ``caa`` — CAA behaviours: A/B p(matching) at the auto-tuned layer, MMLU capability check.
+* ``breakdown`` — the breakdown curve of the happy vector.
+
+Run:  .venv/bin/python scripts/results.py --threads 1 [--sections frontier,orientation] [--models default]
+      [--methods actadd,mean_diff,pca_diff,pca_diff:majority] [--quick]
+(``NAME:RULE`` = that method's vector in another orientation, see steerlab.methods.pca.reorient)
 Reads ../shared/data (not copied into the repository).
 """
 
@@ -15,114 +26,322 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import subprocess
 import time
+from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 import steerlab
 from steerlab.analysis import breakdown_curve
 from steerlab.evaluate.behavior import behavior_eval, behavior_vector, capability_eval, load_ab_items
+from steerlab.evaluate.frontier import Contender, FrontierReport, frontier
+from steerlab.evaluate.prompting import Prompt
 from steerlab.evaluate.report import markdown_table
-from steerlab.evaluate.sentiment import sentiment_shift
-from steerlab.evaluate.sweep import autotune, split_halves
+from steerlab.evaluate.scorers import get_scorer
+from steerlab.evaluate.stats import bootstrap_ci
+from steerlab.evaluate.sweep import autotune
+from steerlab.methods.pca import RULES, reorient
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 REPE = SHARED / "data" / "repe"
 CAA = SHARED / "data" / "caa" / "datasets"
+SECTIONS = ("frontier", "orientation", "caa", "breakdown")
+TRAINED = ("bipo", "reps")
+BUDGET = 1.15
+
+POSITIVE = [
+    Prompt("Here is a happy story. ", name="happy"),
+    Prompt("Here is a cheerful, joyful and happy story. ", name="cheerful, joyful and happy"),
+    Prompt("Here is a wonderfully happy story, full of joy, love and delight. ", name="full of joy"),
+]
+NEGATIVE = [
+    Prompt("Here is a sad story. ", name="sad"),
+    Prompt("Here is a sad, gloomy and unhappy story. ", name="sad, gloomy and unhappy"),
+    Prompt("Here is a terribly sad story, full of grief, sorrow and despair. ", name="full of grief"),
+]
+
+MODELS: dict[str, dict[str, Any]] = {
+    "default": {
+        "path": "default", "n_held": 48, "tokens": 24, "batch": 48, "mid": list(range(8, 20)),
+        "sets": [list(range(8, 20)), list(range(12, 20)), list(range(12, 16))],
+        "coefs": [0.25, 0.5, 1.0, 1.5, 2.5],
+        "actadd_layers": [2, 6], "actadd_sets": [[2], [6], [2, 6]], "actadd_coefs": [0.25, 0.5, 1.0, 2.0, 4.0],
+        "combo_sets": 2, "combo_coefs": [0.25, 0.5, 1.0, 1.5], "n_orient": 64, "orient_tokens": 24,
+    },
+    "stories260K": {
+        "path": str(SHARED / "models" / "stories260K"), "n_held": 192, "tokens": 24, "batch": 64,
+        "mid": [1, 2, 3], "sets": [[1, 2, 3], [1], [2], [3]], "coefs": [0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0],
+        "actadd_layers": [1, 2], "actadd_sets": [[1], [2], [1, 2]], "actadd_coefs": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
+        "combo_sets": 4, "combo_coefs": [1.0, 2.0, 4.0, 8.0], "n_orient": 128, "orient_tokens": 24,
+    },
+}
 
 
-def sentiment_section(lm: steerlab.LM, out: Path, quick: bool) -> tuple[str, dict[str, Any]]:
-    openings = steerlab.load_openings(REPE / "all_truncated_outputs.json")
-    train, held = openings[:128], openings[200 : 200 + (8 if quick else 96)]
-    budget = 1.15
-    vectors = {
-        "actadd": steerlab.extract(lm, [steerlab.ContrastPair("Love", "Hate")], method="actadd", layers=[2, 6]),
-        "mean_diff": steerlab.extract(lm, steerlab.persona_pairs("happy", "sad", train), method="mean_diff",
-                                      layers=range(8, 20)),
-        "pca_diff": steerlab.extract(lm, steerlab.persona_pairs("happy", "sad", train), method="pca_diff",
-                                     layers=range(8, 20)),
-    }
-    # Compare methods at equal added norm: the PCA direction is rescaled, layer by layer, to the norm
-    # of the mean-difference vector (its own scale, the mean projected gap, is much smaller when the
-    # pair differences share a large common component that centred PCA removes).
-    md_norms = vectors["mean_diff"].norms()
-    pca = vectors["pca_diff"]
-    vectors["pca_diff"] = steerlab.SteeringVector(
-        {k: v / v.norm() * md_norms[k] for k, v in pca.directions.items()}, pca.model_id, pca.d_model,
-        pca.n_layers, method="pca_diff", data_hash=pca.data_hash, meta={**pca.meta, "rescaled_to": "mean_diff norms"},
+def _commit() -> str:
+    """The commit the run started from (``+changes``: with uncommitted changes under src/)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+STARTED_AT = _commit()
+
+
+def _provenance(minutes: float, mode: str) -> str:
+    return (f"_Run of {date.today().isoformat()} at commit {STARTED_AT} ({mode} mode, {minutes:.0f} min, "
+            f"torch {torch.get_num_threads()} thread(s) on a shared 2-core CPU machine)._")
+
+
+def _openings() -> list[str]:
+    return steerlab.load_openings(REPE / "all_truncated_outputs.json")
+
+
+def _layer_text(layers: Sequence[int]) -> str:
+    layers = list(layers)
+    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
+# --------------------------------------------------------------------------- vectors
+def equal_norm(vec: steerlab.SteeringVector, norms: dict[int, float]) -> steerlab.SteeringVector:
+    """``vec`` rescaled per layer to ``norms`` (methods compared at equal added norm)."""
+    return steerlab.SteeringVector(
+        {k: v / v.norm() * norms[k] for k, v in vec.directions.items()}, vec.model_id, vec.d_model, vec.n_layers,
+        method=vec.method, data_hash=vec.data_hash, meta={**vec.meta, "rescaled_to": "mean_diff norms"},
     )
-    scale = {k: round(float(v.norm()), 3) for k, v in pca.directions.items()}
-    print(f"  pca_diff own norms {scale}; mean_diff norms {md_norms}", flush=True)
-    groups = [[*range(8, 20)], [*range(12, 20)]]
-    plans: dict[str, dict[str, Any]] = {
-        "actadd": {"layer_sets": [[2], [6]], "coefficients": [1, 2, 4], "positions": "actadd"},
-        "mean_diff": {"layer_sets": groups, "coefficients": [0.5, 1.0, 1.5], "positions": "all"},
-        "pca_diff": {"layer_sets": groups, "coefficients": [0.5, 1.0, 1.5], "positions": "all"},
-    }
+
+
+def build_vectors(lm: steerlab.LM, methods: Sequence[str], plan: dict[str, Any]) -> dict[str, steerlab.SteeringVector]:
+    """One happy − sad vector per method (ActAdd: the "Love" − "Hate" pair); every multi-pair
+    vector but mean_diff is rescaled per layer to the mean_diff norms."""
+    pairs = steerlab.persona_pairs("happy", "sad", _openings()[:128])
+    md = steerlab.extract(lm, pairs, method="mean_diff", layers=plan["mid"], progress=False)
+    out: dict[str, steerlab.SteeringVector] = {}
+    for name in methods:
+        t0 = time.perf_counter()
+        method, _, rule = name.partition(":")  # "pca_diff:majority": pca_diff in the majority orientation
+        if name == "mean_diff":
+            out[name] = md
+        elif name == "actadd":
+            out[name] = steerlab.extract(lm, [steerlab.ContrastPair("Love", "Hate")], method="actadd",
+                                         layers=plan["actadd_layers"])
+        else:
+            vec = steerlab.extract(lm, pairs, method=method, layers=plan["mid"], progress=False)
+            out[name] = equal_norm(reorient(vec, rule) if rule else vec, md.norms())
+        print(f"  vector {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    out.setdefault("mean_diff", md)
+    return out
+
+
+def contenders(vectors: dict[str, steerlab.SteeringVector], methods: Sequence[str], plan: dict[str, Any],
+               quick: bool) -> list[Contender]:
+    sets, coefs = plan["sets"], plan["coefs"]
+    act_sets, act_coefs = plan["actadd_sets"], plan["actadd_coefs"]
+    combo_sets, combo_coefs = sets[: plan["combo_sets"]], plan["combo_coefs"]
+    pos, neg = POSITIVE, NEGATIVE
     if quick:
-        for plan in plans.values():
-            plan["layer_sets"] = plan["layer_sets"][:1]
-            plan["coefficients"] = plan["coefficients"][1:2]
-    rows, summary = [], {}
-    for name, vec in vectors.items():
-        plan = plans[name]
-        tuned = {}
-        for direction in (1, -1):
-            t0 = time.perf_counter()
-            rep = autotune(lm, vec, "sentiment", held, coefficients=[direction * c for c in plan["coefficients"]],
-                           layer_sets=plan["layer_sets"], budget=budget, direction=direction,
-                           positions=plan["positions"], max_new_tokens=24, progress=False)
-            rep.write(out / "results", f"autotune_{name}_{'pos' if direction > 0 else 'neg'}")
-            tuned[direction] = rep
-            print(f"  {name} {direction:+d}: layers {rep.layers} coef {rep.coefficient} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
-        for direction, rep in tuned.items():
-            b, s = rep.held_out["baseline"], rep.held_out["steered"]
-            rows.append({
-                "method": name, "direction": "+happy" if direction > 0 else "−happy (sad)",
-                "layers": f"{rep.layers[0]}-{rep.layers[-1]}" if len(rep.layers) > 1 else str(rep.layers[0]),
-                "coef": rep.coefficient,
-                "positive share": f"{b['positive_share']:.2f} → {s['positive_share']:.2f}",
-                "negative share": f"{b['negative_share']:.2f} → {s['negative_share']:.2f}",
-                "VADER mean": f"{b['mean_compound']:.2f} → {s['mean_compound']:.2f}",
-                "cont. ppl": f"{b['continuation_ppl']:.2f} → {s['continuation_ppl']:.2f}",
-                "ppl ratio": s["continuation_ppl_ratio"],
-                "n": rep.n_report,
-            })
-            summary[f"{name}{'+' if direction > 0 else '-'}"] = {"layers": rep.layers, "coef": rep.coefficient,
-                                                                 "held_out": rep.held_out}
-        # the seed's figure: baseline vs +steering vs −steering at the tuned settings (report half)
-        pos, neg = tuned[1], tuned[-1]
-        report_half = split_halves(held)[1]
-        layers = sorted(set(pos.layers) | set(neg.layers))
-        fig_vec = vec.select(layers)
-        coefs = [neg.coefficient, 0.0, pos.coefficient]
-        if pos.layers == neg.layers:
-            rep = sentiment_shift(lm, fig_vec, report_half, coefficients=coefs, positions=plan["positions"],
-                                  progress=False)
-        else:  # different tuned layers per direction: evaluate each with its own layers
-            rep = sentiment_shift(lm, vec.select(pos.layers), report_half, coefficients=[0.0, pos.coefficient],
-                                  positions=plan["positions"], progress=False)
-            neg_rep = sentiment_shift(lm, vec.select(neg.layers), report_half, coefficients=[neg.coefficient],
-                                      positions=plan["positions"], progress=False)
-            rep.by_coefficient = [neg_rep.by_coefficient[0], *rep.by_coefficient]
-        rep.title = f"{name}: average sentiment class probabilities ({len(report_half)} held-out openings)"
-        rep.write(out / "results", f"sentiment_{name}")
+        sets, coefs, act_sets, act_coefs = sets[:1], coefs[1:3], act_sets[:1], act_coefs[1:3]
+        combo_sets, combo_coefs, pos, neg = sets[:1], combo_coefs[1:2], POSITIVE[1:2], NEGATIVE[1:2]
+    out = []
+    for name in methods:
+        if name == "actadd":
+            out.append(Contender.steering(name, vectors[name], act_coefs, layer_sets=act_sets))
+        else:
+            out.append(Contender.steering(name, vectors[name], coefs, layer_sets=sets))
+    out.append(Contender.prompting("prompting", positive=pos, negative=neg))
+    out.append(Contender.combined("prompting+mean_diff", vectors["mean_diff"], combo_coefs,
+                                  positive=POSITIVE[1:2], negative=NEGATIVE[1:2], layer_sets=combo_sets))
+    return out
+
+
+# --------------------------------------------------------------------------- frontier
+def _goal_reading(rep: FrontierReport, direction: int) -> str:
+    """What the curves say about the goal in one direction."""
+    metric = rep.effect_metrics[direction]
+    goal = rep.goal[direction]
+    base = rep.baseline.get(metric, math.nan)
+    pts = [p for p in rep.points if p.direction == direction and p.on_front]
+    reach = sorted((p for p in pts if p.effect >= goal), key=lambda p: p.cost)
+    top = max(pts, key=lambda p: p.effect) if pts else None
+    inside = [p for p in pts if p.cost <= rep.budget]
+    best_in = max(inside, key=lambda p: p.effect) if inside else None
+    parts = []
+    if best_in is not None:
+        parts.append(f"the highest point inside {rep.budget:g}× over all items is {best_in.effect:.2f} "
+                     f"({best_in.method}, {best_in.setting}, {best_in.cost:.2f}×)")
+    if reach:
+        p = reach[0]
+        parts.append(f"the cheapest setting that reaches the goal costs {p.cost:.2f}× ({p.method}, {p.setting})")
+    elif top is not None:
+        parts.append(f"no setting reaches the goal at any cost tried; the highest is {top.effect:.2f} "
+                     f"({top.method}, {top.setting}) at {top.cost:.2f}×")
+    return f"**{metric}** (goal ≥ {goal:g}, unsteered {base:.2f}): " + "; ".join(parts) + "."
+
+
+def _vs_prompting(rep: FrontierReport, direction: int) -> str:
+    """Each steering method's best held-out effect within budget against prompting's."""
+    metric = rep.effect_metrics[direction]
+    rows = []
+    for b in rep.best:
+        if b.direction != direction:
+            continue
+        value = math.nan if b.point is None else b.point.held_out[metric]
+        rows.append(f"{b.method} {value:.2f}" if not math.isnan(value) else f"{b.method} — (nothing within budget)")
+    return f"Held-out {metric} of each method's budgeted choice: " + ", ".join(rows) + "."
+
+
+def frontier_section(key: str, methods: Sequence[str], out: Path, quick: bool) -> tuple[str, dict[str, Any]]:
+    plan = MODELS[key]
+    t0 = time.perf_counter()
+    lm = steerlab.load_model(plan["path"])
+    vectors = build_vectors(lm, methods, plan)
+    held = _openings()[200 : 200 + (8 if quick else plan["n_held"])]
+    cons = contenders(vectors, methods, plan, quick)
+    rep = frontier(lm, cons, held, budget=BUDGET, max_new_tokens=plan["tokens"], batch_size=plan["batch"],
+                   progress=False, log=lambda line: print(f"  {key}: {line}", flush=True))
+    rep.title = f"Effect–fluency frontier on {lm.model_id}"
+    rep.write(out / "results", f"frontier_{key}")
+    minutes = (time.perf_counter() - t0) / 60
+    trained = [m for m in methods if m in TRAINED]
+    slot = ("" if trained else
+            "\n\n> **Slot for trained methods (bipo, reps):** not run yet. Once `steerlab.extract` accepts them, "
+            f"`scripts/results.py --sections frontier --models {key} --methods {','.join([*methods, 'bipo', 'reps'])}` "
+            "adds their points, fronts and budgeted choices to this table and plot.")
     md = (
-        "pca_diff is compared at equal added norm (rescaled per layer to the mean_diff norms). "
-        f"Held-out openings: {len(held)} (openings 200+ of RepE's all_truncated_outputs.json; vectors use "
-        f"openings 0–127), greedy, 24 new tokens, VADER scorer. Auto-tune picks layers and coefficient on "
-        f"one half under the budget *continuation perplexity ≤ {budget}× the unsteered continuations'* "
-        "(perplexity of the continuation under the unsteered model) and reports the other half.\n\n"
-        + markdown_table(rows)
-        + "\n\n"
-        + "".join(f"![{n}](results/sentiment_{n}.png)\n" for n in vectors)
+        f"{_provenance(minutes, 'quick' if quick else 'full')}\n\n"
+        f"Held-out openings: {len(held)} (openings 200+ of RepE's all_truncated_outputs.json; vectors use openings "
+        f"0–127), greedy, {plan['tokens']} new tokens, VADER. Cost = mean perplexity of the continuations under the "
+        "unsteered, unprompted model given the plain opening, over that of its own continuations — the same for "
+        "steered, prompted and prompted + steered rows. Methods: "
+        + ", ".join(f"`{c.name}`" for c in cons)
+        + f" (multi-pair vectors other than mean_diff rescaled per layer to the mean_diff norms; ActAdd = "
+        f"'Love' − 'Hate' at layers {plan['actadd_layers']}). Prompts: "
+        + "; ".join(f"+ “{p.text.strip()}”" for p in POSITIVE) + "; "
+        + "; ".join(f"− “{p.text.strip()}”" for p in NEGATIVE)
+        + ". Prompting + mean_diff uses the middle prompt of each side.\n\n"
+        + rep.to_markdown().split("\n\n", 1)[1]
+        + f"\n\n![frontier {key}](results/frontier_{key}.png)\n\n"
+        + "\n".join(f"* {_goal_reading(rep, d)} {_vs_prompting(rep, d)}" for d in (1, -1))
+        + slot
+    )
+    summary = {
+        "minutes": round(minutes, 1), "baseline": rep.baseline,
+        "best": {f"{b.method}{b.direction:+d}": None if b.point is None else
+                 {"setting": b.point.setting, "held_out": b.point.held_out, "selection": b.point.selection}
+                 for b in rep.best},
+    }
+    return md, summary
+
+
+# --------------------------------------------------------------------------- orientation
+def _residual_norms(lm: steerlab.LM, layers: Sequence[int]) -> dict[int, float]:
+    from steerlab.evaluate.cost import run_stats
+
+    texts = steerlab.load_texts(REPE / "facts_true_false.csv", limit=32)
+    return run_stats(lm, texts, [None], norm_layers=list(layers))[1]
+
+
+def orientation_rows(lm: steerlab.LM, plan: dict[str, Any], openings: list[str], fraction: float,
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per layer: the two rules' signs, their confidence, and which sign moves held-out sentiment up."""
+    pairs = steerlab.persona_pairs("happy", "sad", _openings()[:128])
+    pca = steerlab.extract(lm, pairs, method="pca_diff", layers=plan["mid"], progress=False)
+    norms = _residual_norms(lm, pca.layers)
+    rows_steer: list[steerlab.Steering | None] = []
+    for k in pca.layers:
+        unit = pca.select([k]) / float(pca.directions[k].norm())
+        rows_steer += [steerlab.Steering(unit, fraction * norms[k]), steerlab.Steering(unit, -fraction * norms[k])]
+    prompts = [o for o in openings for _ in rows_steer]
+    steer = [s for _ in openings for s in rows_steer]
+    conts: list[str] = []
+    for i in range(0, len(prompts), 64):
+        conts += steerlab.generate(lm, prompts[i : i + 64], steering=steer[i : i + 64],
+                                   max_new_tokens=plan["orient_tokens"])
+    comp = np.array([s.compound for s in get_scorer("vader").score([c.strip() for c in conts])])
+    comp = comp.reshape(len(openings), len(rows_steer))
+    rows, summary = [], {}
+    for j, k in enumerate(pca.layers):
+        info = pca.meta["per_layer"][str(k)]
+        diff = comp[:, 2 * j] - comp[:, 2 * j + 1]  # paired: +u minus −u, per opening
+        lo, hi = bootstrap_ci(diff, n_bootstrap=2000, seed=k)
+        observed = 1 if lo > 0 else -1 if hi < 0 else 0  # +1: the stored (majority) sign moves sentiment up
+        right = [r for r in RULES if info["signs"][r] * observed > 0]
+        rows.append({
+            "layer": k, "pair agreement": info["pair_agreement"], "majority confidence": info["sign_confidence"],
+            "mean-gap confidence": info["mean_gap_confidence"],
+            "rules": "agree" if info["rules_agree"] else "disagree",
+            "Δ compound (+u − −u)": f"{diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]",
+            "right on held-out": "unclear" if observed == 0 else (" and ".join(right) or "neither"),
+        })
+        summary[str(k)] = {**info, "delta_compound": float(diff.mean()), "ci": [lo, hi], "observed_sign": observed}
+    return rows, summary
+
+
+def _tally(summary: dict[str, Any]) -> dict[str, int]:
+    clear = [v for v in summary.values() if v["observed_sign"] != 0]
+    split = [v for v in clear if not v["rules_agree"]]
+    return {
+        "layers": len(summary), "clear": len(clear),
+        "majority_right": sum(v["signs"]["majority"] == v["observed_sign"] for v in clear),
+        "mean_gap_right": sum(v["signs"]["mean_gap"] == v["observed_sign"] for v in clear),
+        "disagree": sum(not v["rules_agree"] for v in summary.values()),
+        "disagree_clear": len(split),
+        "disagree_majority_right": sum(v["signs"]["majority"] == v["observed_sign"] for v in split),
+        "disagree_mean_gap_right": sum(v["signs"]["mean_gap"] == v["observed_sign"] for v in split),
+    }
+
+
+def orientation_section(keys: Sequence[str], out: Path, quick: bool) -> tuple[str, dict[str, Any]]:
+    t0 = time.perf_counter()
+    parts, summary = [], {}
+    fraction = 0.10
+    for key in keys:
+        plan = MODELS[key]
+        lm = steerlab.load_model(plan["path"])
+        n = 8 if quick else plan["n_orient"]
+        rows, per_layer = orientation_rows(lm, plan, _openings()[400 : 400 + n], fraction)
+        tally = _tally(per_layer)
+        summary[key] = {"per_layer": per_layer, "tally": tally}
+        (out / "results").mkdir(parents=True, exist_ok=True)
+        (out / "results" / f"orientation_{key}.json").write_text(json.dumps(summary[key], indent=2, default=str))
+        parts.append(
+            f"**{lm.model_id}** ({n} openings 400+, {plan['orient_tokens']} new tokens): the rules disagree at "
+            f"{tally['disagree']} of {tally['layers']} layers. The steered sign is clear (95% CI excludes 0) at "
+            f"{tally['clear']} layers: the majority orientation is right at {tally['majority_right']} of them, the "
+            f"mean-gap orientation at {tally['mean_gap_right']}; where the rules disagree and the sign is clear "
+            f"({tally['disagree_clear']} layers) the majority is right at {tally['disagree_majority_right']}, the "
+            f"mean gap at {tally['disagree_mean_gap_right']}.\n\n"
+            + markdown_table(rows)
+        )
+        print(f"  orientation {key}: {tally}", flush=True)
+    minutes = (time.perf_counter() - t0) / 60
+    md = (
+        f"{_provenance(minutes, 'quick' if quick else 'full')}\n\n"
+        "pca_diff (happy − sad persona pairs, openings 0–127) at each layer alone, as a unit direction u in its "
+        f"stored orientation (majority of pairs) added with ± {fraction:.0%} of the layer's mean residual norm; "
+        "Δ compound is the paired difference of VADER compound (+u minus −u) per held-out opening with a bootstrap "
+        "95% CI; a rule is right at a layer when its sign agrees with the sign of a clear Δ. `pair agreement` = "
+        "share of training pairs whose projected gap has the stored sign; `majority confidence` / `mean-gap "
+        "confidence` = share of bootstrap resamples of the pairs in which that rule gives the stored sign (all "
+        "stored in the vector's `meta['per_layer']`).\n\n" + "\n\n".join(parts)
     )
     return md, summary
 
 
+# --------------------------------------------------------------------------- CAA, breakdown (unchanged)
 def caa_section(lm: steerlab.LM, out: Path, quick: bool) -> tuple[str, dict[str, Any]]:
+    t0 = time.perf_counter()
     behaviors = ["corrigible-neutral-HHH", "refusal", "survival-instinct"]
     if quick:
         behaviors = behaviors[:1]
@@ -130,7 +349,6 @@ def caa_section(lm: steerlab.LM, out: Path, quick: bool) -> tuple[str, dict[str,
     layers = [10, 14] if quick else [6, 9, 12, 15, 18]
     rows, summary, capability_rows = [], {}, []
     for name in behaviors:
-        t0 = time.perf_counter()
         vec = behavior_vector(lm, CAA / "generate" / name / "generate_dataset.json", layers=layers,
                               limit=32 if quick else 150)
         items = load_ab_items(CAA / "test" / name / "test_dataset_ab.json")
@@ -151,8 +369,9 @@ def caa_section(lm: steerlab.LM, out: Path, quick: bool) -> tuple[str, dict[str,
             capability_rows = [{"set": "MMLU (A/B)", "vector": name, "layer": layer,
                                 **{f"acc {p.coefficient:+g}": p.above_half for p in mmlu.points},
                                 "n": mmlu.points[0].n}]
-        print(f"  {name}: layer {layer} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(f"  {name}: layer {layer}", flush=True)
     md = (
+        f"{_provenance((time.perf_counter() - t0) / 60, 'quick' if quick else 'full')}\n\n"
         "Vectors: mean difference at the answer letter over the behaviour's generate_dataset.json "
         f"({32 if quick else 150} items), candidate layers {layers}. The layer is "
         "auto-tuned for p(matching) at +1 with perplexity on neutral statements ≤ 1.3× (selection on half of "
@@ -167,14 +386,16 @@ def caa_section(lm: steerlab.LM, out: Path, quick: bool) -> tuple[str, dict[str,
     return md, summary
 
 
-def breakdown_section(lm: steerlab.LM, out: Path, quick: bool) -> str:
-    openings = steerlab.load_openings(REPE / "all_truncated_outputs.json")
+def breakdown_section(lm: steerlab.LM, out: Path, quick: bool) -> tuple[str, dict[str, Any]]:
+    t0 = time.perf_counter()
+    openings = _openings()
     vec = steerlab.extract(lm, steerlab.persona_pairs("happy", "sad", openings[:128]), layers=range(8, 20))
     texts = steerlab.load_texts(REPE / "facts_true_false.csv", limit=16 if quick else 64)
     rep = breakdown_curve(lm, vec, texts, progress=False)
     rep.write(out / "results", "breakdown")
     bp = rep.breaking_point
-    return (
+    md = (
+        f"{_provenance((time.perf_counter() - t0) / 60, 'quick' if quick else 'full')}\n\n"
         "Happy − sad mean_diff vector on layers 8–19, added at every position of "
         f"{len(texts)} neutral statements (RepE facts). x: coefficient; the added norm relative to the residual "
         "norm is the top axis. Breaking point (perplexity > 2× unsteered): "
@@ -182,35 +403,94 @@ def breakdown_section(lm: steerlab.LM, out: Path, quick: bool) -> str:
         + rep.to_markdown()
         + "\n\n![breakdown](results/breakdown.png)\n"
     )
+    return md, {"breaking_point": bp}
+
+
+# --------------------------------------------------------------------------- assembly
+def _fragment(out: Path, name: str) -> str:
+    path = out / "results" / f"section_{name}.md"
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else "_Not run yet: `scripts/results.py " \
+        f"--sections {name.split('_')[0]}`._"
+
+
+def assemble(out: Path) -> Path:
+    reading = out / "results" / "reading.md"
+    text = (ROOT / "scripts" / "results_template.md").read_text(encoding="utf-8").format(
+        frontier_default=_fragment(out, "frontier_default"),
+        frontier_stories=_fragment(out, "frontier_stories260K"),
+        orientation=_fragment(out, "orientation"),
+        caa=_fragment(out, "caa"),
+        breakdown=_fragment(out, "breakdown"),
+        reading=reading.read_text(encoding="utf-8").strip() if reading.is_file() else "_(no reading written)_",
+    )
+    path = out / "results.md"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _save(out: Path, name: str, md: str, summary: dict[str, Any]) -> None:
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    (out / "results" / f"section_{name}.md").write_text(md + "\n", encoding="utf-8")
+    path = out / "results" / "summary.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[name] = summary
+    path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+
+
+def _check_methods(methods: Sequence[str]) -> None:
+    from steerlab.methods import get_method
+
+    for name in methods:
+        method, _, rule = name.partition(":")
+        get_method(method)  # an unknown method fails here, before any model runs, listing the choices
+        if rule and rule not in RULES:
+            raise SystemExit(f"{name}: orientation rule {rule!r} is not one of {', '.join(RULES)}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer items and settings (a smoke run)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
+    parser.add_argument("--models", default="stories260K,default", help="frontier / orientation models")
+    parser.add_argument("--replot", action="store_true", help="only redraw the frontier plots from their JSON")
+    parser.add_argument("--methods", default="actadd,mean_diff,pca_diff",
+                        help="extraction methods on the frontier (any name steerlab.extract accepts)")
     args = parser.parse_args()
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
+    sections = [s for s in args.sections.split(",") if s]
+    keys = [k for k in args.models.split(",") if k]
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [s for s in sections if s not in SECTIONS] + [k for k in keys if k not in MODELS]
+    if unknown:
+        parser.error(f"unknown sections / models {unknown}")
+    _check_methods(methods)
     out: Path = args.out
+    if args.replot:
+        for key in keys:
+            path = out / "results" / f"frontier_{key}.json"
+            FrontierReport.from_dict(json.loads(path.read_text())).plot(path.with_suffix(".png"))
+        return
     t0 = time.perf_counter()
-    lm = steerlab.load_model("default")
-    print("breakdown ...", flush=True)
-    brk_md = breakdown_section(lm, out, args.quick)
-    print("CAA behaviours ...", flush=True)
-    caa_md, caa = caa_section(lm, out, args.quick)
-    print("sentiment ...", flush=True)
-    sent_md, sent = sentiment_section(lm, out, args.quick)
-    minutes = (time.perf_counter() - t0) / 60
-    (out / "results" / "summary.json").write_text(json.dumps({"sentiment": sent, "caa": caa}, indent=2, default=str))
-    text = (ROOT / "scripts" / "results_template.md").read_text(encoding="utf-8").format(
-        sentiment=sent_md, caa=caa_md, breakdown=brk_md, minutes=f"{minutes:.0f}",
-        mode="quick" if args.quick else "full", model=lm.model_id,
-    )
-    (out / "results.md").write_text(text, encoding="utf-8")
-    print(f"wrote {out / 'results.md'} in {minutes:.1f} min")
+    if "frontier" in sections:
+        for key in keys:
+            print(f"frontier on {key} ...", flush=True)
+            _save(out, f"frontier_{key}", *frontier_section(key, methods, out, args.quick))
+    if "orientation" in sections:
+        print("pca_diff orientation ...", flush=True)
+        _save(out, "orientation", *orientation_section(keys, out, args.quick))
+    if "caa" in sections or "breakdown" in sections:
+        lm = steerlab.load_model("default")
+        if "breakdown" in sections:
+            print("breakdown ...", flush=True)
+            _save(out, "breakdown", *breakdown_section(lm, out, args.quick))
+        if "caa" in sections:
+            print("CAA behaviours ...", flush=True)
+            _save(out, "caa", *caa_section(lm, out, args.quick))
+    path = assemble(out)
+    print(f"wrote {path} in {(time.perf_counter() - t0) / 60:.1f} min")
 
 
 if __name__ == "__main__":

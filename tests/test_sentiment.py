@@ -88,7 +88,7 @@ def test_report_json_markdown_plot(report, tmp_path):
     assert data["rows"][1]["coef"] == 0.0 and len(data["by_coefficient"][0]["compound_ci"]) == 2
     assert data["examples"]["0.0"][0][0] == OPENINGS[0]
     md = report.to_markdown()
-    assert "| coef | n | mean_compound | ci | positive | neutral | negative | ppl |" in md
+    assert "| coef | n | mean_compound | ci | positive | neutral | negative | ppl | ppl_ratio |" in md
     assert md.count("\n| ") == 4  # header + 3 coefficients
 
     import matplotlib.image

@@ -25,7 +25,8 @@ def test_sentiment_sweep_grid_and_heatmap(lm, vec, tmp_path):
     rep = sweep(lm, vec, "sentiment", OPENINGS[:3], coefficients=[-4, 0, 4], layer_sets=[[1], [2, 3]],
                 metric="mean_compound", max_new_tokens=5)
     assert rep.complete and rep.layer_sets == [[1], [2, 3]]
-    assert set(rep.grids) == {"positive_share", "negative_share", "mean_compound", "continuation_ppl"}
+    assert set(rep.grids) == {"positive_share", "negative_share", "mean_compound", "continuation_ppl",
+                              "continuation_ppl_ratio"}
     assert all(len(row) == 3 for row in rep.grids["mean_compound"])
     # coefficient 0 is the unsteered model whatever the layers
     assert rep.value([1], 0.0) == rep.value([2, 3], 0.0)

@@ -140,6 +140,9 @@ def extract(
                 lm, texts, layer_list, reads, batch_size=batch_size, progress=progress, share_prefix=share_prefix
             )
             directions = {k: spec.fit(acts[k][0::2], acts[k][1::2]) for k in layer_list}
+            if spec.diagnose is not None:
+                meta["per_layer"] = {str(k): spec.diagnose(acts[k][0::2], acts[k][1::2], directions[k])
+                                     for k in layer_list}
         read_kinds = sorted({repr(p.read) for p in pairs})
         meta["read"] = read_kinds[0] if len(read_kinds) == 1 else read_kinds
     return SteeringVector(

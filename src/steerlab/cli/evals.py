@@ -64,9 +64,31 @@ def _openings(path: Path | None) -> list[str]:
     return steerlab.load_openings(path) if path else list(OPENINGS)
 
 
+PROMPT_MODE = typer.Option("prefix", help="prefix (before the opening / question) | system (a system turn).")
+
+
+def _prompt(text: str | None, mode: str) -> Any:
+    if text is None:
+        return None
+    from steerlab.errors import SteeringSpecError
+    from steerlab.evaluate.prompting import Prompt
+
+    try:
+        return Prompt(text, mode)  # type: ignore[arg-type]
+    except SteeringSpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--prompt") from None
+
+
+def _prompt_only_coefs(vector: Path | None, coefs: list[float]) -> list[float]:
+    """Without a vector (prompting alone) the only coefficient is 0."""
+    if vector is None:
+        return [0.0]
+    return coefs
+
+
 @eval_app.command("sentiment")
 def eval_sentiment(
-    vector: Path = typer.Option(..., "--vector", "-v", help="Vector folder or .gguf."),
+    vector: Path | None = typer.Option(None, "--vector", "-v", help="Vector folder or .gguf (none: --prompt alone)."),
     out: Path = OUT,
     model: str = MODEL,
     openings: Path | None = typer.Option(None, help="Sentence openings (JSON list or text lines); default built-in."),
@@ -77,12 +99,21 @@ def eval_sentiment(
     scorer: str = typer.Option("vader", help="'vader' or a text-classification model folder / hub id."),
     limit: int | None = typer.Option(None, min=1, help="Use the first N openings."),
     batch_size: int = typer.Option(32, min=1),
+    prompt: str | None = typer.Option(None, help="Prompting: text put before every opening (end it with a space)."),
+    prompt_mode: str = PROMPT_MODE,
+    chat: bool = typer.Option(False, help="Render each opening as a chat user turn (needed for --prompt-mode system)."),
 ) -> None:
     """Sentiment of continuations with and without steering (shares, bootstrap CIs, the seed's figure).
 
+    With --prompt every row continues the prompted opening (without --vector: the prompt alone);
+    perplexity is still measured under the plain model given the plain opening.
+
     Example: steerlab eval sentiment --vector vectors/happy --coefs -1,0,1 --out runs/sentiment
     """
-    coef_list = parse_float_list(coefs)
+    if vector is None and prompt is None:
+        raise typer.BadParameter("give --vector, --prompt or both")
+    coef_list = _prompt_only_coefs(vector, parse_float_list(coefs))
+    instruction = _prompt(prompt, prompt_mode)
 
     def body() -> None:
         from steerlab.evaluate.sentiment import sentiment_shift
@@ -92,7 +123,7 @@ def eval_sentiment(
         rep = sentiment_shift(lm, vec, items, coefficients=coef_list,
                               layers=parse_int_list(layers) if layers else None,
                               positions=parse_positions(positions), max_new_tokens=max_new_tokens, scorer=scorer,
-                              batch_size=batch_size, progress=progress_flag())
+                              batch_size=batch_size, progress=progress_flag(), prompt=instruction, chat=chat)
         _finish(rep, out, "sentiment", lm, openings, coefficients=coef_list)
 
     run(body)
@@ -100,7 +131,7 @@ def eval_sentiment(
 
 @eval_app.command("behavior")
 def eval_behavior(
-    vector: Path = typer.Option(..., "--vector", "-v", help="Vector folder or .gguf."),
+    vector: Path | None = typer.Option(None, "--vector", "-v", help="Vector folder or .gguf (none: --prompt alone)."),
     items: Path = typer.Option(..., help="CAA A/B items (test_dataset_ab.json) or mmlu.json / truthful_qa.json."),
     out: Path = OUT,
     model: str = MODEL,
@@ -109,12 +140,19 @@ def eval_behavior(
     layers: str | None = typer.Option(None, help="Use only these layers of the vector."),
     limit: int | None = typer.Option(None, min=1, help="Use the first N items."),
     batch_size: int = typer.Option(16, min=1),
+    prompt: str | None = typer.Option(None, help="Prompting: text before every question, or the system turn."),
+    prompt_mode: str = PROMPT_MODE,
 ) -> None:
     """CAA A/B evaluation: p(matching) / (p(A)+p(B)) with the answer primed by '(' at each coefficient.
 
+    With --prompt every item is read with the prompt (without --vector: the prompt alone).
+
     Example: steerlab eval behavior --vector vectors/syc --items test_dataset_ab.json --out runs/syc
     """
-    coef_list = parse_float_list(multipliers if multipliers is not None else coefs)
+    if vector is None and prompt is None:
+        raise typer.BadParameter("give --vector, --prompt or both")
+    coef_list = _prompt_only_coefs(vector, parse_float_list(multipliers if multipliers is not None else coefs))
+    instruction = _prompt(prompt, prompt_mode)
 
     def body() -> None:
         from steerlab.evaluate.behavior import behavior_eval, load_ab_items
@@ -123,7 +161,8 @@ def eval_behavior(
         data = load_ab_items(items, limit=limit)
         rep = behavior_eval(lm, vec, data, coefficients=coef_list,
                             layers=parse_int_list(layers) if layers else None,
-                            batch_size=batch_size, progress=progress_flag(), name=items.parent.name)
+                            batch_size=batch_size, progress=progress_flag(), name=items.parent.name,
+                            prompt=instruction)
         _finish(rep, out, "behavior", lm, items, coefficients=coef_list)
 
     run(body)
@@ -269,6 +308,102 @@ def sweep(
                                   layer_sets=_layer_sets(layer_sets), metric=metric, progress=progress_flag(), **extra)
             name = f"sweep_{evaluation.name}"
         _finish(rep, out, name, lm, data, coefficients=coef_list)
+
+    run(body)
+
+
+def _named_vectors(specs: list[str]) -> dict[str, Path]:
+    """``NAME=PATH`` (or a bare PATH, named by its folder) for each ``--vector``."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).stem, spec
+        if not name or not path:
+            raise typer.BadParameter(f"{spec!r}: write NAME=PATH, e.g. mean_diff=vectors/happy", param_hint="--vector")
+        if name in out:
+            raise typer.BadParameter(f"two vectors are called {name!r}", param_hint="--vector")
+        out[name] = Path(path)
+    return out
+
+
+def _sets_for(vec: Any, name: str, sets: list[list[int]] | None) -> list[list[int]] | None:
+    """The layer sets a vector has every layer of (all of them when none were given)."""
+    if sets is None:
+        return None
+    fit = [s for s in sets if set(s) <= set(vec.layers)]
+    if not fit:
+        raise typer.BadParameter(f"none of the layer sets {sets} fits vector {name!r} (layers {vec.layers})",
+                                 param_hint="--layer-sets")
+    return fit
+
+
+def _contenders(vecs: dict[str, Any], coefs: list[float], sets: list[list[int]] | None, positive: list[Any],
+                negative: list[Any], combine: list[str]) -> list[Any]:
+    from steerlab.evaluate.frontier import Contender
+
+    out = [Contender.steering(name, vec, coefs, layer_sets=_sets_for(vec, name, sets)) for name, vec in vecs.items()]
+    if positive or negative:
+        out.append(Contender.prompting("prompting", positive=positive, negative=negative))
+    for name in combine:
+        if name not in vecs:
+            raise typer.BadParameter(f"--combine {name!r}: no --vector of that name ({', '.join(vecs)})")
+        if not (positive or negative):
+            raise typer.BadParameter("--combine needs --positive-prompt / --negative-prompt")
+        out.append(Contender.combined(f"prompting+{name}", vecs[name], coefs, positive=positive, negative=negative,
+                                      layer_sets=_sets_for(vecs[name], name, sets)))
+    return out
+
+
+@eval_app.command("frontier")
+def eval_frontier(
+    out: Path = OUT,
+    vector: list[str] = typer.Option([], "--vector", "-v", help="NAME=PATH of a vector (repeat for each method)."),
+    model: str = MODEL,
+    openings: Path | None = typer.Option(None, help="Sentence openings (JSON list or text lines); default built-in."),
+    limit: int | None = typer.Option(None, min=1, help="Use the first N openings."),
+    coefs: str = typer.Option("0.5,1,2", help="Coefficient magnitudes (each direction applies its sign)."),
+    layer_sets: str | None = typer.Option(None, help="Layer groups separated by ';' (each vector uses those it has). "
+                                                     "Default: all of a vector's layers together."),
+    positive_prompt: list[str] = typer.Option([], help="Prompting toward positive sentiment (repeatable)."),
+    negative_prompt: list[str] = typer.Option([], help="Prompting toward negative sentiment (repeatable)."),
+    prompt_mode: str = PROMPT_MODE,
+    combine: list[str] = typer.Option([], help="Also run this --vector NAME together with the prompts (repeatable)."),
+    budget: float = typer.Option(1.15, callback=positive, help="Largest continuation perplexity ratio."),
+    goal_positive: float = typer.Option(0.90, help="Goal line: positive share pushing up."),
+    goal_negative: float = typer.Option(0.80, help="Goal line: negative share pushing down."),
+    max_new_tokens: int = typer.Option(24, min=1),
+    batch_size: int = typer.Option(32, min=1),
+    seed: int = typer.Option(0, help="Shuffle of the selection / held-out halves."),
+) -> None:
+    """Effect–fluency frontier: positive / negative share against perplexity ratio for every method
+    (vectors, prompting, prompt + vector), Pareto fronts, the best setting within --budget chosen
+    on one half of the openings and reported on the other. Writes frontier.json / .md / .png.
+
+    Example: steerlab eval frontier -v mean_diff=vectors/happy --positive-prompt 'A happy story. ' --out runs/fr
+    """
+    coef_list = parse_float_list(coefs)
+    named = _named_vectors(vector)
+    positive_prompts = [_prompt(t, prompt_mode) for t in positive_prompt]
+    negative_prompts = [_prompt(t, prompt_mode) for t in negative_prompt]
+    if not named and not (positive_prompts or negative_prompts):
+        raise typer.BadParameter("give at least one --vector or prompt")
+
+    def body() -> None:
+        from steerlab.evaluate.frontier import frontier
+
+        from .vectors import load_vector
+
+        lm, _ = _load(model)
+        vecs = {name: load_vector(path, lm) for name, path in named.items()}
+        for vec in vecs.values():
+            vec.check_model(lm)
+        contenders = _contenders(vecs, coef_list, _layer_sets(layer_sets), positive_prompts, negative_prompts,
+                                 combine)
+        rep = frontier(lm, contenders, _openings(openings)[:limit], budget=budget,
+                       goal={1: goal_positive, -1: goal_negative}, seed=seed, progress=progress_flag(),
+                       max_new_tokens=max_new_tokens, batch_size=batch_size)
+        _finish(rep, out, "frontier", lm, openings, coefficients=coef_list)
 
     run(body)
 

@@ -9,6 +9,10 @@ coefficient]}``, so :mod:`~steerlab.evaluate.sweep` can sweep and auto-tune any 
 * :mod:`~steerlab.evaluate.behavior` — CAA A/B read-outs (``behavior_eval``, ``capability_eval``).
 * :mod:`~steerlab.evaluate.cost` — off-target cost: perplexity and KL on neutral text.
 * :mod:`~steerlab.evaluate.sweep` — layer × coefficient grids and auto-tuning.
+* :mod:`~steerlab.evaluate.frontier` — effect against perplexity for every method, prompting
+  included: Pareto fronts and the best setting within a budget (``frontier``).
+* :mod:`~steerlab.evaluate.prompting` — a :class:`Prompt` (prefix or system turn): prompting as a
+  method, the ``prompt=`` option of the sentiment and behaviour evaluations.
 * helpers: :mod:`~steerlab.evaluate.scorers` (sentiment scorers), :mod:`~steerlab.evaluate.stats`
   (bootstrap intervals), :mod:`~steerlab.evaluate.likelihood` (continuation log-likelihoods),
   :mod:`~steerlab.evaluate.report` (the report base class).
@@ -21,7 +25,20 @@ Example:
 
 from __future__ import annotations
 
+from .frontier import Contender, FrontierReport, frontier
+from .prompting import Prompt
 from .protocol import Evaluation, MetricReport, get_evaluation, register
 from .report import IncompleteReportError, Report
 
-__all__ = ["Evaluation", "IncompleteReportError", "MetricReport", "Report", "get_evaluation", "register"]
+__all__ = [
+    "Contender",
+    "Evaluation",
+    "FrontierReport",
+    "IncompleteReportError",
+    "MetricReport",
+    "Prompt",
+    "Report",
+    "frontier",
+    "get_evaluation",
+    "register",
+]

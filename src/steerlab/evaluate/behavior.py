@@ -17,6 +17,11 @@ number reads as p(correct) and the share of items above 0.5 as accuracy.
 All coefficients run in the same batches with per-row steering (rows = items × coefficients):
 one forward pass per batch, no generation.
 
+Prompting is a row like any other: with ``prompt=`` (a :class:`~steerlab.evaluate.prompting.Prompt`
+put before the question or as the system turn) every coefficient reads the prompted item; with
+``vector=None`` and coefficient 0 it is the prompt alone. The prompt is part of the instruction,
+so steering still starts where the assistant's answer begins.
+
 Example:
     >>> vec = behavior_vector(lm, CAA / "generate/sycophancy/generate_dataset.json",
     ...                       layers=[13], limit=200)  # doctest: +SKIP
@@ -48,6 +53,7 @@ from ..progress import track
 from ..steering import Steering, SteeringLike
 from ..tokens import common_prefix_length, pad_id, pad_token_ids, position_ids
 from ..vector import SteeringVector
+from .prompting import Prompt, PromptLike, as_prompt
 from .protocol import Evaluation, register_builtin
 from .report import Report, new_figure, save_figure
 from .stats import bootstrap_ci, resample_indices
@@ -171,7 +177,11 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
     return common_prefix_length([a, b])
 
 
-def _prepare(lm: LM, items: Sequence[ABItem]) -> list[_Prepared]:
+def _chat(lm: LM, prompt: Prompt | None, user: str, assistant: str) -> str:
+    return lm.chat(user, assistant) if prompt is None else prompt.render_chat(lm, user, assistant)
+
+
+def _prepare(lm: LM, items: Sequence[ABItem], prompt: Prompt | None = None) -> list[_Prepared]:
     """Token ids of each item's context and its two letter tokens.
 
     The letter token is the token the tokenizer gives the letter right after ``"("`` in context:
@@ -182,12 +192,13 @@ def _prepare(lm: LM, items: Sequence[ABItem]) -> list[_Prepared]:
 
     Steering starts at ``prompt_length`` = the token count of ``lm.chat(q, "")`` (the instruction,
     up to where the assistant's answer begins), capped so that the read position is always steered.
+    A ``prompt`` is rendered into every text (before the question, or as the system turn).
     """
     tok = lm.tokenizer
-    instr = [lm.chat(it.prompt, "") for it in items]
-    primed = [lm.chat(it.prompt, PRIME) for it in items]
-    pos_txt = [lm.chat(it.prompt, PRIME + it.positive_letter) for it in items]
-    neg_txt = [lm.chat(it.prompt, PRIME + it.negative_letter) for it in items]
+    instr = [_chat(lm, prompt, it.prompt, "") for it in items]
+    primed = [_chat(lm, prompt, it.prompt, PRIME) for it in items]
+    pos_txt = [_chat(lm, prompt, it.prompt, PRIME + it.positive_letter) for it in items]
+    neg_txt = [_chat(lm, prompt, it.prompt, PRIME + it.negative_letter) for it in items]
     enc = tok(instr + primed + pos_txt + neg_txt, add_special_tokens=True)["input_ids"]
     n = len(items)
     out: list[_Prepared] = []
@@ -340,11 +351,13 @@ class BehaviorReport(Report):
         behavior: the behaviour (or capability set) name.
         capability: ``True`` for MMLU / TruthfulQA: the value is p(correct), ``above_half`` accuracy.
         points: one :class:`BehaviorPoint` per coefficient, in the order given.
+        prompt: the prompt every item was read with (``{"text", "mode", "name"}``), or ``None``.
     """
 
     behavior: str = ""
     capability: bool = False
     points: list[BehaviorPoint] = field(default_factory=list)
+    prompt: dict[str, str] | None = None
 
     def point(self, coefficient: float) -> BehaviorPoint:
         """The point at ``coefficient``.
@@ -378,8 +391,10 @@ class BehaviorReport(Report):
 
     def rows(self) -> list[dict[str, Any]]:
         share = "accuracy" if self.capability else "share_above_0.5"
+        lead = {"prompt": self.prompt["name"]} if self.prompt else {}
         return [
             {
+                **lead,
                 "coefficient": p.coefficient,
                 self.value_name: p.mean,
                 "ci_low": p.ci_low,
@@ -454,7 +469,7 @@ def _points(vals: np.ndarray, coefficients: Sequence[float], n_bootstrap: int, s
 
 def behavior_eval(
     lm: LM,
-    vector: SteeringVector,
+    vector: SteeringVector | None,
     items: Sequence[ABItem | Mapping[str, Any]] | str | os.PathLike[str],
     coefficients: Sequence[float] = (-1.0, 0.0, 1.0),
     *,
@@ -467,6 +482,7 @@ def behavior_eval(
     limit: int | None = None,
     capability: bool = False,
     multipliers: Sequence[float] | None = None,
+    prompt: PromptLike | None = None,
 ) -> BehaviorReport:
     """CAA A/B behaviour evaluation: mean p(matching) per coefficient, steering after the instruction.
 
@@ -487,6 +503,8 @@ def behavior_eval(
         capability: the items are a capability set (MMLU / TruthfulQA): the value reads as
             p(correct) and ``above_half`` as accuracy (see :func:`capability_eval`).
         multipliers: deprecated name of ``coefficients``.
+        prompt: a :class:`~steerlab.evaluate.prompting.Prompt` (or a prefix string) read with
+            every item; with ``vector=None`` (coefficient 0 only) it is prompting alone.
 
     Example:
         >>> r = behavior_eval(lm, vec, CAA / "test/sycophancy/test_dataset_ab.json")  # doctest: +SKIP
@@ -495,37 +513,45 @@ def behavior_eval(
 
     Raises:
         DatasetError: a malformed item (named by its index).
-        SteeringSpecError: no or repeated coefficients.
+        SteeringSpecError: no or repeated coefficients, or non-zero ones without a vector.
         LayerRangeError: ``layers`` not in the vector.
     """
     coefs = _checked_coefficients(coefficients, multipliers)
+    instruction = as_prompt(prompt)
+    if vector is None and any(c != 0.0 for c in coefs):
+        raise SteeringSpecError("non-zero coefficients need a vector: for prompting alone use coefficients=[0]")
     if isinstance(items, (str, os.PathLike)):
         ab, source = load_ab_items(items, limit), {"source": str(items)}
     else:
         ab, source = _as_items(items)[:limit], {}
     steerings: list[SteeringLike | None] = [
-        None if c == 0.0 else Steering(vector, c, layers=layers, positions="generated") for c in coefs
+        None if c == 0.0 or vector is None else Steering(vector, c, layers=layers, positions="generated")
+        for c in coefs
     ]
-    vals = _read(lm, _prepare(lm, ab), [steerings] * len(ab), batch_size, progress)
+    vals = _read(lm, _prepare(lm, ab, instruction), [steerings] * len(ab), batch_size, progress)
     behavior = _name(ab, name)
     kind = "capability" if capability else "behaviour"
     settings: dict[str, Any] = {
         "set": kind,
         "capability": capability,
         "coefficients": coefs,
-        "layers": list(vector.layers) if layers is None else [int(x) for x in layers],
+        "layers": ([] if vector is None else list(vector.layers)) if layers is None else [int(x) for x in layers],
         "positions": "after the instruction (the '(' priming the answer and later)",
         "batch_size": batch_size,
         "n_bootstrap": n_bootstrap,
         "seed": seed,
         "model_id": lm.model_id,
-        "vector": {"method": vector.method, "model_id": vector.model_id, "data_hash": vector.data_hash},
+        "vector": None if vector is None else {"method": vector.method, "model_id": vector.model_id,
+                                               "data_hash": vector.data_hash},
+        "prompt": None if instruction is None else instruction.describe(),
         **source,
         **({"limit": limit} if limit is not None else {}),
     }
     return BehaviorReport(
-        title=f"CAA A/B {kind}: {behavior}", settings=settings, behavior=behavior, capability=capability,
+        title=f"CAA A/B {kind}: {behavior}" + ("" if instruction is None else f" with {instruction.label}"),
+        settings=settings, behavior=behavior, capability=capability,
         points=_points(vals, coefs, n_bootstrap, seed),
+        prompt=None if instruction is None else instruction.describe(),
     )
 
 

@@ -31,12 +31,13 @@ import torch
 from .. import hf
 from ..data import load_texts
 from ..engine import steer
-from ..errors import DatasetError
+from ..errors import DatasetError, SteeringSpecError
 from ..generate import encode
 from ..model import LM
 from ..progress import track
 from ..steering import Steering, SteeringLike, compose
 from ..vector import SteeringVector
+from .prompting import Prompt, PromptLike, as_prompt
 from .protocol import Evaluation, register_builtin
 from .report import Report, new_figure, save_figure
 
@@ -301,7 +302,7 @@ def cost_settings(
 
 def offtarget_cost(
     lm: LM,
-    vector: SteeringVector,
+    vector: SteeringVector | None,
     texts: Sequence[str],
     coefficients: Sequence[float] = DEFAULT_COEFFICIENTS,
     *,
@@ -310,11 +311,17 @@ def offtarget_cost(
     operator: str = "add",
     batch_size: int = 16,
     progress: bool | None = None,
+    prompt: PromptLike | None = None,
 ) -> CostReport:
     """Off-target cost of ``vector`` at each coefficient, measured on neutral ``texts``.
 
     The unsteered model runs once per batch and is shared by every coefficient; the baseline of
     the perplexity ratio is the unsteered model (the same as coefficient 0 for ``"add"``).
+
+    With a (prefix) ``prompt`` every text is read after the prompt — coefficient 0 is the prompt
+    alone, ``vector=None`` allowed — and compared with the plain text under the unsteered,
+    unprompted model (:mod:`steerlab.evaluate.prompted_cost`): the cost of prompting in the same
+    units as the cost of steering.
 
     Example:
         >>> texts = load_texts("../shared/data/repe/facts_true_false.csv", limit=32)  # doctest: +SKIP
@@ -326,6 +333,10 @@ def offtarget_cost(
         DatasetError: no texts, or none with 2 or more tokens.
     """
     coefs = [float(c) for c in coefficients]
+    instruction = as_prompt(prompt)
+    if vector is None or instruction is not None:
+        return _prompted_cost(lm, vector, texts, coefs, instruction, layers=layers, positions=positions,
+                              operator=operator, batch_size=batch_size, progress=progress)
     steerings: list[SteeringLike | None] = [
         Steering(vector, c, layers=layers, positions=positions, operator=operator) for c in coefs
     ]
@@ -334,6 +345,32 @@ def offtarget_cost(
     return CostReport(
         title=f"off-target cost of {vector.method} vector (layers {used})",
         settings=cost_settings(lm, vector, layers=used, positions=positions, operator=operator, batch_size=batch_size),
+        **cost_curve(coefs, stats),
+    )
+
+
+def _prompted_cost(
+    lm: LM, vector: SteeringVector | None, texts: Sequence[str], coefs: list[float], prompt: Prompt | None,
+    *, layers: Sequence[int] | None, positions: Any, operator: str, batch_size: int, progress: bool | None,
+) -> CostReport:
+    """:func:`offtarget_cost` with a prompt (or without a vector: only coefficient 0)."""
+    from .prompted_cost import prompted_stats
+
+    if vector is None and any(c != 0 for c in coefs):
+        raise SteeringSpecError("non-zero coefficients need a vector: for a prompt alone use coefficients=[0]")
+    if prompt is None:
+        raise SteeringSpecError("offtarget_cost needs a vector, a prompt or both")
+    steerings: list[SteeringLike | None] = [
+        None if vector is None or c == 0 else Steering(vector, c, layers=layers, positions=positions,
+                                                       operator=operator)
+        for c in coefs
+    ]
+    stats = prompted_stats(lm, texts, prompt, steerings, batch_size=batch_size, progress=progress)
+    used = [] if vector is None else list(Steering(vector, 0.0, layers=layers).active_layers)
+    return CostReport(
+        title=f"off-target cost of {prompt.label}" + ("" if vector is None else f" with {vector.method} {used}"),
+        settings={"model_id": lm.model_id, "method": "prompting" if vector is None else vector.method, "layers": used,
+                  "positions": positions, "operator": operator, "batch_size": batch_size, "prompt": prompt.describe()},
         **cost_curve(coefs, stats),
     )
 

@@ -28,9 +28,13 @@ Example — a new evaluation (the mean length of steered continuations) in a few
     >>> sweep(lm, vec, "length", ["The cat"], coefficients=[0, 4], layer_sets=[[2], [3]])  # doctest: +SKIP
     >>> autotune(lm, vec, "length", prompts, coefficients=[1, 4], cost_texts=texts)  # doctest: +SKIP
 
-A frontier (effect against perplexity), a prompting baseline (a report row that is not a
-coefficient) or conditional steering plug in the same way: the report says which coefficients it
-has and what it measured at each; sweeps and auto-tuning need nothing else.
+Prompting is an *option* of an evaluation, not a special report: an evaluation that takes
+``prompt=`` (sentiment, behavior, cost) runs every coefficient on the prompted text, and with
+``vector=None`` and coefficient 0 it is the prompt alone. When the report measures its cost against
+its own reference (the unsteered, unprompted model) it returns the ratio as ``"<cost>_ratio"``
+and auto-tuning and the frontier use it as it is; otherwise they divide by the value at
+coefficient 0. :func:`~steerlab.evaluate.frontier.frontier` ranks vectors from any method and
+prompting on one effect–cost plane through this protocol alone.
 """
 
 from __future__ import annotations
@@ -78,7 +82,8 @@ class Evaluation:
         effect: ``{direction: metric}`` that :func:`~steerlab.evaluate.sweep.autotune` maximises for
             ``direction=+1`` / ``-1``; empty when the evaluation measures no effect to tune.
         cost: a metric whose ratio to its unsteered value auto-tune may use as the cost
-            (``"<cost>_ratio"``) when it is given no neutral texts; ``None`` if there is none.
+            (``"<cost>_ratio"``: the report's own when it has one, else relative to coefficient 0)
+            when it is given no neutral texts; ``None`` if there is none.
     """
 
     name: str

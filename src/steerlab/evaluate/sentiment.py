@@ -5,6 +5,13 @@ every continuation is scored by a sentiment :class:`Scorer`, and the result is s
 coefficient with bootstrap confidence intervals (:class:`SentimentReport`). All coefficients run
 together in batched ``generate`` calls with per-row steering.
 
+Prompting is a row like any other: with ``prompt=`` every coefficient continues the *prompted*
+opening (``vector=None`` with coefficient ``0``: the prompt alone). The fluency cost of every row
+is the perplexity of its continuation under the unsteered, unprompted model given the plain
+opening, and ``continuation_ppl_ratio`` divides it by that of the unsteered, unprompted model's
+own continuations (the report's ``reference`` row) — so steered, prompted and combined rows pay in
+the same currency.
+
 The scorers (VADER by default, or any Hugging Face text classifier) are in
 :mod:`steerlab.evaluate.scorers`.
 
@@ -12,6 +19,9 @@ Example:
     >>> report = sentiment_shift(lm, happy, openings, coefficients=(-4, 0, 4))  # doctest: +SKIP
     >>> print(report.to_markdown())  # doctest: +SKIP
     >>> report.plot("sentiment.png")  # doctest: +SKIP
+    >>> cheer = sentiment_shift(lm, None, openings, [0], prompt="Here is a happy story. ")  # doctest: +SKIP
+    >>> cheer.by_coefficient[0].ppl_ratio  # cost against the plain model's own continuations  # doctest: +SKIP
+    1.27
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from ..progress import track
 from ..steering import Positions, Steering
 from ..vector import SteeringVector
 from .likelihood import continuation_nll, perplexities
+from .prompting import Prompt, PromptLike, as_prompt
 from .protocol import Evaluation, register_builtin
 from .report import Report, fmt, new_figure, save_figure
 from .scorers import LABELS, Scorer, SentimentScore, get_scorer
@@ -62,6 +73,7 @@ class SentimentRow:
     mean_positive: float
     median_perplexity: float = math.nan
     mean_perplexity: float = math.nan
+    ppl_ratio: float = math.nan
 
 
 def coefficient_label(coefficient: float) -> str:
@@ -89,6 +101,9 @@ class SentimentReport(Report):
         scorer: the scorer's name.
         by_coefficient: the rows, in the order the coefficients were given.
         examples: ``{str(coefficient): [(opening, continuation), ...]}`` — the first 5.
+        prompt: the prompt every row continued (``{"text", "mode", "name"}``), or ``None``.
+        reference: the unsteered, unprompted model on the plain openings — what
+            ``ppl_ratio`` divides by (``None`` when fluency was not measured).
 
     Example:
         >>> report.positive_share(1.0) > report.positive_share(-1.0)  # doctest: +SKIP
@@ -98,6 +113,8 @@ class SentimentReport(Report):
     scorer: str = ""
     by_coefficient: list[SentimentRow] = field(default_factory=list)
     examples: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    prompt: dict[str, str] | None = None
+    reference: SentimentRow | None = None
 
     def row(self, coefficient: float) -> SentimentRow:
         """The row of ``coefficient``.
@@ -130,20 +147,25 @@ class SentimentReport(Report):
         return [r.coefficient for r in self.by_coefficient]
 
     def metrics(self) -> dict[str, list[float]]:
-        """``positive_share``, ``negative_share``, ``mean_compound`` and ``continuation_ppl`` (the
-        mean perplexity of the continuations under the unsteered model), one value per coefficient."""
+        """``positive_share``, ``negative_share``, ``mean_compound``, ``continuation_ppl`` (the
+        mean perplexity of the continuations under the unsteered, unprompted model) and
+        ``continuation_ppl_ratio`` (that over the :attr:`reference`'s), one value per coefficient."""
         rows = self.by_coefficient
         return {
             "positive_share": [r.positive_share for r in rows],
             "negative_share": [r.negative_share for r in rows],
             "mean_compound": [r.mean_compound for r in rows],
             "continuation_ppl": [r.mean_perplexity for r in rows],
+            "continuation_ppl_ratio": [r.ppl_ratio for r in rows],
         }
 
     def rows(self) -> list[dict[str, Any]]:
-        """One table row per coefficient: shares with their 95% CIs and the median perplexity."""
+        """One table row per coefficient (the prompt's label first when there is one): shares with
+        their 95% CIs, the median perplexity and the mean-perplexity ratio to the reference."""
+        lead = {"prompt": self.prompt["name"]} if self.prompt else {}
         return [
             {
+                **lead,
                 "coef": r.coefficient,
                 "n": r.n,
                 "mean_compound": r.mean_compound,
@@ -152,6 +174,7 @@ class SentimentReport(Report):
                 "neutral": _ci_text(r.neutral_share, r.neutral_ci),
                 "negative": _ci_text(r.negative_share, r.negative_ci),
                 "ppl": r.median_perplexity,
+                "ppl_ratio": r.ppl_ratio,
             }
             for r in self.by_coefficient
         ]
@@ -231,14 +254,50 @@ def _summary(
     )
 
 
+def _steerings(
+    vector: SteeringVector | None, coefs: Sequence[float], layers: Sequence[int] | None, positions: Positions | None,
+    operator: str,
+) -> list[Steering | None]:
+    """One steering per coefficient (``None`` at 0); without a vector only coefficient 0 is possible."""
+    if vector is None:
+        if any(c != 0 for c in coefs):
+            raise SteeringSpecError(
+                f"coefficients {[c for c in coefs if c != 0]} need a vector: without one (prompting alone) "
+                "use coefficients=[0]"
+            )
+        return [None] * len(coefs)
+    where = None if vector.tokenwise and positions in (None, "all") else positions
+    return [None if c == 0 else Steering(vector, c, layers=layers, positions=where, operator=operator) for c in coefs]
+
+
+def _continue(
+    lm: LM, texts: list[str], rows: list[Steering | None], max_new_tokens: int, batch_size: int,
+    progress: bool | None,
+) -> list[str]:
+    """Greedy continuations of already-rendered ``texts``, steered per row, in ``batch_size`` chunks."""
+    out: list[str] = []
+    for start in track(range(0, len(texts), batch_size), "generating continuations", enabled=progress):
+        out += generate(lm, texts[start : start + batch_size], steering=rows[start : start + batch_size],
+                        max_new_tokens=max_new_tokens)
+    return out
+
+
+@dataclass
+class _Reference:
+    """The unsteered, unprompted model's continuations of the plain openings, scored."""
+
+    scores: list[SentimentScore]
+    ppl: list[float]
+
+
 def sentiment_shift(
     lm: LM,
-    vector: SteeringVector,
+    vector: SteeringVector | None,
     openings: Sequence[str],
     coefficients: Sequence[float] = (-1.0, 0.0, 1.0),
     *,
     layers: Sequence[int] | None = None,
-    positions: Positions = "all",
+    positions: Positions | None = "all",
     operator: str = "add",
     max_new_tokens: int = 24,
     scorer: str | os.PathLike[str] | Scorer | None = None,
@@ -248,21 +307,26 @@ def sentiment_shift(
     seed: int = 0,
     progress: bool | None = None,
     fluency: bool = True,
+    prompt: PromptLike | None = None,
 ) -> SentimentReport:
     """Continue every opening greedily at each coefficient and measure the sentiment it ends up with.
 
     Rows (openings × coefficients) are generated together in ``batch_size`` chunks with per-row
     steering; coefficient ``0`` is the unsteered model (whatever the operator). Only the
     continuation (stripped) is scored. With ``fluency=True`` each continuation's perplexity under
-    the *unsteered* model is measured as well.
+    the *unsteered, unprompted* model given the plain opening is measured as well, and divided by
+    that of the unsteered, unprompted model's own continuations (``ppl_ratio``; the reference
+    rows are generated once more only when the grid does not already hold them).
 
     Args:
         lm: the model.
-        vector: the steering vector (made for ``lm``).
+        vector: the steering vector (made for ``lm``), or ``None`` for prompting alone (then the
+            only coefficient is ``0``).
         openings: sentence openings to continue (e.g. RepE's ``all_truncated_outputs.json``).
         coefficients: steering strengths; duplicates are dropped.
         layers: subset of the vector's layers (default: all).
-        positions: where to steer (see :mod:`steerlab.steering`).
+        positions: where to steer (see :mod:`steerlab.steering`); token-wise (ActAdd) vectors
+            are added front-aligned whatever is given here unless it is a window.
         operator: ``"add"``, ``"ablate"``, ``"clamp"`` or ``"add_norm_preserving"``.
         max_new_tokens: length of each continuation.
         scorer: ``"vader"`` (default), a classifier folder / hub id, or a :class:`Scorer`.
@@ -272,12 +336,15 @@ def sentiment_shift(
         n_bootstrap: bootstrap resamples for the 95% intervals (``0``: no intervals).
         seed: seed of the bootstrap.
         progress: show progress bars (default: unless ``STEERLAB_QUIET`` is set).
-        fluency: also measure perplexity under the unsteered model.
+        fluency: also measure perplexity under the unsteered, unprompted model.
+        prompt: a :class:`~steerlab.evaluate.prompting.Prompt` (or a prefix string) every row
+            continues from: prompting as a method, alone or with the vector.
 
     Raises:
         DatasetError: no openings.
         ModelMismatchError: the vector was made for another model (raised before generating).
-        SteeringSpecError / LayerRangeError: invalid coefficients, positions, operator or layers.
+        SteeringSpecError / LayerRangeError: invalid coefficients, positions, operator or layers,
+            non-zero coefficients without a vector, or a system prompt without ``chat``.
         ScorerLoadError: the scorer cannot be loaded.
 
     Example:
@@ -287,41 +354,40 @@ def sentiment_shift(
         True
     """
     items, coefs = _checked(openings, coefficients, batch_size)
-    vector.check_model(lm)
-    steerings: list[Steering | None] = [
-        None if c == 0 else Steering(vector, c, layers=layers, positions=positions, operator=operator) for c in coefs
-    ]
+    instruction = as_prompt(prompt)
+    if vector is not None:
+        vector.check_model(lm)
+    steerings = _steerings(vector, coefs, layers, positions, operator)
+    plain = [lm.chat(o) if chat else o for o in items]
+    shown = plain if instruction is None else [instruction.render(lm, o, chat) for o in items]
     sc = get_scorer(scorer)
 
-    prompts = [o for o in items for _ in coefs]
-    rows = [s for _ in items for s in steerings]
-    continuations: list[str] = []
-    for start in track(range(0, len(prompts), batch_size), "generating continuations", enabled=progress):
-        continuations += generate(
-            lm,
-            prompts[start : start + batch_size],
-            steering=rows[start : start + batch_size],
-            max_new_tokens=max_new_tokens,
-            chat=chat,
-        )
+    k = len(coefs)
+    continuations = _continue(lm, [t for t in shown for _ in coefs], [s for _ in items for s in steerings],
+                              max_new_tokens, batch_size, progress)
     scores = _score(sc, [c.strip() for c in continuations], batch_size, progress)
-    if fluency:
-        rendered = [lm.chat(p) if chat else p for p in prompts]
-        ppl = perplexities(continuation_nll(lm, rendered, continuations, batch_size=batch_size, progress=progress))
-    else:
-        ppl = [math.nan] * len(prompts)
+    ppl = _fluency(lm, [t for t in plain for _ in coefs], continuations, batch_size, progress, fluency)
+    reference = _reference(lm, plain, coefs, instruction, scores, ppl, max_new_tokens, batch_size, sc, progress,
+                           fluency)
 
-    n, k = len(items), len(coefs)
-    idx = resample_indices(n, n_bootstrap, seed)
+    idx = resample_indices(len(items), n_bootstrap, seed)
     # rows are opening-major: the rows of coefficient j are j, j + k, j + 2k, ...
     results = [_summary(c, scores[j::k], ppl[j::k], idx) for j, c in enumerate(coefs)]
+    ref_row = None if reference is None else _summary(0.0, reference.scores, reference.ppl, idx)
+    for r in results:
+        r.ppl_ratio = _ratio(r.mean_perplexity, ref_row)
+    if ref_row is not None:
+        ref_row.ppl_ratio = 1.0
+    n = len(items)
     examples = {str(c): [(items[i], continuations[i * k + j]) for i in range(min(5, n))] for j, c in enumerate(coefs)}
+    method = "prompting" if vector is None else vector.method
+    used = (list(layers) if layers is not None else vector.layers) if vector is not None else []
     return SentimentReport(
-        title=f"Sentiment shift: {vector.method} vector on {lm.model_id} ({sc.name})",
+        title=f"Sentiment shift: {method}{_with(instruction)} on {lm.model_id} ({sc.name})",
         settings={
             "model_id": lm.model_id,
-            "vector_method": vector.method,
-            "layers": list(layers) if layers is not None else vector.layers,
+            "vector_method": method,
+            "layers": used,
             "positions": positions,
             "operator": operator,
             "coefficients": coefs,
@@ -332,18 +398,65 @@ def sentiment_shift(
             "n_bootstrap": n_bootstrap,
             "seed": seed,
             "fluency": fluency,
+            "prompt": None if instruction is None else instruction.describe(),
         },
         scorer=sc.name,
         by_coefficient=results,
         examples=examples,
+        prompt=None if instruction is None else instruction.describe(),
+        reference=ref_row,
     )
+
+
+def _with(prompt: Prompt | None) -> str:
+    return "" if prompt is None else f" with {prompt.label}"
+
+
+def _ratio(value: float, reference: SentimentRow | None) -> float:
+    base = math.nan if reference is None else reference.mean_perplexity
+    return value / base if math.isfinite(base) and base > 0 else math.nan
+
+
+def _fluency(
+    lm: LM, plain: list[str], continuations: list[str], batch_size: int, progress: bool | None, fluency: bool
+) -> list[float]:
+    """Perplexity of each continuation under the unsteered model given its *plain* opening."""
+    if not fluency:
+        return [math.nan] * len(continuations)
+    return perplexities(continuation_nll(lm, plain, continuations, batch_size=batch_size, progress=progress))
+
+
+def _reference(
+    lm: LM,
+    plain: list[str],
+    coefs: list[float],
+    prompt: Prompt | None,
+    scores: list[SentimentScore],
+    ppl: list[float],
+    max_new_tokens: int,
+    batch_size: int,
+    scorer: Scorer,
+    progress: bool | None,
+    fluency: bool,
+) -> _Reference | None:
+    """The unsteered, unprompted continuations: the coefficient-0 rows when the grid has them,
+    else generated here (``None`` without ``fluency``)."""
+    if not fluency:
+        return None
+    k = len(coefs)
+    if prompt is None and 0.0 in coefs:
+        j = coefs.index(0.0)
+        return _Reference(scores[j::k], ppl[j::k])
+    conts = _continue(lm, plain, [None] * len(plain), max_new_tokens, batch_size, progress)
+    return _Reference(_score(scorer, [c.strip() for c in conts], batch_size, progress),
+                      _fluency(lm, plain, conts, batch_size, progress, True))
 
 
 register_builtin(
     Evaluation(
         "sentiment",
         sentiment_shift,
-        metrics=("positive_share", "negative_share", "mean_compound", "continuation_ppl"),
+        metrics=("positive_share", "negative_share", "mean_compound", "continuation_ppl", "continuation_ppl_ratio"),
         data="sentence openings",
         load=load_openings,
         default_data=lambda: list(OPENINGS),

@@ -32,6 +32,7 @@ from ..errors import DatasetError, SteeringSpecError
 from ..model import LM
 from ..progress import track
 from ..vector import SteeringVector
+from .prompting import as_prompt
 from .protocol import EVALUATIONS, Evaluation, get_evaluation
 from .report import Report, new_figure, save_figure
 
@@ -90,6 +91,15 @@ def _layer_sets(vector: SteeringVector, layer_sets: Sequence[Sequence[int]] | No
     if not sets or any(not s for s in sets):
         raise SteeringSpecError("layer_sets must be a non-empty list of non-empty layer lists")
     return sets
+
+
+def _recorded(options: dict[str, Any]) -> dict[str, Any]:
+    """The options a report records: plain values, and a prompt as ``{"text", "mode", "name"}``."""
+    out: dict[str, Any] = {k: v for k, v in options.items() if isinstance(v, (int, float, str))}
+    prompt = as_prompt(options.get("prompt"))
+    if prompt is not None:
+        out["prompt"] = prompt.describe()
+    return out
 
 
 @dataclass
@@ -198,7 +208,7 @@ def sweep(
     sets = _layer_sets(vector, layer_sets)
     coefs = [float(c) for c in coefficients]
     report = SweepReport(kind=evaluation.name, metric=metric, layer_sets=sets, coefficients=coefs, complete=False,
-                         settings={k: v for k, v in kwargs.items() if isinstance(v, (int, float, str))})
+                         settings=_recorded(kwargs))
     report.grids = _grids(evaluation, lm, vector, data, sets, coefs, progress=progress, workers=workers,
                           ray_address=ray_address, **kwargs)
     report.complete = True
@@ -214,7 +224,10 @@ class AutotuneReport(Report):
         effect_metric: what was maximised; cost_metric / budget: the constraint (cost ≤ budget).
         layers, coefficient: the chosen setting.
         selection: the sweep on the selection half (effect and cost grids).
-        held_out: ``{"baseline": {...}, "steered": {...}}`` metrics on the other half.
+        held_out: ``{"baseline": {...}, "steered": {...}}`` metrics on the other half
+            (``baseline`` is coefficient 0: with ``prompt=`` the prompt alone).
+        fits_budget: whether the chosen setting's selection cost is within budget (False only
+            when nothing fitted and coefficient 0 itself breaks it, e.g. a long prompt).
     """
 
     kind: str = ""
@@ -227,6 +240,7 @@ class AutotuneReport(Report):
     n_report: int = 0
     selection: dict[str, Any] = field(default_factory=dict)
     held_out: dict[str, dict[str, float]] = field(default_factory=dict)
+    fits_budget: bool = True
 
     def rows(self) -> list[dict[str, Any]]:
         """Held-out metrics, baseline vs the chosen setting."""
@@ -297,6 +311,18 @@ class _Objective:
             )
         return cls(evaluation, evaluation.effect[direction], None, f"{evaluation.cost}_ratio", direction)
 
+    def own_costs(self, metrics: dict[str, Any], coefficients: Sequence[float]) -> Any:
+        """The cost ratio from the evaluation's own metrics (a grid row or a grid): the report's
+        ``<cost>_ratio`` when it measures its own reference (sentiment: the unsteered, unprompted
+        model), else the cost relative to coefficient 0."""
+        own = self.evaluation.cost or ""
+        if f"{own}_ratio" in metrics:
+            return metrics[f"{own}_ratio"]
+        values = metrics[own]
+        if values and isinstance(values[0], list):
+            return [self.own_cost(row, coefficients) for row in values]
+        return self.own_cost(values, coefficients)
+
     @staticmethod
     def own_cost(values: Sequence[float], coefficients: Sequence[float]) -> list[float]:
         """The evaluation's cost metric relative to its value at coefficient 0 (the unsteered model)."""
@@ -306,15 +332,18 @@ class _Objective:
 
 def _choose(effect: list[list[float]], cost: list[list[float]], coefs: list[float], budget: float) -> tuple[int, int]:
     """``(layer set, coefficient)`` indices of the largest effect whose cost is within budget (ties:
-    the smaller ``|coefficient|``); ``(0, 0)`` — the unsteered model — when nothing fits."""
+    the smaller ``|coefficient|``, so coefficient 0 — listed first — wins a tie, then the earlier
+    layer set); ``(0, 0)`` when
+    nothing fits. Coefficient 0 is a candidate: auto-tune never picks a setting that does worse
+    than not steering."""
     candidates = [
-        (effect[i][j], -abs(coefs[j]), i, j)
-        for i in range(len(effect)) for j in range(1, len(coefs))
+        (effect[i][j], -abs(coefs[j]), -j, -i, i, j)
+        for i in range(len(effect)) for j in range(len(coefs))
         if cost[i][j] <= budget and not math.isnan(effect[i][j])
     ]
     if not candidates:
         return 0, 0
-    _, _, i, j = max(candidates)
+    *_, i, j = max(candidates)
     return i, j
 
 
@@ -346,9 +375,13 @@ def autotune(
     ``continuation_ppl_ratio``). An evaluation without an own cost (behavior) needs ``cost_texts``.
 
     The data is shuffled (``seed``) and halved: the choice is made on the first half, the chosen
-    setting and the baseline are reported on the second. When no setting fits the budget the
-    choice is the unsteered model (coefficient 0). With ``workers`` the candidate settings run on
-    Ray actors (as in :func:`sweep`); the held-out report runs here.
+    setting and the baseline are reported on the second. Coefficient 0 is a candidate too; when no
+    setting fits the budget the choice is coefficient 0 (the unsteered model). With ``workers`` the
+    candidate settings run on Ray actors (as in :func:`sweep`); the held-out report runs here.
+
+    Options in ``kwargs`` reach the evaluation: with ``prompt=`` (sentiment, behavior) every
+    setting runs on the prompted text — prompting combined with the vector, coefficient 0 being
+    the prompt alone — while the sentiment cost still compares with the unprompted model.
 
     Raises:
         DatasetError: fewer than 2 items, or no ``cost_texts`` for an evaluation without own cost.
@@ -365,7 +398,7 @@ def autotune(
     grids = _grids(objective.evaluation, lm, vector, select, sets, coefs, progress=progress, **ray_options, **kwargs)
     effect = grids[objective.effect]
     if objective.cost is None:
-        cost = [objective.own_cost(row, coefs) for row in grids[objective.evaluation.cost or ""]]
+        cost = objective.own_costs(grids, coefs)
     else:
         cost = _grids(objective.cost, lm, vector, cost_texts or [], sets, coefs, progress=progress, **ray_options)[
             objective.cost_metric
@@ -376,9 +409,10 @@ def autotune(
         title=f"auto-tune ({objective.evaluation.name}, {objective.effect}, {objective.cost_metric} ≤ {budget:g})",
         kind=objective.evaluation.name, effect_metric=objective.effect, cost_metric=objective.cost_metric,
         budget=budget, layers=chosen_layers, coefficient=chosen, n_select=len(select), n_report=len(held),
+        fits_budget=bool(cost[bi][bj] <= budget),
         selection={"layer_sets": sets, "coefficients": coefs, "effect": effect, "cost": cost},
         held_out=_held_out(objective, lm, vector.select(chosen_layers), held, chosen, cost_texts, **kwargs),
-        settings={"direction": direction, "seed": seed},
+        settings={"direction": direction, "seed": seed, **_recorded(kwargs)},
     )
 
 
@@ -396,7 +430,7 @@ def _held_out(
     final = objective.evaluation(lm, vector, held, coefs, progress=False, **kwargs)
     own = objective.evaluation.cost
     if own is not None:
-        final[f"{own}_ratio"] = objective.own_cost(final[own], coefs)
+        final[f"{own}_ratio"] = objective.own_costs(final, coefs)
     if objective.cost is not None:
         final[objective.cost_metric] = objective.cost(lm, vector, cost_texts or [], coefs, progress=False)[
             objective.cost_metric

@@ -78,6 +78,9 @@ class Method:
             :class:`Accumulator` (its ``finalize`` must equal ``fit`` on the same data).
         trainer: for trained methods, ``trainer(lm, data, layers, **options)`` returns the
             :class:`~steerlab.vector.SteeringVector` (``fit`` is then never called).
+        diagnose: optional ``diagnose(pos, neg, direction) -> dict`` (JSON-ready) describing a
+            fitted layer, e.g. how sure its sign is; :func:`steerlab.extract` stores it in the
+            vector's ``meta["per_layer"][str(layer)]`` (non-streaming methods).
     """
 
     name: str
@@ -87,6 +90,7 @@ class Method:
     min_pairs: int = 1
     accumulator: Callable[[int], Accumulator] | None = None
     trainer: Callable[..., Any] | None = None
+    diagnose: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, Any]] | None = None
 
     @property
     def trained(self) -> bool:
