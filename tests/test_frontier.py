@@ -271,8 +271,8 @@ def test_frontier_errors(lm, vec):
         frontier(lm, [], OPENINGS)
     with pytest.raises(steerlab.SteeringSpecError, match="differ"):
         frontier(lm, [Contender.steering("a", vec, [1]), Contender.steering("a", vec, [2])], OPENINGS)
-    with pytest.raises(steerlab.SteeringSpecError, match="takes no prompt"):
-        frontier(lm, [Contender.prompting("p", positive=[HAPPY])], ["x", "y"], kind="cost")
+    with pytest.raises(steerlab.SteeringSpecError, match=r"directions must be among \[\] for cost"):
+        frontier(lm, [Contender.prompting("p", positive=[HAPPY])], ["x", "y"], kind="cost")  # no effect to rank
     with pytest.raises(steerlab.SteeringSpecError, match="magnitudes"):
         Contender("a", vec, (-1.0,))
     with pytest.raises(steerlab.DatasetError, match="at least 2"):
