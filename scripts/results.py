@@ -74,12 +74,14 @@ MODELS: dict[str, dict[str, Any]] = {
         "coefs": [0.25, 0.5, 1.0, 1.5, 2.5],
         "actadd_layers": [2, 6], "actadd_sets": [[2], [6], [2, 6]], "actadd_coefs": [0.25, 0.5, 1.0, 2.0, 4.0],
         "combo_sets": 2, "combo_coefs": [0.25, 0.5, 1.0, 1.5], "n_orient": 64, "orient_tokens": 24,
+        "trained_layers": [12], "trained_coefs": [0.5, 1.0, 1.5, 2.0, 3.0], "train": {"lr": 0.02, "epochs": 6},
     },
     "stories260K": {
         "path": str(SHARED / "models" / "stories260K"), "n_held": 192, "tokens": 24, "batch": 64,
         "mid": [1, 2, 3], "sets": [[1, 2, 3], [1], [2], [3]], "coefs": [0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0],
         "actadd_layers": [1, 2], "actadd_sets": [[1], [2], [1, 2]], "actadd_coefs": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
         "combo_sets": 4, "combo_coefs": [1.0, 2.0, 4.0, 8.0], "n_orient": 128, "orient_tokens": 24,
+        "trained_layers": [2], "trained_coefs": [0.5, 1.0, 2.0, 4.0, 8.0], "train": {"lr": 0.05, "epochs": 6},
     },
 }
 
@@ -133,6 +135,8 @@ def build_vectors(lm: steerlab.LM, methods: Sequence[str], plan: dict[str, Any])
         method, _, rule = name.partition(":")  # "pca_diff:majority": pca_diff in the majority orientation
         if name == "mean_diff":
             out[name] = md
+        elif method in TRAINED:
+            out[name] = trained_vector(lm, method, plan)
         elif name == "actadd":
             out[name] = steerlab.extract(lm, [steerlab.ContrastPair("Love", "Hate")], method="actadd",
                                          layers=plan["actadd_layers"])
@@ -142,6 +146,26 @@ def build_vectors(lm: steerlab.LM, methods: Sequence[str], plan: dict[str, Any])
         print(f"  vector {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     out.setdefault("mean_diff", md)
     return out
+
+
+SELF_CONTRAST = ("Write a cheerful, happy story.", "Write a sad, gloomy story.")
+"""The two prompts whose continuations (openings 0–127) train the trained methods' vectors."""
+
+
+def trained_vector(lm: steerlab.LM, method: str, plan: dict[str, Any]) -> steerlab.SteeringVector:
+    """A trained (bipo / reps) vector distilled from prompting: preference pairs the model writes
+    itself under a cheerful and a sad prompt (:func:`steerlab.self_contrast`), one vector at
+    ``plan["trained_layers"]``, steering the generated tokens (as it was trained)."""
+    t0 = time.perf_counter()
+    pairs = steerlab.self_contrast(lm, _openings()[:128], *SELF_CONTRAST, max_new_tokens=plan["tokens"],
+                                   batch_size=64)
+    t1 = time.perf_counter()
+    vec = steerlab.extract(lm, pairs, method=method, layers=plan["trained_layers"], seed=0, **plan["train"])
+    t2 = time.perf_counter()
+    vec.meta["timing_s"] = {"self_contrast": round(t1 - t0, 1), "training": round(t2 - t1, 1)}
+    print(f"  {method}: {len(pairs)} self-contrast pairs in {t1 - t0:.0f} s, trained in {t2 - t1:.0f} s "
+          f"({vec.meta.get('epochs_run', '?')} epochs)", flush=True)
+    return vec
 
 
 def contenders(vectors: dict[str, steerlab.SteeringVector], methods: Sequence[str], plan: dict[str, Any],
@@ -157,6 +181,10 @@ def contenders(vectors: dict[str, steerlab.SteeringVector], methods: Sequence[st
     for name in methods:
         if name == "actadd":
             out.append(Contender.steering(name, vectors[name], act_coefs, layer_sets=act_sets))
+        elif name.partition(":")[0] in TRAINED:
+            tc = plan["trained_coefs"][1:3] if quick else plan["trained_coefs"]
+            out.append(Contender.steering(name, vectors[name], tc, layer_sets=[plan["trained_layers"]],
+                                          positions="generated"))
         else:
             out.append(Contender.steering(name, vectors[name], coefs, layer_sets=sets))
     out.append(Contender.prompting("prompting", positive=pos, negative=neg))
@@ -201,6 +229,15 @@ def _vs_prompting(rep: FrontierReport, direction: int) -> str:
     return f"Held-out {metric} of each method's budgeted choice: " + ", ".join(rows) + "."
 
 
+def _trained_text(method: str, vec: steerlab.SteeringVector, plan: dict[str, Any]) -> str:
+    timing = vec.meta.get("timing_s", {})
+    return (f" `{method}`: trained at layer(s) {_layer_text(plan['trained_layers'])} on {vec.meta.get('n_pairs', '?')} "
+            f"preference pairs the model wrote itself (openings 0–127 continued under “{SELF_CONTRAST[0]}” vs "
+            f"“{SELF_CONTRAST[1]}”, `steerlab.self_contrast`), {plan['train']}, {vec.meta.get('epochs_run', '?')} "
+            f"epochs run, steering the generated tokens; pairs written in {timing.get('self_contrast', '?')} s, "
+            f"trained in {timing.get('training', '?')} s.")
+
+
 def frontier_section(key: str, methods: Sequence[str], out: Path, quick: bool) -> tuple[str, dict[str, Any]]:
     plan = MODELS[key]
     t0 = time.perf_counter()
@@ -229,7 +266,9 @@ def frontier_section(key: str, methods: Sequence[str], out: Path, quick: bool) -
         f"'Love' − 'Hate' at layers {plan['actadd_layers']}). Prompts: "
         + "; ".join(f"+ “{p.text.strip()}”" for p in POSITIVE) + "; "
         + "; ".join(f"− “{p.text.strip()}”" for p in NEGATIVE)
-        + ". Prompting + mean_diff uses the middle prompt of each side.\n\n"
+        + ". Prompting + mean_diff uses the middle prompt of each side."
+        + "".join(_trained_text(m, vectors[m], plan) for m in methods if m in TRAINED)
+        + "\n\n"
         + rep.to_markdown().split("\n\n", 1)[1]
         + f"\n\n![frontier {key}](results/frontier_{key}.png)\n\n"
         + "\n".join(f"* {_goal_reading(rep, d)} {_vs_prompting(rep, d)}" for d in (1, -1))
