@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import subprocess
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                         threads=threads))
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    ray.init(num_cpus=max(args.workers), include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=max(args.workers), include_dashboard=False, logging_level=logging.WARNING)
     ray_start = round(time.perf_counter() - t0, 2)
     log(f"ray.init(num_cpus={max(args.workers)}): {ray_start} s")
     for workers in args.workers:
@@ -133,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         ray.get([h.pid.remote() for h in handles])  # each actor has loaded the model
         pool_start = round(time.perf_counter() - t0, 2)
         log(f"{workers} worker(s) started and loaded the model: {pool_start} s")
-        times, vec, *load = timed(lambda w=workers: extract(w), reps)
+        times, vec, *load = timed(partial(extract, workers), reps)
+        assert vec is not None
         diff = max(float((vec.directions[k] - reference.directions[k]).abs().max()) for k in layers)
         rows.append(row(f"Ray, {workers} worker(s)", n_pairs, times, workers, (load[0], load[1]),
                         pool_start_s=pool_start, shards=vec.meta["shards"], max_abs_diff_vs_one_process=diff))

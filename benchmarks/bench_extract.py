@@ -100,7 +100,8 @@ def leaf_chains(sequences: list[list[int]]) -> list[list[int]]:
     from steerlab.tokens import common_prefix_length
 
     ordered = sorted(set(map(tuple, sequences)))
-    out, previous = [], ()
+    out: list[list[int]] = []
+    previous: tuple[int, ...] = ()
     for i, seq in enumerate(ordered):
         shared = common_prefix_length([previous, seq])
         is_prefix = i + 1 < len(ordered) and ordered[i + 1][: len(seq)] == seq
