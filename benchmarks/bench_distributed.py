@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{workers} worker(s) started and loaded the model: {pool_start} s")
         times, vec, *load = timed(partial(extract, workers), reps)
         assert vec is not None
+        assert reference is not None
         diff = max(float((vec.directions[k] - reference.directions[k]).abs().max()) for k in layers)
         rows.append(row(f"Ray, {workers} worker(s)", n_pairs, times, workers, (load[0], load[1]),
                         pool_start_s=pool_start, shards=vec.meta["shards"], max_abs_diff_vs_one_process=diff))
