@@ -266,6 +266,10 @@ def test_default_model_persona_vector_on_two_workers(ray_session):
     pairs = steerlab.persona_pairs("happy", "sad", list(DEMO))
     want = steerlab.extract(lm, pairs, layers=range(8, 20))
     got = steerlab.extract(lm, pairs, layers=range(8, 20), workers=2)
-    assert max_diff(want, got) <= TOL
+    # Each shard computes its own prefix tree, so its passes group tokens differently from the
+    # single process's and float32 rounding differs in proportion to the activations (up to ~4 here;
+    # in one process the prefix tree vs the full forward already differ by 7e-6): relative tolerance.
+    scale = max(1.0, max(float(want.directions[k].abs().max()) for k in want.layers))
+    assert max_diff(want, got) <= TOL * scale
     assert got.data_hash == want.data_hash
     shutdown_pool()
