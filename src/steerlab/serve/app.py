@@ -5,7 +5,7 @@ Endpoints (all but ``/health`` and the static page ``/`` need the API key when o
 * ``POST /v1/completions``, ``POST /v1/chat/completions`` — OpenAI request/response shapes,
   streamed as server-sent events with ``"stream": true``; the extra field ``steering`` is a list
   of ``{"vector": NAME, "coefficient": C, "layers": [...], "positions": ...}`` (none: the plain
-  model);
+  model), optionally conditional (``"condition": NAME, "threshold": T``: CAST);
 * ``GET /v1/models``;
 * ``GET /v1/vectors``, ``GET /v1/vectors/{name}``, ``POST /v1/vectors`` (a ``.tar.gz``/``.zip``
   of a vector folder or a GGUF control vector, as a multipart ``file`` field or as the raw
