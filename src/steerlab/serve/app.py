@@ -11,6 +11,8 @@ Endpoints (all but ``/health`` and the static page ``/`` need the API key when o
   of a vector folder or a GGUF control vector, as a multipart ``file`` field or as the raw
   body; ``name`` and ``overwrite`` as form fields or query parameters),
   ``DELETE /v1/vectors/{name}``;
+* ``POST /v1/cost/perplexity_ratio``, ``GET /v1/cost/breakdown/{name}`` — what a steering costs
+  (:mod:`steerlab.serve.cost`);
 * ``GET /health`` (no key), ``GET /metrics``;
 * ``GET /`` — the playground page.
 
@@ -89,6 +91,7 @@ def create_app(lm: LM, store_dir: str | os.PathLike[str], settings: ServeSetting
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         server.batcher.close()
+        server.cost.close()
 
     app = FastAPI(title="steerlab serve", version="1", lifespan=lifespan,
                   description="OpenAI-compatible completions with activation steering.")

@@ -134,10 +134,11 @@ class ContinuousScheduler:
         """Admit ``jobs``, then one decoding step of every row."""
         start = time.monotonic()
         try:
-            if jobs:
-                self._admit(jobs)
-            if self.rows:
-                self._step()
+            with self.batcher.model_lock:  # other users of the model (serve.cost) wait for the turn
+                if jobs:
+                    self._admit(jobs)
+                if self.rows:
+                    self._step()
         except Exception as exc:  # the worker must survive anything a step does
             log.exception("decoding step failed")
             for row in self.rows:

@@ -121,6 +121,31 @@ class SteeringEntry(BaseModel):
         return value
 
 
+class PerplexityRatioRequest(BaseModel):
+    """``POST /v1/cost/perplexity_ratio``: how much less likely the unsteered model finds the
+    steered continuation of ``prompt`` than the unsteered one.
+
+    Attributes:
+        prompt: the prompt both continuations followed.
+        chat: ``prompt`` was sent as one user message (``/v1/chat/completions``): the chat
+            template is applied, as for the completion.
+        steered: the steered continuation (the completion's text, without the prompt).
+        unsteered: the unsteered continuation.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    chat: bool = False
+    steered: str
+    unsteered: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data: Any) -> Any:
+        return _check_text(data)
+
+
 class StreamOptions(BaseModel):
     """``stream_options``: ``include_usage`` adds a last chunk with token counts."""
 
