@@ -1,8 +1,10 @@
 """The playground page in a real headless Chromium (Debian's ``chromium``, driven by Playwright).
 
 Loads the page from a real uvicorn server, enters the API key, sends a prompt with a vector,
-checks that the unsteered and steered columns both fill (and differ, and match the library),
-uploads a vector through the form, and saves a screenshot under pytest's tmp dir.
+checks that the unsteered and steered columns both fill (and differ, and match the library), that
+the steered column shows its perplexity ratio to the unsteered one and the slider marks where the
+model breaks (both equal to the library's), uploads a vector through the form, and saves a
+screenshot under pytest's tmp dir.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import pytest
 import torch
 
 import steerlab
+from steerlab.analysis import breakdown_curve
+from steerlab.demo_data import NEUTRAL
+from steerlab.evaluate.likelihood import continuation_nll, perplexities
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -90,6 +95,22 @@ def test_playground_streams_unsteered_and_steered_side_by_side(
             assert base == PROMPT + want_base
             assert steered == PROMPT + want_steer
             assert "happy 4.0" in page.inner_text("#steer-desc")
+
+            # beside the steered output: its perplexity ratio to the unsteered one (the library's)
+            page.wait_for_function("document.getElementById('cost-steer').dataset.ratio")
+            ratio = float(page.get_attribute("#cost-steer", "data-ratio") or "nan")
+            ppl_s, ppl_u = perplexities(continuation_nll(lm, [PROMPT, PROMPT], [want_steer, want_base]))
+            assert ratio == pytest.approx(ppl_s / ppl_u, rel=1e-5)
+            assert "perplexity ratio ×" in page.inner_text("#cost-steer")
+            # on the slider: where the model breaks, per sign (the library's breakdown curve)
+            curve = breakdown_curve(lm, vec, NEUTRAL)
+            want_marks = sorted(c for c in (curve.breaking_point_positive, None if curve.breaking_point_negative
+                                            is None else -curve.breaking_point_negative) if c is not None)
+            assert want_marks  # this vector breaks stories260K within ±16
+            page.wait_for_selector("[data-vector=happy] .break-mark")
+            marks = page.eval_on_selector_all("[data-vector=happy] .break-mark", "els => els.map(e => e.dataset.coef)")
+            assert sorted(float(m) for m in marks) == want_marks
+            assert "breaks at" in page.inner_text("[data-vector=happy] .breaks")
 
             # upload a vector through the form: it appears in the list
             page.set_input_files("#upload-file", str(archive))

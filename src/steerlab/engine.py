@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,6 +211,7 @@ class SteeringSession:
         rows: RowSteerings | None = None,
         prompt_length: torch.Tensor | int | None = None,
         generating: bool = False,
+        decided: Mapping[Condition, torch.Tensor] | None = None,
     ) -> None:
         self.lm = lm
         self.owner = threading.get_ident()
@@ -236,6 +237,9 @@ class SteeringSession:
         self.conditions = {id(s.condition): s.condition for s, _ in live_entries if s.condition is not None}
         self.decisions: dict[int, torch.Tensor] = {}
         self.scores: dict[int, torch.Tensor] = {}
+        for cond, rows_decided in (decided or {}).items():  # made on the rows' prompts in an earlier session
+            self.decisions[id(cond)] = rows_decided.to(device=self.device, dtype=torch.bool)
+            self.scores[id(cond)] = torch.full(rows_decided.shape, float("nan"), device=self.device)
         self.active = self.terms
         self.repeat = 1
         self.step: _Step | None = None
@@ -246,6 +250,10 @@ class SteeringSession:
             from .canary import check_positions
 
             check_positions(lm)
+
+    def decision(self, condition: Condition) -> torch.Tensor | None:
+        """Each row's ``[B]`` bool decision for ``condition`` (``None``: no prompt has run yet)."""
+        return self.decisions.get(id(condition))
 
     def _build_terms(self, entries: list[tuple[Steering, list[int] | None]]) -> None:
         # Merge one-direction uses of a merging operator (add) that share positions into one
@@ -455,17 +463,24 @@ def steer(
 
 @contextmanager
 def steer_rows(
-    lm: LM, rows: RowSteerings, prompt_length: torch.Tensor | int | None = None, generating: bool = False
+    lm: LM,
+    rows: RowSteerings,
+    prompt_length: torch.Tensor | int | None = None,
+    generating: bool = False,
+    decided: Mapping[Condition, torch.Tensor] | None = None,
 ) -> Iterator[SteeringSession]:
     """Like :func:`steer`, with one steering (or ``None``) per batch row.
 
     ``generating=True`` says that every call in the block continues rows whose prompts already ran
     (a decoding loop that rows join and leave, each with its own ``prompt_length``): one-token
-    cached steps then take the fast path from the first call.
+    cached steps then take the fast path from the first call. Their conditions (CAST) were decided
+    when their prompts ran, in another session (``session.decisions``): ``decided`` gives, per
+    :class:`~steerlab.condition.Condition` of ``rows``, the ``[B]`` bool decision of each row.
 
     Example:
         >>> with steer_rows(lm, [Steering(vec, 4.0), None]):  # doctest: +SKIP
         ...     out = lm.model(input_ids=ids, attention_mask=mask)
     """
-    with SteeringSession(lm, [], rows=rows, prompt_length=prompt_length, generating=generating) as session:
+    with SteeringSession(lm, [], rows=rows, prompt_length=prompt_length, generating=generating,
+                         decided=decided) as session:
         yield session

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -16,27 +17,42 @@ def demo(
     model: str = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id."),
     positive: str = typer.Option("happy", help="Persona of the positive side."),
     negative: str = typer.Option("sad", help="Persona of the negative side."),
-    layers: str = typer.Option("8-19", help="Layers to read and steer, e.g. 8-19 or 8,10,12."),
-    coef: float = typer.Option(1.0, callback=finite, help="Steering coefficient (shown as +coef and -coef)."),
+    layers: str | None = typer.Option(None, help="Override the packaged setting's layers, e.g. 8-19 or 8,10,12."),
+    coef: float | None = typer.Option(None, callback=finite,
+                                      help="Override the packaged setting's coefficients (shown as +coef and -coef)."),
     max_new_tokens: int = typer.Option(24, min=1, help="Tokens to generate per prompt."),
 ) -> None:
     """Build a 'happy − sad' vector on the default model and show baseline vs steered text.
+
+    The method, layers and coefficient of each direction come from the packaged demo setting
+    (steerlab/demo_setting.json: the strongest setting a frontier run found within its budget);
+    the output states it.
 
     Example: steerlab demo --coef 1.5
     """
     import steerlab
     from steerlab.demo_data import DEMO_PROMPTS, OPENINGS
+    from steerlab.demo_setting import DirectionSetting, load_demo_setting
 
-    layer_list = parse_int_list(layers)
+    setting = load_demo_setting()
+    chosen = dict(setting.directions)
+    if layers is not None or coef is not None:
+        override = None if layers is None else tuple(parse_int_list(layers))
+        chosen = {d: DirectionSetting(s.method, override or s.layers,
+                                      s.coefficient if coef is None else d * abs(coef)) for d, s in chosen.items()}
+    source = setting.source if layers is None and coef is None else f"{setting.source}; overridden on the command line"
 
     def body() -> None:
         with status(f"loading {model} (a first run converts the GGUF, ~30 s)"):
             lm = steerlab.load_model(model)
         pairs = steerlab.persona_pairs(positive, negative, list(OPENINGS))
-        with status(f"extracting '{positive} − {negative}' from {len(pairs)} persona pairs"):
-            vec = steerlab.extract(lm, pairs, method="mean_diff", layers=layer_list, progress=False)
+        vectors = {}
+        for d, s in chosen.items():
+            with status(f"extracting '{positive} − {negative}' ({s.method}, layers {list(s.layers)})"):
+                vectors[d] = _demo_vector(steerlab, lm, pairs, s.method, list(s.layers))
         prompts = list(DEMO_PROMPTS)
-        rows = [None, steerlab.Steering(vec, coef), steerlab.Steering(vec, -coef)]
+        rows = [None, steerlab.Steering(vectors[1], chosen[1].coefficient),
+                steerlab.Steering(vectors[-1], chosen[-1].coefficient)]
         with status("generating baseline and steered continuations in one batch"):
             flat = steerlab.generate(
                 lm,
@@ -44,25 +60,50 @@ def demo(
                 steering=[r for _ in prompts for r in rows],
                 max_new_tokens=max_new_tokens,
             )
-        results = [
-            {"prompt": p, "baseline": flat[3 * i], "positive": flat[3 * i + 1], "negative": flat[3 * i + 2]}
+        used = {"positive": chosen[1].label, "negative": chosen[-1].label, "source": source}
+        results: list[dict[str, Any]] = [
+            {"prompt": p, "baseline": flat[3 * i], "positive": flat[3 * i + 1], "negative": flat[3 * i + 2],
+             "setting": used}
             for i, p in enumerate(prompts)
         ]
 
         def human() -> None:
-            table = Table(title=f"{lm.model_id}: '{positive} − {negative}' vector (mean_diff, layers {layers})",
-                          show_lines=True)
+            table = Table(title=f"{lm.model_id}: '{positive} − {negative}' vector", show_lines=True)
             table.add_column("prompt", style="bold")
             table.add_column("baseline")
-            table.add_column(f"+{coef:g} ({positive})", style="green")
-            table.add_column(f"−{coef:g} ({negative})", style="red")
+            table.add_column(f"{chosen[1].coefficient:+g} ({positive})", style="green")
+            table.add_column(f"{chosen[-1].coefficient:+g} ({negative})", style="red")
             for r in results:
                 table.add_row(r["prompt"], r["baseline"].strip(), r["positive"].strip(), r["negative"].strip())
             console.print(table)
+            console.print(f"setting: {positive} {used['positive']}; {negative} {used['negative']}")
+            console.print(f"source: {source}")
 
         emit(results, human)
 
     run(body)
+
+
+def _demo_vector(steerlab: Any, lm: Any, pairs: Any, method: str, layers: list[int]) -> Any:
+    """The demo's vector for ``method`` built as the frontier runs build it (scripts/results.py):
+    mean_diff on the persona pairs; ActAdd on the "Love" − "Hate" pair; any other method
+    (``name`` or ``name:orientation``) on the persona pairs, reoriented, rescaled per layer to the
+    mean_diff norms."""
+    if method == "actadd":
+        return steerlab.extract(lm, [steerlab.ContrastPair("Love", "Hate")], method="actadd", layers=layers)
+    md = steerlab.extract(lm, pairs, method="mean_diff", layers=layers, progress=False)
+    if method == "mean_diff":
+        return md
+    name, _, rule = method.partition(":")
+    vec = steerlab.extract(lm, pairs, method=name, layers=layers, progress=False)
+    if rule:
+        from steerlab.methods.pca import reorient
+
+        vec = reorient(vec, rule)
+    norms = md.norms()
+    return steerlab.SteeringVector({k: v / v.norm() * norms[k] for k, v in vec.directions.items()}, vec.model_id,
+                                   vec.d_model, vec.n_layers, method=vec.method, data_hash=vec.data_hash,
+                                   meta={**vec.meta, "rescaled_to": "mean_diff norms"})
 
 
 @app.command()

@@ -5,12 +5,14 @@ Endpoints (all but ``/health`` and the static page ``/`` need the API key when o
 * ``POST /v1/completions``, ``POST /v1/chat/completions`` — OpenAI request/response shapes,
   streamed as server-sent events with ``"stream": true``; the extra field ``steering`` is a list
   of ``{"vector": NAME, "coefficient": C, "layers": [...], "positions": ...}`` (none: the plain
-  model);
+  model), optionally conditional (``"condition": NAME, "threshold": T``: CAST);
 * ``GET /v1/models``;
 * ``GET /v1/vectors``, ``GET /v1/vectors/{name}``, ``POST /v1/vectors`` (a ``.tar.gz``/``.zip``
   of a vector folder or a GGUF control vector, as a multipart ``file`` field or as the raw
   body; ``name`` and ``overwrite`` as form fields or query parameters),
   ``DELETE /v1/vectors/{name}``;
+* ``POST /v1/cost/perplexity_ratio``, ``GET /v1/cost/breakdown/{name}`` — what a steering costs
+  (:mod:`steerlab.serve.cost`);
 * ``GET /health`` (no key), ``GET /metrics``;
 * ``GET /`` — the playground page.
 
@@ -89,6 +91,7 @@ def create_app(lm: LM, store_dir: str | os.PathLike[str], settings: ServeSetting
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         server.batcher.close()
+        server.cost.close()
 
     app = FastAPI(title="steerlab serve", version="1", lifespan=lifespan,
                   description="OpenAI-compatible completions with activation steering.")

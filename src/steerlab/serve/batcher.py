@@ -126,6 +126,7 @@ class Batcher:
         self.scheduler = settings.scheduler
         self.fallback: str | None = None  # why a continuous server runs batch at a time
         self._cond = threading.Condition()
+        self.model_lock = threading.Lock()  # held while the model runs (the worker, or serve.cost)
         self._waiting: collections.deque[Job] = collections.deque()
         self._running = 0
         self._closed = False
@@ -276,7 +277,8 @@ class Batcher:
         if self.scheduler == "continuous":
             from .scheduler import ContinuousScheduler, unsupported
 
-            why = unsupported(self.lm)
+            with self.model_lock:
+                why = unsupported(self.lm)
             if why is None:
                 ContinuousScheduler(self).run()
                 return
@@ -295,7 +297,8 @@ class Batcher:
                 continue
             start = time.monotonic()
             try:
-                self._run(batch)
+                with self.model_lock:
+                    self._run(batch)
             except BaseException:  # the worker must survive anything a batch does
                 log.exception("batch failed")
             finally:

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from ..condition import Condition
 from ..errors import SteeringError
 from ..steering import Composite, Steering, compose
 from .batcher import Delta, Done, Failed, GenParams, Job
@@ -29,6 +30,7 @@ from .http_errors import APIError, domain_errors, from_failed
 from .schemas import SSE_DONE, Reply, SteeringEntry, _GenerationFields, sse
 from .settings import ServeSettings
 from .state import Server
+from .store_errors import NotFound
 
 
 # ---------------------------------------------------------------------------- request -> jobs
@@ -46,10 +48,28 @@ def _steering_entry(server: Server, i: int, e: SteeringEntry) -> Steering:
         if missing or not e.layers:
             raise APIError(400, f"{param}.layers: {missing or 'empty'} not in the vector (it has layers "
                            f"{sv.vector.layers})", code="invalid_layers", param=f"{param}.layers")
+    condition = None if e.condition is None else _condition(server, param, e.condition, e.threshold)
     try:
-        return Steering(sv.vector, e.coefficient, layers=e.layers, positions=e.positions, operator=e.operator)
+        return Steering(sv.vector, e.coefficient, layers=e.layers, positions=e.positions, operator=e.operator,
+                        condition=condition)
     except SteeringError as exc:
         raise APIError(400, f"{param}: {exc}", code="invalid_steering", param=param) from None
+
+
+def _condition(server: Server, param: str, name: str, threshold: float | None) -> Condition:
+    """The store's condition ``name`` (CAST) with its saved threshold or ``threshold``."""
+    where = f"{param}.condition"
+    with domain_errors(where):
+        try:
+            stored = server.store.get(name)
+        except NotFound:
+            raise APIError(404, f"{where}: no condition named {name!r} in the store (upload a folder saved by "
+                           "`steerlab condition`; GET /v1/vectors lists them)", "not_found_error",
+                           "condition_not_found", where) from None
+    try:
+        return stored.condition(threshold)
+    except SteeringError as exc:
+        raise APIError(400, f"{where}: {exc}", code="invalid_condition", param=where) from None
 
 
 def build_steering(server: Server, entries: Sequence[SteeringEntry] | None) -> Composite | None:

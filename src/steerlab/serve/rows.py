@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..condition import Condition
 from ..engine import as_steerings
-from ..steering import Composite, SteeringLike, compose
+from ..steering import Composite, Steering, SteeringLike, compose
 from .jobs import Delta, Done, Failed, GenParams, Job
 
 if TYPE_CHECKING:
@@ -189,9 +190,20 @@ def choose_tokens(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int
     return [int(t) for t in tokens]
 
 
+def condition_key(s: Steering) -> tuple[Any, ...] | None:
+    """What makes two steerings' conditions (CAST) decide alike: direction, layer, threshold, comparator."""
+    c = s.condition
+    return None if c is None else (id(c.vector), c.at, c.threshold, c.comparator)
+
+
+def row_conditions(steering: SteeringLike | None) -> list[Condition | None]:
+    """The condition of each part of a row's steering (``None`` for unconditional parts)."""
+    return [s.condition for s in as_steerings(steering)]
+
+
 def shared_steerings(steerings: Sequence[SteeringLike | None]) -> list[Composite | None]:
     """The rows' steerings, with rows that ask for the same one (same vectors, coefficients,
-    layers, positions and operators, in the same order) sharing one object.
+    layers, positions, operators and conditions, in the same order) sharing one object.
 
     Each request builds its own steering objects; :func:`steerlab.steer_rows` sets up each object
     once for the rows that hold it, so sharing them makes a batch of many requests over a few
@@ -204,6 +216,6 @@ def shared_steerings(steerings: Sequence[SteeringLike | None]) -> list[Composite
         if not parts:
             out.append(None)
             continue
-        key = tuple((id(s.vector), s.coefficient, s.active_layers, s.where, id(s.op)) for s in parts)
+        key = tuple((id(s.vector), s.coefficient, s.active_layers, s.where, id(s.op), condition_key(s)) for s in parts)
         out.append(seen.setdefault(key, compose(*parts)))
     return out

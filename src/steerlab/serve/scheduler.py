@@ -6,9 +6,11 @@ The worker runs its own decoding loop instead of ``model.generate``. Each turn o
 1. **admit** — waiting requests (as many as fit under ``max_batch``) run their prompts in one
    forward call, left-padded, steered with their own rows (:func:`steerlab.steer_rows` with
    their ``prompt_length``); each one's first token is sampled from that call's logits and sent
-   at once. Their KV cache is then merged into the running batch's: both are left-padded to a
-   common length with empty positions (masked out by attention-mask zeros) and concatenated
-   along the batch (:func:`steerlab.hf.shift_cache`, :func:`steerlab.hf.append_cache_rows`);
+   at once. A row's conditions (CAST) are decided in that call, on its own prompt, and handed to
+   every later decoding session of the batch (``steer_rows(..., decided=...)``). Their KV cache
+   is then merged into the running batch's: both are left-padded to a common length with empty
+   positions (masked out by attention-mask zeros) and concatenated along the batch
+   (:func:`steerlab.hf.shift_cache`, :func:`steerlab.hf.append_cache_rows`);
 2. **step** — one token for every row: a one-token forward with a 2-D attention mask over the
    cache and each row's own ``position_ids`` (its count of real tokens, so left padding never
    shifts a row), under one steering session for the current rows (``steer_rows(...,
@@ -40,11 +42,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import hf
+from ..condition import Condition
 from ..engine import steer_rows
 from ..model import LM
 from ..tokens import pad_token_ids, position_ids
 from .jobs import Job
-from .rows import RowStream, Sampler, choose_tokens, shared_steerings
+from .rows import RowStream, Sampler, choose_tokens, row_conditions, shared_steerings
 
 if TYPE_CHECKING:
     from .batcher import Batcher
@@ -73,6 +76,11 @@ def unsupported(lm: LM) -> str | None:
     return hf.unmergeable_cache(hf.output_cache(out))
 
 
+def _held(decision: torch.Tensor | None, row: int) -> bool:
+    """Whether a condition held for ``row`` (no decision: its prompt was never read, so no)."""
+    return decision is not None and bool(decision[row])
+
+
 def _returned_cache(output: Any, passed: Any) -> Any:
     """The cache a forward call returned (the one passed, filled in place, if it returned none)."""
     cache = hf.output_cache(output)
@@ -88,6 +96,7 @@ class _Row:
     sampler: Sampler
     pad: int = 0  # cache positions before the row's first real token
     token: int = 0  # the row's last sampled token: the next step's input
+    decided: tuple[bool, ...] = ()  # per part of its steering: whether its condition (CAST) held on the prompt
 
 
 class ContinuousScheduler:
@@ -125,10 +134,11 @@ class ContinuousScheduler:
         """Admit ``jobs``, then one decoding step of every row."""
         start = time.monotonic()
         try:
-            if jobs:
-                self._admit(jobs)
-            if self.rows:
-                self._step()
+            with self.batcher.model_lock:  # other users of the model (serve.cost) wait for the turn
+                if jobs:
+                    self._admit(jobs)
+                if self.rows:
+                    self._step()
         except Exception as exc:  # the worker must survive anything a step does
             log.exception("decoding step failed")
             for row in self.rows:
@@ -143,7 +153,7 @@ class ContinuousScheduler:
         self._close_session()  # the prompt call has its own steering
         rows = [_Row(j, self.batcher.stream(j), Sampler(j.params, self.batcher.eos, self.lm.device)) for j in jobs]
         try:
-            cache, logits, width = self._prefill(jobs)
+            cache, logits, width = self._prefill(rows)
             tokens = choose_tokens(logits, [r.sampler for r in rows])
         except Exception as exc:  # these requests fail alone; the running batch goes on
             log.exception("prompt pass failed")
@@ -167,16 +177,21 @@ class ContinuousScheduler:
                 row.stream.fail(exc)
             raise
 
-    def _prefill(self, jobs: list[Job]) -> tuple[Any, torch.Tensor, int]:
-        """One steered forward call over the jobs' left-padded prompts: ``(cache, [B, V] logits of
-        each prompt's last token, padded length)``."""
+    def _prefill(self, rows: list[_Row]) -> tuple[Any, torch.Tensor, int]:
+        """One steered forward call over the rows' left-padded prompts: ``(cache, [B, V] logits of
+        each prompt's last token, padded length)``; each row's conditions (CAST) are decided here,
+        on its own prompt, and kept in ``row.decided`` for its decoding steps."""
+        jobs = [row.job for row in rows]
         ids, mask = pad_token_ids([j.prompt_ids for j in jobs], self.batcher.pad_id, "left")
         ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
         cache = hf.new_cache(self.model)
         kwargs = hf.forward_kwargs(self.model, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
                                    cache=cache, use_cache=True, logits_to_keep=1)
-        with steer_rows(self.lm, shared_steerings([j.steering for j in jobs]), prompt_length=mask.sum(-1)):
+        steerings = shared_steerings([j.steering for j in jobs])
+        with steer_rows(self.lm, steerings, prompt_length=mask.sum(-1)) as session:
             out = self.model(**kwargs)
+        for i, (row, steering) in enumerate(zip(rows, steerings)):
+            row.decided = tuple(c is not None and _held(session.decision(c), i) for c in row_conditions(steering))
         self.metrics.add_batch(len(jobs), int(mask.sum()))
         return _returned_cache(out, cache), out.logits[:, -1, :], int(ids.shape[1])
 
@@ -246,7 +261,12 @@ class ContinuousScheduler:
         stack = ExitStack()
         lengths = torch.tensor([len(row.job.prompt_ids) for row in self.rows], device=self.lm.device)
         steerings = shared_steerings([row.job.steering for row in self.rows])
-        stack.enter_context(steer_rows(self.lm, steerings, prompt_length=lengths, generating=True))
+        decided: dict[Condition, torch.Tensor] = {}
+        for i, (row, steering) in enumerate(zip(self.rows, steerings)):
+            for c, held in zip(row_conditions(steering), row.decided):
+                if c is not None:
+                    decided.setdefault(c, torch.zeros(len(self.rows), dtype=torch.bool))[i] = held
+        stack.enter_context(steer_rows(self.lm, steerings, prompt_length=lengths, generating=True, decided=decided))
         self.session = stack
 
     def _close_session(self) -> None:

@@ -80,6 +80,10 @@ class SteeringEntry(BaseModel):
         positions: ``"all"``, ``"prompt"``, ``"generated"``, ``"actadd"`` (token-wise vectors) or a
             token window ``[start, end]`` (``end`` may be ``null``: to the end).
         operator: ``"add"`` (default), ``"ablate"``, ``"clamp"`` or ``"add_norm_preserving"``.
+        condition: name of a condition in the store (CAST, saved by ``steerlab condition``): the
+            vector acts only on rows whose prompt matches it, on their generated tokens
+            (``positions`` must be unset or ``"generated"``).
+        threshold: overrides the condition's threshold (a cosine similarity in ``[-1, 1]``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -89,6 +93,14 @@ class SteeringEntry(BaseModel):
     layers: list[int] | None = Field(default=None, max_length=1024)
     positions: Literal["all", "prompt", "generated", "actadd"] | tuple[Position, Position | None] | None = None
     operator: Literal["add", "ablate", "clamp", "add_norm_preserving"] = "add"
+    condition: str | None = Field(default=None, min_length=1, max_length=200)
+    threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _threshold_needs_condition(self) -> SteeringEntry:
+        if self.threshold is not None and self.condition is None:
+            raise ValueError("threshold goes with condition: name a condition of the store")
+        return self
 
     @field_validator("positions", mode="before")
     @classmethod
@@ -107,6 +119,31 @@ class SteeringEntry(BaseModel):
         if not math.isfinite(value):
             raise ValueError("coefficient must be a finite number")
         return value
+
+
+class PerplexityRatioRequest(BaseModel):
+    """``POST /v1/cost/perplexity_ratio``: how much less likely the unsteered model finds the
+    steered continuation of ``prompt`` than the unsteered one.
+
+    Attributes:
+        prompt: the prompt both continuations followed.
+        chat: ``prompt`` was sent as one user message (``/v1/chat/completions``): the chat
+            template is applied, as for the completion.
+        steered: the steered continuation (the completion's text, without the prompt).
+        unsteered: the unsteered continuation.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    chat: bool = False
+    steered: str
+    unsteered: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data: Any) -> Any:
+        return _check_text(data)
 
 
 class StreamOptions(BaseModel):

@@ -23,6 +23,7 @@ from fastapi import Depends, Request
 
 from ..model import LM
 from .batcher import Batcher, Job
+from .cost import CostService
 from .http_errors import APIError
 from .schemas import ChatCompletionRequest
 from .settings import ServeSettings
@@ -50,6 +51,8 @@ class Server:
         # (submit, cancel, close, alive, snapshot, metrics), e.g. serve.engines.vllm.engine_factory(...)
         self.batcher = Batcher(lm, settings, self.tok_lock) if engine is None else engine(
             lm, settings, self.tok_lock, self.store)
+        lock = getattr(self.batcher, "model_lock", None)
+        self.cost = CostService(lm, self.store, lock)
         self.created = int(time.time())
         self.context = lm.context_length
         self.names = {lm.model_id, *settings.model_aliases}

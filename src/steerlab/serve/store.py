@@ -4,6 +4,13 @@ Layout: one entry per vector directly inside the store directory, either a vecto
 ``NAME/`` (``steering_config.json`` + ``vector.safetensors``) or a llama.cpp control vector
 ``NAME.gguf``. Uploads are always stored as folders.
 
+Conditions (CAST, :mod:`steerlab.condition`) live in the same store: a folder written by
+:meth:`Condition.save <steerlab.condition.Condition.save>` (``steerlab condition --out``) is a
+vector folder whose metadata holds the condition's ``layer``, ``threshold`` and ``comparator``.
+It is uploaded, listed (its ``condition`` field: those settings; ``null`` for a plain vector) and
+deleted like any vector, and named by a request's ``steering[i].condition``
+(:meth:`StoredVector.condition`).
+
 Safety rules:
 
 * names match :data:`NAME_PATTERN` (letters, digits, ``_`` and ``-``; no dots, no slashes), so a
@@ -49,7 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import ModelMismatchError, SteeringError
+from ..condition import Condition
+from ..errors import ModelMismatchError, SteeringError, SteeringSpecError
 from ..files import swap_in
 from ..model import LM
 from ..vector import SteeringVector
@@ -96,6 +104,41 @@ class StoredVector:
     path: Path
     source: str  # "folder" or "gguf"
     info: dict[str, Any] = field(default_factory=dict)
+    _condition: Condition | None = field(default=None, init=False, repr=False)
+
+    @property
+    def settings(self) -> dict[str, Any] | None:
+        """The condition settings (``layer``, ``threshold``, ``comparator``) a saved
+        :class:`~steerlab.condition.Condition` carries; ``None`` for a plain vector."""
+        saved = self.vector.meta.get("condition") if isinstance(self.vector.meta, dict) else None
+        return saved if isinstance(saved, dict) else None
+
+    def condition(self, threshold: float | None = None) -> Condition:
+        """This entry as a CAST :class:`~steerlab.condition.Condition` (``threshold`` overrides
+        the saved one; a plain one-layer vector is a condition only with a ``threshold``).
+
+        The condition with the saved threshold is built once and shared by every request, so
+        rows that use it share one reader in the engine.
+
+        Raises:
+            SteeringSpecError: a plain vector without ``threshold``, or settings that do not fit it.
+        """
+        saved = self.settings
+        if saved is None and threshold is None:
+            raise SteeringSpecError(
+                f"{self.name!r} is a plain vector, not a condition (save one with `steerlab condition`, "
+                "or give a threshold)"
+            )
+        saved = saved or {}
+        if threshold is None or threshold == saved.get("threshold"):
+            if self._condition is None:
+                self._condition = self._make(saved, saved.get("threshold", 0.0))
+            return self._condition
+        return self._make(saved, threshold)
+
+    def _make(self, saved: dict[str, Any], threshold: float) -> Condition:
+        return Condition(self.vector, layer=saved.get("layer"), threshold=threshold,
+                         comparator=str(saved.get("comparator", ">")))
 
     def describe(self) -> dict[str, Any]:
         """``name``, ``layers``, ``norms``, ``method``, ``model`` and the rest of the metadata."""
@@ -113,6 +156,7 @@ class StoredVector:
             "created": desc["created"],
             "data_hash": desc["data_hash"],
             "source": self.source,
+            "condition": self.settings,
         }
 
 

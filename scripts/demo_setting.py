@@ -1,0 +1,31 @@
+"""Write the setting `steerlab demo` uses (src/steerlab/demo_setting.json) from a frontier report.
+
+Per direction it picks, among the budgeted choices of the steering methods (a vector, no
+prompt), the one with the highest held-out effect (steerlab.demo_setting.from_frontier).
+
+Usage:
+    python scripts/demo_setting.py docs/results/frontier_SmolLM2-135M-Instruct.json [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from steerlab.demo_setting import from_frontier, write_demo_setting
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("frontier", type=Path, help="a frontier report JSON (FrontierReport.to_dict)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the packaged file)")
+    args = parser.parse_args()
+    setting = from_frontier(json.loads(args.frontier.read_text(encoding="utf-8")))
+    dest = write_demo_setting(setting, args.out)
+    print(json.dumps(setting.to_dict(), indent=2))
+    print(f"wrote {dest}")
+
+
+if __name__ == "__main__":
+    main()

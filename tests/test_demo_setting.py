@@ -1,0 +1,137 @@
+"""The setting ``steerlab demo`` uses: the packaged JSON, its builder from a frontier report (the
+steering method with the highest held-out effect within the budget, per direction), the script
+that writes it, and the demo stating the setting it used."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from steerlab.cli import app
+from steerlab.demo_setting import DemoSettingError, from_frontier, load_demo_setting
+
+from .conftest import STORIES
+
+ROOT = Path(__file__).resolve().parent.parent
+FRONTIER = ROOT / "docs" / "results" / "frontier_stories260K.json"
+
+
+def _point(method: str, direction: int, layers: list[int], coef: float, effect: float, prompt: str = "",
+           cost: float = 1.05) -> dict[str, Any]:
+    metric = "positive_share" if direction > 0 else "negative_share"
+    return {"method": method, "direction": direction, "layers": layers, "coefficient": coef, "prompt": prompt,
+            "effect": 0.0, "cost": cost, "selection": {metric: 0.9, "ppl": cost},
+            "held_out": {metric: effect, "ppl": cost}, "on_front": True}
+
+
+def synthetic() -> dict[str, Any]:
+    """Prompting has the best effect each way, then a vector that fitted nothing, then the real winners."""
+    best = [
+        ("prompting", 1, _point("prompting", 1, [], 0.0, 0.99, prompt="happy story")),
+        ("prompting+mean_diff", 1, _point("prompting+mean_diff", 1, [3], 2.0, 0.98, prompt="happy story")),
+        ("mean_diff", 1, _point("mean_diff", 1, [2, 3], 2.0, 0.60)),
+        ("pca_diff:majority", 1, _point("pca_diff:majority", 1, [3], 1.5, 0.75)),
+        ("mean_diff", -1, _point("mean_diff", -1, [1, 2, 3], -4.0, 0.50)),
+        ("pca_diff:majority", -1, None),
+        ("prompting", -1, _point("prompting", -1, [], 0.0, 0.95, prompt="sad story")),
+    ]
+    return {
+        "title": "synthetic", "complete": True, "settings": {}, "kind": "FrontierReport",
+        "effect_metrics": {"1": "positive_share", "-1": "negative_share"}, "cost_metric": "ppl", "budget": 1.1,
+        "goal": {"1": 0.9, "-1": 0.8}, "n_select": 8, "n_report": 8, "baseline": {"positive_share": 0.4},
+        "points": [p for _, _, p in best if p is not None],
+        "best": [{"method": m, "direction": d, "point": p, "reaches_goal": False} for m, d, p in best],
+    }
+
+
+def test_the_packaged_setting_is_the_old_demo_until_a_frontier_replaces_it() -> None:
+    s = load_demo_setting()
+    assert s.directions[1].method == s.directions[-1].method == "mean_diff"
+    assert s.directions[1].layers == tuple(range(8, 20)) and s.directions[1].coefficient == 1.0
+    assert s.directions[-1].coefficient == -1.0
+    assert "before any frontier run" in s.source
+
+
+def test_builder_picks_the_best_steering_method_per_direction() -> None:
+    s = from_frontier(synthetic())
+    pos, neg = s.directions[1], s.directions[-1]
+    assert (pos.method, pos.layers, pos.coefficient, pos.held_out_effect) == ("pca_diff:majority", (3,), 1.5, 0.75)
+    assert (neg.method, neg.layers, neg.coefficient, neg.held_out_effect) == ("mean_diff", (1, 2, 3), -4.0, 0.5)
+    assert "synthetic" in s.source and "1.1" in s.source
+    # round trip through the JSON form
+    assert type(s).from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    # a direction where no steering method fitted the budget
+    report = synthetic()
+    report["best"] = [b for b in report["best"] if not (b["direction"] == -1 and b["method"] == "mean_diff")]
+    with pytest.raises(DemoSettingError, match="negative"):
+        from_frontier(report)
+
+
+def test_builder_on_the_stories260k_frontier() -> None:
+    data = json.loads(FRONTIER.read_text())
+    s = from_frontier(data)
+    for d, key in ((1, "positive_share"), (-1, "negative_share")):
+        steering = [b["point"] for b in data["best"] if b["direction"] == d and b["point"] is not None
+                    and b["point"]["layers"] and not b["point"]["prompt"]]
+        top = max(steering, key=lambda p: p["held_out"][key])
+        got = s.directions[d]
+        assert (got.method, list(got.layers), got.coefficient) == (top["method"], top["layers"], top["coefficient"])
+        assert got.held_out_effect == top["held_out"][key]
+        assert all(p["held_out"][key] <= got.held_out_effect for p in steering)
+
+
+def test_script_writes_the_setting(tmp_path: Path) -> None:
+    src = tmp_path / "frontier.json"
+    src.write_text(json.dumps(synthetic()))
+    out = tmp_path / "demo_setting.json"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_setting.py"), str(src), "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=120)
+    written = load_demo_setting(out)
+    assert written == from_frontier(synthetic())
+    bad = copy.deepcopy(json.loads(out.read_text()))
+    bad["negative"]["coefficient"] = 2.0  # wrong sign
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(DemoSettingError):
+        load_demo_setting(tmp_path / "bad.json")
+
+
+def test_demo_states_the_setting_it_uses() -> None:
+    runner = CliRunner()
+    res = runner.invoke(app, ["--json", "demo", "--model", str(STORIES), "--layers", "1-3", "--coef", "4",
+                              "--max-new-tokens", "4"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert len(rows) == 3
+    assert rows[0]["setting"]["positive"] == "mean_diff L1-3 c=+4"
+    assert rows[0]["setting"]["negative"] == "mean_diff L1-3 c=-4"
+    assert "overridden" in rows[0]["setting"]["source"]
+    human = runner.invoke(app, ["demo", "--model", str(STORIES), "--layers", "1-3", "--coef", "4",
+                                "--max-new-tokens", "4"])
+    assert human.exit_code == 0, human.output
+    assert "setting:" in human.output and "mean_diff L1-3 c=+4" in human.output and "source:" in human.output
+
+
+@pytest.mark.parametrize("method", ["mean_diff", "pca_diff:majority", "actadd"])
+def test_demo_builds_each_method_as_the_frontier_does(method: str) -> None:
+    import torch
+
+    import steerlab
+    from steerlab.cli.gen import _demo_vector
+    from steerlab.demo_data import OPENINGS
+
+    lm = steerlab.load_model(STORIES)
+    pairs = steerlab.persona_pairs("happy", "sad", list(OPENINGS))
+    vec = _demo_vector(steerlab, lm, pairs, method, [1, 2])
+    assert vec.layers == [1, 2]
+    if method != "actadd":
+        md = steerlab.extract(lm, pairs, method="mean_diff", layers=[1, 2], progress=False)
+        for k in (1, 2):  # every multi-pair method at the mean_diff norms
+            assert float(vec.directions[k].norm()) == pytest.approx(md.norms()[k], rel=1e-5)
+            assert float(torch.nn.functional.cosine_similarity(vec.directions[k], md.directions[k], dim=0)) > 0
