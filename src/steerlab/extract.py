@@ -21,7 +21,7 @@ import torch
 from .capture import batch_order, capture, capture_tokens, check_layers, iter_capture, n_batches
 from .data import ContrastPair, PairSource, Read, check_pairs, data_hash, pair_texts, render
 from .errors import DatasetError
-from .files import atomic_file
+from .files import read_checkpoint, write_checkpoint
 from .methods import Accumulator, Method, get_method
 from .model import LM
 from .vector import SteeringVector
@@ -191,8 +191,6 @@ def accumulate(
     Texts alternate positive / negative, so a text's side is its index parity. Shards of a
     distributed extraction (:mod:`steerlab.distributed`) run this on their own texts.
     """
-    from safetensors.torch import load_file, save_file
-
     assert spec.accumulator is not None
     order = batch_order(lm, share_prefix)
     run = (spec.name, texts, reads, layers, batch_size, lm.model_id, order)
@@ -201,16 +199,9 @@ def accumulate(
     done = 0
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
-        if meta.get("key") != key:
-            raise DatasetError(
-                f"checkpoint {path} belongs to another extraction (different method, data, layers, "
-                "batch size, model, device or share_prefix); delete it or pass another checkpoint path"
-            )
-        saved = load_file(str(path))
+        saved, meta = read_checkpoint(
+            path, key, "extraction (different method, data, layers, batch size, model, device or share_prefix)"
+        )
         for k, acc in accs.items():
             prefix = f"{k}."
             acc.load_state_dict({name[len(prefix) :]: t for name, t in saved.items() if name.startswith(prefix)})
@@ -226,8 +217,7 @@ def accumulate(
         done += 1
         if path is not None and done < total:
             state = {f"{k}.{name}": t for k, acc in accs.items() for name, t in acc.state_dict().items()}
-            with atomic_file(path) as tmp:
-                save_file(state, str(tmp), metadata={"key": key, "done": str(done)})
+            write_checkpoint(path, state, key, done=str(done))
     if path is not None and path.is_file():
         path.unlink()
     return accs

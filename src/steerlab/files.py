@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -113,3 +114,40 @@ def _exchange(a: Path, b: Path) -> bool:
     fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     fn.restype = ctypes.c_int
     return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def write_checkpoint(path: Path, tensors: dict[str, Any], key: str, **meta: str) -> None:
+    """Save ``tensors`` to a safetensors checkpoint at ``path`` (atomically), tagged with the run's
+    ``key`` and string ``meta``; :func:`read_checkpoint` reads it back.
+
+    Example:
+        >>> import tempfile, torch
+        >>> p = Path(tempfile.mkdtemp()) / "run.safetensors"
+        >>> write_checkpoint(p, {"x": torch.ones(2)}, "abc", done="3")
+        >>> read_checkpoint(p, "abc", "run")[1]["done"]
+        '3'
+    """
+    from safetensors.torch import save_file
+
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"key": key, **meta})
+
+
+def read_checkpoint(path: Path, key: str, what: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The tensors and metadata of a checkpoint written by :func:`write_checkpoint` for the run
+    ``key``.
+
+    Raises:
+        DatasetError: the file belongs to another run; ``what`` names the kind of run and what
+            identifies it (e.g. ``"extraction (different method, data or model)"``).
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from .errors import DatasetError
+
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata() or {}
+    if meta.get("key") != key:
+        raise DatasetError(f"checkpoint {path} belongs to another {what}; delete it or pass another checkpoint path")
+    return load_file(str(path)), meta

@@ -1,6 +1,6 @@
 """Everything a training run needs to resume exactly: the vectors, Adam's moments, the step, the
 best held-out vector so far, the per-epoch history and the cached reference log-probabilities —
-saved to one safetensors file after every step (:func:`steerlab.files.atomic_file`), the way
+saved to one safetensors file after every step (:func:`steerlab.files.write_checkpoint`), the way
 :func:`steerlab.extract` saves a streaming checkpoint.
 
 Example:
@@ -19,8 +19,7 @@ from typing import Any
 
 import torch
 
-from ..errors import DatasetError
-from ..files import atomic_file
+from ..files import read_checkpoint, write_checkpoint
 
 
 @dataclass
@@ -72,10 +71,7 @@ class TrainState:
 
     def save(self, path: Path, key: str) -> None:
         """Write the state to ``path`` (atomically), tagged with the run's ``key``."""
-        from safetensors.torch import save_file
-
-        with atomic_file(path) as tmp:
-            save_file(self.tensors(), str(tmp), metadata={"key": key, **self.meta()})
+        write_checkpoint(path, self.tensors(), key, **self.meta())
 
     def load(self, path: Path, key: str) -> None:
         """Restore the state saved at ``path``.
@@ -83,17 +79,9 @@ class TrainState:
         Raises:
             DatasetError: the file belongs to another run (other data, settings, layers or model).
         """
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
-        if meta.get("key") != key:
-            raise DatasetError(
-                f"checkpoint {path} belongs to another training run (different method, data, settings, layers "
-                "or model); delete it or pass another checkpoint path"
-            )
-        saved = load_file(str(path))
+        saved, meta = read_checkpoint(
+            path, key, "training run (different method, data, settings, layers or model)"
+        )
         with torch.no_grad():
             for k, p in self.params.items():
                 p.copy_(saved[f"vec.{k}"])
