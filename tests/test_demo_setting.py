@@ -32,10 +32,12 @@ def _point(method: str, direction: int, layers: list[int], coef: float, effect: 
 
 
 def synthetic() -> dict[str, Any]:
-    """Prompting has the best effect each way, then a vector that fitted nothing, then the real winners."""
+    """Prompting has the best effect each way, then a trained vector (the demo does not train), then a
+    vector that fitted nothing, then the real winners."""
     best = [
         ("prompting", 1, _point("prompting", 1, [], 0.0, 0.99, prompt="happy story")),
         ("prompting+mean_diff", 1, _point("prompting+mean_diff", 1, [3], 2.0, 0.98, prompt="happy story")),
+        ("bipo", 1, _point("bipo", 1, [2], 1.0, 0.85)),
         ("mean_diff", 1, _point("mean_diff", 1, [2, 3], 2.0, 0.60)),
         ("pca_diff:majority", 1, _point("pca_diff:majority", 1, [3], 1.5, 0.75)),
         ("mean_diff", -1, _point("mean_diff", -1, [1, 2, 3], -4.0, 0.50)),

@@ -117,7 +117,8 @@ def load_demo_setting(path: str | os.PathLike[str] | None = None) -> DemoSetting
 
 def from_frontier(report: Mapping[str, Any], source: str | None = None) -> DemoSetting:
     """The demo setting a frontier report finds: per direction, the steering contender (a vector,
-    no prompt) whose budgeted choice has the highest held-out effect.
+    no prompt, from a read-out method: the demo does not train) whose budgeted choice has the
+    highest held-out effect.
 
     Args:
         report: a :meth:`FrontierReport.to_dict <steerlab.evaluate.frontier.FrontierReport.to_dict>`.
@@ -137,6 +138,8 @@ def from_frontier(report: Mapping[str, Any], source: str | None = None) -> DemoS
             p = b.point
             if b.direction != d or p is None or not p.layers or p.prompt or p.coefficient * d <= 0:
                 continue  # nothing within budget, prompting (alone or with a vector), or no vector
+            if _trained(p.method):
+                continue  # the demo extracts its vectors in seconds: no training run
             effect = p.held_out.get(metric, math.nan)
             if not math.isnan(effect):
                 scored.append((effect, p))
@@ -151,6 +154,17 @@ def from_frontier(report: Mapping[str, Any], source: str | None = None) -> DemoS
         source = (f"frontier report '{rep.title}': per direction the steering method with the highest held-out "
                   f"effect ({metrics}) within the budget {rep.cost_metric} <= {rep.budget:g}")
     return DemoSetting(directions, source)
+
+
+def _trained(name: str) -> bool:
+    """Whether a contender named ``name`` (``method`` or ``method:rule``) is a trained method."""
+    from .errors import DatasetError
+    from .methods import get_method
+
+    try:
+        return get_method(name.partition(":")[0]).trained
+    except DatasetError:
+        return False
 
 
 def write_demo_setting(setting: DemoSetting, path: str | os.PathLike[str] | None = None) -> Path:
