@@ -53,12 +53,12 @@ def synthetic() -> dict[str, Any]:
     }
 
 
-def test_the_packaged_setting_is_the_old_demo_until_a_frontier_replaces_it() -> None:
+def test_the_packaged_setting_is_what_the_default_model_frontier_found() -> None:
     s = load_demo_setting()
-    assert s.directions[1].method == s.directions[-1].method == "mean_diff"
-    assert s.directions[1].layers == tuple(range(8, 20)) and s.directions[1].coefficient == 1.0
-    assert s.directions[-1].coefficient == -1.0
-    assert "before any frontier run" in s.source
+    built = from_frontier(json.loads((ROOT / "docs" / "results" / "frontier_default.json").read_text()))
+    assert s.directions == built.directions
+    assert s.source.startswith(built.source) and "frontier_default.json" in s.source
+    assert s.directions[1].coefficient > 0 > s.directions[-1].coefficient
 
 
 def test_builder_picks_the_best_steering_method_per_direction() -> None:
@@ -111,13 +111,14 @@ def test_demo_states_the_setting_it_uses() -> None:
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
     assert len(rows) == 3
-    assert rows[0]["setting"]["positive"] == "mean_diff L1-3 c=+4"
-    assert rows[0]["setting"]["negative"] == "mean_diff L1-3 c=-4"
+    method = load_demo_setting().directions[1].method  # the packaged method, at the overridden layers and coef
+    assert rows[0]["setting"]["positive"] == f"{method} L1-3 c=+4"
+    assert rows[0]["setting"]["negative"] == f"{load_demo_setting().directions[-1].method} L1-3 c=-4"
     assert "overridden" in rows[0]["setting"]["source"]
     human = runner.invoke(app, ["demo", "--model", str(STORIES), "--layers", "1-3", "--coef", "4",
                                 "--max-new-tokens", "4"])
     assert human.exit_code == 0, human.output
-    assert "setting:" in human.output and "mean_diff L1-3 c=+4" in human.output and "source:" in human.output
+    assert "setting:" in human.output and f"{method} L1-3 c=+4" in human.output and "source:" in human.output
 
 
 @pytest.mark.parametrize("method", ["mean_diff", "pca_diff:majority", "actadd"])
