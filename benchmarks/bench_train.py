@@ -96,7 +96,7 @@ class Steps:
         loss = -completion_logps(self.lm, prompts, rows, prompt_steering).sum()
         loss.backward()
         self._zero()
-        return float(loss)
+        return float(loss.detach())
 
     def bare_step(self) -> float:
         import torch
