@@ -81,7 +81,7 @@ MODELS: dict[str, dict[str, Any]] = {
         "mid": [1, 2, 3], "sets": [[1, 2, 3], [1], [2], [3]], "coefs": [0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0],
         "actadd_layers": [1, 2], "actadd_sets": [[1], [2], [1, 2]], "actadd_coefs": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
         "combo_sets": 4, "combo_coefs": [1.0, 2.0, 4.0, 8.0], "n_orient": 128, "orient_tokens": 24,
-        "trained_layers": [2], "trained_coefs": [0.5, 1.0, 2.0, 4.0, 8.0], "train": {"lr": 0.05, "epochs": 6},
+        "trained_layers": [2], "trained_coefs": [0.05, 0.1, 0.2, 0.3, 0.5, 1.0], "train": {"lr": 0.05, "epochs": 6},
     },
 }
 
