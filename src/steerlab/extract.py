@@ -131,10 +131,9 @@ def extract(
     else:
         texts, reads = pair_texts(lm, pairs)
         if spec.streaming:
-            directions = _streamed(
-                lm, spec, texts, reads, layer_list, batch_size=batch_size, progress=progress,
-                checkpoint=checkpoint, share_prefix=share_prefix,
-            )
+            accs = accumulate(lm, spec, texts, reads, layer_list, batch_size=batch_size, progress=progress,
+                              checkpoint=checkpoint, share_prefix=share_prefix)
+            directions = {k: acc.finalize() for k, acc in accs.items()}
         else:
             acts = capture(
                 lm, texts, layer_list, reads, batch_size=batch_size, progress=progress, share_prefix=share_prefix
@@ -154,24 +153,6 @@ def extract(
         data_hash=data_hash(pairs),
         meta=meta,
     )
-
-
-def _streamed(
-    lm: LM,
-    spec: Method,
-    texts: list[str],
-    reads: list[Read],
-    layers: list[int],
-    *,
-    batch_size: int,
-    progress: bool | None,
-    checkpoint: str | os.PathLike[str] | None,
-    share_prefix: bool = True,
-) -> dict[int, torch.Tensor]:
-    """The method's directions from its accumulators (:func:`accumulate`)."""
-    accs = accumulate(lm, spec, texts, reads, layers, batch_size=batch_size, progress=progress,
-                      checkpoint=checkpoint, share_prefix=share_prefix)
-    return {k: acc.finalize() for k, acc in accs.items()}
 
 
 def accumulate(
