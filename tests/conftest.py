@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,50 @@ def param_hash(lm: steerlab.LM) -> str:
 
 def hook_count(module: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+
+
+# --------------------------------------------------------------------------- shared by the server tests
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    a 260K-parameter model is fastest, and steadiest on a busy machine, on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_vectors(lm: steerlab.LM, vec: steerlab.SteeringVector) -> dict[str, steerlab.SteeringVector]:
+    """Four different vectors on stories260K."""
+
+    def ext(pos: list[str], neg: list[str], layers: list[int]) -> steerlab.SteeringVector:
+        return steerlab.extract(lm, steerlab.pairs_from_lists(pos, neg), method="mean_diff", layers=layers)
+
+    return {
+        "happy": vec,
+        "dog": ext(["The dog barked at the ball", "A big dog ran"], ["The cat sat on the mat", "A small cat slept"],
+                   [2, 3]),
+        "night": ext(["It was a dark night with stars", "The moon was up"],
+                     ["It was a sunny day", "The sun was hot"], [1, 2]),
+        "big": ext(["The huge giant tree", "A very big house"], ["The tiny little bug", "A very small house"], [3, 4]),
+    }
+
+
+@pytest.fixture(scope="module")
+def vectors(lm: steerlab.LM, vec: steerlab.SteeringVector) -> dict[str, steerlab.SteeringVector]:
+    return make_vectors(lm, vec)
+
+
+@pytest.fixture(scope="module")
+def template_store(tmp_path_factory: pytest.TempPathFactory, vectors: dict[str, steerlab.SteeringVector]) -> Path:
+    root = tmp_path_factory.mktemp("store-template")
+    for name, v in vectors.items():
+        v.save(root / name)
+    return root
+
+
+@pytest.fixture
+def store(tmp_path: Path, template_store: Path) -> Path:
+    dest = tmp_path / "store"
+    shutil.copytree(template_store, dest)
+    return dest

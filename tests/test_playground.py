@@ -9,11 +9,9 @@ screenshot under pytest's tmp dir.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 import steerlab
 from steerlab.analysis import breakdown_curve
@@ -34,12 +32,7 @@ CHROMIUM_ARGS = [
 PROMPT = "Once upon a time"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_playground_streams_unsteered_and_steered_side_by_side(

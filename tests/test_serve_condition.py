@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 import steerlab
 from steerlab.condition import Condition, find_condition
@@ -29,30 +27,20 @@ from fastapi.testclient import TestClient
 from steerlab.serve import ServeSettings, create_app, pack_folder
 
 from .conftest import STORIES
-from .test_serve import AUTH, KEY, make_vectors
+from .test_serve import AUTH, KEY
 from .test_serve_continuous import forward_calls, one_by_one, staggered, texts
 
 DOGS = ["The dog ran to the park", "The big dog barked at the cat", "A dog wagged its tail", "The puppy played"]
 RAIN = ["It was raining all day", "The rain fell on the roof", "Dark clouds brought rain", "A storm came with rain"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def dogs(lm: steerlab.LM) -> Condition:
     """A condition that holds on the dog prompts and not on the rain ones."""
     return find_condition(lm, DOGS, RAIN, chat=False).condition
-
-
-@pytest.fixture(scope="module")
-def vectors(lm: steerlab.LM, vec: steerlab.SteeringVector) -> dict[str, steerlab.SteeringVector]:
-    return make_vectors(lm, vec)
 
 
 @pytest.fixture(scope="module")

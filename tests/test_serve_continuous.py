@@ -33,29 +33,9 @@ from steerlab.serve.routes.info import wants_json
 from steerlab.serve.scheduler import unsupported
 
 from .test_architectures import STORIES, TEXT_TYPES, _build, _config
-from .test_serve import AUTH, KEY, PROMPTS, ServerThread, make_vectors, steering
+from .test_serve import AUTH, KEY, PROMPTS, ServerThread, steering
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """As in test_serve: one torch thread for a 260K-parameter model."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def vectors(lm: steerlab.LM, vec: steerlab.SteeringVector) -> dict[str, steerlab.SteeringVector]:
-    return make_vectors(lm, vec)
-
-
-@pytest.fixture
-def store(tmp_path: Path, vectors: dict[str, steerlab.SteeringVector]) -> Path:
-    root = tmp_path / "store"
-    for name, v in vectors.items():
-        v.save(root / name)
-    return root
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @contextmanager

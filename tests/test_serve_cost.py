@@ -7,11 +7,9 @@ Runs on the trained stories260K model.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 import steerlab
 from steerlab.analysis import breakdown_curve
@@ -29,12 +27,7 @@ from .test_serve import AUTH, KEY
 PROMPT = "Once upon a time"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

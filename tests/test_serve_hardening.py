@@ -24,7 +24,6 @@ import textwrap
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,34 +46,12 @@ from .test_serve import (
     ServerThread,
     bad_uploads,
     completion,
-    make_vectors,
     served,
     steering,
     tree,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """As in test_serve: one torch thread for a 260K-parameter model."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def vectors(lm: steerlab.LM, vec: steerlab.SteeringVector) -> dict[str, steerlab.SteeringVector]:
-    return make_vectors(lm, vec)
-
-
-@pytest.fixture
-def store(tmp_path: Path, vectors: dict[str, steerlab.SteeringVector]) -> Path:
-    """A fresh store of four vectors (happy, dog, night, big)."""
-    root = tmp_path / "store"
-    for name, v in vectors.items():
-        v.save(root / name)
-    return root
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def assert_openai_error(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:

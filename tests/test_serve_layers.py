@@ -25,12 +25,7 @@ from steerlab.serve.http_errors import STATUS, APIError, from_domain
 from steerlab.serve.store import UploadLimits, VectorStore, pack_folder
 from steerlab.serve.store_errors import AlreadyExists, InvalidName, NotFound, StoreError, TooLarge
 
-from .test_serve import bad_uploads, make_vectors
-
-
-@pytest.fixture(scope="module")
-def vectors(lm: steerlab.LM, vec: steerlab.SteeringVector) -> dict[str, steerlab.SteeringVector]:
-    return make_vectors(lm, vec)
+from .test_serve import bad_uploads
 
 
 @pytest.fixture

@@ -36,13 +36,7 @@ TRAIN, HELD = PAIRS[:24], PAIRS[24:]  # held-out pairs: names the vector never s
 FAST = {"lr": 0.05, "epochs": 3, "batch_size": 8, "holdout": 0.25, "progress": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """stories260K is tiny: one torch thread is faster than several (and far faster on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

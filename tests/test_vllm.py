@@ -58,12 +58,7 @@ PROMPT = "Once upon a time, there was a little girl"
 COEF = 4.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_vector(lm: steerlab.LM, layers: tuple[int, ...], seed: int = 0, norm: float = 2.0) -> SteeringVector:
