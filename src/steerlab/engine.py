@@ -88,11 +88,11 @@ class _Call:
 
 @dataclass
 class _Step:
-    """A decoding step's state: which rows' new token is real (``None``: all of them)."""
+    """A decoding step's state, made once per session: the conditions' decisions (a live view of
+    the session's dict) and the token index that decode-step operators never read."""
 
-    live: torch.Tensor | None  # [B, 1, 1] in the model's dtype
     decisions: dict[int, torch.Tensor] = field(default_factory=dict)
-    index: torch.Tensor = field(default_factory=lambda: _NO_INDEX)  # decode-step operators read no index
+    index: torch.Tensor = field(default_factory=lambda: _NO_INDEX)
 
 
 def _decision(
@@ -139,17 +139,12 @@ class _Term:
 
     def apply_decode(self, h: torch.Tensor, step: _Step) -> torch.Tensor:
         """:meth:`apply` for one generated token per row (no positions to compute)."""
-        if self.op.merges and self.rows is None and self.condition is None:  # the common case: one fused op
-            delta = self.state.tensor
-            return h.add_(delta) if step.live is None else h.addcmul_(step.live.to(h.device), delta)
+        if self.plain_add:  # the common case: one fused op
+            return h.add_(self.state.tensor)
         mask = self.decode_mask(h.device)
-        live = step.live
         if self.condition is not None:
             decided = _decision(step.decisions, self.condition, h, strict=True)
-            live = decided if live is None else live.to(h.device) * decided
-        if live is not None:
-            live = live.to(h.device)
-            mask = live if mask is None else mask * live
+            mask = decided if mask is None else mask * decided
         if mask is None:
             if self.op.merges:
                 return h.add_(self.state.tensor)
@@ -159,6 +154,11 @@ class _Term:
             self.op.apply_(h, mask, self.state, index)
             return h
         return self.op.apply(h, mask, self.state, index)
+
+    @property
+    def plain_add(self) -> bool:
+        """Whether, at a decoding step, this term is one in-place add of its delta on every row."""
+        return self.op.merges and self.rows is None and self.condition is None
 
     def decode_mask(self, device: torch.device) -> torch.Tensor | None:
         """``[B, 1, 1]`` rows this term acts on at a decoding step (``None``: all), made once."""
@@ -243,6 +243,7 @@ class SteeringSession:
         self.active = self.terms
         self.repeat = 1
         self.step: _Step | None = None
+        self.decode_state = _Step(self.decisions)
         self.prompt_done = generating
         self.max_prompt = None if prompt_length is None else int(torch.as_tensor(prompt_length).max())
         self.decode_terms = self._build_decode_terms()
@@ -308,12 +309,13 @@ class SteeringSession:
     def _pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not self._owned():
             return
-        inputs = hf.call_inputs(module, args, kwargs)
-        self._set_repeat(inputs.batch)
-        if self._is_decode_step(inputs):
+        bound = hf.bind_call(module, args, kwargs) if args else kwargs  # generate passes keywords only
+        if self._is_decode_step(bound):
             self.call = None
-            self.step = self._decode_step(inputs)
+            self.step = self._decode_step(bound)
             return
+        inputs = hf.call_inputs(module, (), bound)
+        self._set_repeat(inputs.batch)
         self.step = None
         real, index = input_positions(inputs)
         prompt_len = self._prompt_len(inputs.batch, real, index)
@@ -334,24 +336,30 @@ class SteeringSession:
             self.decode_terms = self._build_decode_terms()
             self.repeat = repeat
 
-    def _is_decode_step(self, inputs: hf.CallInputs) -> bool:
+    def _is_decode_step(self, call: Mapping[str, Any]) -> bool:
         """One new token per row after a whole prompt: every steering at ``"all"``/``"generated"``
-        acts on it, none at ``"prompt"`` — no positions need computing (the fast path)."""
-        return (
-            self.decode_terms is not None
-            and self.prompt_done
-            and inputs.length == 1
-            and bool(inputs.past)
-        )
+        acts on it, none at ``"prompt"`` — no positions need computing (the fast path). ``call`` is
+        the forward call's arguments by name; a batch the terms were not built for (a first call
+        after ``num_return_sequences`` expanded it) takes the full path once."""
+        if self.decode_terms is None or not self.prompt_done:
+            return False
+        batch = hf.one_token_step(call)
+        return batch is not None and (self.batch is None or batch == self.batch * self.repeat)
 
-    def _decode_step(self, inputs: hf.CallInputs) -> _Step:
-        mask = inputs.attention_mask
-        live = None if mask is None else mask[:, -1:].to(self.dtype).unsqueeze(-1)  # [B, 1, 1]
-        return _Step(live, self.decisions)
+    def _decode_step(self, call: Mapping[str, Any]) -> _Step:
+        """The state of a decoding step: the same object every step, no tensor work.
+
+        A padding token at a decoding step (a zero in the attention mask's new column, which neither
+        ``generate`` nor steerlab's server ever passes) is steered like a real one: no later token
+        attends to it, so no real token's output changes.
+        """
+        return self.decode_state
 
     def _build_decode_terms(self) -> dict[int, list[_Term]] | None:
         """The terms that act on a generated token (windows and token-wise vectors depend on the
-        token's index, so with them every step takes the full path)."""
+        token's index, so with them every step takes the full path). Also sets ``decode_adds``:
+        per layer, the deltas to add in place when every term there is a plain add, else ``None``."""
+        self.decode_adds: dict[int, tuple[torch.Tensor, ...] | None] = {}
         out: dict[int, list[_Term]] = {}
         for layer, terms in self.active.items():
             kept = []
@@ -361,6 +369,8 @@ class SteeringSession:
                 if t.positions != "prompt":
                     kept.append(t)
             out[layer] = kept
+            plain = all(t.plain_add for t in kept)
+            self.decode_adds[layer] = tuple(t.state.tensor for t in kept) if plain else None
         return out
 
     def _prompt_len(self, batch: int, real: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
@@ -375,10 +385,17 @@ class SteeringSession:
 
     def _make_hook(self, layer: int) -> Any:
         def hook(_module: Any, _args: Any, output: Any) -> Any:
+            step = self.step
+            if step is not None:
+                adds = self.decode_adds[layer]
+                if adds is not None and self._owned():  # the decoding fast path: in-place adds, no masks
+                    h = output[0] if isinstance(output, tuple) else output
+                    for delta in adds:
+                        h.add_(delta)
+                    return None
             if not self._owned():
                 return None
             h = out = hf.block_hidden(output)
-            step = self.step
             if step is not None:
                 assert self.decode_terms is not None
                 for term in self.decode_terms[layer]:

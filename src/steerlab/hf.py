@@ -170,6 +170,31 @@ def call_inputs(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) ->
     )
 
 
+def one_token_step(bound: Mapping[str, Any]) -> int | None:
+    """The rows of a forward call (its arguments by name) that feeds each row one new token after
+    cached ones, or ``None`` for any other call: the cheap test run before every decoding step.
+
+    Example:
+        >>> one_token_step({"input_ids": torch.zeros(3, 1, dtype=torch.long), "past_key_values": None})
+    """
+    ref = bound.get("input_ids")
+    if ref is None:
+        ref = bound.get("inputs_embeds")
+    if not isinstance(ref, torch.Tensor) or ref.dim() < 2 or ref.shape[1] != 1:
+        return None
+    cache = bound.get("cache")
+    if cache is None:
+        cache = bound.get("past_key_values")
+    if cache is None:
+        return None
+    mask = bound.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:  # [batch, past + 1]
+        past = mask.shape[1] > 1
+    else:
+        past = bool(cache_length(cache))
+    return ref.shape[0] if past else None
+
+
 def cache_length(cache: Any) -> int | None:
     """Tokens held by a KV cache object (``None`` when it has no readable length)."""
     if cache is None:
