@@ -230,8 +230,8 @@ class SteeringSession:
                 for s in as_steerings(item):
                     by_id.setdefault(id(s), (s, []))[1].append(i)
             entries += list(by_id.values())
-        for s, _ in entries:
-            s.vector.check_model(lm)
+        for vector in {id(s.vector): s.vector for s, _ in entries}.values():
+            vector.check_model(lm)
         live_entries = [(s, r) for s, r in entries if not s.is_noop]
         self._build_terms(live_entries)
         self.conditions = {id(s.condition): s.condition for s, _ in live_entries if s.condition is not None}
@@ -262,7 +262,8 @@ class SteeringSession:
         # Row deltas are written with one index_add per merged delta, after all are known.
         merged: dict[tuple[int, str, object], torch.Tensor] = {}
         pending: dict[int, tuple[torch.Tensor, list[int], list[torch.Tensor]]] = {}
-        devices = {k: _block_device(self.lm.blocks[k], self.device) for s, _ in entries for k in s.active_layers}
+        layers = {k for s, _ in entries for k in s.active_layers}
+        devices = {k: _block_device(self.lm.blocks[k], self.device) for k in layers}
         for s, idx in entries:
             op = s.op
             rows = None if idx is None else self._row_mask(idx)
