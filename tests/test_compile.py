@@ -70,3 +70,35 @@ def test_steered_forward_compiles_without_graph_breaks(lm, vec, positions):
                 torch._dynamo.reset()
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(eager, plain)
+
+
+@pytest.mark.slow
+def test_a_compiled_model_follows_the_sessions_opened_and_closed_after_it(lm, vec, monkeypatch):
+    """TorchDynamo skips guards on module hooks by default: without steerlab turning them on, a model
+    compiled before a session ignores its hooks, and one compiled inside a session replays them
+    after it closed. Every phase must equal eager."""
+    import torch._dynamo.config as dynamo_config
+
+    monkeypatch.setattr(dynamo_config, "skip_nnmodule_hook_guards", True)  # torch's default
+    ids, mask = encode(lm, PROMPTS)
+    a, b = Steering(vec, 4.0), Steering(vec, -3.0, positions="generated")
+    n = mask.sum(-1)
+
+    def run(model, steering):
+        with torch.inference_mode():
+            if steering is None:
+                return model(input_ids=ids, attention_mask=mask).logits
+            with steerlab.steer(lm, steering, prompt_length=n - 1):
+                return model(input_ids=ids, attention_mask=mask).logits
+
+    phases = [None, a, None, b, a]
+    eager = [run(lm.model, s) for s in phases]
+    assert not torch.allclose(eager[0], eager[1]) and not torch.allclose(eager[1], eager[3])
+    torch._dynamo.reset()
+    compiled = torch.compile(lm.model, backend="eager", fullgraph=True)
+    try:
+        for phase, (steering, want) in enumerate(zip(phases, eager, strict=True)):
+            torch.testing.assert_close(run(compiled, steering), want, rtol=1e-5, atol=1e-5, msg=f"phase {phase}")
+    finally:
+        torch._dynamo.reset()
+    assert dynamo_config.skip_nnmodule_hook_guards is False

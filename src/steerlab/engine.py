@@ -15,7 +15,9 @@ hooks see the right positions under this transformers version (a prompt, then a 
 otherwise it raises instead of steering the wrong tokens.
 
 Hooks act only in the thread that opened the session, and are removed on exit (also on an
-exception): nothing global, nothing left behind, weights never touched.
+exception): nothing left behind, weights never touched. The one global change: once TorchDynamo is
+imported, compiled code is made to guard on module hooks (:mod:`steerlab.compiled`), so a compiled
+model never runs a graph traced without this session's hooks or with another's.
 
 Example:
     >>> with steer(lm, Steering(vec, 4.0)):  # doctest: +SKIP
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 
 from . import hf
+from .compiled import guard_hooks
 from .condition import Condition, prompt_scores
 from .errors import SteeringSpecError
 from .model import LM
@@ -302,8 +305,8 @@ class SteeringSession:
         """Whether the running forward call belongs to the thread that opened the session.
 
         Under ``torch.compile`` the hooks are traced into the graph, which cannot ask for a thread:
-        a compiled model is steered by the session that was open when it was traced (steer it from
-        one thread).
+        a compiled model is steered by the session whose hooks it traced (steer it from one thread;
+        opening or closing a session makes it retrace, :mod:`steerlab.compiled`).
         """
         return torch.compiler.is_compiling() or threading.get_ident() == self.owner
 
@@ -430,6 +433,7 @@ class SteeringSession:
         return reader
 
     def __enter__(self) -> SteeringSession:
+        guard_hooks()
         for condition in self.conditions.values():
             # after the steering hooks of that block: the condition reads the stream as it leaves
             self.handles.append(self.lm.blocks[condition.at].register_forward_hook(self._make_reader(condition)))
@@ -448,6 +452,7 @@ class SteeringSession:
         self.handles.clear()
         self.call = None
         self.step = None
+        guard_hooks()
 
 
 @contextmanager
