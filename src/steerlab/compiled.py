@@ -35,7 +35,7 @@ def guard_hooks() -> bool:
     config = sys.modules.get("torch._dynamo.config")
     if dynamo is None or config is None or not getattr(config, "skip_nnmodule_hook_guards", False):
         return False
-    config.skip_nnmodule_hook_guards = False
+    setattr(config, "skip_nnmodule_hook_guards", False)  # noqa: B010 (a module found at run time)
     dynamo.reset()
     log.warning(
         "steerlab: torch.compile now guards on module hooks (torch._dynamo.config.skip_nnmodule_hook_guards = "
