@@ -9,8 +9,10 @@ imported TorchDynamo, and clears the graphs compiled without them, once; from th
 removing steering hooks makes compiled code retrace. A model compiled while no TorchDynamo was
 imported cannot exist, so a process that never compiles pays nothing (not even TorchDynamo's import).
 
-Each new session retraces (its hooks are new objects): compile a model for a decoding loop that
-runs inside one session, as :func:`steerlab.steer_rows` with ``generating=True`` allows.
+Opening or closing a session makes compiled code re-check its guards and retrace where they fail
+(the first steered call after a plain one does); a decoding loop inside one open session (as
+:func:`steerlab.steer_rows` with ``generating=True`` allows) runs its graphs without retracing.
+``benchmarks/bench_steps.py`` checks compiled steered decoding against eager, token for token.
 
 Example:
     >>> from steerlab.compiled import guard_hooks

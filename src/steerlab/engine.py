@@ -306,7 +306,7 @@ class SteeringSession:
 
         Under ``torch.compile`` the hooks are traced into the graph, which cannot ask for a thread:
         a compiled model is steered by the session whose hooks it traced (steer it from one thread;
-        opening or closing a session makes it retrace, :mod:`steerlab.compiled`).
+        opening or closing a session makes it re-check its guards, :mod:`steerlab.compiled`).
         """
         return torch.compiler.is_compiling() or threading.get_ident() == self.owner
 
