@@ -8,6 +8,8 @@ precomputed per-layer terms, in place on the block's output where autograd allow
 observer of the output sees the steered stream, also transformers releases that record hidden
 states inside a block's forward); plain additions at the same positions are merged into one
 row-stacked delta, so a batch where every row has its own vector costs one ``addcmul`` per layer.
+A decoding step (one new token per row after the whole prompt, with no window or token-wise vector
+in play) computes no positions at all: each layer adds its deltas in place, one ``add_`` each.
 Vectors are moved to each block's device and dtype once, when the session starts.
 
 The first time a model is steered, :func:`steerlab.canary.check_positions` confirms that the
