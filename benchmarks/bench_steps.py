@@ -26,7 +26,8 @@ median over ``--e2e-rounds``, in the JSON only): noisier, but nothing left out.
 **Compiled** (the short-step proxy only). One model instance per setting, each compiled with
 ``torch.compile(fullgraph=True)`` inside a steering session that stays open, decoding over a static
 KV cache, interleaved per step as above: its tokens against the same instance's eager decoding,
-its compile time, and the paired step ratio. This is the path CUDA graphs take on a GPU.
+its compile time, and the paired step ratio; a second plain instance shows how far two instances
+differ by themselves. This is the path CUDA graphs take on a GPU.
 
 Usage::
 
@@ -69,6 +70,7 @@ class StepCase:
 QUICK = StepCase("stories260K", str(SHARED / "models" / "stories260K"), 16, 64, None, 12, 5, 1.03)
 DEFAULT = StepCase("SmolLM2-135M", "default", 16, 24, None, 6, 3, 1.01)
 FLOOR = "floor: bare add hooks"
+PLAIN2 = "plain, a second instance"
 
 
 def _setup(case: StepCase, device: str) -> tuple[Any, list[str], dict[str, Any]]:
@@ -339,7 +341,9 @@ def _compiled(case: StepCase, device: str, settings: dict[str, Any]) -> dict[str
     limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
     old_limit = getattr(torch._dynamo.config, limit)
     setattr(torch._dynamo.config, limit, 64)  # one set of graphs per instance, all alive at once
-    names = [k for k in settings if k != FLOOR]
+    # a second plain instance shows how much instances differ by themselves (memory placement)
+    settings = {"plain": None, PLAIN2: None, **{k: v for k, v in settings.items() if k != FLOOR}}
+    names = list(settings)
     prompts = [("Once upon a time there was a", "The cat sat")[i % 2] for i in range(case.batch)]
     out: dict[str, Any] = {}
     streams: dict[str, _StaticStream] = {}
