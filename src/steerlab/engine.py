@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -440,7 +441,13 @@ class SteeringSession:
             # after the steering hooks of that block: the condition reads the stream as it leaves
             self.handles.append(self.lm.blocks[condition.at].register_forward_hook(self._make_reader(condition)))
         if self.terms:
-            self.handles.append(self.lm.model.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+            pre_hook = self._pre_hook
+            if "torch._dynamo" in sys.modules:
+                # A compiled model runs its hooks' frames through TorchDynamo too: the pre-hook would
+                # become a frame of its own whose guards are checked on every call. It only reads the
+                # call's arguments, so it runs eagerly; the blocks' hooks trace into the graph.
+                pre_hook = torch.compiler.disable(pre_hook)
+            self.handles.append(self.lm.model.register_forward_pre_hook(pre_hook, with_kwargs=True))
             for layer in self.terms:
                 # prepend: steering runs before any other hook on the block (e.g. transformers'
                 # output_hidden_states recorder), so every observer sees the steered stream.
