@@ -5,9 +5,9 @@ By default TorchDynamo does not guard on module hooks
 session keeps running the graph it traced without the session's hooks (silently unsteered), and a
 model compiled inside a session keeps replaying that session's deltas after it closed (silently
 steered). steerlab turns the guards on whenever a session opens or closes in a process that has
-imported TorchDynamo, and clears the graphs compiled without them, once; from then on adding or
-removing steering hooks makes compiled code retrace. A model compiled while no TorchDynamo was
-imported cannot exist, so a process that never compiles pays nothing (not even TorchDynamo's import).
+imported TorchDynamo, and clears the graphs compiled without them, once, with a warning. No model
+can have been compiled while TorchDynamo is not imported, so a process that never compiles pays
+nothing (not even TorchDynamo's import).
 
 Opening or closing a session makes compiled code re-check its guards and retrace where they fail
 (the first steered call after a plain one does); a decoding loop inside one open session (as
