@@ -146,18 +146,14 @@ def call_inputs(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) ->
         SteeringSpecError: the call has neither ``input_ids`` nor ``inputs_embeds``.
     """
     bound = bind_call(model, args, kwargs) if args else kwargs  # generate passes keywords only
-    ref = bound.get("input_ids")
+    ref = _call_tokens(bound)
     if ref is None:
-        ref = bound.get("inputs_embeds")
-    if not isinstance(ref, torch.Tensor) or ref.dim() < 2:
         from .errors import SteeringSpecError
 
         raise SteeringSpecError("steering needs input_ids or inputs_embeds in the forward call")
     mask = bound.get("attention_mask")
     pos = bound.get("position_ids")
-    cache = bound.get("cache")
-    if cache is None:
-        cache = bound.get("past_key_values")
+    cache = _call_cache(bound)
     shape = ref.shape
     return CallInputs(
         shape[0],
@@ -170,6 +166,20 @@ def call_inputs(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) ->
     )
 
 
+def _call_tokens(bound: Mapping[str, Any]) -> torch.Tensor | None:
+    """The call's ``input_ids``, else its ``inputs_embeds`` (``None``: neither, as a batch)."""
+    ref = bound.get("input_ids")
+    if ref is None:
+        ref = bound.get("inputs_embeds")
+    return ref if isinstance(ref, torch.Tensor) and ref.dim() >= 2 else None
+
+
+def _call_cache(bound: Mapping[str, Any]) -> Any:
+    """The KV cache the call passes, under whichever keyword this transformers version uses."""
+    cache = bound.get(CACHE_KEYWORDS[0])
+    return bound.get(CACHE_KEYWORDS[1]) if cache is None else cache
+
+
 def one_token_step(bound: Mapping[str, Any]) -> int | None:
     """The rows of a forward call (its arguments by name) that feeds each row one new token after
     cached ones, or ``None`` for any other call: the cheap test run before every decoding step.
@@ -177,15 +187,9 @@ def one_token_step(bound: Mapping[str, Any]) -> int | None:
     Example:
         >>> one_token_step({"input_ids": torch.zeros(3, 1, dtype=torch.long), "past_key_values": None})
     """
-    ref = bound.get("input_ids")
-    if ref is None:
-        ref = bound.get("inputs_embeds")
-    if not isinstance(ref, torch.Tensor) or ref.dim() < 2 or ref.shape[1] != 1:
-        return None
-    cache = bound.get("cache")
-    if cache is None:
-        cache = bound.get("past_key_values")
-    if cache is None:
+    ref = _call_tokens(bound)
+    cache = _call_cache(bound)
+    if ref is None or ref.shape[1] != 1 or cache is None:
         return None
     mask = bound.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.dim() == 2:  # [batch, past + 1]
