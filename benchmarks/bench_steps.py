@@ -118,14 +118,60 @@ class _BareHooks:
         self.handles.clear()
 
 
-@dataclass
-class _Stream:
-    """One setting's decoding: its session (entered around each of its forwards), cache and tokens."""
+class _Decoder:
+    """Greedy decoding of the prompts, one forward per :meth:`step`, timed; ``session`` (if any) is
+    entered around each forward only, ``static`` uses a static KV cache (for compiled models)."""
 
-    session: AbstractContextManager[Any] | None
-    cache: Any = None
-    mask: Any = None
-    token: Any = None
+    def __init__(self, lm: Any, model: Any, prompts: list[str], n: int, static: bool = False,
+                 session: AbstractContextManager[Any] | None = None) -> None:
+        from steerlab.generate import encode
+
+        self.lm, self.model, self.n, self.static, self.session = lm, model, n, static, session
+        ids, mask = encode(lm, prompts)
+        self.ids, self.mask0 = ids.to(lm.device), mask.to(lm.device)
+        self.restart()
+
+    def restart(self) -> None:
+        """A new KV cache; the next :meth:`step` runs the prompt."""
+        from transformers import StaticCache
+
+        from steerlab import hf
+
+        length = self.ids.shape[1] + self.n + 1
+        self.cache = (StaticCache(config=self.lm.model.config, max_cache_len=length) if self.static
+                      else hf.new_cache(self.lm.model))
+        self.x, self.mask = self.ids, self.mask0
+        self.tokens: list[Any] = []
+        self.position = (self.mask.cumsum(-1) - 1).clamp(min=0)
+
+    def step(self) -> float:
+        """One forward (the prompt, then one token per row); its wall time in seconds."""
+        import torch
+
+        from steerlab import hf
+
+        with self.session or nullcontext(), torch.inference_mode():
+            kwargs = hf.forward_kwargs(self.lm.model, input_ids=self.x, attention_mask=self.mask,
+                                       position_ids=self.position, cache=self.cache, use_cache=True)
+            _sync(self.lm)
+            start = time.perf_counter()
+            logits = self.model(**kwargs).logits
+            _sync(self.lm)
+            took = time.perf_counter() - start
+        self.x = logits[:, -1].argmax(-1, keepdim=True)
+        self.tokens.append(self.x)
+        self.mask = torch.cat([self.mask, torch.ones_like(self.x)], 1)
+        self.position = self.position[:, -1:] + 1
+        return took
+
+    def run(self) -> Any:
+        """Tokens of one whole decoding loop from a new cache."""
+        import torch
+
+        self.restart()
+        for _ in range(self.n + 1):
+            self.step()
+        return torch.cat(self.tokens, 1)
 
 
 def _rotated(names: list[str], i: int) -> Iterator[str]:
@@ -160,11 +206,7 @@ def _sessions(lm: Any, settings: dict[str, Any], batch: int, mask: Any) -> tuple
 def _hook_time(case: StepCase, lm: Any, prompts: list[str], steering: Any) -> float:
     """Seconds per decoding step spent inside steerlab's hooks (the model's pre-hook and every
     block's hook, timed from inside): the direct cost, free of the machine's step-to-step scatter."""
-    import torch
-
-    from steerlab import hf
     from steerlab.engine import SteeringSession
-    from steerlab.generate import encode
 
     class Timed(SteeringSession):
         spent = 0.0
@@ -185,67 +227,31 @@ def _hook_time(case: StepCase, lm: Any, prompts: list[str], steering: Any) -> fl
 
             return hook
 
-    ids, mask = encode(lm, prompts)
-    ids, mask = ids.to(lm.device), mask.to(lm.device)
+    decoder = _Decoder(lm, lm.model, prompts, case.new_tokens)
     rows = steering if isinstance(steering, list) else [steering] * len(prompts)
-    cache = hf.new_cache(lm.model)
-    with torch.inference_mode(), Timed(lm, [], rows=rows, prompt_length=mask.sum(-1)):
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        kwargs = hf.forward_kwargs(lm.model, input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
-                                   use_cache=True)
-        token = lm.model(**kwargs).logits[:, -1].argmax(-1, keepdim=True)
+    with Timed(lm, [], rows=rows, prompt_length=decoder.mask0.sum(-1)):
+        decoder.step()  # the prompt
         Timed.spent = 0.0
         for _ in range(case.new_tokens):
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
-            kwargs = hf.forward_kwargs(lm.model, input_ids=token, attention_mask=mask,
-                                       position_ids=mask.sum(-1, keepdim=True) - 1, cache=cache, use_cache=True)
-            token = lm.model(**kwargs).logits[:, -1].argmax(-1, keepdim=True)
+            decoder.step()
     return Timed.spent / case.new_tokens
 
 
 def _interleaved(case: StepCase, lm: Any, prompts: list[str], settings: dict[str, Any]) -> dict[str, Any]:
     """Per-step and prefill times (s) of every setting, interleaved; set-up times of the sessions."""
-    import torch
-
-    from steerlab import hf
-    from steerlab.generate import encode
-
     names = list(settings)
     steps: dict[str, list[float]] = {k: [] for k in names}
     prefill: dict[str, list[float]] = {k: [] for k in names}
     setup: dict[str, list[float]] = {k: [] for k in names}
-    model = lm.model
-
-    def forward(stream: _Stream, ids: Any, pos: Any) -> float:
-        ctx = stream.session if stream.session is not None else nullcontext()
-        with ctx, torch.inference_mode():
-            kwargs = hf.forward_kwargs(model, input_ids=ids, attention_mask=stream.mask, position_ids=pos,
-                                       cache=stream.cache, use_cache=True)
-            _sync(lm)
-            start = time.perf_counter()
-            out = model(**kwargs)
-            _sync(lm)
-            took = time.perf_counter() - start
-        stream.token = out.logits[:, -1].argmax(-1, keepdim=True)
-        return took
-
     for r in range(case.rounds + 1):  # round 0 warms up (and runs the position canary)
-        ids, mask = encode(lm, prompts)
-        ids, mask = ids.to(lm.device), mask.to(lm.device)
-        sessions, made = _sessions(lm, settings, case.batch, mask)
-        streams = {k: _Stream(sessions[k], hf.new_cache(model), mask) for k in names}
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        for k in _rotated(names, r):
-            t = forward(streams[k], ids, pos)
-            if r:
-                prefill[k].append(t)
-        for i in range(case.new_tokens):
+        first = _Decoder(lm, lm.model, prompts, case.new_tokens)
+        sessions, made = _sessions(lm, settings, case.batch, first.mask0)
+        streams = {k: _Decoder(lm, lm.model, prompts, case.new_tokens, session=sessions[k]) for k in names}
+        for i in range(case.new_tokens + 1):  # the prompt, then one token at a time
             for k in _rotated(names, i + r):
-                s = streams[k]
-                s.mask = torch.cat([s.mask, s.mask.new_ones(s.mask.shape[0], 1)], 1)
-                t = forward(s, s.token, s.mask.sum(-1, keepdim=True) - 1)
+                took = streams[k].step()
                 if r:
-                    steps[k].append(t)
+                    (steps if i else prefill)[k].append(took)
         if r:
             for k, v in made.items():
                 setup[k].append(v)
@@ -278,56 +284,7 @@ def _end_to_end(case: StepCase, lm: Any, prompts: list[str], settings: dict[str,
     return times
 
 
-class _StaticStream:
-    """Greedy decoding of the prompts, one step per call, over a static KV cache (for compiled models)."""
-
-    def __init__(self, lm: Any, model: Any, prompts: list[str], n: int) -> None:
-        from steerlab.generate import encode
-
-        self.lm, self.model, self.n = lm, model, n
-        ids, mask = encode(lm, prompts)
-        self.ids, self.mask0 = ids.to(lm.device), mask.to(lm.device)
-        self.restart()
-
-    def restart(self) -> None:
-        """A new KV cache; the next :meth:`step` runs the prompt."""
-        from transformers import StaticCache
-
-        self.cache = StaticCache(config=self.lm.model.config, max_cache_len=self.ids.shape[1] + self.n + 1)
-        self.x, self.mask = self.ids, self.mask0
-        self.tokens: list[Any] = []
-        self.position = (self.mask.cumsum(-1) - 1).clamp(min=0)
-
-    def step(self) -> float:
-        """One forward (the prompt, then one token per row); its wall time in seconds."""
-        import torch
-
-        from steerlab import hf
-
-        kwargs = hf.forward_kwargs(self.lm.model, input_ids=self.x, attention_mask=self.mask,
-                                   position_ids=self.position, cache=self.cache, use_cache=True)
-        _sync(self.lm)
-        start = time.perf_counter()
-        logits = self.model(**kwargs).logits
-        _sync(self.lm)
-        took = time.perf_counter() - start
-        self.x = logits[:, -1].argmax(-1, keepdim=True)
-        self.tokens.append(self.x)
-        self.mask = torch.cat([self.mask, torch.ones_like(self.x)], 1)
-        self.position = self.position[:, -1:] + 1
-        return took
-
-    def run(self) -> Any:
-        """Tokens of one whole decoding loop from a new cache."""
-        import torch
-
-        self.restart()
-        for _ in range(self.n + 1):
-            self.step()
-        return torch.cat(self.tokens, 1)
-
-
-def _compiled(case: StepCase, device: str, settings: dict[str, Any]) -> dict[str, Any]:
+def _compiled(case: StepCase, device: str, prompts: list[str], settings: dict[str, Any]) -> dict[str, Any]:
     """``torch.compile(model, fullgraph=True)`` decoding over a static cache, interleaved like the
     eager section: one model instance per setting, each compiled once inside its own steering session
     that stays open (a new session makes a compiled model retrace). Per setting: its tokens against
@@ -335,7 +292,6 @@ def _compiled(case: StepCase, device: str, settings: dict[str, Any]) -> dict[str
     import torch
 
     import steerlab
-    from steerlab.generate import encode
 
     torch._dynamo.reset()
     limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
@@ -344,21 +300,20 @@ def _compiled(case: StepCase, device: str, settings: dict[str, Any]) -> dict[str
     # a second plain instance shows how much instances differ by themselves (memory placement)
     settings = {"plain": None, PLAIN2: None, **{k: v for k, v in settings.items() if k != FLOOR}}
     names = list(settings)
-    prompts = [("Once upon a time there was a", "The cat sat")[i % 2] for i in range(case.batch)]
     out: dict[str, Any] = {}
-    streams: dict[str, _StaticStream] = {}
+    streams: dict[str, _Decoder] = {}
     try:
         with ExitStack() as stack:
             stack.enter_context(torch.inference_mode())
             for k in names:
                 lm = steerlab.load_model(case.model, device=device)
+                eager_decoder = _Decoder(lm, lm.model, prompts, case.new_tokens, static=True)
                 s = settings[k]
                 if s is not None:
                     rows = s if isinstance(s, list) else [s] * case.batch
-                    _, mask = encode(lm, prompts)
-                    stack.enter_context(steerlab.steer_rows(lm, rows, prompt_length=mask.sum(-1).to(lm.device)))
-                eager = _StaticStream(lm, lm.model, prompts, case.new_tokens).run()
-                stream = _StaticStream(lm, torch.compile(lm.model, fullgraph=True), prompts, case.new_tokens)
+                    stack.enter_context(steerlab.steer_rows(lm, rows, prompt_length=eager_decoder.mask0.sum(-1)))
+                eager = eager_decoder.run()
+                stream = _Decoder(lm, torch.compile(lm.model, fullgraph=True), prompts, case.new_tokens, static=True)
                 start = time.perf_counter()
                 tokens = stream.run()  # compiles (a graph break raises)
                 out[k] = {"tokens_equal_eager": bool(torch.equal(tokens, eager)),
@@ -421,7 +376,7 @@ def run_case(case: StepCase, device: str, compiled: bool = True) -> dict[str, An
         rows[k] = row
     res = {"case": asdict(case), "device": device, "n_layers": lm.n_layers, "settings": rows}
     if compiled:
-        comp = _compiled(case, device, settings)
+        comp = _compiled(case, device, prompts, settings)
         res["compiled"] = {
             k: {"step_us_median": med(v["steps"]) * 1e6,
                 "step_ratio": med([a / b for a, b in zip(v["steps"], comp["plain"]["steps"], strict=True)]),
