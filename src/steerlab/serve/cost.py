@@ -121,7 +121,8 @@ class CostService:
 
         out: dict[str, Any] = {"object": "steering_breakdown", "vector": stored.name, "texts": len(NEUTRAL)}
         try:
-            with self.lock:
+            # the model lock, then the tokenizer's (the worker's order): breakdown_curve tokenises
+            with self.lock, self.tok_lock:
                 rep = breakdown_curve(self.lm, stored.vector, NEUTRAL, progress=False)
         except SteeringError as exc:  # e.g. a token-wise vector: no curve, no marks
             return {**out, "available": False, "reason": str(exc), "breaks_at": {"positive": None, "negative": None}}
