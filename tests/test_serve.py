@@ -293,7 +293,7 @@ def test_request_limits(lm: steerlab.LM, store: Path) -> None:
             ({"prompt": "Hi", "steering": steering("nope")}, 404, "vector_not_found"),
             ({"prompt": "Hi", "steering": steering("../happy")}, 400, "invalid_vector_name"),
             ({"prompt": "Hi", "steering": [{"vector": "happy", "layers": [0]}]}, 400, "invalid_layers"),
-            ({"prompt": "Hi", "steering": [{"vector": "happy", "positions": "actadd"}]}, 400, "invalid_steering"),
+            ({"prompt": "Hi", "steering": [{"vector": "happy", "positions": "actadd"}]}, 400, "invalid_value"),
             ({"prompt": "Hi", "steering": [{"vector": "happy", "positions": "middle"}]}, 400, "invalid_value"),
             ({"prompt": "Hi", "steering": [{"vector": "happy", "coef": 1}]}, 400, "invalid_value"),
             ({"prompt": "Hi", "steerings": []}, 400, "invalid_value"),

@@ -19,10 +19,11 @@ from steerlab.errors import SteeringError
 
 pytest.importorskip("fastapi")
 
+from steerlab.limits import Limits
 from steerlab.serve import store_errors
 from steerlab.serve.batcher import QueueFull
 from steerlab.serve.http_errors import STATUS, APIError, from_domain
-from steerlab.serve.store import UploadLimits, VectorStore, pack_folder
+from steerlab.serve.store import VectorStore, pack_folder
 from steerlab.serve.store_errors import AlreadyExists, InvalidName, NotFound, StoreError, TooLarge
 
 from .test_serve import bad_uploads
@@ -63,7 +64,7 @@ def test_the_store_refuses_with_domain_errors_that_map_to_the_http_statuses(
 ) -> None:
     """Every bad upload of the HTTP tests, straight into the store: a domain error whose class the
     table maps to the status the server answers, and the store left as it was."""
-    vs = VectorStore(store, lm, UploadLimits(max_upload_bytes=200_000, max_unpacked_bytes=200_000))  # as the HTTP tests
+    vs = VectorStore(store, lm, Limits.for_model(lm, max_upload_bytes=200_000, max_unpacked_bytes=200_000))  # as HTTP
     before = sorted(p.name for p in store.iterdir())
     for label, data, status, code in bad_uploads(tmp_path / "src", lm, vectors):
         with pytest.raises(StoreError) as info:
@@ -120,7 +121,7 @@ def test_overwrite_swaps_the_new_folder_in_and_leaves_no_trash(
 
 
 def test_upload_over_the_limit_is_too_large(lm: steerlab.LM, store: Path) -> None:
-    vs = VectorStore(store, lm, UploadLimits(max_upload_bytes=10))
+    vs = VectorStore(store, lm, Limits.for_model(lm, max_upload_bytes=10))
     with pytest.raises(TooLarge, match="larger than 10 bytes"):
         vs.add_upload("x", io.BytesIO(b"\x1f\x8b" + b"x" * 100))
     assert hidden(store) == []

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -70,15 +71,16 @@ class Condition:
                     f"the condition vector has layers {self.vector.layers}: pass layer= to choose one"
                 )
             layer = self.vector.layers[0]
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+            raise SteeringSpecError(f"condition layer={_short(layer)} is not a layer index (an integer)")
         if layer not in self.vector.directions:
             raise LayerRangeError(f"condition layer {layer} is not in the vector (it has {self.vector.layers})")
-        if self.comparator not in COMPARATORS:
-            raise SteeringSpecError(f"comparator={self.comparator!r}: use '>' or '<'")
-        try:
-            threshold = float(self.threshold)
-        except (TypeError, ValueError):
-            raise SteeringSpecError(f"threshold={self.threshold!r} is not a number") from None
-        if not -1.0 <= threshold <= 1.0:
+        if not isinstance(self.comparator, str) or self.comparator not in COMPARATORS:
+            raise SteeringSpecError(f"comparator={_short(self.comparator)}: use '>' or '<'")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, numbers.Real):
+            raise SteeringSpecError(f"threshold={_short(self.threshold)} is not a number")
+        threshold = float(self.threshold)
+        if not -1.0 <= threshold <= 1.0:  # NaN fails too
             raise SteeringSpecError(f"threshold={threshold}: a cosine similarity lies in [-1, 1]")
         object.__setattr__(self, "threshold", threshold)
         object.__setattr__(self, "_layer", int(layer))
@@ -112,19 +114,63 @@ class Condition:
             SteeringSpecError: the vector carries no condition settings and none are given.
         """
         vec = SteeringVector.load(directory)
-        saved = vec.meta.get("condition") if isinstance(vec.meta, dict) else None
-        if not isinstance(saved, dict):
-            if threshold is None:
-                raise SteeringSpecError(
-                    f"{directory} is a plain vector, not a saved condition: give a threshold"
-                )
-            saved = {}
-        return cls(
-            vec,
-            layer=saved.get("layer"),
-            threshold=saved.get("threshold", 0.0) if threshold is None else threshold,
-            comparator=str(saved.get("comparator", ">")),
-        )
+        if saved_settings(vec) is None and threshold is None:
+            raise SteeringSpecError(f"{directory} is a plain vector, not a saved condition: give a threshold")
+        return cls.from_saved(vec, threshold)
+
+    @classmethod
+    def from_saved(cls, vector: SteeringVector, threshold: float | None = None) -> Condition:
+        """The condition a vector's saved settings (``meta["condition"]``, written by :meth:`save`)
+        describe, ``threshold`` overriding the saved one; a vector without settings gives a
+        condition at its only layer with ``threshold`` (default 0).
+
+        Every setting is checked as written, never coerced: ``layer`` an integer of the vector,
+        ``threshold`` a finite number in ``[-1, 1]``, ``comparator`` ``">"`` or ``"<"``, and no
+        other keys.
+
+        Raises:
+            SteeringSpecError / LayerRangeError: malformed settings, naming the field.
+
+        Example:
+            >>> v = SteeringVector({2: torch.tensor([1.0, 0.0])}, "m", 2, 4, meta={"condition": {"layer": [2]}})
+            >>> Condition.from_saved(v)
+            Traceback (most recent call last):
+            ...
+            steerlab.errors.SteeringSpecError: condition layer=[2] is not a layer index (an integer)
+        """
+        saved = saved_settings(vector) or {}
+        return cls(vector, layer=saved.get("layer"),
+                   threshold=saved.get("threshold", 0.0) if threshold is None else threshold,
+                   comparator=saved.get("comparator", ">"))
+
+
+SETTING_KEYS = ("layer", "threshold", "comparator")
+"""The keys of a saved condition's settings (``meta["condition"]``)."""
+
+
+def saved_settings(vector: SteeringVector) -> dict[str, Any] | None:
+    """A vector's saved condition settings (``meta["condition"]``), ``None`` for a plain vector.
+
+    Raises:
+        SteeringSpecError: ``meta["condition"]`` is there but not an object of the known keys.
+    """
+    meta = vector.meta if isinstance(vector.meta, dict) else {}
+    if "condition" not in meta or meta["condition"] is None:
+        return None
+    saved = meta["condition"]
+    if not isinstance(saved, dict):
+        raise SteeringSpecError(f"meta.condition must be an object of {', '.join(SETTING_KEYS)}, not "
+                                f"{_short(saved)}; re-save the condition")
+    unknown = sorted(str(k) for k in saved if k not in SETTING_KEYS)
+    if unknown:
+        raise SteeringSpecError(f"meta.condition has unknown keys {unknown} (it holds {', '.join(SETTING_KEYS)}); "
+                                "re-save the condition")
+    return saved
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def prompt_scores(condition: Condition, h: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,3 +57,15 @@ class TransformersCompatError(SteeringError):
 
     Raised instead of steering the wrong tokens; the message names the installed versions.
     """
+
+
+class NonFiniteError(SteeringError):
+    """A forward pass gave NaN or infinite logits for some rows (a steering that overflows the model).
+
+    Attributes:
+        rows: the indices of the rows (prompts) whose logits are not finite.
+    """
+
+    def __init__(self, message: str, rows: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.rows = rows

@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformers import LogitsProcessorList
 
 from .engine import steer_rows
 from .errors import DatasetError, SteeringSpecError
+from .finite import FiniteLogits
 from .model import LM
 from .steering import SteeringLike
 from .tokens import pad_id, pad_token_ids
@@ -69,6 +71,8 @@ def generate(
 
     Raises:
         ContextLengthError: a prompt plus ``max_new_tokens`` does not fit the model's context.
+        NonFiniteError: a step gave NaN or infinite logits for some prompts (a steering that
+            overflows the model); the message names them. Nothing is argmaxed or sampled from them.
     """
     items = [prompts] if isinstance(prompts, str) else list(prompts)
     if not items:
@@ -87,6 +91,9 @@ def generate(
         chunk = texts[start : start + step]
         input_ids, mask = encode(lm, chunk, padding_side)
         lm.check_context(int(mask.sum(-1).max()), max_new_tokens)  # past its context a model writes garbage
+        # one reduction per step over the logits: never argmax or sample NaN (checked before the others)
+        guard = FiniteLogits(start, len(chunk))
+        kwargs["logits_processor"] = LogitsProcessorList([guard, *(generate_kwargs.get("logits_processor") or ())])
         with steer_rows(lm, rows[start : start + step], prompt_length=mask.sum(-1)), torch.inference_mode():
             seqs = lm.model.generate(
                 input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, **kwargs

@@ -79,6 +79,8 @@ class Limits:
         max_header_bytes: bytes of one archive header record (a tar GNU long name or a pax header).
         max_gguf_items: key-value pairs, tensors, or items of one metadata array in a GGUF file.
         max_gguf_string_bytes: bytes of one string in a GGUF file.
+        max_steering_entries: vectors one request (or one steering) may compose.
+        max_choices: completions one request may ask for (prompts × ``n``).
     """
 
     n_layers: int | None = None
@@ -98,6 +100,8 @@ class Limits:
     max_header_bytes: int = 64 * 1024
     max_gguf_items: int = 4096
     max_gguf_string_bytes: int = 1024 * 1024
+    max_steering_entries: int = 8
+    max_choices: int = 8
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -15,11 +15,13 @@ Example:
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .condition import Condition
 from .errors import LayerRangeError, SteeringSpecError
+from .limits import LimitError, Limits
 from .operators import OPERATORS, Operator, get_operator
 from .positions import POSITION_KEYWORDS, Positions, positions_key
 from .vector import SteeringVector
@@ -84,13 +86,29 @@ class Steering:
                 )
         else:
             object.__setattr__(self, "positions", positions_key("all" if self.positions is None else self.positions))
-        layers = tuple(self.vector.layers if self.layers is None else (int(x) for x in self.layers))
+        layers = tuple(self.vector.layers if self.layers is None else self._layer_set(self.layers))
         missing = [x for x in layers if x not in self.vector.directions]
         if missing:
             raise LayerRangeError(f"layers {missing} are not in the vector (it has {self.vector.layers})")
-        if not layers:
-            raise LayerRangeError("Steering was given an empty list of layers")
         object.__setattr__(self, "_layers", layers)
+
+    def _layer_set(self, layers: Sequence[int]) -> list[int]:
+        """``layers`` as distinct layer indices of the vector's model (:meth:`Limits.layer_list
+        <steerlab.limits.Limits.layer_list>`): ``[1, 1]`` would add the vector twice at layer 1, a
+        doubled coefficient in disguise."""
+        given = list(layers)
+        if not given:
+            raise LayerRangeError("Steering was given an empty list of layers")
+        ints = []
+        for x in given:
+            try:
+                ints.append(x if isinstance(x, bool) else operator.index(x))  # numpy ints too; not 1.5
+            except TypeError:
+                raise SteeringSpecError(f"layers: {x!r} is not a layer index (an integer)") from None
+        try:
+            return Limits(n_layers=self.vector.n_layers).layer_list(ints, "layers")
+        except LimitError as exc:
+            raise LayerRangeError(str(exc)) from None
 
     def _check_condition(self) -> None:
         if not isinstance(self.condition, Condition):

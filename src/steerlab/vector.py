@@ -379,19 +379,26 @@ class SteeringVector:
         writer.close()
 
     @classmethod
-    def from_gguf(cls, path: str | os.PathLike[str], lm: Any = None) -> SteeringVector:
+    def from_gguf(cls, path: str | os.PathLike[str], lm: Any = None, limits: Any = None) -> SteeringVector:
         """Read a llama.cpp control vector (ours, repeng's or llama.cpp's own).
 
         Files without steerlab metadata take model id, width and depth from ``lm`` when given.
+        The header is first walked within ``limits`` (a :class:`~steerlab.limits.Limits`; default
+        its defaults) by :func:`steerlab.gguf_check.check_gguf`, so a file declaring millions of
+        metadata items is refused at once instead of being parsed for minutes.
 
         Raises:
             VectorFileError: not a readable control-vector GGUF.
+            LimitError: a header over ``limits`` (``max_gguf_items``, ``max_gguf_string_bytes``).
         """
         from gguf import GGUFReader
+
+        from .gguf_check import check_gguf
 
         path = Path(path)
         if not path.is_file():
             raise VectorFileError(f"GGUF control vector not found: {path}")
+        check_gguf(path, limits)
         try:
             reader = GGUFReader(str(path))
             arch = reader.fields.get("general.architecture")

@@ -34,7 +34,7 @@ T = TypeVar("T")
 console = Console()
 err_console = Console(stderr=True)
 
-_RANGE = re.compile(r"^(-?\d+)-(-?\d+)$")
+_RANGE = re.compile(r"(-?\d+)-(-?\d+)")
 
 
 @dataclass
@@ -55,7 +55,7 @@ def parse_int_list(spec: str) -> list[int]:
     for part in (p.strip() for p in spec.split(",")):
         if not part:
             continue
-        m = _RANGE.match(part)
+        m = _RANGE.fullmatch(part)
         try:
             if m:
                 lo, hi = int(m.group(1)), int(m.group(2))

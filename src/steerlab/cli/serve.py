@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from ..limits import Limits
 from . import app
 from .common import FLAGS, emit, err_console, non_negative, positive, run, say, status
 
@@ -59,6 +60,9 @@ def serve(
     max_request_mb: float = typer.Option(1.0, callback=positive,
                                          help="Largest request body (uploads aside), in MiB; more get HTTP 413."),
     max_upload_mb: float = typer.Option(16.0, callback=positive, help="Largest vector upload, in MiB."),
+    max_score_tokens: int = typer.Option(Limits.max_score_tokens, min=1,
+                                         help="Most tokens of one text the cost endpoint scores "
+                                         "(prompt + continuation; also capped by the model's context)."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
     threads: int | None = typer.Option(None, min=1, help="torch intra-op threads (default: torch's choice)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
@@ -110,7 +114,8 @@ def serve(
             request_timeout_s=timeout,
             max_request_bytes=max(1, int(max_request_mb * 1024 * 1024)),
             max_upload_bytes=max(1, int(max_upload_mb * 1024 * 1024)),
-            model_aliases=(model,),
+            max_score_tokens=max_score_tokens,
+            model_aliases=(model,),  # accepted in requests; never shown when it is a path (/v1/models)
         )
         factory = None
         with status(f"loading {model}"):

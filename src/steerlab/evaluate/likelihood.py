@@ -47,12 +47,30 @@ def continuation_nll(
     """
     if len(prompts) != len(continuations):
         raise DatasetError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+    seqs = [continuation_ids(lm, p, c) for p, c in zip(prompts, continuations)]
+    return continuation_nll_ids(lm, seqs, batch_size=batch_size, progress=progress)
+
+
+def continuation_ids(lm: LM, prompt: str, continuation: str) -> tuple[list[int], int]:
+    """``(prompt ids + continuation ids, prompt length)`` as :func:`continuation_nll` scores them:
+    the prompt with special tokens, the continuation without (so its count does not depend on
+    the prompt)."""
     tok = lm.tokenizer
-    seqs: list[tuple[list[int], int]] = []
-    for p, c in zip(prompts, continuations):
-        p_ids = tok(p, add_special_tokens=True)["input_ids"]
-        c_ids = tok(c, add_special_tokens=False)["input_ids"]
-        seqs.append((p_ids + c_ids, len(p_ids)))
+    p_ids = list(tok(prompt, add_special_tokens=True)["input_ids"])
+    c_ids = list(tok(continuation, add_special_tokens=False)["input_ids"])
+    return p_ids + c_ids, len(p_ids)
+
+
+def continuation_nll_ids(
+    lm: LM,
+    seqs: Sequence[tuple[list[int], int]],
+    *,
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> list[tuple[float, int]]:
+    """:func:`continuation_nll` of texts already tokenised by :func:`continuation_ids` (a caller
+    that bounds the token counts first, such as the server, tokenises once)."""
+    tok = lm.tokenizer
     out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
     for rows in track(_batches(len(seqs), batch_size), "scoring continuations", enabled=progress):
         ids, mask = pad_token_ids([seqs[i][0] for i in rows], pad_id(tok), "right")

@@ -137,7 +137,7 @@ class VaderScorer:
         return out
 
 
-_GENERIC_LABEL = re.compile(r"^(label[_ ]?)?(\d+)$")
+_GENERIC_LABEL = re.compile(r"(label[_ ]?)?(\d+)")
 
 
 def label_classes(id2label: Mapping[Any, str]) -> list[str]:
@@ -166,7 +166,7 @@ def label_classes(id2label: Mapping[Any, str]) -> list[str]:
         mapped.append(cls)
     if len(mapped) == n and "negative" in mapped and "positive" in mapped:
         return mapped
-    if n in (2, 3) and all(_GENERIC_LABEL.match(x) for x in names):
+    if n in (2, 3) and all(_GENERIC_LABEL.fullmatch(x) for x in names):
         return ["negative", "positive"] if n == 2 else list(LABELS)
     raise ScorerLoadError(
         f"cannot tell which of the classifier's labels {names} are negative/neutral/positive: "

@@ -46,7 +46,7 @@ XARG = "hotwire"
 """The ``extra_args`` / ``vllm_xargs`` key hotwire reads."""
 TENSOR_KEY = "directions"
 CONFIG_KEY = "steerlab"
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def digest(vec: SteeringVector) -> str:
@@ -89,7 +89,7 @@ def write(vec: SteeringVector, out: str | os.PathLike[str], name: str | None = N
             raise VectorFileError("give the vector's id (name=...) to write it into a directory")
         path = out / f"{name}.pt"
     vid = path.stem if name is None else name
-    if not _ID.match(vid):
+    if not _ID.fullmatch(vid):
         raise VectorFileError(f"{vid!r} cannot be a hotwire id: use letters, digits, '_', '-' or '.'")
     tensor = to_tensor(vec)
     config = {**vec.describe(), "digest": digest(vec)}

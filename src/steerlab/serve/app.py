@@ -61,7 +61,7 @@ def _add_guards(app: FastAPI, server: Server) -> None:
     def body_limit(scope: Scope) -> int | None:
         if scope["method"] == "POST" and scope["path"] == UPLOAD_PATH:
             return None  # the upload endpoint applies max_upload_bytes itself, the same way
-        return settings.max_request_bytes
+        return server.limits.max_request_bytes
 
     def refused(status: int) -> None:
         server.count(f"http_{status}")

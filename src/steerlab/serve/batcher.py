@@ -42,6 +42,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from ..engine import steer_rows
 from ..errors import SteeringError
+from ..finite import finite, peaks
 from ..model import LM
 from ..tokens import pad_token_ids
 from .jobs import Delta, Done, Event, Failed, GenParams, Job
@@ -92,17 +93,27 @@ class _Tracker(BaseStreamer, StoppingCriteria):
 class _RowSampler(LogitsProcessor):
     """The rows' :class:`~steerlab.serve.rows.Sampler` inside ``generate``: ``ignore_eos`` rows
     lose their eos scores, and a sampled row's scores become ``-inf`` except at its drawn token,
-    so ``generate``'s greedy argmax picks exactly that token; greedy rows are left alone."""
+    so ``generate``'s greedy argmax picks exactly that token; greedy rows are left alone.
 
-    def __init__(self, samplers: Sequence[Sampler]) -> None:
+    A row whose scores are NaN or infinite (one reduction per step, :mod:`steerlab.finite`) fails
+    alone: its request gets the error, the tracker stops it, and its scores are replaced so that
+    nothing is sampled from them; the other rows go on."""
+
+    def __init__(self, samplers: Sequence[Sampler], tracker: _Tracker) -> None:
         self.samplers = list(samplers)
+        self.tracker = tracker
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         scores = mask_eos(scores, self.samplers)
-        drawn = [(i, s.draw(scores[i])) for i, s in enumerate(self.samplers) if not s.greedy]
-        if drawn:
+        ok = finite(peaks(scores)[0])
+        bad = set() if bool(ok.all()) else set((~ok).nonzero().flatten().tolist())
+        for i in bad:
+            self.tracker.rows[i].overflow()
+            self.tracker.done[i] = True
+        drawn = [(i, s.draw(scores[i])) for i, s in enumerate(self.samplers) if not s.greedy and i not in bad]
+        if drawn or bad:
             scores = scores.clone()
-            for i, tok in drawn:
+            for i, tok in [*drawn, *((i, 0) for i in bad)]:
                 scores[i] = float("-inf")
                 scores[i, tok] = 0.0
         return scores
@@ -324,9 +335,8 @@ class Batcher:
                 "streamer": tracker,
                 "stopping_criteria": StoppingCriteriaList([tracker]),
             }
-            if any(j.params.temperature > 0 or j.params.ignore_eos for j in batch):
-                samplers = [Sampler(j.params, self.eos, ids.device) for j in batch]
-                kwargs["logits_processor"] = LogitsProcessorList([_RowSampler(samplers)])
+            samplers = [Sampler(j.params, self.eos, ids.device) for j in batch]
+            kwargs["logits_processor"] = LogitsProcessorList([_RowSampler(samplers, tracker)])
             steerings = shared_steerings([j.steering for j in batch])
             with steer_rows(self.lm, steerings, prompt_length=mask.sum(-1)), torch.inference_mode():
                 self.lm.model.generate(input_ids=ids, attention_mask=mask, **kwargs)

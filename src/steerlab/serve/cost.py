@@ -30,6 +30,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from ..errors import SteeringError
+from ..limits import Limits
 from ..model import LM
 from .store import StoredVector, VectorStore
 
@@ -48,10 +49,13 @@ class CostService:
         lock: held while the model runs here (the worker's ``model_lock``); ``None``: no lock.
     """
 
-    def __init__(self, lm: LM, store: VectorStore, lock: threading.Lock | None = None) -> None:
+    def __init__(self, lm: LM, store: VectorStore, lock: threading.Lock | None = None, limits: Limits | None = None,
+                 tok_lock: threading.Lock | None = None) -> None:
         self.lm = lm
         self.store = store
         self.lock: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
+        self.tok_lock: AbstractContextManager[Any] = tok_lock if tok_lock is not None else nullcontext()
+        self.limits = limits if limits is not None else Limits.for_model(lm)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="steerlab-cost")
         self._cache: dict[str, tuple[StoredVector, concurrent.futures.Future[dict[str, Any]]]] = {}
         self._cache_lock = threading.Lock()
@@ -64,11 +68,26 @@ class CostService:
     # ------------------------------------------------------------------ perplexity ratio
     def perplexity_ratio(self, prompt: str, steered: str, unsteered: str) -> dict[str, Any]:
         """Perplexity of ``steered`` over that of ``unsteered``, both under the unsteered model
-        given ``prompt`` (the model text, chat template applied); blocking."""
-        from ..evaluate.likelihood import continuation_nll, perplexities
+        given ``prompt`` (the model text, chat template applied); blocking.
 
+        Bounded before any forward pass: each text within ``max_text_chars`` (before it is
+        tokenised), each scored sequence (prompt + continuation) within ``max_score_tokens``.
+
+        Raises:
+            LimitError: a text over those limits (the message names the limit).
+        """
+        from ..evaluate.likelihood import continuation_ids, continuation_nll_ids, perplexities
+
+        lim = self.limits
+        texts = {"prompt": prompt, "steered": steered, "unsteered": unsteered}
+        for name, text in texts.items():
+            lim.check_text(text, name)
+        with self.tok_lock:  # the worker decodes with the same tokenizer
+            seqs = [continuation_ids(self.lm, prompt, c) for c in (steered, unsteered)]
+        for name, (ids, _) in zip(("steered", "unsteered"), seqs):
+            lim.check_tokens(len(ids), f"prompt + {name}", "max_score_tokens")
         with self.lock:
-            nlls = continuation_nll(self.lm, [prompt, prompt], [steered, unsteered], progress=False)
+            nlls = continuation_nll_ids(self.lm, seqs, progress=False)
         ppl_s, ppl_u = perplexities(nlls)
         ratio = ppl_s / ppl_u if math.isfinite(ppl_s) and math.isfinite(ppl_u) and ppl_u > 0 else float("nan")
         return {
@@ -102,7 +121,8 @@ class CostService:
 
         out: dict[str, Any] = {"object": "steering_breakdown", "vector": stored.name, "texts": len(NEUTRAL)}
         try:
-            with self.lock:
+            # the model lock, then the tokenizer's (the worker's order): breakdown_curve tokenises
+            with self.lock, self.tok_lock:
                 rep = breakdown_curve(self.lm, stored.vector, NEUTRAL, progress=False)
         except SteeringError as exc:  # e.g. a token-wise vector: no curve, no marks
             return {**out, "available": False, "reason": str(exc), "breaks_at": {"positive": None, "negative": None}}

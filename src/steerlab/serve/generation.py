@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
@@ -27,30 +28,32 @@ from ..errors import SteeringError
 from ..steering import Composite, Steering, compose
 from .batcher import Delta, Done, Failed, GenParams, Job
 from .http_errors import APIError, domain_errors, from_failed
-from .schemas import SSE_DONE, Reply, SteeringEntry, _GenerationFields, sse
-from .settings import ServeSettings
+from .schemas import SSE_DONE, Reply, SteeringEntry, _GenerationFields, error_body, sse
 from .state import Server
 from .store_errors import NotFound
 
+log = logging.getLogger("steerlab.serve")
 
 # ---------------------------------------------------------------------------- request -> jobs
 def _steering_entry(server: Server, i: int, e: SteeringEntry) -> Steering:
     """Entry ``i`` of the request's ``steering`` list, checked against the limits and the store."""
     param = f"steering[{i}]"
-    limit = server.settings.max_coefficient
-    if abs(e.coefficient) > limit:
-        raise APIError(400, f"{param}.coefficient={e.coefficient:g} is out of range: |coefficient| must be "
-                       f"<= {limit:g}", code="coefficient_out_of_range", param=f"{param}.coefficient")
+    lim = server.limits
+    with domain_errors(f"{param}.coefficient"):
+        lim.check_coefficient(e.coefficient, f"{param}.coefficient")
     with domain_errors(f"{param}.vector"):
         sv = server.store.get(e.vector)
-    if e.layers is not None:
-        missing = sorted(set(e.layers) - set(sv.vector.layers))
-        if missing or not e.layers:
-            raise APIError(400, f"{param}.layers: {missing or 'empty'} not in the vector (it has layers "
-                           f"{sv.vector.layers})", code="invalid_layers", param=f"{param}.layers")
+    layers = None
+    if e.layers is not None:  # a set of the model's layers (each once, at most n_layers) within the vector's
+        with domain_errors(f"{param}.layers", "invalid_layers"):
+            layers = lim.layer_list(e.layers, f"{param}.layers")
+        missing = sorted(set(layers) - set(sv.vector.layers))
+        if missing:
+            raise APIError(400, f"{param}.layers: {missing} not in the vector (it has layers {sv.vector.layers})",
+                           code="invalid_layers", param=f"{param}.layers")
     condition = None if e.condition is None else _condition(server, param, e.condition, e.threshold)
     try:
-        return Steering(sv.vector, e.coefficient, layers=e.layers, positions=e.positions, operator=e.operator,
+        return Steering(sv.vector, e.coefficient, layers=layers, positions=e.positions, operator=e.operator,
                         condition=condition)
     except SteeringError as exc:
         raise APIError(400, f"{param}: {exc}", code="invalid_steering", param=param) from None
@@ -76,22 +79,27 @@ def build_steering(server: Server, entries: Sequence[SteeringEntry] | None) -> C
     """Validate the request's ``steering`` list and build the steering (``None``: plain model)."""
     if not entries:
         return None
-    limit = server.settings.max_steering_entries
-    if len(entries) > limit:
-        raise APIError(400, f"at most {limit} steering entries per request", code="too_many_vectors",
-                       param="steering")
+    with domain_errors("steering"):
+        server.limits.check_count(len(entries), "max_steering_entries", "steering entries")
     return compose(*(_steering_entry(server, i, e) for i, e in enumerate(entries)))
 
 
-def _gen_params(req: _GenerationFields, s: ServeSettings, prompts: int) -> GenParams:
-    """The request's sampling options, its ``max_tokens`` and ``n`` checked against the limits."""
+def _gen_params(req: _GenerationFields, server: Server, prompts: int) -> GenParams:
+    """The request's sampling options, its ``max_tokens`` and ``n`` checked against the limits
+    (and against the queue: a request that could never fit in it is a 400, not a 429)."""
+    s, lim = server.settings, server.limits
     max_tokens = req.max_tokens if req.max_tokens is not None else s.default_max_tokens
-    if max_tokens > s.max_tokens:
-        raise APIError(400, f"max_tokens={max_tokens} is over this server's limit of {s.max_tokens}",
-                       code="max_tokens_exceeded", param="max_tokens")
-    if prompts * req.n > s.max_n:
-        raise APIError(400, f"{prompts} prompt(s) × n={req.n} is over this server's limit of {s.max_n} "
-                       "choices per request", code="too_many_choices", param="n")
+    if max_tokens > lim.max_new_tokens:
+        raise APIError(400, f"max_tokens={max_tokens} is over this server's limit of {lim.max_new_tokens} "
+                       "(max_new_tokens)", code="max_tokens_exceeded", param="max_tokens")
+    choices = prompts * req.n
+    if choices > lim.max_choices:
+        raise APIError(400, f"{prompts} prompt(s) × n={req.n} is over this server's limit of {lim.max_choices} "
+                       "choices per request (max_choices)", code="too_many_choices", param="n")
+    if choices > s.max_queue:
+        raise APIError(400, f"{prompts} prompt(s) × n={req.n} = {choices} choices can never fit in this server's "
+                       f"queue of {s.max_queue} (max_queue): send fewer prompts or a smaller n",
+                       code="too_many_choices", param="n")
     return GenParams(
         max_tokens=max_tokens,
         temperature=float(req.temperature or 0.0),
@@ -103,17 +111,16 @@ def _gen_params(req: _GenerationFields, s: ServeSettings, prompts: int) -> GenPa
 
 
 def _prompt_ids(server: Server, text: str, max_tokens: int) -> list[int]:
-    """The prompt's token ids, checked against ``max_prompt_tokens`` and the model's context."""
+    """The prompt's token ids, checked against ``max_text_chars`` (before tokenising),
+    ``max_prompt_tokens`` and the model's context."""
+    with domain_errors("prompt"):
+        server.limits.check_text(text, "the prompt")
     ids = server.encode(text)
     if not ids:
         raise APIError(400, "the prompt is empty", code="empty_prompt", param="prompt")
-    limit, context = server.settings.max_prompt_tokens, server.context
-    if len(ids) > limit:
-        raise APIError(400, f"the prompt has {len(ids)} tokens; this server accepts at most {limit}",
-                       code="prompt_too_long", param="prompt")
-    if context is not None and len(ids) + max_tokens > context:
-        raise APIError(400, f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's "
-                       f"context of {context} tokens", code="context_length_exceeded", param="max_tokens")
+    param = "max_tokens" if len(ids) <= server.limits.max_prompt_tokens else "prompt"
+    with domain_errors(param):
+        server.limits.check_generation(len(ids), max_tokens, "the prompt")
     return ids
 
 
@@ -121,7 +128,7 @@ def build_jobs(server: Server, req: _GenerationFields, texts: Sequence[str], loo
                events: asyncio.Queue[Any]) -> list[Job]:
     """Validate limits and build one :class:`Job` per choice (``len(texts) × n``; seeds ``seed + j``)."""
     server.check_model_name(req.model)
-    params = _gen_params(req, server.settings, len(texts))
+    params = _gen_params(req, server, len(texts))
     steering = build_steering(server, req.steering)
     deadline = time.monotonic() + server.settings.request_timeout_s
     vectors = tuple(e.vector for e in req.steering or ())
@@ -176,24 +183,30 @@ async def collect(server: Server, request: Request, jobs: list[Job], events: asy
 
 async def stream(server: Server, reply: Reply, jobs: Sequence[Job], events: asyncio.Queue[Any],
                  n: int) -> AsyncIterator[str]:
-    """The jobs' events as server-sent events, ending with ``[DONE]`` (a failure: one error event)."""
+    """The jobs' events as server-sent events, ending with ``[DONE]`` (a failure: one error event
+    in OpenAI's shape; an unexpected exception too, as a 500 would be)."""
     finished: list[Done] = []
-    if reply.chat:
-        for job in jobs:
-            yield sse(reply.chunk(job.index, "", None, role=True))
-    while len(finished) < len(jobs):
-        ev = await events.get()
-        if isinstance(ev, Delta):
-            yield sse(reply.chunk(ev.index, ev.text, None))
-        elif isinstance(ev, Done):
-            finished.append(ev)
-            yield sse(reply.chunk(ev.index, None, ev.finish_reason))
-        elif isinstance(ev, Failed):
-            server.count(f"http_{ev.status}")
-            yield sse(from_failed(ev).body())
-            break
-    if reply.include_usage and len(finished) == len(jobs):
-        yield sse(reply.usage_chunk(finished, n))
+    try:
+        if reply.chat:
+            for job in jobs:
+                yield sse(reply.chunk(job.index, "", None, role=True))
+        while len(finished) < len(jobs):
+            ev = await events.get()
+            if isinstance(ev, Delta):
+                yield sse(reply.chunk(ev.index, ev.text, None))
+            elif isinstance(ev, Done):
+                finished.append(ev)
+                yield sse(reply.chunk(ev.index, None, ev.finish_reason))
+            elif isinstance(ev, Failed):
+                server.count(f"http_{ev.status}")
+                yield sse(from_failed(ev).body())
+                break
+        if reply.include_usage and len(finished) == len(jobs):
+            yield sse(reply.usage_chunk(finished, n))
+    except Exception:  # the status is sent already: the error goes in the stream, as any failure's
+        log.exception("stream failed")
+        server.count("http_500")
+        yield sse(error_body("internal server error (see the server's log)", "server_error", "server_error"))
     yield SSE_DONE
 
 

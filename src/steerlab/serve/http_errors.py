@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import SteeringError
+from ..limits import LimitError
 from .batcher import Failed, QueueFull
 from .guards import BodyTooLarge, error_response
 from .schemas import error_body
@@ -81,18 +82,53 @@ class APIError(SteeringError):
         return error_response(self.status, self.message, self.type, self.code, self.param, self.headers)
 
 
-def from_domain(exc: StoreError | QueueFull, param: str | None = None) -> APIError:
-    """The :class:`APIError` of a domain error, its status from :data:`STATUS`."""
+LIMIT_CODES: dict[str | None, str] = {
+    None: "invalid_value",
+    "max_coefficient": "coefficient_out_of_range",
+    "max_new_tokens": "max_tokens_exceeded",
+    "max_prompt_tokens": "prompt_too_long",
+    "context_length": "context_length_exceeded",
+    "max_choices": "too_many_choices",
+    "max_steering_entries": "too_many_vectors",
+    "n_layers": "invalid_layers",
+    "max_request_bytes": "request_too_large",
+    "max_upload_bytes": "upload_too_large",
+    "max_unpacked_bytes": "upload_too_large",
+}
+"""OpenAI-style ``error.code`` of a :class:`~steerlab.limits.LimitError` by its limit (others:
+``limit_exceeded``)."""
+
+
+def from_limit(exc: LimitError, param: str | None = None, code: str | None = None) -> APIError:
+    """The :class:`APIError` of a :class:`~steerlab.limits.LimitError`: its own status (400, 413
+    for bytes), a code from :data:`LIMIT_CODES` unless ``code`` is given, its message (naming the limit).
+
+    Example:
+        >>> err = from_limit(LimitError("3 tokens: more than the limit of 2 (max_score_tokens)", "max_score_tokens"))
+        >>> err.status, err.code
+        (400, 'limit_exceeded')
+    """
+    code = code or LIMIT_CODES.get(exc.limit, "limit_exceeded")
+    return APIError(exc.status, str(exc), error_type(exc.status), code, param)
+
+
+def from_domain(exc: StoreError | QueueFull | LimitError, param: str | None = None) -> APIError:
+    """The :class:`APIError` of a domain error, its status from :data:`STATUS` (a limit's: its own)."""
+    if isinstance(exc, LimitError):
+        return from_limit(exc, param)
     status = next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
     headers = {"Retry-After": "1"} if status == 429 else None
     return APIError(status, str(exc), error_type(status), getattr(exc, "code", None), param, headers)
 
 
 @contextmanager
-def domain_errors(param: str | None = None) -> Iterator[None]:
-    """Turn the store's and the queue's errors raised in the block into :class:`APIError` (``param``)."""
+def domain_errors(param: str | None = None, code: str | None = None) -> Iterator[None]:
+    """Turn the store's, the queue's and the limits' errors raised in the block into :class:`APIError`
+    (``param``; ``code`` overrides a limit's code)."""
     try:
         yield
+    except LimitError as exc:
+        raise from_limit(exc, param, code) from None
     except (StoreError, QueueFull) as exc:
         raise from_domain(exc, param) from None
 

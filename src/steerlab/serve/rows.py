@@ -32,6 +32,7 @@ import torch
 
 from ..condition import Condition
 from ..engine import as_steerings
+from ..finite import finite, peaks
 from ..steering import Composite, Steering, SteeringLike, compose
 from .jobs import Delta, Done, Failed, GenParams, Job
 
@@ -123,11 +124,25 @@ class RowStream:
 
     def fail(self, exc: BaseException) -> None:
         """Report a failed generation to the row's request (nothing if it is finished)."""
+        self._fail(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error")
+
+    def overflow(self) -> None:
+        """End the row because its logits are NaN or infinite: its steering overflowed the model (400),
+        or, for an unsteered row, the model itself did (500). Other rows go on."""
+        if self.job.steering is not None:
+            self._fail(400, "the steering made the model's logits NaN or infinite for this request (it overflows "
+                       "the model): lower the coefficient, or check the vector, whose values may be far larger "
+                       "than the model's activations", "steering_overflow")
+        else:
+            self._fail(500, "the model's logits are NaN or infinite for this request", "non_finite_logits")
+
+    def _fail(self, status: int, message: str, code: str) -> None:
         if self.done:
             return
         self.done = True
         self.release()
-        self.job.send(Failed(self.job.index, 500, f"generation failed: {type(exc).__name__}: {exc}", "server_error"))
+        self.metrics.count(code)
+        self.job.send(Failed(self.job.index, status, message, code))
 
 
 class Sampler:
@@ -180,14 +195,17 @@ def mask_eos(scores: torch.Tensor, samplers: Sequence[Sampler]) -> torch.Tensor:
     return scores
 
 
-def choose_tokens(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int]:
-    """Each row's next token from the ``[B, V]`` logits of its last position."""
+def choose_tokens(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int | None]:
+    """Each row's next token from the ``[B, V]`` logits of its last position; ``None`` for a row
+    whose logits are NaN or infinite (:mod:`steerlab.finite`: one reduction gives both the check
+    and the greedy tokens, one transfer brings them over). Broken rows are never sampled from."""
     scores = mask_eos(logits.float(), samplers)
-    tokens = scores.argmax(-1).tolist()
-    for i, s in enumerate(samplers):
-        if not s.greedy:
-            tokens[i] = s.draw(scores[i])
-    return [int(t) for t in tokens]
+    values, greedy = peaks(scores)
+    picked = torch.where(finite(values), greedy, -1).tolist()
+    out: list[int | None] = []
+    for i, (tok, s) in enumerate(zip(picked, samplers, strict=True)):
+        out.append(None if tok < 0 else int(tok) if s.greedy else s.draw(scores[i]))
+    return out
 
 
 def condition_key(s: Steering) -> tuple[Any, ...] | None:

@@ -162,6 +162,9 @@ class ContinuousScheduler:
             return
         keep: list[int] = []
         for i, (row, tok) in enumerate(zip(rows, tokens)):
+            if tok is None:  # NaN/inf logits: this row fails alone, its cache is not merged
+                row.stream.overflow()
+                continue
             row.pad, row.token = width - len(row.job.prompt_ids), tok
             if not row.stream.push(tok):
                 keep.append(i)
@@ -240,6 +243,9 @@ class ContinuousScheduler:
         tokens = choose_tokens(out.logits[:, -1, :], [row.sampler for row in self.rows])
         keep: list[int] = []
         for i, (row, tok) in enumerate(zip(self.rows, tokens)):
+            if tok is None:  # NaN/inf logits: this row fails and leaves; the others go on
+                row.stream.overflow()
+                continue
             row.token = tok
             if not row.stream.push(tok):
                 keep.append(i)

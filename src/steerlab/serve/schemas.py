@@ -2,7 +2,12 @@
 steerlab's ``steering`` field), responses built by :class:`Reply` and :func:`error_body`.
 
 Unknown fields are rejected (a misspelt ``steering`` must not silently serve the plain model);
-OpenAI fields steerlab does not implement are accepted only at their neutral value. Every value
+OpenAI fields steerlab does not implement are accepted only at their neutral value. Types are
+strict (pydantic's strict mode): a string is a string, an integer an integer, a boolean
+``true``/``false`` — ``"4"``, ``4.0`` or ``1`` are refused where they would be coerced and hide
+bad input. Bounds that depend on the model or the settings (layers, coefficients, token and text
+sizes) are checked against the server's :class:`~steerlab.limits.Limits` when the request is
+built (:mod:`steerlab.serve.generation`). Every value
 that could break a batch is refused here, at the edge, with a 400 for that request alone: a
 ``temperature`` too small to divide by, a ``seed`` outside int64, a ``positions`` bound beyond
 :data:`MAX_POSITION`, text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``).
@@ -77,8 +82,9 @@ class SteeringEntry(BaseModel):
         vector: name of a vector in the store (``GET /v1/vectors``).
         coefficient: multiplier; ``|coefficient|`` is capped by the server's ``max_coefficient``.
         layers: a subset of the vector's layers (default: all of them).
-        positions: ``"all"``, ``"prompt"``, ``"generated"``, ``"actadd"`` (token-wise vectors) or a
-            token window ``[start, end]`` (``end`` may be ``null``: to the end).
+        positions: ``"all"``, ``"prompt"``, ``"generated"`` or a token window ``[start, end]``
+            (``end`` may be ``null``: to the end); leave it unset for a token-wise (ActAdd) vector,
+            which is added front-aligned at each prompt's first tokens.
         operator: ``"add"`` (default), ``"ablate"``, ``"clamp"`` or ``"add_norm_preserving"``.
         condition: name of a condition in the store (CAST, saved by ``steerlab condition``): the
             vector acts only on rows whose prompt matches it, on their generated tokens
@@ -86,12 +92,12 @@ class SteeringEntry(BaseModel):
         threshold: overrides the condition's threshold (a cosine similarity in ``[-1, 1]``).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     vector: str = Field(min_length=1, max_length=200)
     coefficient: float = 1.0
     layers: list[int] | None = Field(default=None, max_length=1024)
-    positions: Literal["all", "prompt", "generated", "actadd"] | tuple[Position, Position | None] | None = None
+    positions: Literal["all", "prompt", "generated"] | tuple[Position, Position | None] | None = None
     operator: Literal["add", "ablate", "clamp", "add_norm_preserving"] = "add"
     condition: str | None = Field(default=None, min_length=1, max_length=200)
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
@@ -105,12 +111,16 @@ class SteeringEntry(BaseModel):
     @field_validator("positions", mode="before")
     @classmethod
     def _window(cls, value: Any) -> Any:
+        if value == "actadd":
+            raise ValueError("positions='actadd' is not a position: a token-wise (ActAdd) vector is added "
+                             "front-aligned at each prompt's first tokens by itself; leave positions unset")
         if isinstance(value, (list, tuple)):
             ok = len(value) == 2 and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in value)
             if not ok or value[0] is None:
                 raise ValueError("a positions window is [start, end]: two integers (end may be null)")
             if any(v is not None and not 0 <= v <= MAX_POSITION for v in value):
                 raise ValueError(f"positions window bounds must be between 0 and {MAX_POSITION}")
+            return tuple(value)  # JSON has no tuples; strict mode takes one
         return value
 
     @field_validator("coefficient")
@@ -133,7 +143,7 @@ class PerplexityRatioRequest(BaseModel):
         unsteered: the unsteered continuation.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str = Field(min_length=1)
     chat: bool = False
@@ -149,7 +159,7 @@ class PerplexityRatioRequest(BaseModel):
 class StreamOptions(BaseModel):
     """``stream_options``: ``include_usage`` adds a last chunk with token counts."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     include_usage: bool = False
 
@@ -162,7 +172,7 @@ def _neutral(name: str, value: Any, neutral: tuple[Any, ...]) -> None:
 class _GenerationFields(BaseModel):
     """Fields shared by completions and chat completions."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {"presence_penalty": (None, 0, 0.0),
                                                      "frequency_penalty": (None, 0, 0.0)}
     """OpenAI fields accepted only at one of these values."""
@@ -249,7 +259,7 @@ class CompletionRequest(_GenerationFields):
 class ContentPart(BaseModel):
     """A text part of a message's ``content`` list (other part types are rejected)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     type: Literal["text"]
     text: str
@@ -258,7 +268,7 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     """One chat message."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None

@@ -12,6 +12,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..limits import Limits
+
 API_KEY_ENV = "STEERLAB_API_KEY"
 SCHEDULERS = ("continuous", "batch")
 
@@ -46,35 +48,43 @@ class ServeSettings:
         max_upload_bytes: the largest vector upload accepted (413 beyond).
         max_archive_members: the most entries an uploaded archive may hold.
         max_unpacked_bytes: the most bytes an uploaded archive may unpack to.
-        model_aliases: extra names accepted in a request's ``model`` field (e.g. ``"default"``).
+        max_score_tokens: the most tokens of one text ``POST /v1/cost/perplexity_ratio`` scores
+            (prompt + continuation; also capped by the model's context).
+        model_aliases: extra names accepted in a request's ``model`` field (e.g. ``"default"``);
+            ones that are paths on this machine are accepted but never shown.
+
+    The bounds among these become the server's one :class:`~steerlab.limits.Limits` object
+    (:meth:`limit_settings`, ``Server.limits``), together with the model's own (layers, context,
+    width); every request, upload and cost check reads it. Defaults are :class:`Limits`' own.
     """
 
     api_key: str | None = None
-    max_tokens: int = 256
+    max_tokens: int = Limits.max_new_tokens
     default_max_tokens: int = 64
-    max_prompt_tokens: int = 2048
-    max_coefficient: float = 16.0
-    max_steering_entries: int = 8
-    max_n: int = 8
+    max_prompt_tokens: int = Limits.max_prompt_tokens
+    max_coefficient: float = Limits.max_coefficient
+    max_steering_entries: int = Limits.max_steering_entries
+    max_n: int = Limits.max_choices
     scheduler: str = "continuous"
     max_batch: int = 16
     max_queue: int = 128
     batch_wait_ms: float = 5.0
     request_timeout_s: float = 120.0
-    max_request_bytes: int = 1024 * 1024
-    max_upload_bytes: int = 16 * 1024 * 1024
-    max_archive_members: int = 16
-    max_unpacked_bytes: int = 64 * 1024 * 1024
+    max_request_bytes: int = Limits.max_request_bytes
+    max_upload_bytes: int = Limits.max_upload_bytes
+    max_archive_members: int = Limits.max_archive_members
+    max_unpacked_bytes: int = Limits.max_unpacked_bytes
+    max_score_tokens: int = Limits.max_score_tokens
     model_aliases: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "default_max_tokens", "max_prompt_tokens", "max_steering_entries", "max_n",
                      "max_batch", "max_queue", "max_request_bytes", "max_upload_bytes", "max_archive_members",
-                     "max_unpacked_bytes"):
+                     "max_unpacked_bytes", "max_score_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.batch_wait_ms < 0 or self.request_timeout_s <= 0 or self.max_coefficient < 0:
-            raise ValueError("batch_wait_ms and max_coefficient must be >= 0 and request_timeout_s > 0")
+        if self.batch_wait_ms < 0 or self.request_timeout_s <= 0 or not self.max_coefficient > 0:
+            raise ValueError("batch_wait_ms must be >= 0, max_coefficient and request_timeout_s > 0")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler={self.scheduler!r}: use one of {', '.join(SCHEDULERS)}")
         self.default_max_tokens = min(self.default_max_tokens, self.max_tokens)
@@ -88,10 +98,33 @@ class ServeSettings:
             kwargs["api_key"] = os.environ.get(API_KEY_ENV) or None
         return cls(**kwargs)
 
+    def limit_settings(self) -> dict[str, Any]:
+        """The bounds of these settings as :class:`~steerlab.limits.Limits` fields (for
+        ``Limits.for_model(lm, **settings.limit_settings())``)."""
+        return {
+            "max_new_tokens": self.max_tokens,
+            "max_prompt_tokens": self.max_prompt_tokens,
+            "max_coefficient": float(self.max_coefficient),
+            "max_steering_entries": self.max_steering_entries,
+            "max_choices": self.max_n,
+            "max_request_bytes": self.max_request_bytes,
+            "max_upload_bytes": self.max_upload_bytes,
+            "max_archive_members": self.max_archive_members,
+            "max_unpacked_bytes": self.max_unpacked_bytes,
+            "max_score_tokens": self.max_score_tokens,
+        }
+
+    def serving(self) -> dict[str, Any]:
+        """How requests are served (no bounds, no key, no aliases), JSON-ready: ``GET /v1/models``
+        shows it beside the limits."""
+        return {"scheduler": self.scheduler, "max_batch": self.max_batch, "max_queue": self.max_queue,
+                "batch_wait_ms": self.batch_wait_ms, "request_timeout_s": self.request_timeout_s,
+                "default_max_tokens": self.default_max_tokens, "auth": self.api_key is not None}
+
     def limits(self) -> dict[str, Any]:
-        """The public limits (everything but the key), JSON-ready."""
+        """The settings (everything but the key and the aliases), JSON-ready."""
         out = asdict(self)
         out.pop("api_key")
-        out["model_aliases"] = list(self.model_aliases)
+        out.pop("model_aliases")  # may hold a path of this machine (``--model /abs/path``)
         out["auth"] = self.api_key is not None
         return out

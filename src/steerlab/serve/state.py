@@ -21,13 +21,21 @@ from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
 
+from ..limits import Limits
 from ..model import LM
 from .batcher import Batcher, Job
 from .cost import CostService
 from .http_errors import APIError
 from .schemas import ChatCompletionRequest
 from .settings import ServeSettings
-from .store import UploadLimits, VectorStore
+from .store import VectorStore
+
+try:  # transformers renders chat templates with jinja2 (and needs it to render any)
+    from jinja2 import TemplateError
+
+    TEMPLATE_ERRORS: tuple[type[Exception], ...] = (TemplateError,)
+except ImportError:  # pragma: no cover
+    TEMPLATE_ERRORS = ()
 
 
 class Server:
@@ -45,14 +53,15 @@ class Server:
         self.lm = lm
         self.settings = settings
         self.tok_lock = threading.Lock()  # HF fast tokenizers are not safe to call from two threads at once
-        self.store = VectorStore(store_dir, lm, UploadLimits(settings.max_upload_bytes, settings.max_archive_members,
-                                                             settings.max_unpacked_bytes))
+        # the one set of bounds every request, upload and cost check reads: the model's and the settings'
+        self.limits = Limits.for_model(lm, **settings.limit_settings())
+        self.store = VectorStore(store_dir, lm, self.limits)
         # engine: a factory (lm, settings, tok_lock, store) -> an object with the Batcher's interface
         # (submit, cancel, close, alive, snapshot, metrics), e.g. serve.engines.vllm.engine_factory(...)
         self.batcher = Batcher(lm, settings, self.tok_lock) if engine is None else engine(
             lm, settings, self.tok_lock, self.store)
         lock = getattr(self.batcher, "model_lock", None)
-        self.cost = CostService(lm, self.store, lock)
+        self.cost = CostService(lm, self.store, lock, self.limits, self.tok_lock)
         self.created = int(time.time())
         self.context = lm.context_length
         self.names = {lm.model_id, *settings.model_aliases}
@@ -71,8 +80,9 @@ class Server:
                 "model_type": self.lm.model_type,
                 "chat_template": self.lm.has_chat_template,
                 "context": self.context,
-                "aliases": sorted(self.names - {self.lm.model_id}),
-                "limits": self.settings.limits(),
+                "aliases": sorted(a for a in self.names - {self.lm.model_id} if not _is_path(a)),
+                "limits": self.limits.public(),
+                "serving": self.settings.serving(),
             },
         }
 
@@ -89,11 +99,20 @@ class Server:
             return list(self.lm.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def render_chat(self, req: ChatCompletionRequest) -> str:
-        """The messages as model text: the chat template, or one line per message without one."""
+        """The messages as model text: the chat template, or one line per message without one.
+
+        Raises:
+            APIError: 400 when the model's chat template refuses the conversation (many do:
+                roles that do not alternate, a system message where none is allowed).
+        """
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in req.messages]
         if self.lm.has_chat_template:
-            with self.tok_lock:
-                text = self.lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            try:
+                with self.tok_lock:
+                    text = self.lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except TEMPLATE_ERRORS as exc:
+                raise APIError(400, f"the model's chat template refuses these messages: {exc}",
+                               code="invalid_messages", param="messages") from None
             return str(text)
         return "".join(f"{m['content']}\n" for m in messages)
 
@@ -106,6 +125,18 @@ class Server:
     def count(self, name: str) -> None:
         """Add one to the metrics counter ``name``."""
         self.batcher.metrics.count(name)
+
+
+def _is_path(name: str) -> bool:
+    """Whether a model name is a path on this machine (absolute, relative to a folder, or ``~``):
+    such aliases are accepted in requests but never shown (they reveal the server's layout).
+
+    Example:
+        >>> _is_path("/srv/models/llama"), _is_path("./m"), _is_path("default"), _is_path("org/model")
+        (True, True, False, False)
+    """
+    return (os.path.isabs(name) or name.startswith(("~", ".")) or "\\" in name
+            or os.path.exists(name))
 
 
 def get_server(request: Request) -> Server:

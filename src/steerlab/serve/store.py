@@ -13,18 +13,26 @@ deleted like any vector, and named by a request's ``steering[i].condition``
 
 Safety rules:
 
-* names match :data:`NAME_PATTERN` (letters, digits, ``_`` and ``-``; no dots, no slashes), so a
-  name can never leave the store (``../x``, ``/etc/passwd``, ``a/../../b`` are refused);
+* names match :data:`NAME_PATTERN` as a whole (letters, digits, ``_`` and ``-``; no dots, no
+  slashes, no line breaks), so a name can never leave the store (``../x``, ``/etc/passwd``,
+  ``a/../../b``, ``"nl\\n"`` are refused);
 * symlinks are never followed: a symlinked entry, or a folder holding a symlinked file, is
   skipped at start-up and never served;
 * uploads are size-capped; archives are checked member by member (:mod:`.archive`: no absolute
-  paths, no ``..``, no links or special files, a bounded number of members and of unpacked
-  bytes) and only the two vector files are read, under fixed names, never under the archive's
-  own names;
-* every upload is validated (:meth:`SteeringVector.load` / :meth:`SteeringVector.from_gguf`, then
-  :meth:`SteeringVector.check_model` against the served model) in a scratch folder, written
+  paths, no ``..``, no links, sparse or special files, a bounded number of members and of
+  unpacked bytes, header records bounded from their declared size) and only the two vector
+  files are read, under fixed names, never under the archive's own names; a GGUF file's header
+  is walked within bounds before it is parsed (:mod:`steerlab.gguf_check`); every bound comes
+  from one :class:`~steerlab.limits.Limits` object;
+* every entry, uploaded or found at start-up, is validated the same way (:meth:`VectorStore.admit`:
+  :meth:`SteeringVector.check_model` against the served model, its values finite and within
+  ``Limits.max_value`` (:meth:`~steerlab.limits.Limits.check_directions`), its condition settings,
+  if any, well-formed (:meth:`Condition.from_saved <steerlab.condition.Condition.from_saved>`));
+  an upload is validated in a scratch folder, written
   there and put in place by one rename (:func:`steerlab.files.swap_in`: an atomic exchange when
-  it replaces a vector): a rejected upload leaves the store exactly as it was;
+  it replaces a vector): a rejected upload leaves the store exactly as it was; a ``NAME.gguf``
+  replaced by an uploaded folder is removed after the folder is in place, and a delete removes
+  every entry of the name (a crash in between leaves the folder, which wins over the file);
 * the scratch folder is itself hidden inside the store (``.upload-*``, never ``/tmp``), so a
   process killed mid-upload leaves nothing elsewhere, and the next start removes it (and any
   other hidden temporary of an upload, a delete or a swap); error messages never name server
@@ -56,24 +64,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..condition import Condition
+from ..condition import Condition, saved_settings
 from ..errors import ModelMismatchError, SteeringError, SteeringSpecError
 from ..files import swap_in
+from ..limits import LimitError, Limits
 from ..model import LM
 from ..vector import SteeringVector
-from .archive import REQUIRED, UploadLimits, copy_capped, unpack
-from .store_errors import AlreadyExists, InvalidName, InvalidUpload, NotFound, StoreError, WrongModel
+from .archive import REQUIRED, copy_capped, unpack
+from .store_errors import AlreadyExists, InvalidName, InvalidUpload, NotFound, StoreError, TooLarge, WrongModel
 
-__all__ = ["NAME_PATTERN", "StoreError", "StoredVector", "UploadLimits", "VectorStore", "check_name", "pack_folder"]
+__all__ = ["NAME_PATTERN", "StoreError", "StoredVector", "VectorStore", "check_name", "pack_folder"]
 
 log = logging.getLogger("steerlab.serve")
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-"""Allowed vector names: 1–64 letters, digits, ``_`` or ``-``, starting with a letter or digit."""
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+"""Allowed vector names: 1–64 letters, digits, ``_`` or ``-``, starting with a letter or digit
+(the whole name: matched with ``re.fullmatch``, so no trailing line break slips through a ``$``)."""
 _NAME = re.compile(NAME_PATTERN)
 _TMP_PREFIX = ".upload-"
 _TRASH_PREFIX = ".trash-"
-_LEFTOVER = re.compile(r"^(\.upload-|\.trash-)|^\..+\.(tmp|old)$")
+_LEFTOVER = re.compile(r"(\.upload-|\.trash-).*|\..+\.(tmp|old)", re.DOTALL)
 """Hidden temporaries of an upload, a delete or a folder swap (:func:`steerlab.files.swap_in`)."""
 
 
@@ -88,7 +98,7 @@ def check_name(name: str) -> str:
         ...
         steerlab.serve.store_errors.InvalidName: invalid vector name '../x': use 1-64 letters, ...
     """
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidName(
             f"invalid vector name {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter or digit"
         )
@@ -109,9 +119,9 @@ class StoredVector:
     @property
     def settings(self) -> dict[str, Any] | None:
         """The condition settings (``layer``, ``threshold``, ``comparator``) a saved
-        :class:`~steerlab.condition.Condition` carries; ``None`` for a plain vector."""
-        saved = self.vector.meta.get("condition") if isinstance(self.vector.meta, dict) else None
-        return saved if isinstance(saved, dict) else None
+        :class:`~steerlab.condition.Condition` carries; ``None`` for a plain vector (checked when
+        the entry was admitted: :meth:`VectorStore.admit`)."""
+        return saved_settings(self.vector)
 
     def condition(self, threshold: float | None = None) -> Condition:
         """This entry as a CAST :class:`~steerlab.condition.Condition` (``threshold`` overrides
@@ -129,16 +139,11 @@ class StoredVector:
                 f"{self.name!r} is a plain vector, not a condition (save one with `steerlab condition`, "
                 "or give a threshold)"
             )
-        saved = saved or {}
-        if threshold is None or threshold == saved.get("threshold"):
+        if saved is not None and (threshold is None or threshold == saved.get("threshold")):
             if self._condition is None:
-                self._condition = self._make(saved, saved.get("threshold", 0.0))
+                self._condition = Condition.from_saved(self.vector)
             return self._condition
-        return self._make(saved, threshold)
-
-    def _make(self, saved: dict[str, Any], threshold: float) -> Condition:
-        return Condition(self.vector, layer=saved.get("layer"), threshold=threshold,
-                         comparator=str(saved.get("comparator", ">")))
+        return Condition.from_saved(self.vector, threshold)
 
     def describe(self) -> dict[str, Any]:
         """``name``, ``layers``, ``norms``, ``method``, ``model`` and the rest of the metadata."""
@@ -186,17 +191,17 @@ class VectorStore:
     Args:
         root: the store directory (created if missing).
         lm: the served model; every vector must :meth:`~SteeringVector.check_model` against it.
-        limits: upload caps.
+        limits: the bounds of uploads and vectors (default: ``Limits.for_model(lm)``).
     """
 
-    def __init__(self, root: str | os.PathLike[str], lm: LM, limits: UploadLimits | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str], lm: LM, limits: Limits | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         if self.root.is_symlink() or not self.root.is_dir():
             raise SteeringError(f"the vector store {self.root} must be a real directory")
         self.root = self.root.resolve()
         self.lm = lm
-        self.limits = limits or UploadLimits()
+        self.limits = limits if limits is not None else Limits.for_model(lm) if lm is not None else Limits()
         self._lock = threading.RLock()
         self._vectors: dict[str, StoredVector] = {}
         self.skipped: dict[str, str] = {}
@@ -207,7 +212,7 @@ class VectorStore:
     def _clean_leftovers(self) -> None:
         """Remove hidden temporaries left by an upload, a delete or a swap that crashed half-way."""
         for entry in self.root.iterdir():
-            if _LEFTOVER.match(entry.name) and not entry.is_symlink():
+            if _LEFTOVER.fullmatch(entry.name) and not entry.is_symlink():
                 _remove(entry)
 
     def _load_entry(self, entry: Path) -> StoredVector:
@@ -224,18 +229,34 @@ class VectorStore:
             source = "folder"
         elif entry.is_file() and entry.suffix == ".gguf":
             name = check_name(entry.stem)
-            vec = SteeringVector.from_gguf(entry, self.lm)
+            vec = SteeringVector.from_gguf(entry, self.lm, self.limits)
             source = "gguf"
         else:
             raise InvalidUpload("not a vector folder or a .gguf file", "invalid_vector")
-        vec.check_model(self.lm)
-        return StoredVector(name, vec, entry, source)
+        return self.admit(StoredVector(name, vec, entry, source))
+
+    def admit(self, sv: StoredVector) -> StoredVector:
+        """``sv`` if it can be served: made for the served model, values finite and within
+        ``limits.max_value`` (a norm that overflows included), condition settings well-formed.
+        The one check of every entry, uploaded or found at start-up.
+
+        Raises:
+            ModelMismatchError: made for another model.
+            LimitError: non-finite or absurd values.
+            SteeringError: malformed condition settings.
+        """
+        sv.vector.check_model(self.lm)
+        self.limits.check_directions(sv.vector.directions, f"vector {sv.name!r}")
+        if sv.settings is not None:
+            sv.condition()  # built once here: a request naming it can only get a 400 or its condition
+        return sv
 
     def scan(self) -> None:
         """(Re)load every entry of the store directory."""
         found: dict[str, StoredVector] = {}
         skipped: dict[str, str] = {}
-        for entry in sorted(self.root.iterdir()):
+        # a folder before the NAME.gguf of the same name: the folder wins (an upload replaced the file)
+        for entry in sorted(self.root.iterdir(), key=lambda p: (p.name.removesuffix(".gguf"), p.suffix == ".gguf")):
             if entry.name.startswith("."):
                 continue
             try:
@@ -287,10 +308,24 @@ class VectorStore:
             path = self.get(name).path
             if path.parent != self.root or path.is_symlink():
                 raise InvalidName("refusing to delete an entry outside the store")
-            trash = Path(tempfile.mkdtemp(prefix=_TRASH_PREFIX, dir=self.root))
-            os.replace(path, trash / path.name)
             del self._vectors[name]
-        shutil.rmtree(trash, ignore_errors=True)
+            # every entry of the name goes (a shadowed NAME.gguf must not come back at the next start)
+            trash = self._bury(name)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def _bury(self, name: str, keep: Path | None = None) -> Path | None:
+        """Move every entry on disk that could be served as ``name`` (the folder, ``NAME.gguf``)
+        but ``keep`` into a new hidden trash folder of the store, one rename each (hold the lock);
+        returns the trash folder for the caller to delete outside the lock (``None``: nothing moved)."""
+        entries = [p for p in (self.root / name, self.root / f"{name}.gguf")
+                   if p != keep and (p.exists() or p.is_symlink())]
+        if not entries:
+            return None
+        trash = Path(tempfile.mkdtemp(prefix=_TRASH_PREFIX, dir=self.root))
+        for entry in entries:
+            os.replace(entry, trash / entry.name)
+        return trash
 
     def add_upload(
         self, name: str, upload: str | os.PathLike[str] | IO[bytes], overwrite: bool = False
@@ -321,7 +356,7 @@ class VectorStore:
         with tempfile.TemporaryDirectory(prefix=_TMP_PREFIX, dir=self.root) as tmp:
             scratch = Path(tmp)
             try:
-                vec = self._validate(upload, scratch)
+                vec = self._validate(name, upload, scratch)
             except StoreError as exc:
                 raise type(exc)(self._no_paths(exc.message, scratch), exc.code) from None
             folder = vec.save(scratch / "out")
@@ -329,8 +364,12 @@ class VectorStore:
                 dest = self._room_for(name, overwrite)
                 swap_in(folder, dest)  # one rename, or one atomic exchange with the old folder
                 sv = StoredVector(name, vec, dest, "folder")
-                # a GGUF entry of the same name would shadow nothing now: the folder wins
                 self._vectors[name] = sv
+                # the NAME.gguf it replaces goes now, after the folder is in place: a crash in between
+                # leaves both, and the folder wins at the next start (and a delete removes both)
+                trash = self._bury(name, keep=dest)
+            if trash is not None:
+                shutil.rmtree(trash, ignore_errors=True)
         log.info("vector store: added %s", name)
         return sv.describe()
 
@@ -358,7 +397,7 @@ class VectorStore:
             message = message.replace(f"{path}{os.sep}", "").replace(str(path), label)
         return message
 
-    def _validate(self, upload: str | os.PathLike[str] | IO[bytes], scratch: Path) -> SteeringVector:
+    def _validate(self, name: str, upload: str | os.PathLike[str] | IO[bytes], scratch: Path) -> SteeringVector:
         raw = scratch / "upload.bin"
         self._copy_upload(upload, raw)
         with raw.open("rb") as fh:
@@ -369,22 +408,28 @@ class VectorStore:
             vec = self._read_vector(raw, head, scratch)
         except StoreError:
             raise
+        except LimitError as exc:
+            raise _limit_error(exc) from None
         except SteeringError as exc:
             raise InvalidUpload(f"the upload is not a valid steering vector: {exc}", "invalid_vector") from None
         except Exception as exc:  # any parser failure on hostile bytes is a client error
             raise InvalidUpload(f"the upload could not be read ({type(exc).__name__}: {exc})",
                                 "invalid_vector") from None
         try:
-            vec.check_model(self.lm)
+            self.admit(StoredVector(name, vec, scratch, "upload"))
         except ModelMismatchError as exc:
             raise WrongModel(str(exc)) from None
+        except LimitError as exc:
+            raise _limit_error(exc, "invalid_vector") from None
+        except SteeringError as exc:
+            raise InvalidUpload(f"the upload's condition settings are malformed: {exc}", "invalid_condition") from None
         return vec
 
     def _read_vector(self, raw: Path, head: bytes, scratch: Path) -> SteeringVector:
         """The vector in the upload ``raw``: a GGUF control vector, or an archive of a vector folder."""
         if head == b"GGUF":
             gguf = raw.rename(scratch / "upload.gguf")
-            return SteeringVector.from_gguf(gguf, self.lm)
+            return SteeringVector.from_gguf(gguf, self.lm, self.limits)
         folder = scratch / "vector"
         folder.mkdir()
         unpack(raw, folder, self.limits)
@@ -398,6 +443,11 @@ class VectorStore:
                 copy_capped(src, dest, cap, too_large)
         else:
             copy_capped(upload, dest, cap, too_large)
+
+
+def _limit_error(exc: LimitError, code: str = "limit_exceeded") -> StoreError:
+    """A store refusal for an upload over a limit: 413 for bytes, else 400 (the message names the limit)."""
+    return TooLarge(str(exc)) if exc.status == 413 else InvalidUpload(str(exc), code)
 
 
 def pack_folder(folder: str | os.PathLike[str], fmt: str = "tar.gz") -> bytes:

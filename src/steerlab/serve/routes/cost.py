@@ -46,7 +46,8 @@ async def perplexity_ratio(req: PerplexityRatioRequest, server: ServerDep) -> di
     if req.chat:
         chat = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": prompt}]})
         prompt = await run_in_threadpool(server.render_chat, chat)
-    return await run_in_threadpool(server.cost.perplexity_ratio, prompt, req.steered, req.unsteered)
+    with domain_errors():  # a text over max_text_chars / max_score_tokens: 400 naming the limit, nothing run
+        return await run_in_threadpool(server.cost.perplexity_ratio, prompt, req.steered, req.unsteered)
 
 
 @router.get(BREAKDOWN_PATH + "/{name}")

@@ -53,7 +53,7 @@ async def delete_vector(name: str, server: ServerDep) -> dict[str, Any]:
 async def upload_vector(request: Request, server: ServerDep, name: str | None = None,
                         overwrite: bool = False) -> JSONResponse:
     """Add a vector: an archive of a vector folder or a GGUF control vector."""
-    async with read_upload(request, server.settings.max_upload_bytes, name, overwrite) as upload:
+    async with read_upload(request, server.limits.max_upload_bytes, name, overwrite) as upload:
         with domain_errors("file"):
             info = await run_in_threadpool(server.store.add_upload, upload.name, upload.file, upload.overwrite)
     server.count("vectors_uploaded")
