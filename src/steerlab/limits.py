@@ -79,6 +79,10 @@ class Limits:
         max_header_bytes: bytes of one archive header record (a tar GNU long name or a pax header).
         max_gguf_items: key-value pairs, tensors, or items of one metadata array in a GGUF file.
         max_gguf_string_bytes: bytes of one string in a GGUF file.
+        max_record_chars: characters of one record of a streamed data file (a JSONL line), checked
+            while it is read, before it is parsed.
+        max_file_bytes: bytes of a data file that is parsed whole (a ``.json`` list, a ``.txt`` list
+            of texts); larger data is streamed (``.jsonl``, ``.csv``, ``.parquet``).
     """
 
     n_layers: int | None = None
@@ -98,6 +102,8 @@ class Limits:
     max_header_bytes: int = 64 * 1024
     max_gguf_items: int = 4096
     max_gguf_string_bytes: int = 1024 * 1024
+    max_record_chars: int = 4 * 1024 * 1024
+    max_file_bytes: int = 512 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for f in fields(self):
