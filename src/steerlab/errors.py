@@ -57,3 +57,10 @@ class TransformersCompatError(SteeringError):
 
     Raised instead of steering the wrong tokens; the message names the installed versions.
     """
+
+
+class CheckpointError(DatasetError):
+    """A resumable run's checkpoint file is unreadable, altered, or belongs to another run.
+
+    The message names the file and what to do (usually: delete it to start the run over).
+    """
