@@ -120,9 +120,9 @@ def layer_sets_option(value: str | None) -> str | None:
 
 
 def resolve_layers(spec: str, lm: Any, option: str = "--layers") -> list[int]:
-    """The layers ``spec`` names in ``lm``: a range is bounded by the model's layers before it is
-    expanded, negative indices count from the end (``-1``: the last block) and are resolved here
-    (the resolved layers are what a run records), and each layer may be named once
+    """The layers ``spec`` names in ``lm``, sorted: a range is bounded by the model's layers before
+    it is expanded, negative indices count from the end (``-1``: the last block) and are resolved
+    here (the resolved layers are what a run records), and each layer may be named once
     (:meth:`steerlab.limits.Limits.layer_list`).
 
     Raises:
@@ -130,7 +130,7 @@ def resolve_layers(spec: str, lm: Any, option: str = "--layers") -> list[int]:
 
     Example:
         >>> class M: n_layers, d_model, context_length = 5, 8, 64
-        >>> resolve_layers("1-2,-1", M())
+        >>> resolve_layers("-1,1-2", M())
         [1, 2, 4]
     """
     limits = Limits(n_layers=int(lm.n_layers))
@@ -144,7 +144,7 @@ def resolve_layers(spec: str, lm: Any, option: str = "--layers") -> list[int]:
             out.extend(range(lo, hi + 1))
         else:
             out.append(item)
-    return limits.layer_list(out, option, negative=True)
+    return sorted(limits.layer_list(out, option, negative=True))
 
 
 def resolve_layer_sets(spec: str | None, lm: Any, option: str = "--layer-sets") -> list[list[int]] | None:
