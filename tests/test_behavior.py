@@ -32,6 +32,7 @@ from .conftest import CAA
 
 SYC_TEST = CAA / "test" / "sycophancy" / "test_dataset_ab.json"
 SYC_GEN = CAA / "generate" / "sycophancy" / "generate_dataset.json"
+GEN_FITS = CAA / "generate" / "myopic-reward" / "generate_dataset.json"  # fits stories260K's 512-token context
 MMLU = CAA / "test" / "mmlu" / "mmlu.json"
 TQA = CAA / "test" / "truthfulqa" / "truthful_qa.json"
 SHORT = {
@@ -48,7 +49,7 @@ def items() -> list[ABItem]:
 
 @pytest.fixture(scope="module")
 def svec(lm: steerlab.LM) -> steerlab.SteeringVector:
-    return behavior_vector(lm, SYC_GEN, layers=[1, 2], limit=8)
+    return behavior_vector(lm, GEN_FITS, layers=[1, 2], limit=8)
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,9 @@ from steerlab.evaluate.behavior import ab_probabilities, behavior_eval, load_ab_
 from .conftest import CAA
 
 LAYER = 2
-GEN = CAA / "generate" / "sycophancy" / "generate_dataset.json"
-TEST = CAA / "test" / "sycophancy" / "test_dataset_ab.json"
+# myopic-reward: its items fit stories260K's 512-token context (a longer text is refused: issue 21, D14)
+GEN = CAA / "generate" / "myopic-reward" / "generate_dataset.json"
+TEST = CAA / "test" / "myopic-reward" / "test_dataset_ab.json"
 
 
 def _letter(answer: str) -> str:

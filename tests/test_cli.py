@@ -90,13 +90,13 @@ def test_export_import_gguf(vec_dir, tmp_path):
     [
         (["extract", *M, "--pairs", "missing.jsonl", "--out", "x"], "not found"),
         (["extract", *M, "--persona", "happy:sad", "--method", "nope", "--out", "x"], "unknown method"),
-        (["extract", *M, "--persona", "happy:sad", "--layers", "1-9", "--out", "x"], "out of range"),
-        (["inspect", "no-such-dir"], "not a steerlab vector folder"),
+        (["extract", *M, "--persona", "happy:sad", "--layers", "1-9", "--out", "x"], "outside the model"),
+        (["inspect", "no-such-dir"], "not found"),
     ],
 )
-def test_runtime_errors_are_one_line(args, message, tmp_path):
+def test_bad_input_errors_are_one_line(args, message, tmp_path):
     res = runner.invoke(app, args)
-    assert res.exit_code == 1
+    assert res.exit_code == 2  # bad input is a usage error (issue 21, D16), found before any work
     assert message in res.output and "Traceback" not in res.output
 
 
@@ -104,7 +104,7 @@ def test_malformed_jsonl_names_the_line(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text('{"positive": "a", "negative": "b"}\n{oops}\n')
     res = runner.invoke(app, ["extract", *M, "--pairs", str(f), "--out", str(tmp_path / "o")])
-    assert res.exit_code == 1 and "p.jsonl:2" in res.output
+    assert res.exit_code == 2 and "p.jsonl:2" in res.output
 
 
 def test_vector_for_another_model(tmp_path, vec_dir):

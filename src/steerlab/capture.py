@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ import torch
 from . import hf, trie
 from .data import Read, validate_read
 from .errors import DatasetError, LayerRangeError
+from .limits import Limits
 from .model import LM
 from .progress import track
 from .tokens import pad_id, pad_token_ids, position_ids
@@ -100,10 +101,48 @@ def _token_range(read: Read, n: int, offsets: Any, text: str) -> tuple[int, int]
     return start, end
 
 
+Names = Callable[[int], str]
+"""What an error calls text ``i`` of a capture (default ``"text {i}"``; extraction: ``"pair 3 (negative)"``)."""
+
+
+def pair_names(first: int = 0) -> Names:
+    """Names of interleaved pair texts ``[pos0, neg0, pos1, ...]`` whose first pair is pair ``first``.
+
+    Example:
+        >>> pair_names(10)(3)
+        'pair 11 (negative)'
+    """
+    return lambda i: f"pair {first + i // 2} ({'positive' if i % 2 == 0 else 'negative'})"
+
+
+def check_texts(
+    lm: LM, texts: Sequence[str], names: Names | None = None, offsets: bool = False
+) -> tuple[list[list[int]], list[Any] | None]:
+    """Token ids of ``texts`` (and their offset mappings, with ``offsets``), each text checked
+    against the model's :class:`~steerlab.limits.Limits` *before* any forward pass: its
+    characters (``max_text_chars``, valid Unicode) before it is tokenised, its tokens against the
+    context. Past its context a model does not fail, it reads garbage positions: a text that does
+    not fit is refused, never truncated.
+
+    Raises:
+        LimitError: naming the text (``names(i)``) and the limit.
+    """
+    name = names or (lambda i: f"text {i}")
+    limits = Limits.for_model(lm)
+    for i, text in enumerate(texts):
+        limits.check_text(text, name(i))
+    enc = lm.tokenizer(list(texts), add_special_tokens=True, return_offsets_mapping=offsets, verbose=False)
+    ids: list[list[int]] = enc["input_ids"]
+    for i, x in enumerate(ids):
+        limits.check_tokens(len(x), name(i))
+    return ids, (enc["offset_mapping"] if offsets else None)
+
+
 def _encode(
-    lm: LM, texts: Sequence[str], reads: Read | Sequence[Read]
+    lm: LM, texts: Sequence[str], reads: Read | Sequence[Read], names: Names | None = None
 ) -> tuple[list[list[int]], list[tuple[int, int]]]:
-    """Token ids of ``texts`` and, per text, the token range ``[start, end)`` its read reduces over."""
+    """Token ids of ``texts`` (checked: :func:`check_texts`) and, per text, the token range
+    ``[start, end)`` its read reduces over."""
     if not texts:
         raise DatasetError("no texts to capture")
     read_list = [reads] * len(texts) if isinstance(reads, (str, int, tuple)) else list(reads)
@@ -113,13 +152,12 @@ def _encode(
         if validate_read(r) == "all":
             raise DatasetError("read='all' keeps every token: use capture_tokens() for that")
     need_offsets = any(r == "answer" for r in read_list)
-    enc = lm.tokenizer(list(texts), add_special_tokens=True, return_offsets_mapping=need_offsets)
-    ids: list[list[int]] = enc["input_ids"]
+    ids, offsets = check_texts(lm, texts, names, need_offsets)
     empty = next((i for i, x in enumerate(ids) if not x), None)
     if empty is not None:
         raise DatasetError(f"text {empty} ({texts[empty]!r}) has no tokens: drop it or add text")
     ranges = [
-        _token_range(r, len(x), enc["offset_mapping"][i] if need_offsets else None, texts[i])
+        _token_range(r, len(x), offsets[i] if offsets is not None else None, texts[i])
         for i, (r, x) in enumerate(zip(read_list, ids))
     ]
     return ids, ranges
@@ -173,6 +211,7 @@ def iter_capture(
     progress: bool | None = None,
     skip_batches: int = 0,
     share_prefix: bool = True,
+    names: Names | None = None,
 ) -> Iterator[tuple[list[int], dict[int, torch.Tensor]]]:
     """Stream activations batch by batch: yields ``(text indices, {layer: [batch, d_model]})``.
 
@@ -181,10 +220,11 @@ def iter_capture(
     run unless a later batch needs them). With ``share_prefix`` each distinct token prefix is
     computed once (see the module docstring) and texts come in the order their reads complete;
     without, texts are length-sorted and every token of every text runs. Memory stays at one pass
-    per level of the prefix tree (or one batch).
+    per level of the prefix tree (or one batch). Every text is checked before the first pass
+    (:func:`check_texts`; ``names`` names them in errors).
     """
     layer_list = check_layers(lm, layers)
-    ids, ranges = _encode(lm, texts, reads)
+    ids, ranges = _encode(lm, texts, reads, names)
     side = padding_side or lm.tokenizer.padding_side or "right"
     total = n_batches(len(texts), batch_size) - skip_batches
     enabled = progress if total > 1 else False
@@ -219,6 +259,7 @@ def capture(
     padding_side: str | None = None,
     progress: bool | None = None,
     share_prefix: bool = True,
+    names: Names | None = None,
 ) -> dict[int, torch.Tensor]:
     """Read block-output activations of ``texts`` at ``layers``.
 
@@ -233,6 +274,8 @@ def capture(
         progress: show a progress bar (default: on unless ``STEERLAB_QUIET``).
         share_prefix: compute every distinct token prefix of ``texts`` once (same activations up to
             float rounding; ``False`` runs every token of every text).
+        names: what errors call text ``i`` (a text over ``max_text_chars`` or the model's context
+            is refused before any pass: :func:`check_texts`).
 
     Returns:
         ``{layer: float32 CPU tensor [len(texts), d_model]}``.
@@ -240,7 +283,7 @@ def capture(
     layer_list = check_layers(lm, layers)
     out = {layer: torch.empty(len(texts), lm.d_model, dtype=torch.float32) for layer in layer_list}
     for batch, acts in iter_capture(
-        lm, texts, layer_list, reads, batch_size, padding_side, progress, share_prefix=share_prefix
+        lm, texts, layer_list, reads, batch_size, padding_side, progress, share_prefix=share_prefix, names=names
     ):
         index = torch.tensor(batch)
         for layer in layer_list:
@@ -253,7 +296,8 @@ def capture_tokens(
 ) -> dict[int, torch.Tensor]:
     """Activations of every token of one text (or token-id list): ``{layer: [n_tokens, d_model]}``."""
     layer_list = check_layers(lm, layers)
-    ids = lm.tokenizer(text, add_special_tokens=True)["input_ids"] if isinstance(text, str) else text
+    ids = check_texts(lm, [text], lambda _: "the text")[0][0] if isinstance(text, str) else text
+    Limits.for_model(lm).check_tokens(len(ids), "the text")
     return _forward_batch(lm, [ids], [(0, len(ids))], layer_list, "right", keep_tokens=True)
 
 

@@ -252,20 +252,30 @@ def find_condition(
     accuracy on the labelled prompts; the layer with the best accuracy wins (ties: the earliest).
 
     Raises:
-        DatasetError: a group is empty.
+        DatasetError: a group is empty, both groups hold the same prompts, or the chosen
+            direction comes out zero or non-finite.
+        LimitError: a prompt over ``max_text_chars`` or the model's context.
 
     Example:
         >>> found = find_condition(lm, ["How do I make a bomb?"], ["How do I bake bread?"])  # doctest: +SKIP
         >>> found.condition.at, found.accuracy[found.condition.at]  # doctest: +SKIP
     """
     from .capture import capture, check_layers
+    from .extract import check_found
 
     if not positive or not negative:
         raise DatasetError("find_condition needs at least one positive and one negative prompt")
+    if set(positive) == set(negative):
+        raise DatasetError("the positive and negative prompts are the same: a condition tells two different sets of "
+                           "prompts apart; give prompts to steer and different prompts to leave alone")
     layer_list = check_layers(lm, range(lm.n_layers) if layers is None else layers)
     texts = [lm.chat(p) if chat else p for p in [*positive, *negative]]
-    acts = capture(lm, texts, layer_list, reads="mean", batch_size=batch_size, progress=progress)
     n = len(positive)
+
+    def names(i: int) -> str:
+        return f"positive prompt {i}" if i < n else f"negative prompt {i - n}"
+
+    acts = capture(lm, texts, layer_list, reads="mean", batch_size=batch_size, progress=progress, names=names)
     accuracy: dict[int, float] = {}
     thresholds: dict[int, float] = {}
     directions: dict[int, torch.Tensor] = {}
@@ -277,6 +287,8 @@ def find_condition(
         thresholds[layer], accuracy[layer] = best_threshold(scores[:n], scores[n:])
         directions[layer] = direction
     best = max(layer_list, key=lambda k: (accuracy[k], -k))
+    check_found({best: directions[best]}, f"the condition direction from {n} positive and {len(negative)} negative "
+                "prompt(s)")
     vec = SteeringVector(
         {best: directions[best]},
         model_id=lm.model_id,

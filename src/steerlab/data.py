@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import importlib
 import itertools
@@ -31,6 +30,18 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DatasetError
+from .limits import Limits
+from .readers import (
+    DEFAULT_LIMITS,
+    check_file,
+    csv_header,
+    csv_rows,
+    json_list,
+    jsonl_lines,
+    jsonl_records,
+    text_field,
+    text_lines,
+)
 
 Read = str | int | tuple[int, int]
 """Where to read a text's activation.
@@ -136,23 +147,43 @@ def data_hash(pairs: Iterable[ContrastPair]) -> str:
     return h.hexdigest()
 
 
-def check_pair(pair: Any, where: str) -> ContrastPair:
-    """``pair`` if it is a :class:`ContrastPair` with two non-empty sides, else a
-    :class:`DatasetError` naming ``where`` (e.g. ``"pair 3"``)."""
+def check_pair(pair: Any, where: str, limits: Limits | None = None) -> ContrastPair:
+    """``pair`` if it is a :class:`ContrastPair` whose two sides are non-empty, different, valid
+    text within ``limits.max_text_chars``, else an error naming ``where`` (e.g. ``"pair 3"``).
+
+    Raises:
+        DatasetError: not a pair, an empty side, or the same text on both sides (the pair says
+            nothing: its difference, and a vector made of such pairs, is zero).
+        LimitError: a side longer than ``max_text_chars`` or holding a lone surrogate.
+    """
     if not isinstance(pair, ContrastPair):
         raise DatasetError(f"{where} is a {type(pair).__name__}, not a ContrastPair")
+    limits = limits or DEFAULT_LIMITS
+    for side, text in (("positive", pair.positive), ("negative", pair.negative)):
+        parts = (text,) if isinstance(text, str) else (text.user, text.assistant, text.system or "")
+        for part in parts:
+            limits.check_text(part, f"{where} ({side})")
     if not str(render_plain(pair.positive)).strip() or not str(render_plain(pair.negative)).strip():
         raise DatasetError(f"{where} has an empty positive or negative text: both sides are needed")
+    if pair.positive == pair.negative:
+        raise DatasetError(f"{where} has the same positive and negative text ({_short(pair.positive)}): a pair must "
+                           "differ in the behaviour to steer; fix or drop it")
     return pair
 
 
-def check_pairs(pairs: Sequence[ContrastPair]) -> list[ContrastPair]:
-    """Raise a clear :class:`DatasetError` if ``pairs`` is empty, one-sided or mistyped."""
+def _short(text: Text) -> str:
+    plain = render_plain(text)
+    return repr(plain if len(plain) <= 60 else plain[:57] + "...")
+
+
+def check_pairs(pairs: Sequence[ContrastPair], limits: Limits | None = None) -> list[ContrastPair]:
+    """Raise a clear :class:`DatasetError` if ``pairs`` is empty, one-sided or mistyped
+    (each pair: :func:`check_pair`)."""
     pairs = list(pairs)
     if not pairs:
         raise DatasetError("no contrast pairs given: pass at least one ContrastPair")
     for i, p in enumerate(pairs):
-        check_pair(p, f"item {i}" if not isinstance(p, ContrastPair) else f"pair {i}")
+        check_pair(p, f"item {i}" if not isinstance(p, ContrastPair) else f"pair {i}", limits)
     return pairs
 
 
@@ -193,55 +224,58 @@ def pairs_from_lists(positives: Sequence[Text], negatives: Sequence[Text], read:
     return check_pairs([ContrastPair(p, n, read) for p, n in zip(positives, negatives)])
 
 
-def _pair_from_record(rec: Any, where: str, read: Read) -> ContrastPair:
-    if not isinstance(rec, dict):
+def _pair_from_record(rec: Any, where: str, read: Read, limits: Limits | None = None) -> ContrastPair:
+    """One record of a pairs file as a pair; its text fields must hold text (:func:`text_field`)."""
+    if not isinstance(rec, Mapping):
         raise DatasetError(f"{where}: expected an object with 'positive' and 'negative' keys")
     if "answer_matching_behavior" in rec:
-        return caa_pair(rec, where)
+        return caa_pair(rec, where, limits)
     if "positive" in rec and "negative" in rec:
-        return ContrastPair(str(rec["positive"]), str(rec["negative"]), validate_read(rec.get("read", read)))
+        return ContrastPair(text_field(rec, "positive", where, limits), text_field(rec, "negative", where, limits),
+                            _read_of(rec, where, read))
     raise DatasetError(
         f"{where}: needs 'positive' and 'negative' keys (or CAA 'question' / "
         "'answer_matching_behavior' / 'answer_not_matching_behavior')"
     )
 
 
-def load_pairs(path: str | Path, read: Read = "last") -> list[ContrastPair]:
-    """Load pairs from ``.json`` (a list), ``.jsonl`` (one object a line) or ``.csv``.
+def _read_of(rec: Mapping[str, Any], where: str, default: Read) -> Read:
+    """A record's ``read`` field (a JSON ``[start, end]`` list is a slice), else ``default``."""
+    read = rec.get("read", default)
+    if isinstance(read, list) and len(read) == 2:
+        read = tuple(read)
+    try:
+        return validate_read(read)
+    except DatasetError as exc:
+        raise DatasetError(f"{where}: field 'read': {exc}") from None
 
-    Records have ``positive`` and ``negative`` (optionally ``read``), or are CAA A/B items.
-    CSV files need ``positive`` and ``negative`` columns.
+
+PAIR_FORMATS = (".json", ".jsonl", ".csv", ".parquet")
+"""File suffixes :func:`load_pairs` and :func:`open_pairs` read."""
+
+
+def load_pairs(path: str | Path, read: Read = "last", *, limits: Limits | None = None) -> list[ContrastPair]:
+    """Load pairs from ``.json`` (a list), ``.jsonl`` (one object a line), ``.csv`` or ``.parquet``.
+
+    Records have ``positive`` and ``negative`` text fields (optionally ``read``), or are CAA A/B
+    items. CSV files need ``positive`` and ``negative`` columns. The same reader as
+    :func:`open_pairs` (its pairs, all in memory).
 
     Raises:
-        DatasetError: missing file, unknown extension, malformed line (with its line number).
+        DatasetError: missing file, unknown extension, malformed line (with its line number), a
+            missing field, or a pair with an empty side or the same text on both sides.
+        LimitError: a text field that is not text (``null``, a number, a list, ...), too long, or
+            not valid Unicode (named by file, row and field).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"pairs file not found: {path}")
+    path = check_file(path, "pairs")
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        pairs = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            pairs.append(_pair_from_record(rec, f"{path}:{lineno}", read))
-        return check_pairs(pairs)
     if suffix == ".json":
-        data = read_json_list(path, "pair objects")
-        return check_pairs([_pair_from_record(r, f"{path}[{i}]", read) for i, r in enumerate(data)])
-    if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or not {"positive", "negative"} <= set(reader.fieldnames):
-                raise DatasetError(f"{path}: a CSV of pairs needs 'positive' and 'negative' columns")
-            return check_pairs(
-                [ContrastPair(r["positive"], r["negative"], read) for r in reader]
-            )
-    raise DatasetError(f"{path}: unknown pairs format {suffix!r}; use .json, .jsonl or .csv")
+        data = json_list(path, "pair objects", limits)
+        return check_pairs([check_pair(_pair_from_record(r, f"{path}[{i}]", read, limits), f"{path}[{i}]", limits)
+                            for i, r in enumerate(data)], limits)
+    if suffix in _FILE_SOURCES:
+        return check_pairs(list(_FILE_SOURCES[suffix](path, read, limits=limits)), limits)
+    raise DatasetError(f"{path}: unknown pairs format {suffix!r}; use {', '.join(PAIR_FORMATS)}")
 
 
 def answer_letter(answer: str, where: str = "item") -> str:
@@ -282,16 +316,17 @@ def ab_letters(question: str, matching: str, not_matching: str, where: str = "it
     return match, other
 
 
-def caa_pair(rec: dict[str, Any], where: str = "item") -> ContrastPair:
+def caa_pair(rec: Mapping[str, Any], where: str = "item", limits: Limits | None = None) -> ContrastPair:
     """One CAA A/B item as a pair read at the answer letter.
 
     The question is the user turn, the answer ``"(A)"`` starts the assistant turn.
     """
-    try:
-        question = str(rec["question"])
-        matching, not_matching = str(rec["answer_matching_behavior"]), str(rec["answer_not_matching_behavior"])
-    except KeyError as exc:
-        raise DatasetError(f"{where}: CAA item lacks {exc.args[0]!r}") from exc
+    for key in ("question", "answer_matching_behavior", "answer_not_matching_behavior"):
+        if key not in rec:
+            raise DatasetError(f"{where}: CAA item lacks {key!r}")
+    question = text_field(rec, "question", where, limits)
+    matching = text_field(rec, "answer_matching_behavior", where, limits)
+    not_matching = text_field(rec, "answer_not_matching_behavior", where, limits)
     match, other = ab_letters(question, matching, not_matching, where)
     return ContrastPair(ChatText(question, f"({match})"), ChatText(question, f"({other})"), "answer")
 
@@ -303,10 +338,7 @@ def caa_pairs(items: Iterable[dict[str, Any]]) -> list[ContrastPair]:
 
 def load_caa(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Read a CAA-format JSON file (a list of A/B items), optionally the first ``limit`` items."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"CAA file not found: {path}")
-    items = read_json_list(path, "CAA items")
+    items = json_list(check_file(path, "CAA"), "CAA items")
     return items[:limit] if limit is not None else items
 
 
@@ -331,7 +363,9 @@ def persona_pairs(
     """
     if "{persona}" not in template:
         raise DatasetError("the persona template must contain '{persona}'")
-    openings = [o for o in openings if o.strip()]
+    openings = [o for i, o in enumerate(openings) if DEFAULT_LIMITS.check_text(o, f"opening {i}").strip()]
+    DEFAULT_LIMITS.check_text(positive, "the positive persona")
+    DEFAULT_LIMITS.check_text(negative, "the negative persona")
     if not openings:
         raise DatasetError("no non-empty sentence openings given for persona_pairs")
     return check_pairs(
@@ -349,68 +383,64 @@ TEXT_COLUMNS = ("statement", "text")
 """Fields / columns :func:`load_texts` reads a text from, in order of preference."""
 
 
-def read_json_list(path: Path, what: str) -> list[Any]:
+def read_json_list(path: Path, what: str, limits: Limits | None = None) -> list[Any]:
     """The JSON list in ``path``; a :class:`DatasetError` naming the line of a syntax error, or
-    saying it should be a list of ``what``."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
-    if not isinstance(data, list):
-        raise DatasetError(f"{path}: expected a JSON list of {what}")
-    return data
+    saying it should be a list of ``what`` (:func:`steerlab.readers.json_list`)."""
+    return json_list(Path(path), what, limits)
 
 
-def _text_of(item: Any, where: str) -> str:
-    if isinstance(item, dict):
+def _text_of(item: Any, where: str, limits: Limits | None) -> str:
+    if isinstance(item, Mapping):
         key = next((k for k in TEXT_COLUMNS if k in item), None)
         if key is None:
             raise DatasetError(f"{where} has no 'statement' or 'text' field")
-        item = item[key]
-    if not isinstance(item, str):
-        raise DatasetError(f"{where} is a {type(item).__name__}, expected a string")
-    return item
+        return text_field(item, key, where, limits)
+    return (limits or DEFAULT_LIMITS).check_text(item, where)
 
 
-def _csv_texts(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        column = next((c for c in TEXT_COLUMNS if c in (reader.fieldnames or [])), None)
-        if column is None:
-            raise DatasetError(f"{path}: needs a 'statement' or 'text' column (has {reader.fieldnames})")
-        return [row[column] or "" for row in reader]
+def _csv_texts(path: Path, limits: Limits | None) -> list[str]:
+    header = csv_header(path, limits)
+    column = next((c for c in TEXT_COLUMNS if c in header), None)
+    if column is None:
+        raise DatasetError(f"{path}: needs a 'statement' or 'text' column (has {header})")
+    return [text_field(row, column, where, limits) for where, row in csv_rows(path, [column], limits)]
 
 
-def load_texts(path: str | Path, limit: int | None = None, *, strip: bool = True) -> list[str]:
+def load_texts(path: str | Path, limit: int | None = None, *, strip: bool = True,
+               limits: Limits | None = None) -> list[str]:
     """Texts from a file: ``.txt`` (one text a line), ``.json`` (a list of strings, or of objects
-    with a ``"statement"`` or ``"text"`` field) or ``.csv`` (a ``"statement"`` or ``"text"``
-    column, e.g. RepE's ``facts_true_false.csv``). Blank entries are dropped.
+    with a ``"statement"`` or ``"text"`` field), ``.jsonl`` (one such string or object a line) or
+    ``.csv`` (a ``"statement"`` or ``"text"`` column, e.g. RepE's ``facts_true_false.csv``). Blank
+    entries are dropped. Every entry must be text (:mod:`steerlab.readers`).
 
     Args:
         path: the file.
         limit: keep only the first ``limit`` texts.
         strip: strip surrounding whitespace from each text (``False`` keeps it, e.g. for sentence
             openings whose trailing space matters to the continuation).
+        limits: the bounds on a text and on the file (default :class:`~steerlab.limits.Limits`).
 
     Raises:
         DatasetError: missing file, unknown format, no text column / field, or no non-empty text.
+        LimitError: an entry that is not text, too long, or not valid Unicode (named by its row).
 
     Example:
         >>> load_texts("../shared/data/repe/facts_true_false.csv", limit=1)  # doctest: +SKIP
         ["The Earth's atmosphere protects us from harmful radiation from the sun."]
     """
-    p = Path(path)
-    if not p.is_file():
-        raise DatasetError(f"text file not found: {p}")
+    p = check_file(path, "text")
     suffix = p.suffix.lower()
     if suffix == ".txt":
-        items = p.read_text(encoding="utf-8").splitlines()
+        items = [(limits or DEFAULT_LIMITS).check_text(line, f"{p}:{n}")
+                 for n, line in enumerate(text_lines(p, limits), 1)]
     elif suffix == ".json":
-        items = [_text_of(x, f"{p}: item {i}") for i, x in enumerate(read_json_list(p, "strings"))]
+        items = [_text_of(x, f"{p}[{i}]", limits) for i, x in enumerate(json_list(p, "strings", limits))]
+    elif suffix == ".jsonl":
+        items = [_text_of(x, where, limits) for where, x in jsonl_records(p, limits)]
     elif suffix == ".csv":
-        items = _csv_texts(p)
+        items = _csv_texts(p, limits)
     else:
-        raise DatasetError(f"{p}: unknown text format {suffix!r}: use .txt, .json or .csv")
+        raise DatasetError(f"{p}: unknown text format {suffix!r}: use .txt, .json, .jsonl or .csv")
     out = [x.strip() if strip else x for x in items if x.strip()]
     if not out:
         raise DatasetError(f"{p}: holds no non-empty texts")
@@ -441,6 +471,7 @@ class PairSource(ABC):
 
     read: Read = "last"
     columns: Mapping[str, str] | None = None
+    limits: Limits | None = None
     _length: int | None = None
 
     @abstractmethod
@@ -466,7 +497,7 @@ class PairSource(ABC):
             raise DatasetError(f"bad pair range start={start}, stop={stop}, step={step}")
         count = None if stop is None else stop - start
         for where, rec in itertools.islice(self._records(start), 0, count, step):
-            yield check_pair(self._pair(rec, where), where)
+            yield check_pair(self._pair(rec, where), where, self.limits)
 
     def shard(self, index: int, count: int) -> Iterator[ContrastPair]:
         """Round-robin shard ``index`` of ``count``: pairs ``index, index + count, ...``."""
@@ -479,14 +510,14 @@ class PairSource(ABC):
             return rec
         if self.columns and isinstance(rec, Mapping):
             rec = {**rec, **{ours: rec[theirs] for ours, theirs in self.columns.items() if theirs in rec}}
-        return _pair_from_record(rec, where, self.read)
+        return _pair_from_record(rec, where, self.read, self.limits)
 
 
 class ListPairs(PairSource):
     """Pairs already in memory (a list), as a :class:`PairSource`."""
 
-    def __init__(self, pairs: Sequence[ContrastPair]) -> None:
-        self.items = list(pairs)
+    def __init__(self, pairs: Sequence[ContrastPair], limits: Limits | None = None) -> None:
+        self.items, self.limits = list(pairs), limits
 
     def _records(self, start: int) -> Iterator[tuple[str, Any]]:
         for i in range(start, len(self.items)):
@@ -501,49 +532,33 @@ class _FileSource(PairSource):
     path: Path
     read: Read = "last"
     columns: Mapping[str, str] | None = None
+    limits: Limits | None = None
 
     def __post_init__(self) -> None:
-        self.path = Path(self.path).resolve()
-        if not self.path.is_file():
-            raise DatasetError(f"pairs file not found: {self.path}")
+        self.path = check_file(self.path, "pairs").resolve()
         validate_read(self.read)
 
 
 class JsonlPairs(_FileSource):
-    """A ``.jsonl`` file, one pair object a line (blank lines skipped), read line by line."""
-
-    def _lines(self) -> Iterator[tuple[int, str]]:
-        with self.path.open(encoding="utf-8") as fh:
-            yield from ((n, line) for n, line in enumerate(fh, 1) if line.strip())
+    """A ``.jsonl`` file, one pair object a line (blank lines skipped), read line by line (each
+    line bounded by ``limits.max_record_chars``)."""
 
     def _records(self, start: int) -> Iterator[tuple[str, Any]]:
-        for lineno, line in itertools.islice(self._lines(), start, None):
-            try:
-                yield f"{self.path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{self.path}:{lineno}: not valid JSON ({exc.msg})") from exc
+        return jsonl_records(self.path, self.limits, start)
 
     def _count(self) -> int:
-        return sum(1 for _ in self._lines())
+        return sum(1 for _ in jsonl_lines(self.path, self.limits))
 
 
 class CsvPairs(_FileSource):
     """A ``.csv`` file with ``positive`` and ``negative`` columns (or renamed by ``columns``)."""
 
-    def _rows(self) -> Iterator[dict[str, Any]]:
-        with self.path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            names = set(reader.fieldnames or []) | set((self.columns or {}).keys())
-            if not {"positive", "negative"} <= names:
-                raise DatasetError(f"{self.path}: a CSV of pairs needs 'positive' and 'negative' columns")
-            yield from reader
-
     def _records(self, start: int) -> Iterator[tuple[str, Any]]:
-        for i, row in itertools.islice(enumerate(self._rows()), start, None):
-            yield f"{self.path}: row {i + 1}", row
+        names = [(self.columns or {}).get(k, k) for k in ("positive", "negative")]
+        return csv_rows(self.path, names, self.limits, start)
 
     def _count(self) -> int:
-        return sum(1 for _ in self._rows())
+        return sum(1 for _ in self._records(0))
 
 
 def _optional(module: str, what: str) -> Any:
@@ -573,7 +588,7 @@ class ParquetPairs(_FileSource):
             for batch in pf.iter_batches(batch_size=self.batch_rows, row_groups=[group]):
                 for rec in batch.to_pylist():
                     if row >= start:
-                        yield f"{self.path}: row {row}", rec
+                        yield f"{self.path}: row {row + 1}", rec
                     row += 1
 
     def _count(self) -> int:
@@ -590,11 +605,12 @@ class HFPairs(PairSource):
     """
 
     def __init__(self, dataset: Any = None, *, name: str | None = None, split: str = "train",
-                 read: Read = "last", columns: Mapping[str, str] | None = None, **load_kwargs: Any) -> None:
+                 read: Read = "last", columns: Mapping[str, str] | None = None, limits: Limits | None = None,
+                 **load_kwargs: Any) -> None:
         if (dataset is None) == (name is None):
             raise DatasetError("give HFPairs a dataset object or a dataset name, not both")
         self.dataset, self.name, self.split, self.load_kwargs = dataset, name, split, load_kwargs
-        self.read, self.columns = validate_read(read), columns
+        self.read, self.columns, self.limits = validate_read(read), columns, limits
 
     def _open(self) -> Any:
         if self.dataset is not None:
@@ -607,7 +623,7 @@ class HFPairs(PairSource):
         rows = ds.skip(start) if start and hasattr(ds, "skip") else ds
         label = self.name or getattr(getattr(ds, "info", None), "dataset_name", None) or "dataset"
         for i, rec in enumerate(rows, start):
-            yield f"{label}: row {i}", rec
+            yield f"{label}: row {i + 1}", rec
 
     def _count(self) -> int:
         ds = self._open()
@@ -617,12 +633,32 @@ class HFPairs(PairSource):
             return sum(1 for _ in ds)
 
 
+_FILE_SOURCES: dict[str, type[_FileSource]] = {".jsonl": JsonlPairs, ".csv": CsvPairs, ".parquet": ParquetPairs}
+
+
+def looks_like_path(source: str | Path) -> bool:
+    """Whether ``source`` names a file rather than a Hugging Face dataset: a :class:`~pathlib.Path`,
+    or a string with a file suffix (``.jsonl``), starting with ``/``, ``.`` or ``~``, with more
+    path separators than a hub id's one ``owner/name``, or whose folder exists here.
+
+    Example:
+        >>> looks_like_path("data/missing.parquet"), looks_like_path("Anthropic/hh-rlhf")
+        (True, False)
+    """
+    if isinstance(source, Path):
+        return True
+    text = source.strip()
+    return (bool(Path(text).suffix) or text.startswith(("/", ".", "~")) or "\\" in text
+            or text.count("/") > 1 or ("/" in text and Path(text).parent.is_dir()))
+
+
 def open_pairs(
     source: Any,
     read: Read = "last",
     *,
     columns: Mapping[str, str] | None = None,
     split: str = "train",
+    limits: Limits | None = None,
     **load_kwargs: Any,
 ) -> PairSource:
     """Contrast pairs as a :class:`PairSource`, streamed where the format allows.
@@ -630,7 +666,9 @@ def open_pairs(
     ``source`` is a ``.jsonl``, ``.csv`` or ``.parquet`` file (streamed), a ``.json`` file (a JSON
     list is parsed whole), a Hugging Face dataset object or a dataset name / folder for
     ``datasets.load_dataset`` (streamed; ``split`` and ``load_kwargs`` go to it), a list of
-    :class:`ContrastPair`, or a :class:`PairSource` (returned as it is).
+    :class:`ContrastPair`, or a :class:`PairSource` (returned as it is). A name that looks like a
+    file (:func:`looks_like_path`) and does not exist is refused, never looked up on the Hub.
+    Every record goes through the same checks as :func:`load_pairs`, in this process or a shard.
 
     Example:
         >>> src = open_pairs("pairs.parquet")  # doctest: +SKIP
@@ -641,16 +679,17 @@ def open_pairs(
     if isinstance(source, (str, Path)):
         path = Path(source)
         suffix = path.suffix.lower()
-        kinds: dict[str, type[_FileSource]] = {".jsonl": JsonlPairs, ".csv": CsvPairs, ".parquet": ParquetPairs}
-        if path.is_file() and suffix in kinds:
-            return kinds[suffix](path, read, columns)
+        if path.is_file() and suffix in _FILE_SOURCES:
+            return _FILE_SOURCES[suffix](path, read, columns, limits)
         if path.is_file() and suffix == ".json":
-            return ListPairs(load_pairs(path, read))
+            return ListPairs(load_pairs(path, read, limits=limits), limits)
         if path.is_file():
-            raise DatasetError(f"{path}: unknown pairs format {suffix!r}; use .jsonl, .csv, .parquet or .json")
-        return HFPairs(name=str(source), split=split, read=read, columns=columns, **load_kwargs)
+            raise DatasetError(f"{path}: unknown pairs format {suffix!r}; use {', '.join(PAIR_FORMATS)}")
+        if not path.exists() and looks_like_path(source):
+            raise DatasetError(f"pairs file not found: {path}")
+        return HFPairs(name=str(source), split=split, read=read, columns=columns, limits=limits, **load_kwargs)
     if hasattr(source, "features") or type(source).__module__.startswith("datasets"):
-        return HFPairs(source, read=read, columns=columns)
+        return HFPairs(source, read=read, columns=columns, limits=limits)
     if isinstance(source, Sequence):
-        return ListPairs(source)
+        return ListPairs(source, limits)
     raise DatasetError(f"cannot read contrast pairs from a {type(source).__name__}: give a file, a dataset or a list")

@@ -69,3 +69,10 @@ class NonFiniteError(SteeringError):
     def __init__(self, message: str, rows: tuple[int, ...] = ()) -> None:
         super().__init__(message)
         self.rows = rows
+
+
+class CheckpointError(DatasetError):
+    """A resumable run's checkpoint file is unreadable, altered, or belongs to another run.
+
+    The message names the file and what to do (usually: delete it to start the run over).
+    """

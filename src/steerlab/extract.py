@@ -18,10 +18,20 @@ from typing import Any
 
 import torch
 
-from .capture import batch_order, capture, capture_tokens, check_layers, iter_capture, n_batches
+from .capture import (
+    Names,
+    batch_order,
+    capture,
+    capture_tokens,
+    check_layers,
+    check_texts,
+    iter_capture,
+    n_batches,
+    pair_names,
+)
 from .data import ContrastPair, PairSource, Read, check_pairs, data_hash, pair_texts, render
-from .errors import DatasetError
-from .files import read_checkpoint, write_checkpoint
+from .errors import CheckpointError, DatasetError
+from .files import checkpoint_int, read_checkpoint, write_checkpoint
 from .methods import Accumulator, Method, get_method
 from .model import LM
 from .vector import SteeringVector
@@ -120,9 +130,8 @@ def extract(
                 f"method {method!r} uses exactly one prompt pair (got {len(pairs)}); "
                 "use mean_diff for many pairs"
             )
-        tok = lm.tokenizer
-        pos_ids = tok(render(pairs[0].positive, lm), add_special_tokens=True)["input_ids"]
-        neg_ids = tok(render(pairs[0].negative, lm), add_special_tokens=True)["input_ids"]
+        (pos_ids, neg_ids), _ = check_texts(lm, [render(pairs[0].positive, lm), render(pairs[0].negative, lm)],
+                                            pair_names())
         pos_ids, neg_ids = _space_pad(lm, pos_ids, neg_ids)
         pos_acts = capture_tokens(lm, pos_ids, layer_list)
         neg_acts = capture_tokens(lm, neg_ids, layer_list)
@@ -132,11 +141,12 @@ def extract(
         texts, reads = pair_texts(lm, pairs)
         if spec.streaming:
             accs = accumulate(lm, spec, texts, reads, layer_list, batch_size=batch_size, progress=progress,
-                              checkpoint=checkpoint, share_prefix=share_prefix)
+                              checkpoint=checkpoint, share_prefix=share_prefix, names=pair_names())
             directions = {k: acc.finalize() for k, acc in accs.items()}
         else:
             acts = capture(
-                lm, texts, layer_list, reads, batch_size=batch_size, progress=progress, share_prefix=share_prefix
+                lm, texts, layer_list, reads, batch_size=batch_size, progress=progress, share_prefix=share_prefix,
+                names=pair_names(),
             )
             directions = {k: spec.fit(acts[k][0::2], acts[k][1::2]) for k in layer_list}
             if spec.diagnose is not None:
@@ -144,6 +154,7 @@ def extract(
                                      for k in layer_list}
         read_kinds = sorted({repr(p.read) for p in pairs})
         meta["read"] = read_kinds[0] if len(read_kinds) == 1 else read_kinds
+    check_found(directions, f"{method} on {len(pairs)} pair(s)")
     return SteeringVector(
         directions=directions,
         model_id=lm.model_id,
@@ -166,30 +177,27 @@ def accumulate(
     progress: bool | None,
     checkpoint: str | os.PathLike[str] | None,
     share_prefix: bool = True,
+    names: Names | None = None,
 ) -> dict[int, Accumulator]:
     """Feed the method's accumulators batch by batch, resumable from a checkpoint.
 
     Texts alternate positive / negative, so a text's side is its index parity. Shards of a
-    distributed extraction (:mod:`steerlab.distributed`) run this on their own texts.
+    distributed extraction (:mod:`steerlab.distributed`) run this on their own texts. A checkpoint
+    is checked against the run before it is used (:func:`resume_accumulators`).
     """
     assert spec.accumulator is not None
     order = batch_order(lm, share_prefix)
     run = (spec.name, texts, reads, layers, batch_size, lm.model_id, order)
     key = hashlib.sha256(repr(run).encode()).hexdigest()[:16]
     accs = {k: spec.accumulator(lm.d_model) for k in layers}
+    total = n_batches(len(texts), batch_size)
     done = 0
     path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None and path.is_file():
-        saved, meta = read_checkpoint(
-            path, key, "extraction (different method, data, layers, batch size, model, device or share_prefix)"
-        )
-        for k, acc in accs.items():
-            prefix = f"{k}."
-            acc.load_state_dict({name[len(prefix) :]: t for name, t in saved.items() if name.startswith(prefix)})
-        done = int(meta["done"])
-    total = n_batches(len(texts), batch_size)
+    if path is not None and path.exists():
+        done = resume_accumulators(path, key, accs, total, batch_size)
     batches = iter_capture(
-        lm, texts, layers, reads, batch_size, progress=progress, skip_batches=done, share_prefix=share_prefix
+        lm, texts, layers, reads, batch_size, progress=progress, skip_batches=done, share_prefix=share_prefix,
+        names=names,
     )
     for batch, acts in batches:
         positive = torch.tensor([i % 2 == 0 for i in batch])
@@ -202,3 +210,63 @@ def accumulate(
     if path is not None and path.is_file():
         path.unlink()
     return accs
+
+
+def state_shapes(accs: dict[int, Accumulator]) -> dict[str, tuple[int, ...]]:
+    """The tensors (names and shapes) a checkpoint of ``accs`` holds: ``"{layer}.{name}"``."""
+    return {f"{k}.{name}": tuple(t.shape) for k, acc in accs.items() for name, t in acc.state_dict().items()}
+
+
+def load_accumulators(accs: dict[int, Accumulator], saved: dict[str, torch.Tensor]) -> None:
+    """Restore each layer's accumulator from checkpoint tensors named ``"{layer}.{name}"``."""
+    for k, acc in accs.items():
+        prefix = f"{k}."
+        acc.load_state_dict({name[len(prefix) :]: t for name, t in saved.items() if name.startswith(prefix)})
+
+
+def check_seen(path: Path, accs: dict[int, Accumulator], expected: int) -> None:
+    """Refuse a resumed state whose accumulators did not see ``expected`` texts (where they count)."""
+    for k, acc in accs.items():
+        seen = acc.seen()
+        if seen is not None and seen != expected:
+            raise CheckpointError(f"checkpoint {path}: layer {k}'s state counts {seen} texts but its progress says "
+                                  f"{expected}: it was altered; delete it to start the run over")
+
+
+def resume_accumulators(path: Path, key: str, accs: dict[int, Accumulator], total: int, batch_size: int) -> int:
+    """Load a streamed extraction's checkpoint into ``accs`` and return how many batches it holds,
+    after checking it against the run: the file (:func:`~steerlab.files.read_checkpoint`), its
+    tensors' names and shapes, its batch counter (``1 .. total - 1``) and the texts the state
+    counts (``done × batch_size``)."""
+    saved, meta = read_checkpoint(
+        path, key, "extraction (different method, data, layers, batch size, model, device or share_prefix)",
+        state_shapes(accs),
+    )
+    done = checkpoint_int(path, meta, "done", 1, max(total - 1, 1))
+    load_accumulators(accs, saved)
+    check_seen(path, accs, done * batch_size)
+    return done
+
+
+def check_found(directions: dict[int, torch.Tensor], what: str) -> None:
+    """Refuse directions that came out zero or non-finite at a layer: no vector is made of them.
+
+    Raises:
+        DatasetError: naming the layer; a zero direction means the positive and negative texts
+            read the same activations there (identical pairs, or pairs that differ only after the
+            read position).
+
+    Example:
+        >>> check_found({3: torch.zeros(4)}, "mean_diff on 2 pairs")
+        Traceback (most recent call last):
+        ...
+        steerlab.errors.DatasetError: mean_diff on 2 pairs: the direction at layer 3 is zero: ...
+    """
+    for k, d in directions.items():
+        if not bool(torch.isfinite(d).all()):
+            raise DatasetError(f"{what}: the direction at layer {k} holds NaN or inf values (the activations "
+                               "overflow there): use other layers or a float32 model")
+        if not bool(d.ne(0).any()):
+            raise DatasetError(f"{what}: the direction at layer {k} is zero: the positive and negative texts read the "
+                               "same activations there (identical texts, or texts that differ only after the read "
+                               "position); fix the pairs or the read positions")

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
+import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -116,38 +118,118 @@ def _exchange(a: Path, b: Path) -> bool:
     return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
+CHECKPOINT_FORMAT = "steerlab-checkpoint-2"
+"""Tag of the checkpoints :func:`write_checkpoint` writes (with a checksum of tensors and metadata)."""
+
+
+def _digest(tensors: Mapping[str, Any], meta: Mapping[str, str]) -> str:
+    """sha256 of the tensors (names, dtypes, shapes, bytes) and the metadata (but the digest)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "digest"}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
 def write_checkpoint(path: Path, tensors: dict[str, Any], key: str, **meta: str) -> None:
     """Save ``tensors`` to a safetensors checkpoint at ``path`` (atomically), tagged with the run's
-    ``key`` and string ``meta``; :func:`read_checkpoint` reads it back.
+    ``key``, string ``meta`` and a checksum of both; :func:`read_checkpoint` reads it back.
 
     Example:
         >>> import tempfile, torch
         >>> p = Path(tempfile.mkdtemp()) / "run.safetensors"
         >>> write_checkpoint(p, {"x": torch.ones(2)}, "abc", done="3")
-        >>> read_checkpoint(p, "abc", "run")[1]["done"]
+        >>> read_checkpoint(p, "abc", "run", {"x": (2,)})[1]["done"]
         '3'
     """
     from safetensors.torch import save_file
 
+    tagged = {**meta, "key": key, "format": CHECKPOINT_FORMAT}
+    tagged["digest"] = _digest(tensors, tagged)
     with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"key": key, **meta})
+        save_file(tensors, str(tmp), metadata=tagged)
 
 
-def read_checkpoint(path: Path, key: str, what: str) -> tuple[dict[str, Any], dict[str, str]]:
+def read_checkpoint(
+    path: Path,
+    key: str,
+    what: str,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    optional: Mapping[str, tuple[int, ...]] | None = None,
+) -> tuple[dict[str, Any], dict[str, str]]:
     """The tensors and metadata of a checkpoint written by :func:`write_checkpoint` for the run
-    ``key``.
+    ``key``, checked against the run before anything of it is used.
+
+    Args:
+        path: the checkpoint file.
+        key: the run's key (a hash of what makes the run the same run).
+        what: the kind of run and what identifies it, for messages (e.g. ``"extraction (different
+            method, data or model)"``).
+        shapes: the tensors the run saves, by name, with their shapes (``None``: not checked).
+        optional: tensors it may save as well.
 
     Raises:
-        DatasetError: the file belongs to another run; ``what`` names the kind of run and what
-            identifies it (e.g. ``"extraction (different method, data or model)"``).
+        CheckpointError: naming the file and what to do: a folder or an unreadable or truncated
+            file, another run's file, a file changed since it was written (its checksum differs),
+            a missing, unknown or wrong-shaped tensor, or NaN / inf values.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from .errors import CheckpointError
 
-    from .errors import DatasetError
+    path = Path(path)
+    start_over = "delete it to start the run over, or pass another checkpoint path"
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file: pass a file path")
+    try:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
 
-    with safe_open(str(path), "pt") as fh:
-        meta = fh.metadata() or {}
+        with safe_open(str(path), "pt") as fh:
+            meta = dict(fh.metadata() or {})
+        tensors = load_file(str(path))
+    except Exception as exc:  # any failure to parse the file means it is unusable
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read ({reason[:200]}): it is truncated, corrupt or not a "
+                              f"steerlab checkpoint; {start_over}") from None
     if meta.get("key") != key:
-        raise DatasetError(f"checkpoint {path} belongs to another {what}; delete it or pass another checkpoint path")
-    return load_file(str(path)), meta
+        raise CheckpointError(f"checkpoint {path} belongs to another {what}; {start_over}")
+    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("digest") != _digest(tensors, meta):
+        raise CheckpointError(f"checkpoint {path} was changed after it was written (its checksum does not match) or "
+                              f"was written by another steerlab version; {start_over}")
+    if shapes is not None:
+        _check_shapes(path, tensors, shapes, optional or {}, start_over)
+    bad = next((name for name, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())), None)
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path}: tensor {bad!r} holds NaN or inf values; {start_over}")
+    return tensors, meta
+
+
+def _check_shapes(path: Path, tensors: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]],
+                  optional: Mapping[str, tuple[int, ...]], start_over: str) -> None:
+    from .errors import CheckpointError
+
+    missing = sorted(set(shapes) - set(tensors))
+    unknown = sorted(set(tensors) - set(shapes) - set(optional))
+    if missing or unknown:
+        raise CheckpointError(f"checkpoint {path} does not hold this run's state (missing {missing[:4]}, unknown "
+                              f"{unknown[:4]}); {start_over}")
+    for name, t in tensors.items():
+        want = tuple(shapes.get(name, optional.get(name, ())))
+        if tuple(t.shape) != want:
+            raise CheckpointError(f"checkpoint {path}: tensor {name!r} has shape {tuple(t.shape)}, this run's is "
+                                  f"{want}; {start_over}")
+
+
+def checkpoint_int(path: Path, meta: Mapping[str, str], name: str, low: int, high: int) -> int:
+    """Metadata ``name`` of a checkpoint as an integer in ``[low, high]`` (checked against the run),
+    else a :class:`~steerlab.errors.CheckpointError` naming the file."""
+    from .errors import CheckpointError
+
+    value = meta.get(name, "")
+    if not (value.isascii() and value.isdigit() and low <= int(value) <= high):
+        raise CheckpointError(f"checkpoint {path}: its {name!r} ({value!r}) does not fit this run (it must be between "
+                              f"{low} and {high}); delete it to start the run over")
+    return int(value)

@@ -81,6 +81,10 @@ class Limits:
         max_gguf_string_bytes: bytes of one string in a GGUF file.
         max_steering_entries: vectors one request (or one steering) may compose.
         max_choices: completions one request may ask for (prompts × ``n``).
+        max_record_chars: characters of one record of a streamed data file (a JSONL line), checked
+            while it is read, before it is parsed.
+        max_file_bytes: bytes of a data file that is parsed whole (a ``.json`` list, a ``.txt`` list
+            of texts); larger data is streamed (``.jsonl``, ``.csv``, ``.parquet``).
     """
 
     n_layers: int | None = None
@@ -102,6 +106,8 @@ class Limits:
     max_gguf_string_bytes: int = 1024 * 1024
     max_steering_entries: int = 8
     max_choices: int = 8
+    max_record_chars: int = 4 * 1024 * 1024
+    max_file_bytes: int = 512 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for f in fields(self):

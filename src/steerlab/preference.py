@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import ChatText, ContrastPair, Read, Text, caa_pair, read_json_list
+from .data import ChatText, ContrastPair, Read, Text, caa_pair
 from .errors import DatasetError
+from .readers import check_file, json_list, jsonl_records, text_field
 
 __all__ = [
     "PreferencePair",
@@ -95,7 +96,7 @@ def _from_record(rec: dict[str, Any], where: str) -> PreferencePair:
             f"{where}: a preference record needs 'prompt', 'chosen' and 'rejected' (or CAA "
             f"'question' / 'answer_matching_behavior' / 'answer_not_matching_behavior'); it lacks {missing}"
         )
-    return PreferencePair(str(rec["prompt"]), str(rec["chosen"]), str(rec["rejected"]))
+    return PreferencePair(*(text_field(rec, k, where) for k in ("prompt", "chosen", "rejected")))
 
 
 def preference_pairs(items: Iterable[PreferencePair | ContrastPair | dict[str, Any]]) -> list[PreferencePair]:
@@ -133,26 +134,17 @@ def load_preferences(path: str | Path) -> list[PreferencePair]:
     Raises:
         DatasetError: missing file, unknown extension, malformed record (with its line).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise DatasetError(f"preference file not found: {p}")
+    p = check_file(path, "preference")
     suffix = p.suffix.lower()
+    located: list[tuple[str, Any]]
     if suffix == ".json":
-        records = read_json_list(p, "preference records")
-        where = [f"{p}[{i}]" for i in range(len(records))]
+        located = [(f"{p}[{i}]", rec) for i, rec in enumerate(json_list(p, "preference records"))]
     elif suffix == ".jsonl":
-        records, where = [], []
-        for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from exc
-                where.append(f"{p}:{lineno}")
+        located = list(jsonl_records(p))
     else:
         raise DatasetError(f"{p}: unknown preference format {suffix!r}; use .json or .jsonl")
     out = []
-    for rec, w in zip(records, where):
+    for w, rec in located:
         if not isinstance(rec, dict):
             raise DatasetError(f"{w}: expected an object with 'prompt', 'chosen' and 'rejected'")
         out.append(_from_record(rec, w))

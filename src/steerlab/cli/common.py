@@ -26,15 +26,28 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-from ..errors import ContextLengthError, SteeringError
+from ..errors import ContextLengthError, DatasetError, LayerRangeError, SteeringError, SteeringSpecError
+from ..limits import LimitError, Limits
 
 T = TypeVar("T")
 
-console = Console()
-err_console = Console(stderr=True)
+# Markup off: nothing printed (a message, a prompt, a path, "pip install steerlab[ray]") is ever
+# read as a rich style tag; styles are given as Text styles instead.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 _RANGE = re.compile(r"(-?\d+)-(-?\d+)")
+
+USAGE_ERRORS: tuple[type[SteeringError], ...] = (
+    LimitError, ContextLengthError, DatasetError, LayerRangeError, SteeringSpecError,
+)
+"""Library errors that mean the input was bad (data, layers, options, a text over the context):
+exit code 2, as a bad option. Any other error is a runtime failure: exit code 1."""
+
+LIMITS = Limits()
+"""Bounds the command line checks before a model is loaded (texts given as arguments)."""
 
 
 @dataclass
@@ -49,9 +62,17 @@ class Flags:
 FLAGS = Flags()
 
 
-def parse_int_list(spec: str) -> list[int]:
-    """``"8-19"``, ``"8,10,12"``, ``"3"``, ``"-1"`` → list of ints (ranges inclusive)."""
-    out: list[int] = []
+LayerItem = int | tuple[int, int]
+
+
+def layer_items(spec: str) -> list[LayerItem]:
+    """``"8-19,22"`` → ``[(8, 19), 22]``: layers and inclusive ranges as written, not expanded
+    (ranges are bounded by the model's layers before they are expanded: :func:`resolve_layers`).
+
+    Raises:
+        typer.BadParameter: not integers or ranges, or a range that runs backwards.
+    """
+    out: list[LayerItem] = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
             continue
@@ -59,9 +80,9 @@ def parse_int_list(spec: str) -> list[int]:
         try:
             if m:
                 lo, hi = int(m.group(1)), int(m.group(2))
-                if hi < lo:
+                if hi < lo and (lo >= 0) == (hi >= 0):
                     raise typer.BadParameter(f"range {part!r} runs backwards; write low-high")
-                out.extend(range(lo, hi + 1))
+                out.append((lo, hi))
             else:
                 out.append(int(part))
         except ValueError:
@@ -69,6 +90,73 @@ def parse_int_list(spec: str) -> list[int]:
     if not out:
         raise typer.BadParameter(f"no values in {spec!r}; write e.g. 8-19 or 8,10,12")
     return out
+
+
+def parse_int_list(spec: str) -> list[int]:
+    """``"8-19"``, ``"8,10,12"``, ``"3"``, ``"-1"`` → list of ints (ranges inclusive, expanded as
+    written; layers of a model go through :func:`resolve_layers`, which bounds them first)."""
+    out: list[int] = []
+    for item in layer_items(spec):
+        out.extend(range(item[0], item[1] + 1) if isinstance(item, tuple) else [item])
+    return out
+
+
+def layers_option(value: str | None) -> str | None:
+    """Option callback: the layers' syntax is checked before a model is loaded."""
+    if value is not None:
+        layer_items(value)
+    return value
+
+
+def layer_sets_option(value: str | None) -> str | None:
+    """Option callback for ``--layer-sets`` (groups separated by ``;``)."""
+    if value is not None:
+        parts = [part for part in value.split(";") if part.strip()]
+        if not parts:
+            raise typer.BadParameter(f"no layer sets in {value!r}; write e.g. '8-11;12-15'")
+        for part in parts:
+            layer_items(part)
+    return value
+
+
+def resolve_layers(spec: str, lm: Any, option: str = "--layers") -> list[int]:
+    """The layers ``spec`` names in ``lm``, sorted: a range is bounded by the model's layers before
+    it is expanded, negative indices count from the end (``-1``: the last block) and are resolved
+    here (the resolved layers are what a run records), and each layer may be named once
+    (:meth:`steerlab.limits.Limits.layer_list`).
+
+    Raises:
+        LimitError: a layer outside the model, a duplicate, or a range that runs backwards.
+
+    Example:
+        >>> class M: n_layers, d_model, context_length = 5, 8, 64
+        >>> resolve_layers("-1,1-2", M())
+        [1, 2, 4]
+    """
+    limits = Limits(n_layers=int(lm.n_layers))
+    out: list[int] = []
+    for item in layer_items(spec):
+        if isinstance(item, tuple):
+            lo, hi = (limits.layer_list([x], option, negative=True)[0] for x in item)
+            if hi < lo:
+                raise LimitError(f"{option}: the range {item[0]}-{item[1]} runs backwards in a model of "
+                                 f"{lm.n_layers} blocks (layers {lo} to {hi})")
+            out.extend(range(lo, hi + 1))
+        else:
+            out.append(item)
+    return sorted(limits.layer_list(out, option, negative=True))
+
+
+def resolve_layer_sets(spec: str | None, lm: Any, option: str = "--layer-sets") -> list[list[int]] | None:
+    """``"8-11;12-15;16"`` → resolved layer groups (:func:`resolve_layers` each)."""
+    if spec is None:
+        return None
+    return [resolve_layers(part, lm, option) for part in spec.split(";") if part.strip()]
+
+
+def resolve_layer(layer: int | None, lm: Any, option: str) -> int | None:
+    """One layer option (e.g. ``--layer -1``) resolved in ``lm``."""
+    return None if layer is None else resolve_layers(str(layer), lm, option)[0]
 
 
 def parse_float_list(spec: str) -> list[float]:
@@ -108,20 +196,89 @@ def non_negative(value: float | None) -> float | None:
 
 
 def parse_positions(spec: str) -> str | tuple[int, int | None]:
-    """``all|prompt|generated`` or a window ``start:end`` (``end`` may be empty)."""
+    """``all|prompt|generated`` or a window ``start:end`` (``end`` may be empty), checked as the
+    library checks a :class:`~steerlab.steering.Steering`'s positions."""
+    from ..positions import positions_key
+
+    value: str | tuple[int, int | None] = spec
     if ":" in spec:
         start, _, end = spec.partition(":")
         try:
-            return int(start or 0), (int(end) if end else None)
+            value = int(start or 0), (int(end) if end else None)
         except ValueError:
             raise typer.BadParameter(f"window {spec!r} must look like 0:8 or 3:") from None
-    return spec
+    try:
+        positions_key(value)
+    except SteeringError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--positions") from None
+    return value
 
 
-def say(message: str) -> None:
-    """Print a status line unless ``--quiet`` or ``--json``."""
+def positions_option(value: Any) -> Any:
+    """Option callback: each ``--positions`` value is checked before a model is loaded."""
+    for spec in value if isinstance(value, list) else [value]:
+        if spec is not None:
+            parse_positions(spec)
+    return value
+
+
+def existing_path(value: Any) -> Any:
+    """Option / argument callback: each given path must exist (``file not found`` otherwise, at once)."""
+    for path in value if isinstance(value, list) else [value]:
+        if path is not None and not Path(path).exists():
+            raise typer.BadParameter(f"file not found: {path}")
+    return value
+
+
+def model_option(value: str | None) -> str | None:
+    """Option callback for ``--model`` (and ``--scorer``): a value that names a file or folder
+    (:func:`steerlab.data.looks_like_path`) must exist, so it is never looked up on the Hub."""
+    from ..data import looks_like_path
+
+    if value is not None and value not in ("default", "vader") and looks_like_path(value) and not Path(value).exists():
+        raise typer.BadParameter(f"not found: {value} (give 'default', an existing folder or .gguf file, or a hub id)")
+    return value
+
+
+def out_folder(value: Path | None) -> Path | None:
+    """Option callback for ``--out`` folders: an existing file there is refused at once."""
+    if value is not None and value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{value} is a file: give a folder to write into")
+    return value
+
+
+def text_option(value: Any) -> Any:
+    """Option / argument callback: texts given on the command line are valid Unicode within
+    ``max_text_chars`` (bytes that are not UTF-8 arrive as lone surrogates)."""
+    for i, text in enumerate(value if isinstance(value, list) else [value]):
+        if text is not None:
+            try:
+                LIMITS.check_text(text, f"value {i + 1}" if isinstance(value, list) else "the value")
+            except LimitError as exc:
+                raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def method_option(value: str) -> str:
+    """Option callback: the extraction method must be registered."""
+    from ..methods import get_method
+
+    try:
+        get_method(value)
+    except SteeringError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def say(message: str, style: str | None = None) -> None:
+    """Print a status line (plain text, never markup) unless ``--quiet`` or ``--json``."""
     if not (FLAGS.quiet or FLAGS.json):
-        err_console.print(message)
+        err_console.print(Text(message, style=style or ""))
+
+
+def warn(label: str, message: str) -> None:
+    """A yellow ``label:`` and a plain message on stderr (shown even with ``--quiet``)."""
+    err_console.print(Text.assemble((f"{label}:", "yellow"), " ", message), highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -140,24 +297,30 @@ def progress_flag() -> bool | None:
 
 
 def run(fn: Callable[[], T]) -> T:
-    """Run a command body: library errors become a one-line message (never wrapped) and exit code 1.
-
-    Bad input found only once the model is loaded (a prompt longer than the model's context)
-    exits with 2, as a bad option does.
+    """Run a command body: an error becomes one line on stderr (never a traceback; ``--debug``
+    shows it) and an exit code: 2 for bad input (:data:`USAGE_ERRORS`: data, layers, options, a
+    text longer than the model's context, any :class:`~steerlab.limits.LimitError`), as a bad
+    option; 1 for a runtime failure (a malformed vector file, a model that does not load, an
+    unexpected error).
     """
     try:
         return fn()
     except SteeringError as exc:
         if FLAGS.debug:
             raise
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2 if isinstance(exc, ContextLengthError) else 1) from None
-    except (OSError, ValueError, RuntimeError) as exc:
+        _error(str(exc))
+        raise typer.Exit(2 if isinstance(exc, USAGE_ERRORS) else 1) from None
+    except (typer.exceptions.TyperException, typer.Exit, typer.Abort):
+        raise  # usage errors raised inside a body (typer.BadParameter: exit 2), and exits
+    except Exception as exc:
         if FLAGS.debug:
             raise
-        err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-                          highlight=False, soft_wrap=True)
+        _error(f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         raise typer.Exit(1) from None
+
+
+def _error(message: str) -> None:
+    err_console.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
 
 
 def emit(data: Any, human: Callable[[], None]) -> None:

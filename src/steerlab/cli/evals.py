@@ -12,14 +12,23 @@ from . import app
 from .common import (
     console,
     emit,
+    existing_path,
     file_hash,
+    layer_sets_option,
+    layers_option,
+    model_option,
+    out_folder,
     parse_float_list,
-    parse_int_list,
     parse_positions,
+    positions_option,
     positive,
     progress_flag,
+    resolve_layer,
+    resolve_layer_sets,
+    resolve_layers,
     run,
     status,
+    text_option,
     write_manifest,
 )
 
@@ -28,8 +37,9 @@ analyze_app = typer.Typer(help="Look inside vectors and the residual stream.", n
 app.add_typer(eval_app, name="eval")
 app.add_typer(analyze_app, name="analyze")
 
-MODEL = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id.")
-OUT = typer.Option(..., "--out", "-o", help="Folder for the JSON, markdown, PNG and run.json.")
+MODEL = typer.Option("default", "--model", "-m", callback=model_option,
+                     help="'default', a folder, a .gguf file or a hub id.")
+OUT = typer.Option(..., "--out", "-o", callback=out_folder, help="Folder for the JSON, markdown, PNG and run.json.")
 
 
 def _load(model: str, vector: Path | None = None) -> tuple[Any, Any]:
@@ -88,18 +98,22 @@ def _prompt_only_coefs(vector: Path | None, coefs: list[float]) -> list[float]:
 
 @eval_app.command("sentiment")
 def eval_sentiment(
-    vector: Path | None = typer.Option(None, "--vector", "-v", help="Vector folder or .gguf (none: --prompt alone)."),
+    vector: Path | None = typer.Option(None, "--vector", "-v", callback=existing_path,
+                                       help="Vector folder or .gguf (none: --prompt alone)."),
     out: Path = OUT,
     model: str = MODEL,
-    openings: Path | None = typer.Option(None, help="Sentence openings (JSON list or text lines); default built-in."),
+    openings: Path | None = typer.Option(None, callback=existing_path,
+                                         help="Sentence openings (JSON list or text lines); default built-in."),
     coefs: str = typer.Option("-1,0,1", help="Coefficients, e.g. -1,0,1."),
-    layers: str | None = typer.Option(None, help="Use only these layers of the vector."),
-    positions: str = typer.Option("all", help="all|prompt|generated|actadd|START:END."),
+    layers: str | None = typer.Option(None, callback=layers_option, help="Use only these layers of the vector."),
+    positions: str = typer.Option("all", callback=positions_option, help="all|prompt|generated|START:END."),
     max_new_tokens: int = typer.Option(24, min=1),
-    scorer: str = typer.Option("vader", help="'vader' or a text-classification model folder / hub id."),
+    scorer: str = typer.Option("vader", callback=model_option,
+                               help="'vader' or a text-classification model folder / hub id."),
     limit: int | None = typer.Option(None, min=1, help="Use the first N openings."),
     batch_size: int = typer.Option(32, min=1),
-    prompt: str | None = typer.Option(None, help="Prompting: text put before every opening (end it with a space)."),
+    prompt: str | None = typer.Option(None, callback=text_option,
+                                      help="Prompting: text put before every opening (end it with a space)."),
     prompt_mode: str = PROMPT_MODE,
     chat: bool = typer.Option(False, help="Render each opening as a chat user turn (needed for --prompt-mode system)."),
 ) -> None:
@@ -118,10 +132,10 @@ def eval_sentiment(
     def body() -> None:
         from steerlab.evaluate.sentiment import sentiment_shift
 
+        items = _openings(openings)[:limit]  # data first: bad data fails before the model loads
         lm, vec = _load(model, vector)
-        items = _openings(openings)[:limit]
         rep = sentiment_shift(lm, vec, items, coefficients=coef_list,
-                              layers=parse_int_list(layers) if layers else None,
+                              layers=resolve_layers(layers, lm) if layers else None,
                               positions=parse_positions(positions), max_new_tokens=max_new_tokens, scorer=scorer,
                               batch_size=batch_size, progress=progress_flag(), prompt=instruction, chat=chat)
         _finish(rep, out, "sentiment", lm, openings, coefficients=coef_list)
@@ -131,16 +145,19 @@ def eval_sentiment(
 
 @eval_app.command("behavior")
 def eval_behavior(
-    vector: Path | None = typer.Option(None, "--vector", "-v", help="Vector folder or .gguf (none: --prompt alone)."),
-    items: Path = typer.Option(..., help="CAA A/B items (test_dataset_ab.json) or mmlu.json / truthful_qa.json."),
+    vector: Path | None = typer.Option(None, "--vector", "-v", callback=existing_path,
+                                       help="Vector folder or .gguf (none: --prompt alone)."),
+    items: Path = typer.Option(..., callback=existing_path,
+                               help="CAA A/B items (test_dataset_ab.json) or mmlu.json / truthful_qa.json."),
     out: Path = OUT,
     model: str = MODEL,
     coefs: str = typer.Option("-1,0,1", help="Coefficients, e.g. -1,0,1."),
     multipliers: str | None = typer.Option(None, hidden=True, help="Deprecated name of --coefs."),
-    layers: str | None = typer.Option(None, help="Use only these layers of the vector."),
+    layers: str | None = typer.Option(None, callback=layers_option, help="Use only these layers of the vector."),
     limit: int | None = typer.Option(None, min=1, help="Use the first N items."),
     batch_size: int = typer.Option(16, min=1),
-    prompt: str | None = typer.Option(None, help="Prompting: text before every question, or the system turn."),
+    prompt: str | None = typer.Option(None, callback=text_option,
+                                      help="Prompting: text before every question, or the system turn."),
     prompt_mode: str = PROMPT_MODE,
 ) -> None:
     """CAA A/B evaluation: p(matching) / (p(A)+p(B)) with the answer primed by '(' at each coefficient.
@@ -157,10 +174,10 @@ def eval_behavior(
     def body() -> None:
         from steerlab.evaluate.behavior import behavior_eval, load_ab_items
 
-        lm, vec = _load(model, vector)
         data = load_ab_items(items, limit=limit)
+        lm, vec = _load(model, vector)
         rep = behavior_eval(lm, vec, data, coefficients=coef_list,
-                            layers=parse_int_list(layers) if layers else None,
+                            layers=resolve_layers(layers, lm) if layers else None,
                             batch_size=batch_size, progress=progress_flag(), name=items.parent.name,
                             prompt=instruction)
         _finish(rep, out, "behavior", lm, items, coefficients=coef_list)
@@ -176,23 +193,25 @@ def _offtarget(vector: Path, texts: Path, out: Path, model: str, coefs: str, lay
         import steerlab
         from steerlab.evaluate.cost import offtarget_cost
 
+        neutral = steerlab.load_texts(texts, limit=limit)
         lm, vec = _load(model, vector)
-        rep = offtarget_cost(lm, vec, steerlab.load_texts(texts, limit=limit), coefficients=coef_list,
-                             layers=parse_int_list(layers) if layers else None, progress=progress_flag())
+        rep = offtarget_cost(lm, vec, neutral, coefficients=coef_list,
+                             layers=resolve_layers(layers, lm) if layers else None, progress=progress_flag())
         _finish(rep, out, name, lm, texts, coefficients=coef_list)
 
     run(body)
 
 
-TEXTS = typer.Option(..., help="Neutral text: .txt lines, JSON list or CSV with a statement/text column.")
+TEXTS = typer.Option(..., callback=existing_path,
+                     help="Neutral text: .txt lines, JSON list or CSV with a statement/text column.")
 COST_COEFS = typer.Option("-4,-2,-1,0,1,2,4", help="Coefficients.")
-LAYERS = typer.Option(None, help="Use only these layers of the vector.")
+LAYERS = typer.Option(None, callback=layers_option, help="Use only these layers of the vector.")
 LIMIT_TEXTS = typer.Option(None, min=1, help="Use the first N texts.")
 
 
 @eval_app.command("cost")
 def eval_cost(
-    vector: Path = typer.Option(..., "--vector", "-v", help="Vector folder or .gguf."),
+    vector: Path = typer.Option(..., "--vector", "-v", callback=existing_path, help="Vector folder or .gguf."),
     texts: Path = TEXTS,
     out: Path = OUT,
     model: str = MODEL,
@@ -211,7 +230,7 @@ def eval_cost(
 
 @eval_app.command("fluency")
 def eval_fluency(
-    vector: Path = typer.Option(..., "--vector", "-v", help="Vector folder or .gguf."),
+    vector: Path = typer.Option(..., "--vector", "-v", callback=existing_path, help="Vector folder or .gguf."),
     texts: Path = TEXTS,
     out: Path = OUT,
     model: str = MODEL,
@@ -230,10 +249,6 @@ def _sign(value: int) -> int:
     if value not in (1, -1):
         raise typer.BadParameter(f"must be 1 or -1 (got {value})")
     return value
-
-
-def _layer_sets(spec: str | None) -> list[list[int]] | None:
-    return [parse_int_list(part) for part in spec.split(";") if part.strip()] if spec else None
 
 
 def _evaluation(kind: str) -> Any:
@@ -259,22 +274,25 @@ def _sweep_data(evaluation: Any, data: Path | None, limit: int | None) -> list[A
 @app.command()
 def sweep(
     kind: str = typer.Argument(..., help="The evaluation: sentiment | behavior | cost."),
-    vector: Path = typer.Option(..., "--vector", "-v", help="Vector folder or .gguf."),
-    data: Path | None = typer.Option(None, help="Openings (sentiment), A/B items (behavior) or texts (cost)."),
+    vector: Path = typer.Option(..., "--vector", "-v", callback=existing_path, help="Vector folder or .gguf."),
+    data: Path | None = typer.Option(None, callback=existing_path,
+                                     help="Openings (sentiment), A/B items (behavior) or texts (cost)."),
     out: Path = OUT,
     model: str = MODEL,
     coefs: str = typer.Option("-2,-1,0,1,2", help="Coefficients."),
-    layer_sets: str | None = typer.Option(None, help="Layer groups separated by ';', e.g. '8-11;12-15;16'. "
-                                                     "Default: each layer of the vector alone."),
+    layer_sets: str | None = typer.Option(None, callback=layer_sets_option,
+                                          help="Layer groups separated by ';', e.g. '8-11;12-15;16'. "
+                                               "Default: each layer of the vector alone."),
     metric: str | None = typer.Option(None, help="Metric for the table and heat map."),
     limit: int | None = typer.Option(None, min=1, help="Use the first N items."),
     autotune: bool = typer.Option(False, "--autotune", help="Pick the best setting under --budget instead."),
     budget: float = typer.Option(1.3, callback=positive, help="Auto-tune: maximum perplexity ratio."),
     direction: int = typer.Option(1, callback=_sign, help="Auto-tune: +1 or -1 (which way to push the behaviour)."),
-    cost_texts: Path | None = typer.Option(None, help="Auto-tune: neutral texts for the perplexity budget."),
+    cost_texts: Path | None = typer.Option(None, callback=existing_path,
+                                           help="Auto-tune: neutral texts for the perplexity budget."),
     max_new_tokens: int = typer.Option(24, min=1, help="Sentiment: tokens per continuation."),
     workers: int | None = typer.Option(None, min=1, help="Run the layer sets on N Ray actors holding the model "
-                                       "(pip install steerlab[ray]); the grids are the same."),
+                                       "(pip install steerlab\\[ray]); the grids are the same."),
     ray_address: str | None = typer.Option(None, help="Join this Ray cluster (needs --workers); "
                                            "default: start a local Ray instance."),
 ) -> None:
@@ -293,19 +311,22 @@ def sweep(
         from steerlab.evaluate.protocol import accepts
 
         items = _sweep_data(evaluation, data, limit)
+        neutral = steerlab.load_texts(cost_texts) if cost_texts else None
         lm, vec = _load(model, vector)
         extra: dict[str, Any] = {"max_new_tokens": max_new_tokens} if accepts(evaluation, "max_new_tokens") else {}
         extra.update(workers=workers, ray_address=ray_address)
         rep: Any
         if autotune:
             rep = sweep_mod.autotune(lm, vec, evaluation, items, coefficients=coef_list,
-                                     layer_sets=_layer_sets(layer_sets), budget=budget, direction=direction,
-                                     cost_texts=steerlab.load_texts(cost_texts) if cost_texts else None,
+                                     layer_sets=resolve_layer_sets(layer_sets, lm), budget=budget,
+                                     direction=direction,
+                                     cost_texts=neutral,
                                      progress=progress_flag(), **extra)
             name = "autotune"
         else:
             rep = sweep_mod.sweep(lm, vec, evaluation, items, coefficients=coef_list,
-                                  layer_sets=_layer_sets(layer_sets), metric=metric, progress=progress_flag(), **extra)
+                                  layer_sets=resolve_layer_sets(layer_sets, lm), metric=metric,
+                                  progress=progress_flag(), **extra)
             name = f"sweep_{evaluation.name}"
         _finish(rep, out, name, lm, data, coefficients=coef_list)
 
@@ -323,6 +344,7 @@ def _named_vectors(specs: list[str]) -> dict[str, Path]:
             raise typer.BadParameter(f"{spec!r}: write NAME=PATH, e.g. mean_diff=vectors/happy", param_hint="--vector")
         if name in out:
             raise typer.BadParameter(f"two vectors are called {name!r}", param_hint="--vector")
+        existing_path(path)
         out[name] = Path(path)
     return out
 
@@ -360,13 +382,17 @@ def eval_frontier(
     out: Path = OUT,
     vector: list[str] = typer.Option([], "--vector", "-v", help="NAME=PATH of a vector (repeat for each method)."),
     model: str = MODEL,
-    openings: Path | None = typer.Option(None, help="Sentence openings (JSON list or text lines); default built-in."),
+    openings: Path | None = typer.Option(None, callback=existing_path,
+                                         help="Sentence openings (JSON list or text lines); default built-in."),
     limit: int | None = typer.Option(None, min=1, help="Use the first N openings."),
     coefs: str = typer.Option("0.5,1,2", help="Coefficient magnitudes (each direction applies its sign)."),
-    layer_sets: str | None = typer.Option(None, help="Layer groups separated by ';' (each vector uses those it has). "
-                                                     "Default: all of a vector's layers together."),
-    positive_prompt: list[str] = typer.Option([], help="Prompting toward positive sentiment (repeatable)."),
-    negative_prompt: list[str] = typer.Option([], help="Prompting toward negative sentiment (repeatable)."),
+    layer_sets: str | None = typer.Option(None, callback=layer_sets_option,
+                                          help="Layer groups separated by ';' (each vector uses those it has). "
+                                               "Default: all of a vector's layers together."),
+    positive_prompt: list[str] = typer.Option([], callback=text_option,
+                                              help="Prompting toward positive sentiment (repeatable)."),
+    negative_prompt: list[str] = typer.Option([], callback=text_option,
+                                              help="Prompting toward negative sentiment (repeatable)."),
     prompt_mode: str = PROMPT_MODE,
     combine: list[str] = typer.Option([], help="Also run this --vector NAME together with the prompts (repeatable)."),
     budget: float = typer.Option(1.15, callback=positive, help="Largest continuation perplexity ratio."),
@@ -394,13 +420,14 @@ def eval_frontier(
 
         from .vectors import load_vector
 
+        openings_list = _openings(openings)[:limit]
         lm, _ = _load(model)
         vecs = {name: load_vector(path, lm) for name, path in named.items()}
         for vec in vecs.values():
             vec.check_model(lm)
-        contenders = _contenders(vecs, coef_list, _layer_sets(layer_sets), positive_prompts, negative_prompts,
-                                 combine)
-        rep = frontier(lm, contenders, _openings(openings)[:limit], budget=budget,
+        contenders = _contenders(vecs, coef_list, resolve_layer_sets(layer_sets, lm), positive_prompts,
+                                 negative_prompts, combine)
+        rep = frontier(lm, contenders, openings_list, budget=budget,
                        goal={1: goal_positive, -1: goal_negative}, seed=seed, progress=progress_flag(),
                        max_new_tokens=max_new_tokens, batch_size=batch_size)
         _finish(rep, out, "frontier", lm, openings, coefficients=coef_list)
@@ -413,8 +440,8 @@ def analyze_pca(
     layer: int = typer.Option(..., help="Block whose output to analyse."),
     out: Path = OUT,
     model: str = MODEL,
-    pairs: Path | None = typer.Option(None, help="Contrast pairs (labels positive/negative)."),
-    texts: Path | None = typer.Option(None, help="Or plain texts."),
+    pairs: Path | None = typer.Option(None, callback=existing_path, help="Contrast pairs (labels positive/negative)."),
+    texts: Path | None = typer.Option(None, callback=existing_path, help="Or plain texts."),
     center: bool = typer.Option(False, help="Pairs: centre each pair on its midpoint first."),
     components: int = typer.Option(8, min=1, help="Principal components."),
     save_direction: Path | None = typer.Option(None, help="Also save PC1 as a steering vector folder."),
@@ -430,27 +457,30 @@ def analyze_pca(
         import steerlab
         from steerlab.analysis import contrast_pca, residual_pca
 
+        contrast = steerlab.load_pairs(pairs) if pairs is not None else None
+        plain = steerlab.load_texts(texts) if texts is not None else None
         lm, _ = _load(model)
-        if pairs is not None:
-            rep = contrast_pca(lm, steerlab.load_pairs(pairs), layer, n_components=components, center=center,
-                               progress=progress_flag())
+        at = resolve_layer(layer, lm, "--layer")
+        assert at is not None
+        rep: Any
+        if contrast is not None:
+            rep = contrast_pca(lm, contrast, at, n_components=components, center=center, progress=progress_flag())
         else:
-            rep = residual_pca(lm, steerlab.load_texts(texts), layer, n_components=components,  # type: ignore[arg-type]
-                               progress=progress_flag())
+            rep = residual_pca(lm, list(plain or []), at, n_components=components, progress=progress_flag())
         if save_direction is not None:
             rep.direction(0).save(save_direction)
-        _finish(rep, out, "pca", lm, pairs or texts, layer=layer)
+        _finish(rep, out, "pca", lm, pairs or texts, layer=at)
 
     run(body)
 
 
 @analyze_app.command("projection")
 def analyze_projection(
-    vector: Path = typer.Option(..., "--vector", "-v", help="Vector folder or .gguf."),
-    pairs: Path = typer.Option(..., help="Contrast pairs to project."),
+    vector: Path = typer.Option(..., "--vector", "-v", callback=existing_path, help="Vector folder or .gguf."),
+    pairs: Path = typer.Option(..., callback=existing_path, help="Contrast pairs to project."),
     out: Path = OUT,
     model: str = MODEL,
-    layers: str | None = typer.Option(None, help="Layers (default: the vector's)."),
+    layers: str | None = typer.Option(None, callback=layers_option, help="Layers (default: the vector's)."),
 ) -> None:
     """Positive vs negative activations projected on a vector, per layer (histograms, Cohen's d).
 
@@ -461,8 +491,9 @@ def analyze_projection(
         import steerlab
         from steerlab.analysis import projection
 
+        data = steerlab.load_pairs(pairs)
         lm, vec = _load(model, vector)
-        rep = projection(lm, steerlab.load_pairs(pairs), vec, layers=parse_int_list(layers) if layers else None,
+        rep = projection(lm, data, vec, layers=resolve_layers(layers, lm) if layers else None,
                          progress=progress_flag())
         _finish(rep, out, "projection", lm, pairs)
 
@@ -471,7 +502,8 @@ def analyze_projection(
 
 @analyze_app.command("similarity")
 def analyze_similarity(
-    vectors: list[Path] = typer.Argument(..., help="One vector (across its layers) or several (between them)."),
+    vectors: list[Path] = typer.Argument(..., callback=existing_path,
+                                         help="One vector (across its layers) or several (between them)."),
     out: Path = OUT,
     layer: int | None = typer.Option(None, help="Compare several vectors at this layer (default: mean)."),
 ) -> None:
@@ -486,6 +518,9 @@ def analyze_similarity(
         from .vectors import load_vector
 
         vecs = {p.name: load_vector(p) for p in vectors}
+        lacking = [name for name, v in vecs.items() if layer is not None and layer not in v.directions]
+        if lacking:
+            raise typer.BadParameter(f"vector(s) {lacking} have no direction at layer {layer}", param_hint="--layer")
         rep = (layer_similarity(next(iter(vecs.values())))
                if len(vecs) == 1 else vector_similarity(vecs, layer=layer))
         rep.write(out, "similarity")
@@ -497,12 +532,12 @@ def analyze_similarity(
 
 @analyze_app.command("breakdown")
 def analyze_breakdown(
-    vector: Path = typer.Option(..., "--vector", "-v", help="Vector folder or .gguf."),
-    texts: Path = typer.Option(..., help="Neutral texts."),
+    vector: Path = typer.Option(..., "--vector", "-v", callback=existing_path, help="Vector folder or .gguf."),
+    texts: Path = typer.Option(..., callback=existing_path, help="Neutral texts."),
     out: Path = OUT,
     model: str = MODEL,
     coefs: str | None = typer.Option(None, help="Coefficients (default a log grid to ±16)."),
-    layers: str | None = typer.Option(None, help="Use only these layers of the vector."),
+    layers: str | None = typer.Option(None, callback=layers_option, help="Use only these layers of the vector."),
     limit: int | None = typer.Option(None, min=1, help="Use the first N texts."),
 ) -> None:
     """Where and why the model breaks: coefficient vs added/residual norm ratio, perplexity and KL.
@@ -514,10 +549,11 @@ def analyze_breakdown(
         import steerlab
         from steerlab.analysis import breakdown_curve
 
+        neutral = steerlab.load_texts(texts, limit=limit)
         lm, vec = _load(model, vector)
-        rep = breakdown_curve(lm, vec, steerlab.load_texts(texts, limit=limit),
+        rep = breakdown_curve(lm, vec, neutral,
                               coefficients=parse_float_list(coefs) if coefs else None,
-                              layers=parse_int_list(layers) if layers else None, progress=progress_flag())
+                              layers=resolve_layers(layers, lm) if layers else None, progress=progress_flag())
         _finish(rep, out, "breakdown", lm, texts)
 
     run(body)

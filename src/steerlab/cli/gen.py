@@ -9,15 +9,32 @@ import typer
 from rich.table import Table
 
 from . import app
-from .common import FLAGS, console, emit, finite, parse_int_list, parse_positions, run, say, status
+from .common import (
+    FLAGS,
+    console,
+    emit,
+    existing_path,
+    finite,
+    layers_option,
+    model_option,
+    parse_positions,
+    positions_option,
+    resolve_layers,
+    run,
+    say,
+    status,
+    text_option,
+)
 
 
 @app.command()
 def demo(
-    model: str = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id."),
-    positive: str = typer.Option("happy", help="Persona of the positive side."),
-    negative: str = typer.Option("sad", help="Persona of the negative side."),
-    layers: str | None = typer.Option(None, help="Override the packaged setting's layers, e.g. 8-19 or 8,10,12."),
+    model: str = typer.Option("default", "--model", "-m", callback=model_option,
+                              help="'default', a folder, a .gguf file or a hub id."),
+    positive: str = typer.Option("happy", callback=text_option, help="Persona of the positive side."),
+    negative: str = typer.Option("sad", callback=text_option, help="Persona of the negative side."),
+    layers: str | None = typer.Option(None, callback=layers_option,
+                                      help="Override the packaged setting's layers, e.g. 8-19 or 8,10,12."),
     coef: float | None = typer.Option(None, callback=finite,
                                       help="Override the packaged setting's coefficients (shown as +coef and -coef)."),
     max_new_tokens: int = typer.Option(24, min=1, help="Tokens to generate per prompt."),
@@ -34,17 +51,20 @@ def demo(
     from steerlab.demo_data import DEMO_PROMPTS, OPENINGS
     from steerlab.demo_setting import DirectionSetting, load_demo_setting
 
+    if positive.strip() == negative.strip():
+        raise typer.BadParameter(f"--positive and --negative are the same persona ({positive!r}): the vector would "
+                                 "be zero", param_hint="--negative")
     setting = load_demo_setting()
-    chosen = dict(setting.directions)
-    if layers is not None or coef is not None:
-        override = None if layers is None else tuple(parse_int_list(layers))
-        chosen = {d: DirectionSetting(s.method, override or s.layers,
-                                      s.coefficient if coef is None else d * abs(coef)) for d, s in chosen.items()}
     source = setting.source if layers is None and coef is None else f"{setting.source}; overridden on the command line"
 
     def body() -> None:
         with status(f"loading {model} (a first run converts the GGUF, ~30 s)"):
             lm = steerlab.load_model(model)
+        chosen = dict(setting.directions)
+        if layers is not None or coef is not None:
+            override = None if layers is None else tuple(resolve_layers(layers, lm))
+            chosen = {d: DirectionSetting(s.method, override or s.layers,
+                                          s.coefficient if coef is None else d * abs(coef)) for d, s in chosen.items()}
         pairs = steerlab.persona_pairs(positive, negative, list(OPENINGS))
         vectors = {}
         for d, s in chosen.items():
@@ -108,22 +128,27 @@ def _demo_vector(steerlab: Any, lm: Any, pairs: Any, method: str, layers: list[i
 
 @app.command()
 def generate(
-    prompts: list[str] = typer.Argument(..., help="One or more prompts."),
-    model: str = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id."),
-    vector: list[Path] = typer.Option([], "--vector", "-v", help="Vector folder or .gguf (repeat to compose)."),
+    prompts: list[str] = typer.Argument(..., callback=text_option, help="One or more prompts."),
+    model: str = typer.Option("default", "--model", "-m", callback=model_option,
+                              help="'default', a folder, a .gguf file or a hub id."),
+    vector: list[Path] = typer.Option([], "--vector", "-v", callback=existing_path,
+                                      help="Vector folder or .gguf (repeat to compose)."),
     coef: list[float] = typer.Option([], "--coef", "-c", callback=finite,
                                      help="Coefficient for each --vector, in order."),
     positions: list[str] = typer.Option(
-        [], "--positions", help="all|prompt|generated|START:END, one for all vectors or one each."
+        [], "--positions", callback=positions_option,
+        help="all|prompt|generated|START:END, one for all vectors or one each.",
     ),
     condition: Path | None = typer.Option(
-        None, help="A condition folder (steerlab condition): steer only prompts that match it (CAST)."
+        None, callback=existing_path,
+        help="A condition folder (steerlab condition): steer only prompts that match it (CAST).",
     ),
     threshold: float | None = typer.Option(None, callback=finite, help="Override the condition's threshold."),
     relative: bool = typer.Option(
         False, "--relative", help="Coefficients are fractions of the residual norm at each layer (0.1 = 10 %)."
     ),
-    layers: str | None = typer.Option(None, help="Steer only these layers of each vector, e.g. 10-14."),
+    layers: str | None = typer.Option(None, callback=layers_option,
+                                      help="Steer only these layers of each vector, e.g. 10-14."),
     compare: bool = typer.Option(False, "--compare", help="Also show the unsteered continuation."),
     chat: bool = typer.Option(False, "--chat", help="Apply the chat template to each prompt."),
     max_new_tokens: int = typer.Option(48, min=1, help="Tokens to generate (prompt + these must fit the context)."),
@@ -144,14 +169,14 @@ def generate(
         raise typer.BadParameter(f"{len(vector)} --vector but {len(coef)} --coef: give one --coef per --vector")
     if len(positions) not in (0, 1, len(vector)):
         raise typer.BadParameter("give one --positions for all vectors or one per --vector")
-    layer_list = parse_int_list(layers) if layers else None
 
     def body() -> None:
         from steerlab.condition import Condition
 
+        cond = Condition.load(condition, threshold=threshold) if condition is not None else None  # before the model
         with status(f"loading {model}"):
             lm = steerlab.load_model(model)
-        cond = Condition.load(condition, threshold=threshold) if condition is not None else None
+        layer_list = resolve_layers(layers, lm) if layers else None
         steerings = []
         for i, path in enumerate(vector):
             vec = load_vector(path, lm)
@@ -178,7 +203,7 @@ def generate(
             if streaming:
                 from transformers import TextStreamer
 
-                say(f"[bold]{label}[/bold]")
+                say(label, style="bold")
                 console.print(prompts[0], end="")
                 out = steerlab.generate(lm, texts, steering=s, max_new_tokens=max_new_tokens,
                                         streamer=TextStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True))

@@ -9,7 +9,17 @@ import typer
 
 from ..limits import Limits
 from . import app
-from .common import FLAGS, emit, err_console, non_negative, positive, run, say, status
+from .common import (
+    FLAGS,
+    emit,
+    model_option,
+    non_negative,
+    positive,
+    run,
+    say,
+    status,
+    warn,
+)
 
 
 def _scheduler(value: str) -> str:
@@ -31,7 +41,8 @@ def _loopback(host: str) -> bool:
 
 @app.command()
 def serve(
-    model: str = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id."),
+    model: str = typer.Option("default", "--model", "-m", callback=model_option,
+                              help="'default', a folder, a .gguf file or a hub id."),
     vectors: Path = typer.Option(Path("vectors"), "--vectors", help="The vector store directory (created if missing)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
@@ -132,15 +143,15 @@ def serve(
         api = create_app(lm, vectors, settings, engine=factory)
         store = api.state.server.store
         for name, why in store.skipped.items():
-            err_console.print(f"[yellow]skipped {vectors / name}:[/yellow] {why}", highlight=False)
+            warn(f"skipped {vectors / name}", why)
         if settings.api_key is None and not _loopback(host):
-            err_console.print(f"[yellow]warning:[/yellow] serving on {host} without an API key: anyone who can "
+            warn("warning", f"serving on {host} without an API key: anyone who can "
                               "reach this port can use the model (set --api-key or STEERLAB_API_KEY)")
         url = f"http://{host}:{port}"
         where = "" if factory is None else f" ({vllm_plugin}, {api.state.server.batcher.backend.description})"
         info = {"url": url, "model": lm.model_id, "vectors": store.names(), "auth": settings.api_key is not None,
                 "engine": engine + where}
-        emit(info, lambda: say(f"serving [bold]{lm.model_id}[/bold] with {len(store.names())} vector(s) from "
+        emit(info, lambda: say(f"serving {lm.model_id} with {len(store.names())} vector(s) from "
                                f"{vectors} at {url} (playground: {url}/)"))
         uvicorn.run(api, host=host, port=port, log_level="warning" if FLAGS.quiet or FLAGS.json else log_level)
 

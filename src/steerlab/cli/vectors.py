@@ -14,12 +14,35 @@ from . import app
 if TYPE_CHECKING:
     from ..vector import SteeringVector
 
-from .common import console, emit, finite, parse_int_list, progress_flag, run, say, status, write_manifest
+from .common import (
+    console,
+    emit,
+    existing_path,
+    finite,
+    layers_option,
+    method_option,
+    model_option,
+    out_folder,
+    progress_flag,
+    resolve_layers,
+    run,
+    say,
+    status,
+    text_option,
+    write_manifest,
+)
 
 export_app = typer.Typer(help="Convert vectors for other engines.", no_args_is_help=True)
 import_app = typer.Typer(help="Bring vectors from other tools into steerlab.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 app.add_typer(import_app, name="import")
+
+
+def _span(layers: list[int]) -> str:
+    """``8-19`` for a run of layers, else ``8,10,12``."""
+    if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
 
 
 def load_vector(path: Path, lm: object = None) -> SteeringVector:
@@ -31,21 +54,27 @@ def load_vector(path: Path, lm: object = None) -> SteeringVector:
 
 @app.command()
 def extract(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the vector into."),
-    model: str = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id."),
+    out: Path = typer.Option(..., "--out", "-o", callback=out_folder, help="Folder to write the vector into."),
+    model: str = typer.Option("default", "--model", "-m", callback=model_option,
+                              help="'default', a folder, a .gguf file or a hub id."),
     pairs: Path | None = typer.Option(
-        None, help="Contrast pairs: .json, .jsonl, .csv or .parquet (positive/negative, or CAA)."
+        None, callback=existing_path,
+        help="Contrast pairs: .json, .jsonl, .csv or .parquet (positive/negative, or CAA).",
     ),
-    persona: str | None = typer.Option(None, help="Persona pairs 'positive:negative', e.g. happy:sad."),
-    openings: Path | None = typer.Option(None, help="Sentence openings for --persona (JSON list or text lines)."),
-    method: str = typer.Option("mean_diff", help="actadd | mean_diff | pca_diff | pca_center | probe."),
-    layers: str = typer.Option("8-19", help="Layers, e.g. 8-19 or 8,10,12."),
+    persona: str | None = typer.Option(None, callback=text_option,
+                                       help="Persona pairs 'positive:negative', e.g. happy:sad."),
+    openings: Path | None = typer.Option(None, callback=existing_path,
+                                         help="Sentence openings for --persona (JSON list or text lines)."),
+    method: str = typer.Option("mean_diff", callback=method_option,
+                               help="actadd | mean_diff | pca_diff | pca_center | probe."),
+    layers: str = typer.Option("8-19", callback=layers_option,
+                               help="Layers, e.g. 8-19, 8,10,12 or -1 (the last block)."),
     batch_size: int = typer.Option(32, min=1, help="Texts per forward pass."),
     share_prefix: bool = typer.Option(
         True, help="Compute each distinct token prefix of the texts once (chat template, a CAA question)."
     ),
     workers: int | None = typer.Option(None, min=1, help="Read shards of the pairs on N Ray actors "
-                                       "(pip install steerlab[ray]); --pairs files are then streamed."),
+                                       "(pip install steerlab\\[ray]); --pairs files are then streamed."),
     ray_address: str | None = typer.Option(None, help="Join this Ray cluster (needs --workers); "
                                            "default: start a local Ray instance."),
 ) -> None:
@@ -66,21 +95,21 @@ def extract(
             raise typer.BadParameter("--persona must look like happy:sad (two non-empty personas)")
         if sides[0] == sides[1]:
             raise typer.BadParameter(f"--persona {persona!r} names the same persona twice: the vector would be zero")
-    layer_list = parse_int_list(layers)
 
     def body() -> None:
         data: Any
         if pairs is not None and (workers is not None or pairs.suffix.lower() == ".parquet"):
             data = steerlab.open_pairs(pairs)  # streamed: read in shards, never all in memory
         elif pairs is not None:
-            data = steerlab.load_pairs(pairs)
+            data = steerlab.load_pairs(pairs)  # the same reader, all pairs in memory
         else:
             pos, neg = (s.strip() for s in (persona or ":").split(":"))
             texts = steerlab.load_openings(openings) if openings else list(OPENINGS)
             data = steerlab.persona_pairs(pos, neg, texts)
         with status(f"loading {model}"):
             lm = steerlab.load_model(model)
-        say(f"extracting with {method} from {len(data)} pairs at layers {layers}")
+        layer_list = resolve_layers(layers, lm)
+        say(f"extracting with {method} from {len(data)} pairs at layers {_span(layer_list)}")
         if workers is not None:
             say(f"on {workers} Ray workers" + (f" at {ray_address}" if ray_address else " (local Ray instance)"))
         vec = steerlab.extract(lm, data, method=method, layers=layer_list, batch_size=batch_size,
@@ -88,13 +117,15 @@ def extract(
                                ray_address=ray_address)
         vec.save(out)
         write_manifest(out, lm, data_hash=vec.data_hash, method=method, layers=layer_list)
-        emit({"out": str(out), **vec.describe()}, lambda: console.print(f"wrote {out} ({method}, layers {layers})"))
+        emit({"out": str(out), **vec.describe()},
+             lambda: console.print(f"wrote {out} ({method}, layers {_span(layer_list)})"))
 
     run(body)
 
 
 @app.command()
-def inspect(path: Path = typer.Argument(..., help="A vector folder or a .gguf control vector.")) -> None:
+def inspect(path: Path = typer.Argument(..., callback=existing_path,
+                                        help="A vector folder or a .gguf control vector.")) -> None:
     """Show what a vector is: model, layers, norms, method, data hash.
 
     Example: steerlab inspect vectors/happy
@@ -118,7 +149,7 @@ def inspect(path: Path = typer.Argument(..., help="A vector folder or a .gguf co
 
 @export_app.command("gguf")
 def export_gguf(
-    vector: Path = typer.Argument(..., help="A vector folder."),
+    vector: Path = typer.Argument(..., callback=existing_path, help="A vector folder."),
     out: Path = typer.Argument(..., help="The .gguf file to write."),
 ) -> None:
     """Write a llama.cpp control vector (use with llama.cpp --control-vector FILE).
@@ -137,7 +168,7 @@ def export_gguf(
 
 @export_app.command("vllm-lens")
 def export_vllm_lens(
-    vector: Path = typer.Argument(..., help="A vector folder (or a .gguf control vector)."),
+    vector: Path = typer.Argument(..., callback=existing_path, help="A vector folder (or a .gguf control vector)."),
     out: Path = typer.Argument(..., help="The .json file to write."),
 ) -> None:
     """Write a vllm-lens steering list (the value of vllm_xargs / extra_args "apply_steering_vectors").
@@ -170,8 +201,8 @@ def _vector_name(path: Path) -> str:
 
 @export_app.command("hotwire")
 def export_hotwire(
-    vector: Path = typer.Argument(..., help="A vector folder, a .gguf control vector, or a store directory "
-                                  "(every vector in it)."),
+    vector: Path = typer.Argument(..., callback=existing_path, help="A vector folder, a .gguf control vector, or a "
+                                  "store directory (every vector in it)."),
     out: Path = typer.Argument(..., help="The HOTWIRE_VECTORS directory to write NAME.pt into (or a .pt file)."),
     name: str | None = typer.Option(None, "--name", help="The id requests use (default: the vector's folder or "
                                     "file name, as in steerlab serve's store)."),
@@ -203,12 +234,14 @@ def export_hotwire(
 
 @export_app.command("bake")
 def export_bake(
-    vector: Path = typer.Argument(..., help="A vector folder (or a .gguf control vector)."),
+    vector: Path = typer.Argument(..., callback=existing_path, help="A vector folder (or a .gguf control vector)."),
     out: Path = typer.Argument(..., help="Folder to write the baked Hugging Face checkpoint into."),
-    model: str = typer.Option("default", "--model", "-m", help="'default', a folder, a .gguf file or a hub id."),
+    model: str = typer.Option("default", "--model", "-m", callback=model_option,
+                              help="'default', a folder, a .gguf file or a hub id."),
     coef: float | None = typer.Option(None, "--coef", "-c", callback=finite,
                                       help="Coefficient (required to add; ablation: 1)."),
-    layers: str | None = typer.Option(None, help="Layers to use, e.g. 8-19 (default: all of the vector's)."),
+    layers: str | None = typer.Option(None, callback=layers_option,
+                                      help="Layers to use, e.g. 8-19 (default: all of the vector's)."),
     ablate: bool = typer.Option(False, "--ablate", help="Bake directional ablation (orthogonalised weights)."),
     approximate: bool = typer.Option(False, "--approximate", help="Allow ablations that are only approximate."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it holds an earlier bake."),
@@ -232,7 +265,7 @@ def export_bake(
             lm = steerlab.load_model(model)
         vec = load_vector(vector, lm)
         assert isinstance(vec, steerlab.SteeringVector)
-        layer_list = parse_int_list(layers) if layers else None
+        layer_list = resolve_layers(layers, lm) if layers else None
         operator = "ablate" if ablate else "add"
         steering = steerlab.Steering(vec, 1.0 if coef is None else coef, layers=layer_list, operator=operator)
         with status(f"baking into {out}"):
@@ -249,9 +282,10 @@ def export_bake(
 
 @import_app.command("gguf")
 def import_gguf(
-    gguf_file: Path = typer.Argument(..., help="A llama.cpp control vector (.gguf)."),
+    gguf_file: Path = typer.Argument(..., callback=existing_path, help="A llama.cpp control vector (.gguf)."),
     out: Path = typer.Argument(..., help="Vector folder to write."),
-    model: str | None = typer.Option(None, "--model", "-m", help="Model the file was made for (fills in metadata)."),
+    model: str | None = typer.Option(None, "--model", "-m", callback=model_option,
+                                     help="Model the file was made for (fills in metadata)."),
 ) -> None:
     """Convert a llama.cpp / repeng control vector into a steerlab vector folder.
 

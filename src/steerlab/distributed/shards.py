@@ -29,10 +29,11 @@ from typing import Any
 
 import torch
 
-from ..capture import capture, check_layers
+from ..capture import capture, check_layers, pair_names
 from ..data import ContrastPair, DataHash, ListPairs, PairSource, open_pairs, pair_texts
-from ..errors import DatasetError, ModelMismatchError
-from ..files import atomic_file
+from ..errors import CheckpointError, DatasetError, ModelMismatchError, SteeringError
+from ..extract import check_found, check_seen, load_accumulators, state_shapes
+from ..files import read_checkpoint, write_checkpoint
 from ..methods import Accumulator, Method, get_method
 from ..model import LM
 from ..progress import track
@@ -59,6 +60,8 @@ class ShardJob:
     share_prefix: bool
     model_id: str
     checkpoint: str | None = None
+    first: int = 0
+    """The index of the shard's first pair in the whole data (names pairs in errors)."""
 
 
 @dataclass
@@ -84,24 +87,31 @@ def run_shard(lm: LM, job: ShardJob) -> ShardResult:
         )
     pairs = list(job.source.pairs(job.start, job.stop))
     texts, reads = pair_texts(lm, pairs)
+    names = pair_names(job.first)
     if not job.method.streaming:
         acts = capture(lm, texts, job.layers, reads, batch_size=job.batch_size, progress=False,
-                       share_prefix=job.share_prefix)
+                       share_prefix=job.share_prefix, names=names)
         return ShardResult(job.index, len(pairs), acts=acts)
     resumed = _saved_batches(job.checkpoint)
     accs = accumulate(lm, job.method, texts, reads, job.layers, batch_size=job.batch_size, progress=False,
-                      checkpoint=job.checkpoint, share_prefix=job.share_prefix)
+                      checkpoint=job.checkpoint, share_prefix=job.share_prefix, names=names)
     states = {k: acc.state_dict() for k, acc in accs.items()}
     return ShardResult(job.index, len(pairs), states=states, resumed_batches=resumed)
 
 
 def _saved_batches(checkpoint: str | None) -> int:
+    """The batches a shard checkpoint says it holds, for the log (0 when unreadable: the shard's
+    :func:`~steerlab.extract.accumulate` checks the file and refuses a bad one)."""
     if checkpoint is None or not Path(checkpoint).is_file():
         return 0
     from safetensors import safe_open
 
-    with safe_open(checkpoint, "pt") as fh:
-        return int((fh.metadata() or {}).get("done", 0))
+    try:
+        with safe_open(checkpoint, "pt") as fh:
+            done = (fh.metadata() or {}).get("done", "0")
+        return int(done) if done.isascii() and done.isdigit() else 0
+    except Exception:  # an unreadable file: accumulate says what is wrong with it
+        return 0
 
 
 @dataclass
@@ -146,9 +156,11 @@ def default_shard_size(n_pairs: int, workers: int | None, batch_size: int) -> in
 class _Merged:
     """The driver's side: shard results merged as they complete, and the driver checkpoint."""
 
-    def __init__(self, method: Method, layers: list[int], d_model: int, n_shards: int,
+    def __init__(self, method: Method, layers: list[int], d_model: int, ranges: list[tuple[int, int]],
                  checkpoint: str | os.PathLike[str] | None, key: str) -> None:
         self.method, self.layers, self.d_model, self.key = method, layers, d_model, key
+        self.ranges = ranges
+        n_shards = len(ranges)
         self.path = Path(checkpoint) if checkpoint is not None and method.streaming else None
         self.accs: dict[int, Accumulator] = {}
         if method.accumulator is not None:
@@ -159,22 +171,19 @@ class _Merged:
         self._load()
 
     def _load(self) -> None:
-        if self.path is None or not self.path.is_file():
+        """Resume the merged state, checked against the run: the file, its tensors, its list of
+        merged shards (distinct shards of this run) and the texts the state counts (two per pair of
+        the merged shards)."""
+        if self.path is None or not self.path.exists():
             return
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(self.path), "pt") as fh:
-            meta = fh.metadata() or {}
-        if meta.get("key") != self.key:
-            raise DatasetError(
-                f"checkpoint {self.path} belongs to another extraction (different method, data, layers, batch size, "
-                "shard size or model); delete it or pass another checkpoint path"
-            )
-        saved = load_file(str(self.path))
-        for k, acc in self.accs.items():
-            acc.load_state_dict({name[len(f"{k}.") :]: t for name, t in saved.items() if name.startswith(f"{k}.")})
-        self.done = set(json.loads(meta["done_shards"]))
+        saved, meta = read_checkpoint(
+            self.path, self.key,
+            "extraction (different method, data, layers, batch size, shard size or model)", state_shapes(self.accs),
+        )
+        done = _shard_list(self.path, meta.get("done_shards", ""), len(self.ranges))
+        load_accumulators(self.accs, saved)
+        check_seen(self.path, self.accs, sum(2 * (self.ranges[i][1] - self.ranges[i][0]) for i in done))
+        self.done = done
 
     def shard_checkpoint(self, index: int) -> str | None:
         """Where shard ``index`` saves its running state (only with a checkpoint)."""
@@ -200,11 +209,8 @@ class _Merged:
     def _save(self) -> None:
         if self.path is None:
             return
-        from safetensors.torch import save_file
-
         state = {f"{k}.{name}": t for k, acc in self.accs.items() for name, t in acc.state_dict().items()}
-        with atomic_file(self.path) as tmp:
-            save_file(state, str(tmp), metadata={"key": self.key, "done_shards": json.dumps(sorted(self.done))})
+        write_checkpoint(self.path, state, self.key, done_shards=json.dumps(sorted(self.done)))
 
     def directions(self) -> dict[int, torch.Tensor]:
         """The method's direction per layer from every shard."""
@@ -223,11 +229,24 @@ class _Merged:
         self.path.unlink(missing_ok=True)
 
 
+def _shard_list(path: Path, text: str, n_shards: int) -> set[int]:
+    """A driver checkpoint's list of merged shards: distinct shard indices of this run."""
+    try:
+        shards = json.loads(text)
+    except ValueError:
+        shards = None
+    if (not isinstance(shards, list) or len(set(map(repr, shards))) != len(shards)
+            or not all(type(i) is int and 0 <= i < n_shards for i in shards)):
+        raise CheckpointError(f"checkpoint {path}: its list of merged shards ({text[:80]!r}) does not fit this run of "
+                              f"{n_shards} shards; delete it to start the run over")
+    return set(shards)
+
+
 def _window(source: PairSource, start: int, stop: int) -> tuple[PairSource, int, int]:
     """What a shard job carries: a file or dataset source is its location (small), pairs held in
     memory are cut to the shard's own (a job never ships all of them)."""
     if isinstance(source, ListPairs):
-        return ListPairs(source.items[start:stop]), 0, stop - start
+        return ListPairs(source.items[start:stop], source.limits), 0, stop - start
     return source, start, stop
 
 
@@ -238,10 +257,16 @@ def _results(lm: LM, jobs: list[ShardJob], workers: int | None, ray_address: str
             yield run_shard(lm, job)
         return
     pool = actor_pool(lm, workers, ray_address)
+    from ray.exceptions import RayTaskError
+
     try:
         yield from pool.map_unordered(lambda actor, job: actor.extract_shard.remote(job), jobs)
     except ray_errors() as exc:
         raise died(exc) from exc
+    except RayTaskError as exc:  # a shard refused its input: the worker's own error, not Ray's traceback of it
+        if isinstance(exc.cause, SteeringError):
+            raise exc.cause from None
+        raise
 
 
 def extract_sharded(
@@ -293,10 +318,10 @@ def extract_sharded(
     key = hashlib.sha256(
         repr((method, scan.data_hash, scan.n_pairs, layer_list, batch_size, size, lm.model_id)).encode()
     ).hexdigest()[:16]
-    merged = _Merged(spec, layer_list, lm.d_model, len(ranges), checkpoint, key)
+    merged = _Merged(spec, layer_list, lm.d_model, ranges, checkpoint, key)
     jobs = [
         ShardJob(i, *_window(source, start, stop), spec, layer_list, batch_size, share_prefix, lm.model_id,
-                 merged.shard_checkpoint(i))
+                 merged.shard_checkpoint(i), start)
         for i, (start, stop) in enumerate(ranges) if i not in merged.done
     ]
     where = f"{workers} workers" if workers else "this process"
@@ -304,6 +329,7 @@ def extract_sharded(
                         total=len(jobs), enabled=progress):
         merged.add(result)
     directions = merged.directions()
+    check_found(directions, f"{method} on {scan.n_pairs} pair(s)")
     merged.cleanup(len(ranges))
     meta: dict[str, object] = {"n_pairs": scan.n_pairs, "model_type": lm.model_type,
                                "read": scan.reads[0] if len(scan.reads) == 1 else scan.reads,

@@ -50,6 +50,7 @@ from ..errors import DatasetError, SteeringSpecError
 from ..extract import extract
 from ..model import LM
 from ..progress import track
+from ..readers import text_field
 from ..steering import Steering, SteeringLike
 from ..tokens import common_prefix_length, pad_id, pad_token_ids, position_ids
 from ..vector import SteeringVector
@@ -118,10 +119,7 @@ def ab_item(rec: Mapping[str, Any], index: int = 0, category: str = "", where: s
     missing = [k for k in keys if k not in rec]
     if missing:
         raise DatasetError(f"{at}: lacks {', '.join(repr(k) for k in missing)}")
-    prompt, pos_answer, neg_answer = (rec[k] for k in keys)
-    for key, value in zip(keys, (prompt, pos_answer, neg_answer)):
-        if not isinstance(value, str):
-            raise DatasetError(f"{at}: {key!r} must be a string, got {type(value).__name__}")
+    prompt, pos_answer, neg_answer = (text_field(rec, k, at) for k in keys)
     pos, neg = ab_letters(prompt, pos_answer, neg_answer, at)
     cat = rec.get("category")
     return ABItem(prompt, pos, neg, str(cat) if cat is not None else category)

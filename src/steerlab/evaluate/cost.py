@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from .. import hf
+from ..capture import check_texts
 from ..data import load_texts
 from ..engine import steer
 from ..errors import DatasetError, SteeringSpecError
@@ -83,7 +84,7 @@ def _prepare(lm: LM, texts: Sequence[str]) -> tuple[list[str], int]:
         texts = [texts]
     if not texts:
         raise DatasetError("no texts given: pass at least one text of 2 or more tokens")
-    ids = lm.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    ids, _ = check_texts(lm, list(texts))  # over max_text_chars or the context: refused before any work
     kept = [(len(x), t) for x, t in zip(ids, texts) if len(x) >= 2]
     skipped = len(texts) - len(kept)
     if not kept:

@@ -63,6 +63,11 @@ class Accumulator(ABC):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore the state saved by :meth:`state_dict`."""
 
+    def seen(self) -> int | None:
+        """How many texts it was fed (``None``: it does not count); a resumed checkpoint is
+        checked against it."""
+        return None
+
 
 @dataclass(frozen=True)
 class Method:

@@ -47,6 +47,9 @@ class MeanDiffAccumulator(Accumulator):
         self.sums = state["sums"].clone()
         self.counts = state["counts"].clone()
 
+    def seen(self) -> int:
+        return int(self.counts.sum())
+
 
 register(
     Method("mean_diff", fit, "mean of positive − negative activations (CAA)", accumulator=MeanDiffAccumulator)

@@ -279,8 +279,8 @@ def train_vector(
     run = _Run(lm, OBJECTIVES[objective], cfg, pairs, train, held, neutral, share_prefix)
     state = TrainState.fresh(layers, lm.d_model, cfg.lr)
     path, key = checkpoint_path(checkpoint), _key(run, layers, objective)
-    if path is not None and path.is_file():
-        state.load(path, key)
+    if path is not None and path.exists():
+        state.load(path, key, run.cfg.epochs * run.steps_per_epoch, run.steps_per_epoch, len(pairs))
     with frozen(lm):
         if state.ref is None:
             state.ref = reference_logps(lm, pairs, 2 * cfg.micro_batch_size, progress, share_prefix)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..errors import CheckpointError
 from ..files import read_checkpoint, write_checkpoint
 
 
@@ -73,19 +74,34 @@ class TrainState:
         """Write the state to ``path`` (atomically), tagged with the run's ``key``."""
         write_checkpoint(path, self.tensors(), key, **self.meta())
 
-    def load(self, path: Path, key: str) -> None:
-        """Restore the state saved at ``path``.
+    def load(self, path: Path, key: str, total_steps: int, steps_per_epoch: int, n_pairs: int) -> None:
+        """Restore the state saved at ``path``, checked against the run first: the file
+        (:func:`~steerlab.files.read_checkpoint`), its tensors' names and shapes (vectors and Adam's
+        moments ``[d_model]``, reference log-probabilities ``[n_pairs, 2]``), its step
+        (``1 .. total_steps``) and the per-epoch history that step implies.
 
         Raises:
-            DatasetError: the file belongs to another run (other data, settings, layers or model).
+            CheckpointError: the file is unreadable, altered, or belongs to another run (other
+                data, settings, layers or model).
         """
+        d = next(iter(self.params.values())).shape
+        shapes = {f"vec.{k}": tuple(d) for k in self.params}
+        optional: dict[str, tuple[int, ...]] = {"ref": (n_pairs, 2)}
+        for k in self.params:
+            optional.update({f"best.{k}": tuple(d), f"adam.{k}.step": (), f"adam.{k}.exp_avg": tuple(d),
+                             f"adam.{k}.exp_avg_sq": tuple(d), f"adam.{k}.max_exp_avg_sq": tuple(d)})
         saved, meta = read_checkpoint(
-            path, key, "training run (different method, data, settings, layers or model)"
+            path, key, "training run (different method, data, settings, layers or model)", shapes, optional
         )
+        scalars = _scalars(path, meta.get("state", ""), total_steps, steps_per_epoch)
+        best = [name for name in saved if name.startswith("best.")]
+        if best and len(best) != len(self.params):
+            raise CheckpointError(f"checkpoint {path} holds a best vector for only some layers; delete it to start the "
+                                  "run over")
         with torch.no_grad():
             for k, p in self.params.items():
                 p.copy_(saved[f"vec.{k}"])
-        if any(name.startswith("best.") for name in saved):
+        if best:
             self.best = {k: saved[f"best.{k}"] for k in self.params}
         self.ref = saved.get("ref")
         opt_state: dict[int, dict[str, Any]] = {}
@@ -96,9 +112,49 @@ class TrainState:
                 opt_state[i] = entry
         groups = self.optimizer.state_dict()["param_groups"]
         self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-        scalars = json.loads(meta["state"])
         for name, value in scalars.items():
             setattr(self, name, value)
+
+
+_LISTS = ("train_loss", "train_accuracy", "heldout_loss", "heldout_accuracy")
+
+
+def _scalars(path: Path, text: str, total_steps: int, steps_per_epoch: int) -> dict[str, Any]:
+    """A checkpoint's scalar state, checked against the run: the step within ``1 .. total_steps``,
+    one history entry per epoch that step completed, numbers where numbers belong."""
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path}: its training state {why}; delete it to start the run over")
+
+    try:
+        scalars = json.loads(text)
+    except ValueError:
+        raise bad("is not valid JSON") from None
+    if not isinstance(scalars, dict) or set(scalars) != _SCALARS:
+        raise bad(f"does not hold the fields {sorted(_SCALARS)}")
+    step = scalars["step"]
+    if type(step) is not int or not 1 <= step <= total_steps:
+        raise bad(f"is at step {step!r}, outside this run's 1..{total_steps}")
+    epochs = step // steps_per_epoch
+    lists = [scalars[name] for name in _LISTS]
+    if not all(isinstance(x, list) and all(_number(v) for v in x) for x in lists):
+        raise bad("holds a history that is not a list of numbers")
+    if len(lists[0]) != epochs or len(lists[1]) != epochs or len(lists[2]) != len(lists[3]) or len(lists[2]) > epochs:
+        raise bad(f"has a history of {len(lists[0])} epoch(s) at step {step} ({epochs} epoch(s) done)")
+    running = scalars["running"]
+    if not (isinstance(running, list) and len(running) == 3 and all(_number(v) for v in running)):
+        raise bad("holds running sums that are not three numbers")
+    if not (_number(scalars["best_loss"]) and type(scalars["best_epoch"]) is int and type(scalars["bad_epochs"]) is int
+            and type(scalars["stopped"]) is bool and -1 <= scalars["best_epoch"] < max(epochs, 1)
+            and 0 <= scalars["bad_epochs"] <= epochs):
+        raise bad("holds a best epoch, bad-epoch count or stop flag that does not fit its history")
+    return scalars
+
+
+_SCALARS = {"step", "best_loss", "best_epoch", "bad_epochs", "stopped", *_LISTS, "running"}
+
+
+def _number(value: Any) -> bool:
+    return type(value) in (int, float)
 
 
 def checkpoint_path(checkpoint: str | os.PathLike[str] | None) -> Path | None:
