@@ -134,3 +134,10 @@ def test_bad_pairs_files(tmp_path):
     with pytest.raises(steerlab.DatasetError, match="offers choices"):
         steerlab.caa_pairs([{"question": "Q? yes or no", "answer_matching_behavior": "(A)",
                              "answer_not_matching_behavior": "(B)"}])
+
+
+@pytest.mark.parametrize(("bad", "why"), [("ok \ud800", "lone surrogate"), (5, "must be text"), (None, "not null")])
+def test_generate_refuses_prompts_that_are_not_text_before_tokenising(lm, bad, why):
+    # a lone surrogate used to reach the tokenizer and fail there with a TypeError traceback
+    with pytest.raises(steerlab.LimitError, match=f"prompt 1 .*{why}"):
+        steerlab.generate(lm, ["fine", bad], max_new_tokens=2)

@@ -27,6 +27,7 @@ from .data import (
 )
 from .engine import steer, steer_rows
 from .errors import (
+    CheckpointError,
     ContextLengthError,
     DatasetError,
     InvalidVectorError,
@@ -41,6 +42,7 @@ from .errors import (
 )
 from .extract import extract
 from .generate import generate
+from .limits import LimitError, Limits
 from .methods import REGISTRY as METHODS
 from .model import LM, load_model, wrap_model
 from .preference import PreferencePair, load_preferences, preference_pairs, self_contrast
@@ -54,12 +56,15 @@ __all__ = [
     "LM",
     "METHODS",
     "ChatText",
+    "CheckpointError",
     "Composite",
     "ContextLengthError",
     "ContrastPair",
     "DatasetError",
     "InvalidVectorError",
     "LayerRangeError",
+    "LimitError",
+    "Limits",
     "ModelLoadError",
     "ModelMismatchError",
     "NonFiniteError",

@@ -20,6 +20,7 @@ from transformers import LogitsProcessorList
 from .engine import steer_rows
 from .errors import DatasetError, SteeringSpecError
 from .finite import FiniteLogits
+from .limits import Limits
 from .model import LM
 from .steering import SteeringLike
 from .tokens import pad_id, pad_token_ids
@@ -70,6 +71,7 @@ def generate(
             ``use_cache``, ...).
 
     Raises:
+        LimitError: a prompt that is not text, is longer than the limit, or holds a lone surrogate.
         ContextLengthError: a prompt plus ``max_new_tokens`` does not fit the model's context.
         NonFiniteError: a step gave NaN or infinite logits for some prompts (a steering that
             overflows the model); the message names them. Nothing is argmaxed or sampled from them.
@@ -78,6 +80,9 @@ def generate(
     if not items:
         return []
     rows = _rows(steering, len(items))
+    limits = Limits.for_model(lm)
+    for i, p in enumerate(items):  # not text, too long or a lone surrogate: refused before the tokenizer sees it
+        limits.check_text(p, f"prompt {i}")
     texts = [lm.chat(p) if chat else p for p in items]
     step = batch_size or len(texts)
     kwargs: dict[str, Any] = {"do_sample": False, "pad_token_id": pad_id(lm.tokenizer)}

@@ -140,6 +140,8 @@ class Limits:
         if dtype is not None and dtype.is_floating_point and dtype != torch.float64:
             max_value = min(max_value, torch.finfo(dtype).max / max(coefficient, 1.0) / 4)
         vocab = getattr(getattr(lm, "tokenizer", None), "__len__", None)
+        if lm.context_length is not None:  # a long-context model takes long texts: ~16 characters a token at most
+            given.setdefault("max_text_chars", max(cls.max_text_chars, 16 * int(lm.context_length)))
         return cls(
             n_layers=int(lm.n_layers),
             d_model=int(lm.d_model),
