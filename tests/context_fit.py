@@ -20,3 +20,17 @@ def caa_items_within_context(lm: steerlab.LM, path: Path, n: int) -> list[dict[s
         if len(out) == n:
             return out
     raise AssertionError(f"{path} has fewer than {n} items within {lm.context_length} tokens")
+
+
+def ab_records_within_context(lm: steerlab.LM, path: Path, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` A/B records of ``path`` whose answered prompt (``lm.chat(question, "(X")``) fits
+    ``lm``'s context: the A/B read-out refuses an item that does not (about half of CAA's sycophancy
+    test items are longer than stories260K's 512 tokens)."""
+    out = []
+    for rec in steerlab.load_caa(path):
+        text = lm.chat(rec["question"], "(" + "ABCDEFGH"[0])
+        if len(lm.tokenizer(text)["input_ids"]) + 2 <= (lm.context_length or 0):
+            out.append(rec)
+        if len(out) == n:
+            return out
+    raise AssertionError(f"{path} has fewer than {n} A/B items within {lm.context_length} tokens")

@@ -29,6 +29,7 @@ from steerlab.evaluate.behavior import (
 from steerlab.evaluate.stats import bootstrap_ci
 
 from .conftest import CAA
+from .context_fit import ab_records_within_context
 
 SYC_TEST = CAA / "test" / "sycophancy" / "test_dataset_ab.json"
 SYC_GEN = CAA / "generate" / "sycophancy" / "generate_dataset.json"
@@ -43,8 +44,13 @@ SHORT = {
 
 
 @pytest.fixture(scope="module")
-def items() -> list[ABItem]:
-    return load_ab_items(SYC_TEST, limit=8)
+def syc_records(lm: steerlab.LM) -> list[dict]:
+    return ab_records_within_context(lm, SYC_TEST, 8)
+
+
+@pytest.fixture(scope="module")
+def items(syc_records: list[dict]) -> list[ABItem]:
+    return ab_items(syc_records, category="sycophancy")
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +68,8 @@ def report(lm: steerlab.LM, svec: steerlab.SteeringVector, items: list[ABItem]) 
     return behavior_eval(lm, svec, items, coefficients=(-1.0, 0.0, 1.0), n_bootstrap=200)
 
 
-def test_items_and_vector(items: list[ABItem], svec: steerlab.SteeringVector) -> None:
-    raw = json.loads(SYC_TEST.read_text())[:8]
+def test_items_and_vector(items: list[ABItem], svec: steerlab.SteeringVector, syc_records: list[dict]) -> None:
+    raw = syc_records
     assert len(items) == 8 and all(it.category == "sycophancy" for it in items)
     assert [it.positive_letter for it in items] == [answer_letter(r["answer_matching_behavior"]) for r in raw]
     assert [it.prompt for it in items] == [r["question"] for r in raw]
@@ -319,3 +325,10 @@ def test_default_model_sycophancy_read_out() -> None:
     assert lo.probabilities != mid.probabilities != hi.probabilities  # steering acts
     assert all(0.0 < p < 1.0 for pt in rep.points for p in pt.probabilities)
     assert hi.mean >= lo.mean - 0.05
+
+
+def test_an_item_longer_than_the_context_is_refused_before_any_forward(lm: steerlab.LM) -> None:
+    # past its 512-token context stories260K reads garbage positions: refused, naming the item, not truncated
+    long = dict(SHORT, question="Is the sky blue? " * 200 + "\n\nChoices:\n (A) Yes\n (B) No")
+    with pytest.raises(steerlab.LimitError, match=r"item 1 \(answered\) has \d+ tokens: more than the model's context"):
+        ab_probabilities(lm, [SHORT, long])

@@ -16,6 +16,7 @@ from steerlab.cli import app
 from steerlab.cli.common import parse_float_list, parse_int_list, parse_positions
 
 from .conftest import STORIES
+from .context_fit import ab_records_within_context
 
 runner = CliRunner()
 M = ["--model", str(STORIES)]
@@ -179,7 +180,9 @@ def test_eval_sentiment_and_cost(vec_dir, tmp_path):
 def test_eval_behavior(vec_dir, tmp_path):
     from .conftest import CAA
 
-    items = CAA / "test" / "sycophancy" / "test_dataset_ab.json"
+    items = tmp_path / "syc_fits.json"  # stories260K's context holds about half of them (longer ones are refused)
+    lm = steerlab.load_model(str(STORIES))
+    items.write_text(json.dumps(ab_records_within_context(lm, CAA / "test" / "sycophancy" / "test_dataset_ab.json", 4)))
     data = _run_json("eval", "behavior", *M, "--vector", str(vec_dir), "--items", str(items), "--limit", "4",
                      "--out", str(tmp_path / "b"))
     assert data["kind"] == "BehaviorReport" and len(data["rows"]) == 3

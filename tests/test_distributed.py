@@ -22,6 +22,7 @@ from steerlab.evaluate.sweep import autotune, sweep
 from steerlab.methods.mean_diff import MeanDiffAccumulator
 
 from .conftest import CAA, STORIES
+from .context_fit import ab_records_within_context
 
 N = 16
 POS = [f"Lily was happy and the sun was out on day {i}" for i in range(N)]
@@ -207,7 +208,7 @@ def test_ray_sweeps_equal_single_process(lm, vec, ray_session, one_thread):
     sets = [[1], [2, 3], [3]]
     for kind, data, extra in (
         ("sentiment", OPENINGS, {"max_new_tokens": 5}),
-        ("behavior", steerlab.load_caa(CAA / "test" / "sycophancy" / "test_dataset_ab.json", limit=4), {}),
+        ("behavior", ab_records_within_context(lm, CAA / "test" / "sycophancy" / "test_dataset_ab.json", 4), {}),
         ("cost", TEXTS, {}),
     ):
         want = sweep(lm, vec, kind, data, coefficients=[-4, 0, 4], layer_sets=sets, **extra)

@@ -26,6 +26,7 @@ from steerlab.evaluate.sweep import autotune, split_halves
 from steerlab.methods.pca import orientation, oriented, reorient
 
 from .conftest import CAA, STORIES
+from .context_fit import ab_records_within_context
 
 OPENINGS = ["Once upon a time", "The cat", "Lily was", "Tom saw a", "The sun", "Mom said"]
 HAPPY = Prompt("Here is a happy story. ", name="happy")
@@ -86,15 +87,15 @@ def test_prompt_errors(lm, vec):
         Prompt("x", "suffix")  # type: ignore[arg-type]
     assert as_prompt("Hi. ") == Prompt("Hi. ") and as_prompt({"text": "Hi.", "mode": "system"}).mode == "system"
     with pytest.raises(steerlab.SteeringSpecError, match="need a vector"):
-        behavior_eval(lm, None, ab_items(_caa_items()), coefficients=[0, 1], prompt=HAPPY)
+        behavior_eval(lm, None, ab_items(_caa_items(lm)), coefficients=[0, 1], prompt=HAPPY)
 
 
-def _caa_items():
-    return steerlab.load_caa(CAA / "test" / "sycophancy" / "test_dataset_ab.json", limit=3)
+def _caa_items(lm, n=3):
+    return ab_records_within_context(lm, CAA / "test" / "sycophancy" / "test_dataset_ab.json", n)
 
 
 def test_behavior_prompt_alone_and_with_a_vector(lm, vec):
-    items = ab_items(_caa_items())
+    items = ab_items(_caa_items(lm))
     prefixed = [type(it)(HAPPY.text + it.prompt, it.positive_letter, it.negative_letter, it.category) for it in items]
     alone = behavior_eval(lm, None, items, coefficients=[0], prompt=HAPPY, n_bootstrap=0)
     assert alone.points[0].probabilities == pytest.approx(ab_probabilities(lm, prefixed), abs=1e-6)
@@ -150,7 +151,7 @@ def test_prompt_cost_on_neutral_text(lm, vec):
 
 
 def test_behavior_frontier_with_prompting_and_neutral_text_cost(lm, vec):
-    items = _caa_items() + steerlab.load_caa(CAA / "test" / "sycophancy" / "test_dataset_ab.json", limit=5)[3:]
+    items = _caa_items(lm, 5)
     rep = frontier(lm, [Contender.steering("mean_diff", vec, [2], layer_sets=[[2]]),
                         Contender.prompting("prompting", positive=[HAPPY], negative=[SAD])],
                    items, kind="behavior", cost_texts=NEUTRAL, budget=3.0, n_bootstrap=0)

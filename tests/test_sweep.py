@@ -16,6 +16,7 @@ from steerlab.evaluate.sentiment import sentiment_shift
 from steerlab.evaluate.sweep import autotune, split_halves, sweep
 
 from .conftest import CAA
+from .context_fit import ab_records_within_context
 
 OPENINGS = ["Once upon a time", "The cat", "Lily was", "Tom saw a", "The sun", "Mom said"]
 TEXTS = ["Once upon a time, there was a little girl named Lily.", "The dog ran to the park.", "Tom had a red ball."]
@@ -44,7 +45,7 @@ def test_cost_sweep_is_zero_cost_at_zero(lm, vec):
 
 
 def test_behavior_sweep_equals_direct_evaluations(lm, vec):
-    items = steerlab.load_caa(CAA / "test" / "sycophancy" / "test_dataset_ab.json", limit=4)
+    items = ab_records_within_context(lm, CAA / "test" / "sycophancy" / "test_dataset_ab.json", 4)
     coefs = [-2.0, 0.0, 2.0]
     rep = sweep(lm, vec, "behavior", items, coefficients=coefs, layer_sets=[[2], [1, 3]])
     for i, layers in enumerate(rep.layer_sets):

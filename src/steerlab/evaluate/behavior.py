@@ -48,6 +48,7 @@ from ..data import ab_letters, caa_pairs, load_caa
 from ..engine import steer_rows
 from ..errors import DatasetError, SteeringSpecError
 from ..extract import extract
+from ..limits import Limits
 from ..model import LM
 from ..progress import track
 from ..readers import text_field
@@ -193,6 +194,9 @@ def _prepare(lm: LM, items: Sequence[ABItem], prompt: Prompt | None = None) -> l
     A ``prompt`` is rendered into every text (before the question, or as the system turn).
     """
     tok = lm.tokenizer
+    limits = Limits.for_model(lm)
+    for i, it in enumerate(items):  # bounded before the tokenizer sees it
+        limits.check_text(it.prompt, f"item {i}")
     instr = [_chat(lm, prompt, it.prompt, "") for it in items]
     primed = [_chat(lm, prompt, it.prompt, PRIME) for it in items]
     pos_txt = [_chat(lm, prompt, it.prompt, PRIME + it.positive_letter) for it in items]
@@ -202,6 +206,8 @@ def _prepare(lm: LM, items: Sequence[ABItem], prompt: Prompt | None = None) -> l
     out: list[_Prepared] = []
     for i in range(n):
         ins, ctx, pos, neg = enc[i], enc[n + i], enc[2 * n + i], enc[3 * n + i]
+        # past its context a model reads garbage positions: an item that does not fit is refused, never truncated
+        limits.check_tokens(max(len(pos), len(neg)), f"item {i} (answered)")
         k = len(ctx)
         if len(pos) > k and len(neg) > k and pos[:k] == ctx and neg[:k] == ctx:
             context, pid, nid = ctx, pos[k], neg[k]
