@@ -47,7 +47,7 @@ def extract(
     workers: int | None = typer.Option(None, min=1, help="Read shards of the pairs on N Ray actors "
                                        "(pip install steerlab[ray]); --pairs files are then streamed."),
     ray_address: str | None = typer.Option(None, help="Join this Ray cluster (needs --workers); "
-                                           "default: start a local Ray instance."),
+                                           "default: the cluster Ray finds, else a local instance."),
 ) -> None:
     """Build a steering vector from contrast pairs and save it as a folder.
 
@@ -82,7 +82,7 @@ def extract(
             lm = steerlab.load_model(model)
         say(f"extracting with {method} from {len(data)} pairs at layers {layers}")
         if workers is not None:
-            say(f"on {workers} Ray workers" + (f" at {ray_address}" if ray_address else " (local Ray instance)"))
+            say(f"on {workers} Ray workers" + (f" at {ray_address}" if ray_address else " (found, else local)"))
         vec = steerlab.extract(lm, data, method=method, layers=layer_list, batch_size=batch_size,
                                progress=progress_flag(), share_prefix=share_prefix, workers=workers,
                                ray_address=ray_address)
