@@ -142,8 +142,8 @@ def export_vllm_lens(
 ) -> None:
     """Write a vllm-lens steering list (the value of vllm_xargs / extra_args "apply_steering_vectors").
 
-    Each entry's "scale" is the coefficient (1 in the file). Token-wise (ActAdd) vectors become
-    position-specific entries, front-aligned as in steerlab. See docs/vllm.md.
+    Each entry's "scale" is the coefficient (1 in the file); it steers every token. Token-wise
+    (ActAdd) vectors are refused: vllm-lens 1.3.0 places them wrongly. See docs/vllm.md.
 
     Example: steerlab export vllm-lens vectors/happy happy.vllm-lens.json
     """
