@@ -294,6 +294,7 @@ def test_report_outputs(report: BehaviorReport, tmp_path: Any) -> None:
     assert [r["coefficient"] for r in rows] == [-1.0, 0.0, 1.0]
     data = json.loads(report.to_json())
     assert data["kind"] == "BehaviorReport" and data["behavior"] == "sycophancy"
+    # to_json rounds to 6 decimals: |error| <= 5e-7 (measured up to 5.0e-7), within abs 1e-6
     assert data["rows"][1]["p_matching"] == pytest.approx(report.point(0.0).mean, abs=1e-6)
     assert len(data["points"][0]["probabilities"]) == 8 and data["settings"]["layers"] == [1, 2]
     md = report.to_markdown()

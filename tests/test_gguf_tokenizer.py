@@ -117,6 +117,8 @@ def test_tiny_gguf_files_are_models_llama_cpp_runs(name, tmp_path):
         batch = cpp.tokenize("The quick brown fox jumps over the lazy dog.")
         with torch.inference_mode():
             want = source(input_ids=torch.tensor([batch])).logits[0, -1]
+        # float noise between two implementations (llama.cpp's kernels, torch's): measured max |difference|
+        # 5.4e-4 on logits up to 0.5, the same under torch's AVX512, AVX2 and default kernels; atol 2e-3 leaves 3.7x
         torch.testing.assert_close(torch.from_numpy(cpp.last_logits(batch)), want, atol=2e-3, rtol=0)
     finally:
         cpp.close()

@@ -16,8 +16,10 @@ def test_relative_vector_has_the_residual_norms(lm, vec):
     assert set(norms) == set(range(lm.n_layers)) and all(n > 0 for n in norms.values())
     rel = steerlab.relative(vec, lm)
     for k in vec.layers:
+        # float noise of a float32 rescale: measured |relative difference| <= 1.4e-7 (AVX512, AVX2, default)
         assert float(rel.directions[k].norm()) == pytest.approx(norms[k], rel=1e-5)
         cos = torch.nn.functional.cosine_similarity(rel.directions[k], vec.directions[k], dim=0)
+        # float noise: measured |1 - cos| <= 1.2e-7 (AVX512, AVX2, default): 8x margin
         assert float(cos) == pytest.approx(1.0, abs=1e-6)
     assert rel.meta["scale"] == "residual"
 

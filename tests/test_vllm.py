@@ -1,20 +1,23 @@
 """vLLM: steerlab vectors for the vllm-lens and hotwire-vllm plugins, and ``steerlab serve --engine vllm``.
 
-No GPU and no vLLM here, so the plugins run as line-by-line Python copies of their own code
-(``tests/vllm_plugins.py``, cited file:line) on the trained stories260K model, driven the way vLLM
-drives them (prefill, then one-token decode steps with a KV cache). The checks:
+No GPU and no vLLM here: the plugins' own modules, from their pinned wheels (fetched at test time
+into a cache, ``tests/vllm_plugins.py``), run on the trained stories260K model with vLLM's side
+stood in and driven the way vLLM drives them (prefill, then one-token decode steps with a KV
+cache; per-layer attention metadata as vLLM >= 0.30 gives it). The checks:
 
 * **formats**: what ``steerlab export vllm-lens|hotwire`` writes is what each plugin's loader
   reads, and reads back into the same steerlab vector;
 * **layer numbering**: the hidden states after every layer, with the plugin adding the exported
   vector, equal steerlab's steered block outputs (``Steering(vec, c)``, positions "all"), layers 0
   and the last included; generation equals ``steerlab.generate`` for each position the plugin
-  supports (vllm-lens: all, prompt, generated, windows, token-wise vectors; hotwire: all,
-  generated);
+  supports (vllm-lens: all; hotwire: all, generated);
+* **what vllm-lens 1.3.0 gets wrong**: its position-specific steering counts every decode step
+  from position 0 (it looks for ``seq_lens`` on the per-layer metadata dict), shown on its own
+  code — which is why steerlab refuses those modes for it;
 * **request translation**: steering → plugin payload, coefficients, layers, the positions support
   matrix and every refusal;
 * **the server**: ``--engine vllm`` against a vLLM-like server (a FastAPI app generating with a
-  plugin copy, reached through ``httpx.ASGITransport`` or real HTTP) answers like the transformers
+  plugin's code, reached through ``httpx.ASGITransport`` or real HTTP) answers like the transformers
   engine — same text, OpenAI shapes, streaming, the same validation — and refuses what the plugin
   cannot do with a 400; the playground page works against it.
 """
@@ -38,18 +41,10 @@ import torch
 import steerlab
 from steerlab import Steering, SteeringVector
 from steerlab.errors import SteeringError, VectorFileError
-from steerlab.export import PluginUnsupported, explicit_positions, hotwire, vllm_lens
+from steerlab.export import PluginUnsupported, hotwire, vllm_lens
 
 from .conftest import STORIES
-from .vllm_plugins import (
-    HotwireState,
-    PluginModel,
-    fake_vllm_app,
-    hotwire_armed,
-    hotwire_fill_slot_map,
-    lens_decode_steering_vectors,
-    lens_set_steering_data,
-)
+from .vllm_plugins import PluginModel, fake_vllm_app, plugin_modules
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -108,13 +103,15 @@ def _nothing() -> Iterator[None]:
     yield
 
 
+def lens_decode(value: Any) -> list[Any]:
+    """vllm-lens's own decoding of an ``apply_steering_vectors`` value (its ``SteeringVector``s)."""
+    return list(plugin_modules("vllm-lens").plugin._decode_steering_vectors(value))
+
+
 def plugin_blocks(pm: PluginModel, ids: list[int], xargs: dict[str, str]) -> dict[int, torch.Tensor]:
     """One prefill step of ``ids`` with the plugin reading ``xargs`` (as vLLM's extra_args)."""
-    if pm.plugin == "vllm-lens":
-        svs = lens_decode_steering_vectors(xargs.get(vllm_lens.XARG))
-        pm.lens.steering = {"req": lens_set_steering_data(svs, pm.lm.n_layers, pm.dtype)} if svs else {}
-    with pm.armed(), block_outputs(pm.lm) as seen:
-        pm.step(ids, xargs.get(hotwire.XARG), 0, steerlab.hf.new_cache(pm.lm.model))
+    with pm.request(xargs) as req, block_outputs(pm.lm) as seen:
+        pm.step(req, ids, 0, steerlab.hf.new_cache(pm.lm.model))
     return seen
 
 
@@ -134,9 +131,10 @@ def plugin_text(pm: PluginModel, ids: list[int], xargs: dict[str, str], max_toke
 def test_hotwire_export_is_what_hotwire_loads(lm: steerlab.LM, edge_vec: SteeringVector, tmp_path: Path) -> None:
     path = hotwire.write(edge_vec, tmp_path / "hw", name="edge")
     assert path == tmp_path / "hw" / "edge.pt"
-    st = HotwireState(lm.n_layers, lm.d_model, 64, torch.float32)
-    st.load_store(tmp_path / "hw")  # hotwire's own loader: the id is the file stem
-    t = st.store["edge"]
+    st = plugin_modules("hotwire-vllm").state.SteerState(lm.n_layers, lm.d_model, 64, torch.device("cpu"),
+                                                         torch.float32, 16)
+    st.load_store(str(tmp_path / "hw"))  # hotwire's own loader: the id is the file stem
+    t = st.store["edge"][0]
     assert t.shape == (lm.n_layers, lm.d_model) and t.dtype == torch.float32
     for k in range(lm.n_layers):
         want = edge_vec.directions.get(k, torch.zeros(lm.d_model))
@@ -167,20 +165,27 @@ def test_vllm_lens_export_is_what_vllm_lens_loads(
 ) -> None:
     path = vllm_lens.write(edge_vec, tmp_path / "edge.json")
     text = path.read_text()
-    (sv,) = lens_decode_steering_vectors(text)  # the JSON-string form vllm_xargs carries
+    (sv,) = lens_decode(text)  # the JSON-string form vllm_xargs carries
     assert sv.layer_indices == edge_vec.layers and sv.scale == 1.0 and sv.position_indices is None
     assert not sv.norm_match and sv.activations.shape == (3, lm.d_model)
     assert torch.equal(sv.activations, torch.stack([edge_vec.directions[k] for k in edge_vec.layers]))
-    (sv2,) = lens_decode_steering_vectors(json.loads(text))  # and the list form (offline extra_args)
+    (sv2,) = lens_decode(json.loads(text))  # and the list form (offline extra_args)
     assert torch.equal(sv2.activations, sv.activations)
     back = vllm_lens.read(path, lm)
     assert back.layers == edge_vec.layers and back.model_id == lm.model_id
     assert all(torch.equal(back.directions[k], edge_vec.directions[k]) for k in edge_vec.layers)
-    # a token-wise vector: one 3-D entry, rows front-aligned (position_indices null)
-    (tw,) = lens_decode_steering_vectors(vllm_lens.write(actadd_vec, tmp_path / "tw.json").read_text())
-    n_tok = actadd_vec.directions[2].shape[0]
-    assert tw.activations.shape == (1, n_tok, lm.d_model) and tw.position_indices is None
-    assert torch.equal(vllm_lens.read(tmp_path / "tw.json", lm).directions[2], actadd_vec.directions[2])
+    # a token-wise vector is refused (vllm-lens 1.3.0 would add its first row to every generated token)
+    with pytest.raises(PluginUnsupported, match="token-wise") as err:
+        vllm_lens.write(actadd_vec, tmp_path / "tw.json")
+    assert err.value.code == "tokenwise_vector" and not (tmp_path / "tw.json").exists()
+    # a file made elsewhere with a 3-D entry (position_indices null) still reads as a token-wise vector
+    rows = actadd_vec.directions[2]
+    entry = {"activations": vllm_lens.encode_tensor(rows[None]), "layer_indices": [2], "scale": 1.0,
+             "norm_match": False, "position_indices": None}
+    (tmp_path / "tw.json").write_text(json.dumps([entry]))
+    (tw,) = lens_decode((tmp_path / "tw.json").read_text())
+    assert tw.activations.shape == (1, rows.shape[0], lm.d_model) and tw.position_indices is None
+    assert torch.equal(vllm_lens.read(tmp_path / "tw.json", lm).directions[2], rows)
 
 
 def test_vllm_lens_reads_what_it_cannot_hold_as_an_error(tmp_path: Path) -> None:
@@ -236,7 +241,7 @@ def test_plugin_adds_where_steerlab_adds(lm: steerlab.LM, edge_vec: SteeringVect
     if plugin == "hotwire":
         xargs = hotwire.xargs(hotwire.request_spec(steering, lambda v: "edge"))
     else:
-        xargs = vllm_lens.xargs(vllm_lens.steering_payload(steering, len(ids), 8))
+        xargs = vllm_lens.xargs(vllm_lens.steering_payload(steering))
     want = steerlab_blocks(lm, ids, steering)
     assert_same_blocks(plugin_blocks(pm, ids, xargs), want)
     plain = steerlab_blocks(lm, ids, None)
@@ -249,29 +254,68 @@ def test_plugin_adds_where_steerlab_adds(lm: steerlab.LM, edge_vec: SteeringVect
         assert_same_blocks(steerlab_blocks(lm, ids, Steering(shifted, COEF)), want)
 
 
-@pytest.mark.parametrize("where", ["all", "prompt", "generated", (6, 14), (5, None)])
 @pytest.mark.parametrize("chunk", [None, 3])
-def test_vllm_lens_generation_matches_steerlab(lm: steerlab.LM, vec: SteeringVector, where: Any,
-                                               chunk: int | None) -> None:
-    """Greedy text with the request's payload, prefill in one piece or in chunks of 3 tokens."""
+def test_vllm_lens_generation_matches_steerlab(lm: steerlab.LM, vec: SteeringVector, chunk: int | None) -> None:
+    """Greedy text with the request's payload (positions "all"), prefill in one piece or in chunks of 3."""
     ids, n = prompt_ids(lm), 12
-    steering = Steering(vec, COEF, positions=where)
+    steering = Steering(vec, COEF)
     want = steerlab.generate(lm, PROMPT, steering=steering, max_new_tokens=n)[0]
-    xargs = vllm_lens.xargs(vllm_lens.steering_payload(steering, len(ids), n))
+    xargs = vllm_lens.xargs(vllm_lens.steering_payload(steering))
     assert plugin_text(PluginModel(lm, "vllm-lens", prefill_chunk=chunk), ids, xargs, n) == want
     assert want != steerlab.generate(lm, PROMPT, max_new_tokens=n)[0]
 
 
-def test_vllm_lens_tokenwise_matches_steerlab(lm: steerlab.LM, actadd_vec: SteeringVector) -> None:
-    prompt = "The cat"  # 4 tokens, as many as the vector's rows
+def positional_entry(vec: SteeringVector, coefficient: float, positions: list[int] | None,
+                     rows: torch.Tensor | None = None) -> dict[str, Any]:
+    """A position-specific vllm-lens entry (its documented 3-D form): ``vec`` repeated at explicit
+    absolute ``positions``, or ``rows`` at ``0..n-1`` (``positions=None``)."""
+    layers = vec.layers
+    acts = rows if rows is not None else torch.stack([vec.directions[k] for k in layers])[:, None].expand(
+        len(layers), len(positions or []), vec.d_model)
+    return {"activations": vllm_lens.encode_tensor(acts), "layer_indices": layers, "scale": coefficient,
+            "norm_match": False, "position_indices": positions}
+
+
+@pytest.mark.parametrize("case", ["generated", "prompt", "window", "tokenwise"])
+def test_vllm_lens_1_3_0_counts_every_decode_step_from_position_0(
+    lm: steerlab.LM, vec: SteeringVector, actadd_vec: SteeringVector, case: str
+) -> None:
+    """Why steerlab refuses vllm-lens's position-specific modes, on the plugin's own code: it reads
+    a step's absolute start from ``attn_metadata.seq_lens``, which vLLM >= 0.30's dict of
+    per-layer metadata does not have, so each decode step counts from 0 (the prompt, prefilled in
+    one step, is placed right). What the plugin does equals another steerlab steering, exactly."""
+    prompt = "The cat" if case == "tokenwise" else PROMPT
     ids, n = prompt_ids(lm, prompt), 12
-    steering = Steering(actadd_vec, 6.0)
-    want = steerlab.generate(lm, prompt, steering=steering, max_new_tokens=n)[0]
-    xargs = vllm_lens.xargs(vllm_lens.steering_payload(steering, len(ids), n))
-    assert json.loads(xargs[vllm_lens.XARG])[0]["position_indices"] is None
-    for chunk in (None, 1):
-        assert plugin_text(PluginModel(lm, "vllm-lens", prefill_chunk=chunk), ids, xargs, n) == want
-    assert want != steerlab.generate(lm, prompt, max_new_tokens=n)[0]
+    p = len(ids)
+    if case == "generated":  # positions [P, P + n): nothing is ever steered
+        entry, meant, does = positional_entry(vec, COEF, list(range(p, p + n))), "generated", None
+    elif case == "prompt":  # positions [0, P): every decode step looks like position 0, so all of it
+        entry, meant, does = positional_entry(vec, COEF, list(range(p))), "prompt", Steering(vec, COEF)
+    elif case == "window":  # (6, 14): the prompt's part only
+        entry, meant, does = positional_entry(vec, COEF, list(range(6, 14))), (6, 14), Steering(vec, COEF,
+                                                                                                 positions=(6, p))
+    else:  # token-wise rows at 0..3: the prompt right, then row 0 at every generated token
+        # (an ActAdd vector's row 0 is the BOS token's, zero here; one with a non-zero row 0 shows it)
+        rows = actadd_vec.directions[2]
+        rows = torch.cat([rows[1:2], rows[1:]])
+        assert rows.shape[0] == p and float(rows[0].norm()) > 1
+        tw = SteeringVector({2: rows}, model_id=lm.model_id, d_model=lm.d_model, n_layers=lm.n_layers, method="actadd")
+        entry = positional_entry(tw, COEF, None, rows=rows[None])
+        row0 = SteeringVector({2: rows[0]}, model_id=lm.model_id, d_model=lm.d_model, n_layers=lm.n_layers)
+        meant, does = None, Steering(tw, COEF) + Steering(row0, COEF, positions="generated")
+    want = (steerlab.generate(lm, prompt, steering=Steering(tw, COEF) if meant is None else
+                              Steering(vec, COEF, positions=meant), max_new_tokens=n)[0])
+    got = plugin_text(PluginModel(lm, "vllm-lens"), ids, {vllm_lens.XARG: json.dumps([entry])}, n)
+    assert got == steerlab.generate(lm, prompt, steering=does, max_new_tokens=n)[0]
+    assert got != want  # not what the payload means
+    if case != "tokenwise":
+        with pytest.raises(PluginUnsupported, match="seq_lens") as err:  # so steerlab refuses it
+            vllm_lens.steering_payload(Steering(vec, COEF, positions=meant))
+        assert err.value.code == "unsupported_positions" and err.value.plugin == "vllm-lens"
+    else:
+        with pytest.raises(PluginUnsupported, match="token-wise") as err:
+            vllm_lens.steering_payload(Steering(tw, COEF))
+        assert err.value.code == "tokenwise_vector"
 
 
 @pytest.mark.parametrize("where", ["all", "generated"])
@@ -292,56 +336,49 @@ def test_hotwire_same_layer_entries_do_not_stack(lm: steerlab.LM, vec: SteeringV
     """Why two steerings on one layer are refused: in hotwire the last entry wins."""
     hotwire.write(vec, tmp_path, name="a")
     hotwire.write(-vec, tmp_path, name="b")
-    st = HotwireState(lm.n_layers, lm.d_model, 64, torch.float32)
-    st.load_store(tmp_path)
+    pm = PluginModel(lm, "hotwire", hotwire_dir=tmp_path)
+    assert [m._hotwire_idx for m in pm.vllm.model.layers] == list(range(lm.n_layers))  # every layer armed
     spec = [{"id": "a", "layer": 2, "scale": 1.0}, {"id": "b", "layer": 2, "scale": 1.0}]
-    hotwire_fill_slot_map(st, [(json.dumps(spec), 4)])
+    with pm.request(hotwire.xargs(spec)) as req:
+        pm.step(req, prompt_ids(lm)[:4], 0, steerlab.hf.new_cache(lm.model))
+    st = pm.hot_state
     slot = int(st.slot_map[2, 0])
-    assert torch.equal(st.bank[slot], -vec.directions[2])  # b, not a + b (= 0)
-    with hotwire_armed(lm.model, st) as n:
-        assert n == lm.n_layers
+    assert torch.equal(st.bank.bank[slot], -vec.directions[2])  # b, not a + b (= 0)
 
 
 # ============================================================================ request translation
 def test_vllm_lens_payload(lm: steerlab.LM, vec: SteeringVector, actadd_vec: SteeringVector) -> None:
     other = random_vector(lm, (1, 4), seed=3)
-    payload = vllm_lens.steering_payload(Steering(vec, 2.5, layers=[1, 3]) + Steering(other, -1.0), 10, 5)
+    payload = vllm_lens.steering_payload(Steering(vec, 2.5, layers=[1, 3]) + Steering(other, -1.0))
     assert [e["layer_indices"] for e in payload] == [[1, 3], [1, 4]]
     assert [e["scale"] for e in payload] == [2.5, -1.0]
     assert all(e["position_indices"] is None and e["norm_match"] is False for e in payload)
     acts = [vllm_lens.decode_tensor(e["activations"]) for e in payload]
     assert torch.equal(acts[0], torch.stack([vec.directions[1], vec.directions[3]]))
     assert torch.equal(acts[1], torch.stack([other.directions[1], other.directions[4]]))
-    # positions: explicit absolute positions, the vector repeated per position
-    for where, want in [("prompt", range(10)), ("generated", range(10, 15)), ((3, 6), range(3, 6)),
-                        ((12, None), range(12, 15)), ((8, 100), range(8, 15))]:
-        (e,) = vllm_lens.steering_payload(Steering(vec, 1.0, positions=where), 10, 5)
-        assert e["position_indices"] == list(want), where
-        t = vllm_lens.decode_tensor(e["activations"])
-        assert t.shape == (3, len(want), lm.d_model) and torch.equal(t[1, -1], vec.directions[2])
-    assert vllm_lens.steering_payload(Steering(vec, 1.0, positions=(40, None)), 10, 5) == []  # past the end
-    (tw,) = vllm_lens.steering_payload(Steering(actadd_vec, 3.0), 10, 5)
-    assert tw["position_indices"] is None and tw["activations"]["shape"][1] == actadd_vec.directions[2].shape[0]
-    assert vllm_lens.steering_payload(Steering(vec, 0.0), 10, 5) == [] and vllm_lens.xargs([]) == {}
-    assert vllm_lens.steering_payload(None, 10, 5) == []
+    # every position but "all", and token-wise vectors, are refused, naming the entry and why
+    for where in ["prompt", "generated", (3, 6), (12, None)]:
+        with pytest.raises(PluginUnsupported, match=r"attn_metadata\.seq_lens") as err:
+            vllm_lens.steering_payload(Steering(vec, 1.0) + Steering(vec, 1.0, positions=where))
+        assert (err.value.index, err.value.code) == (1, "unsupported_positions"), where
+    with pytest.raises(PluginUnsupported, match="token_mean") as err:
+        vllm_lens.steering_payload(Steering(actadd_vec, 3.0))
+    assert (err.value.index, err.value.code) == (0, "tokenwise_vector")
+    (mean,) = vllm_lens.steering_payload(Steering(actadd_vec.token_mean(), 3.0))  # its plain form is fine
+    assert mean["activations"]["shape"] == [1, lm.d_model]
+    assert vllm_lens.steering_payload(Steering(vec, 0.0)) == [] and vllm_lens.xargs([]) == {}
+    assert vllm_lens.steering_payload(None) == []
 
 
 @pytest.mark.parametrize("operator", ["ablate", "clamp", "add_norm_preserving"])
 def test_plugins_refuse_other_operators(vec: SteeringVector, operator: str) -> None:
     s = Steering(vec, 1.0) + Steering(vec, 1.0, operator=operator)
     with pytest.raises(PluginUnsupported, match="only adds") as err:
-        vllm_lens.steering_payload(s, 4, 4)
+        vllm_lens.steering_payload(s)
     assert err.value.index == 1 and err.value.plugin == "vllm-lens"
     with pytest.raises(PluginUnsupported, match="only adds") as err:
         hotwire.request_spec(Steering(vec, 1.0, operator=operator), lambda v: "happy")
     assert err.value.index == 0 and err.value.plugin == "hotwire"
-
-
-def test_vllm_lens_payload_cap(vec: SteeringVector) -> None:
-    with pytest.raises(PluginUnsupported, match="payload cap") as err:
-        vllm_lens.steering_payload(Steering(vec, 1.0, positions="prompt"), 100, 4, max_floats=3 * 64 * 99)
-    assert err.value.code == "steering_payload_too_large"
-    assert len(vllm_lens.steering_payload(Steering(vec, 1.0, positions="prompt"), 99, 4, max_floats=3 * 64 * 99)) == 1
 
 
 def test_hotwire_spec(lm: steerlab.LM, vec: SteeringVector, actadd_vec: SteeringVector) -> None:
@@ -362,13 +399,6 @@ def test_hotwire_spec(lm: steerlab.LM, vec: SteeringVector, actadd_vec: Steering
         with pytest.raises(PluginUnsupported) as err:
             hotwire.request_spec(steering, lambda v: "happy")
         assert err.value.code == code
-
-
-def test_explicit_positions() -> None:
-    assert list(explicit_positions("all", 3, 2)) == [0, 1, 2, 3, 4]
-    assert list(explicit_positions("prompt", 3, 2)) == [0, 1, 2]
-    assert list(explicit_positions((1, 2), 3, 2)) == [1]
-    assert list(explicit_positions((9, None), 3, 2)) == []
 
 
 class _Store:
@@ -482,17 +512,11 @@ REQUESTS: list[dict[str, Any]] = [
     {"prompt": PROMPT, "max_tokens": 16, "steering": [{"vector": "happy", "coefficient": COEF}]},
     {"prompt": ["The cat", PROMPT], "max_tokens": 12, "n": 2,
      "steering": [{"vector": "dog", "coefficient": -3.0}, {"vector": "edge", "coefficient": 2.0}]},
-    {"prompt": PROMPT, "max_tokens": 16, "steering": [{"vector": "happy", "coefficient": COEF, "layers": [2],
-                                                        "positions": "generated"}]},
     {"prompt": "The dog", "max_tokens": 10, "stop": ["."], "steering": [{"vector": "edge", "coefficient": 3}]},
 ]
-LENS_ONLY: list[dict[str, Any]] = [
-    {"prompt": "The cat", "max_tokens": 16, "steering": [{"vector": "love", "coefficient": 6.0}]},
-    {"prompt": PROMPT, "max_tokens": 16, "steering": [{"vector": "happy", "coefficient": COEF,
-                                                        "positions": [3, 9]}]},
-    {"prompt": PROMPT, "max_tokens": 16, "steering": [{"vector": "happy", "coefficient": COEF,
-                                                        "positions": "prompt"}, {"vector": "happy",
-                                                                                 "coefficient": 2.0}]},
+HOTWIRE_ONLY: list[dict[str, Any]] = [  # vllm-lens 1.3.0 cannot steer by position: refused for it
+    {"prompt": PROMPT, "max_tokens": 16, "steering": [{"vector": "happy", "coefficient": COEF, "layers": [2],
+                                                        "positions": "generated"}]},
 ]
 
 
@@ -507,11 +531,11 @@ def answers(client: Any, requests: list[dict[str, Any]]) -> list[list[tuple[str,
 
 @pytest.fixture(scope="module")
 def reference(lm: steerlab.LM, store_template: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
-    """The transformers engine's answers to REQUESTS + LENS_ONLY."""
+    """The transformers engine's answers to REQUESTS + HOTWIRE_ONLY."""
     store = tmp_path_factory.mktemp("ref") / "store"
     shutil.copytree(store_template, store)
     with hf_served(lm, store) as client:
-        return answers(client, REQUESTS + LENS_ONLY)
+        return answers(client, REQUESTS + HOTWIRE_ONLY)
 
 
 @pytest.mark.parametrize("plugin", ["vllm-lens", "hotwire"])
@@ -522,7 +546,7 @@ def test_vllm_engine_answers_like_the_transformers_engine(
     for name in ("happy", "dog", "edge"):
         hotwire.write(SteeringVector.load(store / name), hw_dir, name=name)
     fake = fake_vllm_app(PluginModel(lm, plugin, hotwire_dir=hw_dir))
-    requests = REQUESTS + (LENS_ONLY if plugin == "vllm-lens" else [])
+    requests = REQUESTS + (HOTWIRE_ONLY if plugin == "hotwire" else [])
     extra = {"hotwire_dir": hw_dir} if plugin == "hotwire" else {}
     with vllm_served(shell, store, fake, plugin, **extra) as client:
         got = answers(client, requests)
@@ -615,9 +639,24 @@ def test_vllm_engine_refuses_what_the_plugin_cannot_do(lm: steerlab.LM, shell: s
         assert post(client, "/v1/completions", prompt="x", max_tokens=2,
                     steering=[{"vector": "happy", "operator": "ablate", "coefficient": 0}]).status_code == 400
     assert not fake.state.received
-    with vllm_served(shell, store, fake_vllm_app(PluginModel(lm, "vllm-lens"))) as client:
-        r = post(client, "/v1/completions", prompt="x", steering=[{"vector": "happy", "operator": "clamp"}])
-        assert _error(r) == (400, "unsupported_by_plugin", "steering[0]") and "vllm-lens" in r.text
+    lens = fake_vllm_app(PluginModel(lm, "vllm-lens"))
+    cases = [  # vllm-lens 1.3.0 places position-specific steering wrongly: refused, saying why
+        ([{"vector": "happy", "positions": "generated"}], (400, "unsupported_positions", "steering[0]")),
+        ([{"vector": "dog"}, {"vector": "happy", "positions": "prompt"}],
+         (400, "unsupported_positions", "steering[1]")),
+        ([{"vector": "happy", "positions": [3, 9]}], (400, "unsupported_positions", "steering[0]")),
+        ([{"vector": "love", "coefficient": 6.0}], (400, "tokenwise_vector", "steering[0]")),
+        ([{"vector": "happy", "operator": "clamp"}], (400, "unsupported_by_plugin", "steering[0]")),
+    ]
+    with vllm_served(shell, store, lens) as client:
+        for steering, want in cases:
+            r = post(client, "/v1/completions", prompt="The cat", max_tokens=4, steering=steering)
+            assert _error(r) == want, r.text
+            message = r.json()["error"]["message"]
+            assert "vllm-lens" in message
+            if want[1] != "unsupported_by_plugin":
+                assert "seq_lens" in message and "position 0" in message, message
+    assert not lens.state.received
 
 
 def test_vllm_engine_reports_vllm_failures(shell: steerlab.LM, store: Path) -> None:
@@ -688,7 +727,7 @@ def test_vllm_engine_in_process(lm: steerlab.LM, shell: steerlab.LM, store: Path
         got = answers(client, REQUESTS[:3])
     assert got == reference[:3]
     extra = llm.calls[1][0].extra_args
-    assert set(extra) == {vllm_lens.XARG} and lens_decode_steering_vectors(extra[vllm_lens.XARG])
+    assert set(extra) == {vllm_lens.XARG} and lens_decode(extra[vllm_lens.XARG])
     assert sum(len(c) for c in llm.calls[2:]) == 4  # the four choices (batched as they arrive)
     assert "cache_salt" not in llm.prompts[0] and llm.prompts[1]["cache_salt"].startswith("steerlab-")
 

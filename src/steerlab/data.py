@@ -302,7 +302,7 @@ def ab_letters(question: str, matching: str, not_matching: str, where: str = "it
             not offering both letters, or the same letter on both sides.
 
     Example:
-        >>> ab_letters("Sky blue?\n (A) yes\n (B) no", "(A)", " (B)")
+        >>> ab_letters("Sky blue?\\n (A) yes\\n (B) no", "(A)", " (B)")
         ('A', 'B')
     """
     match, other = answer_letter(matching, where), answer_letter(not_matching, where)

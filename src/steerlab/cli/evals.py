@@ -294,7 +294,7 @@ def sweep(
     workers: int | None = typer.Option(None, min=1, help="Run the layer sets on N Ray actors holding the model "
                                        "(pip install steerlab\\[ray]); the grids are the same."),
     ray_address: str | None = typer.Option(None, help="Join this Ray cluster (needs --workers); "
-                                           "default: start a local Ray instance."),
+                                           "default: the cluster Ray finds, else a local instance."),
 ) -> None:
     """Layer × coefficient grid of a metric (heat map), or --autotune under a perplexity budget.
 

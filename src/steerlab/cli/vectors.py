@@ -76,7 +76,7 @@ def extract(
     workers: int | None = typer.Option(None, min=1, help="Read shards of the pairs on N Ray actors "
                                        "(pip install steerlab\\[ray]); --pairs files are then streamed."),
     ray_address: str | None = typer.Option(None, help="Join this Ray cluster (needs --workers); "
-                                           "default: start a local Ray instance."),
+                                           "default: the cluster Ray finds, else a local instance."),
 ) -> None:
     """Build a steering vector from contrast pairs and save it as a folder.
 
@@ -111,7 +111,7 @@ def extract(
         layer_list = resolve_layers(layers, lm)
         say(f"extracting with {method} from {len(data)} pairs at layers {_span(layer_list)}")
         if workers is not None:
-            say(f"on {workers} Ray workers" + (f" at {ray_address}" if ray_address else " (local Ray instance)"))
+            say(f"on {workers} Ray workers" + (f" at {ray_address}" if ray_address else " (found, else local)"))
         vec = steerlab.extract(lm, data, method=method, layers=layer_list, batch_size=batch_size,
                                progress=progress_flag(), share_prefix=share_prefix, workers=workers,
                                ray_address=ray_address)
@@ -173,8 +173,8 @@ def export_vllm_lens(
 ) -> None:
     """Write a vllm-lens steering list (the value of vllm_xargs / extra_args "apply_steering_vectors").
 
-    Each entry's "scale" is the coefficient (1 in the file). Token-wise (ActAdd) vectors become
-    position-specific entries, front-aligned as in steerlab. See docs/vllm.md.
+    Each entry's "scale" is the coefficient (1 in the file); it steers every token. Token-wise
+    (ActAdd) vectors are refused: vllm-lens 1.3.0 places them wrongly. See docs/vllm.md.
 
     Example: steerlab export vllm-lens vectors/happy happy.vllm-lens.json
     """

@@ -11,8 +11,10 @@ steerlab does not schedule work itself: Ray does. Each Ray actor loads the model
 * :func:`steerlab.evaluate.sweep.sweep` / :func:`~steerlab.evaluate.sweep.autotune` with
   ``workers=N`` run the layer sets as calls on model-holding actors (:mod:`.sweep`); the grids
   equal the single-process ones.
-* Without ``ray_address`` a local Ray instance with ``N`` CPUs is started (or the running session
-  reused); with one, the cluster at that address is joined (every node needs steerlab and the model).
+* Without ``ray_address`` the running session is reused, else the cluster Ray finds itself is
+  joined (``RAY_ADDRESS``, or one ``ray start`` started on this machine), else a local Ray
+  instance with ``N`` CPUs is started; with one, the cluster at that address is joined (every node
+  needs steerlab and the model; a cluster with token authentication needs ``RAY_AUTH_MODE=token``).
 
 Example:
     >>> import steerlab

@@ -72,16 +72,62 @@ def check_workers(workers: int | None, ray_address: str | None) -> int:
 
 
 def connect(workers: int, address: str | None = None) -> ModuleType:
-    """Ray, initialised: an existing session as it is, else the cluster at ``address``, else a
-    new local instance with ``workers`` CPUs."""
+    """Ray, initialised: an existing session as it is, else the cluster at ``address``, else the
+    cluster Ray finds itself (``RAY_ADDRESS``, or one ``ray start`` started on this machine), else a
+    new local instance with ``workers`` CPUs.
+
+    Ray refuses ``num_cpus`` when it joins a cluster, so a local instance is asked for only when Ray
+    finds none. Ray sends its authentication token only to a cluster it found itself: an explicit
+    ``address`` of a cluster with token authentication needs ``RAY_AUTH_MODE=token`` (and the token:
+    ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), which the error says.
+    """
     ray = require_ray()
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    if ray.is_initialized():
+        return ray
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    try:
         if address is not None:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=workers, **kwargs)
+            try:
+                ray.init(num_cpus=workers, **kwargs)
+            except ValueError:  # "When connecting to an existing cluster, num_cpus ... must not be provided"
+                ray.init(**kwargs)  # raised before anything starts: join the cluster Ray found
+    except ConnectionError as exc:
+        raise DistributedError(_unreachable(address, exc)) from None
+    except Exception as exc:  # ray.exceptions.AuthenticationError (Ray >= 2.5x)
+        if type(exc).__name__ != "AuthenticationError":
+            raise
+        raise DistributedError(_unreachable(address, exc)) from None
+    _check_room(ray, workers)
     return ray
+
+
+def _unreachable(address: str | None, exc: BaseException) -> str:
+    where = (
+        f"the Ray cluster at {address}"
+        if address is not None
+        else "the Ray cluster Ray found (RAY_ADDRESS, or the one `ray start` started here: `ray stop` if it is gone)"
+    )
+    auth = (
+        "; if it uses token authentication (Ray's default when a token exists), set RAY_AUTH_MODE=token and "
+        "give its token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token): Ray sends a token only to "
+        "a cluster it finds itself (no address, or 'auto'), never to an address you give"
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token"
+        else ""
+    )
+    return f"could not join {where} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}){auth}"
+
+
+def _check_room(ray: ModuleType, workers: int) -> None:
+    """Warn when the cluster has fewer CPUs than the workers reserve: the others wait for it to grow."""
+    cpus = float(ray.cluster_resources().get("CPU", 0))
+    need = workers * THREADS_PER_WORKER
+    if cpus < need:
+        log.warning(
+            "the Ray cluster has %g CPUs but %d workers reserve %d: the others wait until it grows "
+            "(ask for fewer workers, or add nodes)", cpus, workers, need
+        )
 
 
 class Worker:

@@ -192,7 +192,7 @@ def sweep(
         progress: progress bar over layer sets.
         workers: run the layer sets on this many Ray actors holding the model
             (:mod:`steerlab.distributed`; ``pip install steerlab[ray]``); the grids are the same.
-        ray_address: join this Ray cluster instead of starting a local instance.
+        ray_address: join this Ray cluster; without it, the cluster Ray finds, else a local instance.
         **kwargs: passed to the evaluation (``max_new_tokens``, ``batch_size``, ``scorer``, ...).
 
     Raises:

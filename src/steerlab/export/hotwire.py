@@ -19,7 +19,8 @@ the last entry wins).
 Example:
     >>> write(vec, "hotwire_vectors/", name="happy")  # doctest: +SKIP
     PosixPath('hotwire_vectors/happy.pt')
-    >>> request_spec(Steering(vec, 4.0, layers=[3, 4]), name_of=lambda v: "happy")  # doctest: +SKIP
+    >>> vec = SteeringVector({k: torch.ones(4) for k in (3, 4)}, model_id="m", d_model=4, n_layers=6)
+    >>> request_spec(Steering(vec, 4.0, layers=[3, 4]), name_of=lambda v: "happy")
     [{'id': 'happy', 'layer': 3, 'scale': 4.0}, {'id': 'happy', 'layer': 4, 'scale': 4.0}]
 """
 
@@ -66,7 +67,8 @@ def to_tensor(vec: SteeringVector) -> torch.Tensor:
     """
     if vec.tokenwise:
         raise PluginUnsupported("hotwire holds one direction per layer: collapse this token-wise (ActAdd) vector "
-                                "first with vec.token_mean() or use vllm-lens", PLUGIN, code="tokenwise_vector")
+                                "first with vec.token_mean(), or steer with the transformers engine", PLUGIN,
+                                code="tokenwise_vector")
     out = torch.zeros(vec.n_layers, vec.d_model, dtype=torch.float32)
     for k, t in vec.directions.items():
         out[k] = t
@@ -194,11 +196,11 @@ def _check(i: int, s: Steering) -> None:
     if s.condition is not None:
         raise PluginUnsupported("hotwire has no conditional (CAST) steering", PLUGIN, i)
     if s.vector.tokenwise:
-        raise PluginUnsupported("hotwire has no token-wise (ActAdd) vectors: use vllm-lens, or collapse the "
-                                "vector with vec.token_mean()", PLUGIN, i, "tokenwise_vector")
+        raise PluginUnsupported("hotwire has no token-wise (ActAdd) vectors: collapse the vector with "
+                                "vec.token_mean(), or use the transformers engine", PLUGIN, i, "tokenwise_vector")
     if s.where not in ("all", "generated"):
         raise PluginUnsupported(f"hotwire steers every token ('all') or decode steps only ('generated'); "
-                                f"positions={s.where!r} is not available (use vllm-lens)", PLUGIN, i,
+                                f"positions={s.where!r} is not available (use the transformers engine)", PLUGIN, i,
                                 "unsupported_positions")
 
 

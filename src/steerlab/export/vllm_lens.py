@@ -12,13 +12,20 @@ form::
 The plugin adds ``scale * activations[i]`` to the output of decoder layer ``layer_indices[i]``
 (0-based, the same numbering as steerlab's layers) at every token of the request (2-D
 activations), or row ``j`` of a 3-D one at absolute token position ``position_indices[j]``
-(``null``: positions ``0..n_positions-1``). So:
+(``null``: positions ``0..n_positions-1``).
+
+Only the 2-D form works with vllm-lens 1.3.0 and the vLLM it requires (0.30): the
+plugin takes a forward step's absolute start from ``attn_metadata.seq_lens``
+(``_worker_ext.py:439-455``), but vLLM's V1 runner gives ``attn_metadata`` as a dict of per-layer
+metadata, so it finds none and counts every decode step, and every prefill chunk after the first,
+from position 0. A 3-D entry then steers the wrong tokens: ``"generated"`` steers nothing,
+``"prompt"`` steers every generated token too, windows and token-wise rows land on the wrong
+tokens (``tests/test_vllm.py`` runs the plugin's own module and shows each). So:
 
 * a plain vector at ``positions="all"`` is one 2-D entry, the coefficient as ``scale``;
-* a token-wise (ActAdd) vector is one 3-D entry with ``position_indices: null`` — steerlab's
-  front-aligned rows exactly;
-* ``"prompt"``, ``"generated"`` and windows need the request's prompt length and ``max_tokens``:
-  the vector repeated once per position (3-D), refused above :data:`MAX_PAYLOAD_FLOATS`;
+* ``"prompt"``, ``"generated"``, windows and token-wise (ActAdd) vectors are refused
+  (:class:`~steerlab.export.PluginUnsupported`, saying why) — for ``"generated"`` use hotwire,
+  for the others the transformers engine; a token-wise vector's ``token_mean()`` is a plain one;
 * only ``operator="add"``; conditional steering (CAST) is refused. vllm-lens's ``norm_match`` is
   not steerlab's ``add_norm_preserving`` and is never used.
 
@@ -27,9 +34,13 @@ Tensors are written uncompressed (vllm-lens reads a ``compression`` key only whe
 installed.
 
 Example:
-    >>> entries = to_entries(vec)  # doctest: +SKIP
-    >>> xargs(steering_payload(Steering(vec, 4.0), prompt_len=12, max_tokens=32))  # doctest: +SKIP
-    {'apply_steering_vectors': '[{"activations": {...}, "layer_indices": [8, 9], "scale": 4.0, ...}]'}
+    >>> vec = SteeringVector({2: torch.ones(4)}, model_id="m", d_model=4, n_layers=6)
+    >>> [(e["layer_indices"], e["scale"], e["position_indices"]) for e in steering_payload(Steering(vec, 4.0))]
+    [([2], 4.0, None)]
+    >>> steering_payload(Steering(vec, 4.0, positions="generated"))
+    Traceback (most recent call last):
+    ...
+    steerlab.export.common.PluginUnsupported: vllm-lens 1.3.0 steers only positions='all', not 'generated': ...
 """
 
 from __future__ import annotations
@@ -47,14 +58,17 @@ from ..errors import InvalidVectorError, VectorFileError
 from ..files import atomic_file
 from ..steering import Steering, SteeringLike
 from ..vector import SteeringVector
-from .common import PluginUnsupported, explicit_positions, steerings_of
+from .common import PluginUnsupported, steerings_of
 
 PLUGIN = "vllm-lens"
 XARG = "apply_steering_vectors"
 """The ``extra_args`` / ``vllm_xargs`` key vllm-lens reads."""
-MAX_PAYLOAD_FLOATS = 1 << 22
-"""The most floats (16 MiB as float32) one request's steering may send for position-specific
-steering (``"prompt"``, ``"generated"``, windows): beyond it the request is refused."""
+POSITIONS_WHY = (
+    "it places a step's tokens by the step's absolute start, which it reads from attn_metadata.seq_lens, but "
+    "vLLM >= 0.30 (which it requires) passes attn_metadata as a dict of per-layer metadata, so every decode step "
+    "(and every prefill chunk after the first) counts from position 0"
+)
+"""Why vllm-lens 1.3.0 cannot steer by position (``_worker_ext.py:439-455``)."""
 
 _TORCH_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -104,7 +118,14 @@ def _unzstd(raw: bytes) -> bytes:
 
 # ----------------------------------------------------------------------------- files
 def to_entries(vec: SteeringVector, scale: float = 1.0) -> list[dict[str, Any]]:
-    """``vec`` as a vllm-lens ``apply_steering_vectors`` list (one entry; token-wise: 3-D)."""
+    """``vec`` as a vllm-lens ``apply_steering_vectors`` list (one 2-D entry).
+
+    Raises:
+        PluginUnsupported: a token-wise vector (vllm-lens 1.3.0 would put its rows at the wrong
+            tokens, see :data:`POSITIONS_WHY`).
+    """
+    if vec.tokenwise:
+        raise _tokenwise(None)
     layers = vec.layers
     acts = torch.stack([vec.directions[k] for k in layers])
     return [_entry(acts, layers, scale)]
@@ -175,58 +196,50 @@ def _entry_directions(item: Any, where: str) -> dict[int, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- requests
-def steering_payload(
-    steering: SteeringLike | None, prompt_len: int, max_tokens: int, max_floats: int = MAX_PAYLOAD_FLOATS
-) -> list[dict[str, Any]]:
+def steering_payload(steering: SteeringLike | None) -> list[dict[str, Any]]:
     """The ``apply_steering_vectors`` list for one request steered by ``steering``.
 
     Args:
         steering: the request's steering (validated as for the transformers engine).
-        prompt_len: the prompt's tokens (to place ``"prompt"``/``"generated"``/windows).
-        max_tokens: the most tokens the request generates.
-        max_floats: cap on the floats sent for position-specific steering.
 
     Raises:
-        PluginUnsupported: an operator other than ``add``, a condition, or position-specific
-            steering over ``max_floats``.
+        PluginUnsupported: an operator other than ``add``, a condition, positions other than
+            ``"all"`` or a token-wise vector (vllm-lens 1.3.0 places them wrongly, see
+            :data:`POSITIONS_WHY`).
     """
     out: list[dict[str, Any]] = []
-    budget = max_floats
     for i, s in enumerate(steerings_of(steering)):
-        entry = _steering_entry(i, s, prompt_len, max_tokens, budget)
+        entry = _steering_entry(i, s)
         if entry is not None:
-            budget -= _floats(entry)
             out.append(entry)
     return out
 
 
-def _floats(entry: dict[str, Any]) -> int:
-    return int(np.prod(entry["activations"]["shape"])) if entry["position_indices"] is not None else 0
-
-
-def _steering_entry(i: int, s: Steering, prompt_len: int, max_tokens: int, budget: int) -> dict[str, Any] | None:
+def _steering_entry(i: int, s: Steering) -> dict[str, Any] | None:
     if s.op.name != "add":
         raise PluginUnsupported(f"vllm-lens only adds vectors; operator={s.op.name!r} is not available with this "
                                 "engine (use the transformers engine)", PLUGIN, i)
     if s.condition is not None:
         raise PluginUnsupported("vllm-lens has no conditional (CAST) steering", PLUGIN, i)
+    if s.vector.tokenwise:
+        raise _tokenwise(i)
+    if s.where != "all":
+        raise PluginUnsupported(
+            f"vllm-lens 1.3.0 steers only positions='all', not {s.where!r}: {POSITIONS_WHY}. So 'generated' would "
+            "steer nothing, 'prompt' would steer the generated tokens too and windows would land on the wrong "
+            "tokens. Use positions='all', hotwire for 'generated', or the transformers engine",
+            PLUGIN, i, "unsupported_positions")
     if s.is_noop:
         return None
     layers = list(s.active_layers)
-    acts = torch.stack([s.vector.directions[k] for k in layers])
-    if s.vector.tokenwise or s.where == "all":
-        return _entry(acts, layers, s.coefficient)  # 3-D with position_indices None: front-aligned
-    positions = list(explicit_positions(s.where, prompt_len, max_tokens))
-    if not positions:
-        return None
-    floats = len(layers) * len(positions) * s.vector.d_model
-    if floats > budget:
-        raise PluginUnsupported(
-            f"positions={s.where!r} on this request is {len(positions)} positions × {len(layers)} layers: "
-            f"{floats} floats, over the {MAX_PAYLOAD_FLOATS} vllm-lens payload cap; use positions='all', fewer "
-            "layers or a shorter window", PLUGIN, i, "steering_payload_too_large")
-    rows = acts[:, None, :].expand(len(layers), len(positions), acts.shape[-1])
-    return _entry(rows, layers, s.coefficient, positions)
+    return _entry(torch.stack([s.vector.directions[k] for k in layers]), layers, s.coefficient)
+
+
+def _tokenwise(i: int | None) -> PluginUnsupported:
+    return PluginUnsupported(
+        f"vllm-lens 1.3.0 cannot steer with a token-wise (ActAdd) vector: its rows go at absolute positions and "
+        f"{POSITIONS_WHY}, so its first row would be added to every generated token. Use the vector's token_mean() "
+        "(a plain vector) or the transformers engine", PLUGIN, i, "tokenwise_vector")
 
 
 def xargs(payload: list[dict[str, Any]]) -> dict[str, str]:

@@ -10,11 +10,15 @@ steerlab                      vllm-lens                    hotwire
 ``operator="add"``            yes                          yes
 other operators               refused                      refused
 ``positions="all"``           yes (2-D vector)             yes
-``positions="generated"``     yes (explicit positions)     yes (``decode_only``)
-``"prompt"``, windows         yes (explicit positions)     refused
-token-wise (ActAdd) vectors   yes (3-D, front-aligned)     refused
+``positions="generated"``     refused (*)                  yes (``decode_only``)
+``"prompt"``, windows         refused (*)                  refused
+token-wise (ActAdd) vectors   refused (*)                  refused
 several vectors               summed                       one per layer, else refused
 ============================  ===========================  ===========================
+
+(*) vllm-lens 1.3.0 counts every decode step from position 0 under vLLM >= 0.30
+(:data:`steerlab.export.vllm_lens.POSITIONS_WHY`), so its position-specific steering lands on the
+wrong tokens.
 
 For hotwire the server also checks what it can see of the vLLM side: with ``hotwire_dir`` (the
 ``$HOTWIRE_VECTORS`` directory) each vector must be exported there and current, since hotwire
@@ -65,14 +69,16 @@ class Translator:
         self._exported: dict[Path, tuple[float, str | None]] = {}
 
     def xargs(self, steering: SteeringLike | None, prompt_len: int, max_tokens: int) -> dict[str, str]:
-        """The request's ``vllm_xargs`` (``{}``: unsteered).
+        """The request's ``vllm_xargs`` (``{}``: unsteered). ``prompt_len`` and ``max_tokens`` place
+        position-specific steering; neither plugin as supported today needs them (both steer by
+        span: every token, or hotwire's decode steps).
 
         Raises:
             PluginUnsupported: the plugin cannot express this steering (or, for hotwire, the
                 vector is not exported to ``hotwire_dir`` / the slot bank would overflow).
         """
         if self.plugin == "vllm-lens":
-            return vllm_lens.xargs(vllm_lens.steering_payload(steering, prompt_len, max_tokens))
+            return vllm_lens.xargs(vllm_lens.steering_payload(steering))
         spec = hotwire.request_spec(steering, self._name_of)
         self._reserve_slots(spec)
         return hotwire.xargs(spec)
