@@ -202,7 +202,7 @@ def _cut_after_answer(text: str, letter: str) -> str:
 
 def _caa_texts(cfg: PeersConfig, lm: Any) -> list[Pair]:
     import steerlab
-    from steerlab.data import ChatText, render
+    from steerlab.data.pairs import ChatText, render
 
     caa: list[Pair] = []
     for p in steerlab.caa_pairs(steerlab.load_caa(CAA, cfg.caa_pairs)) if cfg.caa_pairs else []:
@@ -219,7 +219,7 @@ def _caa_texts(cfg: PeersConfig, lm: Any) -> list[Pair]:
 def render_texts(cfg: PeersConfig, lm: Any) -> Texts:
     """Every text of the run, rendered once with the model's chat template."""
     import steerlab
-    from steerlab.data import render
+    from steerlab.data.pairs import render
 
     openings = steerlab.load_openings(OPENINGS)
     n_p = cfg.persona_pairs

@@ -118,7 +118,7 @@ def machine_info() -> dict[str, Any]:
 def make_store(cfg: ServeConfig, root: Path) -> list[str]:
     """Extract 4 persona vectors (untimed) into the store ``root``; returns their names."""
     import steerlab
-    from steerlab.demo_data import OPENINGS
+    from steerlab.data.demo import OPENINGS
 
     lm = steerlab.load_model(cfg.model)
     names = []

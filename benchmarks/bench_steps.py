@@ -124,7 +124,7 @@ class _Decoder:
 
     def __init__(self, lm: Any, model: Any, prompts: list[str], n: int, static: bool = False,
                  session: AbstractContextManager[Any] | None = None) -> None:
-        from steerlab.generate import encode
+        from steerlab.runtime.generate import encode
 
         self.lm, self.model, self.n, self.static, self.session = lm, model, n, static, session
         ids, mask = encode(lm, prompts)
@@ -206,7 +206,7 @@ def _sessions(lm: Any, settings: dict[str, Any], batch: int, mask: Any) -> tuple
 def _hook_time(case: StepCase, lm: Any, prompts: list[str], steering: Any) -> float:
     """Seconds per decoding step spent inside steerlab's hooks (the model's pre-hook and every
     block's hook, timed from inside): the direct cost, free of the machine's step-to-step scatter."""
-    from steerlab.engine import SteeringSession
+    from steerlab.runtime.session import SteeringSession
 
     class Timed(SteeringSession):
         spent = 0.0

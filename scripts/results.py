@@ -18,7 +18,7 @@ their provenance line):
 
 Run:  .venv/bin/python scripts/results.py --threads 1 [--sections frontier,orientation] [--models default]
       [--methods actadd,mean_diff,pca_diff,pca_diff:majority] [--quick]
-(``NAME:RULE`` = that method's vector in another orientation, see steerlab.methods.pca.reorient)
+(``NAME:RULE`` = that method's vector in another orientation, see steerlab.extraction.methods.pca.reorient)
 Reads ../shared/data (not copied into the repository).
 """
 
@@ -46,7 +46,7 @@ from steerlab.evaluate.report import markdown_table
 from steerlab.evaluate.scorers import get_scorer
 from steerlab.evaluate.stats import bootstrap_ci
 from steerlab.evaluate.sweep import autotune
-from steerlab.methods.pca import RULES, reorient
+from steerlab.extraction.methods.pca import RULES, reorient
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -477,7 +477,7 @@ def _save(out: Path, name: str, md: str, summary: dict[str, Any]) -> None:
 
 
 def _check_methods(methods: Sequence[str]) -> None:
-    from steerlab.methods import get_method
+    from steerlab.extraction.methods import get_method
 
     for name in methods:
         method, _, rule = name.partition(":")

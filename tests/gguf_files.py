@@ -206,7 +206,7 @@ def hf_pre_tokenizer(pre: str) -> Any:
         return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"), byte_level])
     # Others: steerlab's own reading of llama.cpp's regexes, only to train a vocabulary for files
     # that are checked against llama.cpp itself (not against this tokenizer).
-    from steerlab.gguf_tokenizer import PRE_TOKENIZERS
+    from steerlab.models.gguf_tokenizer import PRE_TOKENIZERS
 
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre].regexes]
     return pre_tokenizers.Sequence([*splits, byte_level])

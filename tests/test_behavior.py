@@ -13,7 +13,7 @@ import torch
 
 import steerlab
 from steerlab import Steering
-from steerlab.data import answer_letter
+from steerlab.data.pairs import answer_letter
 from steerlab.errors import DatasetError, SteeringSpecError
 from steerlab.evaluate.behavior import (
     ABItem,

@@ -146,7 +146,7 @@ def test_subprocess_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_demo_on_default_model_in_a_subprocess():
-    from steerlab.model import default_gguf_path
+    from steerlab.models.load import default_gguf_path
 
     default_gguf_path()  # here, not in the subprocess: skips (conftest) if the model cannot be had
     res = subprocess.run([sys.executable, "-m", "steerlab", "--json", "demo", "--max-new-tokens", "8"],
@@ -372,7 +372,7 @@ def test_bad_numbers_are_usage_errors(args, tmp_path):
 
 
 def test_condition_then_conditional_generate(vec_dir, tmp_path):
-    from steerlab.condition import Condition, find_condition
+    from steerlab.spec.condition import Condition, find_condition
 
     dogs = ["The dog ran to the park", "The big dog barked at the cat", "A dog wagged its tail"]
     rain = ["It was raining all day", "The rain fell on the roof", "Dark clouds brought rain"]

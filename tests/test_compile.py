@@ -9,7 +9,7 @@ import torch
 
 import steerlab
 from steerlab import Steering, hf
-from steerlab.generate import encode
+from steerlab.runtime.generate import encode
 
 from .conftest import PROMPTS
 

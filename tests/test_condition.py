@@ -8,8 +8,8 @@ import torch
 
 import steerlab
 from steerlab import Steering
-from steerlab.condition import Condition, best_threshold, find_condition
-from steerlab.engine import SteeringSession
+from steerlab.runtime.session import SteeringSession
+from steerlab.spec.condition import Condition, best_threshold, find_condition
 
 DOGS = ["The dog ran to the park", "The big dog barked at the cat", "A dog wagged its tail", "The puppy played"]
 RAIN = ["It was raining all day", "The rain fell on the roof", "Dark clouds brought rain", "A storm came with rain"]
@@ -47,7 +47,7 @@ def test_rows_decide_independently_and_others_stay_bit_identical(lm, vec, found,
 
 
 def test_logits_of_unmatched_rows_are_bit_identical(lm, vec, found):
-    from steerlab.generate import encode
+    from steerlab.runtime.generate import encode
 
     prompts = [DOGS[2], RAIN[2]]
     ids, mask = encode(lm, prompts)

@@ -10,7 +10,7 @@ import torch
 import steerlab
 from steerlab import Steering
 from steerlab import model as model_mod
-from steerlab.demo_data import DEMO_PROMPTS, OPENINGS
+from steerlab.data.demo import DEMO_PROMPTS, OPENINGS
 
 pytestmark = pytest.mark.slow
 

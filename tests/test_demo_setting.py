@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from steerlab.cli import app
-from steerlab.demo_setting import DemoSettingError, from_frontier, load_demo_setting
+from steerlab.data.demo_setting import DemoSettingError, from_frontier, load_demo_setting
 
 from .conftest import STORIES
 
@@ -127,7 +127,7 @@ def test_demo_builds_each_method_as_the_frontier_does(method: str) -> None:
 
     import steerlab
     from steerlab.cli.gen import _demo_vector
-    from steerlab.demo_data import OPENINGS
+    from steerlab.data.demo import OPENINGS
 
     lm = steerlab.load_model(STORIES)
     pairs = steerlab.persona_pairs("happy", "sad", list(OPENINGS))

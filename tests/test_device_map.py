@@ -16,7 +16,7 @@ import torch
 
 import steerlab
 from steerlab import Steering, SteeringVector
-from steerlab.generate import encode
+from steerlab.runtime.generate import encode
 
 from .conftest import PROMPTS, STORIES
 

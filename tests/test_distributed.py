@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import steerlab
-from steerlab.data import CsvPairs, HFPairs, JsonlPairs, ListPairs, ParquetPairs
+from steerlab.data.pairs import CsvPairs, HFPairs, JsonlPairs, ListPairs, ParquetPairs
 from steerlab.distributed import DistributedError, actors, shutdown_pool
 from steerlab.evaluate.sweep import autotune, sweep
-from steerlab.methods.mean_diff import MeanDiffAccumulator
+from steerlab.extraction.methods.mean_diff import MeanDiffAccumulator
 
 from .conftest import CAA, STORIES
 from .context_fit import ab_records_within_context
@@ -139,8 +139,9 @@ def test_wrapped_models_and_bad_worker_counts_are_refused(lm):
 @pytest.mark.parametrize("method", ["mean_diff", "pca_diff", "pca_center", "probe"])
 def test_ray_extraction_equals_single_process(lm, ray_session, pair_files, method):
     want = steerlab.extract(lm, PAIRS, method=method, layers=[1, 2, 3], batch_size=4)
-    got = steerlab.extract(lm, steerlab.open_pairs(pair_files["jsonl"]), method=method, layers=[1, 2, 3],
-                           batch_size=4, workers=2)
+    got = steerlab.extract(
+        lm, steerlab.open_pairs(pair_files["jsonl"]), method=method, layers=[1, 2, 3], batch_size=4, workers=2
+    )
     assert max_diff(want, got) <= TOL
     assert got.data_hash == want.data_hash and got.meta["read"] == want.meta["read"]
     assert got.meta["workers"] == 2 and got.meta["shards"] > 2
@@ -157,8 +158,11 @@ class SlowMeanDiff(MeanDiffAccumulator):
 def test_killed_worker_is_restarted_and_its_shard_redone_once(lm, ray_session, tmp_path, caplog):
     ray = ray_session
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship SlowMeanDiff to the workers
-    steerlab.methods.register(steerlab.methods.Method("slow_mean_diff", steerlab.methods.get_method("mean_diff").fit,
-                                                      "slow", accumulator=SlowMeanDiff))
+    steerlab.extraction.methods.register(
+        steerlab.extraction.methods.Method(
+            "slow_mean_diff", steerlab.extraction.methods.get_method("mean_diff").fit, "slow", accumulator=SlowMeanDiff
+        )
+    )
     try:
         want = steerlab.extract(lm, PAIRS, layers=[1, 3], batch_size=2)
         handles = actors(lm, 2)
@@ -169,7 +173,8 @@ def test_killed_worker_is_restarted_and_its_shard_redone_once(lm, ray_session, t
         def run() -> None:
             try:
                 out["vec"] = steerlab.distributed.extract_sharded(
-                    lm, PAIRS, "slow_mean_diff", [1, 3], batch_size=2, checkpoint=ckpt, workers=2, shard_size=6)
+                    lm, PAIRS, "slow_mean_diff", [1, 3], batch_size=2, checkpoint=ckpt, workers=2, shard_size=6
+                )
             except BaseException as exc:  # pragma: no cover - reported below
                 out["error"] = exc
 
@@ -191,7 +196,7 @@ def test_killed_worker_is_restarted_and_its_shard_redone_once(lm, ray_session, t
         assert any("resumed after" in r.getMessage() for r in caplog.records)  # from its shard checkpoint
         assert not list(tmp_path.iterdir())  # checkpoints removed
     finally:
-        del steerlab.methods.REGISTRY["slow_mean_diff"]
+        del steerlab.extraction.methods.REGISTRY["slow_mean_diff"]
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
@@ -228,8 +233,25 @@ def test_cli_extract_and_sweep_with_workers(lm, ray_session, pair_files, tmp_pat
     runner = CliRunner()
     model = ["--model", str(STORIES)]
     out = tmp_path / "v"
-    res = runner.invoke(app, ["--quiet", "extract", *model, "--pairs", str(pair_files["csv"]), "--layers", "1-3",
-                              "--batch-size", "4", "--workers", "2", "--out", str(out)], catch_exceptions=False)
+    res = runner.invoke(
+        app,
+        [
+            "--quiet",
+            "extract",
+            *model,
+            "--pairs",
+            str(pair_files["csv"]),
+            "--layers",
+            "1-3",
+            "--batch-size",
+            "4",
+            "--workers",
+            "2",
+            "--out",
+            str(out),
+        ],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.output
     got = steerlab.SteeringVector.load(out)
     assert max_diff(got, steerlab.extract(lm, PAIRS, layers=[1, 2, 3], batch_size=4)) <= TOL
@@ -237,9 +259,25 @@ def test_cli_extract_and_sweep_with_workers(lm, ray_session, pair_files, tmp_pat
     texts.write_text("\n".join(TEXTS))
     grids = []
     for workers in ([], ["--workers", "2"]):
-        res = runner.invoke(app, ["--json", "sweep", "cost", *model, "--vector", str(out), "--data", str(texts),
-                                  "--coefs", "0,4", "--out", str(tmp_path / f"sw{len(workers)}"), *workers],
-                            catch_exceptions=False)
+        res = runner.invoke(
+            app,
+            [
+                "--json",
+                "sweep",
+                "cost",
+                *model,
+                "--vector",
+                str(out),
+                "--data",
+                str(texts),
+                "--coefs",
+                "0,4",
+                "--out",
+                str(tmp_path / f"sw{len(workers)}"),
+                *workers,
+            ],
+            catch_exceptions=False,
+        )
         assert res.exit_code == 0, res.output
         grids.append(json.loads(res.output)["grids"])
     assert grids[0] == grids[1]
@@ -261,7 +299,7 @@ def test_shard_jobs_ship_small_sources(pair_files):
 
 @pytest.mark.slow
 def test_default_model_persona_vector_on_two_workers(ray_session):
-    from steerlab.demo_data import OPENINGS as DEMO
+    from steerlab.data.demo import OPENINGS as DEMO
 
     lm = steerlab.load_model("default")
     pairs = steerlab.persona_pairs("happy", "sad", list(DEMO))

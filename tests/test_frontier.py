@@ -23,7 +23,7 @@ from steerlab.evaluate.prompting import as_prompt
 from steerlab.evaluate.sentiment import sentiment_shift
 from steerlab.evaluate.sweep import _choose as autotune_choose
 from steerlab.evaluate.sweep import autotune, split_halves
-from steerlab.methods.pca import orientation, oriented, reorient
+from steerlab.extraction.methods.pca import orientation, oriented, reorient
 
 from .conftest import CAA, STORIES
 from .context_fit import ab_records_within_context
@@ -342,7 +342,7 @@ def test_pca_diff_follows_the_majority_where_the_rules_disagree():
     diffs = torch.tensor([[1.0, 0.0]] * 9 + [[-12.0, 0.0]] * 2) + 0.01 * torch.randn(11, 2)
     neg = torch.randn(11, 2)
     pos = neg + diffs
-    from steerlab.methods import get_method
+    from steerlab.extraction.methods import get_method
 
     for name in ("pca_diff", "pca_center"):
         direction = get_method(name).fit(pos, neg)
@@ -352,8 +352,8 @@ def test_pca_diff_follows_the_majority_where_the_rules_disagree():
 
 
 def test_pca_vectors_carry_orientation_metadata(lm, tmp_path):
-    from steerlab.capture import capture
-    from steerlab.data import pair_texts
+    from steerlab.data.pairs import pair_texts
+    from steerlab.extraction.capture import capture
 
     pairs = steerlab.persona_pairs("happy", "sad", OPENINGS)
     vec = steerlab.extract(lm, pairs, method="pca_diff", layers=[1, 2, 3])

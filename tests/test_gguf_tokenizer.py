@@ -17,7 +17,7 @@ import torch
 import transformers
 
 import steerlab
-from steerlab.gguf_tokenizer import (
+from steerlab.models.gguf_tokenizer import (
     build_tokenizer,
     load_gguf_tokenizer,
     read_gguf_vocab,
@@ -265,7 +265,7 @@ def test_default_smollm2_rebuilt_tokenizer_matches(tmp_path):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import AutoTokenizer
 
-    from steerlab.model import default_gguf_path
+    from steerlab.models.load import default_gguf_path
 
     path = default_gguf_path()
     vocab = read_gguf_vocab(path)

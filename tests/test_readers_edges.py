@@ -17,14 +17,14 @@ import pytest
 import torch
 
 import steerlab
-from steerlab.data import CsvPairs, JsonlPairs, ParquetPairs, looks_like_path
+from steerlab.data.pairs import CsvPairs, JsonlPairs, ParquetPairs, looks_like_path
+from steerlab.data.preference import PreferencePair, load_preferences
 from steerlab.distributed import extract_sharded
 from steerlab.errors import CheckpointError, DatasetError
 from steerlab.files import read_checkpoint, write_checkpoint
 from steerlab.limits import LimitError, Limits
-from steerlab.preference import PreferencePair, load_preferences
 
-capture_mod = importlib.import_module("steerlab.capture")
+capture_mod = importlib.import_module("steerlab.extraction.capture")
 extract_mod = importlib.import_module("steerlab.extract")
 
 POS = [f"Lily was happy and the sun was out on day {i}" for i in range(8)]
@@ -162,7 +162,7 @@ def test_a_zero_direction_is_an_error_not_a_vector(lm):
 
 
 def test_a_condition_from_the_same_prompts_on_both_sides_is_refused(lm):
-    from steerlab.condition import find_condition
+    from steerlab.spec.condition import find_condition
 
     prompts = ["The dog ran", "The cat sat"]
     with pytest.raises(DatasetError, match="the positive and negative prompts are the same"):
@@ -178,7 +178,7 @@ def test_a_lone_surrogate_is_refused_naming_the_row(tmp_path):
     for message in _pairs_everywhere(path):
         assert "s.jsonl:2: field 'positive' is not valid Unicode text (it holds a lone surrogate" in message
     with pytest.raises(LimitError, match=r"pair 0 \(positive\) is not valid Unicode"):
-        steerlab.data.check_pairs([steerlab.ContrastPair("\ud800", "b")])
+        steerlab.data.pairs.check_pairs([steerlab.ContrastPair("\ud800", "b")])
 
 
 def test_a_csv_field_over_the_limit_names_the_row_and_the_limit(tmp_path):
@@ -259,7 +259,7 @@ def test_a_missing_path_is_not_found_never_a_hub_lookup(monkeypatch):
     def no_hub(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("looked up on the Hub")
 
-    monkeypatch.setattr(steerlab.data.HFPairs, "_open", no_hub)
+    monkeypatch.setattr(steerlab.data.pairs.HFPairs, "_open", no_hub)
     for name in ("data/missing.parquet", "missing.jsonl", "./mine", "/abs/path", "a/b/c"):
         assert looks_like_path(name)
         with pytest.raises(DatasetError, match="pairs file not found"):
@@ -401,7 +401,7 @@ def test_read_checkpoint_refuses_another_run_and_names_the_file(tmp_path):
 
 
 def test_corrupt_or_tampered_training_checkpoints_are_refused(lm, tmp_path):
-    from steerlab.train.state import TrainState
+    from steerlab.extraction.train.state import TrainState
 
     opts: dict[str, Any] = {"lr": 0.05, "epochs": 2, "batch_size": 4, "holdout": 0.25, "progress": False, "layers": [1]}
     pairs = [

@@ -416,7 +416,7 @@ def test_cli_serve_takes_the_scheduler(lm: steerlab.LM, store: Path, monkeypatch
 def test_continuous_batching_on_the_default_model_equals_each_request_alone(tmp_path: Path) -> None:
     """SmolLM2-135M-Instruct: chat and completion requests over 2 vectors (and none), sent at
     different times so they join a running batch, give each request's text alone (greedy)."""
-    from steerlab.demo_data import OPENINGS
+    from steerlab.data.demo import OPENINGS
 
     smol = steerlab.load_model("default")
     for name, (pos, neg) in {"happy": ("happy", "sad"), "formal": ("formal", "casual")}.items():

@@ -13,7 +13,7 @@ import pytest
 
 import steerlab
 from steerlab.analysis import breakdown_curve
-from steerlab.demo_data import NEUTRAL
+from steerlab.data.demo import NEUTRAL
 from steerlab.evaluate.likelihood import continuation_nll, perplexities
 
 pytest.importorskip("fastapi")

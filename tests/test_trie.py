@@ -1,4 +1,4 @@
-"""The prefix tree (steerlab.trie): every distinct token prefix once, passes that can run, reads that
+"""The prefix tree (steerlab.extraction.trie): every distinct token prefix once, passes that can run, reads that
 add up; and capture through it equal to the full forward."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from steerlab import hf, trie
 from .conftest import CAA, REPE
 from .context_fit import caa_items_within_context
 
-capture_mod = importlib.import_module("steerlab.capture")
+capture_mod = importlib.import_module("steerlab.extraction.capture")
 
 
 def _random_sequences(rng: random.Random, n: int) -> list[list[int]]:
@@ -204,7 +204,7 @@ def test_answer_reads_and_caa_pairs(lm: steerlab.LM) -> None:
     letter are not run at all), and the vector equals the full forward's."""
     syc = CAA / "generate" / "sycophancy" / "generate_dataset.json"
     pairs = steerlab.caa_pairs(caa_items_within_context(lm, syc, 6))
-    texts = [steerlab.data.render(s, lm) for p in pairs for s in (p.positive, p.negative)]
+    texts = [steerlab.data.pairs.render(s, lm) for p in pairs for s in (p.positive, p.negative)]
     full = steerlab.capture(lm, texts, [1, 3], "answer", share_prefix=False)
     with _Counter(lm.model) as count:
         shared = steerlab.capture(lm, texts, [1, 3], "answer")

@@ -111,7 +111,7 @@ def lens_decode(value: Any) -> list[Any]:
 def plugin_blocks(pm: PluginModel, ids: list[int], xargs: dict[str, str]) -> dict[int, torch.Tensor]:
     """One prefill step of ``ids`` with the plugin reading ``xargs`` (as vLLM's extra_args)."""
     with pm.request(xargs) as req, block_outputs(pm.lm) as seen:
-        pm.step(req, ids, 0, steerlab.hf.new_cache(pm.lm.model))
+        pm.step(req, ids, 0, steerlab.runtime.hf.new_cache(pm.lm.model))
     return seen
 
 
@@ -340,7 +340,7 @@ def test_hotwire_same_layer_entries_do_not_stack(lm: steerlab.LM, vec: SteeringV
     assert [m._hotwire_idx for m in pm.vllm.model.layers] == list(range(lm.n_layers))  # every layer armed
     spec = [{"id": "a", "layer": 2, "scale": 1.0}, {"id": "b", "layer": 2, "scale": 1.0}]
     with pm.request(hotwire.xargs(spec)) as req:
-        pm.step(req, prompt_ids(lm)[:4], 0, steerlab.hf.new_cache(lm.model))
+        pm.step(req, prompt_ids(lm)[:4], 0, steerlab.runtime.hf.new_cache(lm.model))
     st = pm.hot_state
     slot = int(st.slot_map[2, 0])
     assert torch.equal(st.bank.bank[slot], -vec.directions[2])  # b, not a + b (= 0)

@@ -10,9 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from .bake import bake
-from .capture import capture, capture_tokens
-from .data import (
+from .data.pairs import (
     ChatText,
     ContrastPair,
     caa_pair,
@@ -25,7 +23,7 @@ from .data import (
     pairs_from_lists,
     persona_pairs,
 )
-from .engine import steer, steer_rows
+from .data.preference import PreferencePair, load_preferences, preference_pairs, self_contrast
 from .errors import (
     CheckpointError,
     ContextLengthError,
@@ -40,15 +38,17 @@ from .errors import (
     UnsupportedArchitectureError,
     VectorFileError,
 )
-from .extract import extract
-from .generate import generate
+from .export.bake import bake
+from .extraction.capture import capture, capture_tokens
+from .extraction.extract import extract
+from .extraction.methods import REGISTRY as METHODS
+from .extraction.scale import relative, residual_norms
 from .limits import LimitError, Limits
-from .methods import REGISTRY as METHODS
-from .model import LM, load_model, wrap_model
-from .preference import PreferencePair, load_preferences, preference_pairs, self_contrast
-from .scale import relative, residual_norms
-from .steering import Composite, Steering, compose
-from .vector import SteeringVector
+from .models.load import LM, load_model, wrap_model
+from .runtime.generate import generate
+from .runtime.session import steer, steer_rows
+from .spec.steering import Composite, Steering, compose
+from .spec.vector import SteeringVector
 
 __version__ = "0.1.0"
 

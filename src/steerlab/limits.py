@@ -123,7 +123,7 @@ class Limits:
     # ------------------------------------------------------------------ construction
     @classmethod
     def for_model(cls, lm: Any, **settings: Any) -> Limits:
-        """The limits of ``lm`` (an :class:`~steerlab.model.LM`) with ``settings`` on top.
+        """The limits of ``lm`` (an :class:`~steerlab.models.load.LM`) with ``settings`` on top.
 
         ``settings`` are :class:`Limits` fields; unknown names are ignored, so a settings object's
         ``__dict__`` can be passed whole.

@@ -30,7 +30,7 @@ import torch
 
 from ..errors import InvalidVectorError, ModelMismatchError
 from ..evaluate.report import Report, new_figure, save_figure
-from ..vector import SteeringVector
+from ..spec.vector import SteeringVector
 
 ANNOTATE_MAX = 12
 """Heat maps with at most this many rows get the values written in their cells."""

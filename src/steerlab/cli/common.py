@@ -197,8 +197,8 @@ def non_negative(value: float | None) -> float | None:
 
 def parse_positions(spec: str) -> str | tuple[int, int | None]:
     """``all|prompt|generated`` or a window ``start:end`` (``end`` may be empty), checked as the
-    library checks a :class:`~steerlab.steering.Steering`'s positions."""
-    from ..positions import positions_key
+    library checks a :class:`~steerlab.spec.steering.Steering`'s positions."""
+    from ..spec.positions import positions_key
 
     value: str | tuple[int, int | None] = spec
     if ":" in spec:
@@ -232,8 +232,8 @@ def existing_path(value: Any) -> Any:
 
 def model_option(value: str | None) -> str | None:
     """Option callback for ``--model`` (and ``--scorer``): a value that names a file or folder
-    (:func:`steerlab.data.looks_like_path`) must exist, so it is never looked up on the Hub."""
-    from ..data import looks_like_path
+    (:func:`steerlab.data.pairs.looks_like_path`) must exist, so it is never looked up on the Hub."""
+    from ..data.pairs import looks_like_path
 
     if value is not None and value not in ("default", "vader") and looks_like_path(value) and not Path(value).exists():
         raise typer.BadParameter(f"not found: {value} (give 'default', an existing folder or .gguf file, or a hub id)")
@@ -261,7 +261,7 @@ def text_option(value: Any) -> Any:
 
 def method_option(value: str) -> str:
     """Option callback: the extraction method must be registered."""
-    from ..methods import get_method
+    from ..extraction.methods import get_method
 
     try:
         get_method(value)

@@ -69,7 +69,7 @@ def _finish(report: Any, out: Path, name: str, lm: Any, data: Path | None, **ext
 
 def _openings(path: Path | None) -> list[str]:
     import steerlab
-    from steerlab.demo_data import OPENINGS
+    from steerlab.data.demo import OPENINGS
 
     return steerlab.load_openings(path) if path else list(OPENINGS)
 

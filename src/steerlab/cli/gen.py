@@ -48,8 +48,8 @@ def demo(
     Example: steerlab demo --coef 1.5
     """
     import steerlab
-    from steerlab.demo_data import DEMO_PROMPTS, OPENINGS
-    from steerlab.demo_setting import DirectionSetting, load_demo_setting
+    from steerlab.data.demo import DEMO_PROMPTS, OPENINGS
+    from steerlab.data.demo_setting import DirectionSetting, load_demo_setting
 
     if positive.strip() == negative.strip():
         raise typer.BadParameter(f"--positive and --negative are the same persona ({positive!r}): the vector would "
@@ -117,7 +117,7 @@ def _demo_vector(steerlab: Any, lm: Any, pairs: Any, method: str, layers: list[i
     name, _, rule = method.partition(":")
     vec = steerlab.extract(lm, pairs, method=name, layers=layers, progress=False)
     if rule:
-        from steerlab.methods.pca import reorient
+        from steerlab.extraction.methods.pca import reorient
 
         vec = reorient(vec, rule)
     norms = md.norms()
@@ -171,7 +171,7 @@ def generate(
         raise typer.BadParameter("give one --positions for all vectors or one per --vector")
 
     def body() -> None:
-        from steerlab.condition import Condition
+        from steerlab.spec.condition import Condition
 
         cond = Condition.load(condition, threshold=threshold) if condition is not None else None  # before the model
         with status(f"loading {model}"):

@@ -131,7 +131,7 @@ def serve(
         factory = None
         with status(f"loading {model}"):
             if engine == "vllm":
-                from steerlab.model import resolve_model
+                from steerlab.models.load import resolve_model
                 from steerlab.serve.engines.vllm import VLLMOptions, engine_factory, load_shell
 
                 lm = load_shell(model)

@@ -12,7 +12,7 @@ from rich.table import Table
 from . import app
 
 if TYPE_CHECKING:
-    from ..vector import SteeringVector
+    from ..spec.vector import SteeringVector
 
 from .common import (
     console,
@@ -47,7 +47,7 @@ def _span(layers: list[int]) -> str:
 
 def load_vector(path: Path, lm: object = None) -> SteeringVector:
     """A vector folder or a ``.gguf`` control vector."""
-    from ..vector import SteeringVector
+    from ..spec.vector import SteeringVector
 
     return SteeringVector.from_gguf(path, lm=lm) if path.suffix == ".gguf" else SteeringVector.load(path)
 
@@ -85,7 +85,7 @@ def extract(
     if ray_address is not None and workers is None:
         raise typer.BadParameter("--ray-address needs --workers N (how many Ray actors to start)")
     import steerlab
-    from steerlab.demo_data import OPENINGS
+    from steerlab.data.demo import OPENINGS
 
     if (pairs is None) == (persona is None):
         raise typer.BadParameter("give exactly one of --pairs FILE or --persona positive:negative")
@@ -158,7 +158,7 @@ def export_gguf(
     """
 
     def body() -> None:
-        from ..vector import SteeringVector
+        from ..spec.vector import SteeringVector
 
         path = SteeringVector.load(vector).to_gguf(out)
         emit({"out": str(path)}, lambda: console.print(f"wrote {path}"))
@@ -259,7 +259,7 @@ def export_bake(
 
     def body() -> None:
         import steerlab
-        from steerlab.bake import bake
+        from steerlab.export.bake import bake
 
         with status(f"loading {model}"):
             lm = steerlab.load_model(model)

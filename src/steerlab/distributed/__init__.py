@@ -1,7 +1,7 @@
 """Beyond one process: sharded extraction and parallel sweeps on Ray (``pip install steerlab[ray]``).
 
 steerlab does not schedule work itself: Ray does. Each Ray actor loads the model once, by name
-(the :class:`~steerlab.model.LoadSpec` that :func:`steerlab.load_model` records; a model made with
+(the :class:`~steerlab.models.load.LoadSpec` that :func:`steerlab.load_model` records; a model made with
 :func:`steerlab.wrap_model` cannot be re-created in another process and is refused).
 
 * :func:`steerlab.extract(..., workers=N) <steerlab.extract>` splits the contrast pairs into

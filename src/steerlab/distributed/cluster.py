@@ -1,6 +1,6 @@
 """Ray plumbing: connect to (or start) Ray, and a pool of model-holding actors.
 
-Every actor loads the model once, by name (:class:`~steerlab.model.LoadSpec`, recorded by
+Every actor loads the model once, by name (:class:`~steerlab.models.load.LoadSpec`, recorded by
 :func:`steerlab.load_model`); model objects are never shipped. A killed or crashed actor is
 restarted by Ray (``max_restarts``) and the call it was running is sent again
 (``max_task_retries``), so a shard or sweep setting is redone, never half-counted.
@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import SteeringError
-from ..model import LM, LoadSpec
+from ..models.load import LM, LoadSpec
 
 log = logging.getLogger("steerlab.distributed")
 

@@ -1,6 +1,6 @@
 """Sharded extraction: contrast pairs split into index ranges, each read on its own, merged exactly.
 
-A shard is a range of pair indices of a :class:`~steerlab.data.PairSource`. Each is read where it
+A shard is a range of pair indices of a :class:`~steerlab.data.pairs.PairSource`. Each is read where it
 runs (a Ray actor, or this process): its texts are rendered with that process's model and captured.
 
 * A **streaming** method (``mean_diff``) feeds the shard into fresh accumulators and returns their
@@ -29,15 +29,15 @@ from typing import Any
 
 import torch
 
-from ..capture import capture, check_layers, pair_names
-from ..data import ContrastPair, DataHash, ListPairs, PairSource, open_pairs, pair_texts
+from ..data.pairs import ContrastPair, DataHash, ListPairs, PairSource, open_pairs, pair_texts
 from ..errors import CheckpointError, DatasetError, ModelMismatchError, SteeringError
-from ..extract import check_found, check_seen, load_accumulators, state_shapes
+from ..extraction.capture import capture, check_layers, pair_names
+from ..extraction.extract import check_found, check_seen, load_accumulators, state_shapes
+from ..extraction.methods import Accumulator, Method, get_method
 from ..files import read_checkpoint, write_checkpoint
-from ..methods import Accumulator, Method, get_method
-from ..model import LM
+from ..models.load import LM
 from ..progress import track
-from ..vector import SteeringVector
+from ..spec.vector import SteeringVector
 from .cluster import actor_pool, check_workers, died, ray_errors
 
 log = logging.getLogger("steerlab.distributed")
@@ -78,7 +78,7 @@ class ShardResult:
 
 def run_shard(lm: LM, job: ShardJob) -> ShardResult:
     """Read one shard with ``lm`` (in a Ray actor or in this process)."""
-    from ..extract import accumulate
+    from ..extraction.extract import accumulate
 
     if lm.model_id != job.model_id:
         raise ModelMismatchError(
@@ -101,7 +101,7 @@ def run_shard(lm: LM, job: ShardJob) -> ShardResult:
 
 def _saved_batches(checkpoint: str | None) -> int:
     """The batches a shard checkpoint says it holds, for the log (0 when unreadable: the shard's
-    :func:`~steerlab.extract.accumulate` checks the file and refuses a bad one)."""
+    :func:`~steerlab.extraction.extract.accumulate` checks the file and refuses a bad one)."""
     if checkpoint is None or not Path(checkpoint).is_file():
         return 0
     from safetensors import safe_open
@@ -288,8 +288,8 @@ def extract_sharded(
 
     Args:
         lm: the model; workers load the same one by name (``lm.spec``).
-        pairs: a :class:`~steerlab.data.PairSource`, a list of pairs, or anything
-            :func:`~steerlab.data.open_pairs` reads (a file, a dataset).
+        pairs: a :class:`~steerlab.data.pairs.PairSource`, a list of pairs, or anything
+            :func:`~steerlab.data.pairs.open_pairs` reads (a file, a dataset).
         method, layers, batch_size, progress, share_prefix: as :func:`steerlab.extract`.
         checkpoint: streaming methods: the driver's merged state (``checkpoint``) and each shard's
             running state (``checkpoint.shard-i``); on a cluster, a path every node can reach.

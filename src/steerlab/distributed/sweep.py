@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..model import LM
+from ..models.load import LM
 from ..progress import track
-from ..vector import SteeringVector
+from ..spec.vector import SteeringVector
 from .cluster import actor_pool, check_workers, died, ray_errors, require_ray
 
 

@@ -43,18 +43,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import hf
-from ..data import ab_letters, caa_pairs, load_caa
-from ..engine import steer_rows
+from ..data.pairs import ab_letters, caa_pairs, load_caa
+from ..data.readers import text_field
 from ..errors import DatasetError, SteeringSpecError
-from ..extract import extract
+from ..extraction.extract import extract
 from ..limits import Limits
-from ..model import LM
+from ..models.load import LM
+from ..models.tokens import common_prefix_length, pad_id, pad_token_ids, position_ids
 from ..progress import track
-from ..readers import text_field
-from ..steering import Steering, SteeringLike
-from ..tokens import common_prefix_length, pad_id, pad_token_ids, position_ids
-from ..vector import SteeringVector
+from ..runtime import hf
+from ..runtime.session import steer_rows
+from ..spec.steering import Steering, SteeringLike
+from ..spec.vector import SteeringVector
 from .prompting import Prompt, PromptLike, as_prompt
 from .protocol import Evaluation, register_builtin
 from .report import Report, new_figure, save_figure
@@ -102,7 +102,7 @@ def ab_item(rec: Mapping[str, Any], index: int = 0, category: str = "", where: s
         where: a prefix for error messages (e.g. the file).
 
     Raises:
-        DatasetError: missing keys, or letters :func:`steerlab.data.ab_letters` rejects (an answer
+        DatasetError: missing keys, or letters :func:`steerlab.data.pairs.ab_letters` rejects (an answer
             without an ``(X)`` letter, a question that does not offer both letters as choices, or
             the same letter on both sides).
     """

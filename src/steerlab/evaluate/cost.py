@@ -28,16 +28,16 @@ from typing import Any
 
 import torch
 
-from .. import hf
-from ..capture import check_texts
-from ..data import load_texts
-from ..engine import steer
+from ..data.pairs import load_texts
 from ..errors import DatasetError, SteeringSpecError
-from ..generate import encode
-from ..model import LM
+from ..extraction.capture import check_texts
+from ..models.load import LM
 from ..progress import track
-from ..steering import Steering, SteeringLike, compose
-from ..vector import SteeringVector
+from ..runtime import hf
+from ..runtime.generate import encode
+from ..runtime.session import steer
+from ..spec.steering import Steering, SteeringLike, compose
+from ..spec.vector import SteeringVector
 from .prompting import Prompt, PromptLike, as_prompt
 from .protocol import Evaluation, register_builtin
 from .report import Report, new_figure, save_figure
@@ -382,7 +382,7 @@ register_builtin(
     ),
 )
 
-# load_texts (steerlab.data) is re-exported: it reads the neutral texts the cost is measured on.
+# load_texts (steerlab.data.pairs) is re-exported: it reads the neutral texts the cost is measured on.
 __all__ = [
     "CostReport",
     "TextStats",

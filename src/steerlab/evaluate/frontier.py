@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError, SteeringSpecError
-from ..model import LM
+from ..models.load import LM
 from ..progress import track
-from ..vector import SteeringVector
+from ..spec.vector import SteeringVector
 from .prompting import Prompt, PromptLike, as_prompt
 from .protocol import Evaluation, accepts, get_evaluation
 from .report import Report, markdown_table, new_figure, save_figure

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import DatasetError
-from ..model import LM
+from ..models.load import LM
+from ..models.tokens import pad_id, pad_token_ids
 from ..progress import track
-from ..tokens import pad_id, pad_token_ids
 
 
 def _batches(n: int, size: int) -> list[range]:

@@ -117,7 +117,7 @@ EVALUATIONS: dict[str, Evaluation] = {}
 
 
 def register(evaluation: Evaluation, replace: bool = False) -> Evaluation:
-    """Add ``evaluation`` to :data:`EVALUATIONS` (as :func:`steerlab.methods.register` does for
+    """Add ``evaluation`` to :data:`EVALUATIONS` (as :func:`steerlab.extraction.methods.register` does for
     extraction methods).
 
     Raises:

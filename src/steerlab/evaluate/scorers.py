@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .. import hf
 from ..errors import SteeringError
+from ..runtime import hf
 
 __all__ = [
     "LABELS",

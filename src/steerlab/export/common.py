@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 from ..errors import SteeringSpecError
-from ..steering import Composite, Steering, SteeringLike
+from ..spec.steering import Composite, Steering, SteeringLike
 
 
 class PluginUnsupported(SteeringSpecError):

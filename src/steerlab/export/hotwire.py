@@ -38,8 +38,8 @@ import torch
 
 from ..errors import InvalidVectorError, LayerRangeError, VectorFileError
 from ..files import atomic_file
-from ..steering import Steering, SteeringLike
-from ..vector import SteeringVector, checked_config
+from ..spec.steering import Steering, SteeringLike
+from ..spec.vector import SteeringVector, checked_config
 from .common import PluginUnsupported, steerings_of
 
 PLUGIN = "hotwire"

@@ -56,8 +56,8 @@ import torch
 
 from ..errors import InvalidVectorError, VectorFileError
 from ..files import atomic_file
-from ..steering import Steering, SteeringLike
-from ..vector import SteeringVector
+from ..spec.steering import Steering, SteeringLike
+from ..spec.vector import SteeringVector
 from .common import PluginUnsupported, steerings_of
 
 PLUGIN = "vllm-lens"

@@ -43,7 +43,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import Scope
 
-from ..model import LM
+from ..models.load import LM
 from .guards import APIKeyMiddleware, BodyLimitMiddleware, CrossSiteMiddleware
 from .http_errors import APIError, install_handlers
 from .routes import JSON_PATHS, OPEN_PATHS, ROUTERS, UPLOAD_PATH

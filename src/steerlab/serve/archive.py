@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, TypeVar
 
 from ..limits import Limits
-from ..vector import CONFIG_NAME, WEIGHTS_NAME
+from ..spec.vector import CONFIG_NAME, WEIGHTS_NAME
 from .store_errors import InvalidUpload, TooLarge
 
 REQUIRED = (CONFIG_NAME, WEIGHTS_NAME)

@@ -40,11 +40,11 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from ..engine import steer_rows
 from ..errors import SteeringError
-from ..finite import finite, peaks
-from ..model import LM
-from ..tokens import pad_token_ids
+from ..models.load import LM
+from ..models.tokens import pad_token_ids
+from ..runtime.finite import finite, peaks
+from ..runtime.session import steer_rows
 from .jobs import Delta, Done, Event, Failed, GenParams, Job
 from .metrics import Metrics
 from .rows import RowStream, Sampler, mask_eos, shared_steerings
@@ -95,7 +95,7 @@ class _RowSampler(LogitsProcessor):
     lose their eos scores, and a sampled row's scores become ``-inf`` except at its drawn token,
     so ``generate``'s greedy argmax picks exactly that token; greedy rows are left alone.
 
-    A row whose scores are NaN or infinite (one reduction per step, :mod:`steerlab.finite`) fails
+    A row whose scores are NaN or infinite (one reduction per step, :mod:`steerlab.runtime.finite`) fails
     alone: its request gets the error, the tracker stops it, and its scores are replaced so that
     nothing is sampled from them; the other rows go on."""
 

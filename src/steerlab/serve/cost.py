@@ -7,7 +7,7 @@ where each vector's coefficient breaks the model.
   finds what the steered one wrote (1: as likely; 3: three times as perplexing).
 * :meth:`CostService.breakdown` — the breakdown curve of a stored vector
   (:func:`steerlab.analysis.breakdown_curve` on the neutral texts shipped with steerlab,
-  :data:`steerlab.demo_data.NEUTRAL`) and the smallest ``|coefficient|`` per sign at which its
+  :data:`steerlab.data.demo.NEUTRAL`) and the smallest ``|coefficient|`` per sign at which its
   perplexity passes 2× the unsteered one. Computed once per vector, lazily, in a thread of its
   own (never on the event loop), and cached until the vector is replaced or deleted.
 
@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import SteeringError
 from ..limits import Limits
-from ..model import LM
+from ..models.load import LM
 from .store import StoredVector, VectorStore
 
 
@@ -117,7 +117,7 @@ class CostService:
 
     def _breakdown(self, stored: StoredVector) -> dict[str, Any]:
         from ..analysis.breakdown import breakdown_curve
-        from ..demo_data import NEUTRAL
+        from ..data.demo import NEUTRAL
 
         out: dict[str, Any] = {"object": "steering_breakdown", "vector": stored.name, "texts": len(NEUTRAL)}
         try:

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..condition import Condition
-from ..engine import as_steerings
-from ..finite import finite, peaks
-from ..steering import Composite, Steering, SteeringLike, compose
+from ..runtime.finite import finite, peaks
+from ..runtime.session import as_steerings
+from ..spec.condition import Condition
+from ..spec.steering import Composite, Steering, SteeringLike, compose
 from .jobs import Delta, Done, Failed, GenParams, Job
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ def mask_eos(scores: torch.Tensor, samplers: Sequence[Sampler]) -> torch.Tensor:
 
 def choose_tokens(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int | None]:
     """Each row's next token from the ``[B, V]`` logits of its last position; ``None`` for a row
-    whose logits are NaN or infinite (:mod:`steerlab.finite`: one reduction gives both the check
+    whose logits are NaN or infinite (:mod:`steerlab.runtime.finite`: one reduction gives both the check
     and the greedy tokens, one transfer brings them over). Broken rows are never sampled from."""
     scores = mask_eos(logits.float(), samplers)
     values, greedy = peaks(scores)

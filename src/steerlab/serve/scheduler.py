@@ -10,14 +10,14 @@ The worker runs its own decoding loop instead of ``model.generate``. Each turn o
    every later decoding session of the batch (``steer_rows(..., decided=...)``). Their KV cache
    is then merged into the running batch's: both are left-padded to a common length with empty
    positions (masked out by attention-mask zeros) and concatenated along the batch
-   (:func:`steerlab.hf.shift_cache`, :func:`steerlab.hf.append_cache_rows`);
+   (:func:`steerlab.runtime.hf.shift_cache`, :func:`steerlab.runtime.hf.append_cache_rows`);
 2. **step** — one token for every row: a one-token forward with a 2-D attention mask over the
    cache and each row's own ``position_ids`` (its count of real tokens, so left padding never
    shifts a row), under one steering session for the current rows (``steer_rows(...,
    generating=True)``: the engine's one-token fast path), rebuilt only when the row set changes;
    each row samples with its own settings (:mod:`steerlab.serve.rows`) and streams its text;
 3. **leave** — finished or cancelled rows are dropped from the cache
-   (:func:`steerlab.hf.select_cache_rows`), and the padding no row needs any more is trimmed.
+   (:func:`steerlab.runtime.hf.select_cache_rows`), and the padding no row needs any more is trimmed.
 
 A row's tokens are those of the same request served alone (greedy): its steering sees its own
 prompt length and token positions whatever the batch, padding never reaches a real token, and
@@ -41,11 +41,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .. import hf
-from ..condition import Condition
-from ..engine import steer_rows
-from ..model import LM
-from ..tokens import pad_token_ids, position_ids
+from ..models.load import LM
+from ..models.tokens import pad_token_ids, position_ids
+from ..runtime import hf
+from ..runtime.session import steer_rows
+from ..spec.condition import Condition
 from .jobs import Job
 from .rows import RowStream, Sampler, choose_tokens, row_conditions, shared_steerings
 

@@ -22,7 +22,7 @@ from typing import Annotated, Any, cast
 from fastapi import Depends, Request
 
 from ..limits import Limits
-from ..model import LM
+from ..models.load import LM
 from .batcher import Batcher, Job
 from .cost import CostService
 from .http_errors import APIError
@@ -94,7 +94,7 @@ class Server:
 
     # ------------------------------------------------------------------ tokenizer
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (special tokens added, as :func:`steerlab.generate.encode` does)."""
+        """Token ids of ``text`` (special tokens added, as :func:`steerlab.runtime.generate.encode` does)."""
         with self.tok_lock:
             return list(self.lm.tokenizer(text, add_special_tokens=True)["input_ids"])
 

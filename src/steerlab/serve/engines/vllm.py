@@ -11,7 +11,7 @@ text comes back as the same ``Delta``/``Done``/``Failed`` events the batcher sen
 
 vLLM does its own continuous batching: ``max_batch`` here is how many requests are forwarded to
 it at once, ``max_queue`` how many more may wait. The steerlab side needs the model's tokenizer
-and config only: :func:`load_shell` builds an :class:`~steerlab.model.LM` without weights.
+and config only: :func:`load_shell` builds an :class:`~steerlab.models.load.LM` without weights.
 
 Example:
     >>> from steerlab.serve import create_app
@@ -34,7 +34,7 @@ from functools import partial
 from typing import Any
 
 from ...export import PluginUnsupported
-from ...model import LM
+from ...models.load import LM
 from ..batcher import Delta, Done, Failed, Job, Metrics, QueueFull
 from ..http_errors import APIError
 from ..settings import ServeSettings
@@ -297,7 +297,7 @@ def engine_factory(options: VLLMOptions) -> Callable[[LM, ServeSettings, threadi
 
 
 def load_shell(name_or_path: str | os.PathLike[str], blocks: str | None = None) -> LM:
-    """An :class:`~steerlab.model.LM` with the model's tokenizer and config but no weights (on
+    """An :class:`~steerlab.models.load.LM` with the model's tokenizer and config but no weights (on
     PyTorch's ``meta`` device): all the steerlab side of a vLLM-backed server needs.
 
     Example:
@@ -308,9 +308,9 @@ def load_shell(name_or_path: str | os.PathLike[str], blocks: str | None = None) 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from ... import hf
     from ...errors import ModelLoadError
-    from ...model import resolve_model, wrap_model
+    from ...models.load import resolve_model, wrap_model
+    from ...runtime import hf
 
     source, model_id = resolve_model(name_or_path)
     try:
