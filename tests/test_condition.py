@@ -8,8 +8,8 @@ import torch
 
 import steerlab
 from steerlab import Steering
+from steerlab.core.condition import Condition, best_threshold, find_condition
 from steerlab.runtime.session import SteeringSession
-from steerlab.spec.condition import Condition, best_threshold, find_condition
 
 DOGS = ["The dog ran to the park", "The big dog barked at the cat", "A dog wagged its tail", "The puppy played"]
 RAIN = ["It was raining all day", "The rain fell on the roof", "Dark clouds brought rain", "A storm came with rain"]

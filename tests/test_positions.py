@@ -10,9 +10,9 @@ import torch
 
 import steerlab
 from steerlab import canary, hf
+from steerlab.core.positions import position_mask, starts_sequence, token_positions
+from steerlab.core.steering import Steering
 from steerlab.errors import SteeringSpecError, TransformersCompatError
-from steerlab.spec.positions import position_mask, starts_sequence, token_positions
-from steerlab.spec.steering import Steering
 
 CPU = torch.device("cpu")
 

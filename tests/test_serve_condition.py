@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import steerlab
-from steerlab.spec.condition import Condition, find_condition
+from steerlab.core.condition import Condition, find_condition
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient

@@ -326,7 +326,7 @@ def test_d4_gguf_with_a_huge_array_is_refused_quickly(lm: steerlab.LM, store: Pa
 def test_d4_gguf_prescan_bounds_strings_and_keeps_valid_files(
     lm: steerlab.LM, tmp_path: Path, vectors: dict[str, steerlab.SteeringVector]
 ) -> None:
-    from steerlab.spec.gguf_check import check_gguf
+    from steerlab.core.gguf_check import check_gguf
 
     good = vectors["dog"].to_gguf(tmp_path / "dog.gguf")
     assert check_gguf(good).tensors == 2

@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+from .core.steering import Composite, Steering, compose
+from .core.vector import SteeringVector
 from .data.pairs import (
     ChatText,
     ContrastPair,
@@ -47,8 +49,6 @@ from .limits import LimitError, Limits
 from .models.load import LM, load_model, wrap_model
 from .runtime.generate import generate
 from .runtime.session import steer, steer_rows
-from .spec.steering import Composite, Steering, compose
-from .spec.vector import SteeringVector
 
 __version__ = "0.1.0"
 

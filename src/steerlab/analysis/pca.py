@@ -4,7 +4,7 @@
 place steering vectors act) and fits a PCA (scikit-learn). The :class:`PCAReport` keeps the
 explained-variance ratios, the components, each text's coordinates on PC1/PC2 and optional
 labels; :meth:`PCAReport.direction` turns a principal direction into a
-:class:`~steerlab.spec.vector.SteeringVector`, so one can ask whether adding it does something
+:class:`~steerlab.core.vector.SteeringVector`, so one can ask whether adding it does something
 meaningful (an open problem from "Steering GPT-2-XL by adding an activation vector").
 
 :func:`contrast_pca` runs it on contrast pairs labelled ``positive`` / ``negative`` (CAA's
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from sklearn.decomposition import PCA
 
+from ..core.vector import SteeringVector
 from ..data.pairs import ContrastPair, Read, Text, check_pairs, pair_texts, render
 from ..data.pairs import data_hash as pairs_hash
 from ..errors import DatasetError, InvalidVectorError
@@ -43,7 +44,6 @@ from ..evaluate.report import Report, new_figure, save_figure
 from ..extraction.capture import capture, check_layers
 from ..extraction.methods import center_on_midpoints
 from ..models.load import LM
-from ..spec.vector import SteeringVector
 from .projection import cohens_d
 
 _LABEL_COLORS = {"positive": "tab:orange", "negative": "tab:blue"}

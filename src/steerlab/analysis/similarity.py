@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.vector import SteeringVector
 from ..errors import InvalidVectorError, ModelMismatchError
 from ..evaluate.report import Report, new_figure, save_figure
-from ..spec.vector import SteeringVector
 
 ANNOTATE_MAX = 12
 """Heat maps with at most this many rows get the values written in their cells."""

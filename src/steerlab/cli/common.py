@@ -197,8 +197,8 @@ def non_negative(value: float | None) -> float | None:
 
 def parse_positions(spec: str) -> str | tuple[int, int | None]:
     """``all|prompt|generated`` or a window ``start:end`` (``end`` may be empty), checked as the
-    library checks a :class:`~steerlab.spec.steering.Steering`'s positions."""
-    from ..spec.positions import positions_key
+    library checks a :class:`~steerlab.core.steering.Steering`'s positions."""
+    from ..core.positions import positions_key
 
     value: str | tuple[int, int | None] = spec
     if ":" in spec:

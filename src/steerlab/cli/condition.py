@@ -44,7 +44,7 @@ def condition(
 
     def body() -> None:
         import steerlab
-        from steerlab.spec.condition import find_condition
+        from steerlab.core.condition import find_condition
 
         pos_texts, neg_texts = steerlab.load_texts(positive), steerlab.load_texts(negative)
         with status(f"loading {model}"):

@@ -171,7 +171,7 @@ def generate(
         raise typer.BadParameter("give one --positions for all vectors or one per --vector")
 
     def body() -> None:
-        from steerlab.spec.condition import Condition
+        from steerlab.core.condition import Condition
 
         cond = Condition.load(condition, threshold=threshold) if condition is not None else None  # before the model
         with status(f"loading {model}"):

@@ -12,7 +12,7 @@ from rich.table import Table
 from . import app
 
 if TYPE_CHECKING:
-    from ..spec.vector import SteeringVector
+    from ..core.vector import SteeringVector
 
 from .common import (
     console,
@@ -47,7 +47,7 @@ def _span(layers: list[int]) -> str:
 
 def load_vector(path: Path, lm: object = None) -> SteeringVector:
     """A vector folder or a ``.gguf`` control vector."""
-    from ..spec.vector import SteeringVector
+    from ..core.vector import SteeringVector
 
     return SteeringVector.from_gguf(path, lm=lm) if path.suffix == ".gguf" else SteeringVector.load(path)
 
@@ -158,7 +158,7 @@ def export_gguf(
     """
 
     def body() -> None:
-        from ..spec.vector import SteeringVector
+        from ..core.vector import SteeringVector
 
         path = SteeringVector.load(vector).to_gguf(out)
         emit({"out": str(path)}, lambda: console.print(f"wrote {path}"))

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ..core.vector import SteeringVector
 from ..data.pairs import ContrastPair, DataHash, ListPairs, PairSource, open_pairs, pair_texts
 from ..errors import CheckpointError, DatasetError, ModelMismatchError, SteeringError
 from ..extraction.capture import capture, check_layers, pair_names
@@ -37,7 +38,6 @@ from ..extraction.methods import Accumulator, Method, get_method
 from ..files import read_checkpoint, write_checkpoint
 from ..models.load import LM
 from ..progress import track
-from ..spec.vector import SteeringVector
 from .cluster import actor_pool, check_workers, died, ray_errors
 
 log = logging.getLogger("steerlab.distributed")

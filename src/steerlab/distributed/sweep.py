@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..core.vector import SteeringVector
 from ..models.load import LM
 from ..progress import track
-from ..spec.vector import SteeringVector
 from .cluster import actor_pool, check_workers, died, ray_errors, require_ray
 
 

@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.steering import Steering, SteeringLike
+from ..core.vector import SteeringVector
 from ..data.pairs import ab_letters, caa_pairs, load_caa
 from ..data.readers import text_field
 from ..errors import DatasetError, SteeringSpecError
@@ -53,8 +55,6 @@ from ..models.tokens import common_prefix_length, pad_id, pad_token_ids, positio
 from ..progress import track
 from ..runtime import hf
 from ..runtime.session import steer_rows
-from ..spec.steering import Steering, SteeringLike
-from ..spec.vector import SteeringVector
 from .prompting import Prompt, PromptLike, as_prompt
 from .protocol import Evaluation, register_builtin
 from .report import Report, new_figure, save_figure

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from ..core.steering import Steering, SteeringLike, compose
+from ..core.vector import SteeringVector
 from ..data.pairs import load_texts
 from ..errors import DatasetError, SteeringSpecError
 from ..extraction.capture import check_texts
@@ -36,8 +38,6 @@ from ..progress import track
 from ..runtime import hf
 from ..runtime.generate import encode
 from ..runtime.session import steer
-from ..spec.steering import Steering, SteeringLike, compose
-from ..spec.vector import SteeringVector
 from .prompting import Prompt, PromptLike, as_prompt
 from .protocol import Evaluation, register_builtin
 from .report import Report, new_figure, save_figure

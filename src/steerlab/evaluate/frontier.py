@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.vector import SteeringVector
 from ..errors import DatasetError, SteeringSpecError
 from ..models.load import LM
 from ..progress import track
-from ..spec.vector import SteeringVector
 from .prompting import Prompt, PromptLike, as_prompt
 from .protocol import Evaluation, accepts, get_evaluation
 from .report import Report, markdown_table, new_figure, save_figure

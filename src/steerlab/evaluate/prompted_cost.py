@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..core.steering import SteeringLike
 from ..errors import DatasetError, SteeringSpecError
 from ..models.load import LM
 from ..models.tokens import pad_id, pad_token_ids
 from ..progress import track
 from ..runtime.session import steer
-from ..spec.steering import SteeringLike
 from .prompting import Prompt
 
 if TYPE_CHECKING:

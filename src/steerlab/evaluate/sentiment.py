@@ -35,14 +35,14 @@ from typing import Any
 
 import numpy as np
 
+from ..core.steering import Positions, Steering
+from ..core.vector import SteeringVector
 from ..data.demo import OPENINGS
 from ..data.pairs import load_openings
 from ..errors import DatasetError, SteeringError, SteeringSpecError
 from ..models.load import LM
 from ..progress import track
 from ..runtime.generate import generate
-from ..spec.steering import Positions, Steering
-from ..spec.vector import SteeringVector
 from .likelihood import continuation_nll, perplexities
 from .prompting import Prompt, PromptLike, as_prompt
 from .protocol import Evaluation, register_builtin
@@ -325,7 +325,7 @@ def sentiment_shift(
         openings: sentence openings to continue (e.g. RepE's ``all_truncated_outputs.json``).
         coefficients: steering strengths; duplicates are dropped.
         layers: subset of the vector's layers (default: all).
-        positions: where to steer (see :mod:`steerlab.spec.steering`); token-wise (ActAdd) vectors
+        positions: where to steer (see :mod:`steerlab.core.steering`); token-wise (ActAdd) vectors
             are added front-aligned whatever is given here unless it is a window.
         operator: ``"add"``, ``"ablate"``, ``"clamp"`` or ``"add_norm_preserving"``.
         max_new_tokens: length of each continuation.

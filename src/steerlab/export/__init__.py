@@ -8,7 +8,7 @@
   CUDA graphs stay on.
 
 Both add to the output of decoder layer ``k`` (0-based), steerlab's layer ``k``. The llama.cpp
-control-vector format lives on :class:`~steerlab.spec.vector.SteeringVector` (``to_gguf``).
+control-vector format lives on :class:`~steerlab.core.vector.SteeringVector` (``to_gguf``).
 ``docs/vllm.md`` cites the plugin sources line by line.
 
 Example:

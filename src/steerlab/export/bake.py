@@ -2,7 +2,7 @@
 
 Two kinds of steering can be written into weights *exactly*:
 
-* **Constant addition** — :class:`~steerlab.spec.steering.Steering` with ``operator="add"`` and
+* **Constant addition** — :class:`~steerlab.core.steering.Steering` with ``operator="add"`` and
   ``positions="all"`` (one direction per layer, any number of them composed). ``c·v`` at layer
   ``k`` becomes an output bias of block ``k``'s *last* projection that writes to the residual
   stream (the MLP down projection: llama ``mlp.down_proj``, gpt2 ``mlp.c_proj``, gpt_neox
@@ -62,13 +62,13 @@ from typing import Any
 
 import torch
 
+from ..core.steering import Composite, Steering, SteeringLike, compose
 from ..errors import SteeringError, UnsupportedArchitectureError
 from ..files import atomic_folder
 from ..models.layers import ARCHITECTURES, get_path
 from ..models.load import LM
 from ..runtime import hf
 from ..runtime.session import SteeringSession, steer
-from ..spec.steering import Composite, Steering, SteeringLike, compose
 
 BAKE_INFO = "steerlab_bake.json"
 PARALLEL_TOL = 1e-6

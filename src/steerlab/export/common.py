@@ -14,8 +14,8 @@ Example:
 
 from __future__ import annotations
 
+from ..core.steering import Composite, Steering, SteeringLike
 from ..errors import SteeringSpecError
-from ..spec.steering import Composite, Steering, SteeringLike
 
 
 class PluginUnsupported(SteeringSpecError):

@@ -36,10 +36,10 @@ from typing import Any
 
 import torch
 
+from ..core.steering import Steering, SteeringLike
+from ..core.vector import SteeringVector, checked_config
 from ..errors import InvalidVectorError, LayerRangeError, VectorFileError
 from ..files import atomic_file
-from ..spec.steering import Steering, SteeringLike
-from ..spec.vector import SteeringVector, checked_config
 from .common import PluginUnsupported, steerings_of
 
 PLUGIN = "hotwire"

@@ -54,10 +54,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.steering import Steering, SteeringLike
+from ..core.vector import SteeringVector
 from ..errors import InvalidVectorError, VectorFileError
 from ..files import atomic_file
-from ..spec.steering import Steering, SteeringLike
-from ..spec.vector import SteeringVector
 from .common import PluginUnsupported, steerings_of
 
 PLUGIN = "vllm-lens"

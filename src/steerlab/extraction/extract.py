@@ -1,4 +1,4 @@
-"""Turn contrast pairs into a :class:`~steerlab.spec.vector.SteeringVector` with any registered method.
+"""Turn contrast pairs into a :class:`~steerlab.core.vector.SteeringVector` with any registered method.
 
 Positive and negative texts go through **one** batched capture (length-bucketed, truncated
 forward); the method then runs per layer on the read activations.
@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
+from ..core.vector import SteeringVector
 from ..data.pairs import ContrastPair, PairSource, Read, check_pairs, data_hash, pair_texts, render
 from ..errors import CheckpointError, DatasetError
 from ..files import checkpoint_int, read_checkpoint, write_checkpoint
 from ..models.load import LM
-from ..spec.vector import SteeringVector
 from .capture import (
     Names,
     batch_order,

@@ -22,9 +22,9 @@ from weakref import WeakKeyDictionary
 
 import torch
 
+from ..core.vector import SteeringVector
 from ..data.demo import NEUTRAL
 from ..errors import InvalidVectorError
-from ..spec.vector import SteeringVector
 
 _NORMS: WeakKeyDictionary[Any, dict[int, float]] = WeakKeyDictionary()
 

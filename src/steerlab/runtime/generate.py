@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from transformers import LogitsProcessorList
 
+from ..core.steering import SteeringLike
 from ..errors import DatasetError, SteeringSpecError
 from ..limits import Limits
 from ..models.load import LM
 from ..models.tokens import pad_id, pad_token_ids
-from ..spec.steering import SteeringLike
 from .finite import FiniteLogits
 from .session import steer_rows
 

@@ -1,7 +1,7 @@
-"""The steering engine: forward hooks that apply :class:`~steerlab.spec.steering.Steering` objects.
+"""The steering engine: forward hooks that apply :class:`~steerlab.core.steering.Steering` objects.
 
 One pre-hook on the model reads, once per forward call, which tokens are real and each one's
-index among its row's real tokens (:func:`steerlab.spec.positions.token_positions`, from what the call
+index among its row's real tokens (:func:`steerlab.core.positions.token_positions`, from what the call
 passes: attention mask, position ids or the cache's length — read through :mod:`steerlab.runtime.hf`), so
 padding and the KV cache never shift positions. Each steered block gets one hook that applies the
 precomputed per-layer terms, in place on the block's output where autograd allows (so every
@@ -37,12 +37,12 @@ from typing import Any
 
 import torch
 
+from ..core.condition import Condition, prompt_scores
+from ..core.operators import Operator, OpState
+from ..core.positions import Positions, position_mask, starts_sequence, token_positions
+from ..core.steering import Composite, Steering, SteeringLike, compose
 from ..errors import SteeringSpecError
 from ..models.load import LM
-from ..spec.condition import Condition, prompt_scores
-from ..spec.operators import Operator, OpState
-from ..spec.positions import Positions, position_mask, starts_sequence, token_positions
-from ..spec.steering import Composite, Steering, SteeringLike, compose
 from . import hf
 from .compiled import guard_hooks
 
@@ -51,7 +51,7 @@ _NO_INDEX = torch.zeros((), dtype=torch.long)
 
 
 def call_positions(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(real, index)`` of one forward call of ``model`` (see :func:`~steerlab.spec.positions.token_positions`)."""
+    """``(real, index)`` of one forward call of ``model`` (see :func:`~steerlab.core.positions.token_positions`)."""
     return input_positions(hf.call_inputs(model, args, kwargs))
 
 
@@ -507,7 +507,7 @@ def steer_rows(
     (a decoding loop that rows join and leave, each with its own ``prompt_length``): one-token
     cached steps then take the fast path from the first call. Their conditions (CAST) were decided
     when their prompts ran, in another session (``session.decisions``): ``decided`` gives, per
-    :class:`~steerlab.spec.condition.Condition` of ``rows``, the ``[B]`` bool decision of each row.
+    :class:`~steerlab.core.condition.Condition` of ``rows``, the ``[B]`` bool decision of each row.
 
     Example:
         >>> with steer_rows(lm, [Steering(vec, 4.0), None]):  # doctest: +SKIP

@@ -32,8 +32,8 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO, TypeVar
 
+from ..core.vector import CONFIG_NAME, WEIGHTS_NAME
 from ..limits import Limits
-from ..spec.vector import CONFIG_NAME, WEIGHTS_NAME
 from .store_errors import InvalidUpload, TooLarge
 
 REQUIRED = (CONFIG_NAME, WEIGHTS_NAME)

@@ -23,9 +23,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from ..core.condition import Condition
+from ..core.steering import Composite, Steering, compose
 from ..errors import SteeringError
-from ..spec.condition import Condition
-from ..spec.steering import Composite, Steering, compose
 from .batcher import Delta, Done, Failed, GenParams, Job
 from .http_errors import APIError, domain_errors, from_failed
 from .schemas import SSE_DONE, Reply, SteeringEntry, _GenerationFields, error_body, sse

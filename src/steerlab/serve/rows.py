@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..core.condition import Condition
+from ..core.steering import Composite, Steering, SteeringLike, compose
 from ..runtime.finite import finite, peaks
 from ..runtime.session import as_steerings
-from ..spec.condition import Condition
-from ..spec.steering import Composite, Steering, SteeringLike, compose
 from .jobs import Delta, Done, Failed, GenParams, Job
 
 if TYPE_CHECKING:

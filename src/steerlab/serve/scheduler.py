@@ -41,11 +41,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..core.condition import Condition
 from ..models.load import LM
 from ..models.tokens import pad_token_ids, position_ids
 from ..runtime import hf
 from ..runtime.session import steer_rows
-from ..spec.condition import Condition
 from .jobs import Job
 from .rows import RowStream, Sampler, choose_tokens, row_conditions, shared_steerings
 

@@ -82,7 +82,7 @@ class Method:
         accumulator: for streaming methods, ``accumulator(d_model)`` makes an empty
             :class:`Accumulator` (its ``finalize`` must equal ``fit`` on the same data).
         trainer: for trained methods, ``trainer(lm, data, layers, **options)`` returns the
-            :class:`~steerlab.spec.vector.SteeringVector` (``fit`` is then never called).
+            :class:`~steerlab.core.vector.SteeringVector` (``fit`` is then never called).
         diagnose: optional ``diagnose(pos, neg, direction) -> dict`` (JSON-ready) describing a
             fitted layer, e.g. how sure its sign is; :func:`steerlab.extract` stores it in the
             vector's ``meta["per_layer"][str(layer)]`` (non-streaming methods).

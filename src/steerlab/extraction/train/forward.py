@@ -27,12 +27,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ...core.steering import Steering
+from ...core.vector import SteeringVector
 from ...models.load import LM
 from ...models.tokens import pad_id, pad_token_ids, position_ids
 from ...runtime import hf
 from ...runtime.session import steer_rows
-from ...spec.steering import Steering
-from ...spec.vector import SteeringVector
 from ..capture import sliding_window
 from .encode import EncodedPair
 

@@ -36,12 +36,12 @@ from typing import Any
 
 import torch
 
+from ...core.steering import Steering
+from ...core.vector import SteeringVector
 from ...data.preference import PreferencePair, preference_hash, preference_pairs
 from ...errors import DatasetError
 from ...models.load import LM
 from ...progress import track
-from ...spec.steering import Steering
-from ...spec.vector import SteeringVector
 from .config import StepCallback, TrainConfig, TrainingError
 from .encode import EncodedPair, encode_pairs, encode_texts
 from .forward import completion_logps, fluency_kl, pair_rows

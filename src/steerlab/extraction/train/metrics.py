@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
+from ...core.positions import positions_key
+from ...core.vector import SteeringVector
 from ...data.preference import preference_pairs
 from ...errors import SteeringSpecError
 from ...models.load import LM
-from ...spec.positions import positions_key
-from ...spec.vector import SteeringVector
 from .encode import encode_pairs
 from .forward import completion_logps, pair_rows
 

@@ -1,7 +1,7 @@
 """From a queued :class:`~steerlab.serve.batcher.Job` to the ``vllm_xargs`` of its vLLM request.
 
 The steering was already validated exactly as for the transformers engine (store lookup,
-``max_coefficient``, layers, :class:`~steerlab.spec.steering.Steering`); here it is translated to the
+``max_coefficient``, layers, :class:`~steerlab.core.steering.Steering`); here it is translated to the
 plugin's fields, and what the plugin cannot do is refused (:class:`PluginUnsupported`):
 
 ============================  ===========================  ===========================
@@ -39,9 +39,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ...core.steering import SteeringLike
+from ...core.vector import SteeringVector
 from ...export import PluginUnsupported, hotwire, vllm_lens
-from ...spec.steering import SteeringLike
-from ...spec.vector import SteeringVector
 
 PLUGINS = ("vllm-lens", "hotwire")
 

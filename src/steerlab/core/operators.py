@@ -2,7 +2,7 @@
 
 Each operator holds everything that its kind means — how it changes a hidden state, when it is a
 no-op, whether several of it merge into one delta, and whether (and how) it can be baked into
-weights — so the engine (:mod:`steerlab.runtime.session`), the specification (:mod:`steerlab.spec.steering`) and
+weights — so the engine (:mod:`steerlab.runtime.session`), the specification (:mod:`steerlab.core.steering`) and
 :mod:`steerlab.export.bake` ask the operator instead of switching on its name.
 
 With ``c`` the coefficient, ``v`` the layer's direction and ``u = v/|v|``:

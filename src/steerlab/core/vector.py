@@ -384,7 +384,7 @@ class SteeringVector:
 
         Files without steerlab metadata take model id, width and depth from ``lm`` when given.
         The header is first walked within ``limits`` (a :class:`~steerlab.limits.Limits`; default
-        its defaults) by :func:`steerlab.spec.gguf_check.check_gguf`, so a file declaring millions of
+        its defaults) by :func:`steerlab.core.gguf_check.check_gguf`, so a file declaring millions of
         metadata items is refused at once instead of being parsed for minutes.
 
         Raises:

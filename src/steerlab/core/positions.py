@@ -1,4 +1,4 @@
-"""Where steering acts: the ``positions`` of a :class:`~steerlab.spec.steering.Steering`, and the pure
+"""Where steering acts: the ``positions`` of a :class:`~steerlab.core.steering.Steering`, and the pure
 function that turns one forward call's inputs into each token's index among its row's real tokens.
 
 Positions (indices count each row's real tokens, padding excluded):
@@ -9,7 +9,7 @@ Positions (indices count each row's real tokens, padding excluded):
 * ``(start, end)`` — token indices ``start <= i < end`` (``end=None``: to the end).
 
 Token-wise (ActAdd) vectors are not a position: they are a kind of vector, added front-aligned
-by their operator (see :mod:`steerlab.spec.operators`).
+by their operator (see :mod:`steerlab.core.operators`).
 
 Example:
     >>> import torch

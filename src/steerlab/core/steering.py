@@ -2,8 +2,8 @@
 
 This module is the *specification*; :mod:`steerlab.runtime.session` applies it. Several steerings compose
 (applied in order at each layer): ``s1 + s2`` or a list passed to :func:`steerlab.steer`.
-Where they act is described in :mod:`steerlab.spec.positions` (``"all"``, ``"prompt"``,
-``"generated"``, a ``(start, end)`` window); how, in :mod:`steerlab.spec.operators` (``"add"``,
+Where they act is described in :mod:`steerlab.core.positions` (``"all"``, ``"prompt"``,
+``"generated"``, a ``(start, end)`` window); how, in :mod:`steerlab.core.operators` (``"add"``,
 ``"ablate"``, ``"clamp"``, ``"add_norm_preserving"``). A token-wise (ActAdd) vector is added
 front-aligned, row ``i`` at token ``i`` of each row's prompt.
 
@@ -43,14 +43,14 @@ class Steering:
     """One steering vector applied with a coefficient at chosen layers and positions.
 
     Args:
-        vector: the :class:`~steerlab.spec.vector.SteeringVector`.
+        vector: the :class:`~steerlab.core.vector.SteeringVector`.
         coefficient: the multiplier (``0`` disables it exactly).
         layers: subset of the vector's layers to use (default: all of them).
-        positions: see :mod:`steerlab.spec.positions`; default ``"all"``. Token-wise (ActAdd) vectors
+        positions: see :mod:`steerlab.core.positions`; default ``"all"``. Token-wise (ActAdd) vectors
             take none: they act front-aligned at each row's first tokens.
-        operator: a name from :data:`steerlab.spec.operators.OPERATORS` (``"add"``, ``"ablate"``,
-            ``"clamp"``, ``"add_norm_preserving"``) or an :class:`~steerlab.spec.operators.Operator`.
-        condition: a :class:`~steerlab.spec.condition.Condition` read on each row's prompt: rows whose
+        operator: a name from :data:`steerlab.core.operators.OPERATORS` (``"add"``, ``"ablate"``,
+            ``"clamp"``, ``"add_norm_preserving"``) or an :class:`~steerlab.core.operators.Operator`.
+        condition: a :class:`~steerlab.core.condition.Condition` read on each row's prompt: rows whose
             prompt does not match are not steered (CAST). Acts on generated tokens only.
     """
 
@@ -141,7 +141,7 @@ class Steering:
 
     @property
     def op(self) -> Operator:
-        """The :class:`~steerlab.spec.operators.Operator` object."""
+        """The :class:`~steerlab.core.operators.Operator` object."""
         return self._op
 
     @property

@@ -10,7 +10,7 @@ than ``Limits.max_gguf_items`` (array items are counted over the whole file), a 
 file could hold, or a header that runs past the end of the file. The walk reads O(items) small
 fields; its time and memory are bounded by the limits, whatever the file's size.
 
-Both readers of control vectors use it: :meth:`steerlab.spec.vector.SteeringVector.from_gguf` (so the
+Both readers of control vectors use it: :meth:`steerlab.core.vector.SteeringVector.from_gguf` (so the
 server's vector store and the library).
 
 Example:
