@@ -89,10 +89,12 @@ def make_vectors(lm: steerlab.LM, vec: steerlab.SteeringVector) -> dict[str, ste
 
     return {
         "happy": vec,
-        "dog": ext(["The dog barked at the ball", "A big dog ran"], ["The cat sat on the mat", "A small cat slept"],
-                   [2, 3]),
-        "night": ext(["It was a dark night with stars", "The moon was up"],
-                     ["It was a sunny day", "The sun was hot"], [1, 2]),
+        "dog": ext(
+            ["The dog barked at the ball", "A big dog ran"], ["The cat sat on the mat", "A small cat slept"], [2, 3]
+        ),
+        "night": ext(
+            ["It was a dark night with stars", "The moon was up"], ["It was a sunny day", "The sun was hot"], [1, 2]
+        ),
         "big": ext(["The huge giant tree", "A very big house"], ["The tiny little bug", "A very small house"], [3, 4]),
     }
 

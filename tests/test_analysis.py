@@ -31,7 +31,7 @@ STORIES = [
     "Ben had a red car. He",
     "Sue went to the shop to buy",
     "The bird flew up high in the tree",
-    "Mom said, \"Be careful!\"",
+    'Mom said, "Be careful!"',
 ]
 
 POSITIVE = [

@@ -221,8 +221,11 @@ def test_capability_eval(lm: steerlab.LM, svec: steerlab.SteeringVector) -> None
 
 
 def test_malformed_items_name_the_index(lm: steerlab.LM, svec: steerlab.SteeringVector, tmp_path: Any) -> None:
-    no_choices = {"question": "What do you think?", "answer_matching_behavior": "(A)",
-                  "answer_not_matching_behavior": "(B)"}
+    no_choices = {
+        "question": "What do you think?",
+        "answer_matching_behavior": "(A)",
+        "answer_not_matching_behavior": "(B)",
+    }
     with pytest.raises(DatasetError, match=r"item 1\b.*no \(A\)/\(B\) choices"):
         ab_items([SHORT, no_choices])
     with pytest.raises(DatasetError, match=r"item 2\b"):
@@ -267,8 +270,9 @@ def test_option_errors(lm: steerlab.LM, svec: steerlab.SteeringVector) -> None:
         ab_probabilities(lm, [])
 
 
-def test_deprecated_multipliers_alias(lm: steerlab.LM, svec: steerlab.SteeringVector, report: BehaviorReport,
-                                      items: list[ABItem]) -> None:
+def test_deprecated_multipliers_alias(
+    lm: steerlab.LM, svec: steerlab.SteeringVector, report: BehaviorReport, items: list[ABItem]
+) -> None:
     with pytest.warns(DeprecationWarning, match="coefficients="):
         old = behavior_eval(lm, svec, items, multipliers=(-1.0, 0.0, 1.0), n_bootstrap=200)
     assert old.points == report.points

@@ -51,8 +51,14 @@ def test_logits_of_unmatched_rows_are_bit_identical(lm, vec, found):
 
     prompts = [DOGS[2], RAIN[2]]
     ids, mask = encode(lm, prompts)
-    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, output_scores=True,
-                  return_dict_in_generate=True, pad_token_id=lm.tokenizer.pad_token_id)
+    kwargs = dict(
+        max_new_tokens=6,
+        min_new_tokens=6,
+        do_sample=False,
+        output_scores=True,
+        return_dict_in_generate=True,
+        pad_token_id=lm.tokenizer.pad_token_id,
+    )
     with torch.inference_mode():
         plain = torch.stack(lm.model.generate(input_ids=ids, attention_mask=mask, **kwargs).scores)
         with steerlab.steer(lm, Steering(vec, 6.0, condition=found.condition), prompt_length=mask.sum(-1)) as s:

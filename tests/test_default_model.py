@@ -28,7 +28,11 @@ def happy(smol) -> steerlab.SteeringVector:
 
 def test_default_model_shape_and_tokenizer(smol):
     assert (smol.model_id, smol.n_layers, smol.d_model, smol.model_type) == (
-        "HuggingFaceTB/SmolLM2-135M-Instruct", 30, 576, "llama")
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        30,
+        576,
+        "llama",
+    )
     model_mod.check_gguf_tokenizer(smol.tokenizer, model_mod.default_gguf_path())
     ids = smol.tokenizer("That game was great")["input_ids"]
     assert smol.tokenizer.convert_ids_to_tokens(ids) == ["That", "Ġgame", "Ġwas", "Ġgreat"]

@@ -133,11 +133,13 @@ def test_bad_pairs_files(tmp_path):
         (tmp_path / "p.txt").write_text("x")
         steerlab.load_pairs(tmp_path / "p.txt")
     with pytest.raises(steerlab.DatasetError, match="no '\\(X\\)' letter"):
-        steerlab.caa_pairs([{"question": "Q?\n (A) x\n (B) y", "answer_matching_behavior": "A",
-                             "answer_not_matching_behavior": "(B)"}])
+        steerlab.caa_pairs(
+            [{"question": "Q?\n (A) x\n (B) y", "answer_matching_behavior": "A", "answer_not_matching_behavior": "(B)"}]
+        )
     with pytest.raises(steerlab.DatasetError, match="offers choices"):
-        steerlab.caa_pairs([{"question": "Q? yes or no", "answer_matching_behavior": "(A)",
-                             "answer_not_matching_behavior": "(B)"}])
+        steerlab.caa_pairs(
+            [{"question": "Q? yes or no", "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"}]
+        )
 
 
 @pytest.mark.parametrize(("bad", "why"), [("ok \ud800", "lone surrogate"), (5, "must be text"), (None, "not null")])

@@ -55,8 +55,12 @@ def test_every_store_error_has_its_status_in_the_one_table() -> None:
         assert cls in STATUS, cls
         assert not hasattr(cls("x"), "status"), cls  # the store knows no HTTP
     queue = from_domain(QueueFull("busy"))
-    assert (queue.status, queue.type, queue.code, queue.headers) == (429, "rate_limit_error", "queue_full",
-                                                                      {"Retry-After": "1"})
+    assert (queue.status, queue.type, queue.code, queue.headers) == (
+        429,
+        "rate_limit_error",
+        "queue_full",
+        {"Retry-After": "1"},
+    )
 
 
 def test_the_store_refuses_with_domain_errors_that_map_to_the_http_statuses(
@@ -72,8 +76,11 @@ def test_the_store_refuses_with_domain_errors_that_map_to_the_http_statuses(
         err = from_domain(info.value, "file")
         assert (err.status, err.code) == (status, code), (label, info.value)
         assert sorted(p.name for p in store.iterdir()) == before, label
-    for call, cls, status in ((lambda: vs.get("../x"), InvalidName, 400), (lambda: vs.get("nope"), NotFound, 404),
-                              (lambda: vs.delete("nope"), NotFound, 404)):
+    for call, cls, status in (
+        (lambda: vs.get("../x"), InvalidName, 400),
+        (lambda: vs.get("nope"), NotFound, 404),
+        (lambda: vs.delete("nope"), NotFound, 404),
+    ):
         with pytest.raises(cls) as caught:
             call()
         assert from_domain(caught.value).status == status

@@ -28,8 +28,11 @@ from .conftest import CAA, param_hash
 from .test_bake import assert_same_logits, load_plain
 
 NAMES = ["Lily", "Tom", "Sue", "Ben", "Mia", "Max", "Anna", "Sam", "Lucy", "Tim", "Zoe", "Jack"]
-GOOD = [" was happy. She smiled and laughed.", " felt very glad and loved the sun.",
-        " was so happy and said thank you."]
+GOOD = [
+    " was happy. She smiled and laughed.",
+    " felt very glad and loved the sun.",
+    " was so happy and said thank you.",
+]
 BAD = [" was sad. She cried and cried.", " felt very bad and hated the rain.", " was so angry and said go away."]
 PAIRS = [PreferencePair(n, g, b) for n in NAMES for g, b in zip(GOOD, BAD)]
 TRAIN, HELD = PAIRS[:24], PAIRS[24:]  # held-out pairs: names the vector never saw

@@ -100,8 +100,15 @@ class SimilarityReport(Report):
             for i in range(n):
                 for j in range(n):
                     v = m[i, j]
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if abs(v) > 0.6 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{v:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if abs(v) > 0.6 else "black",
+                    )
         ax.set_title(self.title or "cosine similarity", fontsize=10)
         return save_figure(fig, path)
 

@@ -41,7 +41,11 @@ err_console = Console(stderr=True, markup=False)
 _RANGE = re.compile(r"(-?\d+)-(-?\d+)")
 
 USAGE_ERRORS: tuple[type[SteeringError], ...] = (
-    LimitError, ContextLengthError, DatasetError, LayerRangeError, SteeringSpecError,
+    LimitError,
+    ContextLengthError,
+    DatasetError,
+    LayerRangeError,
+    SteeringSpecError,
 )
 """Library errors that mean the input was bad (data, layers, options, a text over the context):
 exit code 2, as a bad option. Any other error is a runtime failure: exit code 1."""
@@ -139,8 +143,10 @@ def resolve_layers(spec: str, lm: Any, option: str = "--layers") -> list[int]:
         if isinstance(item, tuple):
             lo, hi = (limits.layer_list([x], option, negative=True)[0] for x in item)
             if hi < lo:
-                raise LimitError(f"{option}: the range {item[0]}-{item[1]} runs backwards in a model of "
-                                 f"{lm.n_layers} blocks (layers {lo} to {hi})")
+                raise LimitError(
+                    f"{option}: the range {item[0]}-{item[1]} runs backwards in a model of "
+                    f"{lm.n_layers} blocks (layers {lo} to {hi})"
+                )
             out.extend(range(lo, hi + 1))
         else:
             out.append(item)

@@ -55,28 +55,38 @@ def load_vector(path: Path, lm: object = None) -> SteeringVector:
 @app.command()
 def extract(
     out: Path = typer.Option(..., "--out", "-o", callback=out_folder, help="Folder to write the vector into."),
-    model: str = typer.Option("default", "--model", "-m", callback=model_option,
-                              help="'default', a folder, a .gguf file or a hub id."),
+    model: str = typer.Option(
+        "default", "--model", "-m", callback=model_option, help="'default', a folder, a .gguf file or a hub id."
+    ),
     pairs: Path | None = typer.Option(
-        None, callback=existing_path,
+        None,
+        callback=existing_path,
         help="Contrast pairs: .json, .jsonl, .csv or .parquet (positive/negative, or CAA).",
     ),
-    persona: str | None = typer.Option(None, callback=text_option,
-                                       help="Persona pairs 'positive:negative', e.g. happy:sad."),
-    openings: Path | None = typer.Option(None, callback=existing_path,
-                                         help="Sentence openings for --persona (JSON list or text lines)."),
-    method: str = typer.Option("mean_diff", callback=method_option,
-                               help="actadd | mean_diff | pca_diff | pca_center | probe."),
-    layers: str = typer.Option("8-19", callback=layers_option,
-                               help="Layers, e.g. 8-19, 8,10,12 or -1 (the last block)."),
+    persona: str | None = typer.Option(
+        None, callback=text_option, help="Persona pairs 'positive:negative', e.g. happy:sad."
+    ),
+    openings: Path | None = typer.Option(
+        None, callback=existing_path, help="Sentence openings for --persona (JSON list or text lines)."
+    ),
+    method: str = typer.Option(
+        "mean_diff", callback=method_option, help="actadd | mean_diff | pca_diff | pca_center | probe."
+    ),
+    layers: str = typer.Option(
+        "8-19", callback=layers_option, help="Layers, e.g. 8-19, 8,10,12 or -1 (the last block)."
+    ),
     batch_size: int = typer.Option(32, min=1, help="Texts per forward pass."),
     share_prefix: bool = typer.Option(
         True, help="Compute each distinct token prefix of the texts once (chat template, a CAA question)."
     ),
-    workers: int | None = typer.Option(None, min=1, help="Read shards of the pairs on N Ray actors "
-                                       "(pip install steerlab\\[ray]); --pairs files are then streamed."),
-    ray_address: str | None = typer.Option(None, help="Join this Ray cluster (needs --workers); "
-                                           "default: the cluster Ray finds, else a local instance."),
+    workers: int | None = typer.Option(
+        None,
+        min=1,
+        help="Read shards of the pairs on N Ray actors (pip install steerlab\\[ray]); --pairs files are then streamed.",
+    ),
+    ray_address: str | None = typer.Option(
+        None, help="Join this Ray cluster (needs --workers); default: the cluster Ray finds, else a local instance."
+    ),
 ) -> None:
     """Build a steering vector from contrast pairs and save it as a folder.
 
@@ -112,20 +122,31 @@ def extract(
         say(f"extracting with {method} from {len(data)} pairs at layers {_span(layer_list)}")
         if workers is not None:
             say(f"on {workers} Ray workers" + (f" at {ray_address}" if ray_address else " (found, else local)"))
-        vec = steerlab.extract(lm, data, method=method, layers=layer_list, batch_size=batch_size,
-                               progress=progress_flag(), share_prefix=share_prefix, workers=workers,
-                               ray_address=ray_address)
+        vec = steerlab.extract(
+            lm,
+            data,
+            method=method,
+            layers=layer_list,
+            batch_size=batch_size,
+            progress=progress_flag(),
+            share_prefix=share_prefix,
+            workers=workers,
+            ray_address=ray_address,
+        )
         vec.save(out)
         write_manifest(out, lm, data_hash=vec.data_hash, method=method, layers=layer_list)
-        emit({"out": str(out), **vec.describe()},
-             lambda: console.print(f"wrote {out} ({method}, layers {_span(layer_list)})"))
+        emit(
+            {"out": str(out), **vec.describe()},
+            lambda: console.print(f"wrote {out} ({method}, layers {_span(layer_list)})"),
+        )
 
     run(body)
 
 
 @app.command()
-def inspect(path: Path = typer.Argument(..., callback=existing_path,
-                                        help="A vector folder or a .gguf control vector.")) -> None:
+def inspect(
+    path: Path = typer.Argument(..., callback=existing_path, help="A vector folder or a .gguf control vector."),
+) -> None:
     """Show what a vector is: model, layers, norms, method, data hash.
 
     Example: steerlab inspect vectors/happy
@@ -190,8 +211,11 @@ def export_vllm_lens(
 
 def _store_entries(folder: Path) -> list[Path]:
     """The vector folders and .gguf files directly inside a store directory."""
-    return sorted(p for p in folder.iterdir() if not p.name.startswith(".")
-                  and ((p / "steering_config.json").is_file() or p.suffix == ".gguf"))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if not p.name.startswith(".") and ((p / "steering_config.json").is_file() or p.suffix == ".gguf")
+    )
 
 
 def _vector_name(path: Path) -> str:
@@ -201,11 +225,17 @@ def _vector_name(path: Path) -> str:
 
 @export_app.command("hotwire")
 def export_hotwire(
-    vector: Path = typer.Argument(..., callback=existing_path, help="A vector folder, a .gguf control vector, or a "
-                                  "store directory (every vector in it)."),
+    vector: Path = typer.Argument(
+        ...,
+        callback=existing_path,
+        help="A vector folder, a .gguf control vector, or a store directory (every vector in it).",
+    ),
     out: Path = typer.Argument(..., help="The HOTWIRE_VECTORS directory to write NAME.pt into (or a .pt file)."),
-    name: str | None = typer.Option(None, "--name", help="The id requests use (default: the vector's folder or "
-                                    "file name, as in steerlab serve's store)."),
+    name: str | None = typer.Option(
+        None,
+        "--name",
+        help="The id requests use (default: the vector's folder or file name, as in steerlab serve's store).",
+    ),
 ) -> None:
     """Write hotwire-vllm vector files: (n_layers, d_model) float32, the id is the file name.
 
@@ -223,11 +253,13 @@ def export_hotwire(
         is_store = vector.is_dir() and not (vector / "steering_config.json").is_file()
         sources = _store_entries(vector) if is_store else [vector]
         if is_store and (name or not sources):
-            raise VectorFileError(f"{vector} holds no vectors" if not sources else "--name names one vector; "
-                                  "give a vector folder, not a store directory")
+            raise VectorFileError(
+                f"{vector} holds no vectors"
+                if not sources
+                else "--name names one vector; give a vector folder, not a store directory"
+            )
         written = [str(hotwire.write(load_vector(src), out, name=name or _vector_name(src))) for src in sources]
-        emit({"out": written, "format": "hotwire"},
-             lambda: console.print("\n".join(f"wrote {p}" for p in written)))
+        emit({"out": written, "format": "hotwire"}, lambda: console.print("\n".join(f"wrote {p}" for p in written)))
 
     run(body)
 
@@ -236,12 +268,15 @@ def export_hotwire(
 def export_bake(
     vector: Path = typer.Argument(..., callback=existing_path, help="A vector folder (or a .gguf control vector)."),
     out: Path = typer.Argument(..., help="Folder to write the baked Hugging Face checkpoint into."),
-    model: str = typer.Option("default", "--model", "-m", callback=model_option,
-                              help="'default', a folder, a .gguf file or a hub id."),
-    coef: float | None = typer.Option(None, "--coef", "-c", callback=finite,
-                                      help="Coefficient (required to add; ablation: 1)."),
-    layers: str | None = typer.Option(None, callback=layers_option,
-                                      help="Layers to use, e.g. 8-19 (default: all of the vector's)."),
+    model: str = typer.Option(
+        "default", "--model", "-m", callback=model_option, help="'default', a folder, a .gguf file or a hub id."
+    ),
+    coef: float | None = typer.Option(
+        None, "--coef", "-c", callback=finite, help="Coefficient (required to add; ablation: 1)."
+    ),
+    layers: str | None = typer.Option(
+        None, callback=layers_option, help="Layers to use, e.g. 8-19 (default: all of the vector's)."
+    ),
     ablate: bool = typer.Option(False, "--ablate", help="Bake directional ablation (orthogonalised weights)."),
     approximate: bool = typer.Option(False, "--approximate", help="Allow ablations that are only approximate."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it holds an earlier bake."),
@@ -284,8 +319,9 @@ def export_bake(
 def import_gguf(
     gguf_file: Path = typer.Argument(..., callback=existing_path, help="A llama.cpp control vector (.gguf)."),
     out: Path = typer.Argument(..., help="Vector folder to write."),
-    model: str | None = typer.Option(None, "--model", "-m", callback=model_option,
-                                     help="Model the file was made for (fills in metadata)."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", callback=model_option, help="Model the file was made for (fills in metadata)."
+    ),
 ) -> None:
     """Convert a llama.cpp / repeng control vector into a steerlab vector folder.
 

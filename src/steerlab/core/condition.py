@@ -101,8 +101,10 @@ class Condition:
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Save as a vector folder whose metadata holds layer, threshold and comparator."""
-        meta = {**self.vector.meta, "condition": {"layer": self._layer, "threshold": self.threshold,
-                                                 "comparator": self.comparator}}
+        meta = {
+            **self.vector.meta,
+            "condition": {"layer": self._layer, "threshold": self.threshold, "comparator": self.comparator},
+        }
         return replace(self.vector.select([self._layer]), meta=meta).save(directory)
 
     @classmethod
@@ -139,9 +141,12 @@ class Condition:
             steerlab.errors.SteeringSpecError: condition layer=[2] is not a layer index (an integer)
         """
         saved = saved_settings(vector) or {}
-        return cls(vector, layer=saved.get("layer"),
-                   threshold=saved.get("threshold", 0.0) if threshold is None else threshold,
-                   comparator=saved.get("comparator", ">"))
+        return cls(
+            vector,
+            layer=saved.get("layer"),
+            threshold=saved.get("threshold", 0.0) if threshold is None else threshold,
+            comparator=saved.get("comparator", ">"),
+        )
 
 
 SETTING_KEYS = ("layer", "threshold", "comparator")
@@ -159,12 +164,14 @@ def saved_settings(vector: SteeringVector) -> dict[str, Any] | None:
         return None
     saved = meta["condition"]
     if not isinstance(saved, dict):
-        raise SteeringSpecError(f"meta.condition must be an object of {', '.join(SETTING_KEYS)}, not "
-                                f"{_short(saved)}; re-save the condition")
+        raise SteeringSpecError(
+            f"meta.condition must be an object of {', '.join(SETTING_KEYS)}, not {_short(saved)}; re-save the condition"
+        )
     unknown = sorted(str(k) for k in saved if k not in SETTING_KEYS)
     if unknown:
-        raise SteeringSpecError(f"meta.condition has unknown keys {unknown} (it holds {', '.join(SETTING_KEYS)}); "
-                                "re-save the condition")
+        raise SteeringSpecError(
+            f"meta.condition has unknown keys {unknown} (it holds {', '.join(SETTING_KEYS)}); re-save the condition"
+        )
     return saved
 
 
@@ -266,8 +273,10 @@ def find_condition(
     if not positive or not negative:
         raise DatasetError("find_condition needs at least one positive and one negative prompt")
     if set(positive) == set(negative):
-        raise DatasetError("the positive and negative prompts are the same: a condition tells two different sets of "
-                           "prompts apart; give prompts to steer and different prompts to leave alone")
+        raise DatasetError(
+            "the positive and negative prompts are the same: a condition tells two different sets of "
+            "prompts apart; give prompts to steer and different prompts to leave alone"
+        )
     layer_list = check_layers(lm, range(lm.n_layers) if layers is None else layers)
     texts = [lm.chat(p) if chat else p for p in [*positive, *negative]]
     n = len(positive)
@@ -287,8 +296,9 @@ def find_condition(
         thresholds[layer], accuracy[layer] = best_threshold(scores[:n], scores[n:])
         directions[layer] = direction
     best = max(layer_list, key=lambda k: (accuracy[k], -k))
-    check_found({best: directions[best]}, f"the condition direction from {n} positive and {len(negative)} negative "
-                "prompt(s)")
+    check_found(
+        {best: directions[best]}, f"the condition direction from {n} positive and {len(negative)} negative prompt(s)"
+    )
     vec = SteeringVector(
         {best: directions[best]},
         model_id=lm.model_id,

@@ -39,9 +39,7 @@ def positions_key(positions: Positions) -> Positions:
                 if positions == "actadd"
                 else ""
             )
-            raise SteeringSpecError(
-                f"positions={positions!r}: use 'all', 'prompt', 'generated' or (start, end){hint}"
-            )
+            raise SteeringSpecError(f"positions={positions!r}: use 'all', 'prompt', 'generated' or (start, end){hint}")
         return positions
     if isinstance(positions, (tuple, list)) and len(positions) == 2:
         start, end = positions

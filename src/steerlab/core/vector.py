@@ -75,8 +75,9 @@ def checked_config(cfg: Any, where: str) -> dict[str, Any]:
         return VectorFileError(f"{where}: {key!r} must be {want}, not {_short(cfg[key])}; re-save the vector")
 
     if not isinstance(cfg, dict):
-        raise VectorFileError(f"{where}: the config must be a JSON object, not {type(cfg).__name__}; "
-                              "re-save the vector")
+        raise VectorFileError(
+            f"{where}: the config must be a JSON object, not {type(cfg).__name__}; re-save the vector"
+        )
     missing = [k for k in _REQUIRED_KEYS if k not in cfg]
     if missing:
         raise VectorFileError(f"{where}: the config lacks {', '.join(map(repr, missing))}; re-save the vector")
@@ -84,8 +85,10 @@ def checked_config(cfg: Any, where: str) -> dict[str, Any]:
     if not _is_int(version) or version < 1:
         raise bad("format_version", "a positive integer")
     if version > FORMAT_VERSION:
-        raise VectorFileError(f"{where}: format_version {version} was written by a newer steerlab (this one reads "
-                              f"up to {FORMAT_VERSION}); upgrade steerlab")
+        raise VectorFileError(
+            f"{where}: format_version {version} was written by a newer steerlab (this one reads "
+            f"up to {FORMAT_VERSION}); upgrade steerlab"
+        )
     if not isinstance(cfg["model_id"], str):
         raise bad("model_id", "a string")
     for key in ("d_model", "n_layers"):
@@ -142,9 +145,7 @@ class SteeringVector:
         for layer, t in self.directions.items():
             layer = int(layer)
             if not 0 <= layer < self.n_layers:
-                raise LayerRangeError(
-                    f"vector layer {layer} is outside a model of {self.n_layers} blocks"
-                )
+                raise LayerRangeError(f"vector layer {layer} is outside a model of {self.n_layers} blocks")
             t = torch.as_tensor(t).detach().to(device="cpu", dtype=torch.float32)
             if t.dim() not in (1, 2) or t.shape[-1] != self.d_model:
                 raise InvalidVectorError(
@@ -322,9 +323,7 @@ class SteeringVector:
             directions[int(name[6:])] = t
         layers = cfg.pop("layers")
         if sorted(directions) != sorted(layers):
-            raise VectorFileError(
-                f"{path}: the config lists layers {layers} but the weights hold {sorted(directions)}"
-            )
+            raise VectorFileError(f"{path}: the config lists layers {layers} but the weights hold {sorted(directions)}")
         try:
             return cls(directions=directions, **cfg)
         except (InvalidVectorError, LayerRangeError) as exc:
@@ -422,8 +421,9 @@ class SteeringVector:
             try:
                 meta[key] = json.loads(meta[key])
             except (ValueError, RecursionError) as exc:
-                raise VectorFileError(f"{path}: steerlab.{key} is not valid JSON ({exc}); re-export the "
-                                      "vector") from exc
+                raise VectorFileError(
+                    f"{path}: steerlab.{key} is not valid JSON ({exc}); re-export the vector"
+                ) from exc
         meta.setdefault("d_model", next(iter(directions.values())).numel())
         meta.setdefault("n_layers", lm.n_layers if lm is not None else max(directions) + 1)
         meta.setdefault("model_id", lm.model_id if lm is not None else "")

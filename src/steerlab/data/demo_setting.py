@@ -57,13 +57,21 @@ class DirectionSetting:
     def label(self) -> str:
         """e.g. ``mean_diff L8-19 c=+1``."""
         ls = self.layers
-        span = f"{ls[0]}-{ls[-1]}" if len(ls) > 1 and list(ls) == list(range(ls[0], ls[-1] + 1)) else ",".join(
-            map(str, ls))
+        span = (
+            f"{ls[0]}-{ls[-1]}"
+            if len(ls) > 1 and list(ls) == list(range(ls[0], ls[-1] + 1))
+            else ",".join(map(str, ls))
+        )
         return f"{self.method} L{span} c={self.coefficient:+g}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "layers": list(self.layers), "coefficient": self.coefficient,
-                "held_out_effect": self.held_out_effect, "held_out_cost": self.held_out_cost}
+        return {
+            "method": self.method,
+            "layers": list(self.layers),
+            "coefficient": self.coefficient,
+            "held_out_effect": self.held_out_effect,
+            "held_out_cost": self.held_out_cost,
+        }
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,10 @@ class DemoSetting:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (what :func:`load_demo_setting` reads)."""
-        return {"source": self.source, **{KEYS[d]: s.to_dict() for d, s in sorted(self.directions.items(),
-                                                                                 reverse=True)}}
+        return {
+            "source": self.source,
+            **{KEYS[d]: s.to_dict() for d, s in sorted(self.directions.items(), reverse=True)},
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DemoSetting:
@@ -94,12 +104,15 @@ class DemoSetting:
                 coef = float(e["coefficient"])
                 if not layers or not math.isfinite(coef) or coef * d <= 0:
                     raise ValueError(f"{key}: needs layers and a finite coefficient of sign {d:+d}")
-                directions[d] = DirectionSetting(str(e["method"]), layers, coef, _opt(e.get("held_out_effect")),
-                                                 _opt(e.get("held_out_cost")))
+                directions[d] = DirectionSetting(
+                    str(e["method"]), layers, coef, _opt(e.get("held_out_effect")), _opt(e.get("held_out_cost"))
+                )
             return cls(directions, str(data["source"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise DemoSettingError(f"not a demo setting ({type(exc).__name__}: {exc}); "
-                                   "rebuild it with scripts/demo_setting.py FRONTIER_JSON") from None
+            raise DemoSettingError(
+                f"not a demo setting ({type(exc).__name__}: {exc}); "
+                "rebuild it with scripts/demo_setting.py FRONTIER_JSON"
+            ) from None
 
 
 def _opt(x: Any) -> float | None:
@@ -144,15 +157,19 @@ def from_frontier(report: Mapping[str, Any], source: str | None = None) -> DemoS
             if not math.isnan(effect):
                 scored.append((effect, p))
         if not scored:
-            raise DemoSettingError(f"the frontier report has no steering setting within its budget for the "
-                                   f"{key} direction ({metric})")
+            raise DemoSettingError(
+                f"the frontier report has no steering setting within its budget for the {key} direction ({metric})"
+            )
         effect, p = max(scored, key=lambda t: t[0])  # the first contender wins a tie
-        directions[d] = DirectionSetting(p.method, tuple(p.layers), p.coefficient, effect,
-                                         _opt(p.held_out.get(rep.cost_metric)))
+        directions[d] = DirectionSetting(
+            p.method, tuple(p.layers), p.coefficient, effect, _opt(p.held_out.get(rep.cost_metric))
+        )
     if source is None:
         metrics = ", ".join(f"{KEYS[d]}: {m}" for d, m in sorted(rep.effect_metrics.items(), reverse=True))
-        source = (f"frontier report '{rep.title}': per direction the steering method with the highest held-out "
-                  f"effect ({metrics}) within the budget {rep.cost_metric} <= {rep.budget:g}")
+        source = (
+            f"frontier report '{rep.title}': per direction the steering method with the highest held-out "
+            f"effect ({metrics}) within the budget {rep.cost_metric} <= {rep.budget:g}"
+        )
     return DemoSetting(directions, source)
 
 

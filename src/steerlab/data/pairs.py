@@ -90,11 +90,7 @@ def validate_read(read: Read) -> Read:
         return read
     if isinstance(read, int) and not isinstance(read, bool):
         return read
-    if (
-        isinstance(read, tuple)
-        and len(read) == 2
-        and all(isinstance(x, int) and not isinstance(x, bool) for x in read)
-    ):
+    if isinstance(read, tuple) and len(read) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in read):
         return read
     raise DatasetError(
         f"read={read!r} is not a read position: use 'last', 'mean', 'all', 'answer', a token "
@@ -166,8 +162,10 @@ def check_pair(pair: Any, where: str, limits: Limits | None = None) -> ContrastP
     if not str(render_plain(pair.positive)).strip() or not str(render_plain(pair.negative)).strip():
         raise DatasetError(f"{where} has an empty positive or negative text: both sides are needed")
     if pair.positive == pair.negative:
-        raise DatasetError(f"{where} has the same positive and negative text ({_short(pair.positive)}): a pair must "
-                           "differ in the behaviour to steer; fix or drop it")
+        raise DatasetError(
+            f"{where} has the same positive and negative text ({_short(pair.positive)}): a pair must "
+            "differ in the behaviour to steer; fix or drop it"
+        )
     return pair
 
 
@@ -218,9 +216,7 @@ def pairs_from_lists(positives: Sequence[Text], negatives: Sequence[Text], read:
         'Hate'
     """
     if len(positives) != len(negatives):
-        raise DatasetError(
-            f"{len(positives)} positive but {len(negatives)} negative texts: the lists must pair up"
-        )
+        raise DatasetError(f"{len(positives)} positive but {len(negatives)} negative texts: the lists must pair up")
     return check_pairs([ContrastPair(p, n, read) for p, n in zip(positives, negatives)])
 
 
@@ -231,8 +227,11 @@ def _pair_from_record(rec: Any, where: str, read: Read, limits: Limits | None = 
     if "answer_matching_behavior" in rec:
         return caa_pair(rec, where, limits)
     if "positive" in rec and "negative" in rec:
-        return ContrastPair(text_field(rec, "positive", where, limits), text_field(rec, "negative", where, limits),
-                            _read_of(rec, where, read))
+        return ContrastPair(
+            text_field(rec, "positive", where, limits),
+            text_field(rec, "negative", where, limits),
+            _read_of(rec, where, read),
+        )
     raise DatasetError(
         f"{where}: needs 'positive' and 'negative' keys (or CAA 'question' / "
         "'answer_matching_behavior' / 'answer_not_matching_behavior')"
@@ -271,8 +270,13 @@ def load_pairs(path: str | Path, read: Read = "last", *, limits: Limits | None =
     suffix = path.suffix.lower()
     if suffix == ".json":
         data = json_list(path, "pair objects", limits)
-        return check_pairs([check_pair(_pair_from_record(r, f"{path}[{i}]", read, limits), f"{path}[{i}]", limits)
-                            for i, r in enumerate(data)], limits)
+        return check_pairs(
+            [
+                check_pair(_pair_from_record(r, f"{path}[{i}]", read, limits), f"{path}[{i}]", limits)
+                for i, r in enumerate(data)
+            ],
+            limits,
+        )
     if suffix in _FILE_SOURCES:
         return check_pairs(list(_FILE_SOURCES[suffix](path, read, limits=limits)), limits)
     raise DatasetError(f"{path}: unknown pairs format {suffix!r}; use {', '.join(PAIR_FORMATS)}")
@@ -406,8 +410,9 @@ def _csv_texts(path: Path, limits: Limits | None) -> list[str]:
     return [text_field(row, column, where, limits) for where, row in csv_rows(path, [column], limits)]
 
 
-def load_texts(path: str | Path, limit: int | None = None, *, strip: bool = True,
-               limits: Limits | None = None) -> list[str]:
+def load_texts(
+    path: str | Path, limit: int | None = None, *, strip: bool = True, limits: Limits | None = None
+) -> list[str]:
     """Texts from a file: ``.txt`` (one text a line), ``.json`` (a list of strings, or of objects
     with a ``"statement"`` or ``"text"`` field), ``.jsonl`` (one such string or object a line) or
     ``.csv`` (a ``"statement"`` or ``"text"`` column, e.g. RepE's ``facts_true_false.csv``). Blank
@@ -431,8 +436,9 @@ def load_texts(path: str | Path, limit: int | None = None, *, strip: bool = True
     p = check_file(path, "text")
     suffix = p.suffix.lower()
     if suffix == ".txt":
-        items = [(limits or DEFAULT_LIMITS).check_text(line, f"{p}:{n}")
-                 for n, line in enumerate(text_lines(p, limits), 1)]
+        items = [
+            (limits or DEFAULT_LIMITS).check_text(line, f"{p}:{n}") for n, line in enumerate(text_lines(p, limits), 1)
+        ]
     elif suffix == ".json":
         items = [_text_of(x, f"{p}[{i}]", limits) for i, x in enumerate(json_list(p, "strings", limits))]
     elif suffix == ".jsonl":
@@ -604,9 +610,17 @@ class HFPairs(PairSource):
     ``"parquet"`` with ``data_files=...``; hub names need internet access).
     """
 
-    def __init__(self, dataset: Any = None, *, name: str | None = None, split: str = "train",
-                 read: Read = "last", columns: Mapping[str, str] | None = None, limits: Limits | None = None,
-                 **load_kwargs: Any) -> None:
+    def __init__(
+        self,
+        dataset: Any = None,
+        *,
+        name: str | None = None,
+        split: str = "train",
+        read: Read = "last",
+        columns: Mapping[str, str] | None = None,
+        limits: Limits | None = None,
+        **load_kwargs: Any,
+    ) -> None:
         if (dataset is None) == (name is None):
             raise DatasetError("give HFPairs a dataset object or a dataset name, not both")
         self.dataset, self.name, self.split, self.load_kwargs = dataset, name, split, load_kwargs
@@ -648,8 +662,13 @@ def looks_like_path(source: str | Path) -> bool:
     if isinstance(source, Path):
         return True
     text = source.strip()
-    return (bool(Path(text).suffix) or text.startswith(("/", ".", "~")) or "\\" in text
-            or text.count("/") > 1 or ("/" in text and Path(text).parent.is_dir()))
+    return (
+        bool(Path(text).suffix)
+        or text.startswith(("/", ".", "~"))
+        or "\\" in text
+        or text.count("/") > 1
+        or ("/" in text and Path(text).parent.is_dir())
+    )
 
 
 def open_pairs(

@@ -126,7 +126,10 @@ def _check_room(ray: ModuleType, workers: int) -> None:
     if cpus < need:
         log.warning(
             "the Ray cluster has %g CPUs but %d workers reserve %d: the others wait until it grows "
-            "(ask for fewer workers, or add nodes)", cpus, workers, need
+            "(ask for fewer workers, or add nodes)",
+            cpus,
+            workers,
+            need,
         )
 
 
@@ -149,8 +152,15 @@ class Worker:
 
         return run_shard(self.lm, job)
 
-    def evaluate(self, evaluation: Any, vector: Any, layers: list[int], data: list[Any],
-                 coefficients: list[float], options: dict[str, Any]) -> dict[str, list[float]]:
+    def evaluate(
+        self,
+        evaluation: Any,
+        vector: Any,
+        layers: list[int],
+        data: list[Any],
+        coefficients: list[float],
+        options: dict[str, Any],
+    ) -> dict[str, list[float]]:
         """One sweep setting (:func:`steerlab.evaluate.sweep.evaluate_setting`)."""
         from ..evaluate.sweep import evaluate_setting
 
@@ -173,8 +183,11 @@ def actors(lm: LM, workers: int, address: str | None = None) -> list[Any]:
     key = repr((ray.get_runtime_context().get_job_id(), spec, workers))
     if _POOL.key != key:
         shutdown_pool()
-        options: dict[str, Any] = {"num_cpus": THREADS_PER_WORKER, "max_restarts": MAX_RESTARTS,
-                                   "max_task_retries": MAX_RESTARTS}
+        options: dict[str, Any] = {
+            "num_cpus": THREADS_PER_WORKER,
+            "max_restarts": MAX_RESTARTS,
+            "max_task_retries": MAX_RESTARTS,
+        }
         if spec.device == "cuda":
             options["num_gpus"] = 1
         remote = ray.remote(Worker)

@@ -89,12 +89,30 @@ def run_shard(lm: LM, job: ShardJob) -> ShardResult:
     texts, reads = pair_texts(lm, pairs)
     names = pair_names(job.first)
     if not job.method.streaming:
-        acts = capture(lm, texts, job.layers, reads, batch_size=job.batch_size, progress=False,
-                       share_prefix=job.share_prefix, names=names)
+        acts = capture(
+            lm,
+            texts,
+            job.layers,
+            reads,
+            batch_size=job.batch_size,
+            progress=False,
+            share_prefix=job.share_prefix,
+            names=names,
+        )
         return ShardResult(job.index, len(pairs), acts=acts)
     resumed = _saved_batches(job.checkpoint)
-    accs = accumulate(lm, job.method, texts, reads, job.layers, batch_size=job.batch_size, progress=False,
-                      checkpoint=job.checkpoint, share_prefix=job.share_prefix, names=names)
+    accs = accumulate(
+        lm,
+        job.method,
+        texts,
+        reads,
+        job.layers,
+        batch_size=job.batch_size,
+        progress=False,
+        checkpoint=job.checkpoint,
+        share_prefix=job.share_prefix,
+        names=names,
+    )
     states = {k: acc.state_dict() for k, acc in accs.items()}
     return ShardResult(job.index, len(pairs), states=states, resumed_batches=resumed)
 
@@ -156,8 +174,15 @@ def default_shard_size(n_pairs: int, workers: int | None, batch_size: int) -> in
 class _Merged:
     """The driver's side: shard results merged as they complete, and the driver checkpoint."""
 
-    def __init__(self, method: Method, layers: list[int], d_model: int, ranges: list[tuple[int, int]],
-                 checkpoint: str | os.PathLike[str] | None, key: str) -> None:
+    def __init__(
+        self,
+        method: Method,
+        layers: list[int],
+        d_model: int,
+        ranges: list[tuple[int, int]],
+        checkpoint: str | os.PathLike[str] | None,
+        key: str,
+    ) -> None:
         self.method, self.layers, self.d_model, self.key = method, layers, d_model, key
         self.ranges = ranges
         n_shards = len(ranges)
@@ -177,8 +202,10 @@ class _Merged:
         if self.path is None or not self.path.exists():
             return
         saved, meta = read_checkpoint(
-            self.path, self.key,
-            "extraction (different method, data, layers, batch size, shard size or model)", state_shapes(self.accs),
+            self.path,
+            self.key,
+            "extraction (different method, data, layers, batch size, shard size or model)",
+            state_shapes(self.accs),
         )
         done = _shard_list(self.path, meta.get("done_shards", ""), len(self.ranges))
         load_accumulators(self.accs, saved)
@@ -235,10 +262,15 @@ def _shard_list(path: Path, text: str, n_shards: int) -> set[int]:
         shards = json.loads(text)
     except ValueError:
         shards = None
-    if (not isinstance(shards, list) or len(set(map(repr, shards))) != len(shards)
-            or not all(type(i) is int and 0 <= i < n_shards for i in shards)):
-        raise CheckpointError(f"checkpoint {path}: its list of merged shards ({text[:80]!r}) does not fit this run of "
-                              f"{n_shards} shards; delete it to start the run over")
+    if (
+        not isinstance(shards, list)
+        or len(set(map(repr, shards))) != len(shards)
+        or not all(type(i) is int and 0 <= i < n_shards for i in shards)
+    ):
+        raise CheckpointError(
+            f"checkpoint {path}: its list of merged shards ({text[:80]!r}) does not fit this run of "
+            f"{n_shards} shards; delete it to start the run over"
+        )
     return set(shards)
 
 
@@ -320,19 +352,44 @@ def extract_sharded(
     ).hexdigest()[:16]
     merged = _Merged(spec, layer_list, lm.d_model, ranges, checkpoint, key)
     jobs = [
-        ShardJob(i, *_window(source, start, stop), spec, layer_list, batch_size, share_prefix, lm.model_id,
-                 merged.shard_checkpoint(i), start)
-        for i, (start, stop) in enumerate(ranges) if i not in merged.done
+        ShardJob(
+            i,
+            *_window(source, start, stop),
+            spec,
+            layer_list,
+            batch_size,
+            share_prefix,
+            lm.model_id,
+            merged.shard_checkpoint(i),
+            start,
+        )
+        for i, (start, stop) in enumerate(ranges)
+        if i not in merged.done
     ]
     where = f"{workers} workers" if workers else "this process"
-    for result in track(_results(lm, jobs, workers, ray_address), f"extracting {len(ranges)} shards on {where}",
-                        total=len(jobs), enabled=progress):
+    for result in track(
+        _results(lm, jobs, workers, ray_address),
+        f"extracting {len(ranges)} shards on {where}",
+        total=len(jobs),
+        enabled=progress,
+    ):
         merged.add(result)
     directions = merged.directions()
     check_found(directions, f"{method} on {scan.n_pairs} pair(s)")
     merged.cleanup(len(ranges))
-    meta: dict[str, object] = {"n_pairs": scan.n_pairs, "model_type": lm.model_type,
-                               "read": scan.reads[0] if len(scan.reads) == 1 else scan.reads,
-                               "shards": len(ranges), "workers": workers or 0}
-    return SteeringVector(directions=directions, model_id=lm.model_id, d_model=lm.d_model, n_layers=lm.n_layers,
-                          method=method, data_hash=scan.data_hash, meta=meta)
+    meta: dict[str, object] = {
+        "n_pairs": scan.n_pairs,
+        "model_type": lm.model_type,
+        "read": scan.reads[0] if len(scan.reads) == 1 else scan.reads,
+        "shards": len(ranges),
+        "workers": workers or 0,
+    }
+    return SteeringVector(
+        directions=directions,
+        model_id=lm.model_id,
+        d_model=lm.d_model,
+        n_layers=lm.n_layers,
+        method=method,
+        data_hash=scan.data_hash,
+        meta=meta,
+    )

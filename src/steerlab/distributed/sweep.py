@@ -49,8 +49,9 @@ def sweep_grids(
     grids: dict[str, list[list[float]]] = {}
     rows = pool.map(submit, [list(s) for s in sets])
     try:
-        for row in track(rows, f"{evaluation.name}: {len(sets)} layer sets on {n} workers", total=len(sets),
-                         enabled=progress):
+        for row in track(
+            rows, f"{evaluation.name}: {len(sets)} layer sets on {n} workers", total=len(sets), enabled=progress
+        ):
             for name, values in row.items():
                 grids.setdefault(name, []).append(values)
     except ray_errors() as exc:

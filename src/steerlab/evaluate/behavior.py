@@ -529,8 +529,7 @@ def behavior_eval(
     else:
         ab, source = _as_items(items)[:limit], {}
     steerings: list[SteeringLike | None] = [
-        None if c == 0.0 or vector is None else Steering(vector, c, layers=layers, positions="generated")
-        for c in coefs
+        None if c == 0.0 or vector is None else Steering(vector, c, layers=layers, positions="generated") for c in coefs
     ]
     vals = _read(lm, _prepare(lm, ab, instruction), [steerings] * len(ab), batch_size, progress)
     behavior = _name(ab, name)
@@ -545,15 +544,18 @@ def behavior_eval(
         "n_bootstrap": n_bootstrap,
         "seed": seed,
         "model_id": lm.model_id,
-        "vector": None if vector is None else {"method": vector.method, "model_id": vector.model_id,
-                                               "data_hash": vector.data_hash},
+        "vector": None
+        if vector is None
+        else {"method": vector.method, "model_id": vector.model_id, "data_hash": vector.data_hash},
         "prompt": None if instruction is None else instruction.describe(),
         **source,
         **({"limit": limit} if limit is not None else {}),
     }
     return BehaviorReport(
         title=f"CAA A/B {kind}: {behavior}" + ("" if instruction is None else f" with {instruction.label}"),
-        settings=settings, behavior=behavior, capability=capability,
+        settings=settings,
+        behavior=behavior,
+        capability=capability,
         points=_points(vals, coefs, n_bootstrap, seed),
         prompt=None if instruction is None else instruction.describe(),
     )
@@ -579,8 +581,7 @@ def capability_eval(
         >>> [p.above_half for p in r.points]  # doctest: +SKIP
         [0.41, 0.45, 0.44]
     """
-    return behavior_eval(lm, vector, path, coefficients, name=Path(path).stem, limit=limit, capability=True,
-                         **options)
+    return behavior_eval(lm, vector, path, coefficients, name=Path(path).stem, limit=limit, capability=True, **options)
 
 
 register_builtin(
@@ -612,5 +613,11 @@ def behavior_vector(
         >>> vec = behavior_vector(lm, CAA / "generate/sycophancy/generate_dataset.json",
         ...                       layers=[13], limit=200)  # doctest: +SKIP
     """
-    return extract(lm, caa_pairs(load_caa(Path(generate_path), limit)), method=method, layers=layers,
-                   batch_size=batch_size, progress=progress)
+    return extract(
+        lm,
+        caa_pairs(load_caa(Path(generate_path), limit)),
+        method=method,
+        layers=layers,
+        batch_size=batch_size,
+        progress=progress,
+    )

@@ -336,8 +336,18 @@ def offtarget_cost(
     coefs = [float(c) for c in coefficients]
     instruction = as_prompt(prompt)
     if vector is None or instruction is not None:
-        return _prompted_cost(lm, vector, texts, coefs, instruction, layers=layers, positions=positions,
-                              operator=operator, batch_size=batch_size, progress=progress)
+        return _prompted_cost(
+            lm,
+            vector,
+            texts,
+            coefs,
+            instruction,
+            layers=layers,
+            positions=positions,
+            operator=operator,
+            batch_size=batch_size,
+            progress=progress,
+        )
     steerings: list[SteeringLike | None] = [
         Steering(vector, c, layers=layers, positions=positions, operator=operator) for c in coefs
     ]
@@ -351,8 +361,17 @@ def offtarget_cost(
 
 
 def _prompted_cost(
-    lm: LM, vector: SteeringVector | None, texts: Sequence[str], coefs: list[float], prompt: Prompt | None,
-    *, layers: Sequence[int] | None, positions: Any, operator: str, batch_size: int, progress: bool | None,
+    lm: LM,
+    vector: SteeringVector | None,
+    texts: Sequence[str],
+    coefs: list[float],
+    prompt: Prompt | None,
+    *,
+    layers: Sequence[int] | None,
+    positions: Any,
+    operator: str,
+    batch_size: int,
+    progress: bool | None,
 ) -> CostReport:
     """:func:`offtarget_cost` with a prompt (or without a vector: only coefficient 0)."""
     from .prompted_cost import prompted_stats
@@ -362,16 +381,22 @@ def _prompted_cost(
     if prompt is None:
         raise SteeringSpecError("offtarget_cost needs a vector, a prompt or both")
     steerings: list[SteeringLike | None] = [
-        None if vector is None or c == 0 else Steering(vector, c, layers=layers, positions=positions,
-                                                       operator=operator)
+        None if vector is None or c == 0 else Steering(vector, c, layers=layers, positions=positions, operator=operator)
         for c in coefs
     ]
     stats = prompted_stats(lm, texts, prompt, steerings, batch_size=batch_size, progress=progress)
     used = [] if vector is None else list(Steering(vector, 0.0, layers=layers).active_layers)
     return CostReport(
         title=f"off-target cost of {prompt.label}" + ("" if vector is None else f" with {vector.method} {used}"),
-        settings={"model_id": lm.model_id, "method": "prompting" if vector is None else vector.method, "layers": used,
-                  "positions": positions, "operator": operator, "batch_size": batch_size, "prompt": prompt.describe()},
+        settings={
+            "model_id": lm.model_id,
+            "method": "prompting" if vector is None else vector.method,
+            "layers": used,
+            "positions": positions,
+            "operator": operator,
+            "batch_size": batch_size,
+            "prompt": prompt.describe(),
+        },
         **cost_curve(coefs, stats),
     )
 

@@ -108,7 +108,13 @@ def prompted_stats(
             kl[k] += float((base.exp() * (base - lp)).sum(-1).clamp_min(0.0).sum())
     base_ppl = math.exp(base_nll / n_tokens)
     return [
-        TextStats(perplexity=math.exp(nll[k] / n_tokens), base_perplexity=base_ppl, kl=kl[k] / n_tokens,
-                  n_texts=len(rows), n_tokens=n_tokens, skipped=skipped)
+        TextStats(
+            perplexity=math.exp(nll[k] / n_tokens),
+            base_perplexity=base_ppl,
+            kl=kl[k] / n_tokens,
+            n_texts=len(rows),
+            n_tokens=n_tokens,
+            skipped=skipped,
+        )
         for k in range(n)
     ]

@@ -126,9 +126,7 @@ def register(evaluation: Evaluation, replace: bool = False) -> Evaluation:
     """
     _load_builtins()
     if evaluation.name in EVALUATIONS and not replace:
-        raise SteeringSpecError(
-            f"an evaluation called {evaluation.name!r} is registered: pass replace=True to swap it"
-        )
+        raise SteeringSpecError(f"an evaluation called {evaluation.name!r} is registered: pass replace=True to swap it")
     EVALUATIONS[evaluation.name] = evaluation
     return evaluation
 

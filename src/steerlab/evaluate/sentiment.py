@@ -255,7 +255,10 @@ def _summary(
 
 
 def _steerings(
-    vector: SteeringVector | None, coefs: Sequence[float], layers: Sequence[int] | None, positions: Positions | None,
+    vector: SteeringVector | None,
+    coefs: Sequence[float],
+    layers: Sequence[int] | None,
+    positions: Positions | None,
     operator: str,
 ) -> list[Steering | None]:
     """One steering per coefficient (``None`` at 0); without a vector only coefficient 0 is possible."""
@@ -271,14 +274,22 @@ def _steerings(
 
 
 def _continue(
-    lm: LM, texts: list[str], rows: list[Steering | None], max_new_tokens: int, batch_size: int,
+    lm: LM,
+    texts: list[str],
+    rows: list[Steering | None],
+    max_new_tokens: int,
+    batch_size: int,
     progress: bool | None,
 ) -> list[str]:
     """Greedy continuations of already-rendered ``texts``, steered per row, in ``batch_size`` chunks."""
     out: list[str] = []
     for start in track(range(0, len(texts), batch_size), "generating continuations", enabled=progress):
-        out += generate(lm, texts[start : start + batch_size], steering=rows[start : start + batch_size],
-                        max_new_tokens=max_new_tokens)
+        out += generate(
+            lm,
+            texts[start : start + batch_size],
+            steering=rows[start : start + batch_size],
+            max_new_tokens=max_new_tokens,
+        )
     return out
 
 
@@ -363,12 +374,19 @@ def sentiment_shift(
     sc = get_scorer(scorer)
 
     k = len(coefs)
-    continuations = _continue(lm, [t for t in shown for _ in coefs], [s for _ in items for s in steerings],
-                              max_new_tokens, batch_size, progress)
+    continuations = _continue(
+        lm,
+        [t for t in shown for _ in coefs],
+        [s for _ in items for s in steerings],
+        max_new_tokens,
+        batch_size,
+        progress,
+    )
     scores = _score(sc, [c.strip() for c in continuations], batch_size, progress)
     ppl = _fluency(lm, [t for t in plain for _ in coefs], continuations, batch_size, progress, fluency)
-    reference = _reference(lm, plain, coefs, instruction, scores, ppl, max_new_tokens, batch_size, sc, progress,
-                           fluency)
+    reference = _reference(
+        lm, plain, coefs, instruction, scores, ppl, max_new_tokens, batch_size, sc, progress, fluency
+    )
 
     idx = resample_indices(len(items), n_bootstrap, seed)
     # rows are opening-major: the rows of coefficient j are j, j + k, j + 2k, ...
@@ -448,8 +466,10 @@ def _reference(
         j = coefs.index(0.0)
         return _Reference(scores[j::k], ppl[j::k])
     conts = _continue(lm, plain, [None] * len(plain), max_new_tokens, batch_size, progress)
-    return _Reference(_score(scorer, [c.strip() for c in conts], batch_size, progress),
-                      _fluency(lm, plain, conts, batch_size, progress, True))
+    return _Reference(
+        _score(scorer, [c.strip() for c in conts], batch_size, progress),
+        _fluency(lm, plain, conts, batch_size, progress, True),
+    )
 
 
 register_builtin(

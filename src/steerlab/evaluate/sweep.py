@@ -62,8 +62,18 @@ def _grids(
     if workers is not None or ray_address is not None:
         from ..distributed import sweep_grids
 
-        return sweep_grids(evaluation, lm, vector, data, sets, coefficients, workers=workers,
-                           ray_address=ray_address, progress=progress, **options)
+        return sweep_grids(
+            evaluation,
+            lm,
+            vector,
+            data,
+            sets,
+            coefficients,
+            workers=workers,
+            ray_address=ray_address,
+            progress=progress,
+            **options,
+        )
     grids: dict[str, list[list[float]]] = {}
     label = f"{evaluation.name}: {len(sets)} layer sets"
     for ls in track(sets, label, enabled=progress):
@@ -156,8 +166,7 @@ class SweepReport(Report):
             finite = grid[np.isfinite(grid)]
             mid = float(finite.mean()) if finite.size else 0.0
             for (i, j), v in np.ndenumerate(grid):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if v > mid else "white")
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if v > mid else "white")
         fig.colorbar(im, ax=ax, label=self.metric)
         ax.set_title(self.title or f"{self.kind} sweep: {self.metric}")
         return save_figure(fig, path)
@@ -207,10 +216,17 @@ def sweep(
         raise DatasetError(f"no data for the {evaluation.name} sweep")
     sets = _layer_sets(vector, layer_sets)
     coefs = [float(c) for c in coefficients]
-    report = SweepReport(kind=evaluation.name, metric=metric, layer_sets=sets, coefficients=coefs, complete=False,
-                         settings=_recorded(kwargs))
-    report.grids = _grids(evaluation, lm, vector, data, sets, coefs, progress=progress, workers=workers,
-                          ray_address=ray_address, **kwargs)
+    report = SweepReport(
+        kind=evaluation.name,
+        metric=metric,
+        layer_sets=sets,
+        coefficients=coefs,
+        complete=False,
+        settings=_recorded(kwargs),
+    )
+    report.grids = _grids(
+        evaluation, lm, vector, data, sets, coefs, progress=progress, workers=workers, ray_address=ray_address, **kwargs
+    )
     report.complete = True
     return report
 
@@ -246,8 +262,14 @@ class AutotuneReport(Report):
         """Held-out metrics, baseline vs the chosen setting."""
         out = []
         for label, metrics in self.held_out.items():
-            out.append({"setting": label, "layers": _layer_label(self.layers) if label != "baseline" else "-",
-                        "coefficient": self.coefficient if label != "baseline" else 0.0, **metrics})
+            out.append(
+                {
+                    "setting": label,
+                    "layers": _layer_label(self.layers) if label != "baseline" else "-",
+                    "coefficient": self.coefficient if label != "baseline" else 0.0,
+                    **metrics,
+                }
+            )
         return out
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
@@ -257,8 +279,13 @@ class AutotuneReport(Report):
         eff, cost = self.selection.get("effect", []), self.selection.get("cost", [])
         sets, coefs = self.selection.get("layer_sets", []), self.selection.get("coefficients", [])
         for i, ls in enumerate(sets):
-            ax.plot([cost[i][j] for j in range(len(coefs))], [eff[i][j] for j in range(len(coefs))], "o-",
-                    alpha=0.7, label=f"layers {_layer_label(ls)}")
+            ax.plot(
+                [cost[i][j] for j in range(len(coefs))],
+                [eff[i][j] for j in range(len(coefs))],
+                "o-",
+                alpha=0.7,
+                label=f"layers {_layer_label(ls)}",
+            )
         ax.axvline(self.budget, color="red", ls="--", lw=1, label=f"budget {self.cost_metric} ≤ {self.budget:g}")
         if sets:
             i, j = sets.index(self.layers), coefs.index(self.coefficient)
@@ -292,8 +319,9 @@ class _Objective:
     direction: int
 
     @classmethod
-    def of(cls, kind: str | Evaluation, direction: int, cost_texts: Sequence[str] | None,
-           cost_evaluation: str | Evaluation) -> _Objective:
+    def of(
+        cls, kind: str | Evaluation, direction: int, cost_texts: Sequence[str] | None, cost_evaluation: str | Evaluation
+    ) -> _Objective:
         evaluation = get_evaluation(kind)
         if not evaluation.effect:
             tunable = [n for n, e in EVALUATIONS.items() if e.effect]
@@ -338,7 +366,8 @@ def _choose(effect: list[list[float]], cost: list[list[float]], coefs: list[floa
     than not steering."""
     candidates = [
         (effect[i][j], -abs(coefs[j]), -j, -i, i, j)
-        for i in range(len(effect)) for j in range(len(coefs))
+        for i in range(len(effect))
+        for j in range(len(coefs))
         if cost[i][j] <= budget and not math.isnan(effect[i][j])
     ]
     if not candidates:
@@ -407,8 +436,14 @@ def autotune(
     chosen_layers, chosen = sets[bi], coefs[bj]
     return AutotuneReport(
         title=f"auto-tune ({objective.evaluation.name}, {objective.effect}, {objective.cost_metric} ≤ {budget:g})",
-        kind=objective.evaluation.name, effect_metric=objective.effect, cost_metric=objective.cost_metric,
-        budget=budget, layers=chosen_layers, coefficient=chosen, n_select=len(select), n_report=len(held),
+        kind=objective.evaluation.name,
+        effect_metric=objective.effect,
+        cost_metric=objective.cost_metric,
+        budget=budget,
+        layers=chosen_layers,
+        coefficient=chosen,
+        n_select=len(select),
+        n_report=len(held),
         fits_budget=bool(cost[bi][bj] <= budget),
         selection={"layer_sets": sets, "coefficients": coefs, "effect": effect, "cost": cost},
         held_out=_held_out(objective, lm, vector.select(chosen_layers), held, chosen, cost_texts, **kwargs),
@@ -435,5 +470,7 @@ def _held_out(
         final[objective.cost_metric] = objective.cost(lm, vector, cost_texts or [], coefs, progress=False)[
             objective.cost_metric
         ]
-    return {label: {name: values[coefs.index(c)] for name, values in final.items()}
-            for label, c in (("baseline", 0.0), ("steered", chosen))}
+    return {
+        label: {name: values[coefs.index(c)] for name, values in final.items()}
+        for label, c in (("baseline", 0.0), ("steered", chosen))
+    }

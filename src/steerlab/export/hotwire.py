@@ -66,9 +66,12 @@ def to_tensor(vec: SteeringVector) -> torch.Tensor:
         PluginUnsupported: a token-wise (ActAdd) vector.
     """
     if vec.tokenwise:
-        raise PluginUnsupported("hotwire holds one direction per layer: collapse this token-wise (ActAdd) vector "
-                                "first with vec.token_mean(), or steer with the transformers engine", PLUGIN,
-                                code="tokenwise_vector")
+        raise PluginUnsupported(
+            "hotwire holds one direction per layer: collapse this token-wise (ActAdd) vector "
+            "first with vec.token_mean(), or steer with the transformers engine",
+            PLUGIN,
+            code="tokenwise_vector",
+        )
     out = torch.zeros(vec.n_layers, vec.d_model, dtype=torch.float32)
     for k, t in vec.directions.items():
         out[k] = t
@@ -140,8 +143,13 @@ def read(path: str | os.PathLike[str], lm: Any = None) -> SteeringVector:
         rows = {k: tensor[k] for k in range(tensor.shape[0]) if bool(tensor[k].any())}
         if not rows:
             raise VectorFileError(f"{path}: every row is zero")
-        return SteeringVector(rows, model_id=lm.model_id if lm is not None else "", d_model=int(tensor.shape[-1]),
-                              n_layers=lm.n_layers if lm is not None else int(tensor.shape[0]), method="hotwire")
+        return SteeringVector(
+            rows,
+            model_id=lm.model_id if lm is not None else "",
+            d_model=int(tensor.shape[-1]),
+            n_layers=lm.n_layers if lm is not None else int(tensor.shape[0]),
+            method="hotwire",
+        )
     except (IndexError, InvalidVectorError, LayerRangeError) as exc:
         raise VectorFileError(f"{path}: {exc}") from exc
 
@@ -180,7 +188,11 @@ def request_spec(steering: SteeringLike | None, name_of: Callable[[SteeringVecto
                 raise PluginUnsupported(
                     f"steering[{owner[k]}] and steering[{i}] both act on layer {k}: hotwire keeps one vector per "
                     "layer (the last would silently win); combine them into one vector (a*v1 + b*v2), export it "
-                    "and use that", PLUGIN, i, "layer_conflict")
+                    "and use that",
+                    PLUGIN,
+                    i,
+                    "layer_conflict",
+                )
             owner[k] = i
             entry: dict[str, Any] = {"id": vid, "layer": int(k), "scale": float(s.coefficient)}
             if s.where == "generated":
@@ -191,17 +203,30 @@ def request_spec(steering: SteeringLike | None, name_of: Callable[[SteeringVecto
 
 def _check(i: int, s: Steering) -> None:
     if s.op.name != "add":
-        raise PluginUnsupported(f"hotwire only adds vectors; operator={s.op.name!r} is not available with this "
-                                "engine (use the transformers engine)", PLUGIN, i)
+        raise PluginUnsupported(
+            f"hotwire only adds vectors; operator={s.op.name!r} is not available with this "
+            "engine (use the transformers engine)",
+            PLUGIN,
+            i,
+        )
     if s.condition is not None:
         raise PluginUnsupported("hotwire has no conditional (CAST) steering", PLUGIN, i)
     if s.vector.tokenwise:
-        raise PluginUnsupported("hotwire has no token-wise (ActAdd) vectors: collapse the vector with "
-                                "vec.token_mean(), or use the transformers engine", PLUGIN, i, "tokenwise_vector")
+        raise PluginUnsupported(
+            "hotwire has no token-wise (ActAdd) vectors: collapse the vector with "
+            "vec.token_mean(), or use the transformers engine",
+            PLUGIN,
+            i,
+            "tokenwise_vector",
+        )
     if s.where not in ("all", "generated"):
-        raise PluginUnsupported(f"hotwire steers every token ('all') or decode steps only ('generated'); "
-                                f"positions={s.where!r} is not available (use the transformers engine)", PLUGIN, i,
-                                "unsupported_positions")
+        raise PluginUnsupported(
+            f"hotwire steers every token ('all') or decode steps only ('generated'); "
+            f"positions={s.where!r} is not available (use the transformers engine)",
+            PLUGIN,
+            i,
+            "unsupported_positions",
+        )
 
 
 def xargs(spec: list[dict[str, Any]]) -> dict[str, str]:

@@ -82,8 +82,12 @@ def encode_tensor(t: torch.Tensor) -> dict[str, Any]:
         [2]
     """
     arr = t.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy().astype("<f4", copy=False)
-    return {"data": base64.b64encode(arr.tobytes()).decode("ascii"), "dtype": "float32",
-            "original_dtype": "torch.float32", "shape": list(arr.shape)}
+    return {
+        "data": base64.b64encode(arr.tobytes()).decode("ascii"),
+        "dtype": "float32",
+        "original_dtype": "torch.float32",
+        "shape": list(arr.shape),
+    }
 
 
 def decode_tensor(d: Any) -> torch.Tensor:
@@ -132,8 +136,13 @@ def to_entries(vec: SteeringVector, scale: float = 1.0) -> list[dict[str, Any]]:
 
 
 def _entry(acts: torch.Tensor, layers: list[int], scale: float, positions: list[int] | None = None) -> dict[str, Any]:
-    return {"activations": encode_tensor(acts), "layer_indices": [int(k) for k in layers], "scale": float(scale),
-            "norm_match": False, "position_indices": positions}
+    return {
+        "activations": encode_tensor(acts),
+        "layer_indices": [int(k) for k in layers],
+        "scale": float(scale),
+        "norm_match": False,
+        "position_indices": positions,
+    }
 
 
 def write(vec: SteeringVector, path: str | os.PathLike[str]) -> Path:
@@ -175,8 +184,13 @@ def read(path: str | os.PathLike[str], lm: Any = None) -> SteeringVector:
     d_model = int(next(iter(directions.values())).shape[-1])
     n_layers = lm.n_layers if lm is not None else max(directions) + 1
     try:
-        return SteeringVector(directions, model_id=lm.model_id if lm is not None else "", d_model=d_model,
-                              n_layers=n_layers, method="vllm-lens")
+        return SteeringVector(
+            directions,
+            model_id=lm.model_id if lm is not None else "",
+            d_model=d_model,
+            n_layers=n_layers,
+            method="vllm-lens",
+        )
     except InvalidVectorError as exc:
         raise VectorFileError(f"{path}: {exc}") from exc
 
@@ -217,8 +231,12 @@ def steering_payload(steering: SteeringLike | None) -> list[dict[str, Any]]:
 
 def _steering_entry(i: int, s: Steering) -> dict[str, Any] | None:
     if s.op.name != "add":
-        raise PluginUnsupported(f"vllm-lens only adds vectors; operator={s.op.name!r} is not available with this "
-                                "engine (use the transformers engine)", PLUGIN, i)
+        raise PluginUnsupported(
+            f"vllm-lens only adds vectors; operator={s.op.name!r} is not available with this "
+            "engine (use the transformers engine)",
+            PLUGIN,
+            i,
+        )
     if s.condition is not None:
         raise PluginUnsupported("vllm-lens has no conditional (CAST) steering", PLUGIN, i)
     if s.vector.tokenwise:
@@ -228,7 +246,10 @@ def _steering_entry(i: int, s: Steering) -> dict[str, Any] | None:
             f"vllm-lens 1.3.0 steers only positions='all', not {s.where!r}: {POSITIONS_WHY}. So 'generated' would "
             "steer nothing, 'prompt' would steer the generated tokens too and windows would land on the wrong "
             "tokens. Use positions='all', hotwire for 'generated', or the transformers engine",
-            PLUGIN, i, "unsupported_positions")
+            PLUGIN,
+            i,
+            "unsupported_positions",
+        )
     if s.is_noop:
         return None
     layers = list(s.active_layers)
@@ -239,7 +260,11 @@ def _tokenwise(i: int | None) -> PluginUnsupported:
     return PluginUnsupported(
         f"vllm-lens 1.3.0 cannot steer with a token-wise (ActAdd) vector: its rows go at absolute positions and "
         f"{POSITIONS_WHY}, so its first row would be added to every generated token. Use the vector's token_mean() "
-        "(a plain vector) or the transformers engine", PLUGIN, i, "tokenwise_vector")
+        "(a plain vector) or the transformers engine",
+        PLUGIN,
+        i,
+        "tokenwise_vector",
+    )
 
 
 def xargs(payload: list[dict[str, Any]]) -> dict[str, str]:

@@ -57,8 +57,7 @@ def check_layers(lm: LM, layers: Sequence[int] | range | int) -> list[int]:
         idx = int(layer) + lm.n_layers if int(layer) < 0 else int(layer)
         if not 0 <= idx < lm.n_layers:
             raise LayerRangeError(
-                f"layer {layer} is out of range: this model has {lm.n_layers} blocks "
-                f"(layers 0..{lm.n_layers - 1})"
+                f"layer {layer} is out of range: this model has {lm.n_layers} blocks (layers 0..{lm.n_layers - 1})"
             )
         out.append(idx)
     if not out:
@@ -292,9 +291,7 @@ def capture(
     return out
 
 
-def capture_tokens(
-    lm: LM, text: str | list[int], layers: Sequence[int] | range | int
-) -> dict[int, torch.Tensor]:
+def capture_tokens(lm: LM, text: str | list[int], layers: Sequence[int] | range | int) -> dict[int, torch.Tensor]:
     """Activations of every token of one text (or token-id list): ``{layer: [n_tokens, d_model]}``."""
     layer_list = check_layers(lm, layers)
     ids = check_texts(lm, [text], lambda _: "the text")[0][0] if isinstance(text, str) else text

@@ -104,17 +104,31 @@ def extract(
             )
         from ..distributed import extract_sharded
 
-        return extract_sharded(lm, pairs, method, layers, batch_size=32 if batch_size is None else batch_size,
-                               progress=progress,
-                               checkpoint=checkpoint, share_prefix=share_prefix, workers=workers,
-                               ray_address=ray_address)
+        return extract_sharded(
+            lm,
+            pairs,
+            method,
+            layers,
+            batch_size=32 if batch_size is None else batch_size,
+            progress=progress,
+            checkpoint=checkpoint,
+            share_prefix=share_prefix,
+            workers=workers,
+            ray_address=ray_address,
+        )
     spec = get_method(method)
     layer_list = check_layers(lm, range(lm.n_layers) if layers is None else layers)
     if spec.trained:
         assert spec.trainer is not None
         return spec.trainer(
-            lm, pairs, layer_list, batch_size=batch_size, progress=progress, checkpoint=checkpoint,
-            share_prefix=share_prefix, **train_options,
+            lm,
+            pairs,
+            layer_list,
+            batch_size=batch_size,
+            progress=progress,
+            checkpoint=checkpoint,
+            share_prefix=share_prefix,
+            **train_options,
         )
     if train_options:
         raise DatasetError(
@@ -128,11 +142,11 @@ def extract(
     if spec.tokenwise:
         if len(pairs) != 1:
             raise DatasetError(
-                f"method {method!r} uses exactly one prompt pair (got {len(pairs)}); "
-                "use mean_diff for many pairs"
+                f"method {method!r} uses exactly one prompt pair (got {len(pairs)}); use mean_diff for many pairs"
             )
-        (pos_ids, neg_ids), _ = check_texts(lm, [render(pairs[0].positive, lm), render(pairs[0].negative, lm)],
-                                            pair_names())
+        (pos_ids, neg_ids), _ = check_texts(
+            lm, [render(pairs[0].positive, lm), render(pairs[0].negative, lm)], pair_names()
+        )
         pos_ids, neg_ids = _space_pad(lm, pos_ids, neg_ids)
         pos_acts = capture_tokens(lm, pos_ids, layer_list)
         neg_acts = capture_tokens(lm, neg_ids, layer_list)
@@ -141,18 +155,35 @@ def extract(
     else:
         texts, reads = pair_texts(lm, pairs)
         if spec.streaming:
-            accs = accumulate(lm, spec, texts, reads, layer_list, batch_size=batch_size, progress=progress,
-                              checkpoint=checkpoint, share_prefix=share_prefix, names=pair_names())
+            accs = accumulate(
+                lm,
+                spec,
+                texts,
+                reads,
+                layer_list,
+                batch_size=batch_size,
+                progress=progress,
+                checkpoint=checkpoint,
+                share_prefix=share_prefix,
+                names=pair_names(),
+            )
             directions = {k: acc.finalize() for k, acc in accs.items()}
         else:
             acts = capture(
-                lm, texts, layer_list, reads, batch_size=batch_size, progress=progress, share_prefix=share_prefix,
+                lm,
+                texts,
+                layer_list,
+                reads,
+                batch_size=batch_size,
+                progress=progress,
+                share_prefix=share_prefix,
                 names=pair_names(),
             )
             directions = {k: spec.fit(acts[k][0::2], acts[k][1::2]) for k in layer_list}
             if spec.diagnose is not None:
-                meta["per_layer"] = {str(k): spec.diagnose(acts[k][0::2], acts[k][1::2], directions[k])
-                                     for k in layer_list}
+                meta["per_layer"] = {
+                    str(k): spec.diagnose(acts[k][0::2], acts[k][1::2], directions[k]) for k in layer_list
+                }
         read_kinds = sorted({repr(p.read) for p in pairs})
         meta["read"] = read_kinds[0] if len(read_kinds) == 1 else read_kinds
     check_found(directions, f"{method} on {len(pairs)} pair(s)")
@@ -197,7 +228,14 @@ def accumulate(
     if path is not None and path.exists():
         done = resume_accumulators(path, key, accs, total, batch_size)
     batches = iter_capture(
-        lm, texts, layers, reads, batch_size, progress=progress, skip_batches=done, share_prefix=share_prefix,
+        lm,
+        texts,
+        layers,
+        reads,
+        batch_size,
+        progress=progress,
+        skip_batches=done,
+        share_prefix=share_prefix,
         names=names,
     )
     for batch, acts in batches:
@@ -230,8 +268,10 @@ def check_seen(path: Path, accs: dict[int, Accumulator], expected: int) -> None:
     for k, acc in accs.items():
         seen = acc.seen()
         if seen is not None and seen != expected:
-            raise CheckpointError(f"checkpoint {path}: layer {k}'s state counts {seen} texts but its progress says "
-                                  f"{expected}: it was altered; delete it to start the run over")
+            raise CheckpointError(
+                f"checkpoint {path}: layer {k}'s state counts {seen} texts but its progress says "
+                f"{expected}: it was altered; delete it to start the run over"
+            )
 
 
 def resume_accumulators(path: Path, key: str, accs: dict[int, Accumulator], total: int, batch_size: int) -> int:
@@ -240,7 +280,9 @@ def resume_accumulators(path: Path, key: str, accs: dict[int, Accumulator], tota
     tensors' names and shapes, its batch counter (``1 .. total - 1``) and the texts the state
     counts (``done × batch_size``)."""
     saved, meta = read_checkpoint(
-        path, key, "extraction (different method, data, layers, batch size, model, device or share_prefix)",
+        path,
+        key,
+        "extraction (different method, data, layers, batch size, model, device or share_prefix)",
         state_shapes(accs),
     )
     done = checkpoint_int(path, meta, "done", 1, max(total - 1, 1))
@@ -265,9 +307,13 @@ def check_found(directions: dict[int, torch.Tensor], what: str) -> None:
     """
     for k, d in directions.items():
         if not bool(torch.isfinite(d).all()):
-            raise DatasetError(f"{what}: the direction at layer {k} holds NaN or inf values (the activations "
-                               "overflow there): use other layers or a float32 model")
+            raise DatasetError(
+                f"{what}: the direction at layer {k} holds NaN or inf values (the activations "
+                "overflow there): use other layers or a float32 model"
+            )
         if not bool(d.ne(0).any()):
-            raise DatasetError(f"{what}: the direction at layer {k} is zero: the positive and negative texts read the "
-                               "same activations there (identical texts, or texts that differ only after the read "
-                               "position); fix the pairs or the read positions")
+            raise DatasetError(
+                f"{what}: the direction at layer {k} is zero: the positive and negative texts read the "
+                "same activations there (identical texts, or texts that differ only after the read "
+                "position); fix the pairs or the read positions"
+            )

@@ -59,8 +59,9 @@ class LoadSpec:
 
     def load(self) -> LM:
         """:func:`load_model` with the recorded arguments."""
-        return load_model(self.name, dtype=self.dtype, device=self.device, device_map=self.device_map,
-                          blocks=self.blocks)
+        return load_model(
+            self.name, dtype=self.dtype, device=self.device, device_map=self.device_map, blocks=self.blocks
+        )
 
 
 @dataclass
@@ -146,9 +147,7 @@ class LM:
         messages = [{"role": "user", "content": user}]
         if system is not None:
             messages.insert(0, {"role": "system", "content": system})
-        text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return str(text) + assistant
 
 

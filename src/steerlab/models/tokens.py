@@ -50,9 +50,7 @@ def common_prefix_length(ids: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def pad_token_ids(
-    ids: Sequence[Sequence[int]], pad_id: int, side: str = "left"
-) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_token_ids(ids: Sequence[Sequence[int]], pad_id: int, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
     """``(input_ids, attention_mask)`` of shape ``[len(ids), longest]``, padded on ``side``."""
     if side not in ("left", "right"):
         raise SteeringSpecError(f"padding_side={side!r}: use 'left' or 'right'")

@@ -513,6 +513,7 @@ def steer_rows(
         >>> with steer_rows(lm, [Steering(vec, 4.0), None]):  # doctest: +SKIP
         ...     out = lm.model(input_ids=ids, attention_mask=mask)
     """
-    with SteeringSession(lm, [], rows=rows, prompt_length=prompt_length, generating=generating,
-                         decided=decided) as session:
+    with SteeringSession(
+        lm, [], rows=rows, prompt_length=prompt_length, generating=generating, decided=decided
+    ) as session:
         yield session

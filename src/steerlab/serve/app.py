@@ -71,8 +71,12 @@ def _add_guards(app: FastAPI, server: Server) -> None:
     app.add_middleware(APIKeyMiddleware, key=settings.api_key, open_paths=OPEN_PATHS, on_reject=refused)
 
 
-def create_app(lm: LM, store_dir: str | os.PathLike[str], settings: ServeSettings | None = None,
-               engine: Callable[..., Any] | None = None) -> FastAPI:
+def create_app(
+    lm: LM,
+    store_dir: str | os.PathLike[str],
+    settings: ServeSettings | None = None,
+    engine: Callable[..., Any] | None = None,
+) -> FastAPI:
     """The steering server for ``lm`` with vectors in ``store_dir``.
 
     The worker thread starts now (so the app also works under test clients that skip the
@@ -93,8 +97,12 @@ def create_app(lm: LM, store_dir: str | os.PathLike[str], settings: ServeSetting
         server.batcher.close()
         server.cost.close()
 
-    app = FastAPI(title="steerlab serve", version="1", lifespan=lifespan,
-                  description="OpenAI-compatible completions with activation steering.")
+    app = FastAPI(
+        title="steerlab serve",
+        version="1",
+        lifespan=lifespan,
+        description="OpenAI-compatible completions with activation steering.",
+    )
     app.state.server = server
     install_handlers(app, server.count)
     _add_guards(app, server)

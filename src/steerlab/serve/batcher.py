@@ -295,8 +295,9 @@ class Batcher:
                 return
             self.fallback = why
             self.scheduler = "batch"
-            log.warning("continuous batching is not available for %s (%s): serving batch at a time",
-                        self.lm.model_id, why)
+            log.warning(
+                "continuous batching is not available for %s (%s): serving batch at a time", self.lm.model_id, why
+            )
         self._batch_loop()
 
     def _batch_loop(self) -> None:

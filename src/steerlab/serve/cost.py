@@ -49,8 +49,14 @@ class CostService:
         lock: held while the model runs here (the worker's ``model_lock``); ``None``: no lock.
     """
 
-    def __init__(self, lm: LM, store: VectorStore, lock: threading.Lock | None = None, limits: Limits | None = None,
-                 tok_lock: threading.Lock | None = None) -> None:
+    def __init__(
+        self,
+        lm: LM,
+        store: VectorStore,
+        lock: threading.Lock | None = None,
+        limits: Limits | None = None,
+        tok_lock: threading.Lock | None = None,
+    ) -> None:
         self.lm = lm
         self.store = store
         self.lock: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
@@ -133,8 +139,10 @@ class CostService:
             "threshold": rep.threshold,
             "base_perplexity": _number(rep.base_perplexity),
             "breaks_at": {"positive": rep.breaking_point_positive, "negative": None if neg is None else -neg},
-            "curve": [{"coefficient": c, "ppl_ratio": _number(r), "norm_ratio": _number(n)}
-                      for c, r, n in zip(rep.coefficients, rep.ppl_ratio, rep.norm_ratio)],
+            "curve": [
+                {"coefficient": c, "ppl_ratio": _number(r), "norm_ratio": _number(n)}
+                for c, r, n in zip(rep.coefficients, rep.ppl_ratio, rep.norm_ratio)
+            ],
         }
 
     def close(self) -> None:

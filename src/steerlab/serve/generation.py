@@ -34,6 +34,7 @@ from .store_errors import NotFound
 
 log = logging.getLogger("steerlab.serve")
 
+
 # ---------------------------------------------------------------------------- request -> jobs
 def _steering_entry(server: Server, i: int, e: SteeringEntry) -> Steering:
     """Entry ``i`` of the request's ``steering`` list, checked against the limits and the store."""
@@ -49,12 +50,17 @@ def _steering_entry(server: Server, i: int, e: SteeringEntry) -> Steering:
             layers = lim.layer_list(e.layers, f"{param}.layers")
         missing = sorted(set(layers) - set(sv.vector.layers))
         if missing:
-            raise APIError(400, f"{param}.layers: {missing} not in the vector (it has layers {sv.vector.layers})",
-                           code="invalid_layers", param=f"{param}.layers")
+            raise APIError(
+                400,
+                f"{param}.layers: {missing} not in the vector (it has layers {sv.vector.layers})",
+                code="invalid_layers",
+                param=f"{param}.layers",
+            )
     condition = None if e.condition is None else _condition(server, param, e.condition, e.threshold)
     try:
-        return Steering(sv.vector, e.coefficient, layers=layers, positions=e.positions, operator=e.operator,
-                        condition=condition)
+        return Steering(
+            sv.vector, e.coefficient, layers=layers, positions=e.positions, operator=e.operator, condition=condition
+        )
     except SteeringError as exc:
         raise APIError(400, f"{param}: {exc}", code="invalid_steering", param=param) from None
 
@@ -66,9 +72,14 @@ def _condition(server: Server, param: str, name: str, threshold: float | None) -
         try:
             stored = server.store.get(name)
         except NotFound:
-            raise APIError(404, f"{where}: no condition named {name!r} in the store (upload a folder saved by "
-                           "`steerlab condition`; GET /v1/vectors lists them)", "not_found_error",
-                           "condition_not_found", where) from None
+            raise APIError(
+                404,
+                f"{where}: no condition named {name!r} in the store (upload a folder saved by "
+                "`steerlab condition`; GET /v1/vectors lists them)",
+                "not_found_error",
+                "condition_not_found",
+                where,
+            ) from None
     try:
         return stored.condition(threshold)
     except SteeringError as exc:
@@ -90,16 +101,29 @@ def _gen_params(req: _GenerationFields, server: Server, prompts: int) -> GenPara
     s, lim = server.settings, server.limits
     max_tokens = req.max_tokens if req.max_tokens is not None else s.default_max_tokens
     if max_tokens > lim.max_new_tokens:
-        raise APIError(400, f"max_tokens={max_tokens} is over this server's limit of {lim.max_new_tokens} "
-                       "(max_new_tokens)", code="max_tokens_exceeded", param="max_tokens")
+        raise APIError(
+            400,
+            f"max_tokens={max_tokens} is over this server's limit of {lim.max_new_tokens} (max_new_tokens)",
+            code="max_tokens_exceeded",
+            param="max_tokens",
+        )
     choices = prompts * req.n
     if choices > lim.max_choices:
-        raise APIError(400, f"{prompts} prompt(s) × n={req.n} is over this server's limit of {lim.max_choices} "
-                       "choices per request (max_choices)", code="too_many_choices", param="n")
+        raise APIError(
+            400,
+            f"{prompts} prompt(s) × n={req.n} is over this server's limit of {lim.max_choices} "
+            "choices per request (max_choices)",
+            code="too_many_choices",
+            param="n",
+        )
     if choices > s.max_queue:
-        raise APIError(400, f"{prompts} prompt(s) × n={req.n} = {choices} choices can never fit in this server's "
-                       f"queue of {s.max_queue} (max_queue): send fewer prompts or a smaller n",
-                       code="too_many_choices", param="n")
+        raise APIError(
+            400,
+            f"{prompts} prompt(s) × n={req.n} = {choices} choices can never fit in this server's "
+            f"queue of {s.max_queue} (max_queue): send fewer prompts or a smaller n",
+            code="too_many_choices",
+            param="n",
+        )
     return GenParams(
         max_tokens=max_tokens,
         temperature=float(req.temperature or 0.0),
@@ -124,8 +148,13 @@ def _prompt_ids(server: Server, text: str, max_tokens: int) -> list[int]:
     return ids
 
 
-def build_jobs(server: Server, req: _GenerationFields, texts: Sequence[str], loop: asyncio.AbstractEventLoop,
-               events: asyncio.Queue[Any]) -> list[Job]:
+def build_jobs(
+    server: Server,
+    req: _GenerationFields,
+    texts: Sequence[str],
+    loop: asyncio.AbstractEventLoop,
+    events: asyncio.Queue[Any],
+) -> list[Job]:
     """Validate limits and build one :class:`Job` per choice (``len(texts) × n``; seeds ``seed + j``)."""
     server.check_model_name(req.model)
     params = _gen_params(req, server, len(texts))
@@ -138,8 +167,7 @@ def build_jobs(server: Server, req: _GenerationFields, texts: Sequence[str], loo
         for j in range(req.n):
             seed = None if params.seed is None else params.seed + j
             jp = params if seed == params.seed else GenParams(**{**params.__dict__, "seed": seed})
-            out.append(Job(ids, steering, jp, loop, events, index=p * req.n + j, deadline=deadline,
-                           vectors=vectors))
+            out.append(Job(ids, steering, jp, loop, events, index=p * req.n + j, deadline=deadline, vectors=vectors))
     return out
 
 
@@ -167,8 +195,9 @@ async def collect(server: Server, request: Request, jobs: list[Job], events: asy
     waiter = asyncio.ensure_future(_gather(jobs, events))
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
-        finished, _ = await asyncio.wait({waiter, watcher}, timeout=server.settings.request_timeout_s + 30,
-                                         return_when=asyncio.FIRST_COMPLETED)
+        finished, _ = await asyncio.wait(
+            {waiter, watcher}, timeout=server.settings.request_timeout_s + 30, return_when=asyncio.FIRST_COMPLETED
+        )
         if waiter in finished:
             return waiter.result()
         if watcher in finished:
@@ -181,8 +210,9 @@ async def collect(server: Server, request: Request, jobs: list[Job], events: asy
         server.cancel(jobs)
 
 
-async def stream(server: Server, reply: Reply, jobs: Sequence[Job], events: asyncio.Queue[Any],
-                 n: int) -> AsyncIterator[str]:
+async def stream(
+    server: Server, reply: Reply, jobs: Sequence[Job], events: asyncio.Queue[Any], n: int
+) -> AsyncIterator[str]:
     """The jobs' events as server-sent events, ending with ``[DONE]`` (a failure: one error event
     in OpenAI's shape; an unexpected exception too, as a 500 would be)."""
     finished: list[Done] = []
@@ -218,8 +248,9 @@ class SSEResponse(StreamingResponse):
     """
 
     def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(
+            content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -247,8 +278,7 @@ def _client_gone(exc: BaseException) -> bool:
     return isinstance(exc, OSError)
 
 
-async def generate(server: Server, req: _GenerationFields, texts: list[str], request: Request,
-                   chat: bool) -> Response:
+async def generate(server: Server, req: _GenerationFields, texts: list[str], request: Request, chat: bool) -> Response:
     """Answer a (chat) completion request for the prompt ``texts``: JSON, or a stream."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[Any] = asyncio.Queue()

@@ -42,10 +42,21 @@ STATUS: dict[type[SteeringError], int] = {
 }
 """The HTTP status of each domain error (the most specific class in an error's MRO wins)."""
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
-               413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
-               429: "rate_limit_error", 500: "server_error", 503: "server_error", 504: "timeout_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+    504: "timeout_error",
+}
 """OpenAI's ``error.type`` of each status."""
 
 
@@ -144,8 +155,13 @@ def from_http(request: Request, exc: StarletteHTTPException) -> APIError:
         message, code = f"{request.method} is not allowed on {request.url.path!r}", "method_not_allowed"
     elif status == 400:
         cause = exc.__cause__
-        why = ("it is nested too deeply" if isinstance(cause, RecursionError) else
-               "it is not UTF-8" if isinstance(cause, UnicodeDecodeError) else str(exc.detail))
+        why = (
+            "it is nested too deeply"
+            if isinstance(cause, RecursionError)
+            else "it is not UTF-8"
+            if isinstance(cause, UnicodeDecodeError)
+            else str(exc.detail)
+        )
         message, code = f"the request body could not be read: {why}; send UTF-8 JSON", "invalid_body"
     else:
         message, code = str(exc.detail), None
@@ -181,8 +197,9 @@ def install_handlers(app: FastAPI, count: Callable[[str], None]) -> None:
 
     async def unexpected(request: Request, _exc: Exception) -> JSONResponse:
         # Starlette logs the traceback; the client gets the OpenAI shape, no internals.
-        return await api_error(request, APIError(500, "internal server error (see the server's log)",
-                                                 "server_error", "server_error"))
+        return await api_error(
+            request, APIError(500, "internal server error (see the server's log)", "server_error", "server_error")
+        )
 
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

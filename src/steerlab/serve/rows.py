@@ -52,8 +52,15 @@ class RowStream:
         release: called once when the row finishes, before its last event.
     """
 
-    def __init__(self, job: Job, tokenizer: Any, tok_lock: threading.Lock, eos: set[int], metrics: Metrics,
-                 release: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        job: Job,
+        tokenizer: Any,
+        tok_lock: threading.Lock,
+        eos: set[int],
+        metrics: Metrics,
+        release: Callable[[], None] = lambda: None,
+    ) -> None:
         self.job = job
         self.tokenizer = tokenizer
         self.tok_lock = tok_lock
@@ -95,7 +102,7 @@ class RowStream:
         while ready > len(self.sent) and text[ready - 1] == "\ufffd":
             ready -= 1  # an incomplete multi-byte character: wait for its other bytes
         if ready > len(self.sent) and text.startswith(self.sent):
-            job.send(Delta(job.index, text[len(self.sent):ready]))
+            job.send(Delta(job.index, text[len(self.sent) : ready]))
             self.sent = text[:ready]
         return False
 
@@ -113,7 +120,7 @@ class RowStream:
         if text is None:
             text = self._decode()
         if text.startswith(self.sent) and len(text) > len(self.sent):
-            job.send(Delta(job.index, text[len(self.sent):]))
+            job.send(Delta(job.index, text[len(self.sent) :]))
         self.sent = text
         if reason == "timeout":
             self.metrics.count("timed_out")
@@ -130,9 +137,13 @@ class RowStream:
         """End the row because its logits are NaN or infinite: its steering overflowed the model (400),
         or, for an unsteered row, the model itself did (500). Other rows go on."""
         if self.job.steering is not None:
-            self._fail(400, "the steering made the model's logits NaN or infinite for this request (it overflows "
-                       "the model): lower the coefficient, or check the vector, whose values may be far larger "
-                       "than the model's activations", "steering_overflow")
+            self._fail(
+                400,
+                "the steering made the model's logits NaN or infinite for this request (it overflows "
+                "the model): lower the coefficient, or check the vector, whose values may be far larger "
+                "than the model's activations",
+                "steering_overflow",
+            )
         else:
             self._fail(500, "the model's logits are NaN or infinite for this request", "non_finite_logits")
 

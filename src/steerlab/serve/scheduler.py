@@ -68,9 +68,17 @@ def unsupported(lm: LM) -> str | None:
     ids = torch.zeros((1, 1), dtype=torch.long, device=lm.device)
     try:
         with torch.inference_mode():
-            out = model(**hf.forward_kwargs(model, input_ids=ids, attention_mask=torch.ones_like(ids),
-                                            position_ids=torch.zeros_like(ids), cache=hf.new_cache(model),
-                                            use_cache=True, logits_to_keep=1))
+            out = model(
+                **hf.forward_kwargs(
+                    model,
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    position_ids=torch.zeros_like(ids),
+                    cache=hf.new_cache(model),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            )
     except Exception as exc:  # a model that cannot even run this way is served batch at a time
         return f"a cached forward call failed ({type(exc).__name__}: {exc})"
     return hf.unmergeable_cache(hf.output_cache(out))
@@ -188,8 +196,15 @@ class ContinuousScheduler:
         ids, mask = pad_token_ids([j.prompt_ids for j in jobs], self.batcher.pad_id, "left")
         ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
         cache = hf.new_cache(self.model)
-        kwargs = hf.forward_kwargs(self.model, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                                   cache=cache, use_cache=True, logits_to_keep=1)
+        kwargs = hf.forward_kwargs(
+            self.model,
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids(mask),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         steerings = shared_steerings([j.steering for j in jobs])
         with steer_rows(self.lm, steerings, prompt_length=mask.sum(-1)) as session:
             out = self.model(**kwargs)
@@ -233,9 +248,15 @@ class ContinuousScheduler:
         pads = torch.tensor([row.pad for row in self.rows], device=device)
         mask = (torch.arange(self.width + 1, device=device)[None, :] >= pads[:, None]).long()
         ids = torch.tensor([[row.token] for row in self.rows], device=device)
-        kwargs = hf.forward_kwargs(self.model, input_ids=ids, attention_mask=mask,
-                                   position_ids=(self.width - pads)[:, None], cache=self.cache, use_cache=True,
-                                   logits_to_keep=1)
+        kwargs = hf.forward_kwargs(
+            self.model,
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(self.width - pads)[:, None],
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         out = self.model(**kwargs)
         self.cache = _returned_cache(out, self.cache)
         self.width += 1

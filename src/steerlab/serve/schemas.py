@@ -70,8 +70,9 @@ def _bad_text(value: Any) -> str | None:
 def _check_text(data: Any) -> Any:
     where = _bad_text(data)
     if where is not None:
-        raise ValueError(f"{where} is not valid Unicode text (it holds a lone surrogate such as \\ud800); "
-                         "send UTF-8 text")
+        raise ValueError(
+            f"{where} is not valid Unicode text (it holds a lone surrogate such as \\ud800); send UTF-8 text"
+        )
     return data
 
 
@@ -112,8 +113,10 @@ class SteeringEntry(BaseModel):
     @classmethod
     def _window(cls, value: Any) -> Any:
         if value == "actadd":
-            raise ValueError("positions='actadd' is not a position: a token-wise (ActAdd) vector is added "
-                             "front-aligned at each prompt's first tokens by itself; leave positions unset")
+            raise ValueError(
+                "positions='actadd' is not a position: a token-wise (ActAdd) vector is added "
+                "front-aligned at each prompt's first tokens by itself; leave positions unset"
+            )
         if isinstance(value, (list, tuple)):
             ok = len(value) == 2 and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in value)
             if not ok or value[0] is None:
@@ -173,8 +176,10 @@ class _GenerationFields(BaseModel):
     """Fields shared by completions and chat completions."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {"presence_penalty": (None, 0, 0.0),
-                                                     "frequency_penalty": (None, 0, 0.0)}
+    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "presence_penalty": (None, 0, 0.0),
+        "frequency_penalty": (None, 0, 0.0),
+    }
     """OpenAI fields accepted only at one of these values."""
 
     model: str | None = None
@@ -241,8 +246,13 @@ class CompletionRequest(_GenerationFields):
     logprobs: int | None = None
     best_of: int | None = None
     suffix: str | None = None
-    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {**_GenerationFields.NEUTRAL, "echo": (False,),
-                                                     "logprobs": (None,), "best_of": (None, 1), "suffix": (None,)}
+    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {
+        **_GenerationFields.NEUTRAL,
+        "echo": (False,),
+        "logprobs": (None,),
+        "best_of": (None, 1),
+        "suffix": (None,),
+    }
 
     @model_validator(mode="after")
     def _empty(self) -> CompletionRequest:
@@ -295,8 +305,11 @@ class ChatCompletionRequest(_GenerationFields):
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {**_GenerationFields.NEUTRAL, "logprobs": (None, False),
-                                                     "top_logprobs": (None, 0)}
+    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {
+        **_GenerationFields.NEUTRAL,
+        "logprobs": (None, False),
+        "top_logprobs": (None, 0),
+    }
 
     @model_validator(mode="after")
     def _chat_unsupported(self) -> ChatCompletionRequest:
@@ -321,16 +334,23 @@ def clean_text(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def error_body(message: str, type_: str = "invalid_request_error", code: str | None = None,
-               param: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     """An error in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}`` (always renderable).
 
     Example:
         >>> error_body("the prompt is empty", code="empty_prompt", param="prompt")["error"]["param"]
         'prompt'
     """
-    return {"error": {"message": clean_text(message), "type": type_,
-                      "param": None if param is None else clean_text(param), "code": code}}
+    return {
+        "error": {
+            "message": clean_text(message),
+            "type": type_,
+            "param": None if param is None else clean_text(param),
+            "code": code,
+        }
+    }
 
 
 def usage(done: Sequence[Done], n: int) -> dict[str, int]:
@@ -370,17 +390,22 @@ class Reply:
             object.__setattr__(self, "id", ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex)
 
     def _head(self, obj: str) -> dict[str, Any]:
-        return {"id": self.id, "created": self.created, "model": self.model, "system_fingerprint": None,
-                "object": obj}
+        return {"id": self.id, "created": self.created, "model": self.model, "system_fingerprint": None, "object": obj}
 
     def body(self, done: Sequence[Done], n: int) -> dict[str, Any]:
         """The whole response (``stream: false``)."""
         if self.chat:
-            choices = [{"index": d.index, "message": {"role": "assistant", "content": d.text}, "logprobs": None,
-                        "finish_reason": d.finish_reason} for d in done]
+            choices = [
+                {
+                    "index": d.index,
+                    "message": {"role": "assistant", "content": d.text},
+                    "logprobs": None,
+                    "finish_reason": d.finish_reason,
+                }
+                for d in done
+            ]
             return {**self._head("chat.completion"), "choices": choices, "usage": usage(done, n)}
-        choices = [{"index": d.index, "text": d.text, "logprobs": None, "finish_reason": d.finish_reason}
-                   for d in done]
+        choices = [{"index": d.index, "text": d.text, "logprobs": None, "finish_reason": d.finish_reason} for d in done]
         return {**self._head("text_completion"), "choices": choices, "usage": usage(done, n)}
 
     @property

@@ -48,8 +48,13 @@ class Server:
         engine: builds the generation engine (default: the transformers :class:`Batcher`).
     """
 
-    def __init__(self, lm: LM, store_dir: str | os.PathLike[str], settings: ServeSettings,
-                 engine: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        lm: LM,
+        store_dir: str | os.PathLike[str],
+        settings: ServeSettings,
+        engine: Callable[..., Any] | None = None,
+    ) -> None:
         self.lm = lm
         self.settings = settings
         self.tok_lock = threading.Lock()  # HF fast tokenizers are not safe to call from two threads at once
@@ -58,8 +63,9 @@ class Server:
         self.store = VectorStore(store_dir, lm, self.limits)
         # engine: a factory (lm, settings, tok_lock, store) -> an object with the Batcher's interface
         # (submit, cancel, close, alive, snapshot, metrics), e.g. serve.engines.vllm.engine_factory(...)
-        self.batcher = Batcher(lm, settings, self.tok_lock) if engine is None else engine(
-            lm, settings, self.tok_lock, self.store)
+        self.batcher = (
+            Batcher(lm, settings, self.tok_lock) if engine is None else engine(lm, settings, self.tok_lock, self.store)
+        )
         lock = getattr(self.batcher, "model_lock", None)
         self.cost = CostService(lm, self.store, lock, self.limits, self.tok_lock)
         self.created = int(time.time())
@@ -89,8 +95,13 @@ class Server:
     def check_model_name(self, name: str | None) -> None:
         """404 unless ``name`` is the served model (or an alias), or absent."""
         if name is not None and name not in self.names:
-            raise APIError(404, f"model {name!r} is not served here; this server serves {self.lm.model_id!r}",
-                           "not_found_error", "model_not_found", "model")
+            raise APIError(
+                404,
+                f"model {name!r} is not served here; this server serves {self.lm.model_id!r}",
+                "not_found_error",
+                "model_not_found",
+                "model",
+            )
 
     # ------------------------------------------------------------------ tokenizer
     def encode(self, text: str) -> list[int]:
@@ -111,8 +122,12 @@ class Server:
                 with self.tok_lock:
                     text = self.lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             except TEMPLATE_ERRORS as exc:
-                raise APIError(400, f"the model's chat template refuses these messages: {exc}",
-                               code="invalid_messages", param="messages") from None
+                raise APIError(
+                    400,
+                    f"the model's chat template refuses these messages: {exc}",
+                    code="invalid_messages",
+                    param="messages",
+                ) from None
             return str(text)
         return "".join(f"{m['content']}\n" for m in messages)
 
@@ -135,8 +150,7 @@ def _is_path(name: str) -> bool:
         >>> _is_path("/srv/models/llama"), _is_path("./m"), _is_path("default"), _is_path("org/model")
         (True, True, False, False)
     """
-    return (os.path.isabs(name) or name.startswith(("~", ".")) or "\\" in name
-            or os.path.exists(name))
+    return os.path.isabs(name) or name.startswith(("~", ".")) or "\\" in name or os.path.exists(name)
 
 
 def get_server(request: Request) -> Server:

@@ -318,8 +318,9 @@ class VectorStore:
         """Move every entry on disk that could be served as ``name`` (the folder, ``NAME.gguf``)
         but ``keep`` into a new hidden trash folder of the store, one rename each (hold the lock);
         returns the trash folder for the caller to delete outside the lock (``None``: nothing moved)."""
-        entries = [p for p in (self.root / name, self.root / f"{name}.gguf")
-                   if p != keep and (p.exists() or p.is_symlink())]
+        entries = [
+            p for p in (self.root / name, self.root / f"{name}.gguf") if p != keep and (p.exists() or p.is_symlink())
+        ]
         if not entries:
             return None
         trash = Path(tempfile.mkdtemp(prefix=_TRASH_PREFIX, dir=self.root))
@@ -392,8 +393,12 @@ class VectorStore:
     # ------------------------------------------------------------------ validation
     def _no_paths(self, message: str, scratch: Path) -> str:
         """``message`` without the server's paths (the scratch folder and the store)."""
-        for path, label in ((scratch / "vector", "the upload"), (scratch / "upload.gguf", "the upload"),
-                            (scratch, "the upload"), (self.root, "the store")):
+        for path, label in (
+            (scratch / "vector", "the upload"),
+            (scratch / "upload.gguf", "the upload"),
+            (scratch, "the upload"),
+            (self.root, "the store"),
+        ):
             message = message.replace(f"{path}{os.sep}", "").replace(str(path), label)
         return message
 
@@ -413,8 +418,9 @@ class VectorStore:
         except SteeringError as exc:
             raise InvalidUpload(f"the upload is not a valid steering vector: {exc}", "invalid_vector") from None
         except Exception as exc:  # any parser failure on hostile bytes is a client error
-            raise InvalidUpload(f"the upload could not be read ({type(exc).__name__}: {exc})",
-                                "invalid_vector") from None
+            raise InvalidUpload(
+                f"the upload could not be read ({type(exc).__name__}: {exc})", "invalid_vector"
+            ) from None
         try:
             self.admit(StoredVector(name, vec, scratch, "upload"))
         except ModelMismatchError as exc:

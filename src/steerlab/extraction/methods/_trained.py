@@ -45,7 +45,14 @@ def trainer(objective: str) -> Callable[..., Any]:
             options.setdefault("batch_size", batch_size)
         cfg, rest = make_config(options)
         return train_vector(
-            lm, data, objective, layers, cfg, checkpoint=checkpoint, progress=progress, share_prefix=share_prefix,
+            lm,
+            data,
+            objective,
+            layers,
+            cfg,
+            checkpoint=checkpoint,
+            progress=progress,
+            share_prefix=share_prefix,
             **rest,
         )
 

@@ -51,6 +51,4 @@ class MeanDiffAccumulator(Accumulator):
         return int(self.counts.sum())
 
 
-register(
-    Method("mean_diff", fit, "mean of positive − negative activations (CAA)", accumulator=MeanDiffAccumulator)
-)
+register(Method("mean_diff", fit, "mean of positive − negative activations (CAA)", accumulator=MeanDiffAccumulator))

@@ -168,7 +168,11 @@ def reorient(vector: Any, rule: str) -> Any:
     return replace(vector, directions=directions, meta={**vector.meta, "orientation": rule, "flipped_layers": flips})
 
 
-register(Method("pca_diff", fit_pca_diff, "first PC of pair differences (RepE/repeng)", min_pairs=2,
-                diagnose=orientation))
-register(Method("pca_center", fit_pca_center, "first PC of pair-centred activations (repeng)", min_pairs=2,
-                diagnose=orientation))
+register(
+    Method("pca_diff", fit_pca_diff, "first PC of pair differences (RepE/repeng)", min_pairs=2, diagnose=orientation)
+)
+register(
+    Method(
+        "pca_center", fit_pca_center, "first PC of pair-centred activations (repeng)", min_pairs=2, diagnose=orientation
+    )
+)

@@ -87,8 +87,12 @@ class TrainConfig:
         """Raise :class:`TrainingError` for a setting out of range."""
         _positive("lr", self.lr, "0.01")
         _positive("beta", self.beta if self.beta is not None else 1.0, "0.1")
-        for name, value, low in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 1),
-                                 ("micro_batch_size", self.micro_batch_size, 1), ("patience", self.patience, 1)):
+        for name, value, low in (
+            ("epochs", self.epochs, 1),
+            ("batch_size", self.batch_size, 1),
+            ("micro_batch_size", self.micro_batch_size, 1),
+            ("patience", self.patience, 1),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise TrainingError(f"{name}={value!r} must be an integer >= {low}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):

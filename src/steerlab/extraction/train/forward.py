@@ -167,8 +167,12 @@ def completion_logps(
         shared = prefix_mask.shape[1]
         mask = torch.cat([prefix_mask.to(mask.dtype), mask], dim=1)
     kwargs = hf.forward_kwargs(
-        lm.model, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)[:, shared:],
-        cache=cache, use_cache=cache is not None,
+        lm.model,
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=position_ids(mask)[:, shared:],
+        cache=cache,
+        use_cache=cache is not None,
     )
     steerings = [r.steering for r in rows]
     ctx = steer_rows(lm, steerings, prompt_length=lengths) if any(s is not None for s in steerings) else nullcontext()

@@ -115,7 +115,10 @@ def _scores(
 
 
 def reference_logps(
-    lm: LM, pairs: Sequence[EncodedPair], batch_size: int = 16, progress: bool | None = None,
+    lm: LM,
+    pairs: Sequence[EncodedPair],
+    batch_size: int = 16,
+    progress: bool | None = None,
     share_prefix: bool = True,
 ) -> torch.Tensor:
     """``[n, 2]``: the unsteered model's summed log-probabilities of each pair's chosen and rejected

@@ -63,10 +63,16 @@ class TrainState:
 
     def meta(self) -> dict[str, str]:
         scalars = {
-            "step": self.step, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs, "stopped": self.stopped, "train_loss": self.train_loss,
-            "train_accuracy": self.train_accuracy, "heldout_loss": self.heldout_loss,
-            "heldout_accuracy": self.heldout_accuracy, "running": self.running,
+            "step": self.step,
+            "best_loss": self.best_loss,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "stopped": self.stopped,
+            "train_loss": self.train_loss,
+            "train_accuracy": self.train_accuracy,
+            "heldout_loss": self.heldout_loss,
+            "heldout_accuracy": self.heldout_accuracy,
+            "running": self.running,
         }
         return {"state": json.dumps(scalars)}
 
@@ -88,16 +94,24 @@ class TrainState:
         shapes = {f"vec.{k}": tuple(d) for k in self.params}
         optional: dict[str, tuple[int, ...]] = {"ref": (n_pairs, 2)}
         for k in self.params:
-            optional.update({f"best.{k}": tuple(d), f"adam.{k}.step": (), f"adam.{k}.exp_avg": tuple(d),
-                             f"adam.{k}.exp_avg_sq": tuple(d), f"adam.{k}.max_exp_avg_sq": tuple(d)})
+            optional.update(
+                {
+                    f"best.{k}": tuple(d),
+                    f"adam.{k}.step": (),
+                    f"adam.{k}.exp_avg": tuple(d),
+                    f"adam.{k}.exp_avg_sq": tuple(d),
+                    f"adam.{k}.max_exp_avg_sq": tuple(d),
+                }
+            )
         saved, meta = read_checkpoint(
             path, key, "training run (different method, data, settings, layers or model)", shapes, optional
         )
         scalars = _scalars(path, meta.get("state", ""), total_steps, steps_per_epoch)
         best = [name for name in saved if name.startswith("best.")]
         if best and len(best) != len(self.params):
-            raise CheckpointError(f"checkpoint {path} holds a best vector for only some layers; delete it to start the "
-                                  "run over")
+            raise CheckpointError(
+                f"checkpoint {path} holds a best vector for only some layers; delete it to start the run over"
+            )
         with torch.no_grad():
             for k, p in self.params.items():
                 p.copy_(saved[f"vec.{k}"])
@@ -122,6 +136,7 @@ _LISTS = ("train_loss", "train_accuracy", "heldout_loss", "heldout_accuracy")
 def _scalars(path: Path, text: str, total_steps: int, steps_per_epoch: int) -> dict[str, Any]:
     """A checkpoint's scalar state, checked against the run: the step within ``1 .. total_steps``,
     one history entry per epoch that step completed, numbers where numbers belong."""
+
     def bad(why: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {path}: its training state {why}; delete it to start the run over")
 
@@ -143,9 +158,14 @@ def _scalars(path: Path, text: str, total_steps: int, steps_per_epoch: int) -> d
     running = scalars["running"]
     if not (isinstance(running, list) and len(running) == 3 and all(_number(v) for v in running)):
         raise bad("holds running sums that are not three numbers")
-    if not (_number(scalars["best_loss"]) and type(scalars["best_epoch"]) is int and type(scalars["bad_epochs"]) is int
-            and type(scalars["stopped"]) is bool and -1 <= scalars["best_epoch"] < max(epochs, 1)
-            and 0 <= scalars["bad_epochs"] <= epochs):
+    if not (
+        _number(scalars["best_loss"])
+        and type(scalars["best_epoch"]) is int
+        and type(scalars["bad_epochs"]) is int
+        and type(scalars["stopped"]) is bool
+        and -1 <= scalars["best_epoch"] < max(epochs, 1)
+        and 0 <= scalars["bad_epochs"] <= epochs
+    ):
         raise bad("holds a best epoch, bad-epoch count or stop flag that does not fit its history")
     return scalars
 

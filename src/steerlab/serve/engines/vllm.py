@@ -144,8 +144,10 @@ class VLLMEngine:
                 raise QueueFull("the server is shutting down")
             if self._waiting + len(jobs) > self.settings.max_queue:
                 self.metrics.count("rejected")
-                raise QueueFull(f"the server is busy: {self._waiting} requests are waiting (max_queue="
-                                f"{self.settings.max_queue}); retry later")
+                raise QueueFull(
+                    f"the server is busy: {self._waiting} requests are waiting (max_queue="
+                    f"{self.settings.max_queue}); retry later"
+                )
             self._waiting += len(jobs)
         self.metrics.count("accepted", len(jobs))
         for job, xa in zip(jobs, xargs):
@@ -159,8 +161,9 @@ class VLLMEngine:
             return self.translator.xargs(job.steering, len(job.prompt_ids), job.params.max_tokens)
         except PluginUnsupported as exc:
             param = "steering" if exc.index is None else f"steering[{exc.index}]"
-            raise APIError(400, f"{param}: {exc} (this server steers through vLLM with {exc.plugin})",
-                           code=exc.code, param=param) from None
+            raise APIError(
+                400, f"{param}: {exc} (this server steers through vLLM with {exc.plugin})", code=exc.code, param=param
+            ) from None
 
     def _forget(self, job: Job, _future: object = None) -> None:
         """A job's future is done (finished, failed or cancelled before it started)."""
@@ -263,8 +266,9 @@ class VLLMEngine:
         except (ValueError, KeyError, TypeError):  # an answer we cannot read
             log.exception("unreadable answer from vLLM")
             self.metrics.count("vllm_errors")
-            job.send(Failed(job.index, 502, "vLLM sent an answer steerlab cannot read (see the server's log)",
-                            "vllm_error"))
+            job.send(
+                Failed(job.index, 502, "vLLM sent an answer steerlab cannot read (see the server's log)", "vllm_error")
+            )
 
     async def _forward(self, job: Job, xargs: dict[str, str]) -> None:
         t0 = time.monotonic()

@@ -56,8 +56,13 @@ class Translator:
         hotwire_slots: ``$HOTWIRE_SLOTS`` of the vLLM server (its default is 16), or ``None``.
     """
 
-    def __init__(self, plugin: str, store: Any, hotwire_dir: str | os.PathLike[str] | None = None,
-                 hotwire_slots: int | None = None) -> None:
+    def __init__(
+        self,
+        plugin: str,
+        store: Any,
+        hotwire_dir: str | os.PathLike[str] | None = None,
+        hotwire_slots: int | None = None,
+    ) -> None:
         if plugin not in PLUGINS:
             raise ValueError(f"plugin must be one of {PLUGINS}, not {plugin!r}")
         self.plugin = plugin
@@ -88,8 +93,9 @@ class Translator:
         """The store name of ``vec`` (= its hotwire id), checked against the export when possible."""
         name = next((n for n in self.store.names() if self._stored(n) is vec), None)
         if name is None:
-            raise PluginUnsupported("the vector changed while the request was read; retry", hotwire.PLUGIN,
-                                    code="vector_changed")
+            raise PluginUnsupported(
+                "the vector changed while the request was read; retry", hotwire.PLUGIN, code="vector_changed"
+            )
         if self.hotwire_dir is not None:
             self._check_export(name, vec)
         return name
@@ -111,7 +117,10 @@ class Translator:
             raise PluginUnsupported(
                 f"vector {name!r} {why} for hotwire: run `steerlab export hotwire VECTOR {self.hotwire_dir} --name "
                 f"{name}` and restart vLLM (hotwire loads $HOTWIRE_VECTORS at start and serves unknown ids "
-                "unsteered)", hotwire.PLUGIN, code="vector_not_exported")
+                "unsteered)",
+                hotwire.PLUGIN,
+                code="vector_not_exported",
+            )
 
     def _exported_digest(self, path: Path) -> str | None:
         try:
@@ -138,7 +147,9 @@ class Translator:
                     f"this request needs {len(new)} new hotwire slot(s) (one per vector, layer and coefficient) but "
                     f"{len(self._slots)} of the {self.hotwire_slots} are taken for good; hotwire would run it "
                     "unsteered. Reuse coefficients already served, or restart vLLM with a larger HOTWIRE_SLOTS",
-                    hotwire.PLUGIN, code="hotwire_slots_exhausted")
+                    hotwire.PLUGIN,
+                    code="hotwire_slots_exhausted",
+                )
             self._slots |= new
 
     def slots_used(self) -> int:

@@ -60,8 +60,7 @@ def wants_json(format: str | None, accept: str) -> bool:
 
 
 @router.get("/metrics")
-async def metrics(server: ServerDep, request: Request,
-                  format: Literal["prometheus", "json"] | None = None) -> Response:
+async def metrics(server: ServerDep, request: Request, format: Literal["prometheus", "json"] | None = None) -> Response:
     """Queue depth, batch size, tokens per second, time to first token, requests by outcome and
     by vector: Prometheus' text format, or JSON (``?format=json``)."""
     out = server.batcher.snapshot()  # every engine's metrics plus its queue state
