@@ -204,15 +204,20 @@ def _caa_texts(cfg: PeersConfig, lm: Any) -> list[Pair]:
     import steerlab
     from steerlab.data.pairs import ChatText, render
 
+    # the first cfg.caa_pairs pairs that fit the model's context (a longer text is refused, never
+    # truncated: stories260K's 512 tokens hold about half of the sycophancy items)
     caa: list[Pair] = []
-    for p in steerlab.caa_pairs(steerlab.load_caa(CAA, cfg.caa_pairs)) if cfg.caa_pairs else []:
+    context = lm.context_length or float("inf")
+    for p in steerlab.caa_pairs(steerlab.load_caa(CAA)) if cfg.caa_pairs else []:
+        if len(caa) == cfg.caa_pairs:
+            break
         assert isinstance(p.positive, ChatText) and isinstance(p.negative, ChatText)  # answers "(A)"
-        caa.append(
-            (
-                _cut_after_answer(render(p.positive, lm), p.positive.assistant[1]),
-                _cut_after_answer(render(p.negative, lm), p.negative.assistant[1]),
-            )
+        pair = (
+            _cut_after_answer(render(p.positive, lm), p.positive.assistant[1]),
+            _cut_after_answer(render(p.negative, lm), p.negative.assistant[1]),
         )
+        if all(len(lm.tokenizer(t)["input_ids"]) <= context for t in pair):
+            caa.append(pair)
     return caa
 
 

@@ -235,7 +235,7 @@ def test_cli_exports(lm: steerlab.LM, vec: SteeringVector, actadd_vec: SteeringV
     assert SteeringVector.from_gguf(tmp_path / "happy.gguf").layers == vec.layers
     actadd_vec.save(tmp_path / "love")
     r = run(cli, ["export", "hotwire", str(tmp_path / "love"), str(tmp_path / "hw")])
-    assert r.exit_code == 1 and "token-wise" in r.output
+    assert r.exit_code == 2 and "token-wise" in r.output  # a usage error: exit 2
 
 
 # ============================================================================ layer numbering

@@ -31,6 +31,7 @@ Both are scaled to the absolute mean projected difference (as
 
 Example:
     >>> import torch
+    >>> _ = torch.manual_seed(1)
     >>> pos, neg = torch.randn(8, 4) + torch.tensor([3.0, 0, 0, 0]), torch.randn(8, 4)
     >>> bool(fit_pca_center(pos, neg)[0] > 0)
     True
