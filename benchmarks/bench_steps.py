@@ -143,7 +143,7 @@ class _Decoder:
         """A new KV cache; the next :meth:`step` runs the prompt."""
         from transformers import StaticCache
 
-        from steerlab import hf
+        from steerlab.runtime import hf
 
         length = self.ids.shape[1] + self.n + 1
         self.cache = (
@@ -159,7 +159,7 @@ class _Decoder:
         """One forward (the prompt, then one token per row); its wall time in seconds."""
         import torch
 
-        from steerlab import hf
+        from steerlab.runtime import hf
 
         with self.session or nullcontext(), torch.inference_mode():
             kwargs = hf.forward_kwargs(

@@ -101,8 +101,8 @@ class Steps:
     def bare_step(self) -> float:
         import torch
 
-        from steerlab import hf
         from steerlab.models.tokens import pad_id, pad_token_ids
+        from steerlab.runtime import hf
 
         ids, mask = pad_token_ids([p + c for p, c, _ in self.rows], pad_id(self.lm.tokenizer), "right")
         completion = torch.zeros_like(mask)

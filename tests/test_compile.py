@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import steerlab
-from steerlab import Steering, hf
+from steerlab import Steering
+from steerlab.runtime import hf
 from steerlab.runtime.generate import encode
 
 from .conftest import PROMPTS

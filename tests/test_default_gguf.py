@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from steerlab import default_gguf as dg
 from steerlab.errors import ModelLoadError
+from steerlab.models import default_gguf as dg
 
 GGUF_BYTES = b"GGUF" + bytes(range(256)) * 8
 

@@ -9,8 +9,8 @@ import torch
 
 import steerlab
 from steerlab import Steering
-from steerlab import model as model_mod
 from steerlab.data.demo import DEMO_PROMPTS, OPENINGS
+from steerlab.models import load as model_mod
 
 pytestmark = pytest.mark.slow
 

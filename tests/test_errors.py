@@ -109,7 +109,7 @@ def test_model_load_errors(tmp_path):
 def test_missing_default_package_message(monkeypatch, tmp_path):
     import importlib.util
 
-    from steerlab import model
+    from steerlab.models import load as model
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     # not cached, and PyPI out of reach (no index, empty find-links): steerlab.models.default_gguf cannot fetch it

@@ -189,7 +189,7 @@ def test_transformers_tokenizer_kept_only_when_it_encodes_like_the_file(family, 
     It splits "a  12" wrongly for SmolLM's pre-tokenizer, drops SentencePiece's dummy prefix on
     " leading space" (Llama layout) and respells Gemma's whitespace tokens; the rest it gets right.
     """
-    from steerlab import gguf_tokenizer
+    from steerlab.models import gguf_tokenizer
 
     built = []
 

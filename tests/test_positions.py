@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import steerlab
-from steerlab import canary, hf
 from steerlab.core.positions import position_mask, starts_sequence, token_positions
 from steerlab.core.steering import Steering
 from steerlab.errors import SteeringSpecError, TransformersCompatError
+from steerlab.runtime import canary, hf
 
 CPU = torch.device("cpu")
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import steerlab
-from steerlab import hf
+from steerlab.runtime import hf
 
 pytest.importorskip("fastapi")
 import httpx

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import steerlab
-from steerlab import hf, trie
+from steerlab.extraction import trie
+from steerlab.runtime import hf
 
 from .conftest import CAA, REPE
 from .context_fit import caa_items_within_context

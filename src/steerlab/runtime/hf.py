@@ -9,7 +9,7 @@ when it does, this is the module to change, and :func:`steerlab.runtime.canary.c
 loudly (naming the versions) instead of letting steering act on the wrong tokens.
 
 Example:
-    >>> from steerlab import hf
+    >>> from steerlab.runtime import hf
     >>> hf.versions()  # doctest: +SKIP
     'transformers 5.24.0, torch 2.13.0+cpu'
     >>> kwargs = hf.forward_kwargs(lm.model, input_ids=ids, attention_mask=mask, cache=None)  # doctest: +SKIP
