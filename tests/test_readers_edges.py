@@ -25,7 +25,7 @@ from steerlab.files import read_checkpoint, write_checkpoint
 from steerlab.limits import LimitError, Limits
 
 capture_mod = importlib.import_module("steerlab.extraction.capture")
-extract_mod = importlib.import_module("steerlab.extract")
+extract_mod = importlib.import_module("steerlab.extraction.extract")
 
 POS = [f"Lily was happy and the sun was out on day {i}" for i in range(8)]
 NEG = [f"Lily was sad and the rain fell on day {i}" for i in range(8)]

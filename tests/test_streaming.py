@@ -10,7 +10,7 @@ import torch
 import steerlab
 
 capture_mod = importlib.import_module("steerlab.extraction.capture")  # the modules, not the same-named functions
-extract_mod = importlib.import_module("steerlab.extract")
+extract_mod = importlib.import_module("steerlab.extraction.extract")
 
 POS = [f"Lily was happy and the sun was out on day {i}" for i in range(10)]
 NEG = [f"Lily was sad and the rain fell on day {i}" for i in range(10)]

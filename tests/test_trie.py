@@ -241,7 +241,7 @@ def test_streaming_resumes_exactly(lm: steerlab.LM) -> None:
 
 
 def test_extraction_checkpoint_resumes_with_sharing(lm: steerlab.LM, tmp_path, monkeypatch) -> None:
-    extract_mod = importlib.import_module("steerlab.extract")
+    extract_mod = importlib.import_module("steerlab.extraction.extract")
     openings = steerlab.load_openings(REPE / "all_truncated_outputs.json")[:20]
     pairs = steerlab.persona_pairs("happy", "sad", openings)
     want = steerlab.extract(lm, pairs, layers=[2, 4], batch_size=6, share_prefix=False)
