@@ -217,9 +217,9 @@ def _gguf(path, fields, d=8):
     [
         ({"meta": "{not json"}, "steerlab.meta is not valid JSON"),
         ({"meta": "[1, 2]"}, "'meta' must be a JSON object"),
-        ({"layers": "[1"}, "steerlab.models.layers is not valid JSON"),
-        ({"layers": "[2]"}, r"steerlab.models.layers lists \[2\] but the file holds directions \[1\]"),
-        ({"layers": 5}, "steerlab.models.layers must be a JSON string"),
+        ({"layers": "[1"}, "steerlab.layers is not valid JSON"),
+        ({"layers": "[2]"}, r"steerlab.layers lists \[2\] but the file holds directions \[1\]"),
+        ({"layers": 5}, "steerlab.layers must be a JSON string"),
         ({"d_model": "abc"}, "'d_model' must be a positive integer"),
         ({"n_layers": "4"}, "'n_layers' must be a positive integer"),
         ({"model_id": 3}, "'model_id' must be a string"),

@@ -433,7 +433,7 @@ class SteeringVector:
         layers = cfg.pop("layers")
         if sorted(layers) != sorted(directions):
             raise VectorFileError(
-                f"{path}: steerlab.models.layers lists {layers} but the file holds directions {sorted(directions)}"
+                f"{path}: steerlab.layers lists {layers} but the file holds directions {sorted(directions)}"
             )
         try:
             return cls(directions=directions, **cfg)
