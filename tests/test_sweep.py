@@ -8,8 +8,9 @@ import pytest
 
 import steerlab
 from steerlab import Steering
+from steerlab.data.ab import ab_items
 from steerlab.evaluate import protocol
-from steerlab.evaluate.behavior import ab_items, ab_probabilities, behavior_eval
+from steerlab.evaluate.behavior import ab_probabilities, behavior_eval
 from steerlab.evaluate.cost import CostReport, offtarget_cost, text_stats
 from steerlab.evaluate.protocol import EVALUATIONS, Evaluation, MetricReport, get_evaluation, metrics_at, register
 from steerlab.evaluate.sentiment import sentiment_shift

@@ -190,7 +190,8 @@ def eval_behavior(
     instruction = _prompt(prompt, prompt_mode)
 
     def body() -> None:
-        from steerlab.evaluate.behavior import behavior_eval, load_ab_items
+        from steerlab.data.ab import load_ab_items
+        from steerlab.evaluate.behavior import behavior_eval
 
         data = load_ab_items(items, limit=limit)
         lm, vec = _load(model, vector)

@@ -1,6 +1,6 @@
 """Sharded extraction: contrast pairs split into index ranges, each read on its own, merged exactly.
 
-A shard is a range of pair indices of a :class:`~steerlab.data.pairs.PairSource`. Each is read where it
+A shard is a range of pair indices of a :class:`~steerlab.data.sources.PairSource`. Each is read where it
 runs (a Ray actor, or this process): its texts are rendered with that process's model and captured.
 
 * A **streaming** method (``mean_diff``) feeds the shard into fresh accumulators and returns their
@@ -30,7 +30,8 @@ from typing import Any
 import torch
 
 from ..core.vector import SteeringVector
-from ..data.pairs import ContrastPair, DataHash, ListPairs, PairSource, open_pairs, pair_texts
+from ..data.pairs import ContrastPair, DataHash, pair_texts
+from ..data.sources import ListPairs, PairSource, open_pairs
 from ..errors import CheckpointError, DatasetError, ModelMismatchError, SteeringError
 from ..extraction.capture import capture, check_layers, pair_names
 from ..extraction.extract import check_found, check_seen, load_accumulators, state_shapes
@@ -320,8 +321,8 @@ def extract_sharded(
 
     Args:
         lm: the model; workers load the same one by name (``lm.spec``).
-        pairs: a :class:`~steerlab.data.pairs.PairSource`, a list of pairs, or anything
-            :func:`~steerlab.data.pairs.open_pairs` reads (a file, a dataset).
+        pairs: a :class:`~steerlab.data.sources.PairSource`, a list of pairs, or anything
+            :func:`~steerlab.data.sources.open_pairs` reads (a file, a dataset).
         method, layers, batch_size, progress, share_prefix: as :func:`steerlab.extract`.
         checkpoint: streaming methods: the driver's merged state (``checkpoint``) and each shard's
             running state (``checkpoint.shard-i``); on a cluster, a path every node can reach.

@@ -30,7 +30,7 @@ import torch
 
 from ..core.steering import Steering, SteeringLike, compose
 from ..core.vector import SteeringVector
-from ..data.pairs import load_texts
+from ..data.texts import load_texts
 from ..errors import DatasetError, SteeringSpecError
 from ..extraction.capture import check_texts
 from ..models.load import LM
@@ -407,7 +407,7 @@ register_builtin(
     ),
 )
 
-# load_texts (steerlab.data.pairs) is re-exported: it reads the neutral texts the cost is measured on.
+# load_texts (steerlab.data.texts) is re-exported: it reads the neutral texts the cost is measured on.
 __all__ = [
     "CostReport",
     "TextStats",

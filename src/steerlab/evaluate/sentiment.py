@@ -38,7 +38,7 @@ import numpy as np
 from ..core.steering import Positions, Steering
 from ..core.vector import SteeringVector
 from ..data.demo import OPENINGS
-from ..data.pairs import load_openings
+from ..data.texts import load_openings
 from ..errors import DatasetError, SteeringError, SteeringSpecError
 from ..models.load import LM
 from ..progress import track

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from ..core.vector import SteeringVector
-from ..data.pairs import ContrastPair, PairSource, Read, check_pairs, data_hash, pair_texts, render
+from ..data.pairs import ContrastPair, Read, check_pairs, data_hash, pair_texts, render
+from ..data.sources import PairSource
 from ..errors import CheckpointError, DatasetError
 from ..files import checkpoint_int, read_checkpoint, write_checkpoint
 from ..models.load import LM
@@ -82,7 +83,7 @@ def extract(
             a full forward's up to float rounding. ``False`` runs every token of every text.
         workers: split the pairs into shards and read them on this many Ray actors, each loading
             the model once (see :mod:`steerlab.distributed`; ``pip install steerlab[ray]``).
-            ``pairs`` may then also be a :class:`~steerlab.data.pairs.PairSource` (a streamed file or
+            ``pairs`` may then also be a :class:`~steerlab.data.sources.PairSource` (a streamed file or
             dataset), which is read in shards without workers too.
         ray_address: join this Ray cluster (needs ``workers``); without it, the cluster Ray finds
             (``RAY_ADDRESS``, or one ``ray start`` started here), else a new local instance.
