@@ -162,7 +162,7 @@ def test_a_zero_direction_is_an_error_not_a_vector(lm):
 
 
 def test_a_condition_from_the_same_prompts_on_both_sides_is_refused(lm):
-    from steerlab.core.condition import find_condition
+    from steerlab.extraction.condition import find_condition
 
     prompts = ["The dog ran", "The cat sat"]
     with pytest.raises(DatasetError, match="the positive and negative prompts are the same"):

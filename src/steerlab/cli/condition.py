@@ -48,7 +48,7 @@ def condition(
 
     def body() -> None:
         import steerlab
-        from steerlab.core.condition import find_condition
+        from steerlab.extraction.condition import find_condition
 
         pos_texts, neg_texts = steerlab.load_texts(positive), steerlab.load_texts(negative)
         with status(f"loading {model}"):
