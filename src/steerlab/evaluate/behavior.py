@@ -58,7 +58,7 @@ from ..progress import track
 from ..runtime import hf
 from ..runtime.session import steer_rows
 from .prompting import Prompt, PromptLike, as_prompt
-from .protocol import Evaluation, register_builtin
+from .protocol import Evaluation
 from .report import Report, new_figure, save_figure
 from .stats import bootstrap_ci, resample_indices
 
@@ -489,16 +489,16 @@ def capability_eval(
     return behavior_eval(lm, vector, path, coefficients, name=Path(path).stem, limit=limit, capability=True, **options)
 
 
-register_builtin(
-    Evaluation(
-        "behavior",
-        behavior_eval,
-        metrics=("p_matching", "above_half", "p_not_matching"),
-        data="CAA A/B items",
-        load=load_ab_items,
-        effect={1: "p_matching", -1: "p_not_matching"},
-    ),
+EVALUATION = Evaluation(
+    "behavior",
+    behavior_eval,
+    metrics=("p_matching", "above_half", "p_not_matching"),
+    data="CAA A/B items",
+    load=load_ab_items,
+    effect={1: "p_matching", -1: "p_not_matching"},
 )
+""":func:`behavior_eval` as the evaluation protocol sees it (registered as ``"behavior"`` by
+:mod:`steerlab.evaluate`)."""
 
 
 # --------------------------------------------------------------------------- vectors

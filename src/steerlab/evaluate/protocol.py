@@ -5,7 +5,9 @@ report with ``coefficients`` and ``metrics() -> {metric: [value per coefficient]
 (:class:`MetricReport`). Described by an :class:`Evaluation` and :func:`register`-ed under a
 name, it works with :func:`~steerlab.evaluate.sweep.sweep`,
 :func:`~steerlab.evaluate.sweep.autotune` and ``steerlab sweep NAME`` — none of them knows any
-report's fields. The built-ins are ``"sentiment"``, ``"behavior"`` and ``"cost"``.
+report's fields. The built-ins are ``"sentiment"``, ``"behavior"`` and ``"cost"``: each module
+declares its :class:`Evaluation` and :mod:`steerlab.evaluate` registers them where the package is
+assembled, so this registry imports none of them.
 
 Example — a new evaluation (the mean length of steered continuations) in a few lines:
 
@@ -113,7 +115,8 @@ class Evaluation:
 
 
 EVALUATIONS: dict[str, Evaluation] = {}
-"""Registered evaluations by name (the built-ins appear on first :func:`get_evaluation`)."""
+"""Registered evaluations by name (the built-ins are registered when :mod:`steerlab.evaluate` is
+imported, which importing any of its modules does first)."""
 
 
 def register(evaluation: Evaluation, replace: bool = False) -> Evaluation:
@@ -124,7 +127,6 @@ def register(evaluation: Evaluation, replace: bool = False) -> Evaluation:
         SteeringSpecError: an evaluation of that name is registered (a built-in included) and
             ``replace`` is False.
     """
-    _load_builtins()
     if evaluation.name in EVALUATIONS and not replace:
         raise SteeringSpecError(f"an evaluation called {evaluation.name!r} is registered: pass replace=True to swap it")
     EVALUATIONS[evaluation.name] = evaluation
@@ -132,13 +134,9 @@ def register(evaluation: Evaluation, replace: bool = False) -> Evaluation:
 
 
 def register_builtin(evaluation: Evaluation) -> Evaluation:
-    """How the built-in modules register themselves on import: never over an evaluation that was
-    registered (with ``replace=True``) before they were imported."""
+    """How :mod:`steerlab.evaluate` registers the built-ins: never over an evaluation of that name
+    that is registered already (the one registered stays, and is returned)."""
     return EVALUATIONS.setdefault(evaluation.name, evaluation)
-
-
-def _load_builtins() -> None:
-    from . import behavior, cost, sentiment  # noqa: F401  (they register themselves)
 
 
 def get_evaluation(kind: str | Evaluation) -> Evaluation:
@@ -153,7 +151,6 @@ def get_evaluation(kind: str | Evaluation) -> Evaluation:
     """
     if isinstance(kind, Evaluation):
         return kind
-    _load_builtins()
     try:
         return EVALUATIONS[kind]
     except KeyError:
