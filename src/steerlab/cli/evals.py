@@ -3,6 +3,7 @@ from the shell. Each writes ``{name}.json``, ``{name}.md``, ``{name}.png`` and `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -211,30 +212,6 @@ def eval_behavior(
     run(body)
 
 
-def _offtarget(
-    vector: Path, texts: Path, out: Path, model: str, coefs: str, layers: str | None, limit: int | None, name: str
-) -> None:
-    coef_list = parse_float_list(coefs)
-
-    def body() -> None:
-        import steerlab
-        from steerlab.evaluate.cost import offtarget_cost
-
-        neutral = steerlab.load_texts(texts, limit=limit)
-        lm, vec = _load(model, vector)
-        rep = offtarget_cost(
-            lm,
-            vec,
-            neutral,
-            coefficients=coef_list,
-            layers=resolve_layers(layers, lm) if layers else None,
-            progress=progress_flag(),
-        )
-        _finish(rep, out, name, lm, texts, coefficients=coef_list)
-
-    run(body)
-
-
 TEXTS = typer.Option(
     ..., callback=existing_path, help="Neutral text: .txt lines, JSON list or CSV with a statement/text column."
 )
@@ -243,40 +220,63 @@ LAYERS = typer.Option(None, callback=layers_option, help="Use only these layers 
 LIMIT_TEXTS = typer.Option(None, min=1, help="Use the first N texts.")
 
 
-@eval_app.command("cost")
-def eval_cost(
-    vector: Path = typer.Option(..., "--vector", "-v", callback=existing_path, help="Vector folder or .gguf."),
-    texts: Path = TEXTS,
-    out: Path = OUT,
-    model: str = MODEL,
-    coefs: str = COST_COEFS,
-    layers: str | None = LAYERS,
-    limit: int | None = LIMIT_TEXTS,
-) -> None:
-    """Off-target cost: perplexity of neutral text under steering and KL to the unsteered model.
+def _offtarget_command(name: str, doc: str) -> Callable[..., None]:
+    """The off-target cost command (:func:`steerlab.evaluate.cost.offtarget_cost`), writing
+    ``{name}.*``: registered as ``eval cost`` and under its older name, ``eval fluency``."""
+
+    def command(
+        vector: Path = typer.Option(..., "--vector", "-v", callback=existing_path, help="Vector folder or .gguf."),
+        texts: Path = TEXTS,
+        out: Path = OUT,
+        model: str = MODEL,
+        coefs: str = COST_COEFS,
+        layers: str | None = LAYERS,
+        limit: int | None = LIMIT_TEXTS,
+    ) -> None:
+        coef_list = parse_float_list(coefs)
+
+        def body() -> None:
+            import steerlab
+            from steerlab.evaluate.cost import offtarget_cost
+
+            neutral = steerlab.load_texts(texts, limit=limit)
+            lm, vec = _load(model, vector)
+            rep = offtarget_cost(
+                lm,
+                vec,
+                neutral,
+                coefficients=coef_list,
+                layers=resolve_layers(layers, lm) if layers else None,
+                progress=progress_flag(),
+            )
+            _finish(rep, out, name, lm, texts, coefficients=coef_list)
+
+        run(body)
+
+    command.__doc__ = doc
+    return command
+
+
+eval_app.command("cost")(
+    _offtarget_command(
+        "cost",
+        """Off-target cost: perplexity of neutral text under steering and KL to the unsteered model.
 
     Writes cost.json / .md / .png. `steerlab eval fluency` is the same command (it writes fluency.*).
 
     Example: steerlab eval cost --vector vectors/happy --texts facts.csv --out runs/cost
-    """
-    _offtarget(vector, texts, out, model, coefs, layers, limit, "cost")
-
-
-@eval_app.command("fluency")
-def eval_fluency(
-    vector: Path = typer.Option(..., "--vector", "-v", callback=existing_path, help="Vector folder or .gguf."),
-    texts: Path = TEXTS,
-    out: Path = OUT,
-    model: str = MODEL,
-    coefs: str = COST_COEFS,
-    layers: str | None = LAYERS,
-    limit: int | None = LIMIT_TEXTS,
-) -> None:
-    """Alias of `steerlab eval cost` (off-target perplexity and KL on neutral text); writes fluency.*.
+    """,
+    )
+)
+eval_app.command("fluency")(
+    _offtarget_command(
+        "fluency",
+        """Alias of `steerlab eval cost` (off-target perplexity and KL on neutral text); writes fluency.*.
 
     Example: steerlab eval fluency --vector vectors/happy --texts facts.csv --out runs/fluency
-    """
-    _offtarget(vector, texts, out, model, coefs, layers, limit, "fluency")
+    """,
+    )
+)
 
 
 def _sign(value: int) -> int:
@@ -358,34 +358,15 @@ def sweep(
         lm, vec = _load(model, vector)
         extra: dict[str, Any] = {"max_new_tokens": max_new_tokens} if accepts(evaluation, "max_new_tokens") else {}
         extra.update(workers=workers, ray_address=ray_address)
+        extra.update(coefficients=coef_list, layer_sets=resolve_layer_sets(layer_sets, lm), progress=progress_flag())
         rep: Any
         if autotune:
             rep = sweep_mod.autotune(
-                lm,
-                vec,
-                evaluation,
-                items,
-                coefficients=coef_list,
-                layer_sets=resolve_layer_sets(layer_sets, lm),
-                budget=budget,
-                direction=direction,
-                cost_texts=neutral,
-                progress=progress_flag(),
-                **extra,
+                lm, vec, evaluation, items, budget=budget, direction=direction, cost_texts=neutral, **extra
             )
             name = "autotune"
         else:
-            rep = sweep_mod.sweep(
-                lm,
-                vec,
-                evaluation,
-                items,
-                coefficients=coef_list,
-                layer_sets=resolve_layer_sets(layer_sets, lm),
-                metric=metric,
-                progress=progress_flag(),
-                **extra,
-            )
+            rep = sweep_mod.sweep(lm, vec, evaluation, items, metric=metric, **extra)
             name = f"sweep_{evaluation.name}"
         _finish(rep, out, name, lm, data, coefficients=coef_list)
 
