@@ -45,7 +45,7 @@ def demo(
     """Build a 'happy − sad' vector on the default model and show baseline vs steered text.
 
     The method, layers and coefficient of each direction come from the packaged demo setting
-    (steerlab/demo_setting.json: the strongest setting a frontier run found within its budget);
+    (steerlab/data/demo_setting.json: the strongest setting a frontier run found within its budget);
     the output states it.
 
     Example: steerlab demo --coef 1.5
