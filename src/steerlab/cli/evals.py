@@ -5,11 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import typer
 
 from . import app
+
+if TYPE_CHECKING:
+    from ..core.vector import SteeringVector
+    from ..evaluate.frontier import Contender
+    from ..evaluate.prompting import Prompt
+    from ..evaluate.protocol import Evaluation
+    from ..evaluate.report import Report
+    from ..models.load import LM
 from .common import (
     console,
     emit,
@@ -44,7 +52,14 @@ MODEL = typer.Option(
 OUT = typer.Option(..., "--out", "-o", callback=out_folder, help="Folder for the JSON, markdown, PNG and run.json.")
 
 
-def _load(model: str, vector: Path | None = None) -> tuple[Any, Any]:
+@overload
+def _load(model: str, vector: Path) -> tuple[LM, SteeringVector]: ...
+@overload
+def _load(model: str, vector: None = None) -> tuple[LM, None]: ...
+@overload
+def _load(model: str, vector: Path | None) -> tuple[LM, SteeringVector | None]: ...
+def _load(model: str, vector: Path | None = None) -> tuple[LM, SteeringVector | None]:
+    """The model, and the vector at ``vector`` checked against it (``None`` without one)."""
     import steerlab
 
     from .vectors import load_vector
@@ -58,7 +73,7 @@ def _load(model: str, vector: Path | None = None) -> tuple[Any, Any]:
     return lm, vec
 
 
-def _finish(report: Any, out: Path, name: str, lm: Any, data: Path | None, **extra: Any) -> None:
+def _finish(report: Report, out: Path, name: str, lm: LM, data: Path | None, **extra: Any) -> None:
     report.write(out, name)
     write_manifest(out, lm, data_hash=file_hash(data) if data is not None else "", **extra)
 
@@ -79,9 +94,12 @@ def _openings(path: Path | None) -> list[str]:
 PROMPT_MODE = typer.Option("prefix", help="prefix (before the opening / question) | system (a system turn).")
 
 
-def _prompt(text: str | None, mode: str) -> Any:
-    if text is None:
-        return None
+def _prompt(text: str | None, mode: str) -> Prompt | None:
+    """``--prompt TEXT`` as a :class:`~steerlab.evaluate.prompting.Prompt` (``None`` without one)."""
+    return None if text is None else _make_prompt(text, mode)
+
+
+def _make_prompt(text: str, mode: str) -> Prompt:
     from steerlab.errors import SteeringSpecError
     from steerlab.evaluate.prompting import Prompt
 
@@ -285,7 +303,7 @@ def _sign(value: int) -> int:
     return value
 
 
-def _evaluation(kind: str) -> Any:
+def _evaluation(kind: str) -> Evaluation:
     from steerlab.errors import SteeringSpecError
     from steerlab.evaluate.protocol import get_evaluation
 
@@ -295,7 +313,7 @@ def _evaluation(kind: str) -> Any:
         raise typer.BadParameter(str(exc), param_hint="KIND") from None
 
 
-def _sweep_data(evaluation: Any, data: Path | None, limit: int | None) -> list[Any]:
+def _sweep_data(evaluation: Evaluation, data: Path | None, limit: int | None) -> list[Any]:
     if data is not None and evaluation.load is not None:
         items = list(evaluation.load(data))
     elif data is None and evaluation.default_data is not None:
@@ -359,7 +377,7 @@ def sweep(
         extra: dict[str, Any] = {"max_new_tokens": max_new_tokens} if accepts(evaluation, "max_new_tokens") else {}
         extra.update(workers=workers, ray_address=ray_address)
         extra.update(coefficients=coef_list, layer_sets=resolve_layer_sets(layer_sets, lm), progress=progress_flag())
-        rep: Any
+        rep: Report
         if autotune:
             rep = sweep_mod.autotune(
                 lm, vec, evaluation, items, budget=budget, direction=direction, cost_texts=neutral, **extra
@@ -389,7 +407,7 @@ def _named_vectors(specs: list[str]) -> dict[str, Path]:
     return out
 
 
-def _sets_for(vec: Any, name: str, sets: list[list[int]] | None) -> list[list[int]] | None:
+def _sets_for(vec: SteeringVector, name: str, sets: list[list[int]] | None) -> list[list[int]] | None:
     """The layer sets a vector has every layer of (all of them when none were given)."""
     if sets is None:
         return None
@@ -402,13 +420,13 @@ def _sets_for(vec: Any, name: str, sets: list[list[int]] | None) -> list[list[in
 
 
 def _contenders(
-    vecs: dict[str, Any],
+    vecs: dict[str, SteeringVector],
     coefs: list[float],
     sets: list[list[int]] | None,
-    positive: list[Any],
-    negative: list[Any],
+    positive: list[Prompt],
+    negative: list[Prompt],
     combine: list[str],
-) -> list[Any]:
+) -> list[Contender]:
     from steerlab.evaluate.frontier import Contender
 
     out = [Contender.steering(name, vec, coefs, layer_sets=_sets_for(vec, name, sets)) for name, vec in vecs.items()]
@@ -471,8 +489,8 @@ def eval_frontier(
     """
     coef_list = parse_float_list(coefs)
     named = _named_vectors(vector)
-    positive_prompts = [_prompt(t, prompt_mode) for t in positive_prompt]
-    negative_prompts = [_prompt(t, prompt_mode) for t in negative_prompt]
+    positive_prompts = [_make_prompt(t, prompt_mode) for t in positive_prompt]
+    negative_prompts = [_make_prompt(t, prompt_mode) for t in negative_prompt]
     if not named and not (positive_prompts or negative_prompts):
         raise typer.BadParameter("give at least one --vector or prompt")
 
@@ -532,7 +550,7 @@ def analyze_pca(
         lm, _ = _load(model)
         at = resolve_layer(layer, lm, "--layer")
         assert at is not None
-        rep: Any
+        rep: Report
         if contrast is not None:
             rep = contrast_pca(lm, contrast, at, n_components=components, center=center, progress=progress_flag())
         else:

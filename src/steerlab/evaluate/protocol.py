@@ -45,9 +45,13 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..errors import SteeringSpecError
+
+if TYPE_CHECKING:
+    from ..core.vector import SteeringVector
+    from ..models.load import LM
 
 __all__ = ["EVALUATIONS", "Evaluation", "MetricReport", "accepts", "get_evaluation", "metrics_at", "register"]
 
@@ -107,7 +111,12 @@ class Evaluation:
             )
 
     def __call__(
-        self, lm: Any, vector: Any, data: Sequence[Any], coefficients: Sequence[float], **options: Any
+        self,
+        lm: LM,
+        vector: SteeringVector | None,
+        data: Sequence[Any],
+        coefficients: Sequence[float],
+        **options: Any,
     ) -> dict[str, list[float]]:
         """Run it at ``coefficients``; ``{metric: [value per coefficient]}`` in the order given."""
         report = self.run(lm, vector, list(data), coefficients=list(coefficients), **options)
