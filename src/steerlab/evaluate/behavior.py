@@ -400,7 +400,7 @@ def behavior_eval(
     Args:
         lm: the model.
         vector: the steering vector (e.g. from :func:`behavior_vector`).
-        items: :class:`ABItem` objects, raw records, or a path for :func:`load_ab_items`.
+        items: :class:`ABItem` objects, raw records, or a path for :func:`~steerlab.data.ab.load_ab_items`.
         coefficients: steering coefficients; ``0`` is the unsteered model.
         layers: the vector's layers to steer (default: all of them).
         batch_size: items per forward pass (each pass holds ``items × coefficients`` rows).
