@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from . import app
 from .common import (
     console,
     emit,
@@ -20,6 +19,7 @@ from .common import (
     status,
     write_manifest,
 )
+from .root import app
 
 
 @app.command()

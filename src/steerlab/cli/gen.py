@@ -8,7 +8,6 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from . import app
 from .common import (
     FLAGS,
     console,
@@ -25,6 +24,7 @@ from .common import (
     status,
     text_option,
 )
+from .root import app
 
 
 @app.command()
