@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 from .common import (
     console,
     emit,
+    executor_for,
     existing_path,
     finite,
     layers_option,
@@ -94,7 +95,7 @@ def extract(
     Example: steerlab extract --persona happy:sad --layers 8-19 --out vectors/happy
     """
     if ray_address is not None and workers is None:
-        raise typer.BadParameter("--ray-address needs --workers N (how many Ray actors to start)")
+        executor_for(workers, ray_address)  # refuses --ray-address without --workers
     import steerlab
     from steerlab.data.demo import OPENINGS
 
@@ -121,8 +122,7 @@ def extract(
             lm = steerlab.load_model(model)
         layer_list = resolve_layers(layers, lm)
         say(f"extracting with {method} from {len(data)} pairs at layers {_span(layer_list)}")
-        if workers is not None:
-            say(f"on {workers} Ray workers" + (f" at {ray_address}" if ray_address else " (found, else local)"))
+        executor = executor_for(workers, ray_address)
         vec = steerlab.extract(
             lm,
             data,
@@ -131,8 +131,7 @@ def extract(
             batch_size=batch_size,
             progress=progress_flag(),
             share_prefix=share_prefix,
-            workers=workers,
-            ray_address=ray_address,
+            executor=executor,
         )
         vec.save(out)
         write_manifest(out, lm, data_hash=vec.data_hash, method=method, layers=layer_list)
