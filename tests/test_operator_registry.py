@@ -77,6 +77,12 @@ class CapProjection(Operator):
         return h - mask * excess * u
 
 
+class PluginCap(CapProjection):
+    """The cap under another name, as an installed package would declare it (an entry point)."""
+
+    name = "test_plugin_cap"
+
+
 @pytest.fixture(scope="module", autouse=True)
 def registered() -> Iterator[None]:
     register_operator(ScaledAdd())
@@ -206,6 +212,34 @@ def test_cli_generate_with_a_registered_operator(lm: steerlab.LM, layer_vec: Ste
     assert res.exit_code == 2 and "test_cap" in res.output  # the registry's names are offered
     res = runner.invoke(app, [*base, "--operator", "test_cap", "--operator-param", "factor=2", PROMPT])
     assert res.exit_code == 2 and "no parameter 'factor'" in res.output
+
+
+def test_cli_loads_operators_of_installed_packages(
+    lm: steerlab.LM, layer_vec: SteeringVector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry point of the group ``steerlab.operators`` makes its operator a CLI choice."""
+    from importlib.metadata import EntryPoint
+
+    from steerlab.cli import app, operator_options
+
+    def entry(value: str) -> Any:
+        return lambda group: [EntryPoint("cap", value, group)] if group == operator_options.PLUGINS else []
+
+    layer_vec.save(tmp_path / "v")
+    runner = CliRunner(env={"COLUMNS": "400"})
+    args = ["--json", "generate", "--model", str(STORIES), "--vector", str(tmp_path / "v"), "--max-new-tokens", "8"]
+    args += ["--coef", str(CAP), "--operator", "test_plugin_cap", PROMPT]
+    monkeypatch.setattr(operator_options, "entry_points", entry(f"{__name__}:PluginCap"))
+    try:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        cap = Steering(layer_vec, CAP, operator="test_plugin_cap")
+        assert json.loads(res.output)[0]["output"] == steerlab.generate(lm, PROMPT, steering=cap, max_new_tokens=8)[0]
+    finally:
+        unregister_operator("test_plugin_cap")
+    monkeypatch.setattr(operator_options, "entry_points", entry(f"{__name__}:nothing_here"))
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "operator plugin 'cap'" in res.output and "failed to load" in res.output
 
 
 # ------------------------------------------------------------------------------------- server

@@ -2,6 +2,14 @@
 command runs (so one added with :func:`steerlab.core.operators.register_operator` is offered too),
 with the parameters it declares.
 
+Installed packages add operators to the command line (``steerlab generate``, ``steerlab serve``, the
+exports) through the entry-point group ``steerlab.operators``: each entry names an
+:class:`~steerlab.core.operators.Operator` instance or class, registered when a command starts
+(:func:`load_operator_plugins`), e.g. in a package's ``pyproject.toml``::
+
+    [project.entry-points."steerlab.operators"]
+    cap = "mypackage.ops:CapProjection"
+
 Example:
     >>> parse_parameters(["factor=2", "floor=-0.5"])
     {'factor': 2.0, 'floor': -0.5}
@@ -12,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import math
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 import typer
@@ -26,6 +35,32 @@ OPERATOR_HELP = (
     "one for all vectors or one each."
 )
 PARAMETER_HELP = "A parameter of the operator(s), KEY=VALUE (repeat); each --operator given must declare it."
+PLUGINS = "steerlab.operators"
+"""The entry-point group of operators from installed packages."""
+
+
+def load_operator_plugins() -> list[str]:
+    """Register the operators of the ``steerlab.operators`` entry points not registered yet; their names.
+
+    Raises:
+        SteeringSpecError: an entry that cannot be loaded or is not an operator (naming it).
+    """
+    from ..core.operators import OPERATORS, Operator, register_operator
+    from ..errors import SteeringSpecError
+
+    added = []
+    for entry in entry_points(group=PLUGINS):
+        try:
+            obj = entry.load()
+            op = obj() if isinstance(obj, type) else obj
+        except Exception as exc:  # a broken plugin: say which, not a bare traceback
+            raise SteeringSpecError(f"operator plugin {entry.name!r} ({entry.value}) failed to load: {exc}") from exc
+        if not isinstance(op, Operator):
+            raise SteeringSpecError(f"operator plugin {entry.name!r} ({entry.value}) is not a steerlab Operator")
+        if op.name not in OPERATORS:
+            register_operator(op)
+            added.append(op.name)
+    return added
 
 
 def operator_option(value: list[str] | str | None) -> list[str] | str | None:
