@@ -23,6 +23,8 @@ Example:
     >>> h = torch.tensor([[[1.0, 5.0]]])
     >>> op.apply(h, torch.ones(1, 1, 1), state, torch.zeros(1, 1, dtype=torch.long)).tolist()
     [[[3.0, 5.0]]]
+    >>> get_operator("add").fixed_form(3.0), get_operator("ablate").fixed_form(1.0), op.fixed_form(3.0)
+    (ConstantAddition(scale=3.0), DirectionRemoval(fraction=1.0), None)
 """
 
 from __future__ import annotations

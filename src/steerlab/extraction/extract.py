@@ -90,5 +90,14 @@ def extract(
         )
     spec = get_method(method)
     layer_list = check_layers(lm, range(lm.n_layers) if layers is None else layers)
-    run = ExtractRun(lm, layer_list, batch_size, progress, checkpoint, share_prefix, executor, dict(train_options))
+    run = ExtractRun(
+        lm,
+        layer_list,
+        batch_size=batch_size,
+        progress=progress,
+        checkpoint=checkpoint,
+        share_prefix=share_prefix,
+        executor=executor,
+        options=dict(train_options),
+    )
     return spec.extract(run, pairs)
