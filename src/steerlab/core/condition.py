@@ -268,7 +268,7 @@ def find_condition(
         >>> found.condition.at, found.accuracy[found.condition.at]  # doctest: +SKIP
     """
     from ..extraction.capture import capture, check_layers
-    from ..extraction.extract import check_found
+    from ..extraction.run import check_found
 
     if not positive or not negative:
         raise DatasetError("find_condition needs at least one positive and one negative prompt")
