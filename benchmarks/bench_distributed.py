@@ -7,7 +7,8 @@ What is timed (all in one driver process, ``time.perf_counter``):
 2. **Ray start** — ``ray.init(num_cpus=max workers)`` (a local instance);
 3. **pool start** — for each worker count, the actors starting and loading the model (once; later
    calls reuse them);
-4. **Ray, N workers** — ``steerlab.extract(..., workers=N)`` on the warm pool (each worker 1 thread).
+4. **Ray, N workers** — ``steerlab.extract(..., executor=RayExecutor(workers=N))`` on the warm pool
+   (each worker 1 thread).
 
 Every configuration gets one warm-up call, then ``--reps`` timed calls; medians are reported as
 pairs per second and, for Ray, per worker. The vectors are checked against the single-process one
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import steerlab
-    from steerlab.distributed import actors, shutdown_pool
+    from steerlab.distributed import RayExecutor, actors, shutdown_pool
 
     os.environ.setdefault("STEERLAB_QUIET", "1")
     lm = steerlab.load_model(model)
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
 
     def extract(workers: int | None = None) -> Any:
-        return steerlab.extract(lm, pairs, layers=layers, batch_size=args.batch_size, progress=False, workers=workers)
+        executor = RayExecutor(workers) if workers else None
+        return steerlab.extract(lm, pairs, layers=layers, batch_size=args.batch_size, progress=False, executor=executor)
 
     rows: list[dict[str, Any]] = []
     reference = None

@@ -241,7 +241,7 @@ def test_streaming_resumes_exactly(lm: steerlab.LM) -> None:
 
 
 def test_extraction_checkpoint_resumes_with_sharing(lm: steerlab.LM, tmp_path, monkeypatch) -> None:
-    extract_mod = importlib.import_module("steerlab.extraction.extract")
+    accumulate_mod = importlib.import_module("steerlab.extraction.accumulate")
     openings = steerlab.load_openings(REPE / "all_truncated_outputs.json")[:20]
     pairs = steerlab.persona_pairs("happy", "sad", openings)
     want = steerlab.extract(lm, pairs, layers=[2, 4], batch_size=6, share_prefix=False)
@@ -254,10 +254,10 @@ def test_extraction_checkpoint_resumes_with_sharing(lm: steerlab.LM, tmp_path, m
             yield item
 
     ckpt = tmp_path / "persona.ckpt"
-    monkeypatch.setattr(extract_mod, "iter_capture", interrupted)
+    monkeypatch.setattr(accumulate_mod, "iter_capture", interrupted)
     with pytest.raises(KeyboardInterrupt):
         steerlab.extract(lm, pairs, layers=[2, 4], batch_size=6, checkpoint=ckpt)
-    monkeypatch.setattr(extract_mod, "iter_capture", real)
+    monkeypatch.setattr(accumulate_mod, "iter_capture", real)
     with pytest.raises(steerlab.DatasetError, match="another extraction"):  # batches differ without sharing
         steerlab.extract(lm, pairs, layers=[2, 4], batch_size=6, checkpoint=ckpt, share_prefix=False)
     got = steerlab.extract(lm, pairs, layers=[2, 4], batch_size=6, checkpoint=ckpt)

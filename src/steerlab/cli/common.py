@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -30,6 +30,9 @@ from rich.text import Text
 
 from ..errors import ContextLengthError, DatasetError, LayerRangeError, SteeringError, SteeringSpecError
 from ..limits import LimitError, Limits
+
+if TYPE_CHECKING:
+    from ..executor import Executor
 
 T = TypeVar("T")
 
@@ -274,6 +277,23 @@ def method_option(value: str) -> str:
     except SteeringError as exc:
         raise typer.BadParameter(str(exc)) from None
     return value
+
+
+def executor_for(workers: int | None, ray_address: str | None) -> Executor | None:
+    """``--workers N [--ray-address ADDR]`` as a Ray executor (``None``: this process).
+
+    Raises:
+        typer.BadParameter: ``--ray-address`` without ``--workers``.
+        DistributedError: Ray is not installed.
+    """
+    if workers is None:
+        if ray_address is not None:
+            raise typer.BadParameter("--ray-address needs --workers N (how many Ray actors to start)")
+        return None
+    from ..distributed import RayExecutor
+
+    say(f"on {workers} Ray workers" + (f" at {ray_address}" if ray_address else " (found, else local)"))
+    return RayExecutor(workers, ray_address)
 
 
 def say(message: str, style: str | None = None) -> None:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 from .common import (
     console,
     emit,
+    executor_for,
     existing_path,
     file_hash,
     layer_sets_option,
@@ -362,7 +363,7 @@ def sweep(
     Example: steerlab sweep sentiment --vector vectors/happy --layer-sets '8-11;12-15' --coefs -1,0,1 --out runs/sw
     """
     if ray_address is not None and workers is None:
-        raise typer.BadParameter("--ray-address needs --workers N (how many Ray actors to start)")
+        executor_for(workers, ray_address)  # refuses --ray-address without --workers
     coef_list = parse_float_list(coefs)
     evaluation = _evaluation(kind)
 
@@ -375,7 +376,7 @@ def sweep(
         neutral = steerlab.load_texts(cost_texts) if cost_texts else None
         lm, vec = _load(model, vector)
         extra: dict[str, Any] = {"max_new_tokens": max_new_tokens} if accepts(evaluation, "max_new_tokens") else {}
-        extra.update(workers=workers, ray_address=ray_address)
+        extra["executor"] = executor_for(workers, ray_address)
         extra.update(coefficients=coef_list, layer_sets=resolve_layer_sets(layer_sets, lm), progress=progress_flag())
         rep: Report
         if autotune:

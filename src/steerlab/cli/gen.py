@@ -24,6 +24,7 @@ from .common import (
     status,
     text_option,
 )
+from .operator_options import OPERATOR_HELP, PARAMETER_HELP, make_operators, operator_option, parameter_option
 from .root import app
 
 
@@ -165,6 +166,8 @@ def generate(
         callback=positions_option,
         help="all|prompt|generated|START:END, one for all vectors or one each.",
     ),
+    operator: list[str] = typer.Option([], "--operator", callback=operator_option, help=OPERATOR_HELP),
+    operator_param: list[str] = typer.Option([], "--operator-param", callback=parameter_option, help=PARAMETER_HELP),
     condition: Path | None = typer.Option(
         None,
         callback=existing_path,
@@ -197,6 +200,7 @@ def generate(
         raise typer.BadParameter(f"{len(vector)} --vector but {len(coef)} --coef: give one --coef per --vector")
     if len(positions) not in (0, 1, len(vector)):
         raise typer.BadParameter("give one --positions for all vectors or one per --vector")
+    operators = make_operators(operator, operator_param, len(vector))
 
     def body() -> None:
         from steerlab.core.condition import Condition
@@ -213,7 +217,14 @@ def generate(
                 vec = steerlab.relative(vec, lm)
             pos = parse_positions(positions[i] if len(positions) > 1 else positions[0]) if positions else None
             steerings.append(
-                steerlab.Steering(vec, coef[i] if coef else 1.0, layers=layer_list, positions=pos, condition=cond)
+                steerlab.Steering(
+                    vec,
+                    coef[i] if coef else 1.0,
+                    layers=layer_list,
+                    positions=pos,
+                    operator=operators[i],
+                    condition=cond,
+                )
             )
         steering = steerlab.compose(*steerings) if steerings else None
         texts = [lm.chat(p) if chat else p for p in prompts]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import typer
 
-from .common import FLAGS, quiet_env
+from .common import FLAGS, quiet_env, run
+from .operator_options import load_operator_plugins
 
 app = typer.Typer(
     add_completion=False,
@@ -32,3 +33,4 @@ def _global(
     """
     FLAGS.quiet, FLAGS.json, FLAGS.debug = quiet, json_out, debug
     quiet_env()
+    run(load_operator_plugins)  # operators of installed packages (entry points "steerlab.operators")

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 from .common import (
     console,
     emit,
+    executor_for,
     existing_path,
     finite,
     layers_option,
@@ -31,6 +32,7 @@ from .common import (
     text_option,
     write_manifest,
 )
+from .operator_options import PARAMETER_HELP, make_operator, operator_option, parameter_option
 
 export_app = typer.Typer(help="Convert vectors for other engines.", no_args_is_help=True)
 import_app = typer.Typer(help="Bring vectors from other tools into steerlab.", no_args_is_help=True)
@@ -93,7 +95,7 @@ def extract(
     Example: steerlab extract --persona happy:sad --layers 8-19 --out vectors/happy
     """
     if ray_address is not None and workers is None:
-        raise typer.BadParameter("--ray-address needs --workers N (how many Ray actors to start)")
+        executor_for(workers, ray_address)  # refuses --ray-address without --workers
     import steerlab
     from steerlab.data.demo import OPENINGS
 
@@ -120,8 +122,7 @@ def extract(
             lm = steerlab.load_model(model)
         layer_list = resolve_layers(layers, lm)
         say(f"extracting with {method} from {len(data)} pairs at layers {_span(layer_list)}")
-        if workers is not None:
-            say(f"on {workers} Ray workers" + (f" at {ray_address}" if ray_address else " (found, else local)"))
+        executor = executor_for(workers, ray_address)
         vec = steerlab.extract(
             lm,
             data,
@@ -130,8 +131,7 @@ def extract(
             batch_size=batch_size,
             progress=progress_flag(),
             share_prefix=share_prefix,
-            workers=workers,
-            ray_address=ray_address,
+            executor=executor,
         )
         vec.save(out)
         write_manifest(out, lm, data_hash=vec.data_hash, method=method, layers=layer_list)
@@ -172,16 +172,30 @@ def inspect(
 def export_gguf(
     vector: Path = typer.Argument(..., callback=existing_path, help="A vector folder."),
     out: Path = typer.Argument(..., help="The .gguf file to write."),
+    coef: float = typer.Option(1.0, "--coef", "-c", callback=finite, help="Coefficient folded into the file."),
+    operator: str = typer.Option(
+        "add",
+        "--operator",
+        callback=operator_option,
+        help="How the vector acts: written when the operator is a constant addition, refused with its "
+        "reason otherwise.",
+    ),
+    operator_param: list[str] = typer.Option([], "--operator-param", callback=parameter_option, help=PARAMETER_HELP),
 ) -> None:
     """Write a llama.cpp control vector (use with llama.cpp --control-vector FILE).
 
+    The file holds what the steering adds at every token (coef * vector for add).
+
     Example: steerlab export gguf vectors/happy happy.gguf
     """
+    op = make_operator(operator, operator_param)
 
     def body() -> None:
+        from ..core.steering import Steering
         from ..core.vector import SteeringVector
+        from ..export import gguf
 
-        path = SteeringVector.load(vector).to_gguf(out)
+        path = gguf.write(Steering(SteeringVector.load(vector), coef, operator=op), out)
         emit({"out": str(path)}, lambda: console.print(f"wrote {path}"))
 
     run(body)
@@ -278,6 +292,14 @@ def export_bake(
         None, callback=layers_option, help="Layers to use, e.g. 8-19 (default: all of the vector's)."
     ),
     ablate: bool = typer.Option(False, "--ablate", help="Bake directional ablation (orthogonalised weights)."),
+    operator: str | None = typer.Option(
+        None,
+        "--operator",
+        callback=operator_option,
+        help="How the vector acts (default add; --ablate is --operator ablate): baked when the operator is a "
+        "constant addition or a direction removal, refused with its reason otherwise.",
+    ),
+    operator_param: list[str] = typer.Option([], "--operator-param", callback=parameter_option, help=PARAMETER_HELP),
     approximate: bool = typer.Option(False, "--approximate", help="Allow ablations that are only approximate."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it holds an earlier bake."),
 ) -> None:
@@ -289,8 +311,12 @@ def export_bake(
     Example: steerlab export bake vectors/happy baked/happy --model default --coef 4 --layers 8-19
     """
 
-    if coef is None and not ablate:
+    if ablate and operator is not None:
+        raise typer.BadParameter("--ablate is --operator ablate: give one of them", param_hint="--ablate")
+    name = "ablate" if ablate else operator or "add"
+    if coef is None and name != "ablate":
         raise typer.BadParameter("give --coef C (the coefficient to bake), or --ablate")
+    op = make_operator(name, operator_param)
 
     def body() -> None:
         import steerlab
@@ -301,15 +327,22 @@ def export_bake(
         vec = load_vector(vector, lm)
         assert isinstance(vec, steerlab.SteeringVector)
         layer_list = resolve_layers(layers, lm) if layers else None
-        operator = "ablate" if ablate else "add"
-        steering = steerlab.Steering(vec, 1.0 if coef is None else coef, layers=layer_list, operator=operator)
+        steering = steerlab.Steering(vec, 1.0 if coef is None else coef, layers=layer_list, operator=op)
         with status(f"baking into {out}"):
             path = bake(lm, steering, out, approximate=approximate, overwrite=overwrite)
         used = list(steering.active_layers)
-        write_manifest(path, lm, operator=operator, coefficient=steering.coefficient, layers=used, vector=str(vector))
+        write_manifest(
+            path,
+            lm,
+            operator=name,
+            operator_parameters=op.parameters(),
+            coefficient=steering.coefficient,
+            layers=used,
+            vector=str(vector),
+        )
         info = json.loads((path / "steerlab_bake.json").read_text(encoding="utf-8"))
         span = f"{used[0]}-{used[-1]}" if used == list(range(used[0], used[-1] + 1)) else ",".join(map(str, used))
-        message = f"wrote {path} ({operator}, coefficient {steering.coefficient}, layers {span}); vllm serve {path}"
+        message = f"wrote {path} ({name}, coefficient {steering.coefficient}, layers {span}); vllm serve {path}"
         emit({"out": str(path), **info}, lambda: console.print(message))
 
     run(body)

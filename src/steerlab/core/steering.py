@@ -4,7 +4,8 @@ This module is the *specification*; :mod:`steerlab.runtime.session` applies it. 
 (applied in order at each layer): ``s1 + s2`` or a list passed to :func:`steerlab.steer`.
 Where they act is described in :mod:`steerlab.core.positions` (``"all"``, ``"prompt"``,
 ``"generated"``, a ``(start, end)`` window); how, in :mod:`steerlab.core.operators` (``"add"``,
-``"ablate"``, ``"clamp"``, ``"add_norm_preserving"``). A token-wise (ActAdd) vector is added
+``"ablate"``, ``"clamp"``, ``"add_norm_preserving"``, or one added with
+:func:`~steerlab.core.operators.register_operator`). A token-wise (ActAdd) vector is added
 front-aligned, row ``i`` at token ``i`` of each row's prompt.
 
 Example:
@@ -49,7 +50,9 @@ class Steering:
         positions: see :mod:`steerlab.core.positions`; default ``"all"``. Token-wise (ActAdd) vectors
             take none: they act front-aligned at each row's first tokens.
         operator: a name from :data:`steerlab.core.operators.OPERATORS` (``"add"``, ``"ablate"``,
-            ``"clamp"``, ``"add_norm_preserving"``) or an :class:`~steerlab.core.operators.Operator`.
+            ``"clamp"``, ``"add_norm_preserving"``, or a registered one) or an
+            :class:`~steerlab.core.operators.Operator` (e.g. one with its parameters set:
+            ``get_operator(name).with_parameters({...})``).
         condition: a :class:`~steerlab.core.condition.Condition` read on each row's prompt: rows whose
             prompt does not match are not steered (CAST). Acts on generated tokens only.
     """
@@ -79,10 +82,12 @@ class Steering:
         if self.condition is not None:
             self._check_condition()
         if self.vector.tokenwise:
-            if self.positions is not None or op.name != "add":
+            if self.positions is not None or not op.tokenwise:
+                takes = ", ".join(repr(name) for name, o in OPERATORS.items() if o.tokenwise)
                 raise SteeringSpecError(
                     "a token-wise (ActAdd) vector is added front-aligned at each row's first tokens: "
-                    "leave positions unset and use operator='add', or collapse it with vector.token_mean()"
+                    f"leave positions unset and use an operator that applies it ({takes}), or collapse it "
+                    "with vector.token_mean()"
                 )
         else:
             object.__setattr__(self, "positions", positions_key("all" if self.positions is None else self.positions))

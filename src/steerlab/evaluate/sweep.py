@@ -30,6 +30,7 @@ from typing import Any
 
 from ..core.vector import SteeringVector
 from ..errors import DatasetError, SteeringSpecError
+from ..executor import Executor, LocalExecutor
 from ..models.load import LM
 from ..progress import track
 from .prompting import as_prompt
@@ -44,6 +45,23 @@ def _layer_label(layers: Sequence[int]) -> str:
     return ",".join(str(x) for x in layers)
 
 
+@dataclass(frozen=True)
+class _Setting:
+    """What every layer set of one grid run reads alike (sent once to each worker)."""
+
+    evaluation: Evaluation
+    vector: SteeringVector
+    data: list[object]
+    coefficients: list[float]
+    options: dict[str, object]
+
+
+def _run_setting(lm: LM, setting: _Setting, layers: list[int]) -> dict[str, list[float]]:
+    """One layer set: an executor's task (in a worker or in this process)."""
+    s = setting
+    return evaluate_setting(s.evaluation, lm, s.vector, s.data, layers, s.coefficients, **s.options)
+
+
 def _grids(
     evaluation: Evaluation,
     lm: LM,
@@ -53,32 +71,24 @@ def _grids(
     coefficients: Sequence[float],
     *,
     progress: bool | None,
-    workers: int | None = None,
-    ray_address: str | None = None,
+    executor: Executor | None = None,
     **options: Any,
 ) -> dict[str, list[list[float]]]:
     """``{metric: [[value per coefficient] per layer set]}``: the evaluation with the vector
-    restricted to each layer set in turn (on Ray actors with ``workers``)."""
-    if workers is not None or ray_address is not None:
-        from ..distributed import sweep_grids
-
-        return sweep_grids(
-            evaluation,
-            lm,
-            vector,
-            data,
-            sets,
-            coefficients,
-            workers=workers,
-            ray_address=ray_address,
-            progress=progress,
-            **options,
-        )
+    restricted to each layer set in turn, each a job of ``executor`` (default: this process);
+    rows in the order of ``sets``."""
+    executor = executor or LocalExecutor()
+    setting = _Setting(evaluation, vector, list(data), [float(c) for c in coefficients], options)
+    rows: list[dict[str, list[float]] | None] = [None] * len(sets)
+    label = f"{evaluation.name}: {len(sets)} layer sets" + (f" on {executor.describe()}" if executor.workers else "")
+    results = executor.map(lm, _run_setting, setting, [list(s) for s in sets])
+    for i, row in track(results, label, total=len(sets), enabled=progress):
+        rows[i] = row
     grids: dict[str, list[list[float]]] = {}
-    label = f"{evaluation.name}: {len(sets)} layer sets"
-    for ls in track(sets, label, enabled=progress):
-        for name, row in evaluate_setting(evaluation, lm, vector, data, ls, coefficients, **options).items():
-            grids.setdefault(name, []).append(row)
+    for done in rows:
+        assert done is not None  # every job gave its row (an executor raises otherwise)
+        for name, values in done.items():
+            grids.setdefault(name, []).append(values)
     return grids
 
 
@@ -92,7 +102,7 @@ def evaluate_setting(
     **options: Any,
 ) -> dict[str, list[float]]:
     """One row of every grid: the evaluation with the vector cut to ``layers``, at every coefficient
-    (what a distributed sweep's actors run too)."""
+    (what a sweep's executor runs for each layer set, in a worker or here)."""
     return evaluation(lm, vector.select(layers), data, coefficients, progress=False, **options)
 
 
@@ -182,8 +192,7 @@ def sweep(
     layer_sets: Sequence[Sequence[int]] | None = None,
     metric: str | None = None,
     progress: bool | None = None,
-    workers: int | None = None,
-    ray_address: str | None = None,
+    executor: Executor | None = None,
     **kwargs: Any,
 ) -> SweepReport:
     """Evaluate ``vector`` at every (layer set, coefficient).
@@ -199,9 +208,9 @@ def sweep(
         layer_sets: layer groups to try (default: each layer of the vector on its own).
         metric: the metric shown in the table and heat map (default: the evaluation's first).
         progress: progress bar over layer sets.
-        workers: run the layer sets on this many Ray actors holding the model
-            (:mod:`steerlab.distributed`; ``pip install steerlab[ray]``); the grids are the same.
-        ray_address: join this Ray cluster; without it, the cluster Ray finds, else a local instance.
+        executor: where the layer sets run, each a job (:class:`~steerlab.executor.Executor`;
+            default: this process): ``steerlab.distributed.RayExecutor(workers=N)`` runs them on
+            Ray actors holding the model (``pip install steerlab[ray]``); the grids are the same.
         **kwargs: passed to the evaluation (``max_new_tokens``, ``batch_size``, ``scorer``, ...).
 
     Raises:
@@ -224,9 +233,7 @@ def sweep(
         complete=False,
         settings=_recorded(kwargs),
     )
-    report.grids = _grids(
-        evaluation, lm, vector, data, sets, coefs, progress=progress, workers=workers, ray_address=ray_address, **kwargs
-    )
+    report.grids = _grids(evaluation, lm, vector, data, sets, coefs, progress=progress, executor=executor, **kwargs)
     report.complete = True
     return report
 
@@ -390,8 +397,7 @@ def autotune(
     cost_evaluation: str | Evaluation = "cost",
     seed: int = 0,
     progress: bool | None = None,
-    workers: int | None = None,
-    ray_address: str | None = None,
+    executor: Executor | None = None,
     **kwargs: Any,
 ) -> AutotuneReport:
     """Choose layers and coefficient maximising the effect with the cost within ``budget``.
@@ -405,8 +411,8 @@ def autotune(
 
     The data is shuffled (``seed``) and halved: the choice is made on the first half, the chosen
     setting and the baseline are reported on the second. Coefficient 0 is a candidate too; when no
-    setting fits the budget the choice is coefficient 0 (the unsteered model). With ``workers`` the
-    candidate settings run on Ray actors (as in :func:`sweep`); the held-out report runs here.
+    setting fits the budget the choice is coefficient 0 (the unsteered model). With an ``executor``
+    the candidate settings run as its jobs (as in :func:`sweep`); the held-out report runs here.
 
     Options in ``kwargs`` reach the evaluation: with ``prompt=`` (sentiment, behavior) every
     setting runs on the prompted text — prompting combined with the vector, coefficient 0 being
@@ -423,13 +429,14 @@ def autotune(
         raise SteeringSpecError(f"give coefficients with the sign of direction={direction:+d}")
     select, held = split_halves(data, seed)
     sets = _layer_sets(vector, layer_sets)
-    ray_options: dict[str, Any] = {"workers": workers, "ray_address": ray_address}
-    grids = _grids(objective.evaluation, lm, vector, select, sets, coefs, progress=progress, **ray_options, **kwargs)
+    grids = _grids(
+        objective.evaluation, lm, vector, select, sets, coefs, progress=progress, executor=executor, **kwargs
+    )
     effect = grids[objective.effect]
     if objective.cost is None:
         cost = objective.own_costs(grids, coefs)
     else:
-        cost = _grids(objective.cost, lm, vector, cost_texts or [], sets, coefs, progress=progress, **ray_options)[
+        cost = _grids(objective.cost, lm, vector, cost_texts or [], sets, coefs, progress=progress, executor=executor)[
             objective.cost_metric
         ]
     bi, bj = _choose(effect, cost, coefs, budget)

@@ -2,8 +2,14 @@
 
 Two kinds of steering can be written into weights *exactly*:
 
-* **Constant addition** — :class:`~steerlab.core.steering.Steering` with ``operator="add"`` and
-  ``positions="all"`` (one direction per layer, any number of them composed). ``c·v`` at layer
+Which one a steering is, its operator says (:meth:`~steerlab.core.operators.Operator.fixed_form`),
+so an operator added with :func:`~steerlab.core.operators.register_operator` bakes when it declares
+one of the two forms, and is refused with its own reason when it does not.
+
+* **Constant addition** — :class:`~steerlab.core.steering.Steering` with ``operator="add"`` (or any
+  operator whose fixed form is a :class:`~steerlab.core.operators.ConstantAddition` ``s·v``: the
+  bias is then ``s·v``) and ``positions="all"`` (one direction per layer, any number of them
+  composed). ``c·v`` at layer
   ``k`` becomes an output bias of block ``k``'s *last* projection that writes to the residual
   stream (the MLP down projection: llama ``mlp.down_proj``, gpt2 ``mlp.c_proj``, gpt_neox
   ``mlp.dense_4h_to_h``, opt ``fc2``...). That projection's output is the last thing added to the
@@ -12,7 +18,8 @@ Two kinds of steering can be written into weights *exactly*:
   OPT ``enable_bias=True``; the other biases this switches on are zero). Qwen2 and Mistral (without
   a sliding window) have no such switch and are written as the equivalent Llama checkpoint
   (``attention_bias=True`` carries Qwen2's q/k/v biases, ``mlp_bias=True`` the steering).
-* **Directional ablation** — ``operator="ablate"``, coefficient 1, positions ``"all"``, the same
+* **Directional ablation** — ``operator="ablate"`` (a
+  :class:`~steerlab.core.operators.DirectionRemoval`), coefficient 1, positions ``"all"``, the same
   direction ``u`` at every layer ``0..n-1``: ``u`` is projected out of every matrix that writes to
   the residual stream (token and learned positional embeddings, each block's attention output and
   MLP output projections, and their biases), so the stream is orthogonal to ``u`` everywhere. A
@@ -29,8 +36,8 @@ Two kinds of steering can be written into weights *exactly*:
   coefficient as given.
 
 Everything else is refused with a :class:`BakeError` that says why: positions other than
-``"all"`` (weights cannot know where the prompt ends), token-wise vectors, ``clamp`` and
-``add_norm_preserving`` (they depend on the activation), and architectures where a bias is not a
+``"all"`` (weights cannot know where the prompt ends), token-wise vectors, operators without a
+fixed form (``clamp`` and ``add_norm_preserving`` depend on the activation), and architectures where a bias is not a
 plain addition (Gemma 2/3 normalise the MLP output after the down projection) or that steerlab has
 not verified.
 
@@ -58,10 +65,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from ..core.operators import ConstantAddition, DirectionRemoval, FixedForm
 from ..core.steering import Composite, Steering, SteeringLike, compose
 from ..errors import SteeringError, UnsupportedArchitectureError
 from ..files import atomic_folder
@@ -145,13 +153,16 @@ BAKE_SPECS: dict[str, BakeSpec] = {
 class BakePlan:
     """What :func:`bake` will write, worked out (and validated) from a steering."""
 
-    mode: str
-    """``"add"`` or ``"ablate"``."""
+    mode: Literal["add", "ablate"]
+    """``"add"`` (every operator's fixed form is a :class:`~steerlab.core.operators.ConstantAddition`:
+    a bias) or ``"ablate"`` (one :class:`~steerlab.core.operators.DirectionRemoval`: orthogonalised
+    weights)."""
     deltas: dict[int, torch.Tensor] = field(default_factory=dict)
     """add: ``{layer: c·v summed over the steerings}`` (float32, CPU)."""
     direction: torch.Tensor | None = None
     """ablate: the unit direction (float32, CPU)."""
     coefficient: float = 1.0
+    """ablate: the fraction of the projection removed."""
     approximate: bool = False
     steerings: tuple[Steering, ...] = ()
 
@@ -168,6 +179,7 @@ class BakePlan:
                     "layers": list(s.active_layers),
                     "coefficient": s.coefficient,
                     "operator": s.operator,
+                    **({"operator_parameters": s.op.parameters()} if s.op.parameters() else {}),
                     "positions": s.where,
                 }
                 for s in self.steerings
@@ -210,23 +222,20 @@ def plan(lm: LM, steering: SteeringLike | Sequence[SteeringLike], approximate: b
                 "can be baked (the weights cannot know where a prompt ends); steer at runtime for "
                 "'prompt', 'generated' or windows"
             )
-        if s.op.bake_mode is None:
-            raise BakeError(
-                f"operator={s.operator!r}: {s.op.bake_refusal}; only 'add' (as a bias) and 'ablate' "
-                "(as orthogonalised weights) can be baked"
-            )
-    ops = {s.op.bake_mode for s in items}
-    if ops == {"add"}:
+    forms = [(s, _form(s)) for s in items]
+    additions = [(s, f) for s, f in forms if isinstance(f, ConstantAddition)]
+    removals = [(s, f) for s, f in forms if isinstance(f, DirectionRemoval)]
+    if not removals:
         _spec(lm, "add")
         deltas: dict[int, torch.Tensor] = {}
-        for s in items:
+        for s, form in additions:
             if s.is_noop:
                 continue
             for layer in s.active_layers:
-                v = s.coefficient * s.vector.directions[layer].to(torch.float32)
+                v = form.scale * s.vector.directions[layer].to(torch.float32)
                 deltas[layer] = deltas[layer] + v if layer in deltas else v
         return BakePlan("add", deltas=deltas, steerings=tuple(items))
-    if len(ops) > 1:
+    if additions:
         raise BakeError(
             "cannot bake additions and ablations together (a bias and orthogonalised weights do not "
             "compose in the order steering applies them); bake one kind"
@@ -234,10 +243,22 @@ def plan(lm: LM, steering: SteeringLike | Sequence[SteeringLike], approximate: b
     _spec(lm, "ablate")
     if len(items) > 1:
         raise BakeError("bake one ablation at a time (compose several directions into one vector first)")
-    return _plan_ablation(lm, items[0], approximate)
+    return _plan_ablation(lm, *removals[0], approximate)
 
 
-def _plan_ablation(lm: LM, s: Steering, approximate: bool) -> BakePlan:
+def _form(s: Steering) -> FixedForm:
+    """What ``s``'s operator is as a fixed change (a bias or orthogonalised weights), or the
+    operator's own reason why it is none."""
+    form = s.op.fixed_form(s.coefficient)
+    if form is None:
+        raise BakeError(
+            f"operator={s.operator!r}: {s.op.refusal}; only constant additions (as a bias: 'add') and "
+            "direction removals (as orthogonalised weights: 'ablate') can be baked"
+        )
+    return form
+
+
+def _plan_ablation(lm: LM, s: Steering, form: DirectionRemoval, approximate: bool) -> BakePlan:
     units = []
     for layer in s.active_layers:
         v = s.vector.directions[layer].to(torch.float32)
@@ -261,10 +282,10 @@ def _plan_ablation(lm: LM, s: Steering, approximate: bool) -> BakePlan:
             f"its layers point in different directions (1 - |cos| up to {worst:.2g}); one set of "
             "weights can remove only one direction everywhere"
         )
-    if s.coefficient != 1.0:
+    if form.fraction != 1.0:
         problems.append(
-            f"coefficient={s.coefficient} removes only part of the projection at each layer, which "
-            "compounds over layers at runtime but not in the weights (use coefficient 1)"
+            f"coefficient={s.coefficient} removes only part ({form.fraction:g}) of the projection at each layer, "
+            "which compounds over layers at runtime but not in the weights (use coefficient 1)"
         )
     if problems and not approximate:
         raise BakeError(
@@ -274,11 +295,11 @@ def _plan_ablation(lm: LM, s: Steering, approximate: bool) -> BakePlan:
             "the mean direction of its layers with this coefficient instead"
         )
     return BakePlan(
-        "ablate", direction=direction, coefficient=s.coefficient, approximate=bool(problems), steerings=(s,)
+        "ablate", direction=direction, coefficient=form.fraction, approximate=bool(problems), steerings=(s,)
     )
 
 
-def _spec(lm: LM, mode: str) -> BakeSpec:
+def _spec(lm: LM, mode: Literal["add", "ablate"]) -> BakeSpec:
     model_type = lm.model_type
     spec = BAKE_SPECS.get(model_type)
     arch = ARCHITECTURES.get(model_type)

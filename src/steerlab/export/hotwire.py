@@ -12,7 +12,9 @@ So :func:`write` saves a ``{"directions": (n_layers, d_model) float32, "steerlab
 dict (rows of layers the vector lacks are zero; the config lets :func:`read` give the vector back
 and lets the server check an export is current), and :func:`request_spec` turns a steering into
 one entry per layer. What hotwire cannot do is refused (:class:`PluginUnsupported`): operators
-other than ``add``, token-wise vectors, positions other than ``"all"`` and ``"generated"``
+that are no constant addition (the operator says,
+:meth:`~steerlab.core.operators.Operator.fixed_form`; a registered one that adds ``s·v`` goes with
+``scale`` ``s``), token-wise vectors, positions other than ``"all"`` and ``"generated"``
 (``decode_only``), and two steerings on one layer (hotwire keeps one vector per layer and token:
 the last entry wins).
 
@@ -40,7 +42,7 @@ from ..core.steering import Steering, SteeringLike
 from ..core.vector import SteeringVector, checked_config
 from ..errors import InvalidVectorError, LayerRangeError, VectorFileError
 from ..files import atomic_file
-from .common import PluginUnsupported, steerings_of
+from .common import PluginUnsupported, constant_addition, steerings_of
 
 PLUGIN = "hotwire"
 XARG = "hotwire"
@@ -179,7 +181,7 @@ def request_spec(steering: SteeringLike | None, name_of: Callable[[SteeringVecto
     out: list[dict[str, Any]] = []
     owner: dict[int, int] = {}
     for i, s in enumerate(steerings_of(steering)):
-        _check(i, s)
+        scale = _check(i, s)
         if s.is_noop:
             continue  # a zero coefficient would still take a slot of hotwire's fixed bank
         vid = name_of(s.vector)
@@ -194,18 +196,20 @@ def request_spec(steering: SteeringLike | None, name_of: Callable[[SteeringVecto
                     "layer_conflict",
                 )
             owner[k] = i
-            entry: dict[str, Any] = {"id": vid, "layer": int(k), "scale": float(s.coefficient)}
+            entry: dict[str, Any] = {"id": vid, "layer": int(k), "scale": float(scale)}
             if s.where == "generated":
                 entry["decode_only"] = True
             out.append(entry)
     return out
 
 
-def _check(i: int, s: Steering) -> None:
-    if s.op.name != "add":
+def _check(i: int, s: Steering) -> float:
+    """The scale ``s`` adds its vector with, or why hotwire cannot steer with it."""
+    form = constant_addition(s.op, s.coefficient)
+    if isinstance(form, str):
         raise PluginUnsupported(
-            f"hotwire only adds vectors; operator={s.op.name!r} is not available with this "
-            "engine (use the transformers engine)",
+            f"hotwire only adds vectors; operator={s.op.name!r} is not available with this engine: {form} "
+            "(use the transformers engine)",
             PLUGIN,
             i,
         )
@@ -227,6 +231,7 @@ def _check(i: int, s: Steering) -> None:
             i,
             "unsupported_positions",
         )
+    return form.scale
 
 
 def xargs(spec: list[dict[str, Any]]) -> dict[str, str]:

@@ -26,8 +26,11 @@ tokens (``tests/test_vllm.py`` runs the plugin's own module and shows each). So:
 * ``"prompt"``, ``"generated"``, windows and token-wise (ActAdd) vectors are refused
   (:class:`~steerlab.export.PluginUnsupported`, saying why) — for ``"generated"`` use hotwire,
   for the others the transformers engine; a token-wise vector's ``token_mean()`` is a plain one;
-* only ``operator="add"``; conditional steering (CAST) is refused. vllm-lens's ``norm_match`` is
-  not steerlab's ``add_norm_preserving`` and is never used.
+* only operators that are a constant addition (``"add"``, or any operator whose
+  :meth:`~steerlab.core.operators.Operator.fixed_form` is a
+  :class:`~steerlab.core.operators.ConstantAddition` ``s·v``: ``scale`` is then ``s``); the others
+  are refused with the operator's own reason. Conditional steering (CAST) is refused. vllm-lens's
+  ``norm_match`` is not steerlab's ``add_norm_preserving`` and is never used.
 
 Tensors are written uncompressed (vllm-lens reads a ``compression`` key only when it says
 ``"zstd"``); files it wrote with zstd compression are read when the ``zstandard`` package is
@@ -58,7 +61,7 @@ from ..core.steering import Steering, SteeringLike
 from ..core.vector import SteeringVector
 from ..errors import InvalidVectorError, VectorFileError
 from ..files import atomic_file
-from .common import PluginUnsupported, steerings_of
+from .common import PluginUnsupported, constant_addition, steerings_of
 
 PLUGIN = "vllm-lens"
 XARG = "apply_steering_vectors"
@@ -217,7 +220,7 @@ def steering_payload(steering: SteeringLike | None) -> list[dict[str, Any]]:
         steering: the request's steering (validated as for the transformers engine).
 
     Raises:
-        PluginUnsupported: an operator other than ``add``, a condition, positions other than
+        PluginUnsupported: an operator that is no constant addition, a condition, positions other than
             ``"all"`` or a token-wise vector (vllm-lens 1.3.0 places them wrongly, see
             :data:`POSITIONS_WHY`).
     """
@@ -230,10 +233,11 @@ def steering_payload(steering: SteeringLike | None) -> list[dict[str, Any]]:
 
 
 def _steering_entry(i: int, s: Steering) -> dict[str, Any] | None:
-    if s.op.name != "add":
+    form = constant_addition(s.op, s.coefficient)
+    if isinstance(form, str):
         raise PluginUnsupported(
-            f"vllm-lens only adds vectors; operator={s.op.name!r} is not available with this "
-            "engine (use the transformers engine)",
+            f"vllm-lens only adds vectors; operator={s.op.name!r} is not available with this engine: {form} "
+            "(use the transformers engine)",
             PLUGIN,
             i,
         )
@@ -253,7 +257,7 @@ def _steering_entry(i: int, s: Steering) -> dict[str, Any] | None:
     if s.is_noop:
         return None
     layers = list(s.active_layers)
-    return _entry(torch.stack([s.vector.directions[k] for k in layers]), layers, s.coefficient)
+    return _entry(torch.stack([s.vector.directions[k] for k in layers]), layers, form.scale)
 
 
 def _tokenwise(i: int | None) -> PluginUnsupported:

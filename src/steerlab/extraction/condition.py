@@ -25,7 +25,7 @@ from ..core.vector import SteeringVector
 from ..errors import DatasetError
 from ..models.load import LM
 from .capture import capture, check_layers
-from .extract import check_found
+from .run import check_found
 
 
 @dataclass

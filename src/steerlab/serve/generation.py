@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from ..core.condition import Condition
+from ..core.operators import get_operator
 from ..core.steering import Composite, Steering, compose
 from ..errors import SteeringError
 from .batcher import Delta, Done, Failed, GenParams, Job
@@ -58,8 +59,9 @@ def _steering_entry(server: Server, i: int, e: SteeringEntry) -> Steering:
             )
     condition = None if e.condition is None else _condition(server, param, e.condition, e.threshold)
     try:
+        operator = get_operator(e.operator).with_parameters(e.operator_parameters or {})
         return Steering(
-            sv.vector, e.coefficient, layers=layers, positions=e.positions, operator=e.operator, condition=condition
+            sv.vector, e.coefficient, layers=layers, positions=e.positions, operator=operator, condition=condition
         )
     except SteeringError as exc:
         raise APIError(400, f"{param}: {exc}", code="invalid_steering", param=param) from None

@@ -86,7 +86,11 @@ class SteeringEntry(BaseModel):
         positions: ``"all"``, ``"prompt"``, ``"generated"`` or a token window ``[start, end]``
             (``end`` may be ``null``: to the end); leave it unset for a token-wise (ActAdd) vector,
             which is added front-aligned at each prompt's first tokens.
-        operator: ``"add"`` (default), ``"ablate"``, ``"clamp"`` or ``"add_norm_preserving"``.
+        operator: ``"add"`` (default), ``"ablate"``, ``"clamp"``, ``"add_norm_preserving"`` or any
+            operator registered with :func:`~steerlab.core.operators.register_operator` (the names of
+            :data:`~steerlab.core.operators.OPERATORS` when the request arrives).
+        operator_parameters: the operator's own parameters (``{"name": number}``), for an operator
+            that declares some (:meth:`~steerlab.core.operators.Operator.parameters`).
         condition: name of a condition in the store (CAST, saved by ``steerlab condition``): the
             vector acts only on rows whose prompt matches it, on their generated tokens
             (``positions`` must be unset or ``"generated"``).
@@ -99,7 +103,8 @@ class SteeringEntry(BaseModel):
     coefficient: float = 1.0
     layers: list[int] | None = Field(default=None, max_length=1024)
     positions: Literal["all", "prompt", "generated"] | tuple[Position, Position | None] | None = None
-    operator: Literal["add", "ablate", "clamp", "add_norm_preserving"] = "add"
+    operator: str = Field(default="add", min_length=1, max_length=100)
+    operator_parameters: dict[str, float] | None = Field(default=None, max_length=32)
     condition: str | None = Field(default=None, min_length=1, max_length=200)
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
 
@@ -108,6 +113,15 @@ class SteeringEntry(BaseModel):
         if self.threshold is not None and self.condition is None:
             raise ValueError("threshold goes with condition: name a condition of the store")
         return self
+
+    @field_validator("operator")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from ..core.operators import OPERATORS  # the registry as it is now (torch only when a request comes)
+
+        if value not in OPERATORS:
+            raise ValueError(f"operator {value!r} is not registered: use one of {', '.join(OPERATORS)}")
+        return value
 
     @field_validator("positions", mode="before")
     @classmethod

@@ -1,118 +1,72 @@
 """Registry of vector-extraction methods: a new method is one small module that calls
 :func:`register`.
 
-A method turns the activations of positive and negative examples at one layer into a direction:
-``fit(pos [N, d], neg [N, d]) -> [d]``. Token-wise methods (ActAdd) get ``[n_tokens, d]`` arrays
-of a single pair and return ``[n_tokens, d]``.
+Every method is a :class:`Method`: a name, a one-line summary, and ``extract(run, data)`` — the
+method runs its own path on what :func:`steerlab.extract` hands it (the model, the layers and the
+options, :class:`~steerlab.extraction.run.ExtractRun`). There are two kinds:
 
-A **streaming** method also gives an :class:`Accumulator` factory: capture then feeds it batch by
-batch (``update``), memory stays ``O(layers × d)``, a run resumes from its saved state
-(``state_dict``), shards computed apart combine exactly (``merge``), and ``finalize`` gives the
-direction. :func:`steerlab.extract` uses the accumulator of a streaming method and never assumes
-what it computes.
-
-A **trained** method (``bipo``, ``reps``) needs the model itself, not activations: it gives a
-``trainer(lm, data, layers, **options) -> SteeringVector`` that :func:`steerlab.extract` hands the
-whole job to (see :mod:`steerlab.extraction.train`).
+* a **read-out** method (:class:`~steerlab.extraction.readout.ReadOutMethod`: ``mean_diff``,
+  ``pca_diff``, ``pca_center``, ``probe``, ``actadd``) fits a direction to the activations of
+  positive and negative examples at each layer: ``fit(pos [N, d], neg [N, d]) -> [d]``
+  (token-wise methods, ActAdd, get ``[n_tokens, d]`` of a single pair). A *streaming* one also
+  gives an :class:`~steerlab.extraction.accumulate.Accumulator` factory: capture feeds it batch by
+  batch (``update``), memory stays ``O(layers × d)``, a run resumes from its saved state
+  (``state_dict``), shards computed apart combine exactly (``merge``), and ``finalize`` gives the
+  direction;
+* a **trained** method (:class:`~steerlab.extraction.trained.TrainedMethod`: ``bipo``, ``reps``)
+  trains its vector with the model itself (:mod:`steerlab.extraction.train`); it has no ``fit``.
 
 Example:
     >>> import torch
     >>> get_method("mean_diff").fit(torch.ones(2, 3), torch.zeros(2, 3))
     tensor([1., 1., 1.])
+    >>> [get_method(name).trained for name in ("mean_diff", "bipo")]
+    [False, True]
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import torch
 
+from ...core.vector import SteeringVector
 from ...errors import DatasetError
+from ..accumulate import Accumulator
+from ..readout import ReadOutMethod
+from ..run import ExtractData, ExtractRun
+from ..trained import TrainedMethod
 
 
-class Accumulator(ABC):
-    """The running state of a streaming method at one layer.
+class Method(Protocol):
+    """One extraction method: what :func:`steerlab.extract` and the registry know of it."""
 
-    Example:
-        >>> acc = get_method("mean_diff").accumulator(2)
-        >>> acc.update(torch.tensor([[2.0, 0.0], [0.0, 0.0]]), torch.tensor([True, False]))
-        >>> acc.finalize()
-        tensor([2., 0.])
-    """
+    @property
+    def name(self) -> str:
+        """The registry name."""
+        ...
 
-    @abstractmethod
-    def update(self, acts: torch.Tensor, positive: torch.Tensor) -> None:
-        """Add a batch: ``acts [n, d]`` with ``positive [n]`` True for positive texts."""
-
-    @abstractmethod
-    def merge(self, other: Accumulator) -> None:
-        """Add what another accumulator of the same method saw (a shard computed elsewhere)."""
-
-    @abstractmethod
-    def finalize(self) -> torch.Tensor:
-        """The direction ``[d]``."""
-
-    @abstractmethod
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors that :meth:`load_state_dict` restores exactly (for checkpoints)."""
-
-    @abstractmethod
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore the state saved by :meth:`state_dict`."""
-
-    def seen(self) -> int | None:
-        """How many texts it was fed (``None``: it does not count); a resumed checkpoint is
-        checked against it."""
-        return None
-
-
-@dataclass(frozen=True)
-class Method:
-    """One extraction method.
-
-    Attributes:
-        name: the registry name.
-        fit: ``fit(pos, neg) -> direction`` on all read activations of one layer.
-        summary: one line for listings.
-        tokenwise: one pair, one row per token (ActAdd).
-        min_pairs: fewest pairs it works with.
-        accumulator: for streaming methods, ``accumulator(d_model)`` makes an empty
-            :class:`Accumulator` (its ``finalize`` must equal ``fit`` on the same data).
-        trainer: for trained methods, ``trainer(lm, data, layers, **options)`` returns the
-            :class:`~steerlab.core.vector.SteeringVector` (``fit`` is then never called).
-        diagnose: optional ``diagnose(pos, neg, direction) -> dict`` (JSON-ready) describing a
-            fitted layer, e.g. how sure its sign is; :func:`steerlab.extract` stores it in the
-            vector's ``meta["per_layer"][str(layer)]`` (non-streaming methods).
-    """
-
-    name: str
-    fit: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    summary: str
-    tokenwise: bool = False
-    min_pairs: int = 1
-    accumulator: Callable[[int], Accumulator] | None = None
-    trainer: Callable[..., Any] | None = None
-    diagnose: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, Any]] | None = None
+    @property
+    def summary(self) -> str:
+        """One line for listings."""
+        ...
 
     @property
     def trained(self) -> bool:
-        """Whether the method trains a vector with the model (and needs no activations)."""
-        return self.trainer is not None
+        """Whether it trains its vector with the model (and reads no activations)."""
+        ...
 
-    @property
-    def streaming(self) -> bool:
-        """Whether capture can stream into an :class:`Accumulator` (memory ``O(layers × d)``)."""
-        return self.accumulator is not None
+    def extract(self, run: ExtractRun, data: ExtractData) -> SteeringVector:
+        """The method's vector from ``data`` on ``run.lm`` at ``run.layers`` (its own path)."""
+        ...
 
 
 REGISTRY: dict[str, Method] = {}
 
 
 def register(method: Method, replace: bool = False) -> Method:
-    """Add ``method`` to the registry.
+    """Add ``method`` (a :class:`~steerlab.extraction.readout.ReadOutMethod`, a
+    :class:`~steerlab.extraction.trained.TrainedMethod` or any :class:`Method`) to the registry.
 
     Raises:
         DatasetError: a method of that name exists and ``replace`` is False.
@@ -157,4 +111,14 @@ def center_on_midpoints(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Ten
 
 from . import actadd, bipo, mean_diff, pca, probe, reps  # noqa: E402,F401  (registration side effects)
 
-__all__ = ["REGISTRY", "Accumulator", "Method", "center_on_midpoints", "get_method", "register", "scale_to_pairs"]
+__all__ = [
+    "REGISTRY",
+    "Accumulator",
+    "Method",
+    "ReadOutMethod",
+    "TrainedMethod",
+    "center_on_midpoints",
+    "get_method",
+    "register",
+    "scale_to_pairs",
+]

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from . import Method, register
+from ..readout import ReadOutMethod
+from . import register
 
 
 def fit(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -22,4 +23,4 @@ def fit(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     return pos - neg
 
 
-register(Method("actadd", fit, "one prompt pair, whole activation, front-aligned (ActAdd)", tokenwise=True))
+register(ReadOutMethod("actadd", fit, "one prompt pair, whole activation, front-aligned (ActAdd)", tokenwise=True))

@@ -13,15 +13,14 @@ Example:
 
 from __future__ import annotations
 
-from . import Method, register
-from ._trained import needs_model, trainer
+from ..trained import TrainedMethod
+from . import register
 
 register(
-    Method(
+    TrainedMethod(
         "bipo",
-        needs_model,
         "trained: bi-directional preference optimisation (DPO vs the unsteered model, ±v)",
+        objective="bipo",
         min_pairs=1,
-        trainer=trainer("bipo"),
     )
 )

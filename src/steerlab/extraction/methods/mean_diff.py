@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from . import Accumulator, Method, register
+from ..accumulate import Accumulator
+from ..readout import ReadOutMethod
+from . import register
 
 
 def fit(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -51,4 +53,6 @@ class MeanDiffAccumulator(Accumulator):
         return int(self.counts.sum())
 
 
-register(Method("mean_diff", fit, "mean of positive − negative activations (CAA)", accumulator=MeanDiffAccumulator))
+register(
+    ReadOutMethod("mean_diff", fit, "mean of positive − negative activations (CAA)", accumulator=MeanDiffAccumulator)
+)

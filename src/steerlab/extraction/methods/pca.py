@@ -49,7 +49,8 @@ import torch
 from sklearn.decomposition import PCA
 
 from ...errors import DatasetError, SteeringSpecError
-from . import Method, center_on_midpoints, register
+from ..readout import ReadOutMethod
+from . import center_on_midpoints, register
 
 RULE = "majority"
 """The orientation rule steerlab uses for ``pca_diff`` / ``pca_center``."""
@@ -170,10 +171,12 @@ def reorient(vector: Any, rule: str) -> Any:
 
 
 register(
-    Method("pca_diff", fit_pca_diff, "first PC of pair differences (RepE/repeng)", min_pairs=2, diagnose=orientation)
+    ReadOutMethod(
+        "pca_diff", fit_pca_diff, "first PC of pair differences (RepE/repeng)", min_pairs=2, diagnose=orientation
+    )
 )
 register(
-    Method(
+    ReadOutMethod(
         "pca_center", fit_pca_center, "first PC of pair-centred activations (repeng)", min_pairs=2, diagnose=orientation
     )
 )

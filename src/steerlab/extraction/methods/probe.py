@@ -14,7 +14,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from ...errors import DatasetError
-from . import Method, register, scale_to_pairs
+from ..readout import ReadOutMethod
+from . import register, scale_to_pairs
 
 
 def fit(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -29,4 +30,4 @@ def fit(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     return scale_to_pairs(weights, pos, neg)
 
 
-register(Method("probe", fit, "logistic-regression probe direction", min_pairs=2))
+register(ReadOutMethod("probe", fit, "logistic-regression probe direction", min_pairs=2))

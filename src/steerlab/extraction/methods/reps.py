@@ -12,15 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from . import Method, register
-from ._trained import needs_model, trainer
+from ..trained import TrainedMethod
+from . import register
 
-register(
-    Method(
-        "reps",
-        needs_model,
-        "trained: reference-free preference steering (RePS, ±v)",
-        min_pairs=1,
-        trainer=trainer("reps"),
-    )
-)
+register(TrainedMethod("reps", "trained: reference-free preference steering (RePS, ±v)", objective="reps", min_pairs=1))

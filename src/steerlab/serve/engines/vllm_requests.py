@@ -7,7 +7,7 @@ plugin's fields, and what the plugin cannot do is refused (:class:`PluginUnsuppo
 ============================  ===========================  ===========================
 steerlab                      vllm-lens                    hotwire
 ============================  ===========================  ===========================
-``operator="add"``            yes                          yes
+constant additions (*add*)     yes                          yes
 other operators               refused                      refused
 ``positions="all"``           yes (2-D vector)             yes
 ``positions="generated"``     refused (*)                  yes (``decode_only``)
@@ -15,6 +15,9 @@ other operators               refused                      refused
 token-wise (ActAdd) vectors   refused (*)                  refused
 several vectors               summed                       one per layer, else refused
 ============================  ===========================  ===========================
+
+An operator is a constant addition when its ``fixed_form`` says so (``"add"``, or a registered
+operator that adds ``s·v``); the others are refused with the operator's own reason.
 
 (*) vllm-lens 1.3.0 counts every decode step from position 0 under vLLM >= 0.30
 (:data:`steerlab.export.vllm_lens.POSITIONS_WHY`), so its position-specific steering lands on the

@@ -1,7 +1,9 @@
-"""Sharded extraction: contrast pairs split into index ranges, each read on its own, merged exactly.
+"""Sharded read-out: contrast pairs split into index ranges, each read on its own, merged exactly.
 
-A shard is a range of pair indices of a :class:`~steerlab.data.sources.PairSource`. Each is read where it
-runs (a Ray actor, or this process): its texts are rendered with that process's model and captured.
+A shard is a range of pair indices of a :class:`~steerlab.data.sources.PairSource`. Each is a job of
+the run's :class:`~steerlab.executor.Executor` (this process by default; Ray actors with
+``steerlab.distributed.RayExecutor``) and is read where it runs: its texts are rendered with that
+process's model and captured.
 
 * A **streaming** method (``mean_diff``) feeds the shard into fresh accumulators and returns their
   states; the driver merges a shard's state only once the shard completed, so a shard that is
@@ -12,7 +14,8 @@ runs (a Ray actor, or this process): its texts are rendered with that process's 
   activations; the driver puts them back in pair order and fits once.
 
 Example:
-    >>> vec = extract_sharded(lm, open_pairs("pairs.jsonl"), "mean_diff", range(8, 20), workers=4)  # doctest: +SKIP
+    >>> run = ExtractRun(lm, [8, 9, 10], executor=RayExecutor(workers=4))  # doctest: +SKIP
+    >>> vec = extract_sharded(run, get_method("mean_diff"), open_pairs("pairs.jsonl"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -22,29 +25,56 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import torch
 
 from ..core.vector import SteeringVector
-from ..data.pairs import ContrastPair, DataHash, pair_texts
+from ..data.pairs import DataHash, pair_texts
 from ..data.sources import ListPairs, PairSource, open_pairs
-from ..errors import CheckpointError, DatasetError, ModelMismatchError, SteeringError
-from ..extraction.capture import capture, check_layers, pair_names
-from ..extraction.extract import check_found, check_seen, load_accumulators, state_shapes
-from ..extraction.methods import Accumulator, Method, get_method
+from ..errors import CheckpointError, DatasetError, ModelMismatchError
+from ..executor import LocalExecutor
 from ..files import read_checkpoint, write_checkpoint
 from ..models.load import LM
 from ..progress import track
-from .cluster import actor_pool, check_workers, died, ray_errors
+from .accumulate import Accumulator, accumulate, check_seen, load_accumulators, state_shapes
+from .capture import capture, pair_names
+from .run import ExtractData, ExtractRun
 
-log = logging.getLogger("steerlab.distributed")
+log = logging.getLogger(__name__)
 
 MAX_SHARD_PAIRS = 2048
 """Largest default shard (pairs): bounds a shard's memory and the work a crash loses."""
+
+
+class ReadOut(Protocol):
+    """What sharding needs of a read-out method (:class:`~steerlab.extraction.readout.ReadOutMethod`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def min_pairs(self) -> int: ...
+
+    @property
+    def fit(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]: ...
+
+    @property
+    def accumulator(self) -> Callable[[int], Accumulator] | None: ...
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """What every shard of one run reads alike (sent once to each worker)."""
+
+    method: ReadOut
+    layers: list[int]
+    batch_size: int
+    share_prefix: bool
+    model_id: str
 
 
 @dataclass(frozen=True)
@@ -55,11 +85,6 @@ class ShardJob:
     source: PairSource
     start: int
     stop: int
-    method: Method
-    layers: list[int]
-    batch_size: int
-    share_prefix: bool
-    model_id: str
     checkpoint: str | None = None
     first: int = 0
     """The index of the shard's first pair in the whole data (names pairs in errors)."""
@@ -77,41 +102,41 @@ class ShardResult:
     resumed_batches: int = 0
 
 
-def run_shard(lm: LM, job: ShardJob) -> ShardResult:
-    """Read one shard with ``lm`` (in a Ray actor or in this process)."""
-    from ..extraction.extract import accumulate
-
-    if lm.model_id != job.model_id:
+def run_shard(lm: LM, plan: ShardPlan, job: ShardJob) -> ShardResult:
+    """Read one shard with ``lm`` (an executor's task: in a worker or in this process)."""
+    if lm.model_id != plan.model_id:
         raise ModelMismatchError(
-            f"a worker loaded {lm.model_id!r} but the extraction is for {job.model_id!r}: "
+            f"a worker loaded {lm.model_id!r} but the extraction is for {plan.model_id!r}: "
             "give every node the same model"
         )
     pairs = list(job.source.pairs(job.start, job.stop))
     texts, reads = pair_texts(lm, pairs)
     names = pair_names(job.first)
-    if not job.method.streaming:
+    make = plan.method.accumulator
+    if make is None:
         acts = capture(
             lm,
             texts,
-            job.layers,
+            plan.layers,
             reads,
-            batch_size=job.batch_size,
+            batch_size=plan.batch_size,
             progress=False,
-            share_prefix=job.share_prefix,
+            share_prefix=plan.share_prefix,
             names=names,
         )
         return ShardResult(job.index, len(pairs), acts=acts)
     resumed = _saved_batches(job.checkpoint)
     accs = accumulate(
         lm,
-        job.method,
+        plan.method.name,
+        make,
         texts,
         reads,
-        job.layers,
-        batch_size=job.batch_size,
+        plan.layers,
+        batch_size=plan.batch_size,
         progress=False,
         checkpoint=job.checkpoint,
-        share_prefix=job.share_prefix,
+        share_prefix=plan.share_prefix,
         names=names,
     )
     states = {k: acc.state_dict() for k, acc in accs.items()}
@@ -120,7 +145,7 @@ def run_shard(lm: LM, job: ShardJob) -> ShardResult:
 
 def _saved_batches(checkpoint: str | None) -> int:
     """The batches a shard checkpoint says it holds, for the log (0 when unreadable: the shard's
-    :func:`~steerlab.extraction.extract.accumulate` checks the file and refuses a bad one)."""
+    :func:`~steerlab.extraction.accumulate.accumulate` checks the file and refuses a bad one)."""
     if checkpoint is None or not Path(checkpoint).is_file():
         return 0
     from safetensors import safe_open
@@ -177,7 +202,7 @@ class _Merged:
 
     def __init__(
         self,
-        method: Method,
+        method: ReadOut,
         layers: list[int],
         d_model: int,
         ranges: list[tuple[int, int]],
@@ -187,7 +212,7 @@ class _Merged:
         self.method, self.layers, self.d_model, self.key = method, layers, d_model, key
         self.ranges = ranges
         n_shards = len(ranges)
-        self.path = Path(checkpoint) if checkpoint is not None and method.streaming else None
+        self.path = Path(checkpoint) if checkpoint is not None and method.accumulator is not None else None
         self.accs: dict[int, Accumulator] = {}
         if method.accumulator is not None:
             self.accs = {k: method.accumulator(d_model) for k in layers}
@@ -283,114 +308,56 @@ def _window(source: PairSource, start: int, stop: int) -> tuple[PairSource, int,
     return source, start, stop
 
 
-def _results(lm: LM, jobs: list[ShardJob], workers: int | None, ray_address: str | None) -> Iterator[ShardResult]:
-    """Shard results as they complete: on Ray actors, or one after another here."""
-    if workers is None:
-        for job in jobs:
-            yield run_shard(lm, job)
-        return
-    pool = actor_pool(lm, workers, ray_address)
-    from ray.exceptions import RayTaskError
-
-    try:
-        yield from pool.map_unordered(lambda actor, job: actor.extract_shard.remote(job), jobs)
-    except ray_errors() as exc:
-        raise died(exc) from exc
-    except RayTaskError as exc:  # a shard refused its input: the worker's own error, not Ray's traceback of it
-        if isinstance(exc.cause, SteeringError):
-            raise exc.cause from None
-        raise
-
-
 def extract_sharded(
-    lm: LM,
-    pairs: Sequence[ContrastPair] | PairSource | Any,
-    method: str = "mean_diff",
-    layers: Sequence[int] | range | int | None = None,
-    *,
-    batch_size: int = 32,
-    progress: bool | None = None,
-    checkpoint: str | os.PathLike[str] | None = None,
-    share_prefix: bool = True,
-    workers: int | None = None,
-    ray_address: str | None = None,
-    shard_size: int | None = None,
+    run: ExtractRun, method: ReadOut, data: ExtractData, shard_size: int | None = None
 ) -> SteeringVector:
-    """:func:`steerlab.extract` over shards of the pairs: on ``workers`` Ray actors, or (``workers``
-    None) one shard after another in this process, never holding all pairs.
+    """``method`` read over shards of ``data``, each a job of ``run.executor`` (default: this
+    process, one shard after another, never holding all pairs).
 
     Args:
-        lm: the model; workers load the same one by name (``lm.spec``).
-        pairs: a :class:`~steerlab.data.sources.PairSource`, a list of pairs, or anything
+        run: the model (workers load the same one by name, ``lm.spec``), layers and options;
+            ``run.checkpoint``, for streaming methods: the driver's merged state (``checkpoint``)
+            and each shard's running state (``checkpoint.shard-i``); on a cluster, a path every
+            node can reach.
+        method: a read-out method (not token-wise).
+        data: a :class:`~steerlab.data.sources.PairSource`, a list of pairs, or anything
             :func:`~steerlab.data.sources.open_pairs` reads (a file, a dataset).
-        method, layers, batch_size, progress, share_prefix: as :func:`steerlab.extract`.
-        checkpoint: streaming methods: the driver's merged state (``checkpoint``) and each shard's
-            running state (``checkpoint.shard-i``); on a cluster, a path every node can reach.
-        workers: Ray actors to start (``None``: this process).
-        ray_address: a Ray cluster to join (default: start a local instance with ``workers`` CPUs).
         shard_size: pairs per shard (default :func:`default_shard_size`).
 
     Raises:
-        DistributedError: Ray missing, a ``wrap_model`` model, or workers dying too often.
-        DatasetError, LayerRangeError: as :func:`steerlab.extract`.
+        DatasetError: no pairs, or fewer than the method needs.
+        DistributedError: from a Ray executor (Ray missing, a ``wrap_model`` model, workers dying).
     """
-    if workers is not None or ray_address is not None:
-        workers = check_workers(workers, ray_address)
-    spec = get_method(method)
-    if spec.tokenwise:
-        raise DatasetError(
-            f"method {method!r} reads one prompt pair: there is nothing to shard; call it without workers"
-        )
-    source = open_pairs(pairs)
-    layer_list = check_layers(lm, range(lm.n_layers) if layers is None else layers)
+    lm, executor = run.lm, run.executor or LocalExecutor()
+    batch_size = 32 if run.batch_size is None else run.batch_size
+    source = open_pairs(data)
     scan = Scan.of(source)
-    if scan.n_pairs < spec.min_pairs:
-        raise DatasetError(f"method {method!r} needs at least {spec.min_pairs} pairs, got {scan.n_pairs}")
-    size = shard_size or default_shard_size(scan.n_pairs, workers, batch_size)
+    if scan.n_pairs < method.min_pairs:
+        raise DatasetError(f"method {method.name!r} needs at least {method.min_pairs} pairs, got {scan.n_pairs}")
+    size = shard_size or default_shard_size(scan.n_pairs, executor.workers, batch_size)
     ranges = shard_ranges(scan.n_pairs, size)
     key = hashlib.sha256(
-        repr((method, scan.data_hash, scan.n_pairs, layer_list, batch_size, size, lm.model_id)).encode()
+        repr((method.name, scan.data_hash, scan.n_pairs, run.layers, batch_size, size, lm.model_id)).encode()
     ).hexdigest()[:16]
-    merged = _Merged(spec, layer_list, lm.d_model, ranges, checkpoint, key)
+    merged = _Merged(method, run.layers, lm.d_model, ranges, run.checkpoint, key)
+    plan = ShardPlan(method, run.layers, batch_size, run.share_prefix, lm.model_id)
     jobs = [
-        ShardJob(
-            i,
-            *_window(source, start, stop),
-            spec,
-            layer_list,
-            batch_size,
-            share_prefix,
-            lm.model_id,
-            merged.shard_checkpoint(i),
-            start,
-        )
+        ShardJob(i, *_window(source, start, stop), merged.shard_checkpoint(i), start)
         for i, (start, stop) in enumerate(ranges)
         if i not in merged.done
     ]
-    where = f"{workers} workers" if workers else "this process"
-    for result in track(
-        _results(lm, jobs, workers, ray_address),
-        f"extracting {len(ranges)} shards on {where}",
-        total=len(jobs),
-        enabled=progress,
-    ):
+    results = executor.map(lm, run_shard, plan, jobs)
+    label = f"extracting {len(ranges)} shards on {executor.describe()}"
+    for _, result in track(results, label, total=len(jobs), enabled=run.progress):
         merged.add(result)
     directions = merged.directions()
-    check_found(directions, f"{method} on {scan.n_pairs} pair(s)")
-    merged.cleanup(len(ranges))
     meta: dict[str, object] = {
         "n_pairs": scan.n_pairs,
         "model_type": lm.model_type,
         "read": scan.reads[0] if len(scan.reads) == 1 else scan.reads,
         "shards": len(ranges),
-        "workers": workers or 0,
+        "workers": executor.workers or 0,
     }
-    return SteeringVector(
-        directions=directions,
-        model_id=lm.model_id,
-        d_model=lm.d_model,
-        n_layers=lm.n_layers,
-        method=method,
-        data_hash=scan.data_hash,
-        meta=meta,
-    )
+    vector = run.vector(directions, method.name, scan.data_hash, meta)
+    merged.cleanup(len(ranges))
+    return vector
