@@ -21,7 +21,7 @@ pytest.importorskip("fastapi")
 
 from steerlab.limits import Limits
 from steerlab.serve import store_errors
-from steerlab.serve.batcher import QueueFull
+from steerlab.serve.engines.base import QueueFull
 from steerlab.serve.http_errors import STATUS, APIError, from_domain
 from steerlab.serve.store import VectorStore, pack_folder
 from steerlab.serve.store_errors import AlreadyExists, InvalidName, NotFound, StoreError, TooLarge

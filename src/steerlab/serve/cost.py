@@ -12,11 +12,11 @@ where each vector's coefficient breaks the model.
   own (never on the event loop), and cached until the vector is replaced or deleted.
 
 Both run the served model outside the worker thread, so they hold the worker's
-:attr:`~steerlab.serve.batcher.Batcher.model_lock` (generation waits for them, and they for a
-decoding step). A vLLM engine has no weights here: both are refused.
+:attr:`~steerlab.serve.engines.base.Engine.model_lock` (generation waits for them, and they for a
+decoding step). A vLLM engine has no weights here (and no model lock): both are refused.
 
 Example:
-    >>> service = CostService(lm, store, batcher.model_lock)  # doctest: +SKIP
+    >>> service = CostService(lm, store, engine.model_lock)  # doctest: +SKIP
     >>> service.perplexity_ratio("Once upon a time", " there was joy joy joy", " there was a girl")  # doctest: +SKIP
     {'ratio': 2.7, 'perplexity_steered': 41.2, 'perplexity_unsteered': 15.3, ...}
 """
