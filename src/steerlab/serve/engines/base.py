@@ -35,6 +35,28 @@ class QueueFull(SteeringError):
     code = "queue_full"
 
 
+def check_room(waiting: int, adding: int, max_queue: int, closed: bool, metrics: Metrics) -> None:
+    """Whether an engine may queue ``adding`` more requests beside the ``waiting`` ones (every
+    engine refuses the same way).
+
+    Raises:
+        QueueFull: the engine is closing, or they would pass ``max_queue`` (counted as ``rejected``).
+
+    Example:
+        >>> check_room(waiting=1, adding=2, max_queue=4, closed=False, metrics=Metrics())  # they fit
+        >>> try:
+        ...     check_room(waiting=3, adding=2, max_queue=4, closed=False, metrics=Metrics())
+        ... except QueueFull as exc:
+        ...     print(exc)
+        the server is busy: 3 requests are waiting (max_queue=4); retry later
+    """
+    if closed:
+        raise QueueFull("the server is shutting down")
+    if waiting + adding > max_queue:
+        metrics.count("rejected")
+        raise QueueFull(f"the server is busy: {waiting} requests are waiting (max_queue={max_queue}); retry later")
+
+
 class Engine(Protocol):
     """A generation engine of the server: takes :class:`~steerlab.serve.jobs.Job` s, answers each
     with :class:`~steerlab.serve.jobs.Delta` / ``Done`` / ``Failed`` events on the job's queue."""

@@ -24,14 +24,14 @@ from collections.abc import Sequence
 
 from ..jobs import Failed, Job
 from ..metrics import Metrics
-from .base import QueueFull
+from .base import check_room
 
 
 class JobQueue:
     """Jobs waiting for the worker, oldest first (thread-safe).
 
     Args:
-        max_queue: the most jobs waiting; more are refused (:class:`QueueFull`).
+        max_queue: the most jobs waiting; more are refused (:class:`~steerlab.serve.engines.base.QueueFull`).
         batch_wait_ms: how long a burst may still grow (see :meth:`take`).
         metrics: where accepted, rejected, cancelled and timed-out requests are counted.
     """
@@ -55,17 +55,11 @@ class JobQueue:
         """Queue ``jobs`` (all or none; one request's choices).
 
         Raises:
-            QueueFull: ``max_queue`` jobs wait already, or the queue is closed.
+            QueueFull: ``max_queue`` jobs wait already, or the queue is closed
+                (:func:`~steerlab.serve.engines.base.check_room`).
         """
         with self._cond:
-            if self._closed:
-                raise QueueFull("the server is shutting down")
-            if len(self._waiting) + len(jobs) > self.max_queue:
-                self.metrics.count("rejected")
-                raise QueueFull(
-                    f"the server is busy: {len(self._waiting)} requests are waiting (max_queue="
-                    f"{self.max_queue}); retry later"
-                )
+            check_room(len(self._waiting), len(jobs), self.max_queue, self._closed, self.metrics)
             self._waiting.extend(jobs)
             self.metrics.count("accepted", len(jobs))
             self._cond.notify()

@@ -40,7 +40,7 @@ from ..jobs import Delta, Done, Failed, Job
 from ..metrics import Metrics
 from ..settings import ServeSettings
 from ..store import VectorStore
-from .base import EngineFactory, QueueFull
+from .base import EngineFactory, check_room
 from .vllm_backends import Backend, BackendError, HTTPBackend, InProcessBackend
 from .vllm_requests import PLUGINS, Translator, VectorLookup
 
@@ -155,14 +155,7 @@ class VLLMEngine:
         """
         xargs = [self._xargs(job) for job in jobs]
         with self._lock:
-            if self._closed:
-                raise QueueFull("the server is shutting down")
-            if self._waiting + len(jobs) > self.settings.max_queue:
-                self.metrics.count("rejected")
-                raise QueueFull(
-                    f"the server is busy: {self._waiting} requests are waiting (max_queue="
-                    f"{self.settings.max_queue}); retry later"
-                )
+            check_room(self._waiting, len(jobs), self.settings.max_queue, self._closed, self.metrics)
             self._waiting += len(jobs)
         self.metrics.count("accepted", len(jobs))
         for job, xa in zip(jobs, xargs):
