@@ -63,7 +63,7 @@ def served(lm: steerlab.LM, store_dir: Path, **settings: Any) -> Iterator[tuple[
     app = create_app(lm, store_dir, ServeSettings(**settings))
     with TestClient(app) as client:
         yield app, client
-    assert not app.state.server.batcher.alive
+    assert not app.state.server.engine.alive
 
 
 @contextmanager
@@ -270,7 +270,7 @@ def test_isolation_under_load(lm: steerlab.LM, store: Path, scheduler: str) -> N
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=AUTH, timeout=120) as c:
             together = await asyncio.gather(*(c.post("/v1/completions", json=b) for b in bodies))
-            snapshot = server.batcher.snapshot()
+            snapshot = server.engine.snapshot()
             assert snapshot["scheduler"] == scheduler
             if scheduler == "batch":
                 assert snapshot["batches_total"] < 16, snapshot  # batched, not one by one
@@ -291,11 +291,11 @@ def test_isolation_under_load(lm: steerlab.LM, store: Path, scheduler: str) -> N
         # the steerings really differ row by row: the same prompt gets several different texts
         same_prompt = {got[i] for i in range(0, 64, len(PROMPTS))}
         assert len(same_prompt) >= 4
-        snap = server.batcher.snapshot()
+        snap = server.engine.snapshot()
         assert snap["queue_length"] == 0 and snap["running"] == 0
         assert "http_500" not in snap["requests"] and "timed_out" not in snap["requests"]
     finally:
-        server.batcher.close()
+        server.engine.close()
 
 
 # --------------------------------------------------------------------------- limits
@@ -351,9 +351,9 @@ def test_queue_full_gives_429_and_timeout_gives_504(lm: steerlab.LM, store: Path
             codes = [r.status_code for r in asyncio.run(burst())]
         assert codes.count(429) >= 4 and codes.count(200) >= 2, codes
         assert set(codes) == {200, 429}
-        assert server.batcher.snapshot()["queue_length"] == 0
+        assert server.engine.snapshot()["queue_length"] == 0
     finally:
-        server.batcher.close()
+        server.engine.close()
 
     with served(lm, store, request_timeout_s=0.3) as (_, client), slow_model(lm, 0.02):
         r = completion(client, prompt="Hi", max_tokens=200, ignore_eos=True)
@@ -379,7 +379,7 @@ def test_429_body_is_openai_shaped(lm: steerlab.LM, store: Path) -> None:
         assert rejected[0].headers["retry-after"] == "1"
         assert rejected[0].json()["error"]["type"] == "rate_limit_error"
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
 
 
 # --------------------------------------------------------------------------- security
@@ -809,7 +809,7 @@ def test_cli_serve_builds_the_app(lm: steerlab.LM, store: Path, monkeypatch: pyt
 
     def fake_run(api: FastAPI, host: str, port: int, log_level: str) -> None:
         seen.update(app=api, host=host, port=port)
-        api.state.server.batcher.close()
+        api.state.server.engine.close()
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
     monkeypatch.setattr(steerlab, "load_model", lambda *a, **k: lm)

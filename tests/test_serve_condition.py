@@ -137,9 +137,9 @@ def test_mixed_requests_equal_each_request_alone(
         with forward_calls(lm, 0.01) as calls:
             together = texts(asyncio.run(staggered(app, bodies, 0.01)))
         alone = texts(asyncio.run(one_by_one(app, bodies)))
-        assert app.state.server.batcher.snapshot()["scheduler"] == scheduler
+        assert app.state.server.engine.snapshot()["scheduler"] == scheduler
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
     assert together == alone
     library = [steerlab.generate(lm, b["prompt"], steering=s, max_new_tokens=b["max_tokens"])[0] for b, s in cases]
     assert together == library
@@ -169,7 +169,7 @@ def test_a_condition_decided_on_the_prompt_is_kept_as_rows_join(
         with forward_calls(lm, 0.01):
             got = texts(asyncio.run(staggered(app, bodies, 0.05)))
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
     steer = steerlab.Steering(vectors["happy"], 6.0, condition=dogs)
     want = [steerlab.generate(lm, b["prompt"], steering=steer, max_new_tokens=b["max_tokens"])[0] for b in bodies]
     assert got == want

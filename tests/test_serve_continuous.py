@@ -29,8 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from transformers import AutoTokenizer
 
 from steerlab.serve import ServeSettings, create_app
+from steerlab.serve.engines.continuous import unsupported
 from steerlab.serve.routes.info import wants_json
-from steerlab.serve.scheduler import unsupported
 
 from .test_architectures import STORIES, TEXT_TYPES, _build, _config
 from .test_serve import AUTH, KEY, PROMPTS, ServerThread, steering
@@ -128,7 +128,7 @@ def test_a_request_joins_at_the_next_step_and_leaves_when_done(lm: steerlab.LM, 
 
         with forward_calls(lm, 0.02) as calls:
             got, events = asyncio.run(run())
-        assert app.state.server.batcher.snapshot()["scheduler"] == scheduler
+        assert app.state.server.engine.snapshot()["scheduler"] == scheduler
     assert got == alone
     long_end = next(t for t, who, kind in events if who == "long" and kind == "end")
     short_first = next(t for t, who, kind in events if who == "short" and kind == "token")
@@ -186,11 +186,11 @@ def test_rows_joining_and_leaving_mid_generation_give_each_requests_text_alone(l
     try:
         with forward_calls(lm, 0.01) as calls:
             responses = asyncio.run(staggered(app, bodies, 0.006))
-        snap = app.state.server.batcher.snapshot()
+        snap = app.state.server.engine.snapshot()
         together = texts(responses)
         alone = texts(asyncio.run(one_by_one(app, bodies)))
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
     assert snap["scheduler"] == "continuous"
     assert together == alone
     sizes = decode_sizes(calls)
@@ -241,7 +241,7 @@ def test_continuous_rows_equal_the_library_alone(
         with forward_calls(lm, 0.01) as calls:
             got = texts(asyncio.run(staggered(app, bodies, 0.01)))
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
     assert got == want
     assert max(decode_sizes(calls)) >= 3
 
@@ -356,9 +356,9 @@ def test_every_architecture_is_served_continuously_or_falls_back(
         with forward_calls(lm, 0.005) as calls:
             together = texts(asyncio.run(staggered(app, bodies, 0.01)))
         alone = texts(asyncio.run(one_by_one(app, bodies)))
-        snap = app.state.server.batcher.snapshot()
+        snap = app.state.server.engine.snapshot()
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
     assert together == alone
     if sliding:
         assert snap["scheduler"] == "batch" and "DynamicSlidingWindowLayer" in snap["scheduler_fallback"]
@@ -397,7 +397,7 @@ def test_metrics_in_prometheus_text_format(lm: steerlab.LM, store: Path) -> None
 
         prom, as_json, negotiated, bad = asyncio.run(scrape())
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
     assert prom.status_code == 200 and prom.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(prom.text)}
     value = {f.name: f.samples[0].value for f in families.values() if len(f.samples) == 1}
@@ -448,7 +448,7 @@ def test_cli_serve_takes_the_scheduler(lm: steerlab.LM, store: Path, monkeypatch
 
     def fake_run(api: Any, host: str, port: int, log_level: str) -> None:
         seen["settings"] = api.state.server.settings
-        api.state.server.batcher.close()
+        api.state.server.engine.close()
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
     monkeypatch.setattr(steerlab, "load_model", lambda *a, **k: lm)
@@ -499,13 +499,13 @@ def test_continuous_batching_on_the_default_model_equals_each_request_alone(tmp_
             together = texts(asyncio.run(staggered(app, bodies, 0.05)))
         alone = texts(asyncio.run(one_by_one(app, bodies)))
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
     assert together == alone
     assert max(decode_sizes(calls)) >= 3
 
 
 def test_metrics_of_other_engines() -> None:
-    """Engines that stand in for the batcher (``serve --engine vllm``) record whole requests as
+    """Engines other than the local one (``serve --engine vllm``) record whole requests as
     batches without decoding steps and name themselves in their snapshot's ``engine``."""
     from steerlab.serve.metrics import Metrics
     from steerlab.serve.routes.info import scheduler_label

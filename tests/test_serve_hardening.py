@@ -104,9 +104,9 @@ def test_a_bad_value_fails_alone_with_400_and_its_batch_mates_are_untouched(lm: 
             assert err["type"] == "invalid_request_error", (label, err)
         assert [r.status_code for r in good_r] == [200] * len(good), [r.text for r in good_r]
         assert [r.json()["choices"] for r in good_r] == [r.json()["choices"] for r in alone]
-        assert "http_500" not in app.state.server.batcher.snapshot()["requests"]
+        assert "http_500" not in app.state.server.engine.snapshot()["requests"]
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
 
 
 def test_temperature_floor_and_int64_seed_are_accepted(lm: steerlab.LM, store: Path) -> None:
@@ -192,7 +192,7 @@ def test_oversized_bodies_are_refused_before_they_are_read(lm: steerlab.LM, stor
             assert r.status_code == 201, r.text
             assert_openai_error(client.post("/v1/completions", json={"prompt": "x" * 300}), 413, "request_too_large")
     finally:
-        small.state.server.batcher.close()
+        small.state.server.engine.close()
 
 
 def test_tokenisation_runs_off_the_event_loop(lm: steerlab.LM, store: Path) -> None:
@@ -230,7 +230,7 @@ def test_tokenisation_runs_off_the_event_loop(lm: steerlab.LM, store: Path) -> N
         assert seen["thread"] != seen["loop_thread"]
         assert done.status_code == 200, done.text
     finally:
-        server.batcher.close()
+        server.engine.close()
 
 
 # --------------------------------------------------------------------------- 3. cross-site writes
@@ -582,7 +582,7 @@ def test_cli_serve_starts_with_malformed_entries_and_takes_the_request_limit(
 
     def fake_run(api: Any, host: str, port: int, log_level: str) -> None:
         seen["app"] = api
-        api.state.server.batcher.close()
+        api.state.server.engine.close()
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
     monkeypatch.setattr(steerlab, "load_model", lambda *a, **k: lm)

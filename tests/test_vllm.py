@@ -526,7 +526,7 @@ def vllm_served(shell: steerlab.LM, store: Path, fake: Any, plugin: str = "vllm-
     )
     with TestClient(app) as client:
         yield client
-    assert not app.state.server.batcher.alive
+    assert not app.state.server.engine.alive
 
 
 @contextmanager
@@ -813,7 +813,7 @@ def test_cli_serve_engine_vllm(shell: steerlab.LM, store: Path, monkeypatch: pyt
 
     def fake_run(api: Any, host: str, port: int, log_level: str) -> None:
         seen["app"] = api
-        api.state.server.batcher.close()
+        api.state.server.engine.close()
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
     monkeypatch.setattr(vllm_engine, "load_shell", lambda *a, **k: shell)
@@ -837,7 +837,7 @@ def test_cli_serve_engine_vllm(shell: steerlab.LM, store: Path, monkeypatch: pyt
         ],
     )
     assert r.exit_code == 0, r.output
-    engine = seen["app"].state.server.batcher
+    engine = seen["app"].state.server.engine
     assert isinstance(engine, vllm_engine.VLLMEngine) and engine.translator.plugin == "hotwire"
     assert engine.translator.hotwire_slots == 64 and engine.backend.description == "http://127.0.0.1:9"
     assert json.loads(r.output)["engine"] == "vllm (hotwire, http://127.0.0.1:9)"
@@ -919,8 +919,9 @@ class SlowBackend:
 
 def test_vllm_engine_queue_cancel_timeout_close(shell: steerlab.LM, store: Path) -> None:
     from steerlab.serve import ServeSettings
-    from steerlab.serve.batcher import Delta, Done, Failed, GenParams, Job, QueueFull
+    from steerlab.serve.engines.base import QueueFull
     from steerlab.serve.engines.vllm import VLLMEngine, VLLMOptions
+    from steerlab.serve.jobs import Delta, Done, Failed, GenParams, Job
 
     backend = SlowBackend()
     engine = VLLMEngine(shell, ServeSettings(max_batch=1, max_queue=2), _Store({}), VLLMOptions(backend=backend))

@@ -182,7 +182,7 @@ def serve(
                 "reach this port can use the model (set --api-key or STEERLAB_API_KEY)",
             )
         url = f"http://{host}:{port}"
-        where = "" if factory is None else f" ({vllm_plugin}, {api.state.server.batcher.backend.description})"
+        where = "" if factory is None else f" ({api.state.server.engine.description})"
         info = {
             "url": url,
             "model": lm.model_id,

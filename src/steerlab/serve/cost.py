@@ -12,11 +12,11 @@ where each vector's coefficient breaks the model.
   own (never on the event loop), and cached until the vector is replaced or deleted.
 
 Both run the served model outside the worker thread, so they hold the worker's
-:attr:`~steerlab.serve.batcher.Batcher.model_lock` (generation waits for them, and they for a
-decoding step). A vLLM engine has no weights here: both are refused.
+:attr:`~steerlab.serve.engines.base.Engine.model_lock` (generation waits for them, and they for a
+decoding step). A vLLM engine has no weights here (and no model lock): both are refused.
 
 Example:
-    >>> service = CostService(lm, store, batcher.model_lock)  # doctest: +SKIP
+    >>> service = CostService(lm, store, engine.model_lock)  # doctest: +SKIP
     >>> service.perplexity_ratio("Once upon a time", " there was joy joy joy", " there was a girl")  # doctest: +SKIP
     {'ratio': 2.7, 'perplexity_steered': 41.2, 'perplexity_unsteered': 15.3, ...}
 """
@@ -46,7 +46,9 @@ class CostService:
     Args:
         lm: the served model.
         store: the vector store (breakdowns are per stored vector).
-        lock: held while the model runs here (the worker's ``model_lock``); ``None``: no lock.
+        lock: held while the model runs here (the engine's ``model_lock``); ``None``: no lock.
+        limits: the bounds on scored texts (default: the model's own).
+        tok_lock: held around every tokenizer call (``None``: no lock).
     """
 
     def __init__(
@@ -59,8 +61,8 @@ class CostService:
     ) -> None:
         self.lm = lm
         self.store = store
-        self.lock: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
-        self.tok_lock: AbstractContextManager[Any] = tok_lock if tok_lock is not None else nullcontext()
+        self.lock: AbstractContextManager[object] = lock if lock is not None else nullcontext()
+        self.tok_lock: AbstractContextManager[object] = tok_lock if tok_lock is not None else nullcontext()
         self.limits = limits if limits is not None else Limits.for_model(lm)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="steerlab-cost")
         self._cache: dict[str, tuple[StoredVector, concurrent.futures.Future[dict[str, Any]]]] = {}

@@ -1,5 +1,5 @@
 """One (chat) completion request, from its validated body to its response: checked against the
-server's limits, split into one :class:`~steerlab.serve.batcher.Job` per choice, queued, then
+server's limits, split into one :class:`~steerlab.serve.jobs.Job` per choice, queued, then
 answered whole or streamed as server-sent events.
 
 Shared by the completions and chat completions routes (:mod:`steerlab.serve.routes`).
@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any
 
 import anyio
 from fastapi import Request
@@ -27,8 +26,8 @@ from ..core.condition import Condition
 from ..core.operators import get_operator
 from ..core.steering import Composite, Steering, compose
 from ..errors import SteeringError
-from .batcher import Delta, Done, Failed, GenParams, Job
 from .http_errors import APIError, domain_errors, from_failed
+from .jobs import Delta, Done, Event, Failed, GenParams, Job
 from .schemas import SSE_DONE, Reply, SteeringEntry, _GenerationFields, error_body, sse
 from .state import Server
 from .store_errors import NotFound
@@ -155,7 +154,7 @@ def build_jobs(
     req: _GenerationFields,
     texts: Sequence[str],
     loop: asyncio.AbstractEventLoop,
-    events: asyncio.Queue[Any],
+    events: asyncio.Queue[Event],
 ) -> list[Job]:
     """Validate limits and build one :class:`Job` per choice (``len(texts) × n``; seeds ``seed + j``)."""
     server.check_model_name(req.model)
@@ -181,7 +180,7 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
-async def _gather(jobs: Sequence[Job], events: asyncio.Queue[Any]) -> list[Done]:
+async def _gather(jobs: Sequence[Job], events: asyncio.Queue[Event]) -> list[Done]:
     done: dict[int, Done] = {}
     while len(done) < len(jobs):
         ev = await events.get()
@@ -192,7 +191,7 @@ async def _gather(jobs: Sequence[Job], events: asyncio.Queue[Any]) -> list[Done]
     return [done[i] for i in sorted(done)]
 
 
-async def collect(server: Server, request: Request, jobs: list[Job], events: asyncio.Queue[Any]) -> list[Done]:
+async def collect(server: Server, request: Request, jobs: list[Job], events: asyncio.Queue[Event]) -> list[Done]:
     """Wait for every job (non-streaming); stops them if the client goes away."""
     waiter = asyncio.ensure_future(_gather(jobs, events))
     watcher = asyncio.ensure_future(_wait_disconnect(request))
@@ -213,7 +212,7 @@ async def collect(server: Server, request: Request, jobs: list[Job], events: asy
 
 
 async def stream(
-    server: Server, reply: Reply, jobs: Sequence[Job], events: asyncio.Queue[Any], n: int
+    server: Server, reply: Reply, jobs: Sequence[Job], events: asyncio.Queue[Event], n: int
 ) -> AsyncIterator[str]:
     """The jobs' events as server-sent events, ending with ``[DONE]`` (a failure: one error event
     in OpenAI's shape; an unexpected exception too, as a 500 would be)."""
@@ -259,7 +258,7 @@ class SSEResponse(StreamingResponse):
         try:
             async with anyio.create_task_group() as tg:
 
-                async def run(func: Callable[[], Any]) -> None:
+                async def run(func: Callable[[], Awaitable[None]]) -> None:
                     await func()
                     tg.cancel_scope.cancel()
 
@@ -283,11 +282,11 @@ def _client_gone(exc: BaseException) -> bool:
 async def generate(server: Server, req: _GenerationFields, texts: list[str], request: Request, chat: bool) -> Response:
     """Answer a (chat) completion request for the prompt ``texts``: JSON, or a stream."""
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue[Any] = asyncio.Queue()
+    events: asyncio.Queue[Event] = asyncio.Queue()
     # tokenising a long prompt takes a while: off the event loop, so other requests go on
     jobs = await run_in_threadpool(build_jobs, server, req, texts, loop, events)
     with domain_errors():
-        server.batcher.submit(jobs)
+        server.engine.submit(jobs)
     server.count("chat_completions" if chat else "completions")
     reply = Reply(chat, server.lm.model_id, include_usage=bool(req.stream_options and req.stream_options.include_usage))
     if not req.stream:

@@ -1,7 +1,7 @@
 """Errors as HTTP answers: :class:`APIError`, the one table from domain errors to statuses, and
 the app's exception handlers (every error in OpenAI's shape, FastAPI's own and 500s included).
 
-The store and the batcher raise domain errors (:mod:`.store_errors`, :class:`.batcher.QueueFull`)
+The store and the engines raise domain errors (:mod:`.store_errors`, :class:`.engines.base.QueueFull`)
 and know nothing of HTTP; :data:`STATUS` is the only place that gives them a status.
 
 Example:
@@ -25,8 +25,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import SteeringError
 from ..limits import LimitError
-from .batcher import Failed, QueueFull
+from .engines.base import QueueFull
 from .guards import BodyTooLarge, error_response
+from .jobs import Failed
 from .schemas import error_body
 from .store_errors import AlreadyExists, InvalidName, InvalidUpload, NotFound, StoreError, TooLarge, WrongModel
 

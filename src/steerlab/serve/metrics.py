@@ -4,7 +4,7 @@
 :class:`Metrics` is thread-safe: the worker thread records tokens, steps, batches and times to
 first token; request handlers count outcomes. :meth:`Metrics.prometheus` renders everything with
 ``prometheus_client`` (one registry per server, nothing global), the queue depth and batch size
-read from the batcher at scrape time.
+read from the engine at scrape time.
 
 Example:
     >>> m = Metrics()
@@ -143,7 +143,7 @@ class Metrics:
         return round(self.batched_rows / self.batches, 3) if self.batches else 0.0
 
     def prometheus(self, live: Mapping[str, Any]) -> bytes:
-        """Everything in Prometheus' text format; ``live`` adds the batcher's current state
+        """Everything in Prometheus' text format; ``live`` adds the engine's current state
         (``queue_length``, ``running``, ``max_batch``, ``scheduler``, ``model``, ``vectors``)."""
         with self._render:
             self._live = dict(live)

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-if TYPE_CHECKING:  # the batcher's events; no import of torch for the request models
-    from .batcher import Done
+if TYPE_CHECKING:  # the engine's events; no import of torch for the request models
+    from .jobs import Done
 
 MIN_TEMPERATURE = 0.01
 """The smallest sampling temperature (as vLLM's floor); 0 means greedy, values in between are

@@ -1,13 +1,13 @@
 """``steerlab serve --engine vllm``: the same OpenAI-compatible API and ``steering`` field, with
 generation done by vLLM and steering by a vLLM plugin (vllm-lens or hotwire-vllm).
 
-:class:`VLLMEngine` stands where the transformers :class:`~steerlab.serve.batcher.Batcher`
-stands (``submit``, ``cancel``, ``close``, ``alive``, ``snapshot``, ``metrics``), so the routes,
-the validation, the store and the playground are unchanged. Each :class:`Job` (one choice: prompt
+:class:`VLLMEngine` is an :class:`~steerlab.serve.engines.base.Engine`, as the local
+:class:`~steerlab.serve.engines.local.Batcher` is, so the routes, the validation, the store and
+the playground are unchanged. Each :class:`Job` (one choice: prompt
 token ids, the validated steering, sampling options) becomes one vLLM request: the steering is
 translated to the plugin's ``vllm_xargs`` (:mod:`.vllm_requests`, refusing what the plugin cannot
 do with a 400 before anything is queued), the request goes to vLLM (:mod:`.vllm_backends`) and its
-text comes back as the same ``Delta``/``Done``/``Failed`` events the batcher sends.
+text comes back as the same ``Delta``/``Done``/``Failed`` events the local engine sends.
 
 vLLM does its own continuous batching: ``max_batch`` here is how many requests are forwarded to
 it at once, ``max_queue`` how many more may wait. The steerlab side needs the model's tokenizer
@@ -28,18 +28,26 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...export import PluginUnsupported
 from ...models.load import LM
-from ..batcher import Delta, Done, Failed, Job, Metrics, QueueFull
 from ..http_errors import APIError
+from ..jobs import Delta, Done, Failed, Job
+from ..metrics import Metrics
 from ..settings import ServeSettings
+from ..store import VectorStore
+from .base import EngineFactory, check_room
 from .vllm_backends import Backend, BackendError, HTTPBackend, InProcessBackend
-from .vllm_requests import PLUGINS, Translator
+from .vllm_requests import PLUGINS, Translator, VectorLookup
+
+if TYPE_CHECKING:
+    import httpx
+
+T = TypeVar("T")
 
 log = logging.getLogger("steerlab.serve")
 
@@ -69,7 +77,7 @@ class VLLMOptions:
     hotwire_dir: str | os.PathLike[str] | None = None
     hotwire_slots: int | None = None
     backend: Backend | None = None
-    transport: Any = None
+    transport: httpx.AsyncBaseTransport | None = None
 
     def make_backend(self, max_batch: int) -> Backend:
         """The backend these options describe."""
@@ -83,7 +91,7 @@ class VLLMOptions:
 
 
 class VLLMEngine:
-    """Forwards jobs to vLLM with the plugin's steering fields (the batcher's interface).
+    """Forwards jobs to vLLM with the plugin's steering fields (an :class:`~steerlab.serve.engines.base.Engine`).
 
     Args:
         lm: the served model (tokenizer and config; no weights needed).
@@ -92,7 +100,9 @@ class VLLMEngine:
         options: see :class:`VLLMOptions`.
     """
 
-    def __init__(self, lm: LM, settings: ServeSettings, store: Any, options: VLLMOptions) -> None:
+    model_lock = None  # the model runs in vLLM, not here
+
+    def __init__(self, lm: LM, settings: ServeSettings, store: VectorLookup, options: VLLMOptions) -> None:
         self.lm = lm
         self.settings = settings
         self.options = options
@@ -116,7 +126,7 @@ class VLLMEngine:
             raise
 
     # ------------------------------------------------------------------ loop helpers
-    def _call(self, coro: Any) -> Any:
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     async def _make_semaphore(self) -> asyncio.Semaphore:
@@ -131,6 +141,11 @@ class VLLMEngine:
         """Whether the forwarding loop runs."""
         return self._thread.is_alive() and not self._closed
 
+    @property
+    def description(self) -> str:
+        """The plugin and where vLLM runs."""
+        return f"{self.options.plugin}, {self.backend.description}"
+
     def submit(self, jobs: Sequence[Job]) -> None:
         """Translate every job's steering, then forward them (all or none).
 
@@ -140,14 +155,7 @@ class VLLMEngine:
         """
         xargs = [self._xargs(job) for job in jobs]
         with self._lock:
-            if self._closed:
-                raise QueueFull("the server is shutting down")
-            if self._waiting + len(jobs) > self.settings.max_queue:
-                self.metrics.count("rejected")
-                raise QueueFull(
-                    f"the server is busy: {self._waiting} requests are waiting (max_queue="
-                    f"{self.settings.max_queue}); retry later"
-                )
+            check_room(self._waiting, len(jobs), self.settings.max_queue, self._closed, self.metrics)
             self._waiting += len(jobs)
         self.metrics.count("accepted", len(jobs))
         for job, xa in zip(jobs, xargs):
@@ -291,10 +299,10 @@ def _finish(reason: str | None) -> str:
     return "stop" if reason == "stop" else "length"
 
 
-def engine_factory(options: VLLMOptions) -> Callable[[LM, ServeSettings, threading.Lock, Any], VLLMEngine]:
+def engine_factory(options: VLLMOptions) -> EngineFactory:
     """What :func:`steerlab.serve.create_app` takes as ``engine=``: builds the :class:`VLLMEngine`."""
 
-    def make(lm: LM, settings: ServeSettings, _tok_lock: threading.Lock, store: Any) -> VLLMEngine:
+    def make(lm: LM, settings: ServeSettings, _tok_lock: threading.Lock, store: VectorStore) -> VLLMEngine:
         return VLLMEngine(lm, settings, store, options)
 
     return make

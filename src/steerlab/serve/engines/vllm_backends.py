@@ -28,10 +28,13 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ...errors import SteeringError
-from ..batcher import GenParams, Job
+from ..jobs import GenParams, Job
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ class HTTPBackend:
         url: str,
         model: str | None = None,
         api_key: str | None = None,
-        transport: Any = None,
+        transport: httpx.AsyncBaseTransport | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
         import httpx

@@ -1,4 +1,4 @@
-"""From a queued :class:`~steerlab.serve.batcher.Job` to the ``vllm_xargs`` of its vLLM request.
+"""From a queued :class:`~steerlab.serve.jobs.Job` to the ``vllm_xargs`` of its vLLM request.
 
 The steering was already validated exactly as for the transformers engine (store lookup,
 ``max_coefficient``, layers, :class:`~steerlab.core.steering.Steering`); here it is translated to the
@@ -40,13 +40,31 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ...core.steering import SteeringLike
 from ...core.vector import SteeringVector
 from ...export import PluginUnsupported, hotwire, vllm_lens
 
 PLUGINS = ("vllm-lens", "hotwire")
+
+
+class _Stored(Protocol):
+    @property
+    def vector(self) -> SteeringVector: ...
+
+
+class VectorLookup(Protocol):
+    """What the translator needs of the server's store (:class:`~steerlab.serve.store.VectorStore`):
+    the names, and the vector stored under a name."""
+
+    def names(self) -> list[str]:
+        """The stored names."""
+        ...
+
+    def get(self, name: str) -> _Stored:
+        """The entry stored under ``name`` (raises when there is none)."""
+        ...
 
 
 class Translator:
@@ -62,7 +80,7 @@ class Translator:
     def __init__(
         self,
         plugin: str,
-        store: Any,
+        store: VectorLookup,
         hotwire_dir: str | os.PathLike[str] | None = None,
         hotwire_slots: int | None = None,
     ) -> None:

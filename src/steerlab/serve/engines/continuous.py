@@ -15,7 +15,7 @@ The worker runs its own decoding loop instead of ``model.generate``. Each turn o
    cache and each row's own ``position_ids`` (its count of real tokens, so left padding never
    shifts a row), under one steering session for the current rows (``steer_rows(...,
    generating=True)``: the engine's one-token fast path), rebuilt only when the row set changes;
-   each row samples with its own settings (:mod:`steerlab.serve.rows`) and streams its text;
+   each row samples with its own settings (:mod:`steerlab.serve.engines.rows`) and streams its text;
 3. **leave** — finished or cancelled rows are dropped from the cache
    (:func:`steerlab.runtime.hf.select_cache_rows`), and the padding no row needs any more is trimmed.
 
@@ -27,8 +27,10 @@ Models whose caches cannot be merged this way (sliding-window, static or other n
 caches; a forward without ``position_ids`` or a KV cache) are served batch at a time instead:
 :func:`unsupported` says why.
 
+Every forward call goes through :func:`steerlab.runtime.passes.forward`.
+
 Example:
-    >>> ContinuousScheduler(batcher).run()  # the worker thread's loop  # doctest: +SKIP
+    >>> ContinuousScheduler(worker).run()  # the worker thread's loop  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -37,20 +39,19 @@ import logging
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from ..core.condition import Condition
-from ..models.load import LM
-from ..models.tokens import pad_token_ids, position_ids
-from ..runtime import hf
-from ..runtime.session import steer_rows
-from .jobs import Job
+from ...core.condition import Condition
+from ...models.load import LM
+from ...models.tokens import pad_token_ids, position_ids
+from ...runtime import hf
+from ...runtime.passes import forward
+from ...runtime.session import steer_rows
+from ..jobs import Job
 from .rows import RowStream, Sampler, choose_tokens, row_conditions, shared_steerings
-
-if TYPE_CHECKING:
-    from .batcher import Batcher
+from .worker import Worker
 
 log = logging.getLogger("steerlab.serve")
 
@@ -68,16 +69,14 @@ def unsupported(lm: LM) -> str | None:
     ids = torch.zeros((1, 1), dtype=torch.long, device=lm.device)
     try:
         with torch.inference_mode():
-            out = model(
-                **hf.forward_kwargs(
-                    model,
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    position_ids=torch.zeros_like(ids),
-                    cache=hf.new_cache(model),
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
+            out = forward(
+                lm,
+                ids,
+                attention_mask=torch.ones_like(ids),
+                position_ids=torch.zeros_like(ids),
+                cache=hf.new_cache(model),
+                use_cache=True,
+                logits_to_keep=1,
             )
     except Exception as exc:  # a model that cannot even run this way is served batch at a time
         return f"a cached forward call failed ({type(exc).__name__}: {exc})"
@@ -108,18 +107,18 @@ class _Row:
 
 
 class ContinuousScheduler:
-    """The decoding loop of one :class:`~steerlab.serve.batcher.Batcher` (run in its worker thread).
+    """The decoding loop of one :class:`~steerlab.serve.engines.worker.Worker` (run in its thread).
 
     Args:
-        batcher: the queue (``take``), the settings, the tokenizer lock, eos and pad ids, the metrics.
+        worker: the queue (``take``), the model and its lock, eos and pad ids, the metrics.
     """
 
-    def __init__(self, batcher: Batcher) -> None:
-        self.batcher = batcher
-        self.lm = batcher.lm
-        self.model = batcher.lm.model
-        self.metrics = batcher.metrics
-        self.max_batch = batcher.settings.max_batch
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.lm = worker.lm
+        self.model = worker.lm.model
+        self.metrics = worker.metrics
+        self.max_batch = worker.settings.max_batch
         self.rows: list[_Row] = []
         self.cache: Any = None
         self.width = 0  # positions in the cache (padding included)
@@ -127,11 +126,11 @@ class ContinuousScheduler:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
-        """Serve until the batcher closes and the running rows are finished."""
+        """Serve until the queue closes and the running rows are finished."""
         try:
             with torch.inference_mode():
                 while True:
-                    jobs = self.batcher.take(self.max_batch - len(self.rows), block=not self.rows)
+                    jobs = self.worker.queue.take(self.max_batch - len(self.rows), block=not self.rows)
                     if jobs is None and not self.rows:
                         return
                     self._turn(jobs or [])
@@ -142,7 +141,7 @@ class ContinuousScheduler:
         """Admit ``jobs``, then one decoding step of every row."""
         start = time.monotonic()
         try:
-            with self.batcher.model_lock:  # other users of the model (serve.cost) wait for the turn
+            with self.worker.model_lock:  # other users of the model (serve.cost) wait for the turn
                 if jobs:
                     self._admit(jobs)
                 if self.rows:
@@ -159,7 +158,7 @@ class ContinuousScheduler:
     def _admit(self, jobs: list[Job]) -> None:
         """Run the prompts of ``jobs``, send their first tokens and merge them into the batch."""
         self._close_session()  # the prompt call has its own steering
-        rows = [_Row(j, self.batcher.stream(j), Sampler(j.params, self.batcher.eos, self.lm.device)) for j in jobs]
+        rows = [_Row(j, self.worker.stream(j), self.worker.sampler(j, self.lm.device)) for j in jobs]
         try:
             cache, logits, width = self._prefill(rows)
             tokens = choose_tokens(logits, [r.sampler for r in rows])
@@ -193,21 +192,20 @@ class ContinuousScheduler:
         each prompt's last token, padded length)``; each row's conditions (CAST) are decided here,
         on its own prompt, and kept in ``row.decided`` for its decoding steps."""
         jobs = [row.job for row in rows]
-        ids, mask = pad_token_ids([j.prompt_ids for j in jobs], self.batcher.pad_id, "left")
+        ids, mask = pad_token_ids([j.prompt_ids for j in jobs], self.worker.pad_id, "left")
         ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
         cache = hf.new_cache(self.model)
-        kwargs = hf.forward_kwargs(
-            self.model,
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=position_ids(mask),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
         steerings = shared_steerings([j.steering for j in jobs])
         with steer_rows(self.lm, steerings, prompt_length=mask.sum(-1)) as session:
-            out = self.model(**kwargs)
+            out = forward(
+                self.lm,
+                ids,
+                attention_mask=mask,
+                position_ids=position_ids(mask),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         for i, (row, steering) in enumerate(zip(rows, steerings)):
             row.decided = tuple(c is not None and _held(session.decision(c), i) for c in row_conditions(steering))
         self.metrics.add_batch(len(jobs), int(mask.sum()))
@@ -248,16 +246,15 @@ class ContinuousScheduler:
         pads = torch.tensor([row.pad for row in self.rows], device=device)
         mask = (torch.arange(self.width + 1, device=device)[None, :] >= pads[:, None]).long()
         ids = torch.tensor([[row.token] for row in self.rows], device=device)
-        kwargs = hf.forward_kwargs(
-            self.model,
-            input_ids=ids,
+        out = forward(
+            self.lm,
+            ids,
             attention_mask=mask,
             position_ids=(self.width - pads)[:, None],
             cache=self.cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        out = self.model(**kwargs)
         self.cache = _returned_cache(out, self.cache)
         self.width += 1
         self.metrics.add_step(len(self.rows))

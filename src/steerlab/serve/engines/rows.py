@@ -11,9 +11,9 @@ ones, so a request gives the same text whatever rows it shares a step with.
 :func:`shared_steerings` lets rows that ask for the same steering share one steering object, so
 the engine sets it up once for all of them.
 
-Both schedulers of :mod:`steerlab.serve.batcher` use them: the batch-at-a-time one inside
-``model.generate`` (as a streamer and a logits processor), the continuous one
-(:mod:`steerlab.serve.scheduler`) in its own decoding loop.
+Both local schedulers use them: the batch-at-a-time one (:mod:`steerlab.serve.engines.batch`)
+inside ``generate`` (as a streamer and a logits processor), the continuous one
+(:mod:`steerlab.serve.engines.continuous`) in its own decoding loop.
 
 Example:
     >>> stream = RowStream(job, lm.tokenizer, threading.Lock(), {2}, metrics)  # doctest: +SKIP
@@ -25,23 +25,32 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from ..core.condition import Condition
-from ..core.steering import Composite, Steering, SteeringLike, compose
-from ..runtime.finite import finite, peaks
-from ..runtime.session import as_steerings
-from .jobs import Delta, Done, Failed, GenParams, Job
+from ...core.condition import Condition
+from ...core.steering import Composite, Steering, SteeringLike, compose
+from ...runtime.finite import finite, peaks
+from ...runtime.session import as_steerings
+from ..jobs import Delta, Done, Failed, GenParams, Job
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
+    from ..metrics import Metrics
+
+
+class Decoder(Protocol):
+    """What a row needs of the tokenizer: turning its token ids into text."""
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = ...) -> str:
+        """The text of ``token_ids``."""
+        ...
 
 
 class RowStream:
-    """The text of one row (one :class:`~steerlab.serve.batcher.Job`), token by token.
+    """The text of one row (one :class:`~steerlab.serve.jobs.Job`), token by token.
 
     Args:
         job: the row's job (its events go to the request).
@@ -55,9 +64,9 @@ class RowStream:
     def __init__(
         self,
         job: Job,
-        tokenizer: Any,
+        tokenizer: Decoder,
         tok_lock: threading.Lock,
-        eos: set[int],
+        eos: AbstractSet[int],
         metrics: Metrics,
         release: Callable[[], None] = lambda: None,
     ) -> None:
@@ -165,7 +174,7 @@ class Sampler:
         device: where the row's logits are.
     """
 
-    def __init__(self, params: GenParams, eos: set[int], device: torch.device) -> None:
+    def __init__(self, params: GenParams, eos: AbstractSet[int], device: torch.device) -> None:
         self.params = params
         self.eos = sorted(eos) if params.ignore_eos else []
         self.generator: torch.Generator | None = None
@@ -219,7 +228,7 @@ def choose_tokens(logits: torch.Tensor, samplers: Sequence[Sampler]) -> list[int
     return out
 
 
-def condition_key(s: Steering) -> tuple[Any, ...] | None:
+def condition_key(s: Steering) -> tuple[int, int, float, str] | None:
     """What makes two steerings' conditions (CAST) decide alike: direction, layer, threshold, comparator."""
     c = s.condition
     return None if c is None else (id(c.vector), c.at, c.threshold, c.comparator)
@@ -238,7 +247,7 @@ def shared_steerings(steerings: Sequence[SteeringLike | None]) -> list[Composite
     once for the rows that hold it, so sharing them makes a batch of many requests over a few
     vectors as cheap to steer as a batch of a few.
     """
-    seen: dict[tuple[tuple[Any, ...], ...], Composite] = {}
+    seen: dict[tuple[tuple[Hashable, ...], ...], Composite] = {}
     out: list[Composite | None] = []
     for item in steerings:
         parts = as_steerings(item)
