@@ -39,7 +39,8 @@ import torch
 
 import steerlab
 from steerlab.analysis import breakdown_curve
-from steerlab.evaluate.behavior import behavior_eval, behavior_vector, capability_eval, load_ab_items
+from steerlab.data.ab import load_ab_items
+from steerlab.evaluate.behavior import behavior_eval, behavior_vector, capability_eval
 from steerlab.evaluate.frontier import Contender, FrontierReport, frontier
 from steerlab.evaluate.prompting import Prompt
 from steerlab.evaluate.report import markdown_table

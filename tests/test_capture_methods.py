@@ -181,7 +181,7 @@ def test_persona_pairs_use_chat_template_when_present(lm):
     pairs = steerlab.persona_pairs("happy", "sad", ["That game", "", "I can see"])
     assert len(pairs) == 2 and pairs[0].positive == ChatText("Act as if you're extremely happy.", "That game")
     assert steerlab.data.pairs.render(pairs[0].positive, lm) == "Act as if you're extremely happy.\nThat game"
-    assert steerlab.data.pairs.choice_letters("Will (AGI) help?\n (A) yes\n (B) no") == ["A", "B"]
+    assert steerlab.data.ab.choice_letters("Will (AGI) help?\n (A) yes\n (B) no") == ["A", "B"]
 
     class Chatty:
         has_chat_template = True

@@ -546,7 +546,8 @@ def test_bad_numbers_are_usage_errors(args, tmp_path):
 
 
 def test_condition_then_conditional_generate(vec_dir, tmp_path):
-    from steerlab.core.condition import Condition, find_condition
+    from steerlab.core.condition import Condition
+    from steerlab.extraction.condition import find_condition
 
     dogs = ["The dog ran to the park", "The big dog barked at the cat", "A dog wagged its tail"]
     rain = ["It was raining all day", "The rain fell on the roof", "Dark clouds brought rain"]

@@ -8,7 +8,8 @@ import torch
 
 import steerlab
 from steerlab import Steering
-from steerlab.core.condition import Condition, best_threshold, find_condition
+from steerlab.core.condition import Condition
+from steerlab.extraction.condition import best_threshold, find_condition
 from steerlab.runtime.session import SteeringSession
 
 DOGS = ["The dog ran to the park", "The big dog barked at the cat", "A dog wagged its tail", "The puppy played"]

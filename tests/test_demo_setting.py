@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from steerlab.cli import app
-from steerlab.data.demo_setting import DemoSettingError, from_frontier, load_demo_setting
+from steerlab.data.demo_setting import DemoSettingError, load_demo_setting
+from steerlab.evaluate.demo_choice import from_frontier
 
 from .conftest import STORIES
 

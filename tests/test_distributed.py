@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import steerlab
-from steerlab.data.pairs import CsvPairs, HFPairs, JsonlPairs, ListPairs, ParquetPairs
+from steerlab.data.sources import CsvPairs, HFPairs, JsonlPairs, ListPairs, ParquetPairs
 from steerlab.distributed import DistributedError, RayExecutor, actors, shutdown_pool
 from steerlab.evaluate.sweep import autotune, sweep
 from steerlab.extraction.methods import ReadOutMethod, get_method

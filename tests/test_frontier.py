@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 import steerlab
 from steerlab import Steering
 from steerlab.cli import app
+from steerlab.data.ab import ab_items
 from steerlab.evaluate import Contender, Prompt, frontier
-from steerlab.evaluate.behavior import ab_items, ab_probabilities, behavior_eval
+from steerlab.evaluate.behavior import ab_probabilities, behavior_eval
 from steerlab.evaluate.cost import offtarget_cost, text_stats
 from steerlab.evaluate.frontier import FrontierPoint, FrontierReport, _choose, _mark_and_choose, pareto_front
 from steerlab.evaluate.likelihood import continuation_nll, perplexities, pooled_perplexity

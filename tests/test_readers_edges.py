@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import steerlab
-from steerlab.data.pairs import CsvPairs, JsonlPairs, ParquetPairs, looks_like_path
 from steerlab.data.preference import PreferencePair, load_preferences
+from steerlab.data.sources import CsvPairs, JsonlPairs, ParquetPairs, looks_like_path
 from steerlab.errors import CheckpointError, DatasetError
 from steerlab.extraction.methods import get_method
 from steerlab.extraction.run import ExtractRun
@@ -106,7 +106,7 @@ def test_a_short_csv_row_reads_the_same_in_one_process_and_in_shards(tmp_path):
 
 
 def test_texts_openings_preferences_and_ab_items_refuse_non_text(tmp_path):
-    from steerlab.evaluate.behavior import load_ab_items
+    from steerlab.data.ab import load_ab_items
 
     js = tmp_path / "t.json"
     js.write_text(json.dumps(["fine", 7]), encoding="utf-8")
@@ -164,7 +164,7 @@ def test_a_zero_direction_is_an_error_not_a_vector(lm):
 
 
 def test_a_condition_from_the_same_prompts_on_both_sides_is_refused(lm):
-    from steerlab.core.condition import find_condition
+    from steerlab.extraction.condition import find_condition
 
     prompts = ["The dog ran", "The cat sat"]
     with pytest.raises(DatasetError, match="the positive and negative prompts are the same"):
@@ -261,7 +261,7 @@ def test_a_missing_path_is_not_found_never_a_hub_lookup(monkeypatch):
     def no_hub(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("looked up on the Hub")
 
-    monkeypatch.setattr(steerlab.data.pairs.HFPairs, "_open", no_hub)
+    monkeypatch.setattr(steerlab.data.sources.HFPairs, "_open", no_hub)
     for name in ("data/missing.parquet", "missing.jsonl", "./mine", "/abs/path", "a/b/c"):
         assert looks_like_path(name)
         with pytest.raises(DatasetError, match="pairs file not found"):

@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import steerlab
+from steerlab.data.ab import load_ab_items
 from steerlab.data.preference import load_preferences
 from steerlab.data.readers import DEFAULT_LIMITS
 from steerlab.errors import CheckpointError, SteeringError
-from steerlab.evaluate.behavior import load_ab_items
 from steerlab.files import read_checkpoint, write_checkpoint
 
 FUZZ = settings(

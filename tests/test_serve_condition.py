@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 import steerlab
-from steerlab.core.condition import Condition, find_condition
+from steerlab.core.condition import Condition
+from steerlab.extraction.condition import find_condition
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient

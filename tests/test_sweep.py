@@ -8,8 +8,9 @@ import pytest
 
 import steerlab
 from steerlab import Steering
+from steerlab.data.ab import ab_items
 from steerlab.evaluate import protocol
-from steerlab.evaluate.behavior import ab_items, ab_probabilities, behavior_eval
+from steerlab.evaluate.behavior import ab_probabilities, behavior_eval
 from steerlab.evaluate.cost import CostReport, offtarget_cost, text_stats
 from steerlab.evaluate.protocol import EVALUATIONS, Evaluation, MetricReport, get_evaluation, metrics_at, register
 from steerlab.evaluate.sentiment import sentiment_shift
@@ -152,7 +153,7 @@ def test_autotune_returns_the_baseline_when_every_setting_breaks_the_budget(lm, 
 
 
 def test_evaluation_protocol():
-    get_evaluation("cost")  # the built-ins register themselves on first use
+    get_evaluation("cost")  # the built-ins are registered when steerlab.evaluate is imported
     assert set(EVALUATIONS) >= {"sentiment", "behavior", "cost"}
     report = CostReport(coefficients=[0.0, 2.0], perplexity=[5.0, 9.0], ppl_ratio=[1.0, 1.8], kl=[0.0, 0.4])
     assert isinstance(report, MetricReport)
@@ -177,7 +178,7 @@ def test_register_refuses_a_taken_name_unless_replace(monkeypatch):
     with pytest.raises(steerlab.SteeringSpecError, match="replace=True"):
         register(mine)
     assert register(mine, replace=True) is mine and get_evaluation("cost") is mine
-    # a built-in module imported later never replaces it
+    # registering a built-in (as steerlab.evaluate does) never replaces it
     builtin = Evaluation("cost", offtarget_cost, metrics=("ppl_ratio",))
     assert protocol.register_builtin(builtin) is mine and get_evaluation("cost") is mine
 

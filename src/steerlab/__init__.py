@@ -12,20 +12,11 @@ from __future__ import annotations
 
 from .core.steering import Composite, Steering, compose
 from .core.vector import SteeringVector
-from .data.pairs import (
-    ChatText,
-    ContrastPair,
-    caa_pair,
-    caa_pairs,
-    load_caa,
-    load_openings,
-    load_pairs,
-    load_texts,
-    open_pairs,
-    pairs_from_lists,
-    persona_pairs,
-)
+from .data.ab import load_caa
+from .data.pairs import ChatText, ContrastPair, caa_pair, caa_pairs, pairs_from_lists, persona_pairs
 from .data.preference import PreferencePair, load_preferences, preference_pairs, self_contrast
+from .data.sources import load_pairs, open_pairs
+from .data.texts import load_openings, load_texts
 from .errors import (
     CheckpointError,
     ContextLengthError,

@@ -241,8 +241,8 @@ def existing_path(value: Any) -> Any:
 
 def model_option(value: str | None) -> str | None:
     """Option callback for ``--model`` (and ``--scorer``): a value that names a file or folder
-    (:func:`steerlab.data.pairs.looks_like_path`) must exist, so it is never looked up on the Hub."""
-    from ..data.pairs import looks_like_path
+    (:func:`steerlab.data.sources.looks_like_path`) must exist, so it is never looked up on the Hub."""
+    from ..data.sources import looks_like_path
 
     if value is not None and value not in ("default", "vader") and looks_like_path(value) and not Path(value).exists():
         raise typer.BadParameter(f"not found: {value} (give 'default', an existing folder or .gguf file, or a hub id)")

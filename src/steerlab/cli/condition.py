@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from . import app
 from .common import (
     console,
     emit,
@@ -20,6 +19,7 @@ from .common import (
     status,
     write_manifest,
 )
+from .root import app
 
 
 @app.command()
@@ -48,7 +48,7 @@ def condition(
 
     def body() -> None:
         import steerlab
-        from steerlab.core.condition import find_condition
+        from steerlab.extraction.condition import find_condition
 
         pos_texts, neg_texts = steerlab.load_texts(positive), steerlab.load_texts(negative)
         with status(f"loading {model}"):

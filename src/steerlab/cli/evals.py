@@ -3,12 +3,21 @@ from the shell. Each writes ``{name}.json``, ``{name}.md``, ``{name}.png`` and `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import typer
 
-from . import app
+from .root import app
+
+if TYPE_CHECKING:
+    from ..core.vector import SteeringVector
+    from ..evaluate.frontier import Contender
+    from ..evaluate.prompting import Prompt
+    from ..evaluate.protocol import Evaluation
+    from ..evaluate.report import Report
+    from ..models.load import LM
 from .common import (
     console,
     emit,
@@ -44,7 +53,14 @@ MODEL = typer.Option(
 OUT = typer.Option(..., "--out", "-o", callback=out_folder, help="Folder for the JSON, markdown, PNG and run.json.")
 
 
-def _load(model: str, vector: Path | None = None) -> tuple[Any, Any]:
+@overload
+def _load(model: str, vector: Path) -> tuple[LM, SteeringVector]: ...
+@overload
+def _load(model: str, vector: None = None) -> tuple[LM, None]: ...
+@overload
+def _load(model: str, vector: Path | None) -> tuple[LM, SteeringVector | None]: ...
+def _load(model: str, vector: Path | None = None) -> tuple[LM, SteeringVector | None]:
+    """The model, and the vector at ``vector`` checked against it (``None`` without one)."""
     import steerlab
 
     from .vectors import load_vector
@@ -58,7 +74,7 @@ def _load(model: str, vector: Path | None = None) -> tuple[Any, Any]:
     return lm, vec
 
 
-def _finish(report: Any, out: Path, name: str, lm: Any, data: Path | None, **extra: Any) -> None:
+def _finish(report: Report, out: Path, name: str, lm: LM, data: Path | None, **extra: Any) -> None:
     report.write(out, name)
     write_manifest(out, lm, data_hash=file_hash(data) if data is not None else "", **extra)
 
@@ -79,9 +95,12 @@ def _openings(path: Path | None) -> list[str]:
 PROMPT_MODE = typer.Option("prefix", help="prefix (before the opening / question) | system (a system turn).")
 
 
-def _prompt(text: str | None, mode: str) -> Any:
-    if text is None:
-        return None
+def _prompt(text: str | None, mode: str) -> Prompt | None:
+    """``--prompt TEXT`` as a :class:`~steerlab.evaluate.prompting.Prompt` (``None`` without one)."""
+    return None if text is None else _make_prompt(text, mode)
+
+
+def _make_prompt(text: str, mode: str) -> Prompt:
     from steerlab.errors import SteeringSpecError
     from steerlab.evaluate.prompting import Prompt
 
@@ -191,7 +210,8 @@ def eval_behavior(
     instruction = _prompt(prompt, prompt_mode)
 
     def body() -> None:
-        from steerlab.evaluate.behavior import behavior_eval, load_ab_items
+        from steerlab.data.ab import load_ab_items
+        from steerlab.evaluate.behavior import behavior_eval
 
         data = load_ab_items(items, limit=limit)
         lm, vec = _load(model, vector)
@@ -211,30 +231,6 @@ def eval_behavior(
     run(body)
 
 
-def _offtarget(
-    vector: Path, texts: Path, out: Path, model: str, coefs: str, layers: str | None, limit: int | None, name: str
-) -> None:
-    coef_list = parse_float_list(coefs)
-
-    def body() -> None:
-        import steerlab
-        from steerlab.evaluate.cost import offtarget_cost
-
-        neutral = steerlab.load_texts(texts, limit=limit)
-        lm, vec = _load(model, vector)
-        rep = offtarget_cost(
-            lm,
-            vec,
-            neutral,
-            coefficients=coef_list,
-            layers=resolve_layers(layers, lm) if layers else None,
-            progress=progress_flag(),
-        )
-        _finish(rep, out, name, lm, texts, coefficients=coef_list)
-
-    run(body)
-
-
 TEXTS = typer.Option(
     ..., callback=existing_path, help="Neutral text: .txt lines, JSON list or CSV with a statement/text column."
 )
@@ -243,40 +239,63 @@ LAYERS = typer.Option(None, callback=layers_option, help="Use only these layers 
 LIMIT_TEXTS = typer.Option(None, min=1, help="Use the first N texts.")
 
 
-@eval_app.command("cost")
-def eval_cost(
-    vector: Path = typer.Option(..., "--vector", "-v", callback=existing_path, help="Vector folder or .gguf."),
-    texts: Path = TEXTS,
-    out: Path = OUT,
-    model: str = MODEL,
-    coefs: str = COST_COEFS,
-    layers: str | None = LAYERS,
-    limit: int | None = LIMIT_TEXTS,
-) -> None:
-    """Off-target cost: perplexity of neutral text under steering and KL to the unsteered model.
+def _offtarget_command(name: str, doc: str) -> Callable[..., None]:
+    """The off-target cost command (:func:`steerlab.evaluate.cost.offtarget_cost`), writing
+    ``{name}.*``: registered as ``eval cost`` and under its older name, ``eval fluency``."""
+
+    def command(
+        vector: Path = typer.Option(..., "--vector", "-v", callback=existing_path, help="Vector folder or .gguf."),
+        texts: Path = TEXTS,
+        out: Path = OUT,
+        model: str = MODEL,
+        coefs: str = COST_COEFS,
+        layers: str | None = LAYERS,
+        limit: int | None = LIMIT_TEXTS,
+    ) -> None:
+        coef_list = parse_float_list(coefs)
+
+        def body() -> None:
+            import steerlab
+            from steerlab.evaluate.cost import offtarget_cost
+
+            neutral = steerlab.load_texts(texts, limit=limit)
+            lm, vec = _load(model, vector)
+            rep = offtarget_cost(
+                lm,
+                vec,
+                neutral,
+                coefficients=coef_list,
+                layers=resolve_layers(layers, lm) if layers else None,
+                progress=progress_flag(),
+            )
+            _finish(rep, out, name, lm, texts, coefficients=coef_list)
+
+        run(body)
+
+    command.__doc__ = doc
+    return command
+
+
+eval_app.command("cost")(
+    _offtarget_command(
+        "cost",
+        """Off-target cost: perplexity of neutral text under steering and KL to the unsteered model.
 
     Writes cost.json / .md / .png. `steerlab eval fluency` is the same command (it writes fluency.*).
 
     Example: steerlab eval cost --vector vectors/happy --texts facts.csv --out runs/cost
-    """
-    _offtarget(vector, texts, out, model, coefs, layers, limit, "cost")
-
-
-@eval_app.command("fluency")
-def eval_fluency(
-    vector: Path = typer.Option(..., "--vector", "-v", callback=existing_path, help="Vector folder or .gguf."),
-    texts: Path = TEXTS,
-    out: Path = OUT,
-    model: str = MODEL,
-    coefs: str = COST_COEFS,
-    layers: str | None = LAYERS,
-    limit: int | None = LIMIT_TEXTS,
-) -> None:
-    """Alias of `steerlab eval cost` (off-target perplexity and KL on neutral text); writes fluency.*.
+    """,
+    )
+)
+eval_app.command("fluency")(
+    _offtarget_command(
+        "fluency",
+        """Alias of `steerlab eval cost` (off-target perplexity and KL on neutral text); writes fluency.*.
 
     Example: steerlab eval fluency --vector vectors/happy --texts facts.csv --out runs/fluency
-    """
-    _offtarget(vector, texts, out, model, coefs, layers, limit, "fluency")
+    """,
+    )
+)
 
 
 def _sign(value: int) -> int:
@@ -285,7 +304,7 @@ def _sign(value: int) -> int:
     return value
 
 
-def _evaluation(kind: str) -> Any:
+def _evaluation(kind: str) -> Evaluation:
     from steerlab.errors import SteeringSpecError
     from steerlab.evaluate.protocol import get_evaluation
 
@@ -295,7 +314,7 @@ def _evaluation(kind: str) -> Any:
         raise typer.BadParameter(str(exc), param_hint="KIND") from None
 
 
-def _sweep_data(evaluation: Any, data: Path | None, limit: int | None) -> list[Any]:
+def _sweep_data(evaluation: Evaluation, data: Path | None, limit: int | None) -> list[Any]:
     if data is not None and evaluation.load is not None:
         items = list(evaluation.load(data))
     elif data is None and evaluation.default_data is not None:
@@ -358,34 +377,15 @@ def sweep(
         lm, vec = _load(model, vector)
         extra: dict[str, Any] = {"max_new_tokens": max_new_tokens} if accepts(evaluation, "max_new_tokens") else {}
         extra["executor"] = executor_for(workers, ray_address)
-        rep: Any
+        extra.update(coefficients=coef_list, layer_sets=resolve_layer_sets(layer_sets, lm), progress=progress_flag())
+        rep: Report
         if autotune:
             rep = sweep_mod.autotune(
-                lm,
-                vec,
-                evaluation,
-                items,
-                coefficients=coef_list,
-                layer_sets=resolve_layer_sets(layer_sets, lm),
-                budget=budget,
-                direction=direction,
-                cost_texts=neutral,
-                progress=progress_flag(),
-                **extra,
+                lm, vec, evaluation, items, budget=budget, direction=direction, cost_texts=neutral, **extra
             )
             name = "autotune"
         else:
-            rep = sweep_mod.sweep(
-                lm,
-                vec,
-                evaluation,
-                items,
-                coefficients=coef_list,
-                layer_sets=resolve_layer_sets(layer_sets, lm),
-                metric=metric,
-                progress=progress_flag(),
-                **extra,
-            )
+            rep = sweep_mod.sweep(lm, vec, evaluation, items, metric=metric, **extra)
             name = f"sweep_{evaluation.name}"
         _finish(rep, out, name, lm, data, coefficients=coef_list)
 
@@ -408,7 +408,7 @@ def _named_vectors(specs: list[str]) -> dict[str, Path]:
     return out
 
 
-def _sets_for(vec: Any, name: str, sets: list[list[int]] | None) -> list[list[int]] | None:
+def _sets_for(vec: SteeringVector, name: str, sets: list[list[int]] | None) -> list[list[int]] | None:
     """The layer sets a vector has every layer of (all of them when none were given)."""
     if sets is None:
         return None
@@ -421,13 +421,13 @@ def _sets_for(vec: Any, name: str, sets: list[list[int]] | None) -> list[list[in
 
 
 def _contenders(
-    vecs: dict[str, Any],
+    vecs: dict[str, SteeringVector],
     coefs: list[float],
     sets: list[list[int]] | None,
-    positive: list[Any],
-    negative: list[Any],
+    positive: list[Prompt],
+    negative: list[Prompt],
     combine: list[str],
-) -> list[Any]:
+) -> list[Contender]:
     from steerlab.evaluate.frontier import Contender
 
     out = [Contender.steering(name, vec, coefs, layer_sets=_sets_for(vec, name, sets)) for name, vec in vecs.items()]
@@ -490,8 +490,8 @@ def eval_frontier(
     """
     coef_list = parse_float_list(coefs)
     named = _named_vectors(vector)
-    positive_prompts = [_prompt(t, prompt_mode) for t in positive_prompt]
-    negative_prompts = [_prompt(t, prompt_mode) for t in negative_prompt]
+    positive_prompts = [_make_prompt(t, prompt_mode) for t in positive_prompt]
+    negative_prompts = [_make_prompt(t, prompt_mode) for t in negative_prompt]
     if not named and not (positive_prompts or negative_prompts):
         raise typer.BadParameter("give at least one --vector or prompt")
 
@@ -551,7 +551,7 @@ def analyze_pca(
         lm, _ = _load(model)
         at = resolve_layer(layer, lm, "--layer")
         assert at is not None
-        rep: Any
+        rep: Report
         if contrast is not None:
             rep = contrast_pca(lm, contrast, at, n_components=components, center=center, progress=progress_flag())
         else:

@@ -8,7 +8,6 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from . import app
 from .common import (
     FLAGS,
     console,
@@ -26,6 +25,7 @@ from .common import (
     text_option,
 )
 from .operator_options import OPERATOR_HELP, PARAMETER_HELP, make_operators, operator_option, parameter_option
+from .root import app
 
 
 @app.command()
@@ -46,7 +46,7 @@ def demo(
     """Build a 'happy − sad' vector on the default model and show baseline vs steered text.
 
     The method, layers and coefficient of each direction come from the packaged demo setting
-    (steerlab/demo_setting.json: the strongest setting a frontier run found within its budget);
+    (steerlab/data/demo_setting.json: the strongest setting a frontier run found within its budget);
     the output states it.
 
     Example: steerlab demo --coef 1.5

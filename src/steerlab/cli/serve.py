@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 
 from ..limits import Limits
-from . import app
 from .common import (
     FLAGS,
     emit,
@@ -20,6 +19,7 @@ from .common import (
     status,
     warn,
 )
+from .root import app
 
 
 def _scheduler(value: str) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from . import app
+from .root import app
 
 if TYPE_CHECKING:
     from ..core.vector import SteeringVector

@@ -2,10 +2,8 @@
 for each direction, the extraction method, the layers and the signed coefficient, and where they
 come from (``source``).
 
-:func:`from_frontier` builds that file from a frontier report (the JSON that
-:meth:`steerlab.evaluate.frontier.FrontierReport.to_dict` writes): per direction, among the
-budgeted choices of the steering contenders (a vector, no prompt), the one with the highest
-held-out effect. ``scripts/demo_setting.py FRONTIER_JSON`` writes it into the package.
+:func:`steerlab.evaluate.demo_choice.from_frontier` chooses it from a frontier report;
+``scripts/demo_setting.py FRONTIER_JSON`` writes it into the package (:func:`write_demo_setting`).
 
 Example:
     >>> s = load_demo_setting()
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SteeringError
+from ..files import atomic_file
 
 FILE = "demo_setting.json"
 """The packaged setting, beside this module."""
@@ -105,7 +104,11 @@ class DemoSetting:
                 if not layers or not math.isfinite(coef) or coef * d <= 0:
                     raise ValueError(f"{key}: needs layers and a finite coefficient of sign {d:+d}")
                 directions[d] = DirectionSetting(
-                    str(e["method"]), layers, coef, _opt(e.get("held_out_effect")), _opt(e.get("held_out_cost"))
+                    str(e["method"]),
+                    layers,
+                    coef,
+                    held_out_value(e.get("held_out_effect")),
+                    held_out_value(e.get("held_out_cost")),
                 )
             return cls(directions, str(data["source"]))
         except (KeyError, TypeError, ValueError) as exc:
@@ -115,7 +118,13 @@ class DemoSetting:
             ) from None
 
 
-def _opt(x: Any) -> float | None:
+def held_out_value(x: Any) -> float | None:
+    """A measured value as a float, ``None`` where it was not measured (``None`` or not finite).
+
+    Example:
+        >>> held_out_value(0.5), held_out_value(float("nan")), held_out_value(None)
+        (0.5, None, None)
+    """
     return None if x is None or not math.isfinite(float(x)) else float(x)
 
 
@@ -128,66 +137,8 @@ def load_demo_setting(path: str | os.PathLike[str] | None = None) -> DemoSetting
     return DemoSetting.from_dict(json.loads(text))
 
 
-def from_frontier(report: Mapping[str, Any], source: str | None = None) -> DemoSetting:
-    """The demo setting a frontier report finds: per direction, the steering contender (a vector,
-    no prompt, from a read-out method: the demo does not train) whose budgeted choice has the
-    highest held-out effect.
-
-    Args:
-        report: a :meth:`FrontierReport.to_dict <steerlab.evaluate.frontier.FrontierReport.to_dict>`.
-        source: the ``source`` text (default: the report's title, budget and effect metrics).
-
-    Raises:
-        DemoSettingError: a direction where no steering contender fitted the budget.
-    """
-    from ..evaluate.frontier import FrontierReport
-
-    rep = FrontierReport.from_dict(report)
-    directions: dict[int, DirectionSetting] = {}
-    for d, key in KEYS.items():
-        metric = rep.effect_metrics.get(d, "")
-        scored = []
-        for b in rep.best:
-            p = b.point
-            if b.direction != d or p is None or not p.layers or p.prompt or p.coefficient * d <= 0:
-                continue  # nothing within budget, prompting (alone or with a vector), or no vector
-            if _trained(p.method):
-                continue  # the demo extracts its vectors in seconds: no training run
-            effect = p.held_out.get(metric, math.nan)
-            if not math.isnan(effect):
-                scored.append((effect, p))
-        if not scored:
-            raise DemoSettingError(
-                f"the frontier report has no steering setting within its budget for the {key} direction ({metric})"
-            )
-        effect, p = max(scored, key=lambda t: t[0])  # the first contender wins a tie
-        directions[d] = DirectionSetting(
-            p.method, tuple(p.layers), p.coefficient, effect, _opt(p.held_out.get(rep.cost_metric))
-        )
-    if source is None:
-        metrics = ", ".join(f"{KEYS[d]}: {m}" for d, m in sorted(rep.effect_metrics.items(), reverse=True))
-        source = (
-            f"frontier report '{rep.title}': per direction the steering method with the highest held-out "
-            f"effect ({metrics}) within the budget {rep.cost_metric} <= {rep.budget:g}"
-        )
-    return DemoSetting(directions, source)
-
-
-def _trained(name: str) -> bool:
-    """Whether a contender named ``name`` (``method`` or ``method:rule``) is a trained method."""
-    from ..errors import DatasetError
-    from ..extraction.methods import get_method
-
-    try:
-        return get_method(name.partition(":")[0]).trained
-    except DatasetError:
-        return False
-
-
 def write_demo_setting(setting: DemoSetting, path: str | os.PathLike[str] | None = None) -> Path:
     """Write ``setting`` as JSON (default: the packaged file) and return its path."""
-    from ..files import atomic_file
-
     dest = Path(path) if path is not None else Path(__file__).with_name(FILE)
     with atomic_file(dest) as tmp:
         tmp.write_text(json.dumps(setting.to_dict(), indent=2) + "\n", encoding="utf-8")

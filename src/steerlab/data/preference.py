@@ -25,11 +25,14 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DatasetError
 from .pairs import ChatText, ContrastPair, Read, Text, caa_pair
 from .readers import check_file, json_list, jsonl_records, text_field
+
+if TYPE_CHECKING:
+    from ..models.load import LM
 
 __all__ = [
     "PreferencePair",
@@ -184,7 +187,7 @@ def contrast_pairs(pairs: Sequence[PreferencePair], read: Read = "mean") -> list
 
 
 def self_contrast(
-    lm: Any,
+    lm: LM,
     openings: Sequence[str],
     positive_prompt: str,
     negative_prompt: str,

@@ -10,9 +10,10 @@ The protocol of CAA (Rimsky et al., "Steering Llama 2 via Contrastive Activation
   from where the assistant's answer begins (the ``"("`` and anything after it), never the question.
 
 Behaviour items (``question`` / ``answer_matching_behavior`` / ``answer_not_matching_behavior``)
-and capability items (MMLU / TruthfulQA: ``prompt`` / ``correct`` / ``incorrect``) are normalised
-into one :class:`ABItem`; for capability sets "positive" is the correct answer, so the same
-number reads as p(correct) and the share of items above 0.5 as accuracy.
+and capability items (MMLU / TruthfulQA: ``prompt`` / ``correct`` / ``incorrect``) are read by
+:mod:`steerlab.data.ab` into one :class:`~steerlab.data.ab.ABItem`; for capability sets
+"positive" is the correct answer, so the same number reads as p(correct) and the share of items
+above 0.5 as accuracy.
 
 All coefficients run in the same batches with per-row steering (rows = items × coefficients):
 one forward pass per batch, no generation.
@@ -25,6 +26,7 @@ so steering still starts where the assistant's answer begins.
 Example:
     >>> vec = behavior_vector(lm, CAA / "generate/sycophancy/generate_dataset.json",
     ...                       layers=[13], limit=200)  # doctest: +SKIP
+    >>> from steerlab.data.ab import load_ab_items
     >>> items = load_ab_items(CAA / "test/sycophancy/test_dataset_ab.json")  # doctest: +SKIP
     >>> report = behavior_eval(lm, vec, items, coefficients=(-1, 0, 1))  # doctest: +SKIP
     >>> print(report.to_markdown())  # doctest: +SKIP
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +47,8 @@ import torch
 
 from ..core.steering import Steering, SteeringLike
 from ..core.vector import SteeringVector
-from ..data.pairs import ab_letters, caa_pairs, load_caa
-from ..data.readers import text_field
+from ..data.ab import ABItem, Record, as_ab_items, load_ab_items, load_caa
+from ..data.pairs import caa_pairs
 from ..errors import DatasetError, SteeringSpecError
 from ..extraction.extract import extract
 from ..limits import Limits
@@ -56,109 +58,12 @@ from ..progress import track
 from ..runtime import hf
 from ..runtime.session import steer_rows
 from .prompting import Prompt, PromptLike, as_prompt
-from .protocol import Evaluation, register_builtin
+from .protocol import Evaluation
 from .report import Report, new_figure, save_figure
 from .stats import bootstrap_ci, resample_indices
 
 PRIME = "("
 """The assistant's answer starts with this; the next token is the answer letter."""
-
-
-# --------------------------------------------------------------------------- items
-@dataclass(frozen=True)
-class ABItem:
-    """One multiple-choice item: the question and the two letters compared.
-
-    Attributes:
-        prompt: the question with its ``(A)``/``(B)`` choices (the user turn).
-        positive_letter: the matching-behaviour letter (capability sets: the correct one).
-        negative_letter: the not-matching letter (capability sets: the incorrect one).
-        category: the behaviour name, or the record's ``category`` (MMLU subject, ...).
-
-    Example:
-        >>> ab_item({"question": "Q?\\n (A) yes\\n (B) no", "answer_matching_behavior": "(A)",
-        ...          "answer_not_matching_behavior": "(B)"}).positive_letter
-        'A'
-    """
-
-    prompt: str
-    positive_letter: str
-    negative_letter: str
-    category: str = ""
-
-
-_BEHAVIOR_KEYS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
-_CAPABILITY_KEYS = ("prompt", "correct", "incorrect")
-
-
-def ab_item(rec: Mapping[str, Any], index: int = 0, category: str = "", where: str = "") -> ABItem:
-    """Normalise one CAA behaviour record or MMLU / TruthfulQA record into an :class:`ABItem`.
-
-    Args:
-        rec: ``{question, answer_matching_behavior, answer_not_matching_behavior}`` or
-            ``{prompt, correct, incorrect[, category]}``.
-        index: the item's index, named in errors.
-        category: used when the record has no ``category`` of its own.
-        where: a prefix for error messages (e.g. the file).
-
-    Raises:
-        DatasetError: missing keys, or letters :func:`steerlab.data.pairs.ab_letters` rejects (an answer
-            without an ``(X)`` letter, a question that does not offer both letters as choices, or
-            the same letter on both sides).
-    """
-    at = f"{where} item {index}".strip()
-    if not isinstance(rec, Mapping):
-        raise DatasetError(f"{at}: expected an object, got {type(rec).__name__}")
-    if "question" in rec or "answer_matching_behavior" in rec:
-        keys = _BEHAVIOR_KEYS
-    elif "prompt" in rec or "correct" in rec:
-        keys = _CAPABILITY_KEYS
-    else:
-        raise DatasetError(
-            f"{at}: needs CAA keys {', '.join(_BEHAVIOR_KEYS)} or capability keys {', '.join(_CAPABILITY_KEYS)}"
-        )
-    missing = [k for k in keys if k not in rec]
-    if missing:
-        raise DatasetError(f"{at}: lacks {', '.join(repr(k) for k in missing)}")
-    prompt, pos_answer, neg_answer = (text_field(rec, k, at) for k in keys)
-    pos, neg = ab_letters(prompt, pos_answer, neg_answer, at)
-    cat = rec.get("category")
-    return ABItem(prompt, pos, neg, str(cat) if cat is not None else category)
-
-
-def ab_items(records: Sequence[Mapping[str, Any]], category: str = "", where: str = "") -> list[ABItem]:
-    """Normalise a list of records (see :func:`ab_item`); errors name the failing item's index."""
-    return [ab_item(rec, i, category, where) for i, rec in enumerate(records)]
-
-
-def load_ab_items(path: str | os.PathLike[str], limit: int | None = None) -> list[ABItem]:
-    """Read A/B items from a CAA ``test_dataset_ab.json`` / ``generate_dataset.json`` or from
-    ``mmlu.json`` / ``truthful_qa.json``, optionally only the first ``limit``.
-
-    Both spellings of the answer (``"(A)"`` and ``" (A)"``) and questions with more than two
-    options (survival-instinct) are accepted. The category of CAA items is the behaviour
-    (the file's folder name); capability items keep their own ``category``.
-
-    Example:
-        >>> items = load_ab_items(CAA / "test/refusal/test_dataset_ab.json", limit=4)  # doctest: +SKIP
-        >>> items[0].positive_letter, items[0].category  # doctest: +SKIP
-        ('B', 'refusal')
-
-    Raises:
-        DatasetError: missing file, not a JSON list, or a malformed item (named by its index).
-    """
-    p = Path(path)
-    records = load_caa(p, limit)
-    if not records:
-        raise DatasetError(f"{p}: holds no items")
-    return ab_items(records, category=p.parent.name, where=str(p))
-
-
-def _as_items(items: Sequence[ABItem | Mapping[str, Any]]) -> list[ABItem]:
-    out = [it if isinstance(it, ABItem) else ab_item(it, i) for i, it in enumerate(items)]
-    if not out:
-        raise DatasetError("no A/B items given")
-    return out
 
 
 # --------------------------------------------------------------------------- tokens
@@ -280,7 +185,7 @@ def _read(
 
 def ab_probabilities(
     lm: LM,
-    items: Sequence[ABItem | Mapping[str, Any]],
+    items: Sequence[ABItem | Record],
     steering: SteeringLike | Sequence[SteeringLike | None] | None = None,
     batch_size: int = 16,
     progress: bool | None = None,
@@ -302,7 +207,7 @@ def ab_probabilities(
         >>> ab_probabilities(lm, items, Steering(vec, 1.0, positions="generated"))  # doctest: +SKIP
         [0.71, 0.42, ...]
     """
-    ab = _as_items(items)
+    ab = as_ab_items(items)
     if isinstance(steering, (list, tuple)):
         if len(steering) != len(ab):
             raise SteeringSpecError(
@@ -474,7 +379,7 @@ def _points(vals: np.ndarray, coefficients: Sequence[float], n_bootstrap: int, s
 def behavior_eval(
     lm: LM,
     vector: SteeringVector | None,
-    items: Sequence[ABItem | Mapping[str, Any]] | str | os.PathLike[str],
+    items: Sequence[ABItem | Record] | str | os.PathLike[str],
     coefficients: Sequence[float] = (-1.0, 0.0, 1.0),
     *,
     layers: Sequence[int] | None = None,
@@ -495,7 +400,7 @@ def behavior_eval(
     Args:
         lm: the model.
         vector: the steering vector (e.g. from :func:`behavior_vector`).
-        items: :class:`ABItem` objects, raw records, or a path for :func:`load_ab_items`.
+        items: :class:`ABItem` objects, raw records, or a path for :func:`~steerlab.data.ab.load_ab_items`.
         coefficients: steering coefficients; ``0`` is the unsteered model.
         layers: the vector's layers to steer (default: all of them).
         batch_size: items per forward pass (each pass holds ``items × coefficients`` rows).
@@ -527,7 +432,7 @@ def behavior_eval(
     if isinstance(items, (str, os.PathLike)):
         ab, source = load_ab_items(items, limit), {"source": str(items)}
     else:
-        ab, source = _as_items(items)[:limit], {}
+        ab, source = as_ab_items(items)[:limit], {}
     steerings: list[SteeringLike | None] = [
         None if c == 0.0 or vector is None else Steering(vector, c, layers=layers, positions="generated") for c in coefs
     ]
@@ -584,16 +489,16 @@ def capability_eval(
     return behavior_eval(lm, vector, path, coefficients, name=Path(path).stem, limit=limit, capability=True, **options)
 
 
-register_builtin(
-    Evaluation(
-        "behavior",
-        behavior_eval,
-        metrics=("p_matching", "above_half", "p_not_matching"),
-        data="CAA A/B items",
-        load=load_ab_items,
-        effect={1: "p_matching", -1: "p_not_matching"},
-    ),
+EVALUATION = Evaluation(
+    "behavior",
+    behavior_eval,
+    metrics=("p_matching", "above_half", "p_not_matching"),
+    data="CAA A/B items",
+    load=load_ab_items,
+    effect={1: "p_matching", -1: "p_not_matching"},
 )
+""":func:`behavior_eval` as the evaluation protocol sees it (registered as ``"behavior"`` by
+:mod:`steerlab.evaluate`)."""
 
 
 # --------------------------------------------------------------------------- vectors

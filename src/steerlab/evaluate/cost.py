@@ -30,7 +30,7 @@ import torch
 
 from ..core.steering import Steering, SteeringLike, compose
 from ..core.vector import SteeringVector
-from ..data.pairs import load_texts
+from ..data.texts import load_texts
 from ..errors import DatasetError, SteeringSpecError
 from ..extraction.capture import check_texts
 from ..models.load import LM
@@ -39,7 +39,7 @@ from ..runtime import hf
 from ..runtime.generate import encode
 from ..runtime.session import steer
 from .prompting import Prompt, PromptLike, as_prompt
-from .protocol import Evaluation, register_builtin
+from .protocol import Evaluation
 from .report import Report, new_figure, save_figure
 
 DEFAULT_COEFFICIENTS: tuple[float, ...] = (-4, -2, -1, 0, 1, 2, 4)
@@ -401,13 +401,12 @@ def _prompted_cost(
     )
 
 
-register_builtin(
-    Evaluation(
-        "cost", offtarget_cost, metrics=("ppl_ratio", "kl", "perplexity"), data="neutral texts", load=load_texts
-    ),
+EVALUATION = Evaluation(
+    "cost", offtarget_cost, metrics=("ppl_ratio", "kl", "perplexity"), data="neutral texts", load=load_texts
 )
+""":func:`offtarget_cost` as the evaluation protocol sees it (registered as ``"cost"`` by :mod:`steerlab.evaluate`)."""
 
-# load_texts (steerlab.data.pairs) is re-exported: it reads the neutral texts the cost is measured on.
+# load_texts (steerlab.data.texts) is re-exported: it reads the neutral texts the cost is measured on.
 __all__ = [
     "CostReport",
     "TextStats",

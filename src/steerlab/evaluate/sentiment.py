@@ -38,14 +38,14 @@ import numpy as np
 from ..core.steering import Positions, Steering
 from ..core.vector import SteeringVector
 from ..data.demo import OPENINGS
-from ..data.pairs import load_openings
+from ..data.texts import load_openings
 from ..errors import DatasetError, SteeringError, SteeringSpecError
 from ..models.load import LM
 from ..progress import track
 from ..runtime.generate import generate
 from .likelihood import continuation_nll, perplexities
 from .prompting import Prompt, PromptLike, as_prompt
-from .protocol import Evaluation, register_builtin
+from .protocol import Evaluation
 from .report import Report, fmt, new_figure, save_figure
 from .scorers import LABELS, Scorer, SentimentScore, get_scorer
 from .stats import bootstrap_ci, finite_stat, resample_indices
@@ -472,15 +472,15 @@ def _reference(
     )
 
 
-register_builtin(
-    Evaluation(
-        "sentiment",
-        sentiment_shift,
-        metrics=("positive_share", "negative_share", "mean_compound", "continuation_ppl", "continuation_ppl_ratio"),
-        data="sentence openings",
-        load=load_openings,
-        default_data=lambda: list(OPENINGS),
-        effect={1: "positive_share", -1: "negative_share"},
-        cost="continuation_ppl",
-    ),
+EVALUATION = Evaluation(
+    "sentiment",
+    sentiment_shift,
+    metrics=("positive_share", "negative_share", "mean_compound", "continuation_ppl", "continuation_ppl_ratio"),
+    data="sentence openings",
+    load=load_openings,
+    default_data=lambda: list(OPENINGS),
+    effect={1: "positive_share", -1: "negative_share"},
+    cost="continuation_ppl",
 )
+""":func:`sentiment_shift` as the evaluation protocol sees it (registered as ``"sentiment"`` by
+:mod:`steerlab.evaluate`)."""

@@ -201,7 +201,7 @@ def sweep(
         lm: the model.
         vector: the steering vector; each layer set restricts it to those layers.
         kind: the evaluation: a registered name — ``"sentiment"`` (data: sentence openings),
-            ``"behavior"`` (data: CAA A/B items or :class:`~steerlab.evaluate.behavior.ABItem`),
+            ``"behavior"`` (data: CAA A/B items or :class:`~steerlab.data.ab.ABItem`),
             ``"cost"`` (data: neutral texts) — or an :class:`~steerlab.evaluate.protocol.Evaluation`.
         data: what the evaluation reads.
         coefficients: coefficients to try (include 0 for the baseline).

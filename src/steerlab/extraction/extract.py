@@ -50,7 +50,7 @@ def extract(
     Args:
         lm: the model (from :func:`steerlab.load_model`).
         pairs: contrast pairs (:func:`steerlab.persona_pairs`, :func:`steerlab.caa_pairs`, ...), or a
-            :class:`~steerlab.data.pairs.PairSource` (a streamed file or dataset, read shard by
+            :class:`~steerlab.data.sources.PairSource` (a streamed file or dataset, read shard by
             shard); trained methods also take :class:`steerlab.PreferencePair` objects and CAA
             items (:func:`steerlab.self_contrast`, :func:`steerlab.preference_pairs`).
         method: a registered method: ``mean_diff``, ``pca_diff``, ``pca_center``, ``probe``,

@@ -7,7 +7,7 @@ A :class:`ReadOutMethod` runs its own path in :func:`steerlab.extract`:
   ``O(layers × d)``, resumable from a checkpoint; :mod:`steerlab.extraction.accumulate`);
 * otherwise every read activation is captured and ``fit`` once per layer (``diagnose`` records
   how sure each layer's direction is);
-* with an executor, or data streamed from a :class:`~steerlab.data.pairs.PairSource`, shard by
+* with an executor, or data streamed from a :class:`~steerlab.data.sources.PairSource`, shard by
   shard (:mod:`steerlab.extraction.shards`).
 
 Example:
@@ -28,7 +28,8 @@ from typing import Any, ClassVar, cast
 import torch
 
 from ..core.vector import SteeringVector
-from ..data.pairs import ContrastPair, PairSource, check_pairs, data_hash, pair_texts, render
+from ..data.pairs import ContrastPair, check_pairs, data_hash, pair_texts, render
+from ..data.sources import PairSource
 from ..errors import DatasetError
 from ..models.load import LM
 from .accumulate import Accumulator, accumulate

@@ -18,14 +18,14 @@ from typing import Any
 import torch
 
 from ..core.vector import SteeringVector
-from ..data.pairs import PairSource
+from ..data.sources import PairSource
 from ..errors import DatasetError
 from ..executor import Executor
 from ..models.load import LM
 
 ExtractData = Sequence[object] | PairSource
 """What a method reads: contrast pairs (or, for trained methods, preference pairs and CAA items),
-or a :class:`~steerlab.data.pairs.PairSource` streamed shard by shard."""
+or a :class:`~steerlab.data.sources.PairSource` streamed shard by shard."""
 
 
 @dataclass(frozen=True)

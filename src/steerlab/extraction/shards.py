@@ -1,6 +1,6 @@
 """Sharded read-out: contrast pairs split into index ranges, each read on its own, merged exactly.
 
-A shard is a range of pair indices of a :class:`~steerlab.data.pairs.PairSource`. Each is a job of
+A shard is a range of pair indices of a :class:`~steerlab.data.sources.PairSource`. Each is a job of
 the run's :class:`~steerlab.executor.Executor` (this process by default; Ray actors with
 ``steerlab.distributed.RayExecutor``) and is read where it runs: its texts are rendered with that
 process's model and captured.
@@ -33,7 +33,8 @@ from typing import Protocol
 import torch
 
 from ..core.vector import SteeringVector
-from ..data.pairs import DataHash, ListPairs, PairSource, open_pairs, pair_texts
+from ..data.pairs import DataHash, pair_texts
+from ..data.sources import ListPairs, PairSource, open_pairs
 from ..errors import CheckpointError, DatasetError, ModelMismatchError
 from ..executor import LocalExecutor
 from ..files import read_checkpoint, write_checkpoint
@@ -319,8 +320,8 @@ def extract_sharded(
             and each shard's running state (``checkpoint.shard-i``); on a cluster, a path every
             node can reach.
         method: a read-out method (not token-wise).
-        data: a :class:`~steerlab.data.pairs.PairSource`, a list of pairs, or anything
-            :func:`~steerlab.data.pairs.open_pairs` reads (a file, a dataset).
+        data: a :class:`~steerlab.data.sources.PairSource`, a list of pairs, or anything
+            :func:`~steerlab.data.sources.open_pairs` reads (a file, a dataset).
         shard_size: pairs per shard (default :func:`default_shard_size`).
 
     Raises:

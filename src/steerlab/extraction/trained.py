@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..core.vector import SteeringVector
-from ..data.pairs import PairSource
+from ..data.sources import PairSource
 from ..errors import DatasetError
 from .run import ExtractData, ExtractRun
 from .train import make_config, train_vector
