@@ -9,7 +9,8 @@ steered layer is recorded by autograd either way: no tensor there requires a gra
 weights are frozen), so the backward pass and its saved activations start at the vector.
 
 :func:`fluency_kl` is the KL divergence from the unsteered to the steered next-token distribution
-on neutral texts.
+on neutral texts. Both run through the runtime: the prompt pass and the shared cache are
+:func:`steerlab.runtime.passes.extend`'s, the log-probabilities and KL :mod:`steerlab.runtime.score`'s.
 
 Example:
     >>> rows = [Row(0, (5, 6), Steering(vec, 1.0, positions="generated"))]  # doctest: +SKIP
