@@ -84,15 +84,17 @@ def _fitting(lm: Any, pairs: list[Any], n: int) -> list[Any]:
     """The first ``n`` pairs whose texts fit the model's context (stories260K's 512 tokens cut
     some CAA items out; a text that does not fit is refused, never truncated)."""
     from steerlab.data.pairs import render
+    from steerlab.runtime import hf
 
     limit = lm.context_length
     out = []
-    for p in pairs:
-        if len(out) == n:
-            break
-        texts = [render(p.positive, lm), render(p.negative, lm)]
-        if limit is None or max(len(x) for x in lm.tokenizer(texts)["input_ids"]) <= limit:
-            out.append(p)
+    with hf.quiet(errors_only=True):  # no warning about the texts that do not fit: they are left out
+        for p in pairs:
+            if len(out) == n:
+                break
+            texts = [render(p.positive, lm), render(p.negative, lm)]
+            if limit is None or max(len(x) for x in lm.tokenizer(texts)["input_ids"]) <= limit:
+                out.append(p)
     return out
 
 
