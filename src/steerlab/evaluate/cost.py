@@ -36,6 +36,7 @@ from ..models.load import LM
 from ..progress import track
 from ..runtime import hf
 from ..runtime.generate import encode
+from ..runtime.passes import hooked
 from ..runtime.score import predicting, score
 from .likelihood import TextStats, summed_kl, summed_nll
 from .prompted_cost import prompted_stats
@@ -114,13 +115,8 @@ def run_stats(
         counted = mask > 0
         if norm_skip_first:
             counted[:, 0] = False  # right padding: column 0 is each text's first token
-        handles = [lm.blocks[layer].register_forward_hook(make_hook(layer, counted)) for layer in norm_layers]
-        try:
-            with torch.inference_mode():
-                base = score(lm, input_ids, mask, valid)
-        finally:
-            for handle in handles:
-                handle.remove()
+        with hooked(lm, {layer: make_hook(layer, counted) for layer in norm_layers}), torch.inference_mode():
+            base = score(lm, input_ids, mask, valid)
         norm_count += int(counted.sum())
         base_nll += summed_nll(base, targets)
         n_tokens += int(valid.sum())

@@ -24,7 +24,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,12 +103,20 @@ def run_until(
         >>> seen = {}
         >>> run_until(lm, 2, ids, mask, hooks={2: lambda m, a, out: seen.update(h=out[0])})  # doctest: +SKIP
     """
-    handles = [lm.blocks[layer].register_forward_hook(hook) for layer, hook in (hooks or {}).items()]
-    handles.append(lm.blocks[deepest].register_forward_hook(_stop))
     try:
-        forward(lm, input_ids, attention_mask, position_ids=position_ids, cache=cache, use_cache=use_cache)
+        with hooked(lm, hooks), hooked(lm, {deepest: _stop}):
+            forward(lm, input_ids, attention_mask, position_ids=position_ids, cache=cache, use_cache=use_cache)
     except _Stop:
         pass
+
+
+@contextmanager
+def hooked(lm: LM, hooks: Mapping[int, BlockHook] | None) -> Iterator[None]:
+    """``hooks`` (``{layer: forward hook}``) on their blocks inside the ``with`` block only (after
+    any hooks already there: steering hooks come first), removed on exit, also on an exception."""
+    handles = [lm.blocks[layer].register_forward_hook(hook) for layer, hook in (hooks or {}).items()]
+    try:
+        yield
     finally:
         for handle in handles:
             handle.remove()
@@ -199,7 +208,7 @@ def extend(
         keep: return the cache, holding the prefix and the new tokens (without a prefix, a new
             cache is made for it).
         until: stop after this block (:func:`run_until`): no logits; ``None`` runs the whole model.
-        hooks: block hooks for this call (with ``until``).
+        hooks: block hooks for this call (:func:`hooked`).
 
     Returns:
         the model's output (``None`` with ``until``), and the prefix the rows now have: the full
@@ -214,7 +223,8 @@ def extend(
     positions = position_ids(mask)[:, past:]
     out = None
     if until is None:
-        out = forward(lm, input_ids, mask, position_ids=positions, cache=cache, use_cache=cache is not None)
+        with hooked(lm, hooks):
+            out = forward(lm, input_ids, mask, position_ids=positions, cache=cache, use_cache=cache is not None)
     else:
         run_until(
             lm, until, input_ids, mask, hooks=hooks, position_ids=positions, cache=cache, use_cache=cache is not None
