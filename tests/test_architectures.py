@@ -27,6 +27,7 @@ from steerlab import Steering
 from steerlab.models.layers import ARCHITECTURES, find_blocks
 from steerlab.models.tokens import common_prefix_length
 from steerlab.runtime.generate import encode
+from steerlab.runtime.passes import sliding_window
 
 STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "stories260K"
 
@@ -262,7 +263,7 @@ def _check_shared_prefix(a: Arch) -> None:
     texts += [texts[0], texts[1][: len(PREFIX) + 5]]  # a duplicate, a prefix of another text
     ids = a.lm.tokenizer(texts)["input_ids"]
     assert common_prefix_length(ids) >= 4
-    window = capture_mod.sliding_window(a.lm.model.config)
+    window = sliding_window(a.lm.model.config)
     fits = window is None or max(len(x) for x in ids) <= window
     assert (_cached_passes(a, texts) > 0) == fits
     if not fits:

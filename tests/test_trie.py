@@ -13,7 +13,7 @@ import torch
 
 import steerlab
 from steerlab.extraction import trie
-from steerlab.runtime import hf
+from steerlab.runtime import hf, passes
 
 from .conftest import CAA, REPE
 from .context_fit import caa_items_within_context
@@ -305,7 +305,8 @@ def test_a_text_without_tokens_is_refused(lm: steerlab.LM, monkeypatch: pytest.M
 def test_cache_rows_leaves_the_cache_as_it_was(lm: steerlab.LM) -> None:
     cache = hf.new_cache(lm.model)
     ids = torch.tensor([[1, 5, 6, 7], [1, 8, 9, 10]])
-    capture_mod._run_until(lm, 2, hf.forward_kwargs(lm.model, input_ids=ids, cache=cache, use_cache=True))
+    with torch.inference_mode():
+        passes.run_until(lm, 2, ids, cache=cache, use_cache=True)
     before = [t.clone() for layer in cache.layers[:3] for t in (layer.keys, layer.values)]
     rows = hf.cache_rows(cache, torch.tensor([1, 1, 0]))
     assert hf.cache_length(rows) == 4

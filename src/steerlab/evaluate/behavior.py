@@ -55,7 +55,7 @@ from ..limits import Limits
 from ..models.load import LM
 from ..models.tokens import common_prefix_length, pad_id, pad_token_ids, position_ids
 from ..progress import track
-from ..runtime import hf
+from ..runtime.passes import forward
 from ..runtime.session import steer_rows
 from .prompting import Prompt, PromptLike, as_prompt
 from .protocol import Evaluation
@@ -131,16 +131,6 @@ def _prepare(lm: LM, items: Sequence[ABItem], prompt: Prompt | None = None) -> l
     return out
 
 
-def _logits_kwargs(params: set[str]) -> dict[str, Any]:
-    """No KV cache, and only the last position's logits, when the model's forward supports it."""
-    out: dict[str, Any] = {"use_cache": False} if "use_cache" in params else {}
-    if "logits_to_keep" in params:
-        out["logits_to_keep"] = 1
-    elif "num_logits_to_keep" in params:
-        out["num_logits_to_keep"] = 1
-    return out
-
-
 def _read(
     lm: LM,
     prepared: Sequence[_Prepared],
@@ -159,18 +149,15 @@ def _read(
     order = sorted(range(n), key=lambda i: len(prepared[i].ids))
     chunks = [order[s : s + batch_size] for s in range(0, n, batch_size)]
     pad = pad_id(lm.tokenizer)
-    params = set(hf.forward_parameters(lm.model))
-    extra = _logits_kwargs(params)
     for chunk in track(chunks, "A/B read-out", enabled=progress):
         ids, mask = pad_token_ids([prepared[i].ids for i in chunk for _ in range(n_set)], pad, "left")
         lengths = torch.tensor([prepared[i].prompt_length for i in chunk for _ in range(n_set)], dtype=torch.long)
         row_steer: list[SteeringLike | None] = [settings[i][s] for i in chunk for s in range(n_set)]
         ids, mask = ids.to(lm.device), mask.to(lm.device)
-        kwargs = dict(extra)
-        if "position_ids" in params:  # left padding must not shift positions (absolute embeddings)
-            kwargs["position_ids"] = position_ids(mask)
+        # left padding must not shift positions (absolute embeddings); no cache, the last logits only
         with steer_rows(lm, row_steer, prompt_length=lengths.to(lm.device)), torch.inference_mode():
-            logits = lm.model(input_ids=ids, attention_mask=mask, **kwargs).logits[:, -1].double()
+            last = forward(lm, ids, mask, position_ids=position_ids(mask), use_cache=False, logits_to_keep=1)
+        logits = last.logits[:, -1].double()
         logp = torch.log_softmax(logits, dim=-1)
         pid = torch.tensor([prepared[i].positive_id for i in chunk for _ in range(n_set)], device=logp.device)
         nid = torch.tensor([prepared[i].negative_id for i in chunk for _ in range(n_set)], device=logp.device)

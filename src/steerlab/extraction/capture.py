@@ -41,11 +41,8 @@ from ..models.load import LM
 from ..models.tokens import pad_id, pad_token_ids, position_ids
 from ..progress import track
 from ..runtime import hf
+from ..runtime.passes import BlockHook, Prefix, can_continue, extend, run_until, sliding_window
 from . import trie
-
-
-class _StopForward(Exception):
-    """Raised inside the deepest hook to end the forward pass early."""
 
 
 def check_layers(lm: LM, layers: Sequence[int] | range | int) -> list[int]:
@@ -299,20 +296,9 @@ def capture_tokens(lm: LM, text: str | list[int], layers: Sequence[int] | range 
     return _forward_batch(lm, [ids], [(0, len(ids))], layer_list, "right", keep_tokens=True)
 
 
-def sliding_window(config: Any) -> int | None:
-    """The shortest attention window of a model with local (sliding-window) attention, else None."""
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    windows = []
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True) is not False:
-        windows.append(int(config.sliding_window))
-    if "local" in (getattr(config, "attention_layers", None) or []) and getattr(config, "window_size", None):
-        windows.append(int(config.window_size))
-    return min(windows) if windows else None
-
-
 def _can_share(lm: LM) -> bool:
     """Whether passes can continue from a cache with explicit positions (else warn once)."""
-    if hf.accepts(lm.model, "position_ids") and hf.cache_keyword(lm.model):
+    if can_continue(lm):
         return True
     if id(lm.model) not in _WARNED:
         _WARNED.add(id(lm.model))
@@ -328,32 +314,11 @@ def _can_share(lm: LM) -> bool:
 _WARNED: set[int] = set()
 
 
-def _run_until(lm: LM, deepest: int, kwargs: dict[str, Any], hooks: dict[int, Any] | None = None) -> None:
-    """``lm.model(**kwargs)`` under ``inference_mode``, stopped right after block ``deepest``;
-    ``hooks`` (``{layer: forward hook}``) run first and are removed afterwards."""
-
-    def stop(*_: Any) -> None:
-        raise _StopForward
-
-    handles = [lm.blocks[layer].register_forward_hook(hook) for layer, hook in (hooks or {}).items()]
-    handles.append(lm.blocks[deepest].register_forward_hook(stop))
-    try:
-        with torch.inference_mode():
-            lm.model(**kwargs)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 @dataclass
-class _Ran:
-    """A pass that has run: its cache and full attention mask (while later passes continue from
-    it) and, per layer, the sums of its read ranges ``[n_ranges, d_model]``."""
+class _Ran(Prefix):
+    """A pass that has run: the prefix its rows leave (its cache, while later passes continue from
+    it, and its full attention mask) and, per layer, the sums of its read ranges ``[n_ranges, d_model]``."""
 
-    cache: Any
-    mask: torch.Tensor
     sums: dict[int, torch.Tensor]
 
 
@@ -402,29 +367,16 @@ def _run_pass(
     rows = [plan.tree.tokens(s, start) for s, start in zip(ps.segments, ps.starts)]
     input_ids, mask = pad_token_ids(rows, pad_id(lm.tokenizer), side)
     input_ids, mask = input_ids.to(lm.device), mask.to(lm.device)
-    cache = hf.new_cache(lm.model) if keep else None
+    prefix = None
     if ps.cached:
-        assert parent is not None and parent.cache is not None
-        index = torch.tensor(ps.parent_rows)  # a CPU index works for the cache on any device
-        if last:
-            cache, parent.cache = parent.cache, None
-            hf.select_cache_rows(cache, index)
-        else:
-            cache = hf.cache_rows(parent.cache, index)
-        mask = torch.cat([parent.mask[index.to(parent.mask.device)], mask], dim=1)
-    kwargs = hf.forward_kwargs(
-        lm.model,
-        input_ids=input_ids,
-        attention_mask=mask,
-        position_ids=position_ids(mask)[:, ps.context :],
-        cache=cache,
-        use_cache=cache is not None,
-    )
+        assert parent is not None and parent.cache is not None and parent.width == ps.context
+        # a CPU index works for the cache on any device; the last child takes the cache over
+        prefix = parent.rows(torch.tensor(ps.parent_rows), take=last)
     offsets = [ps.width - len(r) if side == "left" else 0 for r in rows]
     flat, owner = _range_positions(plan.ranges[p], ps.width, offsets)
     sums: dict[int, torch.Tensor] = {}
 
-    def make_hook(layer: int) -> Any:
+    def make_hook(layer: int) -> BlockHook:
         def hook(_module: Any, _args: Any, output: Any) -> None:
             h = hf.block_hidden(output).flatten(0, 1)
             picked = h[flat.to(h.device)].float()
@@ -434,8 +386,9 @@ def _run_pass(
         return hook
 
     hooks = {layer: make_hook(layer) for layer in layers} if plan.ranges[p] else {}
-    _run_until(lm, max(layers), kwargs, hooks)
-    return _Ran(cache if keep else None, mask, sums)
+    with torch.inference_mode():
+        _, ran = extend(lm, input_ids, mask, prefix, keep=keep, until=max(layers), hooks=hooks)
+    return _Ran(ran.cache, ran.mask, sums)
 
 
 def _range_positions(
@@ -511,12 +464,9 @@ def _forward_batch(
         off = width - len(seq) if side == "left" else 0
         weights[row, off + start : off + end] = 1.0 / (end - start)
     input_ids, mask = input_ids.to(device), mask.to(device)
-    kwargs = hf.forward_kwargs(
-        lm.model, input_ids=input_ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False
-    )
     result: dict[int, torch.Tensor] = {}
 
-    def make_hook(layer: int) -> Any:
+    def make_hook(layer: int) -> BlockHook:
         def hook(_module: Any, _args: Any, output: Any) -> None:
             h = hf.block_hidden(output)
             if keep_tokens:
@@ -527,5 +477,7 @@ def _forward_batch(
 
         return hook
 
-    _run_until(lm, max(layers), kwargs, {layer: make_hook(layer) for layer in layers})
+    hooks = {layer: make_hook(layer) for layer in layers}
+    with torch.inference_mode():
+        run_until(lm, max(layers), input_ids, mask, hooks=hooks, position_ids=position_ids(mask), use_cache=False)
     return result

@@ -29,6 +29,8 @@ from ..errors import TransformersCompatError
 from ..models.load import LM
 from ..models.tokens import pad_id, pad_token_ids
 from . import hf
+from .calls import call_positions
+from .passes import forward, hf_generate
 
 _CHECKED: WeakKeyDictionary[Any, bool] = WeakKeyDictionary()
 
@@ -37,7 +39,8 @@ LOWEST_TRANSFORMERS = "4.56"
 
 
 class _Probe:
-    """Records what the engine's position reading sees in each forward call, and block shapes."""
+    """Records what the engine's position reading (:func:`~steerlab.runtime.calls.call_positions`)
+    sees in each forward call, and block shapes."""
 
     def __init__(self, lm: LM) -> None:
         self.lm = lm
@@ -45,8 +48,6 @@ class _Probe:
         self.shapes: list[tuple[int, ...]] = []
 
     def pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        from .session import call_positions
-
         real, index = call_positions(module, args, kwargs)
         self.calls.append((real.cpu(), index.cpu()))
 
@@ -107,7 +108,7 @@ def check_positions(lm: LM) -> None:
 
 
 def _run_checks(lm: LM) -> list[str]:
-    model, device = lm.model, lm.device
+    device = lm.device
     pad = pad_id(lm.tokenizer)
     lengths = [3, 5]
     ids, mask = pad_token_ids([_sample_ids(lm, n) for n in lengths], pad, "left")
@@ -118,21 +119,21 @@ def _run_checks(lm: LM) -> list[str]:
     d_model = lm.d_model
     with torch.inference_mode(), hf.quiet(errors_only=True):
         with _Probe(lm) as probe:
-            model.generate(input_ids=ids, attention_mask=mask, **gen)
+            hf_generate(lm, ids, mask, **gen)
         problems += _expect(probe, lengths, 2, "padded generate")
         bad = [s for s in probe.shapes if len(s) != 3 or s[0] != 2 or s[-1] != d_model]
         if bad:
             problems.append(f"block outputs hold hidden states of shape {bad[0]}, expected [2, tokens, {d_model}]")
         one = ids[1:, :]
         with _Probe(lm) as probe:
-            model.generate(input_ids=one, attention_mask=torch.ones_like(one), **gen)
+            hf_generate(lm, one, torch.ones_like(one), **gen)
         problems += _expect(probe, [5], 2, "unpadded generate")
         with _Probe(lm) as probe:
-            out = model(**hf.forward_kwargs(model, input_ids=one, use_cache=True))
+            out = forward(lm, one, use_cache=True)
             cache = hf.output_cache(out)
             if cache is not None:
                 step = out.logits[:, -1:].argmax(-1)
-                model(**hf.forward_kwargs(model, input_ids=step, cache=cache, use_cache=True))
+                forward(lm, step, cache=cache, use_cache=True)
         if cache is None:
             problems.append("a forward call with use_cache=True returned no cache")
         else:

@@ -23,6 +23,7 @@ from ..limits import Limits
 from ..models.load import LM
 from ..models.tokens import pad_id, pad_token_ids
 from .finite import FiniteLogits
+from .passes import hf_generate
 from .session import steer_rows
 
 
@@ -100,7 +101,7 @@ def generate(
         guard = FiniteLogits(start, len(chunk))
         kwargs["logits_processor"] = LogitsProcessorList([guard, *(generate_kwargs.get("logits_processor") or ())])
         with steer_rows(lm, rows[start : start + step], prompt_length=mask.sum(-1)), torch.inference_mode():
-            seqs = lm.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, **kwargs)
+            seqs = hf_generate(lm, input_ids, mask, max_new_tokens=max_new_tokens, **kwargs)
         new = seqs[:, input_ids.shape[1] :]
         out += lm.tokenizer.batch_decode(new, skip_special_tokens=True)
     return out

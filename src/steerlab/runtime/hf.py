@@ -30,6 +30,9 @@ import torch
 CACHE_KEYWORDS = ("cache", "past_key_values")
 """Names transformers has used for the KV cache argument of a model's forward, newest first."""
 
+LOGITS_TO_KEEP_KEYWORDS = ("logits_to_keep", "num_logits_to_keep")
+"""Names transformers has used for "compute the last N positions' logits only", newest first."""
+
 _PARAMS: WeakKeyDictionary[Any, tuple[str, ...]] = WeakKeyDictionary()
 
 
@@ -85,8 +88,8 @@ def forward_kwargs(
 
     ``position_ids`` is dropped when the model's forward does not take it (positions then follow
     the attention mask inside the model); passing a ``cache`` to a model that takes none raises.
-    ``logits_to_keep`` (compute logits for the last N positions only) is dropped when the model
-    does not take it.
+    ``logits_to_keep`` (compute logits for the last N positions only) is passed under the name the
+    model takes (``num_logits_to_keep`` in older models) and dropped when it takes neither.
     """
     out: dict[str, Any] = {}
     if input_ids is not None:
@@ -104,8 +107,10 @@ def forward_kwargs(
         out[key] = cache
     if use_cache is not None and accepts(model, "use_cache"):
         out["use_cache"] = use_cache
-    if logits_to_keep is not None and accepts(model, "logits_to_keep"):
-        out["logits_to_keep"] = logits_to_keep
+    if logits_to_keep is not None:
+        key = next((k for k in LOGITS_TO_KEEP_KEYWORDS if accepts(model, k)), None)
+        if key is not None:
+            out[key] = logits_to_keep
     return out
 
 

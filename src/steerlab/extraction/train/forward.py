@@ -9,7 +9,8 @@ steered layer is recorded by autograd either way: no tensor there requires a gra
 weights are frozen), so the backward pass and its saved activations start at the vector.
 
 :func:`fluency_kl` is the KL divergence from the unsteered to the steered next-token distribution
-on neutral texts.
+on neutral texts. Both run through the runtime: the prompt pass and the shared cache are
+:func:`steerlab.runtime.passes.extend`'s, the log-probabilities and KL :mod:`steerlab.runtime.score`'s.
 
 Example:
     >>> rows = [Row(0, (5, 6), Steering(vec, 1.0, positions="generated"))]  # doctest: +SKIP
@@ -20,23 +21,18 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ...core.steering import Steering
 from ...core.vector import SteeringVector
 from ...models.load import LM
-from ...models.tokens import pad_id, pad_token_ids, position_ids
-from ...runtime import hf
-from ...runtime.session import steer_rows
-from ..capture import sliding_window
+from ...models.tokens import pad_id, pad_token_ids
+from ...runtime.passes import Prefix, can_continue, extend, sliding_window
+from ...runtime.score import kl, predicting, row_sums, score, spans, steered, target_logps
 from .encode import EncodedPair
 
-IGNORE = -100
 MIN_SHARED_PREFIX = 4  # prompt tokens a shared prompt pass must save before it pays
 
 
@@ -50,13 +46,9 @@ class Row:
     steering: Steering | None = None
 
 
-class _StopAfterBlocks(Exception):
-    """Raised after the last block of a prompt pass: its logits are not needed."""
-
-
 def _shares(lm: LM, prompts: Sequence[tuple[int, ...]], rows: Sequence[Row]) -> bool:
     """Whether running each prompt once and continuing every row from its cache pays (and works)."""
-    if any(len(p) < 2 for p in prompts) or not (hf.accepts(lm.model, "position_ids") and hf.cache_keyword(lm.model)):
+    if any(len(p) < 2 for p in prompts) or not can_continue(lm):
         return False
     saved = sum(len(prompts[r.prompt]) - 1 for r in rows) - sum(len(p) - 1 for p in prompts)
     total = sum(len(prompts[r.prompt]) + len(r.completion) - 1 for r in rows)
@@ -67,34 +59,17 @@ def _shares(lm: LM, prompts: Sequence[tuple[int, ...]], rows: Sequence[Row]) -> 
     return window is None or longest <= window
 
 
-def _prompt_cache(
+def _prompt_prefix(
     lm: LM, prefixes: list[tuple[int, ...]], steering: Sequence[Steering | None] | None, rows: list[int]
-) -> tuple[Any, torch.Tensor]:
-    """Key/value cache of the left-padded ``prefixes`` (steered per prefix where ``steering`` says),
-    expanded so that row ``r`` holds prefix ``rows[r]``; and its attention mask for those rows."""
+) -> Prefix:
+    """The left-padded ``prefixes`` run once through every block (steered per prefix where
+    ``steering`` says; no logits), expanded so that row ``r`` continues prefix ``rows[r]``."""
     ids, mask = pad_token_ids(prefixes, pad_id(lm.tokenizer), "left")
     ids, mask = ids.to(lm.device), mask.to(lm.device)
-    cache = hf.new_cache(lm.model)
-    kwargs = hf.forward_kwargs(
-        lm.model, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), cache=cache, use_cache=True
-    )
-    steered = steering is not None and any(s is not None for s in steering)
-
-    def stop(*_: Any) -> None:
-        raise _StopAfterBlocks
-
-    handle = lm.blocks[-1].register_forward_hook(stop)
-    ctx = steer_rows(lm, list(steering)) if steered and steering is not None else nullcontext()
-    try:
-        with ctx, torch.set_grad_enabled(torch.is_grad_enabled() and steered):
-            lm.model(**kwargs)
-    except _StopAfterBlocks:
-        pass
-    finally:
-        handle.remove()
-    index = torch.tensor(rows)
-    hf.select_cache_rows(cache, index)
-    return cache, mask[index]
+    live = steering is not None and any(s is not None for s in steering)
+    with steered(lm, steering), torch.set_grad_enabled(torch.is_grad_enabled() and live):
+        _, prefix = extend(lm, ids, mask, keep=True, until=lm.n_layers - 1)
+    return prefix.rows(torch.tensor(rows), take=True)
 
 
 def pair_rows(
@@ -149,38 +124,22 @@ def completion_logps(
     Differentiable with respect to the steering vectors when autograd is on.
     """
     lengths = torch.tensor([len(prompts[r.prompt]) for r in rows])
-    cache, prefix_mask = None, None
+    prefix = None
     if share_prefix and _shares(lm, prompts, rows):
-        cache, prefix_mask = _prompt_cache(lm, [p[:-1] for p in prompts], prompt_steering, [r.prompt for r in rows])
+        prefix = _prompt_prefix(lm, [p[:-1] for p in prompts], prompt_steering, [r.prompt for r in rows])
         seqs = [prompts[r.prompt][-1:] + r.completion[:-1] for r in rows]
         skip = [0] * len(rows)
     else:
         seqs = [prompts[r.prompt] + r.completion[:-1] for r in rows]
         skip = [len(prompts[r.prompt]) - 1 for r in rows]
     ids, mask = pad_token_ids(seqs, pad_id(lm.tokenizer), "right")
-    targets = torch.full_like(ids, IGNORE)
-    for i, (r, start) in enumerate(zip(rows, skip)):
-        targets[i, start : start + len(r.completion)] = torch.tensor(r.completion)
-    ids, mask, targets = ids.to(lm.device), mask.to(lm.device), targets.to(lm.device)
-    shared = 0
-    if prefix_mask is not None:
-        shared = prefix_mask.shape[1]
-        mask = torch.cat([prefix_mask.to(mask.dtype), mask], dim=1)
-    kwargs = hf.forward_kwargs(
-        lm.model,
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=position_ids(mask)[:, shared:],
-        cache=cache,
-        use_cache=cache is not None,
+    select = spans(ids.shape[1], [(start, start + len(r.completion)) for r, start in zip(rows, skip)])
+    targets = torch.tensor([t for r in rows for t in r.completion])
+    steering = [r.steering for r in rows]
+    logps = score(
+        lm, ids.to(lm.device), mask.to(lm.device), select, prefix=prefix, steering=steering, prompt_length=lengths
     )
-    steerings = [r.steering for r in rows]
-    ctx = steer_rows(lm, steerings, prompt_length=lengths) if any(s is not None for s in steerings) else nullcontext()
-    with ctx:
-        logits = lm.model(**kwargs).logits
-    n, width, vocab = logits.shape
-    nll = F.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1), ignore_index=IGNORE, reduction="none")
-    return -nll.view(n, width).sum(-1).cpu()
+    return row_sums(target_logps(logps, targets), select).cpu()
 
 
 def fluency_kl(lm: LM, texts: Sequence[tuple[int, ...]], steerings: Sequence[Steering]) -> torch.Tensor:
@@ -190,12 +149,8 @@ def fluency_kl(lm: LM, texts: Sequence[tuple[int, ...]], steerings: Sequence[Ste
     """
     ids, mask = pad_token_ids(list(texts), pad_id(lm.tokenizer), "right")
     ids, mask = ids.to(lm.device), mask.to(lm.device)
-    kwargs = hf.forward_kwargs(lm.model, input_ids=ids, attention_mask=mask, use_cache=False)
+    select = predicting(mask)  # position j predicts token j + 1
     with torch.no_grad():
-        ref = torch.log_softmax(lm.model(**kwargs).logits.float(), dim=-1)
-    lengths = mask.sum(-1)
-    with steer_rows(lm, list(steerings), prompt_length=lengths):
-        logp = torch.log_softmax(lm.model(**kwargs).logits.float(), dim=-1)
-    kl = (ref.exp() * (ref - logp)).sum(-1)[:, :-1]
-    real = mask[:, 1:].to(kl.dtype)  # position j predicts token j + 1
-    return ((kl * real).sum(-1) / real.sum(-1).clamp_min(1)).cpu()
+        ref = score(lm, ids, mask, select)
+    logp = score(lm, ids, mask, select, steering=list(steerings), prompt_length=mask.sum(-1))
+    return (row_sums(kl(ref, logp), select) / select.sum(-1).clamp_min(1)).cpu()

@@ -34,7 +34,7 @@ import torch
 from ...core.condition import Condition
 from ...core.steering import Composite, Steering, SteeringLike, compose
 from ...runtime.finite import finite, peaks
-from ...runtime.session import as_steerings
+from ...runtime.plan import as_steerings
 from ..jobs import Delta, Done, Failed, GenParams, Job
 
 if TYPE_CHECKING:
