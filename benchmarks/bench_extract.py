@@ -83,12 +83,12 @@ def _pairs(lm: Any, name: str, n: int) -> list[Any]:
 def _fitting(lm: Any, pairs: list[Any], n: int) -> list[Any]:
     """The first ``n`` pairs whose texts fit the model's context (stories260K's 512 tokens cut
     some CAA items out; a text that does not fit is refused, never truncated)."""
+    from steerlab import hf_env
     from steerlab.data.pairs import render
-    from steerlab.runtime import hf
 
     limit = lm.context_length
     out = []
-    with hf.quiet(errors_only=True):  # no warning about the texts that do not fit: they are left out
+    with hf_env.quiet(errors_only=True):  # no warning about the texts that do not fit: they are left out
         for p in pairs:
             if len(out) == n:
                 break

@@ -92,7 +92,7 @@ def token_positions(
             real = full[:, implied:] > 0
             return _expand(real, batch, length), _expand(index, batch, length)
         if position_ids is None:
-            from ..runtime.hf import versions
+            from ..hf_env import versions
 
             raise TransformersCompatError(
                 f"the attention mask covers {width} tokens but the call has {length} new tokens after "
@@ -103,7 +103,7 @@ def token_positions(
         real = torch.ones(index.shape, dtype=torch.bool, device=device)
         return _expand(real, batch, length), _expand(index, batch, length)
     if has_cache and past is None:
-        from ..runtime.hf import versions
+        from ..hf_env import versions
 
         raise TransformersCompatError(
             "the forward call passed a KV cache whose length cannot be read, and no attention mask or "
@@ -116,7 +116,7 @@ def token_positions(
 
 def _expand(t: torch.Tensor, batch: int, length: int) -> torch.Tensor:
     if t.shape[-1] != length or t.shape[0] not in (1, batch):
-        from ..runtime.hf import versions
+        from ..hf_env import versions
 
         raise TransformersCompatError(
             f"position information of shape {tuple(t.shape)} does not fit a call of {batch} rows × "

@@ -69,13 +69,13 @@ from typing import Any, Literal
 
 import torch
 
+from .. import hf_env
 from ..core.operators import ConstantAddition, DirectionRemoval, FixedForm
 from ..core.steering import Composite, Steering, SteeringLike, compose
 from ..errors import SteeringError, UnsupportedArchitectureError
 from ..files import atomic_folder
 from ..models.layers import ARCHITECTURES, get_path
 from ..models.load import LM
-from ..runtime import hf
 from ..runtime.session import SteeringSession, steer
 
 BAKE_INFO = "steerlab_bake.json"
@@ -541,7 +541,7 @@ def bake(
         **p.describe(),
     }
     with atomic_folder(out) as tmp:
-        with hf.quiet(errors_only=True):
+        with hf_env.quiet(errors_only=True):
             lm.model.save_pretrained(tmp, state_dict=sd)
         if "model_type" not in changes:  # save_pretrained filled in the class name
             config.architectures = list(getattr(lm.model.config, "architectures", None) or [])

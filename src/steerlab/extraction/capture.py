@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from .. import hf_env
 from ..data.pairs import Read, validate_read
 from ..errors import DatasetError, LayerRangeError
 from ..limits import Limits
@@ -303,7 +304,7 @@ def _can_share(lm: LM) -> bool:
     if id(lm.model) not in _WARNED:
         _WARNED.add(id(lm.model))
         warnings.warn(
-            f"{type(lm.model).__name__}.forward takes no position_ids or KV cache ({hf.versions()}): "
+            f"{type(lm.model).__name__}.forward takes no position_ids or KV cache ({hf_env.versions()}): "
             "shared prefixes run once per text (share_prefix has no effect; results are the same)",
             RuntimeWarning,
             stacklevel=4,

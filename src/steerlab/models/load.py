@@ -27,9 +27,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .. import hf_env
 from ..errors import ContextLengthError, ModelLoadError
 from ..files import atomic_folder
-from ..runtime import hf
 from .gguf_tokenizer import check_gguf_tokenizer as check_gguf_tokenizer  # re-exported
 from .gguf_tokenizer import load_gguf_tokenizer
 from .layers import find_blocks
@@ -212,7 +212,7 @@ def converted_gguf(gguf_path: Path) -> Path:
     and would read a 5.x config's RoPE settings as the default (a different model), silently.
     """
     gguf_path = gguf_path.resolve()
-    tag = f"v{CONVERSION_VERSION}-{hf.checkpoint_format()}"
+    tag = f"v{CONVERSION_VERSION}-{hf_env.checkpoint_format()}"
     out = cache_dir() / "models" / f"{gguf_path.stem}-{_file_key(gguf_path)}-{tag}"
     if not (out / "config.json").is_file():
         _convert_gguf(gguf_path, out)
@@ -249,7 +249,7 @@ def load_model(
     name = os.fspath(name_or_path)
     source, model_id = resolve_model(name)
     where = name if name == "default" or not Path(name).exists() else str(Path(name).resolve())
-    with hf.quiet():
+    with hf_env.quiet():
         lm = _load(name, source, model_id, dtype, device, device_map, blocks)
     device_name = None if device_map is not None else lm.device.type
     lm.spec = LoadSpec(where, str(lm.model.dtype).removeprefix("torch."), device_name, device_map, blocks)

@@ -25,6 +25,7 @@ from weakref import WeakKeyDictionary
 
 import torch
 
+from .. import hf_env
 from ..errors import TransformersCompatError
 from ..models.load import LM
 from ..models.tokens import pad_id, pad_token_ids
@@ -117,7 +118,7 @@ def _run_checks(lm: LM) -> list[str]:
     gen.update(temperature=None, top_p=None, top_k=None)
     problems: list[str] = []
     d_model = lm.d_model
-    with torch.inference_mode(), hf.quiet(errors_only=True):
+    with torch.inference_mode(), hf_env.quiet(errors_only=True):
         with _Probe(lm) as probe:
             hf_generate(lm, ids, mask, **gen)
         problems += _expect(probe, lengths, 2, "padded generate")

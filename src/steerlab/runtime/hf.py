@@ -3,10 +3,11 @@
 Everything steerlab knows about how transformers calls a model lives here: forward keyword names
 (the KV cache is ``cache=`` from 5.24 on and ``past_key_values=`` before; ``position_ids``,
 ``attention_mask``, ``logits_to_keep``), cache objects (creating one, its length, selecting rows;
-padding, trimming and concatenating the rows of dynamic caches), decoder-block output tuples, and
-quieting transformers' logging. transformers renames these between minor releases;
-when it does, this is the module to change, and :func:`steerlab.runtime.canary.check_positions` fails
-loudly (naming the versions) instead of letting steering act on the wrong tokens.
+padding, trimming and concatenating the rows of dynamic caches) and decoder-block output tuples (the
+versions, checkpoint format and logging of transformers as a whole are in :mod:`steerlab.hf_env`).
+transformers renames these between minor releases; when it does, this is the module to change, and
+:func:`steerlab.runtime.canary.check_positions` fails loudly (naming the versions) instead of letting
+steering act on the wrong tokens.
 
 Example:
     >>> from steerlab.runtime import hf
@@ -19,13 +20,13 @@ from __future__ import annotations
 
 import copy
 import inspect
-import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 from weakref import WeakKeyDictionary
 
 import torch
+
+from ..hf_env import versions
 
 CACHE_KEYWORDS = ("cache", "past_key_values")
 """Names transformers has used for the KV cache argument of a model's forward, newest first."""
@@ -34,21 +35,6 @@ LOGITS_TO_KEEP_KEYWORDS = ("logits_to_keep", "num_logits_to_keep")
 """Names transformers has used for "compute the last N positions' logits only", newest first."""
 
 _PARAMS: WeakKeyDictionary[Any, tuple[str, ...]] = WeakKeyDictionary()
-
-
-def versions() -> str:
-    """``"transformers X, torch Y"``: the versions to name in an error about transformers' internals."""
-    import transformers
-
-    return f"transformers {transformers.__version__}, torch {torch.__version__}"
-
-
-def checkpoint_format() -> str:
-    """A tag for the checkpoint format this transformers writes (``"tf5"``): saved folders are
-    read back only by the same major version."""
-    import transformers
-
-    return "tf" + transformers.__version__.split(".")[0]
 
 
 def forward_parameters(model: Any) -> tuple[str, ...]:
@@ -313,22 +299,3 @@ def block_hidden(output: Any) -> torch.Tensor:
 def with_block_hidden(output: Any, hidden: torch.Tensor) -> Any:
     """``output`` with its hidden states replaced (same container as the block returned)."""
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-
-@contextmanager
-def quiet(errors_only: bool = False) -> Iterator[None]:
-    """Silence transformers' progress bars (and, with ``errors_only``, its warnings) in the block."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    level = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    if errors_only:
-        hf_logging.set_verbosity(logging.ERROR)
-    try:
-        yield
-    finally:
-        if errors_only:
-            hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ... import hf_env
 from ...export import PluginUnsupported
 from ...models.load import LM
 from ..http_errors import APIError
@@ -322,11 +323,10 @@ def load_shell(name_or_path: str | os.PathLike[str], blocks: str | None = None) 
 
     from ...errors import ModelLoadError
     from ...models.load import resolve_model, wrap_model
-    from ...runtime import hf
 
     source, model_id = resolve_model(name_or_path)
     try:
-        with hf.quiet():
+        with hf_env.quiet():
             tokenizer = AutoTokenizer.from_pretrained(str(source))
             config = AutoConfig.from_pretrained(str(source))
             with torch.device("meta"):
