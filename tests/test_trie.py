@@ -226,13 +226,17 @@ def test_streaming_resumes_exactly(lm: steerlab.LM) -> None:
     """Batches come in a fixed order of exactly batch_size texts; skipping k of them yields the
     same later batches and runs fewer passes."""
     texts = _texts(lm)
-    everything = list(capture_mod.iter_capture(lm, texts, [1, 3], "mean", batch_size=4))
+    everything = list(capture_mod.iter_capture(lm, texts, [1, 3], "mean", capture_mod.CaptureOptions(batch_size=4)))
     assert [len(b) for b, _ in everything] == [4] * (len(texts) // 4) + ([len(texts) % 4] if len(texts) % 4 else [])
     assert sorted(t for b, _ in everything for t in b) == list(range(len(texts)))
     with _Counter(lm.model) as all_calls:
-        list(capture_mod.iter_capture(lm, texts, [1, 3], "mean", batch_size=4))
+        list(capture_mod.iter_capture(lm, texts, [1, 3], "mean", capture_mod.CaptureOptions(batch_size=4)))
     with _Counter(lm.model) as resumed_calls:
-        resumed = list(capture_mod.iter_capture(lm, texts, [1, 3], "mean", batch_size=4, skip_batches=3))
+        resumed = list(
+            capture_mod.iter_capture(
+                lm, texts, [1, 3], "mean", capture_mod.CaptureOptions(batch_size=4), skip_batches=3
+            )
+        )
     assert resumed_calls.calls < all_calls.calls
     assert [b for b, _ in resumed] == [b for b, _ in everything[3:]]
     for (_, a), (_, b) in zip(resumed, everything[3:]):

@@ -26,7 +26,7 @@ from ..data.pairs import Read
 from ..errors import CheckpointError
 from ..files import checkpoint_int, read_checkpoint, write_checkpoint
 from ..models.load import LM
-from .capture import Names, batch_order, iter_capture, n_batches
+from .capture import CaptureOptions, Names, batch_order, iter_capture, n_batches
 
 
 class Accumulator(ABC):
@@ -91,17 +91,8 @@ def accumulate(
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists():
         done = resume_accumulators(path, key, accs, total, batch_size)
-    batches = iter_capture(
-        lm,
-        texts,
-        layers,
-        reads,
-        batch_size,
-        progress=progress,
-        skip_batches=done,
-        share_prefix=share_prefix,
-        names=names,
-    )
+    options = CaptureOptions(batch_size, progress=progress, share_prefix=share_prefix, names=names)
+    batches = iter_capture(lm, texts, layers, reads, options, skip_batches=done)
     for batch, acts in batches:
         positive = torch.tensor([i % 2 == 0 for i in batch])
         for k in layers:

@@ -199,21 +199,33 @@ def pass_cost(lm: LM) -> int:
     return max(trie.PASS_COST, round(len(lm.blocks) * BLOCK_CALL_S / per_token))
 
 
+@dataclass(frozen=True)
+class CaptureOptions:
+    """How :func:`iter_capture` runs its passes (the keywords of :func:`capture`, see there).
+
+    Example:
+        >>> CaptureOptions(batch_size=8).share_prefix
+        True
+    """
+
+    batch_size: int = 32
+    padding_side: str | None = None
+    progress: bool | None = None
+    share_prefix: bool = True
+    names: Names | None = None
+
+
 def iter_capture(
     lm: LM,
     texts: Sequence[str],
     layers: Sequence[int] | range | int,
     reads: Read | Sequence[Read] = "last",
-    batch_size: int = 32,
-    padding_side: str | None = None,
-    progress: bool | None = None,
+    options: CaptureOptions = CaptureOptions(),
     skip_batches: int = 0,
-    share_prefix: bool = True,
-    names: Names | None = None,
 ) -> Iterator[tuple[list[int], dict[int, torch.Tensor]]]:
     """Stream activations batch by batch: yields ``(text indices, {layer: [batch, d_model]})``.
 
-    Every batch but the last has ``batch_size`` texts, in an order fixed by the texts, reads and
+    Every batch but the last has ``options.batch_size`` texts, in an order fixed by the texts, reads and
     ``batch_size``, so a run can resume by skipping the first ``skip_batches`` (their passes are not
     run unless a later batch needs them). With ``share_prefix`` each distinct token prefix is
     computed once (see the module docstring) and texts come in the order their reads complete;
@@ -221,12 +233,13 @@ def iter_capture(
     per level of the prefix tree (or one batch). Every text is checked before the first pass
     (:func:`check_texts`; ``names`` names them in errors).
     """
+    batch_size = options.batch_size
     layer_list = check_layers(lm, layers)
-    ids, ranges = _encode(lm, texts, reads, names)
-    side = padding_side or lm.tokenizer.padding_side or "right"
+    ids, ranges = _encode(lm, texts, reads, options.names)
+    side = options.padding_side or lm.tokenizer.padding_side or "right"
     total = n_batches(len(texts), batch_size) - skip_batches
-    enabled = progress if total > 1 else False
-    if share_prefix and _can_share(lm):
+    enabled = options.progress if total > 1 else False
+    if options.share_prefix and _can_share(lm):
         plan = _plan(lm, ids, ranges, batch_size)
         done = _run_plan(lm, plan, layer_list, side, skip_batches * batch_size)
         yield from track(_rebatch(done, batch_size), "capturing activations", total=total, enabled=enabled)
@@ -280,9 +293,8 @@ def capture(
     """
     layer_list = check_layers(lm, layers)
     out = {layer: torch.empty(len(texts), lm.d_model, dtype=torch.float32) for layer in layer_list}
-    for batch, acts in iter_capture(
-        lm, texts, layer_list, reads, batch_size, padding_side, progress, share_prefix=share_prefix, names=names
-    ):
+    options = CaptureOptions(batch_size, padding_side, progress, share_prefix, names)
+    for batch, acts in iter_capture(lm, texts, layer_list, reads, options):
         index = torch.tensor(batch)
         for layer in layer_list:
             out[layer][index] = acts[layer]
