@@ -77,7 +77,25 @@ def _pairs(lm: Any, name: str, n: int) -> list[Any]:
 
     if name == "persona":
         return steerlab.persona_pairs("happy", "sad", steerlab.load_openings(OPENINGS)[:n])
-    return steerlab.caa_pairs(steerlab.load_caa(CAA, n))
+    return _fitting(lm, steerlab.caa_pairs(steerlab.load_caa(CAA)), n)
+
+
+def _fitting(lm: Any, pairs: list[Any], n: int) -> list[Any]:
+    """The first ``n`` pairs whose texts fit the model's context (stories260K's 512 tokens cut
+    some CAA items out; a text that does not fit is refused, never truncated)."""
+    from steerlab import hf
+    from steerlab.data import render
+
+    limit = lm.context_length
+    out = []
+    with hf.quiet(errors_only=True):  # no warning about the texts that do not fit: they are left out
+        for p in pairs:
+            if len(out) == n:
+                break
+            texts = [render(p.positive, lm), render(p.negative, lm)]
+            if limit is None or max(len(x) for x in lm.tokenizer(texts)["input_ids"]) <= limit:
+                out.append(p)
+    return out
 
 
 def _texts(lm: Any, pairs: list[Any]) -> tuple[list[str], list[Any]]:
