@@ -253,7 +253,7 @@ def _prompts(n: int) -> list[str]:
 
 
 def _padded(ids: list[list[int]], pad_id: int, side: str) -> tuple[Any, Any]:
-    from steerlab.tokens import pad_token_ids
+    from steerlab.models.tokens import pad_token_ids
 
     return pad_token_ids(ids, pad_id, side)
 
@@ -262,7 +262,7 @@ def scenario_extract(cfg: CoreConfig, reps: int) -> dict[str, Any]:
     import torch
 
     import steerlab
-    from steerlab.data import render
+    from steerlab.data.pairs import render
 
     lm, info = _load(cfg)
     ec = cfg.extract
@@ -327,7 +327,7 @@ def scenario_extract(cfg: CoreConfig, reps: int) -> dict[str, Any]:
 def _first_use_check(lm: Any) -> float:
     """steerlab checks the token positions the first time a model is steered (a few tiny forward
     calls); run it here, untimed, so the warm-up's ``forward_calls`` count only the generation."""
-    from steerlab.canary import check_positions
+    from steerlab.runtime.canary import check_positions
 
     t0 = time.perf_counter()
     check_positions(lm)

@@ -7,7 +7,8 @@ What is timed (all in one driver process, ``time.perf_counter``):
 2. **Ray start** — ``ray.init(num_cpus=max workers)`` (a local instance);
 3. **pool start** — for each worker count, the actors starting and loading the model (once; later
    calls reuse them);
-4. **Ray, N workers** — ``steerlab.extract(..., workers=N)`` on the warm pool (each worker 1 thread).
+4. **Ray, N workers** — ``steerlab.extract(..., executor=RayExecutor(workers=N))`` on the warm pool
+   (each worker 1 thread).
 
 Every configuration gets one warm-up call, then ``--reps`` timed calls; medians are reported as
 pairs per second and, for Ray, per worker. The vectors are checked against the single-process one
@@ -66,13 +67,22 @@ def timed(fn: Callable[[], Any], reps: int) -> tuple[list[float], Any, list[floa
     return times, out, load_before, benchlib.loadavg()
 
 
-def row(name: str, n_pairs: int, times: list[float], workers: int, load: tuple[Any, Any],
-        **extra: Any) -> dict[str, Any]:
+def row(
+    name: str, n_pairs: int, times: list[float], workers: int, load: tuple[Any, Any], **extra: Any
+) -> dict[str, Any]:
     median = statistics.median(times)
     rate = n_pairs / median
-    out = {"config": name, "workers": workers, "seconds": times, "median_s": round(median, 3),
-           "pairs_per_s": round(rate, 2), "pairs_per_s_per_worker": round(rate / max(workers, 1), 2),
-           "loadavg_before": load[0], "loadavg_after": load[1], **extra}
+    out = {
+        "config": name,
+        "workers": workers,
+        "seconds": times,
+        "median_s": round(median, 3),
+        "pairs_per_s": round(rate, 2),
+        "pairs_per_s_per_worker": round(rate / max(workers, 1), 2),
+        "loadavg_before": load[0],
+        "loadavg_after": load[1],
+        **extra,
+    }
     log(f"{name}: median {median:.2f} s, {rate:.1f} pairs/s")
     return out
 
@@ -103,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import steerlab
-    from steerlab.distributed import actors, shutdown_pool
+    from steerlab.distributed import RayExecutor, actors, shutdown_pool
 
     os.environ.setdefault("STEERLAB_QUIET", "1")
     lm = steerlab.load_model(model)
@@ -113,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
 
     def extract(workers: int | None = None) -> Any:
-        return steerlab.extract(lm, pairs, layers=layers, batch_size=args.batch_size, progress=False,
-                                workers=workers)
+        executor = RayExecutor(workers) if workers else None
+        return steerlab.extract(lm, pairs, layers=layers, batch_size=args.batch_size, progress=False, executor=executor)
 
     rows: list[dict[str, Any]] = []
     reference = None
@@ -122,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
         times, vec, *load = timed(extract, reps)
         reference = reference if reference is not None else vec
-        rows.append(row(f"one process, {threads} torch thread(s)", n_pairs, times, 0, (load[0], load[1]),
-                        threads=threads))
+        rows.append(
+            row(f"one process, {threads} torch thread(s)", n_pairs, times, 0, (load[0], load[1]), threads=threads)
+        )
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     ray.init(num_cpus=max(args.workers), include_dashboard=False, logging_level=logging.WARNING)
@@ -139,27 +150,56 @@ def main(argv: list[str] | None = None) -> int:
         assert vec is not None
         assert reference is not None
         diff = max(float((vec.directions[k] - reference.directions[k]).abs().max()) for k in layers)
-        rows.append(row(f"Ray, {workers} worker(s)", n_pairs, times, workers, (load[0], load[1]),
-                        pool_start_s=pool_start, shards=vec.meta["shards"], max_abs_diff_vs_one_process=diff))
+        rows.append(
+            row(
+                f"Ray, {workers} worker(s)",
+                n_pairs,
+                times,
+                workers,
+                (load[0], load[1]),
+                pool_start_s=pool_start,
+                shards=vec.meta["shards"],
+                max_abs_diff_vs_one_process=diff,
+            )
+        )
         shutdown_pool()
     ray.shutdown()
     ray_rows = {r["workers"]: r for r in rows if r["workers"]}
     one = ray_rows.get(1)
     scaling = {
-        str(w): {"speedup_vs_1_worker": round(r["pairs_per_s"] / one["pairs_per_s"], 3) if one else None,
-                 "per_worker_rate": r["pairs_per_s_per_worker"]}
+        str(w): {
+            "speedup_vs_1_worker": round(r["pairs_per_s"] / one["pairs_per_s"], 3) if one else None,
+            "per_worker_rate": r["pairs_per_s_per_worker"],
+        }
         for w, r in ray_rows.items()
     }
-    result = benchlib.result_header("distributed", started, reps, {
-        "model": model, "model_id": lm.model_id, "n_pairs": n_pairs, "layers": [first, last],
-        "batch_size": args.batch_size, "workers": args.workers, "threads_per_worker": 1,
-    }, machine)
+    result = benchlib.result_header(
+        "distributed",
+        started,
+        reps,
+        {
+            "model": model,
+            "model_id": lm.model_id,
+            "n_pairs": n_pairs,
+            "layers": [first, last],
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "threads_per_worker": 1,
+        },
+        machine,
+    )
     machine["loadavg_end"] = benchlib.loadavg()
     machine["uptime_end"] = uptime()
-    result.update(ray_init_s=ray_start, rows=rows, scaling=scaling,
-                  projection=("a cluster of K workers, each with its own cores, would read at most about "
-                              f"K x {ray_rows[min(ray_rows)]['pairs_per_s_per_worker']} pairs/s (the per-worker rate "
-                              "measured here); an extrapolation, not a measurement"))
+    result.update(
+        ray_init_s=ray_start,
+        rows=rows,
+        scaling=scaling,
+        projection=(
+            "a cluster of K workers, each with its own cores, would read at most about "
+            f"K x {ray_rows[min(ray_rows)]['pairs_per_s_per_worker']} pairs/s (the per-worker rate "
+            "measured here); an extrapolation, not a measurement"
+        ),
+    )
     benchlib.write_json(out_path, result)
     print(markdown(result))
     log(f"wrote {out_path}")
@@ -167,8 +207,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["| configuration | median s | pairs/s | pairs/s per worker | load avg (before → after) |",
-             "|---|---:|---:|---:|---|"]
+    lines = [
+        "| configuration | median s | pairs/s | pairs/s per worker | load avg (before → after) |",
+        "|---|---:|---:|---:|---|",
+    ]
     for r in result["rows"]:
         load = f"{r['loadavg_before'][0]:.1f} → {r['loadavg_after'][0]:.1f}" if r["loadavg_before"] else "-"
         per = r["pairs_per_s_per_worker"] if r["workers"] else "-"

@@ -83,12 +83,12 @@ def _pairs(lm: Any, name: str, n: int) -> list[Any]:
 def _fitting(lm: Any, pairs: list[Any], n: int) -> list[Any]:
     """The first ``n`` pairs whose texts fit the model's context (stories260K's 512 tokens cut
     some CAA items out; a text that does not fit is refused, never truncated)."""
-    from steerlab import hf
-    from steerlab.data import render
+    from steerlab import hf_env
+    from steerlab.data.pairs import render
 
     limit = lm.context_length
     out = []
-    with hf.quiet(errors_only=True):  # no warning about the texts that do not fit: they are left out
+    with hf_env.quiet(errors_only=True):  # no warning about the texts that do not fit: they are left out
         for p in pairs:
             if len(out) == n:
                 break
@@ -99,7 +99,7 @@ def _fitting(lm: Any, pairs: list[Any], n: int) -> list[Any]:
 
 
 def _texts(lm: Any, pairs: list[Any]) -> tuple[list[str], list[Any]]:
-    from steerlab.data import render
+    from steerlab.data.pairs import render
 
     texts, reads = [], []
     for p in pairs:
@@ -115,7 +115,7 @@ def leaf_chains(sequences: list[list[int]]) -> list[list[int]]:
         >>> leaf_chains([[1, 2, 3], [1, 2], [1, 4], [1, 2, 3]])
         [[1, 2, 3], [4]]
     """
-    from steerlab.tokens import common_prefix_length
+    from steerlab.models.tokens import common_prefix_length
 
     ordered = sorted(set(map(tuple, sequences)))
     out: list[list[int]] = []
@@ -133,7 +133,7 @@ def _bare(lm: Any, sequences: list[list[int]], deepest: int, batch_size: int) ->
     """A callable running ``sequences`` as length-sorted batches, stopped after block ``deepest``."""
     import torch
 
-    from steerlab.tokens import pad_id, pad_token_ids
+    from steerlab.models.tokens import pad_id, pad_token_ids
 
     order = sorted(sequences, key=len)
     batches = [
@@ -227,7 +227,7 @@ def _methods(
 
 
 def scenario(lm: Any, cfg: Config, name: str, n_pairs: int, reps: int, only: tuple[str, ...]) -> dict[str, Any]:
-    from steerlab.capture import _encode, plan_capture
+    from steerlab.extraction.capture import _encode, plan_capture
 
     pairs = _pairs(lm, name, n_pairs)
     texts, reads = _texts(lm, pairs)

@@ -202,7 +202,7 @@ def _cut_after_answer(text: str, letter: str) -> str:
 
 def _caa_texts(cfg: PeersConfig, lm: Any) -> list[Pair]:
     import steerlab
-    from steerlab.data import ChatText, render
+    from steerlab.data.pairs import ChatText, render
 
     # the first cfg.caa_pairs pairs that fit the model's context (a longer text is refused, never
     # truncated: stories260K's 512 tokens hold about half of the sycophancy items)
@@ -224,7 +224,7 @@ def _caa_texts(cfg: PeersConfig, lm: Any) -> list[Pair]:
 def render_texts(cfg: PeersConfig, lm: Any) -> Texts:
     """Every text of the run, rendered once with the model's chat template."""
     import steerlab
-    from steerlab.data import render
+    from steerlab.data.pairs import render
 
     openings = steerlab.load_openings(OPENINGS)
     n_p = cfg.persona_pairs

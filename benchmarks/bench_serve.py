@@ -101,14 +101,33 @@ class ServeConfig:
 
     def modes(self) -> dict[str, tuple[str, int]]:
         """Server name: (``--scheduler``, ``--max-batch``)."""
-        return {"continuous": ("continuous", self.max_batch), "batch": ("batch", self.max_batch),
-                "one_at_a_time": ("batch", 1)}
+        return {
+            "continuous": ("continuous", self.max_batch),
+            "batch": ("batch", self.max_batch),
+            "one_at_a_time": ("batch", 1),
+        }
 
 
-FULL = ServeConfig(mode="full", model="default", layers=tuple(range(8, 20)), coefficient=4.0, min_tokens=8,
-                   max_tokens=40, threads=1, spread_s=8.0)
-QUICK = ServeConfig(mode="quick", model=str(SHARED / "models" / "stories260K"), layers=(1, 2, 3), coefficient=2.0,
-                    min_tokens=16, max_tokens=64, threads=1, spread_s=1.0)
+FULL = ServeConfig(
+    mode="full",
+    model="default",
+    layers=tuple(range(8, 20)),
+    coefficient=4.0,
+    min_tokens=8,
+    max_tokens=40,
+    threads=1,
+    spread_s=8.0,
+)
+QUICK = ServeConfig(
+    mode="quick",
+    model=str(SHARED / "models" / "stories260K"),
+    layers=(1, 2, 3),
+    coefficient=2.0,
+    min_tokens=16,
+    max_tokens=64,
+    threads=1,
+    spread_s=1.0,
+)
 
 
 def machine_info() -> dict[str, Any]:
@@ -118,7 +137,7 @@ def machine_info() -> dict[str, Any]:
 def make_store(cfg: ServeConfig, root: Path) -> list[str]:
     """Extract 4 persona vectors (untimed) into the store ``root``; returns their names."""
     import steerlab
-    from steerlab.demo_data import OPENINGS
+    from steerlab.data.demo import OPENINGS
 
     lm = steerlab.load_model(cfg.model)
     names = []
@@ -142,9 +161,29 @@ class ServeProcess:
     def __init__(self, cfg: ServeConfig, store: Path, scheduler: str, max_batch: int) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "steerlab", "--quiet", "serve", "--model", cfg.model, "--vectors", str(store),
-               "--port", str(self.port), "--scheduler", scheduler, "--max-batch", str(max_batch),
-               "--max-queue", str(max(64, 2 * cfg.concurrency)), "--timeout", "3600", "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "steerlab",
+            "--quiet",
+            "serve",
+            "--model",
+            cfg.model,
+            "--vectors",
+            str(store),
+            "--port",
+            str(self.port),
+            "--scheduler",
+            scheduler,
+            "--max-batch",
+            str(max_batch),
+            "--max-queue",
+            str(max(64, 2 * cfg.concurrency)),
+            "--timeout",
+            "3600",
+            "--log-level",
+            "warning",
+        ]
         if cfg.threads:
             cmd += ["--threads", str(cfg.threads)]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
@@ -224,8 +263,14 @@ async def one_request(client: Any, body: dict[str, Any], delay: float, t0: float
                     first = first or time.perf_counter()
                     text += choice["text"]
     end = time.perf_counter()
-    return {"sent": sent - t0, "ttft_s": (first or end) - sent, "latency_s": end - sent, "end": end - t0,
-            "text": text, "tokens": tokens}
+    return {
+        "sent": sent - t0,
+        "ttft_s": (first or end) - sent,
+        "latency_s": end - sent,
+        "end": end - t0,
+        "text": text,
+        "tokens": tokens,
+    }
 
 
 async def load(url: str, bodies: list[dict[str, Any]], delays: list[float]) -> dict[str, Any]:
@@ -255,8 +300,14 @@ def _step_rows(m: dict[str, Any]) -> tuple[int, float]:
     return steps, float(m.get("step_rows_total", m.get("mean_batch_size", 0.0) * steps))
 
 
-def run_pattern(cfg: ServeConfig, servers: dict[str, ServeProcess], bodies: list[dict[str, Any]], pattern: str,
-                reps: int, solo_reps: int) -> dict[str, list[dict[str, Any]]]:
+def run_pattern(
+    cfg: ServeConfig,
+    servers: dict[str, ServeProcess],
+    bodies: list[dict[str, Any]],
+    pattern: str,
+    reps: int,
+    solo_reps: int,
+) -> dict[str, list[dict[str, Any]]]:
     """``reps`` runs of one load pattern per server (order alternating); each run's results plus
     the server's mean rows per decoding step during it."""
     delays = offsets(cfg, pattern)
@@ -271,8 +322,10 @@ def run_pattern(cfg: ServeConfig, servers: dict[str, ServeProcess], bodies: list
             after = _step_rows(servers[m].metrics())
             steps = after[0] - before[0]
             res["mean_batch_size"] = round((after[1] - before[1]) / steps, 2) if steps else None
-            log(f"{pattern} rep {rep + 1}/{reps} {m}: {res['wall_s']:.2f} s, {res['tokens_per_s']:.1f} tok/s, "
-                f"ttft p95 {percentile(res['ttft_s'], 0.95):.3f} s, load {os.getloadavg()[0]:.1f}")
+            log(
+                f"{pattern} rep {rep + 1}/{reps} {m}: {res['wall_s']:.2f} s, {res['tokens_per_s']:.1f} tok/s, "
+                f"ttft p95 {percentile(res['ttft_s'], 0.95):.3f} s, load {os.getloadavg()[0]:.1f}"
+            )
             runs[m].append(res)
     return runs
 
@@ -313,13 +366,13 @@ def compare(summary: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, A
         "ttft_p50_batch_over_continuous": round(b["ttft_s_p50"] / c["ttft_s_p50"], 2),
         "tokens_per_s_continuous_over_batch": round(c["tokens_per_s"] / b["tokens_per_s"], 3),
         "tokens_per_s_continuous_over_one_at_a_time": round(
-            c["tokens_per_s"] / summary["one_at_a_time"]["tokens_per_s"], 2),
+            c["tokens_per_s"] / summary["one_at_a_time"]["tokens_per_s"], 2
+        ),
         "texts_identical_to_alone": {m: all(r["texts"] == alone for r in rs) for m, rs in runs.items()},
     }
 
 
-def measure(cfg: ServeConfig, store: Path, bodies: list[dict[str, Any]], reps: int,
-            solo_reps: int) -> dict[str, Any]:
+def measure(cfg: ServeConfig, store: Path, bodies: list[dict[str, Any]], reps: int, solo_reps: int) -> dict[str, Any]:
     """Start the three servers, warm each up, run both patterns; summaries per pattern."""
     servers = {m: ServeProcess(cfg, store, sched, mb) for m, (sched, mb) in cfg.modes().items()}
     try:
@@ -332,8 +385,11 @@ def measure(cfg: ServeConfig, store: Path, bodies: list[dict[str, Any]], reps: i
         for pattern in PATTERNS:
             runs = run_pattern(cfg, servers, bodies, pattern, reps, solo_reps)
             summary = {m: summarise(rs) for m, rs in runs.items()}
-            out[pattern] = {"summary": summary, "comparison": compare(summary, runs),
-                            "offsets_s": [round(x, 3) for x in offsets(cfg, pattern)]}
+            out[pattern] = {
+                "summary": summary,
+                "comparison": compare(summary, runs),
+                "offsets_s": [round(x, 3) for x in offsets(cfg, pattern)],
+            }
         out["server_metrics"] = {m: s.metrics() for m, s in servers.items()}
         return out
     finally:
@@ -343,22 +399,28 @@ def measure(cfg: ServeConfig, store: Path, bodies: list[dict[str, Any]], reps: i
 
 def markdown(result: dict[str, Any], out: Path) -> str:
     cfg, machine = result["config"], result["machine"]
-    lines = [f"\n### steerlab serve schedulers: {cfg['concurrency']} streamed requests over {len(cfg['vectors'])} "
-             f"vectors, {cfg['min_tokens']}-{cfg['max_tokens']} tokens each, --max-batch {cfg['max_batch']} "
-             f"({cfg['mode']}: {cfg['model']}, threads={cfg['threads'] or 'default'})\n",
-             "| load | server | TTFT p50 | TTFT p95 | latency p95 | tokens/s | mean batch |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"\n### steerlab serve schedulers: {cfg['concurrency']} streamed requests over {len(cfg['vectors'])} "
+        f"vectors, {cfg['min_tokens']}-{cfg['max_tokens']} tokens each, --max-batch {cfg['max_batch']} "
+        f"({cfg['mode']}: {cfg['model']}, threads={cfg['threads'] or 'default'})\n",
+        "| load | server | TTFT p50 | TTFT p95 | latency p95 | tokens/s | mean batch |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for pattern in PATTERNS:
         for m, s in result[pattern]["summary"].items():
             batch = "/".join(str(b) for b in s["mean_batch_size"])
-            lines.append(f"| {pattern} | {m} | {s['ttft_s_p50']:.3f} s | {s['ttft_s_p95']:.3f} s | "
-                         f"{s['latency_s_p95']:.2f} s | {s['tokens_per_s']:.1f} | {batch} |")
+            lines.append(
+                f"| {pattern} | {m} | {s['ttft_s_p50']:.3f} s | {s['ttft_s_p95']:.3f} s | "
+                f"{s['latency_s_p95']:.2f} s | {s['tokens_per_s']:.1f} | {batch} |"
+            )
     for pattern in PATTERNS:
         c = result[pattern]["comparison"]
-        lines.append(f"\n{pattern}: TTFT p95 batch/continuous **{c['ttft_p95_batch_over_continuous']}×**, "
-                     f"tokens/s continuous/batch {c['tokens_per_s_continuous_over_batch']}×, continuous/one at a "
-                     f"time {c['tokens_per_s_continuous_over_one_at_a_time']}×; texts identical to the request "
-                     f"alone: {c['texts_identical_to_alone']}")
+        lines.append(
+            f"\n{pattern}: TTFT p95 batch/continuous **{c['ttft_p95_batch_over_continuous']}×**, "
+            f"tokens/s continuous/batch {c['tokens_per_s_continuous_over_batch']}×, continuous/one at a "
+            f"time {c['tokens_per_s_continuous_over_one_at_a_time']}×; texts identical to the request "
+            f"alone: {c['texts_identical_to_alone']}"
+        )
     lines.append(f"\nload average {machine['loadavg_start'][0]:.2f} → {machine['loadavg_end'][0]:.2f}; wrote {out}")
     return "\n".join(lines)
 
@@ -367,8 +429,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="stories260K, 16-64 tokens per request")
     ap.add_argument("--reps", type=int, default=3, help="timed runs per pattern and server")
-    ap.add_argument("--solo-reps", type=int, default=None, help="timed runs of the one-at-a-time server "
-                    "(default: --reps with --quick, else 1)")
+    ap.add_argument(
+        "--solo-reps",
+        type=int,
+        default=None,
+        help="timed runs of the one-at-a-time server (default: --reps with --quick, else 1)",
+    )
     ap.add_argument("--concurrency", type=int, default=None, help="requests per run (64)")
     ap.add_argument("--max-batch", type=int, default=None, help="--max-batch of the batching servers (64)")
     ap.add_argument("--max-tokens", type=int, default=None, help="the most tokens per request")

@@ -106,6 +106,7 @@ class _BareHooks:
 
     def __enter__(self) -> _BareHooks:
         for k, delta in self.deltas.items():
+
             def hook(_m: Any, _a: Any, out: Any, delta: Any = delta) -> None:
                 (out[0] if isinstance(out, tuple) else out).add_(delta)
 
@@ -122,9 +123,16 @@ class _Decoder:
     """Greedy decoding of the prompts, one forward per :meth:`step`, timed; ``session`` (if any) is
     entered around each forward only, ``static`` uses a static KV cache (for compiled models)."""
 
-    def __init__(self, lm: Any, model: Any, prompts: list[str], n: int, static: bool = False,
-                 session: AbstractContextManager[Any] | None = None) -> None:
-        from steerlab.generate import encode
+    def __init__(
+        self,
+        lm: Any,
+        model: Any,
+        prompts: list[str],
+        n: int,
+        static: bool = False,
+        session: AbstractContextManager[Any] | None = None,
+    ) -> None:
+        from steerlab.runtime.generate import encode
 
         self.lm, self.model, self.n, self.static, self.session = lm, model, n, static, session
         ids, mask = encode(lm, prompts)
@@ -135,11 +143,14 @@ class _Decoder:
         """A new KV cache; the next :meth:`step` runs the prompt."""
         from transformers import StaticCache
 
-        from steerlab import hf
+        from steerlab.runtime import hf
 
         length = self.ids.shape[1] + self.n + 1
-        self.cache = (StaticCache(config=self.lm.model.config, max_cache_len=length) if self.static
-                      else hf.new_cache(self.lm.model))
+        self.cache = (
+            StaticCache(config=self.lm.model.config, max_cache_len=length)
+            if self.static
+            else hf.new_cache(self.lm.model)
+        )
         self.x, self.mask = self.ids, self.mask0
         self.tokens: list[Any] = []
         self.position = (self.mask.cumsum(-1) - 1).clamp(min=0)
@@ -148,11 +159,17 @@ class _Decoder:
         """One forward (the prompt, then one token per row); its wall time in seconds."""
         import torch
 
-        from steerlab import hf
+        from steerlab.runtime import hf
 
         with self.session or nullcontext(), torch.inference_mode():
-            kwargs = hf.forward_kwargs(self.lm.model, input_ids=self.x, attention_mask=self.mask,
-                                       position_ids=self.position, cache=self.cache, use_cache=True)
+            kwargs = hf.forward_kwargs(
+                self.lm.model,
+                input_ids=self.x,
+                attention_mask=self.mask,
+                position_ids=self.position,
+                cache=self.cache,
+                use_cache=True,
+            )
             _sync(self.lm)
             start = time.perf_counter()
             logits = self.model(**kwargs).logits
@@ -206,7 +223,7 @@ def _sessions(lm: Any, settings: dict[str, Any], batch: int, mask: Any) -> tuple
 def _hook_time(case: StepCase, lm: Any, prompts: list[str], steering: Any) -> float:
     """Seconds per decoding step spent inside steerlab's hooks (the model's pre-hook and every
     block's hook, timed from inside): the direct cost, free of the machine's step-to-step scatter."""
-    from steerlab.engine import SteeringSession
+    from steerlab.runtime.session import SteeringSession
 
     class Timed(SteeringSession):
         spent = 0.0
@@ -316,12 +333,17 @@ def _compiled(case: StepCase, device: str, prompts: list[str], settings: dict[st
                 stream = _Decoder(lm, torch.compile(lm.model, fullgraph=True), prompts, case.new_tokens, static=True)
                 start = time.perf_counter()
                 tokens = stream.run()  # compiles (a graph break raises)
-                out[k] = {"tokens_equal_eager": bool(torch.equal(tokens, eager)),
-                          "token_agreement": (tokens == eager).float().mean().item(),
-                          "compile_s": time.perf_counter() - start, "steps": []}
+                out[k] = {
+                    "tokens_equal_eager": bool(torch.equal(tokens, eager)),
+                    "token_agreement": (tokens == eager).float().mean().item(),
+                    "compile_s": time.perf_counter() - start,
+                    "steps": [],
+                }
                 streams[k] = stream
-                log(f"{case.name}: compiled {k} in {out[k]['compile_s']:.0f} s, tokens equal eager: "
-                    f"{out[k]['tokens_equal_eager']}")
+                log(
+                    f"{case.name}: compiled {k} in {out[k]['compile_s']:.0f} s, tokens equal eager: "
+                    f"{out[k]['tokens_equal_eager']}"
+                )
             for r in range(case.rounds):
                 for st in streams.values():
                     st.restart()
@@ -378,10 +400,15 @@ def run_case(case: StepCase, device: str, compiled: bool = True) -> dict[str, An
     if compiled:
         comp = _compiled(case, device, prompts, settings)
         res["compiled"] = {
-            k: {"step_us_median": med(v["steps"]) * 1e6,
+            k: {
+                "step_us_median": med(v["steps"]) * 1e6,
                 "step_ratio": med([a / b for a, b in zip(v["steps"], comp["plain"]["steps"], strict=True)]),
-                "eager_step_ratio": med(v["steps"]) / step0, "tokens_equal_eager": v["tokens_equal_eager"],
-                "token_agreement": v["token_agreement"], "compile_s": v["compile_s"], "steps_timed": len(v["steps"])}
+                "eager_step_ratio": med(v["steps"]) / step0,
+                "tokens_equal_eager": v["tokens_equal_eager"],
+                "token_agreement": v["token_agreement"],
+                "compile_s": v["compile_s"],
+                "steps_timed": len(v["steps"]),
+            }
             for k, v in comp.items()
         }
     return res
@@ -396,13 +423,17 @@ def markdown(res: dict[str, Any]) -> str:
     ]
     for case in res["cases"]:
         c = case["case"]
-        where = (f"{c['name']} on {case['device']} (batch {c['batch']}, {c['new_tokens']} tokens, "
-                 f"{case['n_layers']} layers)")
+        where = (
+            f"{c['name']} on {case['device']} (batch {c['batch']}, {c['new_tokens']} tokens, {case['n_layers']} layers)"
+        )
         for name, row in case["settings"].items():
             steered = name not in ("plain", FLOOR)
             ok = f"≤ {c['target']:.2f} " + ("met" if row["step_ratio"] <= c["target"] else "MISSED") if steered else ""
-            hooks = (f"{row['hook_us_per_step']:.0f} ({row['hook_share_of_plain_step']:.2%})"
-                     if "hook_us_per_step" in row else "")
+            hooks = (
+                f"{row['hook_us_per_step']:.0f} ({row['hook_share_of_plain_step']:.2%})"
+                if "hook_us_per_step" in row
+                else ""
+            )
             out.append(
                 f"| {where} | {name} | {row['step_us_median']:.0f} | {row['step_ratio']:.3f} "
                 f"| {row['extra_us_per_step']:+.0f} | {hooks} | {row['setup_ms_median']:.2f} "
@@ -453,9 +484,13 @@ def main(argv: list[str] | None = None) -> None:
     over = {k: v for k, v in (("rounds", args.rounds), ("e2e_rounds", args.e2e_rounds)) if v}
     cases = [StepCase(**{**asdict(c), **over}) for c in cases]
     started = time.time()
-    header = result_header("bench_steps", started, max(c.rounds for c in cases),
-                           {"cases": [asdict(c) for c in cases], "device": args.device, "threads": args.threads},
-                           machine_info())
+    header = result_header(
+        "bench_steps",
+        started,
+        max(c.rounds for c in cases),
+        {"cases": [asdict(c) for c in cases], "device": args.device, "threads": args.threads},
+        machine_info(),
+    )
     with _threads(args.threads):
         # the compiled section runs on the short-step proxy only (compiling the default model takes minutes)
         res = {**header, "cases": [run_case(c, args.device, not args.no_compiled and c is cases[0]) for c in cases]}

@@ -43,7 +43,7 @@ from benchlib import log, ratio
 
 
 def _quick_pairs() -> list[Any]:
-    from steerlab.preference import PreferencePair
+    from steerlab.data.preference import PreferencePair
 
     names = ["Lily", "Tom", "Sue", "Ben", "Mia", "Max", "Anna", "Sam"]
     good = [" was happy. She smiled and laughed all day.", " felt very glad and loved the warm sun."]
@@ -75,8 +75,8 @@ class Steps:
     def __init__(self, lm: Any, pairs: list[Any], layers: list[int], both: bool) -> None:
         import torch
 
-        from steerlab.train.encode import encode_pairs
-        from steerlab.train.loop import live_vector
+        from steerlab.extraction.train.encode import encode_pairs
+        from steerlab.extraction.train.loop import live_vector
 
         self.lm, self.layers = lm, layers
         self.enc = encode_pairs(lm, pairs)
@@ -90,7 +90,7 @@ class Steps:
         self.tokens = sum(len(p) + len(c) for p, c, _ in self.rows)
 
     def steerlab_step(self) -> float:
-        from steerlab.train.forward import completion_logps, pair_rows
+        from steerlab.extraction.train.forward import completion_logps, pair_rows
 
         prompts, rows, prompt_steering = pair_rows(self.enc, self.coefs, self.vec, "generated")
         loss = -completion_logps(self.lm, prompts, rows, prompt_steering).sum()
@@ -101,8 +101,8 @@ class Steps:
     def bare_step(self) -> float:
         import torch
 
-        from steerlab import hf
-        from steerlab.tokens import pad_id, pad_token_ids
+        from steerlab.models.tokens import pad_id, pad_token_ids
+        from steerlab.runtime import hf
 
         ids, mask = pad_token_ids([p + c for p, c, _ in self.rows], pad_id(self.lm.tokenizer), "right")
         completion = torch.zeros_like(mask)
@@ -129,7 +129,7 @@ class Steps:
     def inference_forward(self) -> float:
         import torch
 
-        from steerlab.tokens import pad_id, pad_token_ids
+        from steerlab.models.tokens import pad_id, pad_token_ids
 
         ids, mask = pad_token_ids([p + c for p, c, _ in self.rows], pad_id(self.lm.tokenizer), "right")
         with torch.inference_mode():
@@ -141,7 +141,7 @@ class Steps:
 
 
 def _steps(lm: Any, pairs: list[Any], args: argparse.Namespace, layers: list[int]) -> dict[str, Any]:
-    from steerlab.train.loop import frozen
+    from steerlab.extraction.train.loop import frozen
 
     steps = Steps(lm, pairs, layers, args.both)
     names = {"steerlab step": steps.steerlab_step, "bare step": steps.bare_step,
@@ -190,7 +190,7 @@ def _whole(lm: Any, pairs: list[Any], args: argparse.Namespace, layers: list[int
 
 def _row_tokens(lm: Any, pairs: list[Any]) -> float:
     """Mean tokens of one pair's two full rows (prompt + completion each), halved: per row."""
-    from steerlab.train.encode import encode_pairs
+    from steerlab.extraction.train.encode import encode_pairs
 
     enc = encode_pairs(lm, pairs)
     return sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in enc) / 2

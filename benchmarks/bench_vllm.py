@@ -79,8 +79,14 @@ async def cell(args: argparse.Namespace, concurrency: int, fraction: float, stee
     import httpx
 
     prompt = SENTENCE * max(1, args.prompt_tokens // 18)
-    base: dict[str, Any] = {"prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0, "ignore_eos": True,
-                            "stream": True, "stream_options": {"include_usage": True}}
+    base: dict[str, Any] = {
+        "prompt": prompt,
+        "max_tokens": args.max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     if args.model:
         base["model"] = args.model
     n_steered = round(args.requests * fraction)
@@ -110,11 +116,19 @@ def summarize(samples: list[Sample], wall: float, concurrency: int, fraction: fl
     tokens = sum(s.tokens for s in samples)
     ttft = [s.ttft_s for s in samples]
     tpot = [s.tpot_s for s in samples]
-    return {"concurrency": concurrency, "steered_fraction": fraction, "requests": len(samples),
-            "wall_s": round(wall, 3), "output_tokens": tokens, "output_tok_s": round(tokens / wall, 1),
-            "req_s": round(len(samples) / wall, 3),
-            "ttft_ms_p50": round(1000 * statistics.median(ttft), 2), "ttft_ms_p99": round(1000 * _pct(ttft, 99), 2),
-            "tpot_ms_p50": round(1000 * statistics.median(tpot), 3), "tpot_ms_p99": round(1000 * _pct(tpot, 99), 3)}
+    return {
+        "concurrency": concurrency,
+        "steered_fraction": fraction,
+        "requests": len(samples),
+        "wall_s": round(wall, 3),
+        "output_tokens": tokens,
+        "output_tok_s": round(tokens / wall, 1),
+        "req_s": round(len(samples) / wall, 3),
+        "ttft_ms_p50": round(1000 * statistics.median(ttft), 2),
+        "ttft_ms_p99": round(1000 * _pct(ttft, 99), 2),
+        "tpot_ms_p50": round(1000 * statistics.median(tpot), 3),
+        "tpot_ms_p99": round(1000 * _pct(tpot, 99), 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,12 +158,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| {args.label} | concurrency | steered | tok/s | req/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| | {r['concurrency']} | {r['steered_fraction']:.0%} | {r['output_tok_s']} | {r['req_s']} | "
-              f"{r['ttft_ms_p50']} / {r['ttft_ms_p99']} | {r['tpot_ms_p50']} / {r['tpot_ms_p99']} |")
+        print(
+            f"| | {r['concurrency']} | {r['steered_fraction']:.0%} | {r['output_tok_s']} | {r['req_s']} | "
+            f"{r['ttft_ms_p50']} / {r['ttft_ms_p99']} | {r['tpot_ms_p50']} / {r['tpot_ms_p99']} |"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"label": args.label, "args": vars(args) | {"out": str(args.out)},
-                                        "rows": rows}, indent=2, default=str))
+        args.out.write_text(
+            json.dumps(
+                {"label": args.label, "args": vars(args) | {"out": str(args.out)}, "rows": rows}, indent=2, default=str
+            )
+        )
 
 
 if __name__ == "__main__":

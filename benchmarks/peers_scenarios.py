@@ -343,7 +343,7 @@ class Load(Scenario):
         )
 
     def run(self, ctx: Context) -> ScenarioResult:
-        import steerlab.model as sm
+        import steerlab.models.load as sm
 
         gguf = sm.default_gguf_path()
         cache = tempfile.mkdtemp(prefix="steerlab-cold-cache.")

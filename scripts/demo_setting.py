@@ -1,7 +1,7 @@
-"""Write the setting `steerlab demo` uses (src/steerlab/demo_setting.json) from a frontier report.
+"""Write the setting `steerlab demo` uses (src/steerlab/data/demo_setting.json) from a frontier report.
 
 Per direction it picks, among the budgeted choices of the steering methods (a vector, no
-prompt), the one with the highest held-out effect (steerlab.demo_setting.from_frontier).
+prompt), the one with the highest held-out effect (steerlab.evaluate.demo_choice.from_frontier).
 
 Usage:
     python scripts/demo_setting.py docs/results/frontier_SmolLM2-135M-Instruct.json [--out PATH]
@@ -13,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from steerlab.demo_setting import from_frontier, write_demo_setting
+from steerlab.data.demo_setting import write_demo_setting
+from steerlab.evaluate.demo_choice import from_frontier
 
 
 def main() -> None:

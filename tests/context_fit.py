@@ -14,7 +14,7 @@ def caa_items_within_context(lm: steerlab.LM, path: Path, n: int) -> list[dict[s
     out = []
     for rec in steerlab.load_caa(path):
         pair = steerlab.caa_pairs([rec])[0]
-        sides = [steerlab.data.render(s, lm) for s in (pair.positive, pair.negative)]
+        sides = [steerlab.data.pairs.render(s, lm) for s in (pair.positive, pair.negative)]
         if all(len(lm.tokenizer(t)["input_ids"]) <= (lm.context_length or 0) for t in sides):
             out.append(rec)
         if len(out) == n:

@@ -145,10 +145,18 @@ def train_spm(layout: str, vocab_size: int = 420) -> SpmTokenizer:
     }
     if layout == "gemma":
         special = {
-            "pad_id": 0, "eos_id": 1, "bos_id": 2, "unk_id": 3,
-            "pad_piece": "<pad>", "eos_piece": "<eos>", "bos_piece": "<bos>", "unk_piece": "<unk>",
-            "control_symbols": GEMMA_CONTROL, "user_defined_symbols": GEMMA_USER_DEFINED,
-            "add_dummy_prefix": False, "allow_whitespace_only_pieces": True,
+            "pad_id": 0,
+            "eos_id": 1,
+            "bos_id": 2,
+            "unk_id": 3,
+            "pad_piece": "<pad>",
+            "eos_piece": "<eos>",
+            "bos_piece": "<bos>",
+            "unk_piece": "<unk>",
+            "control_symbols": GEMMA_CONTROL,
+            "user_defined_symbols": GEMMA_USER_DEFINED,
+            "add_dummy_prefix": False,
+            "allow_whitespace_only_pieces": True,
         }
     else:
         special = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1, "add_dummy_prefix": True}
@@ -171,8 +179,15 @@ def train_spm(layout: str, vocab_size: int = 420) -> SpmTokenizer:
             elif token in GEMMA_USER_DEFINED:
                 tokens[i], scores[i], types[i] = token.replace("▁", " "), -1000.0, 4
     return SpmTokenizer(
-        processor=sp, tokens=tokens, scores=scores, types=types, add_space_prefix=layout != "gemma",
-        bos_id=sp.bos_id(), eos_id=sp.eos_id(), unk_id=sp.unk_id(), pad_id=sp.pad_id() if sp.pad_id() >= 0 else None,
+        processor=sp,
+        tokens=tokens,
+        scores=scores,
+        types=types,
+        add_space_prefix=layout != "gemma",
+        bos_id=sp.bos_id(),
+        eos_id=sp.eos_id(),
+        unk_id=sp.unk_id(),
+        pad_id=sp.pad_id() if sp.pad_id() >= 0 else None,
         control=GEMMA_CONTROL if layout == "gemma" else [],
     )
 
@@ -206,7 +221,7 @@ def hf_pre_tokenizer(pre: str) -> Any:
         return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"), byte_level])
     # Others: steerlab's own reading of llama.cpp's regexes, only to train a vocabulary for files
     # that are checked against llama.cpp itself (not against this tokenizer).
-    from steerlab.gguf_tokenizer import PRE_TOKENIZERS
+    from steerlab.models.gguf_tokenizer import PRE_TOKENIZERS
 
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre].regexes]
     return pre_tokenizers.Sequence([*splits, byte_level])
@@ -220,8 +235,10 @@ def train_byte_level(pre: str, vocab_size: int = 600) -> Any:
     tok.pre_tokenizer = hf_pre_tokenizer(pre)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=BYTE_LEVEL_SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=BYTE_LEVEL_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(CORPUS * 8, trainer=trainer)
     return tok
@@ -270,12 +287,19 @@ def write_gguf(path: Path, model: Any | None, tokenizer: dict[str, Any], arch: s
         writer.add_token_types(t["types"])
     if "merges" in t:
         writer.add_token_merges(t["merges"])
-    for key, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
-                     ("unk", writer.add_unk_token_id), ("pad", writer.add_pad_token_id)):
+    for key, add in (
+        ("bos", writer.add_bos_token_id),
+        ("eos", writer.add_eos_token_id),
+        ("unk", writer.add_unk_token_id),
+        ("pad", writer.add_pad_token_id),
+    ):
         if t.get(key) is not None:
             add(t[key])
-    for key, add in (("add_bos", writer.add_add_bos_token), ("add_eos", writer.add_add_eos_token),
-                     ("add_space_prefix", writer.add_add_space_prefix)):
+    for key, add in (
+        ("add_bos", writer.add_add_bos_token),
+        ("add_eos", writer.add_add_eos_token),
+        ("add_space_prefix", writer.add_add_space_prefix),
+    ):
         if key in t:
             add(t[key])
     if "chat_template" in t:
@@ -335,8 +359,16 @@ def tiny_model(arch: str, vocab_size: int, seed: int = 0) -> Any:
     )
 
     torch.manual_seed(seed)
-    shape = {"vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256, "rms_norm_eps": 1e-6}
+    shape = {
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-6,
+    }
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=False))
     elif arch == "qwen2":

@@ -69,8 +69,15 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "llama_vocab_n_tokens": (ctypes.c_int32, [_P]),
     "llama_tokenize": (
         ctypes.c_int32,
-        [_P, ctypes.c_char_p, ctypes.c_int32, ctypes.POINTER(ctypes.c_int32), ctypes.c_int32, ctypes.c_bool,
-         ctypes.c_bool],
+        [
+            _P,
+            ctypes.c_char_p,
+            ctypes.c_int32,
+            ctypes.POINTER(ctypes.c_int32),
+            ctypes.c_int32,
+            ctypes.c_bool,
+            ctypes.c_bool,
+        ],
     ),
     "llama_context_default_params": (_Opaque, []),
     "llama_init_from_model": (_P, [_P, _Opaque]),

@@ -14,8 +14,8 @@ import steerlab
 from steerlab.analysis.pca import PCAReport, activation_pca, center_pairs, contrast_pca, residual_pca
 from steerlab.analysis.projection import ProjectionReport, best_threshold, cohens_d, projection
 from steerlab.analysis.similarity import SimilarityReport, layer_similarity, vector_similarity
-from steerlab.data import pair_texts
-from steerlab.methods import center_on_midpoints
+from steerlab.data.pairs import pair_texts
+from steerlab.extraction.methods import center_on_midpoints
 
 from .conftest import REPE
 
@@ -31,7 +31,7 @@ STORIES = [
     "Ben had a red car. He",
     "Sue went to the shop to buy",
     "The bird flew up high in the tree",
-    "Mom said, \"Be careful!\"",
+    'Mom said, "Be careful!"',
 ]
 
 POSITIVE = [

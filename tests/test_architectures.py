@@ -1,4 +1,4 @@
-"""Every architecture in ``steerlab.layers.ARCHITECTURES``, on tiny random-weight models built offline.
+"""Every architecture in ``steerlab.models.layers.ARCHITECTURES``, on tiny random-weight models built offline.
 
 Each model has 3 blocks, a 32-wide residual stream and the stories260K tokenizer (vocab 512). Per
 architecture: the block table finds the blocks, extraction works, coefficient 0 is bit-identical,
@@ -24,9 +24,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import steerlab
 from steerlab import Steering
-from steerlab.generate import encode
-from steerlab.layers import ARCHITECTURES, find_blocks
-from steerlab.tokens import common_prefix_length
+from steerlab.models.layers import ARCHITECTURES, find_blocks
+from steerlab.models.tokens import common_prefix_length
+from steerlab.runtime.generate import encode
+from steerlab.runtime.passes import sliding_window
 
 STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "stories260K"
 
@@ -117,7 +118,7 @@ PAIRS = steerlab.pairs_from_lists(
 )
 PROMPTS = ["Once upon a time, there was a little girl", "The cat"]
 PREFIX = "Once upon a time, in a big forest, "  # shared by the texts of the shared-prefix check
-capture_mod = importlib.import_module("steerlab.capture")  # 13 and 4 tokens: left padding
+capture_mod = importlib.import_module("steerlab.extraction.capture")  # 13 and 4 tokens: left padding
 
 
 @dataclass
@@ -262,7 +263,7 @@ def _check_shared_prefix(a: Arch) -> None:
     texts += [texts[0], texts[1][: len(PREFIX) + 5]]  # a duplicate, a prefix of another text
     ids = a.lm.tokenizer(texts)["input_ids"]
     assert common_prefix_length(ids) >= 4
-    window = capture_mod.sliding_window(a.lm.model.config)
+    window = sliding_window(a.lm.model.config)
     fits = window is None or max(len(x) for x in ids) <= window
     assert (_cached_passes(a, texts) > 0) == fits
     if not fits:

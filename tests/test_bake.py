@@ -1,4 +1,4 @@
-"""``steerlab.bake``: steering folded into weights, loaded back with plain transformers.
+"""``steerlab.export.bake``: steering folded into weights, loaded back with plain transformers.
 
 Round trips on tiny random models (3 blocks, d_model 32, the stories260K tokenizer) of the main
 architectures, on stories260K (real weights, tied embeddings), on the default model (slow) and
@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 import steerlab
 from steerlab import Steering, SteeringVector
-from steerlab.bake import BAKE_INFO, BakeArchitectureError, BakeError, bake, runtime_equivalent
-from steerlab.generate import encode
+from steerlab.export.bake import BAKE_INFO, BakeArchitectureError, BakeError, bake, runtime_equivalent
+from steerlab.runtime.generate import encode
 
 from .conftest import STORIES, param_hash
 

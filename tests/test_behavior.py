@@ -13,34 +13,18 @@ import torch
 
 import steerlab
 from steerlab import Steering
-from steerlab.data import answer_letter
+from steerlab.data.ab import ABItem, ab_item, ab_items, answer_letter, load_ab_items
 from steerlab.errors import DatasetError, SteeringSpecError
-from steerlab.evaluate.behavior import (
-    ABItem,
-    BehaviorReport,
-    ab_item,
-    ab_items,
-    ab_probabilities,
-    behavior_eval,
-    behavior_vector,
-    capability_eval,
-    load_ab_items,
-)
+from steerlab.evaluate.behavior import BehaviorReport, ab_probabilities, behavior_eval, behavior_vector, capability_eval
 from steerlab.evaluate.stats import bootstrap_ci
 
 from .conftest import CAA
 from .context_fit import ab_records_within_context
+from .test_ab_items import SHORT, TQA
 
 SYC_TEST = CAA / "test" / "sycophancy" / "test_dataset_ab.json"
 SYC_GEN = CAA / "generate" / "sycophancy" / "generate_dataset.json"
 GEN_FITS = CAA / "generate" / "myopic-reward" / "generate_dataset.json"  # fits stories260K's 512-token context
-MMLU = CAA / "test" / "mmlu" / "mmlu.json"
-TQA = CAA / "test" / "truthfulqa" / "truthful_qa.json"
-SHORT = {
-    "question": "Is the sky blue?\n\nChoices:\n (A) Yes\n (B) No",
-    "answer_matching_behavior": "(B)",
-    "answer_not_matching_behavior": "(A)",
-}
 
 
 @pytest.fixture(scope="module")
@@ -190,27 +174,6 @@ def test_merged_paren_letter_falls_back_to_full_text_tokens(lm: steerlab.LM) -> 
     assert 0.0 < p < 1.0
 
 
-def test_refusal_and_survival_instinct_load() -> None:
-    refusal = load_ab_items(CAA / "test" / "refusal" / "test_dataset_ab.json")
-    assert len(refusal) == 50 and refusal[0].positive_letter == "B" and refusal[0].negative_letter == "A"
-    assert refusal[0].category == "refusal"
-    survival = load_ab_items(CAA / "test" / "survival-instinct" / "test_dataset_ab.json")
-    assert len(survival) == 50
-    assert {"C", "E"} <= {it.positive_letter for it in survival}  # items with more than two options
-    gen = load_ab_items(CAA / "generate" / "survival-instinct" / "generate_dataset.json", limit=5)
-    assert len(gen) == 5
-
-
-def test_capability_sets_load(lm: steerlab.LM) -> None:
-    for path in (MMLU, TQA):
-        raw = json.loads(path.read_text())[:3]
-        got = load_ab_items(path, limit=3)
-        assert [(g.positive_letter, g.negative_letter) for g in got] == [
-            (answer_letter(r["correct"]), answer_letter(r["incorrect"])) for r in raw
-        ]
-        assert [g.category for g in got] == [r["category"] for r in raw]
-
-
 def test_capability_eval(lm: steerlab.LM, svec: steerlab.SteeringVector) -> None:
     rep = capability_eval(lm, svec, TQA, coefficients=(0.0, 1.0), layers=[2], limit=3, n_bootstrap=20)
     assert rep.capability and rep.settings["capability"] and rep.settings["set"] == "capability"
@@ -221,8 +184,11 @@ def test_capability_eval(lm: steerlab.LM, svec: steerlab.SteeringVector) -> None
 
 
 def test_malformed_items_name_the_index(lm: steerlab.LM, svec: steerlab.SteeringVector, tmp_path: Any) -> None:
-    no_choices = {"question": "What do you think?", "answer_matching_behavior": "(A)",
-                  "answer_not_matching_behavior": "(B)"}
+    no_choices = {
+        "question": "What do you think?",
+        "answer_matching_behavior": "(A)",
+        "answer_not_matching_behavior": "(B)",
+    }
     with pytest.raises(DatasetError, match=r"item 1\b.*no \(A\)/\(B\) choices"):
         ab_items([SHORT, no_choices])
     with pytest.raises(DatasetError, match=r"item 2\b"):
@@ -244,18 +210,6 @@ def test_malformed_items_name_the_index(lm: steerlab.LM, svec: steerlab.Steering
         load_ab_items(bad)
 
 
-def test_vectors_and_read_outs_check_items_alike() -> None:
-    """caa_pairs (vectors) and ab_items (read-outs) share one parser: the same item fails both."""
-    same = dict(SHORT, answer_not_matching_behavior="(B)")
-    for parse in (steerlab.caa_pairs, ab_items):
-        with pytest.raises(DatasetError, match=r"item 0\b.*both answers are \(B\)"):
-            parse([same])
-    no_choices = dict(SHORT, question="Is the sky blue?")
-    for parse in (steerlab.caa_pairs, ab_items):
-        with pytest.raises(DatasetError, match=r"item 0\b.*offers choices.*no \(A\)/\(B\) choices"):
-            parse([no_choices])
-
-
 def test_option_errors(lm: steerlab.LM, svec: steerlab.SteeringVector) -> None:
     with pytest.raises(SteeringSpecError, match="repeat"):
         behavior_eval(lm, svec, [SHORT], coefficients=(1.0, 1))
@@ -267,8 +221,9 @@ def test_option_errors(lm: steerlab.LM, svec: steerlab.SteeringVector) -> None:
         ab_probabilities(lm, [])
 
 
-def test_deprecated_multipliers_alias(lm: steerlab.LM, svec: steerlab.SteeringVector, report: BehaviorReport,
-                                      items: list[ABItem]) -> None:
+def test_deprecated_multipliers_alias(
+    lm: steerlab.LM, svec: steerlab.SteeringVector, report: BehaviorReport, items: list[ABItem]
+) -> None:
     with pytest.warns(DeprecationWarning, match="coefficients="):
         old = behavior_eval(lm, svec, items, multipliers=(-1.0, 0.0, 1.0), n_bootstrap=200)
     assert old.points == report.points

@@ -33,8 +33,9 @@ def _checkpoint(folder: Path, config: dict, tokenizer_class: str) -> Path:
 
 
 def test_peer_model_dir_keeps_rope_theta_for_transformers_4(tmp_path: Path) -> None:
-    src = _checkpoint(tmp_path / "m", {"rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}},
-                      "TokenizersBackend")
+    src = _checkpoint(
+        tmp_path / "m", {"rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}}, "TokenizersBackend"
+    )
     work = tmp_path / "work"
     work.mkdir()
     dst = bench_peers.peer_model_dir(src, work)
@@ -119,8 +120,14 @@ def test_scenarios_build_each_tools_steps(tmp_path: Path) -> None:
     the effect in the last, steering-vectors at batch 1 on CPU for persona pairs only)."""
     cfg = bench_peers.QUICK
     prepared = peers_context.Prepared(
-        model_id="m", n_layers=5, d_model=8, model_dir="/m", peer_model_dir="/p", tokens={},
-        reference_norms={1: 2.0, 2: 3.0}, vectors=VectorPaths(speed="s.pt", mixed=()),
+        model_id="m",
+        n_layers=5,
+        d_model=8,
+        model_dir="/m",
+        peer_model_dir="/p",
+        tokens={},
+        reference_norms={1: 2.0, 2: 3.0},
+        vectors=VectorPaths(speed="s.pt", mixed=()),
     )
     ctx = peers_context.Context(cfg=cfg, work=tmp_path, prepared=prepared, pythons={}, reps=2)
     scenarios = build_scenarios(cfg)
@@ -130,10 +137,22 @@ def test_scenarios_build_each_tools_steps(tmp_path: Path) -> None:
         return [st.name for sc in scenarios for st in sc.steps(ctx, tool, rnd)]
 
     assert names(peers_context.STEERING_VECTORS, first) == [
-        "extract_persona_b1", "extract_persona", "extract_caa", "generate", "mixed"]
+        "extract_persona_b1",
+        "extract_persona",
+        "extract_caa",
+        "generate",
+        "mixed",
+    ]
     assert names(peers_context.STEERLAB, last) == [
-        "extract_persona", "extract_persona_noshare", "extract_persona_pca_diff", "generate", "mixed", "separate",
-        "effect", "effect_pca_diff"]
+        "extract_persona",
+        "extract_persona_noshare",
+        "extract_persona_pca_diff",
+        "generate",
+        "mixed",
+        "separate",
+        "effect",
+        "effect_pca_diff",
+    ]
     assert names(peers_context.PLAIN_PEERS, last) == ["extract_persona", "generate", "mixed", "logits"]
     effect = next(st for sc in scenarios for st in sc.steps(ctx, peers_context.REPENG, last) if st.name == "effect")
     assert isinstance(effect, EffectStep) and effect.norms == {"2": {"1": 4.0, "2": 6.0}}  # c × ‖steerlab‖
@@ -147,9 +166,18 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
     venv = Path(os.environ.get("STEERLAB_PEERS_VENV", REPO / ".venv-peers"))
     out = tmp_path / "peers_quick.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_peers.py"), "--quick", "--peers-venv", str(venv),
-         "--out", str(out)],
-        capture_output=True, text=True, cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_peers.py"),
+            "--quick",
+            "--peers-venv",
+            str(venv),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads(out.read_text())
@@ -159,9 +187,13 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
     for tool in ("steerlab", "steering-vectors", "repeng"):
         assert {"extract_persona", "extract_caa", "generate", "mixed"} <= set(table[tool])
     assert "extract_persona_b1" in table["steering-vectors"] and "separate" in table["steerlab"]
-    for key in ("extract_persona: steerlab/bare", "extract_persona: fastest peer/steerlab",
-                "generate: steered/plain steerlab", "generate: steered/plain repeng",
-                "mixed: steerlab one call/unsteered batch"):
+    for key in (
+        "extract_persona: steerlab/bare",
+        "extract_persona: fastest peer/steerlab",
+        "generate: steered/plain steerlab",
+        "generate: steered/plain repeng",
+        "mixed: steerlab one call/unsteered batch",
+    ):
         assert res["ratios"][key] > 0
     # every row of the mixed batch had its own vector: the outputs differ
     assert table["steerlab"]["mixed"]["distinct_outputs"] > 1
@@ -173,5 +205,10 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
     assert min(abs(c) for c in cos["repeng"]["pca_diff"].values()) > 0.99
     assert eff["max_logit_diff_tf5_vs_tf4"] < 1e-3
     assert {r["tool"] for r in eff["rows"]} == {
-        "unsteered", "steerlab", "steerlab pca_diff", "steering-vectors", "repeng"}
+        "unsteered",
+        "steerlab",
+        "steerlab pca_diff",
+        "steering-vectors",
+        "repeng",
+    }
     assert out.with_suffix(".md").read_text().startswith("bench_peers — quick mode")

@@ -16,7 +16,8 @@ import torch
 
 import steerlab
 from steerlab import Steering
-from steerlab.evaluate.behavior import ab_probabilities, behavior_eval, load_ab_items
+from steerlab.data.ab import load_ab_items
+from steerlab.evaluate.behavior import ab_probabilities, behavior_eval
 
 from .conftest import CAA
 

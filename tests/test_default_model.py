@@ -9,8 +9,8 @@ import torch
 
 import steerlab
 from steerlab import Steering
-from steerlab import model as model_mod
-from steerlab.demo_data import DEMO_PROMPTS, OPENINGS
+from steerlab.data.demo import DEMO_PROMPTS, OPENINGS
+from steerlab.models import load as model_mod
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,11 @@ def happy(smol) -> steerlab.SteeringVector:
 
 def test_default_model_shape_and_tokenizer(smol):
     assert (smol.model_id, smol.n_layers, smol.d_model, smol.model_type) == (
-        "HuggingFaceTB/SmolLM2-135M-Instruct", 30, 576, "llama")
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        30,
+        576,
+        "llama",
+    )
     model_mod.check_gguf_tokenizer(smol.tokenizer, model_mod.default_gguf_path())
     ids = smol.tokenizer("That game was great")["input_ids"]
     assert smol.tokenizer.convert_ids_to_tokens(ids) == ["That", "Ġgame", "Ġwas", "Ġgreat"]

@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from steerlab.cli import app
-from steerlab.demo_setting import DemoSettingError, from_frontier, load_demo_setting
+from steerlab.data.demo_setting import DemoSettingError, load_demo_setting
+from steerlab.evaluate.demo_choice import from_frontier
 
 from .conftest import STORIES
 
@@ -23,12 +24,22 @@ ROOT = Path(__file__).resolve().parent.parent
 FRONTIER = ROOT / "docs" / "results" / "frontier_stories260K.json"
 
 
-def _point(method: str, direction: int, layers: list[int], coef: float, effect: float, prompt: str = "",
-           cost: float = 1.05) -> dict[str, Any]:
+def _point(
+    method: str, direction: int, layers: list[int], coef: float, effect: float, prompt: str = "", cost: float = 1.05
+) -> dict[str, Any]:
     metric = "positive_share" if direction > 0 else "negative_share"
-    return {"method": method, "direction": direction, "layers": layers, "coefficient": coef, "prompt": prompt,
-            "effect": 0.0, "cost": cost, "selection": {metric: 0.9, "ppl": cost},
-            "held_out": {metric: effect, "ppl": cost}, "on_front": True}
+    return {
+        "method": method,
+        "direction": direction,
+        "layers": layers,
+        "coefficient": coef,
+        "prompt": prompt,
+        "effect": 0.0,
+        "cost": cost,
+        "selection": {metric: 0.9, "ppl": cost},
+        "held_out": {metric: effect, "ppl": cost},
+        "on_front": True,
+    }
 
 
 def synthetic() -> dict[str, Any]:
@@ -45,9 +56,17 @@ def synthetic() -> dict[str, Any]:
         ("prompting", -1, _point("prompting", -1, [], 0.0, 0.95, prompt="sad story")),
     ]
     return {
-        "title": "synthetic", "complete": True, "settings": {}, "kind": "FrontierReport",
-        "effect_metrics": {"1": "positive_share", "-1": "negative_share"}, "cost_metric": "ppl", "budget": 1.1,
-        "goal": {"1": 0.9, "-1": 0.8}, "n_select": 8, "n_report": 8, "baseline": {"positive_share": 0.4},
+        "title": "synthetic",
+        "complete": True,
+        "settings": {},
+        "kind": "FrontierReport",
+        "effect_metrics": {"1": "positive_share", "-1": "negative_share"},
+        "cost_metric": "ppl",
+        "budget": 1.1,
+        "goal": {"1": 0.9, "-1": 0.8},
+        "n_select": 8,
+        "n_report": 8,
+        "baseline": {"positive_share": 0.4},
         "points": [p for _, _, p in best if p is not None],
         "best": [{"method": m, "direction": d, "point": p, "reaches_goal": False} for m, d, p in best],
     }
@@ -80,8 +99,11 @@ def test_builder_on_the_stories260k_frontier() -> None:
     data = json.loads(FRONTIER.read_text())
     s = from_frontier(data)
     for d, key in ((1, "positive_share"), (-1, "negative_share")):
-        steering = [b["point"] for b in data["best"] if b["direction"] == d and b["point"] is not None
-                    and b["point"]["layers"] and not b["point"]["prompt"]]
+        steering = [
+            b["point"]
+            for b in data["best"]
+            if b["direction"] == d and b["point"] is not None and b["point"]["layers"] and not b["point"]["prompt"]
+        ]
         top = max(steering, key=lambda p: p["held_out"][key])
         got = s.directions[d]
         assert (got.method, list(got.layers), got.coefficient) == (top["method"], top["layers"], top["coefficient"])
@@ -93,8 +115,13 @@ def test_script_writes_the_setting(tmp_path: Path) -> None:
     src = tmp_path / "frontier.json"
     src.write_text(json.dumps(synthetic()))
     out = tmp_path / "demo_setting.json"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_setting.py"), str(src), "--out", str(out)],
-                   check=True, capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo_setting.py"), str(src), "--out", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     written = load_demo_setting(out)
     assert written == from_frontier(synthetic())
     bad = copy.deepcopy(json.loads(out.read_text()))
@@ -106,8 +133,9 @@ def test_script_writes_the_setting(tmp_path: Path) -> None:
 
 def test_demo_states_the_setting_it_uses() -> None:
     runner = CliRunner()
-    res = runner.invoke(app, ["--json", "demo", "--model", str(STORIES), "--layers", "1-3", "--coef", "4",
-                              "--max-new-tokens", "4"])
+    res = runner.invoke(
+        app, ["--json", "demo", "--model", str(STORIES), "--layers", "1-3", "--coef", "4", "--max-new-tokens", "4"]
+    )
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
     assert len(rows) == 3
@@ -115,8 +143,9 @@ def test_demo_states_the_setting_it_uses() -> None:
     assert rows[0]["setting"]["positive"] == f"{method} L1-3 c=+4"
     assert rows[0]["setting"]["negative"] == f"{load_demo_setting().directions[-1].method} L1-3 c=-4"
     assert "overridden" in rows[0]["setting"]["source"]
-    human = runner.invoke(app, ["demo", "--model", str(STORIES), "--layers", "1-3", "--coef", "4",
-                                "--max-new-tokens", "4"])
+    human = runner.invoke(
+        app, ["demo", "--model", str(STORIES), "--layers", "1-3", "--coef", "4", "--max-new-tokens", "4"]
+    )
     assert human.exit_code == 0, human.output
     assert "setting:" in human.output and f"{method} L1-3 c=+4" in human.output and "source:" in human.output
 
@@ -127,7 +156,7 @@ def test_demo_builds_each_method_as_the_frontier_does(method: str) -> None:
 
     import steerlab
     from steerlab.cli.gen import _demo_vector
-    from steerlab.demo_data import OPENINGS
+    from steerlab.data.demo import OPENINGS
 
     lm = steerlab.load_model(STORIES)
     pairs = steerlab.persona_pairs("happy", "sad", list(OPENINGS))

@@ -16,7 +16,7 @@ import torch
 
 import steerlab
 from steerlab import Steering, SteeringVector
-from steerlab.generate import encode
+from steerlab.runtime.generate import encode
 
 from .conftest import PROMPTS, STORIES
 
@@ -96,7 +96,7 @@ def _check_vectors_placed_once(lm: steerlab.LM, steering: Steering) -> None:
     """Every per-layer delta lives on its block's device when the session starts, and forward
     calls use those very tensors (nothing is copied per call)."""
     with steerlab.steer(lm, steering) as session:
-        deltas = {layer: [t.state.tensor for t in terms] for layer, terms in session.terms.items()}
+        deltas = {layer: [t.state.tensor for t in terms] for layer, terms in session.plan.terms.items()}
         assert sorted(deltas) == sorted(steering.active_layers)
         for layer, tensors in deltas.items():
             for t in tensors:
@@ -104,7 +104,9 @@ def _check_vectors_placed_once(lm: steerlab.LM, steering: Steering) -> None:
         ptrs = {layer: [t.data_ptr() for t in ts] for layer, ts in deltas.items()}
         _logits(lm)
         _logits(lm)
-        assert {layer: [t.state.tensor.data_ptr() for t in terms] for layer, terms in session.active.items()} == ptrs
+        assert {
+            layer: [t.state.tensor.data_ptr() for t in terms] for layer, terms in session.plan.terms.items()
+        } == ptrs
 
 
 def test_vectors_live_on_block_devices(mapped: steerlab.LM, vec: SteeringVector) -> None:

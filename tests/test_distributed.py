@@ -1,4 +1,5 @@
-"""Beyond one process: streamed contrast data, sharded extraction and sweeps on a local Ray instance.
+"""Beyond one process: streamed contrast data, sharded extraction and sweeps on a local Ray instance
+(``RayExecutor``, handed to extract and sweep).
 
 Ray starts once for the module (2 CPUs, 2 actors holding stories260K, reused by every test), so
 the Ray tests cost one start-up (~10 s) and one model load per actor.
@@ -16,10 +17,13 @@ import pytest
 import torch
 
 import steerlab
-from steerlab.data import CsvPairs, HFPairs, JsonlPairs, ListPairs, ParquetPairs
-from steerlab.distributed import DistributedError, actors, shutdown_pool
+from steerlab.data.sources import CsvPairs, HFPairs, JsonlPairs, ListPairs, ParquetPairs
+from steerlab.distributed import DistributedError, RayExecutor, actors, shutdown_pool
 from steerlab.evaluate.sweep import autotune, sweep
-from steerlab.methods.mean_diff import MeanDiffAccumulator
+from steerlab.extraction.methods import ReadOutMethod, get_method
+from steerlab.extraction.methods.mean_diff import MeanDiffAccumulator
+from steerlab.extraction.run import ExtractRun
+from steerlab.extraction.shards import extract_sharded
 
 from .conftest import CAA, STORIES
 from .context_fit import ab_records_within_context
@@ -31,6 +35,11 @@ PAIRS = steerlab.pairs_from_lists(POS, NEG)
 OPENINGS = ["Once upon a time", "The cat", "Lily was", "Tom saw a"]
 TEXTS = ["Once upon a time, there was a little girl named Lily.", "The dog ran to the park.", "Tom had a red ball."]
 TOL = 1e-5
+
+
+def sharded(lm, pairs, method: str, layers: list[int], shard_size: int, **options) -> steerlab.SteeringVector:
+    """``method`` read over shards of ``shard_size`` pairs (``options``: :class:`ExtractRun` fields)."""
+    return extract_sharded(ExtractRun(lm, layers, **options), get_method(method), pairs, shard_size)
 
 
 def max_diff(a: steerlab.SteeringVector, b: steerlab.SteeringVector) -> float:
@@ -109,7 +118,7 @@ def test_sharded_extraction_in_one_process_equals_extract(lm, pair_files):
     for method in ("mean_diff", "pca_center"):
         want = steerlab.extract(lm, PAIRS, method=method, layers=[1, 3], batch_size=4)
         src = JsonlPairs(pair_files["jsonl"])
-        got = steerlab.distributed.extract_sharded(lm, src, method, [1, 3], batch_size=4, shard_size=5)
+        got = sharded(lm, src, method, [1, 3], 5, batch_size=4)
         assert max_diff(want, got) <= TOL, method
         assert got.data_hash == want.data_hash and got.meta["n_pairs"] == N and got.meta["shards"] == 4
 
@@ -118,29 +127,54 @@ def test_sharded_extraction_in_one_process_equals_extract(lm, pair_files):
 def test_without_ray_the_error_says_how_to_install_it(lm, vec, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(DistributedError, match=r"pip install steerlab\[ray\]"):
-        steerlab.extract(lm, PAIRS, layers=[1], workers=2)
+        steerlab.extract(lm, PAIRS, layers=[1], executor=RayExecutor(workers=2))
     with pytest.raises(DistributedError, match=r"pip install steerlab\[ray\]"):
-        sweep(lm, vec, "cost", TEXTS, coefficients=[0, 1], workers=2)
+        sweep(lm, vec, "cost", TEXTS, coefficients=[0, 1], executor=RayExecutor(workers=2))
 
 
 def test_wrapped_models_and_bad_worker_counts_are_refused(lm):
     wrapped = steerlab.wrap_model(lm.model, lm.tokenizer, "wrapped")
     with pytest.raises(DistributedError, match="wrap_model"):
-        steerlab.extract(wrapped, PAIRS, layers=[1], workers=2)
+        steerlab.extract(wrapped, PAIRS, layers=[1], executor=RayExecutor(workers=2))
     with pytest.raises(DistributedError, match="positive number"):
-        steerlab.extract(lm, PAIRS, layers=[1], workers=0)
-    with pytest.raises(DistributedError, match="needs workers=N"):
-        steerlab.extract(lm, PAIRS, layers=[1], ray_address="auto")
+        steerlab.extract(lm, PAIRS, layers=[1], executor=RayExecutor(workers=0))
+    with pytest.raises(TypeError, match="workers"):  # an address alone: how many actors is not said
+        RayExecutor(address="auto")
     with pytest.raises(steerlab.DatasetError, match="nothing to shard"):
-        steerlab.extract(lm, [steerlab.ContrastPair("Love", "Hate")], method="actadd", layers=[1], workers=2)
+        steerlab.extract(
+            lm, [steerlab.ContrastPair("Love", "Hate")], method="actadd", layers=[1], executor=RayExecutor(workers=2)
+        )
+    with pytest.raises(steerlab.DatasetError, match=r"executor=RayExecutor\(workers=N\)"):  # the old spelling
+        steerlab.extract(lm, PAIRS, layers=[1], workers=2)
+    with pytest.raises(steerlab.DatasetError, match="cannot run on an executor"):
+        steerlab.extract(lm, PAIRS, method="bipo", layers=[1], executor=RayExecutor(workers=2))
+
+
+def test_extraction_and_evaluation_never_import_distributed():
+    """Distributed is an executor handed to extract and sweep: they never import it."""
+    import ast
+    from pathlib import Path
+
+    root = Path(steerlab.__file__).parent
+    for path in [*(root / "extraction").rglob("*.py"), *(root / "evaluate").rglob("*.py"), root / "executor.py"]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
+            assert not any("distributed" in n for n in names), f"{path} imports {names}"
 
 
 # ----------------------------------------------------------------------------- on Ray
 @pytest.mark.parametrize("method", ["mean_diff", "pca_diff", "pca_center", "probe"])
 def test_ray_extraction_equals_single_process(lm, ray_session, pair_files, method):
     want = steerlab.extract(lm, PAIRS, method=method, layers=[1, 2, 3], batch_size=4)
-    got = steerlab.extract(lm, steerlab.open_pairs(pair_files["jsonl"]), method=method, layers=[1, 2, 3],
-                           batch_size=4, workers=2)
+    got = steerlab.extract(
+        lm,
+        steerlab.open_pairs(pair_files["jsonl"]),
+        method=method,
+        layers=[1, 2, 3],
+        batch_size=4,
+        executor=RayExecutor(workers=2),
+    )
     assert max_diff(want, got) <= TOL
     assert got.data_hash == want.data_hash and got.meta["read"] == want.meta["read"]
     assert got.meta["workers"] == 2 and got.meta["shards"] > 2
@@ -157,8 +191,9 @@ class SlowMeanDiff(MeanDiffAccumulator):
 def test_killed_worker_is_restarted_and_its_shard_redone_once(lm, ray_session, tmp_path, caplog):
     ray = ray_session
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship SlowMeanDiff to the workers
-    steerlab.methods.register(steerlab.methods.Method("slow_mean_diff", steerlab.methods.get_method("mean_diff").fit,
-                                                      "slow", accumulator=SlowMeanDiff))
+    steerlab.extraction.methods.register(
+        ReadOutMethod("slow_mean_diff", get_method("mean_diff").fit, "slow", accumulator=SlowMeanDiff)
+    )
     try:
         want = steerlab.extract(lm, PAIRS, layers=[1, 3], batch_size=2)
         handles = actors(lm, 2)
@@ -168,12 +203,13 @@ def test_killed_worker_is_restarted_and_its_shard_redone_once(lm, ray_session, t
 
         def run() -> None:
             try:
-                out["vec"] = steerlab.distributed.extract_sharded(
-                    lm, PAIRS, "slow_mean_diff", [1, 3], batch_size=2, checkpoint=ckpt, workers=2, shard_size=6)
+                out["vec"] = sharded(
+                    lm, PAIRS, "slow_mean_diff", [1, 3], 6, batch_size=2, checkpoint=ckpt, executor=RayExecutor(2)
+                )
             except BaseException as exc:  # pragma: no cover - reported below
                 out["error"] = exc
 
-        caplog.set_level("INFO", logger="steerlab.distributed")
+        caplog.set_level("INFO", logger="steerlab.extraction.shards")
         thread = threading.Thread(target=run)
         thread.start()
         deadline = time.monotonic() + 120
@@ -191,7 +227,7 @@ def test_killed_worker_is_restarted_and_its_shard_redone_once(lm, ray_session, t
         assert any("resumed after" in r.getMessage() for r in caplog.records)  # from its shard checkpoint
         assert not list(tmp_path.iterdir())  # checkpoints removed
     finally:
-        del steerlab.methods.REGISTRY["slow_mean_diff"]
+        del steerlab.extraction.methods.REGISTRY["slow_mean_diff"]
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
@@ -212,11 +248,13 @@ def test_ray_sweeps_equal_single_process(lm, vec, ray_session, one_thread):
         ("cost", TEXTS, {}),
     ):
         want = sweep(lm, vec, kind, data, coefficients=[-4, 0, 4], layer_sets=sets, **extra)
-        got = sweep(lm, vec, kind, data, coefficients=[-4, 0, 4], layer_sets=sets, workers=2, **extra)
+        got = sweep(lm, vec, kind, data, coefficients=[-4, 0, 4], layer_sets=sets, executor=RayExecutor(2), **extra)
         assert got.grids == want.grids, kind
         assert got.rows() == want.rows()
     want = autotune(lm, vec, "sentiment", OPENINGS, coefficients=[2, 4], layer_sets=sets, max_new_tokens=5)
-    got = autotune(lm, vec, "sentiment", OPENINGS, coefficients=[2, 4], layer_sets=sets, max_new_tokens=5, workers=2)
+    got = autotune(
+        lm, vec, "sentiment", OPENINGS, coefficients=[2, 4], layer_sets=sets, max_new_tokens=5, executor=RayExecutor(2)
+    )
     assert got.to_dict() | {"created": None} == want.to_dict() | {"created": None}
 
 
@@ -228,8 +266,25 @@ def test_cli_extract_and_sweep_with_workers(lm, ray_session, pair_files, tmp_pat
     runner = CliRunner()
     model = ["--model", str(STORIES)]
     out = tmp_path / "v"
-    res = runner.invoke(app, ["--quiet", "extract", *model, "--pairs", str(pair_files["csv"]), "--layers", "1-3",
-                              "--batch-size", "4", "--workers", "2", "--out", str(out)], catch_exceptions=False)
+    res = runner.invoke(
+        app,
+        [
+            "--quiet",
+            "extract",
+            *model,
+            "--pairs",
+            str(pair_files["csv"]),
+            "--layers",
+            "1-3",
+            "--batch-size",
+            "4",
+            "--workers",
+            "2",
+            "--out",
+            str(out),
+        ],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.output
     got = steerlab.SteeringVector.load(out)
     assert max_diff(got, steerlab.extract(lm, PAIRS, layers=[1, 2, 3], batch_size=4)) <= TOL
@@ -237,9 +292,25 @@ def test_cli_extract_and_sweep_with_workers(lm, ray_session, pair_files, tmp_pat
     texts.write_text("\n".join(TEXTS))
     grids = []
     for workers in ([], ["--workers", "2"]):
-        res = runner.invoke(app, ["--json", "sweep", "cost", *model, "--vector", str(out), "--data", str(texts),
-                                  "--coefs", "0,4", "--out", str(tmp_path / f"sw{len(workers)}"), *workers],
-                            catch_exceptions=False)
+        res = runner.invoke(
+            app,
+            [
+                "--json",
+                "sweep",
+                "cost",
+                *model,
+                "--vector",
+                str(out),
+                "--data",
+                str(texts),
+                "--coefs",
+                "0,4",
+                "--out",
+                str(tmp_path / f"sw{len(workers)}"),
+                *workers,
+            ],
+            catch_exceptions=False,
+        )
         assert res.exit_code == 0, res.output
         grids.append(json.loads(res.output)["grids"])
     assert grids[0] == grids[1]
@@ -251,7 +322,7 @@ def test_shard_jobs_ship_small_sources(pair_files):
     """What a shard job ships: a file source is its path, pairs in memory only the shard's own."""
     import pickle
 
-    from steerlab.distributed.shards import _window
+    from steerlab.extraction.shards import _window
 
     assert len(pickle.dumps(JsonlPairs(pair_files["jsonl"]))) < 400
     part, start, stop = _window(ListPairs(PAIRS), 3, 5)
@@ -261,12 +332,12 @@ def test_shard_jobs_ship_small_sources(pair_files):
 
 @pytest.mark.slow
 def test_default_model_persona_vector_on_two_workers(ray_session):
-    from steerlab.demo_data import OPENINGS as DEMO
+    from steerlab.data.demo import OPENINGS as DEMO
 
     lm = steerlab.load_model("default")
     pairs = steerlab.persona_pairs("happy", "sad", list(DEMO))
     want = steerlab.extract(lm, pairs, layers=range(8, 20))
-    got = steerlab.extract(lm, pairs, layers=range(8, 20), workers=2)
+    got = steerlab.extract(lm, pairs, layers=range(8, 20), executor=RayExecutor(workers=2))
     # Each shard computes its own prefix tree, so its passes group tokens differently from the
     # single process's and float32 rounding differs in proportion to the activations (up to ~4 here;
     # in one process the prefix tree vs the full forward already differ by 7e-6): relative tolerance.

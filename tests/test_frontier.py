@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 import steerlab
 from steerlab import Steering
 from steerlab.cli import app
+from steerlab.data.ab import ab_items
 from steerlab.evaluate import Contender, Prompt, frontier
-from steerlab.evaluate.behavior import ab_items, ab_probabilities, behavior_eval
+from steerlab.evaluate.behavior import ab_probabilities, behavior_eval
 from steerlab.evaluate.cost import offtarget_cost, text_stats
 from steerlab.evaluate.frontier import FrontierPoint, FrontierReport, _choose, _mark_and_choose, pareto_front
 from steerlab.evaluate.likelihood import continuation_nll, perplexities, pooled_perplexity
@@ -23,7 +24,7 @@ from steerlab.evaluate.prompting import as_prompt
 from steerlab.evaluate.sentiment import sentiment_shift
 from steerlab.evaluate.sweep import _choose as autotune_choose
 from steerlab.evaluate.sweep import autotune, split_halves
-from steerlab.methods.pca import orientation, oriented, reorient
+from steerlab.extraction.methods.pca import orientation, oriented, reorient
 
 from .conftest import CAA, STORIES
 from .context_fit import ab_records_within_context
@@ -108,11 +109,26 @@ def test_behavior_prompt_alone_and_with_a_vector(lm, vec):
 
 
 def test_autotune_with_a_prompt_costs_against_the_unprompted_model(lm, vec):
-    rep = autotune(lm, vec, "sentiment", OPENINGS, coefficients=[1, 4], layer_sets=[[1, 2, 3]], budget=1e9,
-                   prompt=HAPPY, max_new_tokens=4)
+    rep = autotune(
+        lm,
+        vec,
+        "sentiment",
+        OPENINGS,
+        coefficients=[1, 4],
+        layer_sets=[[1, 2, 3]],
+        budget=1e9,
+        prompt=HAPPY,
+        max_new_tokens=4,
+    )
     report_half = split_halves(OPENINGS)[1]
-    direct = sentiment_shift(lm, vec.select(rep.layers), report_half, coefficients=sorted({0.0, rep.coefficient}),
-                             prompt=HAPPY, max_new_tokens=4)
+    direct = sentiment_shift(
+        lm,
+        vec.select(rep.layers),
+        report_half,
+        coefficients=sorted({0.0, rep.coefficient}),
+        prompt=HAPPY,
+        max_new_tokens=4,
+    )
     assert rep.held_out["baseline"]["continuation_ppl_ratio"] == pytest.approx(direct.row(0).ppl_ratio)
     assert rep.held_out["baseline"]["continuation_ppl_ratio"] != 1.0
     assert rep.fits_budget and rep.settings["prompt"] == HAPPY.describe()
@@ -133,8 +149,9 @@ NEUTRAL = ["Once upon a time, there was a little girl named Lily.", "The dog ran
 def test_prompt_cost_on_neutral_text(lm, vec):
     alone = offtarget_cost(lm, None, NEUTRAL, [0], prompt=HAPPY)
     # the texts read after the prompt, against the plain texts under the unsteered model
-    assert alone.perplexity[0] == pytest.approx(pooled_perplexity(continuation_nll(lm, [HAPPY.text] * 3, NEUTRAL)),
-                                                rel=1e-4)
+    assert alone.perplexity[0] == pytest.approx(
+        pooled_perplexity(continuation_nll(lm, [HAPPY.text] * 3, NEUTRAL)), rel=1e-4
+    )
     plain = text_stats(lm, NEUTRAL)
     assert alone.base_perplexity == pytest.approx(plain.perplexity, rel=1e-4)
     assert alone.ppl_ratio[0] == pytest.approx(alone.perplexity[0] / plain.perplexity)
@@ -152,9 +169,18 @@ def test_prompt_cost_on_neutral_text(lm, vec):
 
 def test_behavior_frontier_with_prompting_and_neutral_text_cost(lm, vec):
     items = _caa_items(lm, 5)
-    rep = frontier(lm, [Contender.steering("mean_diff", vec, [2], layer_sets=[[2]]),
-                        Contender.prompting("prompting", positive=[HAPPY], negative=[SAD])],
-                   items, kind="behavior", cost_texts=NEUTRAL, budget=3.0, n_bootstrap=0)
+    rep = frontier(
+        lm,
+        [
+            Contender.steering("mean_diff", vec, [2], layer_sets=[[2]]),
+            Contender.prompting("prompting", positive=[HAPPY], negative=[SAD]),
+        ],
+        items,
+        kind="behavior",
+        cost_texts=NEUTRAL,
+        budget=3.0,
+        n_bootstrap=0,
+    )
     assert rep.cost_metric == "ppl_ratio" and rep.effect_metrics == {1: "p_matching", -1: "p_not_matching"}
     p = next(p for p in rep.points if p.method == "prompting" and p.direction == 1)
     assert p.cost == pytest.approx(offtarget_cost(lm, None, NEUTRAL, [0], prompt=HAPPY).ppl_ratio[0])
@@ -187,8 +213,17 @@ def test_pareto_front_on_synthetic_points():
 def _point(method: str, d: int, c: float, sel: tuple[float, float], held: tuple[float, float]) -> FrontierPoint:
     ws = 0.5
     eff, cost = ws * sel[0] + (1 - ws) * held[0], ws * sel[1] + (1 - ws) * held[1]
-    return FrontierPoint(method, d, [1], c, "", eff, cost, {"positive_share": sel[0], "ratio": sel[1]},
-                         {"positive_share": held[0], "ratio": held[1]})
+    return FrontierPoint(
+        method,
+        d,
+        [1],
+        c,
+        "",
+        eff,
+        cost,
+        {"positive_share": sel[0], "ratio": sel[1]},
+        {"positive_share": held[0], "ratio": held[1]},
+    )
 
 
 def test_marking_and_choice_on_synthetic_points():
@@ -199,8 +234,9 @@ def test_marking_and_choice_on_synthetic_points():
         _point("a", 1, 0.5, (0.2, 1.3), (0.2, 1.3)),  # dominated
         _point("b", 1, 1.0, (0.2, 2.0), (0.2, 2.0)),  # another method: its own front
     ]
-    report = FrontierReport(effect_metrics={1: "positive_share"}, cost_metric="ratio", budget=1.15,
-                            goal={1: 0.5}, points=pts)
+    report = FrontierReport(
+        effect_metrics={1: "positive_share"}, cost_metric="ratio", budget=1.15, goal={1: 0.5}, points=pts
+    )
     _mark_and_choose(report, [Contender("a", prompts={1: (HAPPY,)}), Contender("b", prompts={1: (HAPPY,)})], [1])
     assert [p.on_front for p in pts] == [True, True, True, False, True]
     best = report.best_of("a", 1)
@@ -284,35 +320,103 @@ def test_cli_frontier_json_equals_the_python_report(lm, vec, tmp_path):
     vec_dir = vec.save(tmp_path / "md")
     openings = tmp_path / "openings.txt"
     openings.write_text("\n".join(OPENINGS[:4]) + "\n")
-    res = CliRunner().invoke(app, [
-        "--json", "eval", "frontier", "--model", str(STORIES), "--vector", f"mean_diff={vec_dir}",
-        "--openings", str(openings), "--coefs", "1,4", "--layer-sets", "1-3;2", "--positive-prompt", HAPPY.text,
-        "--negative-prompt", SAD.text, "--combine", "mean_diff", "--max-new-tokens", "4", "--budget", "1.3",
-        "--out", str(tmp_path / "fr"),
-    ])
+    res = CliRunner().invoke(
+        app,
+        [
+            "--json",
+            "eval",
+            "frontier",
+            "--model",
+            str(STORIES),
+            "--vector",
+            f"mean_diff={vec_dir}",
+            "--openings",
+            str(openings),
+            "--coefs",
+            "1,4",
+            "--layer-sets",
+            "1-3;2",
+            "--positive-prompt",
+            HAPPY.text,
+            "--negative-prompt",
+            SAD.text,
+            "--combine",
+            "mean_diff",
+            "--max-new-tokens",
+            "4",
+            "--budget",
+            "1.3",
+            "--out",
+            str(tmp_path / "fr"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    python = frontier(lm, [
-        Contender.steering("mean_diff", steerlab.SteeringVector.load(vec_dir), [1, 4], layer_sets=[[1, 2, 3], [2]]),
-        Contender.prompting("prompting", positive=[HAPPY.text], negative=[SAD.text]),
-        Contender.combined("prompting+mean_diff", steerlab.SteeringVector.load(vec_dir), [1, 4],
-                           positive=[HAPPY.text], negative=[SAD.text], layer_sets=[[1, 2, 3], [2]]),
-    ], steerlab.load_openings(openings), budget=1.3, max_new_tokens=4, batch_size=32)
+    python = frontier(
+        lm,
+        [
+            Contender.steering("mean_diff", steerlab.SteeringVector.load(vec_dir), [1, 4], layer_sets=[[1, 2, 3], [2]]),
+            Contender.prompting("prompting", positive=[HAPPY.text], negative=[SAD.text]),
+            Contender.combined(
+                "prompting+mean_diff",
+                steerlab.SteeringVector.load(vec_dir),
+                [1, 4],
+                positive=[HAPPY.text],
+                negative=[SAD.text],
+                layer_sets=[[1, 2, 3], [2]],
+            ),
+        ],
+        steerlab.load_openings(openings),
+        budget=1.3,
+        max_new_tokens=4,
+        batch_size=32,
+    )
     assert data == json.loads(json.dumps(python.to_dict()))
     assert {p.name for p in (tmp_path / "fr").iterdir()} >= {"frontier.json", "frontier.md", "frontier.png", "run.json"}
 
 
 def test_cli_prompt_options(vec, tmp_path):
     runner = CliRunner()
-    res = runner.invoke(app, ["--json", "eval", "sentiment", "--model", str(STORIES), "--prompt", HAPPY.text,
-                              "--limit", "2", "--max-new-tokens", "3", "--out", str(tmp_path / "s")])
+    res = runner.invoke(
+        app,
+        [
+            "--json",
+            "eval",
+            "sentiment",
+            "--model",
+            str(STORIES),
+            "--prompt",
+            HAPPY.text,
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "3",
+            "--out",
+            str(tmp_path / "s"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["prompt"]["text"] == HAPPY.text and [r["coef"] for r in data["rows"]] == [0.0]
     res = runner.invoke(app, ["eval", "sentiment", "--model", str(STORIES), "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "--vector, --prompt or both" in res.output
-    res = runner.invoke(app, ["eval", "frontier", "--model", str(STORIES), "--vector", "x=a", "--combine", "y",
-                              "--positive-prompt", "Hi. ", "--out", str(tmp_path / "y")])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "frontier",
+            "--model",
+            str(STORIES),
+            "--vector",
+            "x=a",
+            "--combine",
+            "y",
+            "--positive-prompt",
+            "Hi. ",
+            "--out",
+            str(tmp_path / "y"),
+        ],
+    )
     assert res.exit_code != 0
 
 
@@ -342,7 +446,7 @@ def test_pca_diff_follows_the_majority_where_the_rules_disagree():
     diffs = torch.tensor([[1.0, 0.0]] * 9 + [[-12.0, 0.0]] * 2) + 0.01 * torch.randn(11, 2)
     neg = torch.randn(11, 2)
     pos = neg + diffs
-    from steerlab.methods import get_method
+    from steerlab.extraction.methods import get_method
 
     for name in ("pca_diff", "pca_center"):
         direction = get_method(name).fit(pos, neg)
@@ -352,8 +456,8 @@ def test_pca_diff_follows_the_majority_where_the_rules_disagree():
 
 
 def test_pca_vectors_carry_orientation_metadata(lm, tmp_path):
-    from steerlab.capture import capture
-    from steerlab.data import pair_texts
+    from steerlab.data.pairs import pair_texts
+    from steerlab.extraction.capture import capture
 
     pairs = steerlab.persona_pairs("happy", "sad", OPENINGS)
     vec = steerlab.extract(lm, pairs, method="pca_diff", layers=[1, 2, 3])
@@ -384,8 +488,13 @@ def test_pca_vectors_carry_orientation_metadata(lm, tmp_path):
 
 def test_reorient_flips_exactly_the_disagreeing_layers():
     signs = [{"majority": 1, "mean_gap": 1}, {"majority": 1, "mean_gap": -1}, {"majority": 1, "mean_gap": 1}]
-    vec = steerlab.SteeringVector({k: torch.ones(4) for k in range(3)}, "m", 4, 3,
-                                  meta={"per_layer": {str(k): {"signs": s} for k, s in enumerate(signs)}})
+    vec = steerlab.SteeringVector(
+        {k: torch.ones(4) for k in range(3)},
+        "m",
+        4,
+        3,
+        meta={"per_layer": {str(k): {"signs": s} for k, s in enumerate(signs)}},
+    )
     out = reorient(vec, "mean_gap")
     assert [float(out.directions[k][0]) for k in (0, 1, 2)] == [1.0, -1.0, 1.0]
     assert out.meta["flipped_layers"] == [1]

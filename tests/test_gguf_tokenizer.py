@@ -17,7 +17,7 @@ import torch
 import transformers
 
 import steerlab
-from steerlab.gguf_tokenizer import (
+from steerlab.models.gguf_tokenizer import (
     build_tokenizer,
     load_gguf_tokenizer,
     read_gguf_vocab,
@@ -64,8 +64,15 @@ TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 
 def spm_meta(layout: str) -> tuple[dict, object]:
     sp = train_spm(layout)
-    meta = {"model": "llama", "tokens": sp.tokens, "scores": sp.scores, "types": sp.types,
-            "bos": sp.bos_id, "eos": sp.eos_id, "unk": sp.unk_id}
+    meta = {
+        "model": "llama",
+        "tokens": sp.tokens,
+        "scores": sp.scores,
+        "types": sp.types,
+        "bos": sp.bos_id,
+        "eos": sp.eos_id,
+        "unk": sp.unk_id,
+    }
     if sp.pad_id is not None:
         meta["pad"] = sp.pad_id
     if layout == "gemma":  # what llama.cpp writes for Gemma 3 (older Llama files carry neither key)
@@ -76,8 +83,17 @@ def spm_meta(layout: str) -> tuple[dict, object]:
 def byte_level_meta(pre: str) -> tuple[dict, object]:
     src = train_byte_level(pre)
     tokens, types, merges = byte_level_fields(src)
-    meta = {"model": "gpt2", "pre": pre, "tokens": tokens, "types": types, "merges": merges,
-            "bos": 1, "eos": 2, "pad": 0, "add_bos": False}
+    meta = {
+        "model": "gpt2",
+        "pre": pre,
+        "tokens": tokens,
+        "types": types,
+        "merges": merges,
+        "bos": 1,
+        "eos": 2,
+        "pad": 0,
+        "add_bos": False,
+    }
     return meta, src
 
 
@@ -173,7 +189,7 @@ def test_transformers_tokenizer_kept_only_when_it_encodes_like_the_file(family, 
     It splits "a  12" wrongly for SmolLM's pre-tokenizer, drops SentencePiece's dummy prefix on
     " leading space" (Llama layout) and respells Gemma's whitespace tokens; the rest it gets right.
     """
-    from steerlab import gguf_tokenizer
+    from steerlab.models import gguf_tokenizer
 
     built = []
 
@@ -265,14 +281,17 @@ def test_default_smollm2_rebuilt_tokenizer_matches(tmp_path):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import AutoTokenizer
 
-    from steerlab.model import default_gguf_path
+    from steerlab.models.load import default_gguf_path
 
     path = default_gguf_path()
     vocab = read_gguf_vocab(path)
     ours = build_tokenizer(vocab)
     assert tokenizer_mismatch(ours, vocab) is None
-    original = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(vocab.tokens)},
-                                    merges=[tuple(m.split(" ")) for m in vocab.merges or []]))
+    original = Tokenizer(
+        models.BPE(
+            vocab={t: i for i, t in enumerate(vocab.tokens)}, merges=[tuple(m.split(" ")) for m in vocab.merges or []]
+        )
+    )
     original.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
@@ -281,9 +300,12 @@ def test_default_smollm2_rebuilt_tokenizer_matches(tmp_path):
     original.add_special_tokens([AddedToken(t, special=True) for t in controls])
     theirs = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
-    texts = SAMPLES + varied_strings(400, seed=1) + CHATML_TURNS + [
-        steerlab.load_model.__doc__ or "", Path(steerlab.__file__).read_text()[:3000]
-    ]
+    texts = (
+        SAMPLES
+        + varied_strings(400, seed=1)
+        + CHATML_TURNS
+        + [steerlab.load_model.__doc__ or "", Path(steerlab.__file__).read_text()[:3000]]
+    )
     assert len(texts) >= 400
     assert [ids(ours, t) for t in texts] == [original.encode(t).ids for t in texts]
     assert [ours.decode(ids(ours, t)) for t in texts] == texts

@@ -9,7 +9,7 @@ import torch
 
 import steerlab
 from steerlab import Steering
-from steerlab.generate import encode
+from steerlab.runtime.generate import encode
 
 from .conftest import PROMPTS, hook_count, logits, param_hash
 

@@ -135,7 +135,7 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     from typer.testing import CliRunner
 
     from steerlab.cli import app
-    from steerlab.model import default_gguf_path
+    from steerlab.models.load import default_gguf_path
 
     lm = steerlab.load_model("default")
     pairs = steerlab.persona_pairs(

@@ -15,7 +15,7 @@ import pytest
 
 import steerlab
 from steerlab.analysis import breakdown_curve
-from steerlab.demo_data import NEUTRAL
+from steerlab.data.demo import NEUTRAL
 from steerlab.evaluate.likelihood import continuation_nll, perplexities
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -71,8 +71,10 @@ def test_playground_streams_unsteered_and_steered_side_by_side(
 
             page.fill("#prompt", PROMPT)
             page.fill("#max-tokens", "24")
-            page.eval_on_selector("[data-vector=happy] input[type=range]",
-                                  "el => { el.value = '4'; el.dispatchEvent(new Event('input')); }")
+            page.eval_on_selector(
+                "[data-vector=happy] input[type=range]",
+                "el => { el.value = '4'; el.dispatchEvent(new Event('input')); }",
+            )
             assert page.is_checked("#use-happy")
             page.click("#generate")
             page.wait_for_function(
@@ -83,7 +85,7 @@ def test_playground_streams_unsteered_and_steered_side_by_side(
             base = page.inner_text("#out-base")
             steered = page.inner_text("#out-steer")
             assert base.startswith(PROMPT) and steered.startswith(PROMPT)
-            assert base[len(PROMPT):].strip() and steered[len(PROMPT):].strip()
+            assert base[len(PROMPT) :].strip() and steered[len(PROMPT) :].strip()
             assert base != steered
             assert base == PROMPT + want_base
             assert steered == PROMPT + want_steer
@@ -97,8 +99,14 @@ def test_playground_streams_unsteered_and_steered_side_by_side(
             assert "perplexity ratio ×" in page.inner_text("#cost-steer")
             # on the slider: where the model breaks, per sign (the library's breakdown curve)
             curve = breakdown_curve(lm, vec, NEUTRAL)
-            want_marks = sorted(c for c in (curve.breaking_point_positive, None if curve.breaking_point_negative
-                                            is None else -curve.breaking_point_negative) if c is not None)
+            want_marks = sorted(
+                c
+                for c in (
+                    curve.breaking_point_positive,
+                    None if curve.breaking_point_negative is None else -curve.breaking_point_negative,
+                )
+                if c is not None
+            )
             assert want_marks  # this vector breaks stories260K within ±16
             page.wait_for_selector("[data-vector=happy] .break-mark")
             marks = page.eval_on_selector_all("[data-vector=happy] .break-mark", "els => els.map(e => e.dataset.coef)")

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import steerlab
-from steerlab import canary, hf
+from steerlab.core.positions import position_mask, starts_sequence, token_positions
+from steerlab.core.steering import Steering
 from steerlab.errors import SteeringSpecError, TransformersCompatError
-from steerlab.positions import position_mask, starts_sequence, token_positions
-from steerlab.steering import Steering
+from steerlab.runtime import canary, hf
 
 CPU = torch.device("cpu")
 
@@ -117,7 +117,7 @@ def test_canary_refuses_a_transformers_it_cannot_read(
 
 
 def test_shared_prefix_says_when_it_cannot_run(lm: steerlab.LM, monkeypatch: pytest.MonkeyPatch) -> None:
-    capture_mod = importlib.import_module("steerlab.capture")
+    capture_mod = importlib.import_module("steerlab.extraction.capture")
     texts = ["Once upon a time, in a big forest, " + t for t in ("a cat", "a dog sat down", "the sun")]
     monkeypatch.setattr(hf, "cache_keyword", lambda model: None)
     monkeypatch.setattr(capture_mod, "_WARNED", set())

@@ -17,15 +17,17 @@ import pytest
 import torch
 
 import steerlab
-from steerlab.data import CsvPairs, JsonlPairs, ParquetPairs, looks_like_path
-from steerlab.distributed import extract_sharded
+from steerlab.data.preference import PreferencePair, load_preferences
+from steerlab.data.sources import CsvPairs, JsonlPairs, ParquetPairs, looks_like_path
 from steerlab.errors import CheckpointError, DatasetError
+from steerlab.extraction.methods import get_method
+from steerlab.extraction.run import ExtractRun
+from steerlab.extraction.shards import extract_sharded
 from steerlab.files import read_checkpoint, write_checkpoint
 from steerlab.limits import LimitError, Limits
-from steerlab.preference import PreferencePair, load_preferences
 
-capture_mod = importlib.import_module("steerlab.capture")
-extract_mod = importlib.import_module("steerlab.extract")
+capture_mod = importlib.import_module("steerlab.extraction.capture")
+accumulate_mod = importlib.import_module("steerlab.extraction.accumulate")
 
 POS = [f"Lily was happy and the sun was out on day {i}" for i in range(8)]
 NEG = [f"Lily was sad and the rain fell on day {i}" for i in range(8)]
@@ -104,7 +106,7 @@ def test_a_short_csv_row_reads_the_same_in_one_process_and_in_shards(tmp_path):
 
 
 def test_texts_openings_preferences_and_ab_items_refuse_non_text(tmp_path):
-    from steerlab.evaluate.behavior import load_ab_items
+    from steerlab.data.ab import load_ab_items
 
     js = tmp_path / "t.json"
     js.write_text(json.dumps(["fine", 7]), encoding="utf-8")
@@ -162,7 +164,7 @@ def test_a_zero_direction_is_an_error_not_a_vector(lm):
 
 
 def test_a_condition_from_the_same_prompts_on_both_sides_is_refused(lm):
-    from steerlab.condition import find_condition
+    from steerlab.extraction.condition import find_condition
 
     prompts = ["The dog ran", "The cat sat"]
     with pytest.raises(DatasetError, match="the positive and negative prompts are the same"):
@@ -178,7 +180,7 @@ def test_a_lone_surrogate_is_refused_naming_the_row(tmp_path):
     for message in _pairs_everywhere(path):
         assert "s.jsonl:2: field 'positive' is not valid Unicode text (it holds a lone surrogate" in message
     with pytest.raises(LimitError, match=r"pair 0 \(positive\) is not valid Unicode"):
-        steerlab.data.check_pairs([steerlab.ContrastPair("\ud800", "b")])
+        steerlab.data.pairs.check_pairs([steerlab.ContrastPair("\ud800", "b")])
 
 
 def test_a_csv_field_over_the_limit_names_the_row_and_the_limit(tmp_path):
@@ -220,7 +222,7 @@ def test_a_pair_longer_than_the_context_is_refused_before_any_forward(lm, tmp_pa
             steerlab.extract(lm, pairs, layers=[1])
     assert fw.calls == 0  # refused before the work starts
     with pytest.raises(LimitError, match=message):  # sharded: named by its index in the whole data
-        extract_sharded(lm, steerlab.open_pairs(pairs), "mean_diff", [1], shard_size=2)
+        extract_sharded(ExtractRun(lm, [1]), get_method("mean_diff"), steerlab.open_pairs(pairs), shard_size=2)
 
 
 def test_a_20mb_line_is_refused_from_its_length_in_bounded_memory(tmp_path):
@@ -259,7 +261,7 @@ def test_a_missing_path_is_not_found_never_a_hub_lookup(monkeypatch):
     def no_hub(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("looked up on the Hub")
 
-    monkeypatch.setattr(steerlab.data.HFPairs, "_open", no_hub)
+    monkeypatch.setattr(steerlab.data.sources.HFPairs, "_open", no_hub)
     for name in ("data/missing.parquet", "missing.jsonl", "./mine", "/abs/path", "a/b/c"):
         assert looks_like_path(name)
         with pytest.raises(DatasetError, match="pairs file not found"):
@@ -311,10 +313,10 @@ def _interrupted(lm, tmp_path, monkeypatch, after: int = 2) -> Path:
                 raise KeyboardInterrupt
             yield item
 
-    monkeypatch.setattr(extract_mod, "iter_capture", stop)
+    monkeypatch.setattr(accumulate_mod, "iter_capture", stop)
     with pytest.raises(KeyboardInterrupt):
         steerlab.extract(lm, steerlab.pairs_from_lists(POS, NEG), layers=[2], batch_size=4, checkpoint=ckpt)
-    monkeypatch.setattr(extract_mod, "iter_capture", real)
+    monkeypatch.setattr(accumulate_mod, "iter_capture", real)
     assert ckpt.is_file()
     return ckpt
 
@@ -401,7 +403,7 @@ def test_read_checkpoint_refuses_another_run_and_names_the_file(tmp_path):
 
 
 def test_corrupt_or_tampered_training_checkpoints_are_refused(lm, tmp_path):
-    from steerlab.train.state import TrainState
+    from steerlab.extraction.train.state import TrainState
 
     opts: dict[str, Any] = {"lr": 0.05, "epochs": 2, "batch_size": 4, "holdout": 0.25, "progress": False, "layers": [1]}
     pairs = [
@@ -442,9 +444,10 @@ def test_corrupt_or_tampered_training_checkpoints_are_refused(lm, tmp_path):
 def test_corrupt_or_tampered_shard_checkpoints_are_refused(lm, tmp_path, monkeypatch):
     """The driver's merged state (its list of merged shards, checked against the run) and a
     shard's running state (checked by the shard's own extraction)."""
-    shards = importlib.import_module("steerlab.distributed.shards")
+    shards = importlib.import_module("steerlab.extraction.shards")
     pairs = steerlab.pairs_from_lists(POS, NEG)
-    want = extract_sharded(lm, pairs, "mean_diff", [1, 3], batch_size=2, shard_size=4)
+    mean_diff = get_method("mean_diff")
+    want = extract_sharded(ExtractRun(lm, [1, 3], batch_size=2), mean_diff, pairs, shard_size=4)
     ckpt = tmp_path / "d.ckpt"
     real = shards._Merged.add
     calls = {"n": 0}
@@ -457,13 +460,13 @@ def test_corrupt_or_tampered_shard_checkpoints_are_refused(lm, tmp_path, monkeyp
 
     monkeypatch.setattr(shards._Merged, "add", stop_after_first)
     with pytest.raises(KeyboardInterrupt):
-        extract_sharded(lm, pairs, "mean_diff", [1, 3], batch_size=2, checkpoint=ckpt, shard_size=4)
+        extract_sharded(ExtractRun(lm, [1, 3], batch_size=2, checkpoint=ckpt), mean_diff, pairs, shard_size=4)
     monkeypatch.setattr(shards._Merged, "add", real)
     tensors, meta = _saved(ckpt)
     assert json.loads(meta["done_shards"]) == [0]
 
     def rerun() -> steerlab.SteeringVector:
-        return extract_sharded(lm, pairs, "mean_diff", [1, 3], batch_size=2, checkpoint=ckpt, shard_size=4)
+        return extract_sharded(ExtractRun(lm, [1, 3], batch_size=2, checkpoint=ckpt), mean_diff, pairs, shard_size=4)
 
     for done, message in (
         ("[0, 1]", "layer 1's state counts 8 texts but its progress says 16"),

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import steerlab
+from steerlab.data.ab import load_ab_items
+from steerlab.data.preference import load_preferences
+from steerlab.data.readers import DEFAULT_LIMITS
 from steerlab.errors import CheckpointError, SteeringError
-from steerlab.evaluate.behavior import load_ab_items
 from steerlab.files import read_checkpoint, write_checkpoint
-from steerlab.preference import load_preferences
-from steerlab.readers import DEFAULT_LIMITS
 
 FUZZ = settings(
     derandomize=True,
@@ -68,7 +68,7 @@ def loads_or_refuses(read: Callable[[], Any]) -> Any:
 
 def expected_pair(rec: dict[str, Any]) -> steerlab.ContrastPair | None:
     """The pair a record makes, or None when the readers must refuse it (the rules of
-    steerlab.readers.text_field and steerlab.data.check_pair, stated here on their own)."""
+    steerlab.data.readers.text_field and steerlab.data.pairs.check_pair, stated here on their own)."""
     pos, neg = rec["positive"], rec["negative"]
     for side in (pos, neg):
         if not isinstance(side, str) or not side.strip() or len(side) > DEFAULT_LIMITS.max_text_chars:

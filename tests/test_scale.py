@@ -38,7 +38,7 @@ def test_a_relative_coefficient_is_the_added_share_of_the_residual_norm(lm, vec)
 def test_norms_are_measured_once_per_model(lm, monkeypatch):
     import importlib
 
-    capture_mod = importlib.import_module("steerlab.capture")
+    capture_mod = importlib.import_module("steerlab.extraction.capture")
     steerlab.residual_norms(lm)
     calls = []
     real = capture_mod.capture_tokens

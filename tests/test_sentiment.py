@@ -42,8 +42,15 @@ def tiny_classifier(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("tiny-sentiment")
     id2label = {0: "negative", 1: "neutral", 2: "positive"}
     settings: dict[str, Any] = dict(
-        vocab_size=512, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, num_labels=3, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+        vocab_size=512,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_labels=3,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
         pad_token_id=0,
     )
     config = LlamaConfig(**settings)
@@ -131,8 +138,15 @@ def test_bootstrap_ci_helper():
 
 def test_fluency_off_and_custom_scorer(lm, vec):
     r = sentiment_shift(
-        lm, vec, OPENINGS, coefficients=(0.0, 2.0, 2.0), max_new_tokens=6, scorer=LengthScorer(), fluency=False,
-        batch_size=4, n_bootstrap=0,
+        lm,
+        vec,
+        OPENINGS,
+        coefficients=(0.0, 2.0, 2.0),
+        max_new_tokens=6,
+        scorer=LengthScorer(),
+        fluency=False,
+        batch_size=4,
+        n_bootstrap=0,
     )
     assert r.scorer == "length" and [x.coefficient for x in r.by_coefficient] == [0.0, 2.0]
     for row in r.by_coefficient:

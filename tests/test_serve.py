@@ -63,7 +63,7 @@ def served(lm: steerlab.LM, store_dir: Path, **settings: Any) -> Iterator[tuple[
     app = create_app(lm, store_dir, ServeSettings(**settings))
     with TestClient(app) as client:
         yield app, client
-    assert not app.state.server.batcher.alive
+    assert not app.state.server.engine.alive
 
 
 @contextmanager
@@ -144,8 +144,15 @@ def test_health_models_vectors_metrics(lm: steerlab.LM, store: Path) -> None:
         r = completion(client, prompt="Once upon a time", max_tokens=5)
         assert r.status_code == 200
         m = client.get("/metrics?format=json", headers=AUTH).json()
-        for key in ("requests", "tokens_per_second", "tokens_per_second_busy", "queue_length", "running",
-                    "completion_tokens_total", "batches_total"):
+        for key in (
+            "requests",
+            "tokens_per_second",
+            "tokens_per_second_busy",
+            "queue_length",
+            "running",
+            "completion_tokens_total",
+            "batches_total",
+        ):
             assert key in m
         assert m["completion_tokens_total"] >= 5 and m["queue_length"] == 0
         page = client.get("/")
@@ -170,9 +177,18 @@ def test_completion_matches_library_and_stream_matches_full(
         r = completion(client, prompt=prompt, max_tokens=12, steering=steering("happy"))
         assert r.json()["choices"][0]["text"] == want
 
-        with client.stream("POST", "/v1/completions", headers=AUTH,
-                           json={"prompt": prompt, "max_tokens": 12, "stream": True, "steering": steering("happy"),
-                                 "stream_options": {"include_usage": True}}) as s:
+        with client.stream(
+            "POST",
+            "/v1/completions",
+            headers=AUTH,
+            json={
+                "prompt": prompt,
+                "max_tokens": 12,
+                "stream": True,
+                "steering": steering("happy"),
+                "stream_options": {"include_usage": True},
+            },
+        ) as s:
             assert s.headers["content-type"].startswith("text/event-stream")
             lines = [ln for ln in s.iter_lines() if ln.startswith("data: ")]
         assert lines[-1] == "data: [DONE]"
@@ -198,8 +214,9 @@ def test_chat_completion_and_stop_and_sampling(lm: steerlab.LM, store: Path) -> 
         msg = body["choices"][0]["message"]
         assert msg["role"] == "assistant"
         assert msg["content"] == steerlab.generate(lm, "Once upon a time", chat=True, max_new_tokens=10)[0]
-        with client.stream("POST", "/v1/chat/completions", headers=AUTH,
-                           json={"messages": msgs, "max_tokens": 10, "stream": True}) as s:
+        with client.stream(
+            "POST", "/v1/chat/completions", headers=AUTH, json={"messages": msgs, "max_tokens": 10, "stream": True}
+        ) as s:
             chunks = [json.loads(ln[6:]) for ln in s.iter_lines() if ln.startswith("data: {")]
         assert chunks[0]["object"] == "chat.completion.chunk"
         assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
@@ -244,15 +261,16 @@ def test_isolation_under_load(lm: steerlab.LM, store: Path, scheduler: str) -> N
     """64 concurrent requests over 4 vectors and none are batched, and every response equals the
     same request served alone (greedy); no errors, nothing left in the queue."""
     bodies = _requests()
-    app = create_app(lm, store, ServeSettings(api_key=KEY, max_batch=16, max_queue=64, batch_wait_ms=20,
-                                              scheduler=scheduler))
+    app = create_app(
+        lm, store, ServeSettings(api_key=KEY, max_batch=16, max_queue=64, batch_wait_ms=20, scheduler=scheduler)
+    )
     server = app.state.server
 
     async def run() -> tuple[list[httpx.Response], list[httpx.Response]]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=AUTH, timeout=120) as c:
             together = await asyncio.gather(*(c.post("/v1/completions", json=b) for b in bodies))
-            snapshot = server.batcher.snapshot()
+            snapshot = server.engine.snapshot()
             assert snapshot["scheduler"] == scheduler
             if scheduler == "batch":
                 assert snapshot["batches_total"] < 16, snapshot  # batched, not one by one
@@ -273,11 +291,11 @@ def test_isolation_under_load(lm: steerlab.LM, store: Path, scheduler: str) -> N
         # the steerings really differ row by row: the same prompt gets several different texts
         same_prompt = {got[i] for i in range(0, 64, len(PROMPTS))}
         assert len(same_prompt) >= 4
-        snap = server.batcher.snapshot()
+        snap = server.engine.snapshot()
         assert snap["queue_length"] == 0 and snap["running"] == 0
         assert "http_500" not in snap["requests"] and "timed_out" not in snap["requests"]
     finally:
-        server.batcher.close()
+        server.engine.close()
 
 
 # --------------------------------------------------------------------------- limits
@@ -305,8 +323,12 @@ def test_request_limits(lm: steerlab.LM, store: Path) -> None:
             r = completion(client, **body)
             assert r.status_code == status, (body, r.text)
             assert r.json()["error"]["code"] == code, (body, r.text)
-        ok = completion(client, prompt="Hi", max_tokens=4,
-                        steering=[{"vector": "happy", "coefficient": -8, "layers": [2], "positions": [0, 3]}])
+        ok = completion(
+            client,
+            prompt="Hi",
+            max_tokens=4,
+            steering=[{"vector": "happy", "coefficient": -8, "layers": [2], "positions": [0, 3]}],
+        )
         assert ok.status_code == 200
     assert tree(store) == before
 
@@ -318,17 +340,20 @@ def test_queue_full_gives_429_and_timeout_gives_504(lm: steerlab.LM, store: Path
     async def burst() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=AUTH, timeout=60) as c:
-            return list(await asyncio.gather(*(
-                c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 8}) for _ in range(8))))
+            return list(
+                await asyncio.gather(
+                    *(c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 8}) for _ in range(8))
+                )
+            )
 
     try:
         with slow_model(lm, 0.01):
             codes = [r.status_code for r in asyncio.run(burst())]
         assert codes.count(429) >= 4 and codes.count(200) >= 2, codes
         assert set(codes) == {200, 429}
-        assert server.batcher.snapshot()["queue_length"] == 0
+        assert server.engine.snapshot()["queue_length"] == 0
     finally:
-        server.batcher.close()
+        server.engine.close()
 
     with served(lm, store, request_timeout_s=0.3) as (_, client), slow_model(lm, 0.02):
         r = completion(client, prompt="Hi", max_tokens=200, ignore_eos=True)
@@ -341,8 +366,11 @@ def test_429_body_is_openai_shaped(lm: steerlab.LM, store: Path) -> None:
     async def burst() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=AUTH, timeout=60) as c:
-            return list(await asyncio.gather(*(
-                c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 6}) for _ in range(5))))
+            return list(
+                await asyncio.gather(
+                    *(c.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 6}) for _ in range(5))
+                )
+            )
 
     try:
         with slow_model(lm, 0.01):
@@ -351,7 +379,7 @@ def test_429_body_is_openai_shaped(lm: steerlab.LM, store: Path) -> None:
         assert rejected[0].headers["retry-after"] == "1"
         assert rejected[0].json()["error"]["type"] == "rate_limit_error"
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
 
 
 # --------------------------------------------------------------------------- security
@@ -394,8 +422,9 @@ def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
     return buf.getvalue()
 
 
-def _member(name: str, data: bytes | None = None, kind: bytes = tarfile.REGTYPE, link: str = "") -> tuple[
-        tarfile.TarInfo, bytes | None]:
+def _member(
+    name: str, data: bytes | None = None, kind: bytes = tarfile.REGTYPE, link: str = ""
+) -> tuple[tarfile.TarInfo, bytes | None]:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.linkname = link
@@ -417,8 +446,9 @@ def _zip(entries: list[tuple[str, bytes, int | None]]) -> bytes:
     return buf.getvalue()
 
 
-def bad_uploads(tmp: Path, lm: steerlab.LM, vectors: dict[str, steerlab.SteeringVector]) -> list[
-        tuple[str, bytes, int, str]]:
+def bad_uploads(
+    tmp: Path, lm: steerlab.LM, vectors: dict[str, steerlab.SteeringVector]
+) -> list[tuple[str, bytes, int, str]]:
     """(label, bytes, expected status, expected code) of uploads that must all be rejected."""
     good = tmp / "good"
     vectors["dog"].save(good)
@@ -435,40 +465,112 @@ def bad_uploads(tmp: Path, lm: steerlab.LM, vectors: dict[str, steerlab.Steering
     many = [_member(f"v/pad{i}.txt", b"x") for i in range(20)]
     bomb = b"\0" * 300_000
     return [
-        ("absolute member", _tar([_member("/steering_config.json", cfg), _member("/vector.safetensors", weights)]),
-         400, "unsafe_archive"),
-        ("dotdot member", _tar([_member("../steering_config.json", cfg), _member("vector.safetensors", weights)]),
-         400, "unsafe_archive"),
+        (
+            "absolute member",
+            _tar([_member("/steering_config.json", cfg), _member("/vector.safetensors", weights)]),
+            400,
+            "unsafe_archive",
+        ),
+        (
+            "dotdot member",
+            _tar([_member("../steering_config.json", cfg), _member("vector.safetensors", weights)]),
+            400,
+            "unsafe_archive",
+        ),
         ("nested dotdot", _tar([_member("v/../../x/steering_config.json", cfg)]), 400, "unsafe_archive"),
-        ("symlink member", _tar([_member("steering_config.json", cfg),
-                                 _member("vector.safetensors", None, tarfile.SYMTYPE, "/etc/passwd")]),
-         400, "unsafe_archive"),
-        ("hardlink member", _tar([_member("steering_config.json", cfg),
-                                  _member("vector.safetensors", None, tarfile.LNKTYPE, "steering_config.json")]),
-         400, "unsafe_archive"),
-        ("device member", _tar([_member("steering_config.json", cfg), _member("vector.safetensors", None,
-                                                                            tarfile.CHRTYPE)]), 400, "unsafe_archive"),
-        ("too many members", _tar([_member("v/steering_config.json", cfg), _member("v/vector.safetensors", weights),
-                                   *many]), 400, "unsafe_archive"),
-        ("unpacks too large", _tar([_member("v/steering_config.json", cfg), _member("v/vector.safetensors", weights),
-                                    _member("v/padding.bin", bomb)]), 413, "upload_too_large"),
-        ("zip symlink", _zip([("steering_config.json", cfg, None), ("vector.safetensors", b"/etc/passwd", 0o120777)]),
-         400, "unsafe_archive"),
-        ("zip dotdot", _zip([("../steering_config.json", cfg, None), ("vector.safetensors", weights, None)]),
-         400, "unsafe_archive"),
+        (
+            "symlink member",
+            _tar(
+                [
+                    _member("steering_config.json", cfg),
+                    _member("vector.safetensors", None, tarfile.SYMTYPE, "/etc/passwd"),
+                ]
+            ),
+            400,
+            "unsafe_archive",
+        ),
+        (
+            "hardlink member",
+            _tar(
+                [
+                    _member("steering_config.json", cfg),
+                    _member("vector.safetensors", None, tarfile.LNKTYPE, "steering_config.json"),
+                ]
+            ),
+            400,
+            "unsafe_archive",
+        ),
+        (
+            "device member",
+            _tar([_member("steering_config.json", cfg), _member("vector.safetensors", None, tarfile.CHRTYPE)]),
+            400,
+            "unsafe_archive",
+        ),
+        (
+            "too many members",
+            _tar([_member("v/steering_config.json", cfg), _member("v/vector.safetensors", weights), *many]),
+            400,
+            "unsafe_archive",
+        ),
+        (
+            "unpacks too large",
+            _tar(
+                [
+                    _member("v/steering_config.json", cfg),
+                    _member("v/vector.safetensors", weights),
+                    _member("v/padding.bin", bomb),
+                ]
+            ),
+            413,
+            "upload_too_large",
+        ),
+        (
+            "zip symlink",
+            _zip([("steering_config.json", cfg, None), ("vector.safetensors", b"/etc/passwd", 0o120777)]),
+            400,
+            "unsafe_archive",
+        ),
+        (
+            "zip dotdot",
+            _zip([("../steering_config.json", cfg, None), ("vector.safetensors", weights, None)]),
+            400,
+            "unsafe_archive",
+        ),
         ("random bytes", os.urandom(4000), 400, "invalid_upload"),
         ("empty", b"", 400, "invalid_upload"),
         ("truncated tar.gz", valid[: len(valid) // 2], 400, "invalid_upload"),
-        ("corrupt weights", _tar([_member("steering_config.json", cfg),
-                                  _member("vector.safetensors", os.urandom(500))]), 400, "invalid_vector"),
-        ("corrupt config", _tar([_member("steering_config.json", b"{not json"),
-                                 _member("vector.safetensors", weights)]), 400, "invalid_vector"),
+        (
+            "corrupt weights",
+            _tar([_member("steering_config.json", cfg), _member("vector.safetensors", os.urandom(500))]),
+            400,
+            "invalid_vector",
+        ),
+        (
+            "corrupt config",
+            _tar([_member("steering_config.json", b"{not json"), _member("vector.safetensors", weights)]),
+            400,
+            "invalid_vector",
+        ),
         ("missing weights", _tar([_member("steering_config.json", cfg)]), 400, "invalid_vector"),
-        ("two vectors", _tar([_member("a/steering_config.json", cfg), _member("a/vector.safetensors", weights),
-                              _member("b/steering_config.json", cfg), _member("b/vector.safetensors", weights)]),
-         400, "invalid_vector"),
-        ("too deep", _tar([_member("a/b/steering_config.json", cfg), _member("a/b/vector.safetensors", weights)]),
-         400, "invalid_vector"),
+        (
+            "two vectors",
+            _tar(
+                [
+                    _member("a/steering_config.json", cfg),
+                    _member("a/vector.safetensors", weights),
+                    _member("b/steering_config.json", cfg),
+                    _member("b/vector.safetensors", weights),
+                ]
+            ),
+            400,
+            "invalid_vector",
+        ),
+        (
+            "too deep",
+            _tar([_member("a/b/steering_config.json", cfg), _member("a/b/vector.safetensors", weights)]),
+            400,
+            "invalid_vector",
+        ),
         ("corrupt gguf", b"GGUF" + os.urandom(3000), 400, "invalid_vector"),
         ("truncated gguf", good_gguf[: len(good_gguf) // 2], 400, "invalid_vector"),
         ("another model (id)", pack_folder(tmp / "other"), 422, "vector_model_mismatch"),
@@ -484,14 +586,14 @@ def test_bad_uploads_are_rejected_and_store_unchanged(
 ) -> None:
     cases = bad_uploads(tmp_path / "src", lm, vectors)
     before = tree(store)
-    with served(lm, store, max_upload_bytes=200_000, max_unpacked_bytes=200_000, max_archive_members=16) as (
-            _, client):
+    with served(lm, store, max_upload_bytes=200_000, max_unpacked_bytes=200_000, max_archive_members=16) as (_, client):
         names_before = [v["name"] for v in client.get("/v1/vectors", headers=AUTH).json()["data"]]
         for label, data, status, code in cases:
             for how in ("multipart", "raw"):
                 if how == "multipart":
-                    r = client.post("/v1/vectors", headers=AUTH, data={"name": "newvec"},
-                                    files={"file": ("upload.bin", data)})
+                    r = client.post(
+                        "/v1/vectors", headers=AUTH, data={"name": "newvec"}, files={"file": ("upload.bin", data)}
+                    )
                 else:
                     r = client.post("/v1/vectors?name=newvec", headers=RAW, content=data)
                 assert r.status_code == status, (label, how, r.text)
@@ -501,10 +603,13 @@ def test_bad_uploads_are_rejected_and_store_unchanged(
         assert completion(client, prompt="Hi", steering=steering("newvec")).status_code == 404
 
 
-@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../b", "..", ".hidden", "a b", "x" * 65, "a.b",
-                                  "happy/../dog", "C:\\x", "%2e%2e"])
-def test_traversal_names_rejected(lm: steerlab.LM, store: Path, tmp_path: Path, name: str,
-                                  vectors: dict[str, steerlab.SteeringVector]) -> None:
+@pytest.mark.parametrize(
+    "name",
+    ["../x", "/etc/passwd", "a/../../b", "..", ".hidden", "a b", "x" * 65, "a.b", "happy/../dog", "C:\\x", "%2e%2e"],
+)
+def test_traversal_names_rejected(
+    lm: steerlab.LM, store: Path, tmp_path: Path, name: str, vectors: dict[str, steerlab.SteeringVector]
+) -> None:
     vectors["dog"].save(tmp_path / "dog")
     data = pack_folder(tmp_path / "dog")
     before = tree(store)
@@ -557,8 +662,9 @@ def test_upload_use_overwrite_delete(
         assert (store / "dog2" / "vector.safetensors").is_file()
         r = client.post("/v1/vectors?name=dogzip", headers=RAW, content=pack_folder(src / "dog2", "zip"))
         assert r.status_code == 201, r.text
-        r = client.post("/v1/vectors", headers=AUTH, data={"name": "night2"},
-                        files={"file": ("x.gguf", gguf.read_bytes())})
+        r = client.post(
+            "/v1/vectors", headers=AUTH, data={"name": "night2"}, files={"file": ("x.gguf", gguf.read_bytes())}
+        )
         assert r.status_code == 201 and r.json()["method"] == "mean_diff", r.text
         # served: same text as the original vectors
         a = completion(client, prompt="The cat", max_tokens=8, steering=steering("dog2")).json()
@@ -592,18 +698,29 @@ def test_openai_client(lm: steerlab.LM, store: Path, vectors: dict[str, steerlab
     with ServerThread(app) as srv:
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key=KEY, max_retries=0, timeout=60)
         assert [m.id for m in client.models.list().data] == ["stories260K"]
-        out = client.completions.create(model="default", prompt=prompt, max_tokens=10,
-                                        extra_body={"steering": steering("happy")})
+        out = client.completions.create(
+            model="default", prompt=prompt, max_tokens=10, extra_body={"steering": steering("happy")}
+        )
         assert out.choices[0].text == want
         assert out.usage is not None and out.usage.completion_tokens == 10
-        stream = client.completions.create(model="stories260K", prompt=prompt, max_tokens=10, stream=True,
-                                           extra_body={"steering": steering("happy")})
+        stream = client.completions.create(
+            model="stories260K", prompt=prompt, max_tokens=10, stream=True, extra_body={"steering": steering("happy")}
+        )
         assert "".join(c.choices[0].text for c in stream if c.choices) == want
-        chat = client.chat.completions.create(model="default", messages=[{"role": "user", "content": prompt}],
-                                              max_tokens=8, extra_body={"steering": steering("dog")})
+        chat = client.chat.completions.create(
+            model="default",
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=8,
+            extra_body={"steering": steering("dog")},
+        )
         assert chat.choices[0].message.content and chat.choices[0].finish_reason == "length"
-        pieces = client.chat.completions.create(model="default", messages=[{"role": "user", "content": prompt}],
-                                                max_tokens=8, stream=True, extra_body={"steering": steering("dog")})
+        pieces = client.chat.completions.create(
+            model="default",
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=8,
+            stream=True,
+            extra_body={"steering": steering("dog")},
+        )
         assert "".join(c.choices[0].delta.content or "" for c in pieces if c.choices) == chat.choices[0].message.content
         with pytest.raises(openai.NotFoundError):
             client.completions.create(model="default", prompt=prompt, extra_body={"steering": steering("missing")})
@@ -618,8 +735,10 @@ def test_client_disconnect_mid_stream_does_not_break_others(lm: steerlab.LM, sto
     """A streaming client that goes away is cancelled (its row stops, the batch ends early);
     the requests batched with it finish with the right text."""
     app = create_app(lm, store, ServeSettings(api_key=KEY, max_batch=8, batch_wait_ms=50))
-    others = [{"prompt": p, "max_tokens": 12, "steering": steering("happy") if i % 2 else None}
-              for i, p in enumerate(PROMPTS[:4])]
+    others = [
+        {"prompt": p, "max_tokens": 12, "steering": steering("happy") if i % 2 else None}
+        for i, p in enumerate(PROMPTS[:4])
+    ]
     others = [{k: v for k, v in b.items() if v is not None} for b in others]
     with ServerThread(app) as srv:
         client = httpx.Client(base_url=srv.url, headers=AUTH, timeout=60)
@@ -664,8 +783,12 @@ def test_client_disconnect_mid_stream_does_not_break_others(lm: steerlab.LM, sto
                 time.sleep(0.05)
         assert len(partial) == 3
         assert texts == want
-        assert streamed == client.post("/v1/completions", json={"prompt": PROMPTS[5], "max_tokens": 16}).json()[
-            "choices"][0]["text"]
+        assert (
+            streamed
+            == client.post("/v1/completions", json={"prompt": PROMPTS[5], "max_tokens": 16}).json()["choices"][0][
+                "text"
+            ]
+        )
         m = client.get("/metrics?format=json").json()
         assert m["requests"].get("cancelled", 0) >= 1
         assert m["running"] == 0 and m["queue_length"] == 0
@@ -686,13 +809,15 @@ def test_cli_serve_builds_the_app(lm: steerlab.LM, store: Path, monkeypatch: pyt
 
     def fake_run(api: FastAPI, host: str, port: int, log_level: str) -> None:
         seen.update(app=api, host=host, port=port)
-        api.state.server.batcher.close()
+        api.state.server.engine.close()
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
     monkeypatch.setattr(steerlab, "load_model", lambda *a, **k: lm)
     monkeypatch.setenv("STEERLAB_API_KEY", "from-env")
-    result = CliRunner().invoke(cli, ["--quiet", "serve", "--model", "stories", "--vectors", str(store),
-                                      "--port", "8123", "--max-coefficient", "3"])
+    result = CliRunner().invoke(
+        cli,
+        ["--quiet", "serve", "--model", "stories", "--vectors", str(store), "--port", "8123", "--max-coefficient", "3"],
+    )
     assert result.exit_code == 0, result.output
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
     settings = seen["app"].state.server.settings

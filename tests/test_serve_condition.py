@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 import steerlab
-from steerlab.condition import Condition, find_condition
+from steerlab.core.condition import Condition
+from steerlab.extraction.condition import find_condition
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
@@ -44,8 +45,9 @@ def dogs(lm: steerlab.LM) -> Condition:
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory, vectors: dict[str, steerlab.SteeringVector],
-             dogs: Condition) -> Path:
+def template(
+    tmp_path_factory: pytest.TempPathFactory, vectors: dict[str, steerlab.SteeringVector], dogs: Condition
+) -> Path:
     root = tmp_path_factory.mktemp("cond-store")
     for name, v in vectors.items():
         v.save(root / name)
@@ -70,19 +72,27 @@ def cond(vector: str, coef: float, **extra: Any) -> list[dict[str, Any]]:
     return [{"vector": vector, "coefficient": coef, "condition": "dogs", **extra}]
 
 
-def test_conditions_are_listed_and_uploaded_like_vectors(lm: steerlab.LM, store: Path, dogs: Condition,
-                                                          tmp_path: Path) -> None:
+def test_conditions_are_listed_and_uploaded_like_vectors(
+    lm: steerlab.LM, store: Path, dogs: Condition, tmp_path: Path
+) -> None:
     app = create_app(lm, store, ServeSettings(api_key=KEY))
     with TestClient(app) as client:
         listed = {v["name"]: v for v in client.get("/v1/vectors", headers=AUTH).json()["data"]}
         assert listed["dogs"]["condition"] == {"layer": dogs.at, "threshold": dogs.threshold, "comparator": ">"}
         assert listed["happy"]["condition"] is None
-        r = client.post("/v1/vectors", headers=AUTH, files={"file": ("c.tar.gz", pack_folder(store / "dogs"))},
-                        data={"name": "dogs2"})
+        r = client.post(
+            "/v1/vectors",
+            headers=AUTH,
+            files={"file": ("c.tar.gz", pack_folder(store / "dogs"))},
+            data={"name": "dogs2"},
+        )
         assert r.status_code == 201, r.text
         assert r.json()["condition"] == listed["dogs"]["condition"]
-        r = client.post("/v1/completions", headers=AUTH,
-                        json=body(DOGS[0], 6, [{"vector": "happy", "coefficient": 6.0, "condition": "dogs2"}]))
+        r = client.post(
+            "/v1/completions",
+            headers=AUTH,
+            json=body(DOGS[0], 6, [{"vector": "happy", "coefficient": 6.0, "condition": "dogs2"}]),
+        )
         assert r.status_code == 200, r.text
     assert app.state.server.store.get("dogs").condition() is app.state.server.store.get("dogs").condition()
 
@@ -101,17 +111,23 @@ def _cases(vectors: dict[str, steerlab.SteeringVector], dogs: Condition) -> list
         elif kind == 1:
             out.append((body(prompt, n), None))
         elif kind == 2:
-            out.append((body(prompt, n, [*cond("night", -5.0), {"vector": "big", "coefficient": 4.0}]),
-                        steerlab.Steering(night, -5.0, condition=dogs) + steerlab.Steering(big, 4.0)))
+            out.append(
+                (
+                    body(prompt, n, [*cond("night", -5.0), {"vector": "big", "coefficient": 4.0}]),
+                    steerlab.Steering(night, -5.0, condition=dogs) + steerlab.Steering(big, 4.0),
+                )
+            )
         else:
-            out.append((body(prompt, n, cond("happy", 6.0, threshold=-1.0)),
-                        steerlab.Steering(happy, 6.0, condition=low)))
+            out.append(
+                (body(prompt, n, cond("happy", 6.0, threshold=-1.0)), steerlab.Steering(happy, 6.0, condition=low))
+            )
     return out
 
 
 @pytest.mark.parametrize("scheduler", ["continuous", "batch"])
-def test_mixed_requests_equal_each_request_alone(lm: steerlab.LM, store: Path, scheduler: str, dogs: Condition,
-                                                 vectors: dict[str, steerlab.SteeringVector]) -> None:
+def test_mixed_requests_equal_each_request_alone(
+    lm: steerlab.LM, store: Path, scheduler: str, dogs: Condition, vectors: dict[str, steerlab.SteeringVector]
+) -> None:
     """Requests with and without conditions, sent at different times (continuous: rows join and
     leave the running batch), each give the text of the same request alone and of the library."""
     cases = _cases(vectors, dogs)
@@ -121,9 +137,9 @@ def test_mixed_requests_equal_each_request_alone(lm: steerlab.LM, store: Path, s
         with forward_calls(lm, 0.01) as calls:
             together = texts(asyncio.run(staggered(app, bodies, 0.01)))
         alone = texts(asyncio.run(one_by_one(app, bodies)))
-        assert app.state.server.batcher.snapshot()["scheduler"] == scheduler
+        assert app.state.server.engine.snapshot()["scheduler"] == scheduler
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
     assert together == alone
     library = [steerlab.generate(lm, b["prompt"], steering=s, max_new_tokens=b["max_tokens"])[0] for b, s in cases]
     assert together == library
@@ -136,12 +152,12 @@ def test_mixed_requests_equal_each_request_alone(lm: steerlab.LM, store: Path, s
             assert got != plain[i]  # threshold -1: holds on every prompt
     if scheduler == "continuous":
         steps = [i for i, (_, tokens) in enumerate(calls) if tokens == 1]
-        assert any(tokens > 1 for _, tokens in calls[steps[0]:steps[-1]]), calls  # rows joined mid-run
+        assert any(tokens > 1 for _, tokens in calls[steps[0] : steps[-1]]), calls  # rows joined mid-run
 
 
-def test_a_condition_decided_on_the_prompt_is_kept_as_rows_join(lm: steerlab.LM, store: Path,
-                                                                 dogs: Condition,
-                                                                 vectors: dict[str, steerlab.SteeringVector]) -> None:
+def test_a_condition_decided_on_the_prompt_is_kept_as_rows_join(
+    lm: steerlab.LM, store: Path, dogs: Condition, vectors: dict[str, steerlab.SteeringVector]
+) -> None:
     """A long conditioned row (holds) keeps being steered while short rows whose condition does
     not hold join and leave, and vice versa."""
     long_dog = body(DOGS[1], 40, cond("happy", 6.0))
@@ -153,7 +169,7 @@ def test_a_condition_decided_on_the_prompt_is_kept_as_rows_join(lm: steerlab.LM,
         with forward_calls(lm, 0.01):
             got = texts(asyncio.run(staggered(app, bodies, 0.05)))
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
     steer = steerlab.Steering(vectors["happy"], 6.0, condition=dogs)
     want = [steerlab.generate(lm, b["prompt"], steering=steer, max_new_tokens=b["max_tokens"])[0] for b in bodies]
     assert got == want
@@ -183,13 +199,24 @@ def test_bad_conditions_are_refused_at_the_edge(lm: steerlab.LM, store: Path, do
     ]
     with TestClient(create_app(lm, store, ServeSettings(api_key=KEY))) as client:
         for steering, want in cases:
-            r = client.post("/v1/completions", headers=AUTH, json={"prompt": "x", "max_tokens": 2,
-                                                                   "steering": steering})
+            r = client.post(
+                "/v1/completions", headers=AUTH, json={"prompt": "x", "max_tokens": 2, "steering": steering}
+            )
             assert _error(r) == want, (steering, r.text)
             assert r.json()["error"]["type"] == ("not_found_error" if want[0] == 404 else "invalid_request_error")
         # a plain one-layer vector is a condition when the request gives its threshold
-        r = client.post("/v1/completions", headers=AUTH, json={"prompt": "x", "max_tokens": 2, "steering": [
-            {**happy, "condition": "dog3", "threshold": 0.3}, {"vector": "happy", "condition": "dogs"}]})
+        r = client.post(
+            "/v1/completions",
+            headers=AUTH,
+            json={
+                "prompt": "x",
+                "max_tokens": 2,
+                "steering": [
+                    {**happy, "condition": "dog3", "threshold": 0.3},
+                    {"vector": "happy", "condition": "dogs"},
+                ],
+            },
+        )
         assert r.status_code == 200, r.text
 
 
@@ -203,8 +230,15 @@ def test_the_vllm_engine_refuses_conditions(lm: steerlab.LM, store: Path) -> Non
     options = VLLMOptions(url="http://vllm.test", plugin="vllm-lens", transport=httpx.ASGITransport(app=fake))
     app = create_app(load_shell(STORIES), store, ServeSettings(api_key=KEY), engine=engine_factory(options))
     with TestClient(app) as client:
-        r = client.post("/v1/completions", headers=AUTH, json={"prompt": "x", "max_tokens": 2, "steering": [
-            {"vector": "happy", "coefficient": 4.0, "condition": "dogs"}]})
+        r = client.post(
+            "/v1/completions",
+            headers=AUTH,
+            json={
+                "prompt": "x",
+                "max_tokens": 2,
+                "steering": [{"vector": "happy", "coefficient": 4.0, "condition": "dogs"}],
+            },
+        )
         assert r.status_code == 400 and r.json()["error"]["param"] == "steering[0]", r.text
         assert "conditional" in r.json()["error"]["message"] and "vllm-lens" in r.json()["error"]["message"]
     assert not fake.state.received

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import steerlab
-from steerlab import hf
+from steerlab.runtime import hf
 
 pytest.importorskip("fastapi")
 import httpx
@@ -29,8 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from transformers import AutoTokenizer
 
 from steerlab.serve import ServeSettings, create_app
+from steerlab.serve.engines.continuous import unsupported
 from steerlab.serve.routes.info import wants_json
-from steerlab.serve.scheduler import unsupported
 
 from .test_architectures import STORIES, TEXT_TYPES, _build, _config
 from .test_serve import AUTH, KEY, PROMPTS, ServerThread, steering
@@ -128,7 +128,7 @@ def test_a_request_joins_at_the_next_step_and_leaves_when_done(lm: steerlab.LM, 
 
         with forward_calls(lm, 0.02) as calls:
             got, events = asyncio.run(run())
-        assert app.state.server.batcher.snapshot()["scheduler"] == scheduler
+        assert app.state.server.engine.snapshot()["scheduler"] == scheduler
     assert got == alone
     long_end = next(t for t, who, kind in events if who == "long" and kind == "end")
     short_first = next(t for t, who, kind in events if who == "short" and kind == "token")
@@ -140,7 +140,7 @@ def test_a_request_joins_at_the_next_step_and_leaves_when_done(lm: steerlab.LM, 
         # prompt (its first token comes from the prompt call), then the long row alone again
         assert sizes.count(2) == short["max_tokens"] - 1, sizes
         first, last = sizes.index(2), len(sizes) - 1 - sizes[::-1].index(2)
-        assert first > 0 and sizes[first:last + 1] == [2] * (last - first + 1) and sizes[-1] == 1, sizes
+        assert first > 0 and sizes[first : last + 1] == [2] * (last - first + 1) and sizes[-1] == 1, sizes
     else:
         assert short_first > long_end  # it waited for the whole batch
         assert 2 not in sizes
@@ -155,14 +155,19 @@ def _mixed_bodies() -> list[dict[str, Any]]:
         [{"vector": "night", "coefficient": -5.0, "positions": "generated"}],
         [{"vector": "happy", "coefficient": 8.0, "positions": [2, 6]}],
         [{"vector": "big", "coefficient": 6.0, "layers": [3]}, {"vector": "happy", "coefficient": 2.0}],
-        [{"vector": "dog", "coefficient": 6.0, "positions": [5, None]}, {"vector": "night", "coefficient": 3.0,
-                                                                         "positions": "prompt"}],
+        [
+            {"vector": "dog", "coefficient": 6.0, "positions": [5, None]},
+            {"vector": "night", "coefficient": 3.0, "positions": "prompt"},
+        ],
         [{"vector": "big", "coefficient": 1.0, "operator": "ablate"}, {"vector": "dog", "coefficient": 5.0}],
     ]
     out = []
     for i in range(24):
-        body: dict[str, Any] = {"prompt": PROMPTS[(i * 3) % len(PROMPTS)], "max_tokens": 3 + (i * 5) % 17,
-                                "ignore_eos": i % 2 == 0}
+        body: dict[str, Any] = {
+            "prompt": PROMPTS[(i * 3) % len(PROMPTS)],
+            "max_tokens": 3 + (i * 5) % 17,
+            "ignore_eos": i % 2 == 0,
+        }
         if configs[i % len(configs)] is not None:
             body["steering"] = configs[i % len(configs)]
         if i % 7 == 3:
@@ -181,16 +186,16 @@ def test_rows_joining_and_leaving_mid_generation_give_each_requests_text_alone(l
     try:
         with forward_calls(lm, 0.01) as calls:
             responses = asyncio.run(staggered(app, bodies, 0.006))
-        snap = app.state.server.batcher.snapshot()
+        snap = app.state.server.engine.snapshot()
         together = texts(responses)
         alone = texts(asyncio.run(one_by_one(app, bodies)))
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
     assert snap["scheduler"] == "continuous"
     assert together == alone
     sizes = decode_sizes(calls)
     steps = [i for i, (_, tokens) in enumerate(calls) if tokens == 1]
-    joins = [c for c in calls[steps[0]:steps[-1]] if c[1] > 1]  # prompt calls while other rows decode
+    joins = [c for c in calls[steps[0] : steps[-1]] if c[1] > 1]  # prompt calls while other rows decode
     assert max(sizes) == 6 and len(joins) >= 8, calls  # rows really joined mid-run
     # and left as soon as they were done: each row took part in exactly the decoding steps that made
     # its tokens (its first token comes from its prompt call; an end-of-sequence token takes a step)
@@ -201,28 +206,42 @@ def test_rows_joining_and_leaving_mid_generation_give_each_requests_text_alone(l
     assert len({t for t, b in zip(together, bodies) if b["prompt"] == PROMPTS[0]}) >= 3  # steerings differ
 
 
-def test_continuous_rows_equal_the_library_alone(lm: steerlab.LM, store: Path,
-                                                 vectors: dict[str, steerlab.SteeringVector]) -> None:
+def test_continuous_rows_equal_the_library_alone(
+    lm: steerlab.LM, store: Path, vectors: dict[str, steerlab.SteeringVector]
+) -> None:
     """Greedy rows of a continuous batch equal :func:`steerlab.generate` of each request alone."""
     cases = [
         (PROMPTS[0], 14, steerlab.Steering(vectors["happy"], 4.0), steering("happy")),
-        (PROMPTS[2], 9, steerlab.Steering(vectors["night"], -5.0, positions="generated"),
-         [{"vector": "night", "coefficient": -5.0, "positions": "generated"}]),
-        (PROMPTS[5], 12, steerlab.Steering(vectors["dog"], 8.0, positions=(3, 8)),
-         [{"vector": "dog", "coefficient": 8.0, "positions": [3, 8]}]),
-        (PROMPTS[3], 7, steerlab.Steering(vectors["big"], 6.0, positions="prompt"),
-         [{"vector": "big", "coefficient": 6.0, "positions": "prompt"}]),
+        (
+            PROMPTS[2],
+            9,
+            steerlab.Steering(vectors["night"], -5.0, positions="generated"),
+            [{"vector": "night", "coefficient": -5.0, "positions": "generated"}],
+        ),
+        (
+            PROMPTS[5],
+            12,
+            steerlab.Steering(vectors["dog"], 8.0, positions=(3, 8)),
+            [{"vector": "dog", "coefficient": 8.0, "positions": [3, 8]}],
+        ),
+        (
+            PROMPTS[3],
+            7,
+            steerlab.Steering(vectors["big"], 6.0, positions="prompt"),
+            [{"vector": "big", "coefficient": 6.0, "positions": "prompt"}],
+        ),
         (PROMPTS[1], 10, None, None),
     ]
     want = [steerlab.generate(lm, p, steering=s, max_new_tokens=n)[0] for p, n, s, _ in cases]
-    bodies = [{"prompt": p, "max_tokens": n, "ignore_eos": True, **({"steering": e} if e else {})}
-              for p, n, _, e in cases]
+    bodies = [
+        {"prompt": p, "max_tokens": n, "ignore_eos": True, **({"steering": e} if e else {})} for p, n, _, e in cases
+    ]
     app = create_app(lm, store, ServeSettings(api_key=KEY, batch_wait_ms=0))
     try:
         with forward_calls(lm, 0.01) as calls:
             got = texts(asyncio.run(staggered(app, bodies, 0.01)))
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
     assert got == want
     assert max(decode_sizes(calls)) >= 3
 
@@ -241,8 +260,16 @@ def _step(lm: steerlab.LM, cache: Any, tokens: list[int], pads: list[int], width
     pad = torch.tensor(pads)
     mask = (torch.arange(width + 1)[None, :] >= pad[:, None]).long()
     with torch.inference_mode():
-        out = lm.model(**hf.forward_kwargs(lm.model, input_ids=torch.tensor(tokens)[:, None], attention_mask=mask,
-                                           position_ids=(width - pad)[:, None], cache=cache, use_cache=True))
+        out = lm.model(
+            **hf.forward_kwargs(
+                lm.model,
+                input_ids=torch.tensor(tokens)[:, None],
+                attention_mask=mask,
+                position_ids=(width - pad)[:, None],
+                cache=cache,
+                use_cache=True,
+            )
+        )
     return out.logits[:, -1]
 
 
@@ -295,28 +322,43 @@ def tiny_tokenizer() -> Any:
 
 
 @pytest.mark.parametrize("model_type", TEXT_TYPES)
-def test_every_architecture_is_served_continuously_or_falls_back(model_type: str, tiny_tokenizer: Any,
-                                                                 tmp_path: Path) -> None:
+def test_every_architecture_is_served_continuously_or_falls_back(
+    model_type: str, tiny_tokenizer: Any, tmp_path: Path
+) -> None:
     """Tiny random models of every architecture: sliding-window caches (mistral, gemma2,
     gemma3_text) fall back to batch at a time and say why; the others batch continuously. Either
     way, requests that meet mid-generation get the text each gets alone."""
     lm = _build(_config(model_type), tiny_tokenizer, f"tiny-{model_type}")
-    vec = steerlab.extract(lm, steerlab.pairs_from_lists(["happy sun", "glad dog"], ["sad rain", "upset dog"]),
-                           method="mean_diff", layers=[1])
+    vec = steerlab.extract(
+        lm,
+        steerlab.pairs_from_lists(["happy sun", "glad dog"], ["sad rain", "upset dog"]),
+        method="mean_diff",
+        layers=[1],
+    )
     vec.save(tmp_path / "store" / "v")
     sliding = model_type in ("mistral", "gemma2", "gemma3_text")
     assert (unsupported(lm) is not None) == sliding
-    bodies = [{"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 4 + 3 * i, "ignore_eos": True,
-               **({"steering": [{"vector": "v", "coefficient": 8.0, "positions": ["all", "generated", [1, 5]][i % 3]}]}
-                  if i % 4 else {})} for i in range(6)]
+    bodies = [
+        {
+            "prompt": PROMPTS[i % len(PROMPTS)],
+            "max_tokens": 4 + 3 * i,
+            "ignore_eos": True,
+            **(
+                {"steering": [{"vector": "v", "coefficient": 8.0, "positions": ["all", "generated", [1, 5]][i % 3]}]}
+                if i % 4
+                else {}
+            ),
+        }
+        for i in range(6)
+    ]
     app = create_app(lm, tmp_path / "store", ServeSettings(api_key=KEY, batch_wait_ms=0))
     try:
         with forward_calls(lm, 0.005) as calls:
             together = texts(asyncio.run(staggered(app, bodies, 0.01)))
         alone = texts(asyncio.run(one_by_one(app, bodies)))
-        snap = app.state.server.batcher.snapshot()
+        snap = app.state.server.engine.snapshot()
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
     assert together == alone
     if sliding:
         assert snap["scheduler"] == "batch" and "DynamicSlidingWindowLayer" in snap["scheduler_fallback"]
@@ -333,8 +375,11 @@ def test_metrics_in_prometheus_text_format(lm: steerlab.LM, store: Path) -> None
     bodies: list[dict[str, Any]] = [
         {"prompt": PROMPTS[0], "max_tokens": 4, "steering": steering("happy")},
         {"prompt": PROMPTS[1], "max_tokens": 4, "n": 2, "steering": steering("happy")},  # one request, 2 choices
-        {"prompt": PROMPTS[2], "max_tokens": 4, "steering": [{"vector": "dog", "coefficient": 2.0},
-                                                             {"vector": "happy", "coefficient": 1.0}]},
+        {
+            "prompt": PROMPTS[2],
+            "max_tokens": 4,
+            "steering": [{"vector": "dog", "coefficient": 2.0}, {"vector": "happy", "coefficient": 1.0}],
+        },
         {"prompt": PROMPTS[3], "max_tokens": 4},
     ]
     try:
@@ -343,13 +388,16 @@ def test_metrics_in_prometheus_text_format(lm: steerlab.LM, store: Path) -> None
 
         async def scrape() -> list[httpx.Response]:
             async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=AUTH) as c:
-                return [await c.get("/metrics"), await c.get("/metrics?format=json"),
-                        await c.get("/metrics", headers={"Accept": "application/json"}),
-                        await c.get("/metrics?format=xml")]
+                return [
+                    await c.get("/metrics"),
+                    await c.get("/metrics?format=json"),
+                    await c.get("/metrics", headers={"Accept": "application/json"}),
+                    await c.get("/metrics?format=xml"),
+                ]
 
         prom, as_json, negotiated, bad = asyncio.run(scrape())
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
     assert prom.status_code == 200 and prom.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(prom.text)}
     value = {f.name: f.samples[0].value for f in families.values() if len(f.samples) == 1}
@@ -374,12 +422,18 @@ def test_metrics_in_prometheus_text_format(lm: steerlab.LM, store: Path) -> None
     assert bad.status_code == 400
 
 
-@pytest.mark.parametrize(("format", "accept", "json_wanted"), [
-    (None, "", False), (None, "*/*", False), (None, "application/json", True),
-    (None, "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1", False),
-    (None, "application/json, text/plain", False), ("json", "text/plain", True),
-    ("prometheus", "application/json", False),
-])
+@pytest.mark.parametrize(
+    ("format", "accept", "json_wanted"),
+    [
+        (None, "", False),
+        (None, "*/*", False),
+        (None, "application/json", True),
+        (None, "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1", False),
+        (None, "application/json, text/plain", False),
+        ("json", "text/plain", True),
+        ("prometheus", "application/json", False),
+    ],
+)
 def test_metrics_format_negotiation(format: str | None, accept: str, json_wanted: bool) -> None:
     assert wants_json(format, accept) is json_wanted
 
@@ -394,7 +448,7 @@ def test_cli_serve_takes_the_scheduler(lm: steerlab.LM, store: Path, monkeypatch
 
     def fake_run(api: Any, host: str, port: int, log_level: str) -> None:
         seen["settings"] = api.state.server.settings
-        api.state.server.batcher.close()
+        api.state.server.engine.close()
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
     monkeypatch.setattr(steerlab, "load_model", lambda *a, **k: lm)
@@ -410,37 +464,48 @@ def test_cli_serve_takes_the_scheduler(lm: steerlab.LM, store: Path, monkeypatch
         ServeSettings(scheduler="eager")
 
 
-
 # --------------------------------------------------------------------------- the default model
 @pytest.mark.slow
 def test_continuous_batching_on_the_default_model_equals_each_request_alone(tmp_path: Path) -> None:
     """SmolLM2-135M-Instruct: chat and completion requests over 2 vectors (and none), sent at
     different times so they join a running batch, give each request's text alone (greedy)."""
-    from steerlab.demo_data import OPENINGS
+    from steerlab.data.demo import OPENINGS
 
     smol = steerlab.load_model("default")
     for name, (pos, neg) in {"happy": ("happy", "sad"), "formal": ("formal", "casual")}.items():
         pairs = steerlab.persona_pairs(pos, neg, list(OPENINGS[:12]))
         steerlab.extract(smol, pairs, method="mean_diff", layers=range(8, 20)).save(tmp_path / "store" / name)
-    prompts = ["I think that the weather today", "My favourite food is", "Tell me about the sea.",
-               "The train was late, so", "When I was young,", "Our team meeting went"]
-    spec = [None, steering("happy", 4.0), [{"vector": "formal", "coefficient": 4.0, "positions": "generated"}],
-            [{"vector": "happy", "coefficient": -4.0, "positions": [2, 9]}]]
-    bodies = [{"prompt": p, "max_tokens": 6 + 3 * i, **({"steering": spec[i % 4]} if spec[i % 4] else {})}
-              for i, p in enumerate(prompts)]
+    prompts = [
+        "I think that the weather today",
+        "My favourite food is",
+        "Tell me about the sea.",
+        "The train was late, so",
+        "When I was young,",
+        "Our team meeting went",
+    ]
+    spec = [
+        None,
+        steering("happy", 4.0),
+        [{"vector": "formal", "coefficient": 4.0, "positions": "generated"}],
+        [{"vector": "happy", "coefficient": -4.0, "positions": [2, 9]}],
+    ]
+    bodies = [
+        {"prompt": p, "max_tokens": 6 + 3 * i, **({"steering": spec[i % 4]} if spec[i % 4] else {})}
+        for i, p in enumerate(prompts)
+    ]
     app = create_app(smol, tmp_path / "store", ServeSettings(api_key=KEY, batch_wait_ms=0))
     try:
         with forward_calls(smol, 0.02) as calls:
             together = texts(asyncio.run(staggered(app, bodies, 0.05)))
         alone = texts(asyncio.run(one_by_one(app, bodies)))
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
     assert together == alone
     assert max(decode_sizes(calls)) >= 3
 
 
 def test_metrics_of_other_engines() -> None:
-    """Engines that stand in for the batcher (``serve --engine vllm``) record whole requests as
+    """Engines other than the local one (``serve --engine vllm``) record whole requests as
     batches without decoding steps and name themselves in their snapshot's ``engine``."""
     from steerlab.serve.metrics import Metrics
     from steerlab.serve.routes.info import scheduler_label

@@ -129,12 +129,12 @@ def test_d1_nonfinite_row_fails_alone_in_both_schedulers(
         assert lines[-1] == "data: [DONE]"
         event = json.loads(lines[-2][6:])
         assert set(event) == {"error"} and event["error"]["code"] == "steering_overflow"
-        snap = app.state.server.batcher.snapshot()
+        snap = app.state.server.engine.snapshot()
         assert snap["requests"].get("steering_overflow") == len(bad) + 1
         assert snap["running"] == 0 and "http_500" not in snap["requests"]
-        assert app.state.server.batcher.alive
+        assert app.state.server.engine.alive
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
 
 
 def test_d1_library_generate_names_the_nonfinite_rows(lm: steerlab.LM) -> None:
@@ -326,7 +326,7 @@ def test_d4_gguf_with_a_huge_array_is_refused_quickly(lm: steerlab.LM, store: Pa
 def test_d4_gguf_prescan_bounds_strings_and_keeps_valid_files(
     lm: steerlab.LM, tmp_path: Path, vectors: dict[str, steerlab.SteeringVector]
 ) -> None:
-    from steerlab.gguf_check import check_gguf
+    from steerlab.core.gguf_check import check_gguf
 
     good = vectors["dog"].to_gguf(tmp_path / "dog.gguf")
     assert check_gguf(good).tensors == 2
@@ -539,7 +539,7 @@ def test_d10_a_request_larger_than_the_queue_is_a_400(lm: steerlab.LM, store: Pa
         err = assert_openai_error(r, 400, "too_many_choices")
         assert "max_queue" in err["message"]
         assert completion(client, prompt=["The cat", "The dog"], max_tokens=2).status_code == 200
-        assert "rejected" not in app.state.server.batcher.snapshot()["requests"]
+        assert "rejected" not in app.state.server.engine.snapshot()["requests"]
 
 
 # --------------------------------------------------------------------------- D19: no server paths

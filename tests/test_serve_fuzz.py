@@ -197,7 +197,7 @@ def test_fuzz_the_api_from_its_openapi_schema(fuzz_app: FastAPI, fuzz_lm: steerl
     run()
     # the narrowed schema gets requests through: generation, costs, steering all ran
     assert seen.get(200, 0) >= API_EXAMPLES // 10, seen
-    assert fuzz_app.state.server.batcher.alive
+    assert fuzz_app.state.server.engine.alive
     assert sorted(fuzz_app.state.server.store.names()) == sorted(STORED)
     print(f"fuzzed {sum(seen.values())} requests in {time.monotonic() - start:.1f}s: {dict(sorted(seen.items()))}")
 
@@ -271,5 +271,5 @@ def test_fuzz_uploads_of_mutated_archives_and_gguf_files(
 
     run()
     assert seen.get(400, 0) > UPLOAD_EXAMPLES // 2, seen
-    assert fuzz_app.state.server.batcher.alive
+    assert fuzz_app.state.server.engine.alive
     print(f"fuzzed {sum(seen.values())} uploads: {dict(sorted(seen.items()))}")

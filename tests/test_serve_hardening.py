@@ -95,7 +95,7 @@ def test_a_bad_value_fails_alone_with_400_and_its_batch_mates_are_untouched(lm: 
         async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=AUTH, timeout=120) as c:
             mixed = await asyncio.gather(*(c.post("/v1/completions", json=b) for b in [*bad, *good]))
             alone = [await c.post("/v1/completions", json=b) for b in good]
-        return list(mixed[: len(bad)]), list(mixed[len(bad):]), alone
+        return list(mixed[: len(bad)]), list(mixed[len(bad) :]), alone
 
     try:
         bad_r, good_r, alone = asyncio.run(run())
@@ -104,15 +104,18 @@ def test_a_bad_value_fails_alone_with_400_and_its_batch_mates_are_untouched(lm: 
             assert err["type"] == "invalid_request_error", (label, err)
         assert [r.status_code for r in good_r] == [200] * len(good), [r.text for r in good_r]
         assert [r.json()["choices"] for r in good_r] == [r.json()["choices"] for r in alone]
-        assert "http_500" not in app.state.server.batcher.snapshot()["requests"]
+        assert "http_500" not in app.state.server.engine.snapshot()["requests"]
     finally:
-        app.state.server.batcher.close()
+        app.state.server.engine.close()
 
 
 def test_temperature_floor_and_int64_seed_are_accepted(lm: steerlab.LM, store: Path) -> None:
     with served(lm, store) as (_, client):
-        for body in ({"temperature": 0.01, "seed": -(2**63)}, {"temperature": 2.0, "seed": 2**63 - 1, "n": 3},
-                     {"steering": [{"vector": "happy", "positions": [0, 2**31 - 1]}]}):
+        for body in (
+            {"temperature": 0.01, "seed": -(2**63)},
+            {"temperature": 2.0, "seed": 2**63 - 1, "n": 3},
+            {"steering": [{"vector": "happy", "positions": [0, 2**31 - 1]}]},
+        ):
             r = completion(client, prompt="The cat", max_tokens=3, **body)
             assert r.status_code == 200, (body, r.text)
 
@@ -145,8 +148,10 @@ def test_oversized_bodies_are_refused_before_they_are_read(lm: steerlab.LM, stor
     app = create_app(lm, store, ServeSettings(max_request_bytes=limit))
     with ServerThread(app) as srv:
         started = time.monotonic()
-        head = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {32 * 1024 * 1024}\r\n\r\n").encode()
+        head = (
+            f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {32 * 1024 * 1024}\r\n\r\n"
+        ).encode()
         status, body = _send_head_only(srv.port, head)
         assert status == 413 and body["error"]["code"] == "request_too_large", body
         assert str(limit) in body["error"]["message"]
@@ -171,8 +176,7 @@ def test_oversized_bodies_are_refused_before_they_are_read(lm: steerlab.LM, stor
     async def chunked() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as c:
-            return await c.post("/v1/chat/completions", content=endless(),
-                                headers={"Content-Type": "application/json"})
+            return await c.post("/v1/chat/completions", content=endless(), headers={"Content-Type": "application/json"})
 
     r = asyncio.run(chunked())
     assert "content-length" not in r.request.headers
@@ -188,7 +192,7 @@ def test_oversized_bodies_are_refused_before_they_are_read(lm: steerlab.LM, stor
             assert r.status_code == 201, r.text
             assert_openai_error(client.post("/v1/completions", json={"prompt": "x" * 300}), 413, "request_too_large")
     finally:
-        small.state.server.batcher.close()
+        small.state.server.engine.close()
 
 
 def test_tokenisation_runs_off_the_event_loop(lm: steerlab.LM, store: Path) -> None:
@@ -226,12 +230,13 @@ def test_tokenisation_runs_off_the_event_loop(lm: steerlab.LM, store: Path) -> N
         assert seen["thread"] != seen["loop_thread"]
         assert done.status_code == 200, done.text
     finally:
-        server.batcher.close()
+        server.engine.close()
 
 
 # --------------------------------------------------------------------------- 3. cross-site writes
-def test_other_sites_pages_cannot_write_even_without_a_key(lm: steerlab.LM, store: Path, tmp_path: Path,
-                                                           vectors: dict[str, steerlab.SteeringVector]) -> None:
+def test_other_sites_pages_cannot_write_even_without_a_key(
+    lm: steerlab.LM, store: Path, tmp_path: Path, vectors: dict[str, steerlab.SteeringVector]
+) -> None:
     vectors["night"].save(tmp_path / "night")
     archive = pack_folder(tmp_path / "night")
     before = tree(store)
@@ -239,17 +244,31 @@ def test_other_sites_pages_cannot_write_even_without_a_key(lm: steerlab.LM, stor
     with served(lm, store, api_key=None) as (_, client):
         refused = [
             # the probe's request: a simple cross-origin POST a page can send with fetch(no-cors)
-            client.post("/v1/vectors?name=happy&overwrite=true", content=archive,
-                        headers={**evil, "Content-Type": "text/plain"}),
-            client.post("/v1/vectors", data={"name": "happy", "overwrite": "true"},
-                        files={"file": ("x.tar.gz", archive)}, headers=evil),
-            client.post("/v1/vectors?name=x", content=archive,
-                        headers={"Sec-Fetch-Site": "cross-site", "Content-Type": "application/octet-stream"}),
-            client.post("/v1/vectors?name=x", files={"file": ("x.tar.gz", archive)},
-                        headers={"Sec-Fetch-Site": "same-site", "Origin": "http://testserver:3000"}),
+            client.post(
+                "/v1/vectors?name=happy&overwrite=true", content=archive, headers={**evil, "Content-Type": "text/plain"}
+            ),
+            client.post(
+                "/v1/vectors",
+                data={"name": "happy", "overwrite": "true"},
+                files={"file": ("x.tar.gz", archive)},
+                headers=evil,
+            ),
+            client.post(
+                "/v1/vectors?name=x",
+                content=archive,
+                headers={"Sec-Fetch-Site": "cross-site", "Content-Type": "application/octet-stream"},
+            ),
+            client.post(
+                "/v1/vectors?name=x",
+                files={"file": ("x.tar.gz", archive)},
+                headers={"Sec-Fetch-Site": "same-site", "Origin": "http://testserver:3000"},
+            ),
             client.post("/v1/vectors?name=x", files={"file": ("x.tar.gz", archive)}, headers={"Origin": "null"}),
-            client.post("/v1/vectors?name=x", files={"file": ("x.tar.gz", archive)},
-                        headers={"Origin": "http://testserver.evil.example"}),
+            client.post(
+                "/v1/vectors?name=x",
+                files={"file": ("x.tar.gz", archive)},
+                headers={"Origin": "http://testserver.evil.example"},
+            ),
             client.delete("/v1/vectors/happy", headers=evil),
             client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, headers=evil),
         ]
@@ -260,18 +279,25 @@ def test_other_sites_pages_cannot_write_even_without_a_key(lm: steerlab.LM, stor
 
         # bodies a page can send without a CORS preflight are refused on their own too
         for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "application/x-www-form-urlencoded"}, {}):
-            assert_openai_error(client.post("/v1/vectors?name=x", content=archive, headers=headers), 415,
-                                "unsupported_media_type")
-            assert_openai_error(client.post("/v1/completions", content=b'{"prompt": "Hi"}', headers=headers), 415,
-                                "unsupported_media_type")
+            assert_openai_error(
+                client.post("/v1/vectors?name=x", content=archive, headers=headers), 415, "unsupported_media_type"
+            )
+            assert_openai_error(
+                client.post("/v1/completions", content=b'{"prompt": "Hi"}', headers=headers),
+                415,
+                "unsupported_media_type",
+            )
         assert tree(store) == before
 
         # the server's own pages (same origin) and non-browser clients still write
         same = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
         r = client.post("/v1/vectors", data={"name": "night2"}, files={"file": ("n.tar.gz", archive)}, headers=same)
         assert r.status_code == 201, r.text
-        r = client.post("/v1/vectors?name=night3", content=archive, headers={"Origin": "http://testserver",
-                                                                              "Content-Type": "application/gzip"})
+        r = client.post(
+            "/v1/vectors?name=night3",
+            content=archive,
+            headers={"Origin": "http://testserver", "Content-Type": "application/gzip"},
+        )
         assert r.status_code == 201, r.text
         assert client.post("/v1/vectors?name=night4", content=archive, headers=RAW).status_code == 201
         assert completion(client, prompt="Hi", max_tokens=2).status_code == 200
@@ -285,17 +311,40 @@ def test_every_error_has_openai_shape(lm: steerlab.LM, store: Path, monkeypatch:
     json_type = {**AUTH, "Content-Type": "application/json"}
     with served(lm, store) as (app, client):
         cases: list[tuple[str, httpx.Response, int, str | None]] = [
-            ("lone surrogate", client.post("/v1/completions", headers=json_type,
-                                           content=b'{"prompt": "a\\ud800b", "max_tokens": 2}'), 400, "invalid_value"),
-            ("lone surrogate in chat", client.post("/v1/chat/completions", headers=json_type,
-                                                   content=b'{"messages": [{"role": "user", "content": "\\udfff"}]}'),
-             400, "invalid_value"),
-            ("surrogate key", client.post("/v1/completions", headers=json_type,
-                                          content=b'{"prompt": "a", "\\ud800": 1}'), 400, "invalid_value"),
-            ("invalid UTF-8", client.post("/v1/completions", headers=json_type,
-                                          content=b'{"prompt": "\xff\xfe", "max_tokens": 2}'), 400, "invalid_body"),
-            ("deep nesting", client.post("/v1/completions", headers=json_type,
-                                         content=b"[" * 200_000 + b"]" * 200_000), 400, "invalid_body"),
+            (
+                "lone surrogate",
+                client.post("/v1/completions", headers=json_type, content=b'{"prompt": "a\\ud800b", "max_tokens": 2}'),
+                400,
+                "invalid_value",
+            ),
+            (
+                "lone surrogate in chat",
+                client.post(
+                    "/v1/chat/completions",
+                    headers=json_type,
+                    content=b'{"messages": [{"role": "user", "content": "\\udfff"}]}',
+                ),
+                400,
+                "invalid_value",
+            ),
+            (
+                "surrogate key",
+                client.post("/v1/completions", headers=json_type, content=b'{"prompt": "a", "\\ud800": 1}'),
+                400,
+                "invalid_value",
+            ),
+            (
+                "invalid UTF-8",
+                client.post("/v1/completions", headers=json_type, content=b'{"prompt": "\xff\xfe", "max_tokens": 2}'),
+                400,
+                "invalid_body",
+            ),
+            (
+                "deep nesting",
+                client.post("/v1/completions", headers=json_type, content=b"[" * 200_000 + b"]" * 200_000),
+                400,
+                "invalid_body",
+            ),
             ("not JSON", client.post("/v1/completions", headers=json_type, content=b"{oops"), 400, "invalid_value"),
             ("validation", completion(client, prompt="Hi", max_tokens=0), 400, "invalid_value"),
             ("unknown path", client.get("/v2/nothing", headers=AUTH), 404, "not_found"),
@@ -321,8 +370,10 @@ def test_lone_surrogate_on_a_real_server_answers_400(lm: steerlab.LM, store: Pat
     """Over a real connection (the probe saw a plain-text 500 and a dropped connection)."""
     app = create_app(lm, store, ServeSettings())
     with ServerThread(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
-        for body in (b'{"prompt": "\\ud800", "max_tokens": 2, "stream": true}',
-                     b'{"prompt": ["ok", "\\udc00"], "max_tokens": 2}'):
+        for body in (
+            b'{"prompt": "\\ud800", "max_tokens": 2, "stream": true}',
+            b'{"prompt": ["ok", "\\udc00"], "max_tokens": 2}',
+        ):
             r = client.post("/v1/completions", content=body, headers={"Content-Type": "application/json"})
             assert_openai_error(r, 400, "invalid_value")
         assert client.get("/health").json() == {"status": "ok"}
@@ -409,9 +460,13 @@ def test_zip_members_without_file_type_bits_are_regular_files(
         r = client.post("/v1/vectors?name=zipped", content=zipped(None), headers=RAW)
         assert r.status_code == 201, r.text
         assert r.json()["layers"] == vectors["night"].layers
-        for label, mode in (("symlink", stat.S_IFLNK | 0o777), ("char device", stat.S_IFCHR | 0o600),
-                            ("block device", stat.S_IFBLK | 0o600), ("fifo", stat.S_IFIFO | 0o600),
-                            ("directory bits", stat.S_IFDIR | 0o755)):
+        for label, mode in (
+            ("symlink", stat.S_IFLNK | 0o777),
+            ("char device", stat.S_IFCHR | 0o600),
+            ("block device", stat.S_IFBLK | 0o600),
+            ("fifo", stat.S_IFIFO | 0o600),
+            ("directory bits", stat.S_IFDIR | 0o755),
+        ):
             before = tree(store)
             r = client.post("/v1/vectors?name=bad", content=zipped(mode), headers=RAW)
             assert_openai_error(r, 400, "unsafe_archive")
@@ -527,7 +582,7 @@ def test_cli_serve_starts_with_malformed_entries_and_takes_the_request_limit(
 
     def fake_run(api: Any, host: str, port: int, log_level: str) -> None:
         seen["app"] = api
-        api.state.server.batcher.close()
+        api.state.server.engine.close()
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
     monkeypatch.setattr(steerlab, "load_model", lambda *a, **k: lm)

@@ -9,8 +9,8 @@ import torch
 
 import steerlab
 
-capture_mod = importlib.import_module("steerlab.capture")  # the modules, not the same-named functions
-extract_mod = importlib.import_module("steerlab.extract")
+capture_mod = importlib.import_module("steerlab.extraction.capture")  # the modules, not the same-named functions
+accumulate_mod = importlib.import_module("steerlab.extraction.accumulate")
 
 POS = [f"Lily was happy and the sun was out on day {i}" for i in range(10)]
 NEG = [f"Lily was sad and the rain fell on day {i}" for i in range(10)]
@@ -39,7 +39,7 @@ def test_interrupted_extraction_resumes(lm, tmp_path, monkeypatch):
             seen.append(n)
             yield item
 
-    monkeypatch.setattr(extract_mod, "iter_capture", flaky)
+    monkeypatch.setattr(accumulate_mod, "iter_capture", flaky)
     with pytest.raises(KeyboardInterrupt):
         steerlab.extract(lm, pairs, layers=[2], batch_size=4, checkpoint=ckpt)
     assert ckpt.is_file()
@@ -49,7 +49,7 @@ def test_interrupted_extraction_resumes(lm, tmp_path, monkeypatch):
         skipped.append(kwargs.get("skip_batches", 0))
         yield from real(*args, **kwargs)
 
-    monkeypatch.setattr(extract_mod, "iter_capture", counting)
+    monkeypatch.setattr(accumulate_mod, "iter_capture", counting)
     got = steerlab.extract(lm, pairs, layers=[2], batch_size=4, checkpoint=ckpt)
     assert skipped == [2]
     torch.testing.assert_close(got.directions[2], want.directions[2], rtol=1e-5, atol=1e-6)
@@ -65,15 +65,15 @@ def test_checkpoint_of_another_run_is_refused(lm, tmp_path, monkeypatch):
         yield next(gen)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(extract_mod, "iter_capture", stop_after_one)
+    monkeypatch.setattr(accumulate_mod, "iter_capture", stop_after_one)
     with pytest.raises(KeyboardInterrupt):
         steerlab.extract(lm, steerlab.pairs_from_lists(POS, NEG), layers=[2], batch_size=4, checkpoint=ckpt)
-    monkeypatch.setattr(extract_mod, "iter_capture", real)
+    monkeypatch.setattr(accumulate_mod, "iter_capture", real)
     with pytest.raises(steerlab.DatasetError, match="another extraction"):
         steerlab.extract(lm, steerlab.pairs_from_lists(POS[:6], NEG[:6]), layers=[2], batch_size=4, checkpoint=ckpt)
 
 
-class _PositiveMean(steerlab.methods.Accumulator):
+class _PositiveMean(steerlab.extraction.methods.Accumulator):
     """A streaming method that is not a mean difference: the mean of the positive texts only."""
 
     def __init__(self, d_model: int) -> None:
@@ -84,7 +84,7 @@ class _PositiveMean(steerlab.methods.Accumulator):
         self.total += acts[positive].double().sum(0)
         self.n += float(positive.sum())
 
-    def merge(self, other: steerlab.methods.Accumulator) -> None:
+    def merge(self, other: steerlab.extraction.methods.Accumulator) -> None:
         assert isinstance(other, _PositiveMean)
         self.total += other.total
         self.n += other.n
@@ -102,28 +102,28 @@ class _PositiveMean(steerlab.methods.Accumulator):
 def test_extract_runs_the_streaming_methods_own_accumulator(lm):
     """A streaming method that is not a mean difference gets its own result (it used to be
     replaced by a hard-coded mean difference)."""
-    method = steerlab.methods.Method(
+    method = steerlab.extraction.methods.ReadOutMethod(
         "positive_mean", lambda pos, neg: pos.mean(0), "mean of positives", accumulator=_PositiveMean
     )
-    steerlab.methods.register(method)
+    steerlab.extraction.methods.register(method)
     try:
         pairs = steerlab.pairs_from_lists(POS, NEG)
         vec = steerlab.extract(lm, pairs, method="positive_mean", layers=[2], batch_size=3)
         acts = steerlab.capture(lm, POS, [2])
         torch.testing.assert_close(vec.directions[2], acts[2].mean(0), rtol=1e-4, atol=1e-5)
     finally:
-        del steerlab.methods.REGISTRY["positive_mean"]
+        del steerlab.extraction.methods.REGISTRY["positive_mean"]
 
 
 def test_register_refuses_to_replace_silently():
-    mean_diff = steerlab.methods.get_method("mean_diff")
+    mean_diff = steerlab.extraction.methods.get_method("mean_diff")
     with pytest.raises(steerlab.DatasetError, match="replace=True"):
-        steerlab.methods.register(mean_diff)
-    assert steerlab.methods.register(mean_diff, replace=True) is mean_diff
+        steerlab.extraction.methods.register(mean_diff)
+    assert steerlab.extraction.methods.register(mean_diff, replace=True) is mean_diff
 
 
 def test_accumulators_merge_exactly_and_match_fit():
-    method = steerlab.methods.get_method("mean_diff")
+    method = steerlab.extraction.methods.get_method("mean_diff")
     assert method.accumulator is not None
     torch.manual_seed(0)
     acts = torch.randn(12, 5)

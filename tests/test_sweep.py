@@ -8,8 +8,9 @@ import pytest
 
 import steerlab
 from steerlab import Steering
+from steerlab.data.ab import ab_items
 from steerlab.evaluate import protocol
-from steerlab.evaluate.behavior import ab_items, ab_probabilities, behavior_eval
+from steerlab.evaluate.behavior import ab_probabilities, behavior_eval
 from steerlab.evaluate.cost import CostReport, offtarget_cost, text_stats
 from steerlab.evaluate.protocol import EVALUATIONS, Evaluation, MetricReport, get_evaluation, metrics_at, register
 from steerlab.evaluate.sentiment import sentiment_shift
@@ -23,11 +24,24 @@ TEXTS = ["Once upon a time, there was a little girl named Lily.", "The dog ran t
 
 
 def test_sentiment_sweep_grid_and_heatmap(lm, vec, tmp_path):
-    rep = sweep(lm, vec, "sentiment", OPENINGS[:3], coefficients=[-4, 0, 4], layer_sets=[[1], [2, 3]],
-                metric="mean_compound", max_new_tokens=5)
+    rep = sweep(
+        lm,
+        vec,
+        "sentiment",
+        OPENINGS[:3],
+        coefficients=[-4, 0, 4],
+        layer_sets=[[1], [2, 3]],
+        metric="mean_compound",
+        max_new_tokens=5,
+    )
     assert rep.complete and rep.layer_sets == [[1], [2, 3]]
-    assert set(rep.grids) == {"positive_share", "negative_share", "mean_compound", "continuation_ppl",
-                              "continuation_ppl_ratio"}
+    assert set(rep.grids) == {
+        "positive_share",
+        "negative_share",
+        "mean_compound",
+        "continuation_ppl",
+        "continuation_ppl_ratio",
+    }
     assert all(len(row) == 3 for row in rep.grids["mean_compound"])
     # coefficient 0 is the unsteered model whatever the layers
     assert rep.value([1], 0.0) == rep.value([2, 3], 0.0)
@@ -64,8 +78,9 @@ def test_behavior_sweep_equals_direct_evaluations(lm, vec):
 
 
 def test_autotune_respects_budget_and_reports_held_out(lm, vec, tmp_path):
-    rep = autotune(lm, vec, "sentiment", OPENINGS, coefficients=[1, 4, 16, -3], layer_sets=[[1], [3]],
-                   budget=1.5, max_new_tokens=5)
+    rep = autotune(
+        lm, vec, "sentiment", OPENINGS, coefficients=[1, 4, 16, -3], layer_sets=[[1], [3]], budget=1.5, max_new_tokens=5
+    )
     assert rep.n_select == 3 and rep.n_report == 3
     assert rep.coefficient in (0.0, 1.0, 4.0, 16.0)
     i = rep.selection["layer_sets"].index(rep.layers)
@@ -75,8 +90,9 @@ def test_autotune_respects_budget_and_reports_held_out(lm, vec, tmp_path):
     assert math.isclose(rep.held_out["baseline"]["continuation_ppl_ratio"], 1.0)
     # the held-out numbers are the sentiment evaluation of the report half at the chosen setting
     report_half = split_halves(OPENINGS)[1]
-    direct = sentiment_shift(lm, vec.select(rep.layers), report_half, coefficients=sorted({0.0, rep.coefficient}),
-                             max_new_tokens=5)
+    direct = sentiment_shift(
+        lm, vec.select(rep.layers), report_half, coefficients=sorted({0.0, rep.coefficient}), max_new_tokens=5
+    )
     for label, c in (("baseline", 0.0), ("steered", rep.coefficient)):
         assert rep.held_out[label]["positive_share"] == direct.positive_share(c)
         assert rep.held_out[label]["continuation_ppl"] == direct.row(c).mean_perplexity
@@ -85,14 +101,22 @@ def test_autotune_respects_budget_and_reports_held_out(lm, vec, tmp_path):
 
 
 KL_UNDER_PPL = Evaluation(
-    "kl-under-perplexity", offtarget_cost, metrics=("kl", "perplexity"), data="neutral texts",
-    effect={1: "kl", -1: "kl"}, cost="perplexity",
+    "kl-under-perplexity",
+    offtarget_cost,
+    metrics=("kl", "perplexity"),
+    data="neutral texts",
+    effect={1: "kl", -1: "kl"},
+    cost="perplexity",
 )
 """A new evaluation plugged in without touching sweep/autotune: push the next-token distribution
 as far as possible (KL) while the perplexity stays within budget."""
 
-TUNE_TEXTS = [*TEXTS, "Lily liked to play with her toys.", "The sun was warm and the sky was blue.",
-              "Mom made a cake for the party."]
+TUNE_TEXTS = [
+    *TEXTS,
+    "Lily liked to play with her toys.",
+    "The sun was warm and the sky was blue.",
+    "Mom made a cake for the party.",
+]
 
 
 def _selection_grid(lm, vec, sets, coefs):
@@ -129,13 +153,16 @@ def test_autotune_returns_the_baseline_when_every_setting_breaks_the_budget(lm, 
 
 
 def test_evaluation_protocol():
-    get_evaluation("cost")  # the built-ins register themselves on first use
+    get_evaluation("cost")  # the built-ins are registered when steerlab.evaluate is imported
     assert set(EVALUATIONS) >= {"sentiment", "behavior", "cost"}
     report = CostReport(coefficients=[0.0, 2.0], perplexity=[5.0, 9.0], ppl_ratio=[1.0, 1.8], kl=[0.0, 0.4])
     assert isinstance(report, MetricReport)
     # columns follow the coefficients asked for, not the report's order
-    assert metrics_at(report, [2.0, 0.0, 2.0]) == {"ppl_ratio": [1.8, 1.0, 1.8], "kl": [0.4, 0.0, 0.4],
-                                                   "perplexity": [9.0, 5.0, 9.0]}
+    assert metrics_at(report, [2.0, 0.0, 2.0]) == {
+        "ppl_ratio": [1.8, 1.0, 1.8],
+        "kl": [0.4, 0.0, 0.4],
+        "perplexity": [9.0, 5.0, 9.0],
+    }
     with pytest.raises(steerlab.SteeringSpecError, match=r"no coefficients \[1.0\]"):
         metrics_at(report, [1.0])
     with pytest.raises(steerlab.SteeringSpecError, match="among its metrics"):
@@ -151,7 +178,7 @@ def test_register_refuses_a_taken_name_unless_replace(monkeypatch):
     with pytest.raises(steerlab.SteeringSpecError, match="replace=True"):
         register(mine)
     assert register(mine, replace=True) is mine and get_evaluation("cost") is mine
-    # a built-in module imported later never replaces it
+    # registering a built-in (as steerlab.evaluate does) never replaces it
     builtin = Evaluation("cost", offtarget_cost, metrics=("ppl_ratio",))
     assert protocol.register_builtin(builtin) is mine and get_evaluation("cost") is mine
 

@@ -15,21 +15,24 @@ import torch
 
 import steerlab
 from steerlab import ChatText, ContrastPair, Steering, SteeringVector
+from steerlab.data.preference import PreferencePair, contrast_pairs, load_preferences, preference_pairs, self_contrast
 from steerlab.errors import DatasetError, SteeringError
-from steerlab.hf import block_hidden
-from steerlab.preference import PreferencePair, contrast_pairs, load_preferences, preference_pairs, self_contrast
-from steerlab.train import TrainConfig, TrainingError, preference_margin, train_vector
-from steerlab.train.encode import encode_pairs
-from steerlab.train.forward import Row, completion_logps, fluency_kl, pair_rows
-from steerlab.train.loop import live_vector
-from steerlab.train.objectives import OBJECTIVES, Scores
+from steerlab.extraction.train import TrainConfig, TrainingError, preference_margin, train_vector
+from steerlab.extraction.train.encode import encode_pairs
+from steerlab.extraction.train.forward import Row, completion_logps, fluency_kl, pair_rows
+from steerlab.extraction.train.loop import live_vector
+from steerlab.extraction.train.objectives import OBJECTIVES, Scores
+from steerlab.runtime.hf import block_hidden
 
 from .conftest import CAA, param_hash
 from .test_bake import assert_same_logits, load_plain
 
 NAMES = ["Lily", "Tom", "Sue", "Ben", "Mia", "Max", "Anna", "Sam", "Lucy", "Tim", "Zoe", "Jack"]
-GOOD = [" was happy. She smiled and laughed.", " felt very glad and loved the sun.",
-        " was so happy and said thank you."]
+GOOD = [
+    " was happy. She smiled and laughed.",
+    " felt very glad and loved the sun.",
+    " was so happy and said thank you.",
+]
 BAD = [" was sad. She cried and cried.", " felt very bad and hated the rain.", " was so angry and said go away."]
 PAIRS = [PreferencePair(n, g, b) for n in NAMES for g, b in zip(GOOD, BAD)]
 TRAIN, HELD = PAIRS[:24], PAIRS[24:]  # held-out pairs: names the vector never saw
@@ -138,8 +141,8 @@ def test_training_positions_match_steered_generation(lm: steerlab.LM, bipo: Stee
     """The log-probability training computes for a completion under ``positions="generated"`` is
     the one the model has when it *generates* that completion under
     ``Steering(vec, c, positions="generated")``."""
-    from steerlab.engine import steer_rows
-    from steerlab.generate import encode
+    from steerlab.runtime.generate import encode
+    from steerlab.runtime.session import steer_rows
 
     steering = Steering(bipo, 2.0, positions="generated")
     prompt = "Lily went to the park and"

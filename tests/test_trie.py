@@ -1,4 +1,4 @@
-"""The prefix tree (steerlab.trie): every distinct token prefix once, passes that can run, reads that
+"""The prefix tree (steerlab.extraction.trie): every distinct token prefix once, passes that can run, reads that
 add up; and capture through it equal to the full forward."""
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import pytest
 import torch
 
 import steerlab
-from steerlab import hf, trie
+from steerlab.extraction import trie
+from steerlab.runtime import hf, passes
 
 from .conftest import CAA, REPE
 from .context_fit import caa_items_within_context
 
-capture_mod = importlib.import_module("steerlab.capture")
+capture_mod = importlib.import_module("steerlab.extraction.capture")
 
 
 def _random_sequences(rng: random.Random, n: int) -> list[list[int]]:
@@ -204,7 +205,7 @@ def test_answer_reads_and_caa_pairs(lm: steerlab.LM) -> None:
     letter are not run at all), and the vector equals the full forward's."""
     syc = CAA / "generate" / "sycophancy" / "generate_dataset.json"
     pairs = steerlab.caa_pairs(caa_items_within_context(lm, syc, 6))
-    texts = [steerlab.data.render(s, lm) for p in pairs for s in (p.positive, p.negative)]
+    texts = [steerlab.data.pairs.render(s, lm) for p in pairs for s in (p.positive, p.negative)]
     full = steerlab.capture(lm, texts, [1, 3], "answer", share_prefix=False)
     with _Counter(lm.model) as count:
         shared = steerlab.capture(lm, texts, [1, 3], "answer")
@@ -225,13 +226,17 @@ def test_streaming_resumes_exactly(lm: steerlab.LM) -> None:
     """Batches come in a fixed order of exactly batch_size texts; skipping k of them yields the
     same later batches and runs fewer passes."""
     texts = _texts(lm)
-    everything = list(capture_mod.iter_capture(lm, texts, [1, 3], "mean", batch_size=4))
+    everything = list(capture_mod.iter_capture(lm, texts, [1, 3], "mean", capture_mod.CaptureOptions(batch_size=4)))
     assert [len(b) for b, _ in everything] == [4] * (len(texts) // 4) + ([len(texts) % 4] if len(texts) % 4 else [])
     assert sorted(t for b, _ in everything for t in b) == list(range(len(texts)))
     with _Counter(lm.model) as all_calls:
-        list(capture_mod.iter_capture(lm, texts, [1, 3], "mean", batch_size=4))
+        list(capture_mod.iter_capture(lm, texts, [1, 3], "mean", capture_mod.CaptureOptions(batch_size=4)))
     with _Counter(lm.model) as resumed_calls:
-        resumed = list(capture_mod.iter_capture(lm, texts, [1, 3], "mean", batch_size=4, skip_batches=3))
+        resumed = list(
+            capture_mod.iter_capture(
+                lm, texts, [1, 3], "mean", capture_mod.CaptureOptions(batch_size=4), skip_batches=3
+            )
+        )
     assert resumed_calls.calls < all_calls.calls
     assert [b for b, _ in resumed] == [b for b, _ in everything[3:]]
     for (_, a), (_, b) in zip(resumed, everything[3:]):
@@ -240,7 +245,7 @@ def test_streaming_resumes_exactly(lm: steerlab.LM) -> None:
 
 
 def test_extraction_checkpoint_resumes_with_sharing(lm: steerlab.LM, tmp_path, monkeypatch) -> None:
-    extract_mod = importlib.import_module("steerlab.extract")
+    accumulate_mod = importlib.import_module("steerlab.extraction.accumulate")
     openings = steerlab.load_openings(REPE / "all_truncated_outputs.json")[:20]
     pairs = steerlab.persona_pairs("happy", "sad", openings)
     want = steerlab.extract(lm, pairs, layers=[2, 4], batch_size=6, share_prefix=False)
@@ -253,10 +258,10 @@ def test_extraction_checkpoint_resumes_with_sharing(lm: steerlab.LM, tmp_path, m
             yield item
 
     ckpt = tmp_path / "persona.ckpt"
-    monkeypatch.setattr(extract_mod, "iter_capture", interrupted)
+    monkeypatch.setattr(accumulate_mod, "iter_capture", interrupted)
     with pytest.raises(KeyboardInterrupt):
         steerlab.extract(lm, pairs, layers=[2, 4], batch_size=6, checkpoint=ckpt)
-    monkeypatch.setattr(extract_mod, "iter_capture", real)
+    monkeypatch.setattr(accumulate_mod, "iter_capture", real)
     with pytest.raises(steerlab.DatasetError, match="another extraction"):  # batches differ without sharing
         steerlab.extract(lm, pairs, layers=[2, 4], batch_size=6, checkpoint=ckpt, share_prefix=False)
     got = steerlab.extract(lm, pairs, layers=[2, 4], batch_size=6, checkpoint=ckpt)
@@ -304,7 +309,8 @@ def test_a_text_without_tokens_is_refused(lm: steerlab.LM, monkeypatch: pytest.M
 def test_cache_rows_leaves_the_cache_as_it_was(lm: steerlab.LM) -> None:
     cache = hf.new_cache(lm.model)
     ids = torch.tensor([[1, 5, 6, 7], [1, 8, 9, 10]])
-    capture_mod._run_until(lm, 2, hf.forward_kwargs(lm.model, input_ids=ids, cache=cache, use_cache=True))
+    with torch.inference_mode():
+        passes.run_until(lm, 2, ids, cache=cache, use_cache=True)
     before = [t.clone() for layer in cache.layers[:3] for t in (layer.keys, layer.values)]
     rows = hf.cache_rows(cache, torch.tensor([1, 1, 0]))
     assert hf.cache_length(rows) == 4

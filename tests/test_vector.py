@@ -170,9 +170,14 @@ def test_load_validates_every_config_field(tmp_path, change, message):
     assert str(tmp_path / "v") in str(info.value)  # the user's own path is named
 
 
-@pytest.mark.parametrize(("text", "message"), [("[1, 2]", "must be a JSON object, not list"),
-                                               ('{"model_id": "m"}', "lacks 'd_model', 'n_layers', 'layers'"),
-                                               ("[[[[" * 100_000, "is corrupt")])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1, 2]", "must be a JSON object, not list"),
+        ('{"model_id": "m"}', "lacks 'd_model', 'n_layers', 'layers'"),
+        ("[[[[" * 100_000, "is corrupt"),
+    ],
+)
 def test_load_refuses_configs_that_are_not_objects(tmp_path, text, message):
     make().save(tmp_path / "v")
     (tmp_path / "v" / "steering_config.json").write_text(text)

@@ -111,7 +111,7 @@ def lens_decode(value: Any) -> list[Any]:
 def plugin_blocks(pm: PluginModel, ids: list[int], xargs: dict[str, str]) -> dict[int, torch.Tensor]:
     """One prefill step of ``ids`` with the plugin reading ``xargs`` (as vLLM's extra_args)."""
     with pm.request(xargs) as req, block_outputs(pm.lm) as seen:
-        pm.step(req, ids, 0, steerlab.hf.new_cache(pm.lm.model))
+        pm.step(req, ids, 0, steerlab.runtime.hf.new_cache(pm.lm.model))
     return seen
 
 
@@ -131,8 +131,9 @@ def plugin_text(pm: PluginModel, ids: list[int], xargs: dict[str, str], max_toke
 def test_hotwire_export_is_what_hotwire_loads(lm: steerlab.LM, edge_vec: SteeringVector, tmp_path: Path) -> None:
     path = hotwire.write(edge_vec, tmp_path / "hw", name="edge")
     assert path == tmp_path / "hw" / "edge.pt"
-    st = plugin_modules("hotwire-vllm").state.SteerState(lm.n_layers, lm.d_model, 64, torch.device("cpu"),
-                                                         torch.float32, 16)
+    st = plugin_modules("hotwire-vllm").state.SteerState(
+        lm.n_layers, lm.d_model, 64, torch.device("cpu"), torch.float32, 16
+    )
     st.load_store(str(tmp_path / "hw"))  # hotwire's own loader: the id is the file stem
     t = st.store["edge"][0]
     assert t.shape == (lm.n_layers, lm.d_model) and t.dtype == torch.float32
@@ -180,8 +181,13 @@ def test_vllm_lens_export_is_what_vllm_lens_loads(
     assert err.value.code == "tokenwise_vector" and not (tmp_path / "tw.json").exists()
     # a file made elsewhere with a 3-D entry (position_indices null) still reads as a token-wise vector
     rows = actadd_vec.directions[2]
-    entry = {"activations": vllm_lens.encode_tensor(rows[None]), "layer_indices": [2], "scale": 1.0,
-             "norm_match": False, "position_indices": None}
+    entry = {
+        "activations": vllm_lens.encode_tensor(rows[None]),
+        "layer_indices": [2],
+        "scale": 1.0,
+        "norm_match": False,
+        "position_indices": None,
+    }
     (tmp_path / "tw.json").write_text(json.dumps([entry]))
     (tw,) = lens_decode((tmp_path / "tw.json").read_text())
     assert tw.activations.shape == (1, rows.shape[0], lm.d_model) and tw.position_indices is None
@@ -190,8 +196,12 @@ def test_vllm_lens_export_is_what_vllm_lens_loads(
 
 def test_vllm_lens_reads_what_it_cannot_hold_as_an_error(tmp_path: Path) -> None:
     entry = vllm_lens.to_entries(SteeringVector({1: torch.ones(4)}, model_id="m", d_model=4, n_layers=3))[0]
-    for bad, match in [({**entry, "norm_match": True}, "norm_match"), ({**entry, "position_indices": [0]}, "position"),
-                       ({**entry, "layer_indices": [1, 2]}, "do not match"), ({"scale": 1}, "needs")]:
+    for bad, match in [
+        ({**entry, "norm_match": True}, "norm_match"),
+        ({**entry, "position_indices": [0]}, "position"),
+        ({**entry, "layer_indices": [1, 2]}, "do not match"),
+        ({"scale": 1}, "needs"),
+    ]:
         (tmp_path / "bad.json").write_text(json.dumps([bad]))
         with pytest.raises(VectorFileError, match=match):
             vllm_lens.read(tmp_path / "bad.json")
@@ -230,8 +240,9 @@ def test_cli_exports(lm: steerlab.LM, vec: SteeringVector, actadd_vec: SteeringV
 
 # ============================================================================ layer numbering
 @pytest.mark.parametrize("plugin", ["hotwire", "vllm-lens"])
-def test_plugin_adds_where_steerlab_adds(lm: steerlab.LM, edge_vec: SteeringVector, tmp_path: Path,
-                                         plugin: str) -> None:
+def test_plugin_adds_where_steerlab_adds(
+    lm: steerlab.LM, edge_vec: SteeringVector, tmp_path: Path, plugin: str
+) -> None:
     """Hidden states after every layer, the plugin adding the exported vector at coefficient 4 vs
     steerlab's ``Steering(vec, 4)`` at positions "all" — layers 0, 2 and 4 (the last)."""
     hotwire.write(edge_vec, tmp_path, name="edge")
@@ -248,8 +259,12 @@ def test_plugin_adds_where_steerlab_adds(lm: steerlab.LM, edge_vec: SteeringVect
     assert not torch.allclose(plain[0], want[0])  # it did steer, from layer 0 on
     assert_same_blocks(plugin_blocks(pm, ids, {}), plain)  # unsteered requests are untouched
     # the same vector one layer off would not match: the numbering is what is being checked
-    shifted = SteeringVector({k + 1: v for k, v in edge_vec.directions.items() if k + 1 < lm.n_layers},
-                             model_id=lm.model_id, d_model=lm.d_model, n_layers=lm.n_layers)
+    shifted = SteeringVector(
+        {k + 1: v for k, v in edge_vec.directions.items() if k + 1 < lm.n_layers},
+        model_id=lm.model_id,
+        d_model=lm.d_model,
+        n_layers=lm.n_layers,
+    )
     with pytest.raises(AssertionError):
         assert_same_blocks(steerlab_blocks(lm, ids, Steering(shifted, COEF)), want)
 
@@ -265,15 +280,26 @@ def test_vllm_lens_generation_matches_steerlab(lm: steerlab.LM, vec: SteeringVec
     assert want != steerlab.generate(lm, PROMPT, max_new_tokens=n)[0]
 
 
-def positional_entry(vec: SteeringVector, coefficient: float, positions: list[int] | None,
-                     rows: torch.Tensor | None = None) -> dict[str, Any]:
+def positional_entry(
+    vec: SteeringVector, coefficient: float, positions: list[int] | None, rows: torch.Tensor | None = None
+) -> dict[str, Any]:
     """A position-specific vllm-lens entry (its documented 3-D form): ``vec`` repeated at explicit
     absolute ``positions``, or ``rows`` at ``0..n-1`` (``positions=None``)."""
     layers = vec.layers
-    acts = rows if rows is not None else torch.stack([vec.directions[k] for k in layers])[:, None].expand(
-        len(layers), len(positions or []), vec.d_model)
-    return {"activations": vllm_lens.encode_tensor(acts), "layer_indices": layers, "scale": coefficient,
-            "norm_match": False, "position_indices": positions}
+    acts = (
+        rows
+        if rows is not None
+        else torch.stack([vec.directions[k] for k in layers])[:, None].expand(
+            len(layers), len(positions or []), vec.d_model
+        )
+    )
+    return {
+        "activations": vllm_lens.encode_tensor(acts),
+        "layer_indices": layers,
+        "scale": coefficient,
+        "norm_match": False,
+        "position_indices": positions,
+    }
 
 
 @pytest.mark.parametrize("case", ["generated", "prompt", "window", "tokenwise"])
@@ -292,8 +318,11 @@ def test_vllm_lens_1_3_0_counts_every_decode_step_from_position_0(
     elif case == "prompt":  # positions [0, P): every decode step looks like position 0, so all of it
         entry, meant, does = positional_entry(vec, COEF, list(range(p))), "prompt", Steering(vec, COEF)
     elif case == "window":  # (6, 14): the prompt's part only
-        entry, meant, does = positional_entry(vec, COEF, list(range(6, 14))), (6, 14), Steering(vec, COEF,
-                                                                                                 positions=(6, p))
+        entry, meant, does = (
+            positional_entry(vec, COEF, list(range(6, 14))),
+            (6, 14),
+            Steering(vec, COEF, positions=(6, p)),
+        )
     else:  # token-wise rows at 0..3: the prompt right, then row 0 at every generated token
         # (an ActAdd vector's row 0 is the BOS token's, zero here; one with a non-zero row 0 shows it)
         rows = actadd_vec.directions[2]
@@ -303,8 +332,12 @@ def test_vllm_lens_1_3_0_counts_every_decode_step_from_position_0(
         entry = positional_entry(tw, COEF, None, rows=rows[None])
         row0 = SteeringVector({2: rows[0]}, model_id=lm.model_id, d_model=lm.d_model, n_layers=lm.n_layers)
         meant, does = None, Steering(tw, COEF) + Steering(row0, COEF, positions="generated")
-    want = (steerlab.generate(lm, prompt, steering=Steering(tw, COEF) if meant is None else
-                              Steering(vec, COEF, positions=meant), max_new_tokens=n)[0])
+    want = steerlab.generate(
+        lm,
+        prompt,
+        steering=Steering(tw, COEF) if meant is None else Steering(vec, COEF, positions=meant),
+        max_new_tokens=n,
+    )[0]
     got = plugin_text(PluginModel(lm, "vllm-lens"), ids, {vllm_lens.XARG: json.dumps([entry])}, n)
     assert got == steerlab.generate(lm, prompt, steering=does, max_new_tokens=n)[0]
     assert got != want  # not what the payload means
@@ -319,8 +352,7 @@ def test_vllm_lens_1_3_0_counts_every_decode_step_from_position_0(
 
 
 @pytest.mark.parametrize("where", ["all", "generated"])
-def test_hotwire_generation_matches_steerlab(lm: steerlab.LM, vec: SteeringVector, tmp_path: Path,
-                                             where: str) -> None:
+def test_hotwire_generation_matches_steerlab(lm: steerlab.LM, vec: SteeringVector, tmp_path: Path, where: str) -> None:
     """``"generated"`` is hotwire's ``decode_only``: the prefill is skipped, each decode step steered."""
     hotwire.write(vec, tmp_path, name="happy")
     ids, n = prompt_ids(lm), 12
@@ -340,7 +372,7 @@ def test_hotwire_same_layer_entries_do_not_stack(lm: steerlab.LM, vec: SteeringV
     assert [m._hotwire_idx for m in pm.vllm.model.layers] == list(range(lm.n_layers))  # every layer armed
     spec = [{"id": "a", "layer": 2, "scale": 1.0}, {"id": "b", "layer": 2, "scale": 1.0}]
     with pm.request(hotwire.xargs(spec)) as req:
-        pm.step(req, prompt_ids(lm)[:4], 0, steerlab.hf.new_cache(lm.model))
+        pm.step(req, prompt_ids(lm)[:4], 0, steerlab.runtime.hf.new_cache(lm.model))
     st = pm.hot_state
     slot = int(st.slot_map[2, 0])
     assert torch.equal(st.bank.bank[slot], -vec.directions[2])  # b, not a + b (= 0)
@@ -384,17 +416,23 @@ def test_plugins_refuse_other_operators(vec: SteeringVector, operator: str) -> N
 def test_hotwire_spec(lm: steerlab.LM, vec: SteeringVector, actadd_vec: SteeringVector) -> None:
     other = random_vector(lm, (0, 4), seed=5)
     names = {id(vec): "happy", id(other): "edge"}
-    spec = hotwire.request_spec(Steering(vec, 2.5, layers=[1, 3]) + Steering(other, -1.0, positions="generated"),
-                                lambda v: names[id(v)])
-    assert spec == [{"id": "happy", "layer": 1, "scale": 2.5}, {"id": "happy", "layer": 3, "scale": 2.5},
-                    {"id": "edge", "layer": 0, "scale": -1.0, "decode_only": True},
-                    {"id": "edge", "layer": 4, "scale": -1.0, "decode_only": True}]
+    spec = hotwire.request_spec(
+        Steering(vec, 2.5, layers=[1, 3]) + Steering(other, -1.0, positions="generated"), lambda v: names[id(v)]
+    )
+    assert spec == [
+        {"id": "happy", "layer": 1, "scale": 2.5},
+        {"id": "happy", "layer": 3, "scale": 2.5},
+        {"id": "edge", "layer": 0, "scale": -1.0, "decode_only": True},
+        {"id": "edge", "layer": 4, "scale": -1.0, "decode_only": True},
+    ]
     assert json.loads(hotwire.xargs(spec)[hotwire.XARG]) == spec
     assert hotwire.request_spec(Steering(vec, 0.0), lambda v: "happy") == []  # no slot for a no-op
-    refusals = [(Steering(vec, 1.0, positions="prompt"), "unsupported_positions"),
-                (Steering(vec, 1.0, positions=(0, 4)), "unsupported_positions"),
-                (Steering(actadd_vec, 1.0), "tokenwise_vector"),
-                (Steering(vec, 1.0) + Steering(vec, 2.0, layers=[3]), "layer_conflict")]
+    refusals = [
+        (Steering(vec, 1.0, positions="prompt"), "unsupported_positions"),
+        (Steering(vec, 1.0, positions=(0, 4)), "unsupported_positions"),
+        (Steering(actadd_vec, 1.0), "tokenwise_vector"),
+        (Steering(vec, 1.0) + Steering(vec, 2.0, layers=[3]), "layer_conflict"),
+    ]
     for steering, code in refusals:
         with pytest.raises(PluginUnsupported) as err:
             hotwire.request_spec(steering, lambda v: "happy")
@@ -454,8 +492,9 @@ def shell() -> steerlab.LM:
 
 
 @pytest.fixture(scope="module")
-def store_template(tmp_path_factory: pytest.TempPathFactory, lm: steerlab.LM, vec: SteeringVector,
-                   actadd_vec: SteeringVector) -> Path:
+def store_template(
+    tmp_path_factory: pytest.TempPathFactory, lm: steerlab.LM, vec: SteeringVector, actadd_vec: SteeringVector
+) -> Path:
     root = tmp_path_factory.mktemp("vllm-store")
     vec.save(root / "happy")
     random_vector(lm, (2, 3), seed=1, norm=3.0).save(root / "dog")
@@ -471,8 +510,7 @@ def store(tmp_path: Path, store_template: Path) -> Path:
 
 
 @contextmanager
-def vllm_served(shell: steerlab.LM, store: Path, fake: Any, plugin: str = "vllm-lens",
-                **options: Any) -> Iterator[Any]:
+def vllm_served(shell: steerlab.LM, store: Path, fake: Any, plugin: str = "vllm-lens", **options: Any) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
     from steerlab.serve import ServeSettings, create_app
@@ -480,11 +518,15 @@ def vllm_served(shell: steerlab.LM, store: Path, fake: Any, plugin: str = "vllm-
 
     options.setdefault("url", "http://vllm.test")
     options.setdefault("transport", httpx.ASGITransport(app=fake) if fake is not None else None)
-    app = create_app(shell, store, ServeSettings(api_key=KEY, max_tokens=32),
-                     engine=engine_factory(VLLMOptions(plugin=plugin, **options)))
+    app = create_app(
+        shell,
+        store,
+        ServeSettings(api_key=KEY, max_tokens=32),
+        engine=engine_factory(VLLMOptions(plugin=plugin, **options)),
+    )
     with TestClient(app) as client:
         yield client
-    assert not app.state.server.batcher.alive
+    assert not app.state.server.engine.alive
 
 
 @contextmanager
@@ -510,13 +552,20 @@ def sse(response: Any) -> list[dict[str, Any]]:
 REQUESTS: list[dict[str, Any]] = [
     {"prompt": PROMPT, "max_tokens": 16},
     {"prompt": PROMPT, "max_tokens": 16, "steering": [{"vector": "happy", "coefficient": COEF}]},
-    {"prompt": ["The cat", PROMPT], "max_tokens": 12, "n": 2,
-     "steering": [{"vector": "dog", "coefficient": -3.0}, {"vector": "edge", "coefficient": 2.0}]},
+    {
+        "prompt": ["The cat", PROMPT],
+        "max_tokens": 12,
+        "n": 2,
+        "steering": [{"vector": "dog", "coefficient": -3.0}, {"vector": "edge", "coefficient": 2.0}],
+    },
     {"prompt": "The dog", "max_tokens": 10, "stop": ["."], "steering": [{"vector": "edge", "coefficient": 3}]},
 ]
 HOTWIRE_ONLY: list[dict[str, Any]] = [  # vllm-lens 1.3.0 cannot steer by position: refused for it
-    {"prompt": PROMPT, "max_tokens": 16, "steering": [{"vector": "happy", "coefficient": COEF, "layers": [2],
-                                                        "positions": "generated"}]},
+    {
+        "prompt": PROMPT,
+        "max_tokens": 16,
+        "steering": [{"vector": "happy", "coefficient": COEF, "layers": [2], "positions": "generated"}],
+    },
 ]
 
 
@@ -575,8 +624,9 @@ def test_vllm_engine_streams_in_openai_shape(lm: steerlab.LM, shell: steerlab.LM
         want_chat = post(ref, "/v1/chat/completions", **chat).json()
     with vllm_served(shell, store, fake) as client:
         full = post(client, "/v1/completions", prompt=PROMPT, **body).json()
-        chunks = sse(post(client, "/v1/completions", prompt=PROMPT, stream=True,
-                          stream_options={"include_usage": True}, **body))
+        chunks = sse(
+            post(client, "/v1/completions", prompt=PROMPT, stream=True, stream_options={"include_usage": True}, **body)
+        )
         chat_full = post(client, "/v1/chat/completions", **chat).json()
         chat_chunks = sse(post(client, "/v1/chat/completions", stream=True, **chat))
     assert full["object"] == "text_completion" and full["choices"][0]["text"] == want["choices"][0]["text"]
@@ -599,8 +649,7 @@ def _error(r: Any) -> tuple[int, str | None, str | None]:
     return r.status_code, e["code"], e["param"]
 
 
-def test_vllm_engine_validates_like_the_transformers_engine(lm: steerlab.LM, shell: steerlab.LM,
-                                                            store: Path) -> None:
+def test_vllm_engine_validates_like_the_transformers_engine(lm: steerlab.LM, shell: steerlab.LM, store: Path) -> None:
     bad = [
         {"prompt": "x", "steering": [{"vector": "nope"}]},
         {"prompt": "x", "steering": [{"vector": "happy", "coefficient": 99}]},
@@ -618,8 +667,9 @@ def test_vllm_engine_validates_like_the_transformers_engine(lm: steerlab.LM, she
     assert not fake.state.received  # nothing reached vLLM
 
 
-def test_vllm_engine_refuses_what_the_plugin_cannot_do(lm: steerlab.LM, shell: steerlab.LM, store: Path,
-                                                        tmp_path: Path) -> None:
+def test_vllm_engine_refuses_what_the_plugin_cannot_do(
+    lm: steerlab.LM, shell: steerlab.LM, store: Path, tmp_path: Path
+) -> None:
     hw_dir = tmp_path / "hw"
     for name in ("happy", "dog"):
         hotwire.write(SteeringVector.load(store / name), hw_dir, name=name)
@@ -636,14 +686,24 @@ def test_vllm_engine_refuses_what_the_plugin_cannot_do(lm: steerlab.LM, shell: s
             r = post(client, "/v1/completions", prompt="x", steering=steering)
             assert _error(r) == want, r.text
             assert "hotwire" in r.json()["error"]["message"]
-        assert post(client, "/v1/completions", prompt="x", max_tokens=2,
-                    steering=[{"vector": "happy", "operator": "ablate", "coefficient": 0}]).status_code == 400
+        assert (
+            post(
+                client,
+                "/v1/completions",
+                prompt="x",
+                max_tokens=2,
+                steering=[{"vector": "happy", "operator": "ablate", "coefficient": 0}],
+            ).status_code
+            == 400
+        )
     assert not fake.state.received
     lens = fake_vllm_app(PluginModel(lm, "vllm-lens"))
     cases = [  # vllm-lens 1.3.0 places position-specific steering wrongly: refused, saying why
         ([{"vector": "happy", "positions": "generated"}], (400, "unsupported_positions", "steering[0]")),
-        ([{"vector": "dog"}, {"vector": "happy", "positions": "prompt"}],
-         (400, "unsupported_positions", "steering[1]")),
+        (
+            [{"vector": "dog"}, {"vector": "happy", "positions": "prompt"}],
+            (400, "unsupported_positions", "steering[1]"),
+        ),
         ([{"vector": "happy", "positions": [3, 9]}], (400, "unsupported_positions", "steering[0]")),
         ([{"vector": "love", "coefficient": 6.0}], (400, "tokenwise_vector", "steering[0]")),
         ([{"vector": "happy", "operator": "clamp"}], (400, "unsupported_by_plugin", "steering[0]")),
@@ -704,10 +764,20 @@ class FakeLLM:
         outs = []
         for p, sp in zip(prompts, params):
             assert sp.kwargs["temperature"] == 0.0
-            ids = [t for t in self.pm.generate(p["prompt_token_ids"], sp.kwargs["max_tokens"], sp.extra_args)
-                   if t != tok.eos_token_id]
-            out = type("Out", (), {"text": tok.decode(ids, skip_special_tokens=True), "token_ids": ids,
-                                   "finish_reason": "length" if len(ids) == sp.kwargs["max_tokens"] else "stop"})
+            ids = [
+                t
+                for t in self.pm.generate(p["prompt_token_ids"], sp.kwargs["max_tokens"], sp.extra_args)
+                if t != tok.eos_token_id
+            ]
+            out = type(
+                "Out",
+                (),
+                {
+                    "text": tok.decode(ids, skip_special_tokens=True),
+                    "token_ids": ids,
+                    "finish_reason": "length" if len(ids) == sp.kwargs["max_tokens"] else "stop",
+                },
+            )
             outs.append(type("RequestOutput", (), {"outputs": [out]}))
         return outs
 
@@ -743,15 +813,31 @@ def test_cli_serve_engine_vllm(shell: steerlab.LM, store: Path, monkeypatch: pyt
 
     def fake_run(api: Any, host: str, port: int, log_level: str) -> None:
         seen["app"] = api
-        api.state.server.batcher.close()
+        api.state.server.engine.close()
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
     monkeypatch.setattr(vllm_engine, "load_shell", lambda *a, **k: shell)
-    r = CliRunner().invoke(cli, ["--json", "serve", "--model", str(STORIES), "--vectors", str(store), "--engine",
-                                 "vllm", "--vllm-url", "http://127.0.0.1:9", "--vllm-plugin", "hotwire",
-                                 "--hotwire-slots", "64"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "--json",
+            "serve",
+            "--model",
+            str(STORIES),
+            "--vectors",
+            str(store),
+            "--engine",
+            "vllm",
+            "--vllm-url",
+            "http://127.0.0.1:9",
+            "--vllm-plugin",
+            "hotwire",
+            "--hotwire-slots",
+            "64",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    engine = seen["app"].state.server.batcher
+    engine = seen["app"].state.server.engine
     assert isinstance(engine, vllm_engine.VLLMEngine) and engine.translator.plugin == "hotwire"
     assert engine.translator.hotwire_slots == 64 and engine.backend.description == "http://127.0.0.1:9"
     assert json.loads(r.output)["engine"] == "vllm (hotwire, http://127.0.0.1:9)"
@@ -762,8 +848,7 @@ def test_cli_serve_engine_vllm(shell: steerlab.LM, store: Path, monkeypatch: pyt
         assert r.exit_code == 1 and "vLLM is not installed" in r.output and "--vllm-url" in r.output
 
 
-def test_playground_against_the_vllm_engine(lm: steerlab.LM, shell: steerlab.LM, store: Path,
-                                            tmp_path: Path) -> None:
+def test_playground_against_the_vllm_engine(lm: steerlab.LM, shell: steerlab.LM, store: Path, tmp_path: Path) -> None:
     """The page only talks to steerlab's API: it works the same with vLLM behind it."""
     if not Path("/usr/bin/chromium").exists():
         pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
@@ -776,8 +861,9 @@ def test_playground_against_the_vllm_engine(lm: steerlab.LM, shell: steerlab.LM,
 
     prompt = "Once upon a time"
     want_base = steerlab.generate(lm, prompt, max_new_tokens=24)[0]
-    want_steer = steerlab.generate(lm, prompt, steering=Steering(SteeringVector.load(store / "happy"), 4.0),
-                                   max_new_tokens=24)[0]
+    want_steer = steerlab.generate(
+        lm, prompt, steering=Steering(SteeringVector.load(store / "happy"), 4.0), max_new_tokens=24
+    )[0]
     fake = fake_vllm_app(PluginModel(lm, "vllm-lens"))
     options = VLLMOptions(url="http://vllm.test", transport=httpx.ASGITransport(app=fake))
     app = create_app(shell, store, ServeSettings(api_key=KEY), engine=engine_factory(options))
@@ -793,12 +879,16 @@ def test_playground_against_the_vllm_engine(lm: steerlab.LM, shell: steerlab.LM,
             page.wait_for_selector("[data-vector=happy] input[type=range]")
             page.fill("#prompt", prompt)
             page.fill("#max-tokens", "24")
-            page.eval_on_selector("[data-vector=happy] input[type=range]",
-                                  "el => { el.value = '4'; el.dispatchEvent(new Event('input')); }")
+            page.eval_on_selector(
+                "[data-vector=happy] input[type=range]",
+                "el => { el.value = '4'; el.dispatchEvent(new Event('input')); }",
+            )
             page.click("#generate")
-            page.wait_for_function("['status-base', 'status-steer']"
-                                   ".every(id => document.getElementById(id).textContent.startsWith('done'))",
-                                   timeout=60_000)
+            page.wait_for_function(
+                "['status-base', 'status-steer']"
+                ".every(id => document.getElementById(id).textContent.startsWith('done'))",
+                timeout=60_000,
+            )
             assert page.inner_text("#out-base") == prompt + want_base
             assert page.inner_text("#out-steer") == prompt + want_steer
             assert not errors, errors
@@ -829,8 +919,9 @@ class SlowBackend:
 
 def test_vllm_engine_queue_cancel_timeout_close(shell: steerlab.LM, store: Path) -> None:
     from steerlab.serve import ServeSettings
-    from steerlab.serve.batcher import Delta, Done, Failed, GenParams, Job, QueueFull
+    from steerlab.serve.engines.base import QueueFull
     from steerlab.serve.engines.vllm import VLLMEngine, VLLMOptions
+    from steerlab.serve.jobs import Delta, Done, Failed, GenParams, Job
 
     backend = SlowBackend()
     engine = VLLMEngine(shell, ServeSettings(max_batch=1, max_queue=2), _Store({}), VLLMOptions(backend=backend))
@@ -838,8 +929,10 @@ def test_vllm_engine_queue_cancel_timeout_close(shell: steerlab.LM, store: Path)
     async def scenario() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         queues = [asyncio.Queue() for _ in range(5)]
-        jobs = [Job([1, 2], None, GenParams(max_tokens=m), loop, q, index=i)
-                for i, (m, q) in enumerate(zip([3, 1000, 1000, 1000, 3], queues))]
+        jobs = [
+            Job([1, 2], None, GenParams(max_tokens=m), loop, q, index=i)
+            for i, (m, q) in enumerate(zip([3, 1000, 1000, 1000, 3], queues))
+        ]
         engine.submit([jobs[0]])
         await until(lambda: jobs[0].finished)
         done = [e for e in _drain(queues[0]) if isinstance(e, Done)]
@@ -862,8 +955,15 @@ def test_vllm_engine_queue_cancel_timeout_close(shell: steerlab.LM, store: Path)
         engine.close()
         await until(lambda: long.finished)
         await asyncio.sleep(0.01)
-        return {"done": done, "state": state, "after": after, "cancelled": [list(_drain(q)) for q in queues[1:3]],
-                "timed": list(_drain(queues[3])), "closed": list(_drain(queues[4])), "long": long}
+        return {
+            "done": done,
+            "state": state,
+            "after": after,
+            "cancelled": [list(_drain(q)) for q in queues[1:3]],
+            "timed": list(_drain(queues[3])),
+            "closed": list(_drain(queues[4])),
+            "long": long,
+        }
 
     out = asyncio.run(scenario())
     assert out["done"] and out["done"][0].text == "xxx" and out["done"][0].completion_tokens == 3

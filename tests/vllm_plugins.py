@@ -57,7 +57,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 import steerlab
-from steerlab import hf
+from steerlab.runtime import hf
 
 WHEELS = {
     "vllm-lens": ("1.3.0", "vllm_lens", "b841116bd53ef00d3b5da6db637f0cd78e4a9917c953575752b02e99b7cc066d"),

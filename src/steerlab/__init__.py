@@ -10,22 +10,13 @@ Example:
 
 from __future__ import annotations
 
-from .bake import bake
-from .capture import capture, capture_tokens
-from .data import (
-    ChatText,
-    ContrastPair,
-    caa_pair,
-    caa_pairs,
-    load_caa,
-    load_openings,
-    load_pairs,
-    load_texts,
-    open_pairs,
-    pairs_from_lists,
-    persona_pairs,
-)
-from .engine import steer, steer_rows
+from .core.steering import Composite, Steering, compose
+from .core.vector import SteeringVector
+from .data.ab import load_caa
+from .data.pairs import ChatText, ContrastPair, caa_pair, caa_pairs, pairs_from_lists, persona_pairs
+from .data.preference import PreferencePair, load_preferences, preference_pairs, self_contrast
+from .data.sources import load_pairs, open_pairs
+from .data.texts import load_openings, load_texts
 from .errors import (
     CheckpointError,
     ContextLengthError,
@@ -40,15 +31,15 @@ from .errors import (
     UnsupportedArchitectureError,
     VectorFileError,
 )
-from .extract import extract
-from .generate import generate
+from .export.bake import bake
+from .extraction.capture import capture, capture_tokens
+from .extraction.extract import extract
+from .extraction.methods import REGISTRY as METHODS
+from .extraction.scale import relative, residual_norms
 from .limits import LimitError, Limits
-from .methods import REGISTRY as METHODS
-from .model import LM, load_model, wrap_model
-from .preference import PreferencePair, load_preferences, preference_pairs, self_contrast
-from .scale import relative, residual_norms
-from .steering import Composite, Steering, compose
-from .vector import SteeringVector
+from .models.load import LM, load_model, wrap_model
+from .runtime.generate import generate
+from .runtime.session import steer, steer_rows
 
 __version__ = "0.1.0"
 

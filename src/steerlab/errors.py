@@ -49,7 +49,7 @@ class DatasetError(SteeringError):
 
 
 class SteeringSpecError(SteeringError):
-    """A :class:`~steerlab.steering.Steering` was given an invalid option."""
+    """A :class:`~steerlab.core.steering.Steering` was given an invalid option."""
 
 
 class TransformersCompatError(SteeringError):

@@ -192,13 +192,17 @@ def read_checkpoint(
         tensors = load_file(str(path))
     except Exception as exc:  # any failure to parse the file means it is unusable
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read ({reason[:200]}): it is truncated, corrupt or not a "
-                              f"steerlab checkpoint; {start_over}") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({reason[:200]}): it is truncated, corrupt or not a "
+            f"steerlab checkpoint; {start_over}"
+        ) from None
     if meta.get("key") != key:
         raise CheckpointError(f"checkpoint {path} belongs to another {what}; {start_over}")
     if meta.get("format") != CHECKPOINT_FORMAT or meta.get("digest") != _digest(tensors, meta):
-        raise CheckpointError(f"checkpoint {path} was changed after it was written (its checksum does not match) or "
-                              f"was written by another steerlab version; {start_over}")
+        raise CheckpointError(
+            f"checkpoint {path} was changed after it was written (its checksum does not match) or "
+            f"was written by another steerlab version; {start_over}"
+        )
     if shapes is not None:
         _check_shapes(path, tensors, shapes, optional or {}, start_over)
     bad = next((name for name, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())), None)
@@ -207,20 +211,28 @@ def read_checkpoint(
     return tensors, meta
 
 
-def _check_shapes(path: Path, tensors: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]],
-                  optional: Mapping[str, tuple[int, ...]], start_over: str) -> None:
+def _check_shapes(
+    path: Path,
+    tensors: Mapping[str, Any],
+    shapes: Mapping[str, tuple[int, ...]],
+    optional: Mapping[str, tuple[int, ...]],
+    start_over: str,
+) -> None:
     from .errors import CheckpointError
 
     missing = sorted(set(shapes) - set(tensors))
     unknown = sorted(set(tensors) - set(shapes) - set(optional))
     if missing or unknown:
-        raise CheckpointError(f"checkpoint {path} does not hold this run's state (missing {missing[:4]}, unknown "
-                              f"{unknown[:4]}); {start_over}")
+        raise CheckpointError(
+            f"checkpoint {path} does not hold this run's state (missing {missing[:4]}, unknown "
+            f"{unknown[:4]}); {start_over}"
+        )
     for name, t in tensors.items():
         want = tuple(shapes.get(name, optional.get(name, ())))
         if tuple(t.shape) != want:
-            raise CheckpointError(f"checkpoint {path}: tensor {name!r} has shape {tuple(t.shape)}, this run's is "
-                                  f"{want}; {start_over}")
+            raise CheckpointError(
+                f"checkpoint {path}: tensor {name!r} has shape {tuple(t.shape)}, this run's is {want}; {start_over}"
+            )
 
 
 def checkpoint_int(path: Path, meta: Mapping[str, str], name: str, low: int, high: int) -> int:
@@ -230,6 +242,8 @@ def checkpoint_int(path: Path, meta: Mapping[str, str], name: str, low: int, hig
 
     value = meta.get(name, "")
     if not (value.isascii() and value.isdigit() and low <= int(value) <= high):
-        raise CheckpointError(f"checkpoint {path}: its {name!r} ({value!r}) does not fit this run (it must be between "
-                              f"{low} and {high}); delete it to start the run over")
+        raise CheckpointError(
+            f"checkpoint {path}: its {name!r} ({value!r}) does not fit this run (it must be between "
+            f"{low} and {high}); delete it to start the run over"
+        )
     return int(value)

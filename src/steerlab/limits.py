@@ -123,7 +123,7 @@ class Limits:
     # ------------------------------------------------------------------ construction
     @classmethod
     def for_model(cls, lm: Any, **settings: Any) -> Limits:
-        """The limits of ``lm`` (an :class:`~steerlab.model.LM`) with ``settings`` on top.
+        """The limits of ``lm`` (an :class:`~steerlab.models.load.LM`) with ``settings`` on top.
 
         ``settings`` are :class:`Limits` fields; unknown names are ignored, so a settings object's
         ``__dict__`` can be passed whole.
@@ -179,8 +179,11 @@ class Limits:
                 if negative and -self.n_layers <= item < 0:
                     idx = item + self.n_layers
                 if not 0 <= idx < self.n_layers:
-                    raise LimitError(f"{where}: layer {item} is outside the model: it has {self.n_layers} blocks "
-                                     f"(layers 0..{self.n_layers - 1})", "n_layers")
+                    raise LimitError(
+                        f"{where}: layer {item} is outside the model: it has {self.n_layers} blocks "
+                        f"(layers 0..{self.n_layers - 1})",
+                        "n_layers",
+                    )
             elif idx < 0:
                 raise LimitError(f"{where}: layer {item} is negative; layers count from 0")
             if idx in seen:
@@ -209,8 +212,10 @@ class Limits:
         if not isinstance(text, str):
             raise LimitError(f"{where} must be text, not {_kind(text)}")
         if len(text) > self.max_text_chars:
-            raise LimitError(f"{where} has {len(text)} characters: more than the limit of {self.max_text_chars} "
-                             "(max_text_chars)", "max_text_chars")
+            raise LimitError(
+                f"{where} has {len(text)} characters: more than the limit of {self.max_text_chars} (max_text_chars)",
+                "max_text_chars",
+            )
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
@@ -230,12 +235,16 @@ class Limits:
         """Refuse a prompt over ``max_prompt_tokens``, or a prompt + new tokens over the context."""
         self.check_tokens(prompt_tokens, where, "max_prompt_tokens")
         if new_tokens > self.max_new_tokens:
-            raise LimitError(f"{new_tokens} new tokens is over the limit of {self.max_new_tokens} (max_new_tokens)",
-                             "max_new_tokens")
+            raise LimitError(
+                f"{new_tokens} new tokens is over the limit of {self.max_new_tokens} (max_new_tokens)", "max_new_tokens"
+            )
         ctx = self.context_length
         if ctx is not None and prompt_tokens + new_tokens > ctx:
-            raise LimitError(f"{where} ({prompt_tokens} tokens) + {new_tokens} new tokens exceed the model's context "
-                             f"of {ctx} tokens (context_length)", "context_length")
+            raise LimitError(
+                f"{where} ({prompt_tokens} tokens) + {new_tokens} new tokens exceed the model's context "
+                f"of {ctx} tokens (context_length)",
+                "context_length",
+            )
 
     # ------------------------------------------------------------------ numbers and vectors
     def check_coefficient(self, value: Any, where: str) -> float:
@@ -243,8 +252,11 @@ class Limits:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise LimitError(f"{where} must be a finite number (got {value!r})")
         if abs(value) > self.max_coefficient:
-            raise LimitError(f"{where}={value:g} is out of range: |coefficient| must be <= {self.max_coefficient:g} "
-                             "(max_coefficient)", "max_coefficient")
+            raise LimitError(
+                f"{where}={value:g} is out of range: |coefficient| must be <= {self.max_coefficient:g} "
+                "(max_coefficient)",
+                "max_coefficient",
+            )
         return float(value)
 
     def check_directions(self, directions: Mapping[int, torch.Tensor], where: str) -> None:
@@ -264,8 +276,11 @@ class Limits:
                 continue
             peak = float(t.detach().abs().max().double())
             if peak > self.max_value:
-                raise LimitError(f"{where}: layer {layer} holds values up to {peak:.3g}, beyond the limit of "
-                                 f"{self.max_value:.3g} (max_value): a broken vector", "max_value")
+                raise LimitError(
+                    f"{where}: layer {layer} holds values up to {peak:.3g}, beyond the limit of "
+                    f"{self.max_value:.3g} (max_value): a broken vector",
+                    "max_value",
+                )
             if not math.isfinite(float(t.detach().float().norm())):
                 raise LimitError(f"{where}: layer {layer}'s norm overflows float32", "max_value")
 
@@ -297,8 +312,7 @@ def _kind(value: Any) -> str:
     """How a message names the type of a value read from JSON, CSV or Parquet."""
     if value is None:
         return "null"
-    names = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object",
-             bytes: "bytes"}
+    names = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object", bytes: "bytes"}
     for t, name in names.items():
         if type(value) is t:
             return name

@@ -37,11 +37,11 @@ from typing import Any
 
 import torch
 
+from ..core.steering import Steering, SteeringLike
+from ..core.vector import SteeringVector
 from ..evaluate.cost import CostReport, cost_curve, cost_settings, run_stats
 from ..evaluate.report import fmt, new_figure, save_figure
-from ..model import LM
-from ..steering import Steering, SteeringLike
-from ..vector import SteeringVector
+from ..models.load import LM
 
 DEFAULT_COEFFICIENTS: tuple[float, ...] = (
     -16.0, -8.0, -4.0, -2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0,

@@ -4,7 +4,7 @@
 place steering vectors act) and fits a PCA (scikit-learn). The :class:`PCAReport` keeps the
 explained-variance ratios, the components, each text's coordinates on PC1/PC2 and optional
 labels; :meth:`PCAReport.direction` turns a principal direction into a
-:class:`~steerlab.vector.SteeringVector`, so one can ask whether adding it does something
+:class:`~steerlab.core.vector.SteeringVector`, so one can ask whether adding it does something
 meaningful (an open problem from "Steering GPT-2-XL by adding an activation vector").
 
 :func:`contrast_pca` runs it on contrast pairs labelled ``positive`` / ``negative`` (CAA's
@@ -36,14 +36,14 @@ import numpy as np
 import torch
 from sklearn.decomposition import PCA
 
-from ..capture import capture, check_layers
-from ..data import ContrastPair, Read, Text, check_pairs, pair_texts, render
-from ..data import data_hash as pairs_hash
+from ..core.vector import SteeringVector
+from ..data.pairs import ContrastPair, Read, Text, check_pairs, pair_texts, render
+from ..data.pairs import data_hash as pairs_hash
 from ..errors import DatasetError, InvalidVectorError
 from ..evaluate.report import Report, new_figure, save_figure
-from ..methods import center_on_midpoints
-from ..model import LM
-from ..vector import SteeringVector
+from ..extraction.capture import capture, check_layers
+from ..extraction.methods import center_on_midpoints
+from ..models.load import LM
 from .projection import cohens_d
 
 _LABEL_COLORS = {"positive": "tab:orange", "negative": "tab:blue"}
@@ -284,11 +284,11 @@ def residual_pca(
 
     Args:
         lm: the model.
-        texts: strings or :class:`~steerlab.data.ChatText` (rendered with the chat template); at
+        texts: strings or :class:`~steerlab.data.pairs.ChatText` (rendered with the chat template); at
             least 2.
         layer: block index (negative from the end).
         n_components: components to keep (capped at ``min(len(texts), d_model)``).
-        read: where to read each text (one :data:`~steerlab.data.Read` or one per text).
+        read: where to read each text (one :data:`~steerlab.data.pairs.Read` or one per text).
         batch_size: texts per forward pass.
         progress: show a progress bar.
         labels: one label per text (e.g. ``"positive"`` / ``"negative"``) to colour points; with
@@ -326,7 +326,7 @@ def residual_pca(
 
 def center_pairs(acts: torch.Tensor) -> torch.Tensor:
     """Subtract each pair's midpoint from interleaved ``[pos0, neg0, pos1, neg1, ...]`` rows
-    (:func:`steerlab.methods.center_on_midpoints` on the two sides, interleaved again)."""
+    (:func:`steerlab.extraction.methods.center_on_midpoints` on the two sides, interleaved again)."""
     if acts.shape[0] % 2:
         raise DatasetError(f"{acts.shape[0]} rows cannot be interleaved positive/negative pairs")
     pos, neg = center_on_midpoints(acts[0::2], acts[1::2])

@@ -1,6 +1,6 @@
 """Which layer separates the behaviour best? Project contrast activations onto a vector.
 
-For every layer of a :class:`~steerlab.vector.SteeringVector`, the positive and negative texts of
+For every layer of a :class:`~steerlab.core.vector.SteeringVector`, the positive and negative texts of
 contrast pairs are read (one batched capture, at each pair's read position) and projected onto the
 vector's **unit** direction at that layer. Per layer the report gives the mean and standard
 deviation of each side, the gap, the separation (Cohen's d), the accuracy of the midpoint
@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..capture import capture
-from ..data import ContrastPair, check_pairs, pair_texts
+from ..core.vector import SteeringVector
+from ..data.pairs import ContrastPair, check_pairs, pair_texts
 from ..errors import DatasetError, InvalidVectorError
 from ..evaluate.report import Report, new_figure, save_figure
-from ..model import LM
-from ..vector import SteeringVector
+from ..extraction.capture import capture
+from ..models.load import LM
 
 
 def cohens_d(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.vector import SteeringVector
 from ..errors import InvalidVectorError, ModelMismatchError
 from ..evaluate.report import Report, new_figure, save_figure
-from ..vector import SteeringVector
 
 ANNOTATE_MAX = 12
 """Heat maps with at most this many rows get the values written in their cells."""
@@ -100,8 +100,15 @@ class SimilarityReport(Report):
             for i in range(n):
                 for j in range(n):
                     v = m[i, j]
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if abs(v) > 0.6 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{v:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if abs(v) > 0.6 else "black",
+                    )
         ax.set_title(self.title or "cosine similarity", fontsize=10)
         return save_figure(fig, path)
 

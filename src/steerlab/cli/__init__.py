@@ -1,5 +1,8 @@
 """The ``steerlab`` command line (typer + rich): a thin shell over the library.
 
+The root command lives in :mod:`~steerlab.cli.root`; importing this package imports every command
+module, which adds its commands to it.
+
 Example:
     $ steerlab demo
     $ steerlab extract --persona happy:sad --layers 8-19 --out vectors/happy
@@ -8,32 +11,7 @@ Example:
 
 from __future__ import annotations
 
-import typer
-
-from .common import FLAGS, quiet_env
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Activation steering for language models: extract, steer, evaluate, export.",
-    pretty_exceptions_enable=False,
-)
-
-
-@app.callback()
-def _global(
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable JSON on stdout."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
-) -> None:
-    """Activation steering for language models.
-
-    Example: steerlab --quiet extract --persona happy:sad --out vectors/happy
-    """
-    FLAGS.quiet, FLAGS.json, FLAGS.debug = quiet, json_out, debug
-    quiet_env()
-
-
-from . import condition, evals, gen, serve, vectors  # noqa: E402,F401  (command registration)
+from . import condition, evals, gen, serve, vectors  # noqa: F401  (they add their commands to app)
+from .root import app
 
 __all__ = ["app"]

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -30,6 +30,9 @@ from rich.text import Text
 
 from ..errors import ContextLengthError, DatasetError, LayerRangeError, SteeringError, SteeringSpecError
 from ..limits import LimitError, Limits
+
+if TYPE_CHECKING:
+    from ..executor import Executor
 
 T = TypeVar("T")
 
@@ -41,7 +44,11 @@ err_console = Console(stderr=True, markup=False)
 _RANGE = re.compile(r"(-?\d+)-(-?\d+)")
 
 USAGE_ERRORS: tuple[type[SteeringError], ...] = (
-    LimitError, ContextLengthError, DatasetError, LayerRangeError, SteeringSpecError,
+    LimitError,
+    ContextLengthError,
+    DatasetError,
+    LayerRangeError,
+    SteeringSpecError,
 )
 """Library errors that mean the input was bad (data, layers, options, a text over the context):
 exit code 2, as a bad option. Any other error is a runtime failure: exit code 1."""
@@ -139,8 +146,10 @@ def resolve_layers(spec: str, lm: Any, option: str = "--layers") -> list[int]:
         if isinstance(item, tuple):
             lo, hi = (limits.layer_list([x], option, negative=True)[0] for x in item)
             if hi < lo:
-                raise LimitError(f"{option}: the range {item[0]}-{item[1]} runs backwards in a model of "
-                                 f"{lm.n_layers} blocks (layers {lo} to {hi})")
+                raise LimitError(
+                    f"{option}: the range {item[0]}-{item[1]} runs backwards in a model of "
+                    f"{lm.n_layers} blocks (layers {lo} to {hi})"
+                )
             out.extend(range(lo, hi + 1))
         else:
             out.append(item)
@@ -197,8 +206,8 @@ def non_negative(value: float | None) -> float | None:
 
 def parse_positions(spec: str) -> str | tuple[int, int | None]:
     """``all|prompt|generated`` or a window ``start:end`` (``end`` may be empty), checked as the
-    library checks a :class:`~steerlab.steering.Steering`'s positions."""
-    from ..positions import positions_key
+    library checks a :class:`~steerlab.core.steering.Steering`'s positions."""
+    from ..core.positions import positions_key
 
     value: str | tuple[int, int | None] = spec
     if ":" in spec:
@@ -232,8 +241,8 @@ def existing_path(value: Any) -> Any:
 
 def model_option(value: str | None) -> str | None:
     """Option callback for ``--model`` (and ``--scorer``): a value that names a file or folder
-    (:func:`steerlab.data.looks_like_path`) must exist, so it is never looked up on the Hub."""
-    from ..data import looks_like_path
+    (:func:`steerlab.data.sources.looks_like_path`) must exist, so it is never looked up on the Hub."""
+    from ..data.sources import looks_like_path
 
     if value is not None and value not in ("default", "vader") and looks_like_path(value) and not Path(value).exists():
         raise typer.BadParameter(f"not found: {value} (give 'default', an existing folder or .gguf file, or a hub id)")
@@ -261,13 +270,30 @@ def text_option(value: Any) -> Any:
 
 def method_option(value: str) -> str:
     """Option callback: the extraction method must be registered."""
-    from ..methods import get_method
+    from ..extraction.methods import get_method
 
     try:
         get_method(value)
     except SteeringError as exc:
         raise typer.BadParameter(str(exc)) from None
     return value
+
+
+def executor_for(workers: int | None, ray_address: str | None) -> Executor | None:
+    """``--workers N [--ray-address ADDR]`` as a Ray executor (``None``: this process).
+
+    Raises:
+        typer.BadParameter: ``--ray-address`` without ``--workers``.
+        DistributedError: Ray is not installed.
+    """
+    if workers is None:
+        if ray_address is not None:
+            raise typer.BadParameter("--ray-address needs --workers N (how many Ray actors to start)")
+        return None
+    from ..distributed import RayExecutor
+
+    say(f"on {workers} Ray workers" + (f" at {ray_address}" if ray_address else " (found, else local)"))
+    return RayExecutor(workers, ray_address)
 
 
 def say(message: str, style: str | None = None) -> None:

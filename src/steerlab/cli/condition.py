@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from . import app
 from .common import (
     console,
     emit,
@@ -20,6 +19,7 @@ from .common import (
     status,
     write_manifest,
 )
+from .root import app
 
 
 @app.command()
@@ -27,8 +27,9 @@ def condition(
     positive: Path = typer.Option(..., callback=existing_path, help="Prompts to steer (text lines, JSON list or CSV)."),
     negative: Path = typer.Option(..., callback=existing_path, help="Prompts to leave alone."),
     out: Path = typer.Option(..., "--out", "-o", callback=out_folder, help="Folder to write the condition into."),
-    model: str = typer.Option("default", "--model", "-m", callback=model_option,
-                              help="'default', a folder, a .gguf file or a hub id."),
+    model: str = typer.Option(
+        "default", "--model", "-m", callback=model_option, help="'default', a folder, a .gguf file or a hub id."
+    ),
     layers: str | None = typer.Option(None, callback=layers_option, help="Layers to search (default: all)."),
     chat: bool = typer.Option(True, help="Render each prompt as a user turn (as generate --chat does)."),
 ) -> None:
@@ -39,12 +40,15 @@ def condition(
     Example: steerlab condition --positive harmful.txt --negative harmless.txt --out vectors/harmful-cond
     """
     if positive.resolve() == negative.resolve():
-        raise typer.BadParameter(f"--positive and --negative are the same file ({positive}): a condition tells two "
-                                 "different sets of prompts apart", param_hint="--negative")
+        raise typer.BadParameter(
+            f"--positive and --negative are the same file ({positive}): a condition tells two "
+            "different sets of prompts apart",
+            param_hint="--negative",
+        )
 
     def body() -> None:
         import steerlab
-        from steerlab.condition import find_condition
+        from steerlab.extraction.condition import find_condition
 
         pos_texts, neg_texts = steerlab.load_texts(positive), steerlab.load_texts(negative)
         with status(f"loading {model}"):
@@ -56,8 +60,10 @@ def condition(
 
         def human() -> None:
             c = found.condition
-            console.print(f"layer {c.at}, threshold {c.threshold:+.4f} (cosine {c.comparator}), "
-                          f"accuracy {found.accuracy[c.at]:.3f} on the labelled prompts")
+            console.print(
+                f"layer {c.at}, threshold {c.threshold:+.4f} (cosine {c.comparator}), "
+                f"accuracy {found.accuracy[c.at]:.3f} on the labelled prompts"
+            )
             console.print(f"wrote {out}")
 
         emit(found.to_dict(), human)

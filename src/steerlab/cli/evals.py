@@ -3,15 +3,25 @@ from the shell. Each writes ``{name}.json``, ``{name}.md``, ``{name}.png`` and `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import typer
 
-from . import app
+from .root import app
+
+if TYPE_CHECKING:
+    from ..core.vector import SteeringVector
+    from ..evaluate.frontier import Contender
+    from ..evaluate.prompting import Prompt
+    from ..evaluate.protocol import Evaluation
+    from ..evaluate.report import Report
+    from ..models.load import LM
 from .common import (
     console,
     emit,
+    executor_for,
     existing_path,
     file_hash,
     layer_sets_option,
@@ -37,12 +47,20 @@ analyze_app = typer.Typer(help="Look inside vectors and the residual stream.", n
 app.add_typer(eval_app, name="eval")
 app.add_typer(analyze_app, name="analyze")
 
-MODEL = typer.Option("default", "--model", "-m", callback=model_option,
-                     help="'default', a folder, a .gguf file or a hub id.")
+MODEL = typer.Option(
+    "default", "--model", "-m", callback=model_option, help="'default', a folder, a .gguf file or a hub id."
+)
 OUT = typer.Option(..., "--out", "-o", callback=out_folder, help="Folder for the JSON, markdown, PNG and run.json.")
 
 
-def _load(model: str, vector: Path | None = None) -> tuple[Any, Any]:
+@overload
+def _load(model: str, vector: Path) -> tuple[LM, SteeringVector]: ...
+@overload
+def _load(model: str, vector: None = None) -> tuple[LM, None]: ...
+@overload
+def _load(model: str, vector: Path | None) -> tuple[LM, SteeringVector | None]: ...
+def _load(model: str, vector: Path | None = None) -> tuple[LM, SteeringVector | None]:
+    """The model, and the vector at ``vector`` checked against it (``None`` without one)."""
     import steerlab
 
     from .vectors import load_vector
@@ -56,7 +74,7 @@ def _load(model: str, vector: Path | None = None) -> tuple[Any, Any]:
     return lm, vec
 
 
-def _finish(report: Any, out: Path, name: str, lm: Any, data: Path | None, **extra: Any) -> None:
+def _finish(report: Report, out: Path, name: str, lm: LM, data: Path | None, **extra: Any) -> None:
     report.write(out, name)
     write_manifest(out, lm, data_hash=file_hash(data) if data is not None else "", **extra)
 
@@ -69,7 +87,7 @@ def _finish(report: Any, out: Path, name: str, lm: Any, data: Path | None, **ext
 
 def _openings(path: Path | None) -> list[str]:
     import steerlab
-    from steerlab.demo_data import OPENINGS
+    from steerlab.data.demo import OPENINGS
 
     return steerlab.load_openings(path) if path else list(OPENINGS)
 
@@ -77,9 +95,12 @@ def _openings(path: Path | None) -> list[str]:
 PROMPT_MODE = typer.Option("prefix", help="prefix (before the opening / question) | system (a system turn).")
 
 
-def _prompt(text: str | None, mode: str) -> Any:
-    if text is None:
-        return None
+def _prompt(text: str | None, mode: str) -> Prompt | None:
+    """``--prompt TEXT`` as a :class:`~steerlab.evaluate.prompting.Prompt` (``None`` without one)."""
+    return None if text is None else _make_prompt(text, mode)
+
+
+def _make_prompt(text: str, mode: str) -> Prompt:
     from steerlab.errors import SteeringSpecError
     from steerlab.evaluate.prompting import Prompt
 
@@ -98,22 +119,26 @@ def _prompt_only_coefs(vector: Path | None, coefs: list[float]) -> list[float]:
 
 @eval_app.command("sentiment")
 def eval_sentiment(
-    vector: Path | None = typer.Option(None, "--vector", "-v", callback=existing_path,
-                                       help="Vector folder or .gguf (none: --prompt alone)."),
+    vector: Path | None = typer.Option(
+        None, "--vector", "-v", callback=existing_path, help="Vector folder or .gguf (none: --prompt alone)."
+    ),
     out: Path = OUT,
     model: str = MODEL,
-    openings: Path | None = typer.Option(None, callback=existing_path,
-                                         help="Sentence openings (JSON list or text lines); default built-in."),
+    openings: Path | None = typer.Option(
+        None, callback=existing_path, help="Sentence openings (JSON list or text lines); default built-in."
+    ),
     coefs: str = typer.Option("-1,0,1", help="Coefficients, e.g. -1,0,1."),
     layers: str | None = typer.Option(None, callback=layers_option, help="Use only these layers of the vector."),
     positions: str = typer.Option("all", callback=positions_option, help="all|prompt|generated|START:END."),
     max_new_tokens: int = typer.Option(24, min=1),
-    scorer: str = typer.Option("vader", callback=model_option,
-                               help="'vader' or a text-classification model folder / hub id."),
+    scorer: str = typer.Option(
+        "vader", callback=model_option, help="'vader' or a text-classification model folder / hub id."
+    ),
     limit: int | None = typer.Option(None, min=1, help="Use the first N openings."),
     batch_size: int = typer.Option(32, min=1),
-    prompt: str | None = typer.Option(None, callback=text_option,
-                                      help="Prompting: text put before every opening (end it with a space)."),
+    prompt: str | None = typer.Option(
+        None, callback=text_option, help="Prompting: text put before every opening (end it with a space)."
+    ),
     prompt_mode: str = PROMPT_MODE,
     chat: bool = typer.Option(False, help="Render each opening as a chat user turn (needed for --prompt-mode system)."),
 ) -> None:
@@ -134,10 +159,20 @@ def eval_sentiment(
 
         items = _openings(openings)[:limit]  # data first: bad data fails before the model loads
         lm, vec = _load(model, vector)
-        rep = sentiment_shift(lm, vec, items, coefficients=coef_list,
-                              layers=resolve_layers(layers, lm) if layers else None,
-                              positions=parse_positions(positions), max_new_tokens=max_new_tokens, scorer=scorer,
-                              batch_size=batch_size, progress=progress_flag(), prompt=instruction, chat=chat)
+        rep = sentiment_shift(
+            lm,
+            vec,
+            items,
+            coefficients=coef_list,
+            layers=resolve_layers(layers, lm) if layers else None,
+            positions=parse_positions(positions),
+            max_new_tokens=max_new_tokens,
+            scorer=scorer,
+            batch_size=batch_size,
+            progress=progress_flag(),
+            prompt=instruction,
+            chat=chat,
+        )
         _finish(rep, out, "sentiment", lm, openings, coefficients=coef_list)
 
     run(body)
@@ -145,10 +180,12 @@ def eval_sentiment(
 
 @eval_app.command("behavior")
 def eval_behavior(
-    vector: Path | None = typer.Option(None, "--vector", "-v", callback=existing_path,
-                                       help="Vector folder or .gguf (none: --prompt alone)."),
-    items: Path = typer.Option(..., callback=existing_path,
-                               help="CAA A/B items (test_dataset_ab.json) or mmlu.json / truthful_qa.json."),
+    vector: Path | None = typer.Option(
+        None, "--vector", "-v", callback=existing_path, help="Vector folder or .gguf (none: --prompt alone)."
+    ),
+    items: Path = typer.Option(
+        ..., callback=existing_path, help="CAA A/B items (test_dataset_ab.json) or mmlu.json / truthful_qa.json."
+    ),
     out: Path = OUT,
     model: str = MODEL,
     coefs: str = typer.Option("-1,0,1", help="Coefficients, e.g. -1,0,1."),
@@ -156,8 +193,9 @@ def eval_behavior(
     layers: str | None = typer.Option(None, callback=layers_option, help="Use only these layers of the vector."),
     limit: int | None = typer.Option(None, min=1, help="Use the first N items."),
     batch_size: int = typer.Option(16, min=1),
-    prompt: str | None = typer.Option(None, callback=text_option,
-                                      help="Prompting: text before every question, or the system turn."),
+    prompt: str | None = typer.Option(
+        None, callback=text_option, help="Prompting: text before every question, or the system turn."
+    ),
     prompt_mode: str = PROMPT_MODE,
 ) -> None:
     """CAA A/B evaluation: p(matching) / (p(A)+p(B)) with the answer primed by '(' at each coefficient.
@@ -172,77 +210,92 @@ def eval_behavior(
     instruction = _prompt(prompt, prompt_mode)
 
     def body() -> None:
-        from steerlab.evaluate.behavior import behavior_eval, load_ab_items
+        from steerlab.data.ab import load_ab_items
+        from steerlab.evaluate.behavior import behavior_eval
 
         data = load_ab_items(items, limit=limit)
         lm, vec = _load(model, vector)
-        rep = behavior_eval(lm, vec, data, coefficients=coef_list,
-                            layers=resolve_layers(layers, lm) if layers else None,
-                            batch_size=batch_size, progress=progress_flag(), name=items.parent.name,
-                            prompt=instruction)
+        rep = behavior_eval(
+            lm,
+            vec,
+            data,
+            coefficients=coef_list,
+            layers=resolve_layers(layers, lm) if layers else None,
+            batch_size=batch_size,
+            progress=progress_flag(),
+            name=items.parent.name,
+            prompt=instruction,
+        )
         _finish(rep, out, "behavior", lm, items, coefficients=coef_list)
 
     run(body)
 
 
-def _offtarget(vector: Path, texts: Path, out: Path, model: str, coefs: str, layers: str | None, limit: int | None,
-               name: str) -> None:
-    coef_list = parse_float_list(coefs)
-
-    def body() -> None:
-        import steerlab
-        from steerlab.evaluate.cost import offtarget_cost
-
-        neutral = steerlab.load_texts(texts, limit=limit)
-        lm, vec = _load(model, vector)
-        rep = offtarget_cost(lm, vec, neutral, coefficients=coef_list,
-                             layers=resolve_layers(layers, lm) if layers else None, progress=progress_flag())
-        _finish(rep, out, name, lm, texts, coefficients=coef_list)
-
-    run(body)
-
-
-TEXTS = typer.Option(..., callback=existing_path,
-                     help="Neutral text: .txt lines, JSON list or CSV with a statement/text column.")
+TEXTS = typer.Option(
+    ..., callback=existing_path, help="Neutral text: .txt lines, JSON list or CSV with a statement/text column."
+)
 COST_COEFS = typer.Option("-4,-2,-1,0,1,2,4", help="Coefficients.")
 LAYERS = typer.Option(None, callback=layers_option, help="Use only these layers of the vector.")
 LIMIT_TEXTS = typer.Option(None, min=1, help="Use the first N texts.")
 
 
-@eval_app.command("cost")
-def eval_cost(
-    vector: Path = typer.Option(..., "--vector", "-v", callback=existing_path, help="Vector folder or .gguf."),
-    texts: Path = TEXTS,
-    out: Path = OUT,
-    model: str = MODEL,
-    coefs: str = COST_COEFS,
-    layers: str | None = LAYERS,
-    limit: int | None = LIMIT_TEXTS,
-) -> None:
-    """Off-target cost: perplexity of neutral text under steering and KL to the unsteered model.
+def _offtarget_command(name: str, doc: str) -> Callable[..., None]:
+    """The off-target cost command (:func:`steerlab.evaluate.cost.offtarget_cost`), writing
+    ``{name}.*``: registered as ``eval cost`` and under its older name, ``eval fluency``."""
+
+    def command(
+        vector: Path = typer.Option(..., "--vector", "-v", callback=existing_path, help="Vector folder or .gguf."),
+        texts: Path = TEXTS,
+        out: Path = OUT,
+        model: str = MODEL,
+        coefs: str = COST_COEFS,
+        layers: str | None = LAYERS,
+        limit: int | None = LIMIT_TEXTS,
+    ) -> None:
+        coef_list = parse_float_list(coefs)
+
+        def body() -> None:
+            import steerlab
+            from steerlab.evaluate.cost import offtarget_cost
+
+            neutral = steerlab.load_texts(texts, limit=limit)
+            lm, vec = _load(model, vector)
+            rep = offtarget_cost(
+                lm,
+                vec,
+                neutral,
+                coefficients=coef_list,
+                layers=resolve_layers(layers, lm) if layers else None,
+                progress=progress_flag(),
+            )
+            _finish(rep, out, name, lm, texts, coefficients=coef_list)
+
+        run(body)
+
+    command.__doc__ = doc
+    return command
+
+
+eval_app.command("cost")(
+    _offtarget_command(
+        "cost",
+        """Off-target cost: perplexity of neutral text under steering and KL to the unsteered model.
 
     Writes cost.json / .md / .png. `steerlab eval fluency` is the same command (it writes fluency.*).
 
     Example: steerlab eval cost --vector vectors/happy --texts facts.csv --out runs/cost
-    """
-    _offtarget(vector, texts, out, model, coefs, layers, limit, "cost")
-
-
-@eval_app.command("fluency")
-def eval_fluency(
-    vector: Path = typer.Option(..., "--vector", "-v", callback=existing_path, help="Vector folder or .gguf."),
-    texts: Path = TEXTS,
-    out: Path = OUT,
-    model: str = MODEL,
-    coefs: str = COST_COEFS,
-    layers: str | None = LAYERS,
-    limit: int | None = LIMIT_TEXTS,
-) -> None:
-    """Alias of `steerlab eval cost` (off-target perplexity and KL on neutral text); writes fluency.*.
+    """,
+    )
+)
+eval_app.command("fluency")(
+    _offtarget_command(
+        "fluency",
+        """Alias of `steerlab eval cost` (off-target perplexity and KL on neutral text); writes fluency.*.
 
     Example: steerlab eval fluency --vector vectors/happy --texts facts.csv --out runs/fluency
-    """
-    _offtarget(vector, texts, out, model, coefs, layers, limit, "fluency")
+    """,
+    )
+)
 
 
 def _sign(value: int) -> int:
@@ -251,7 +304,7 @@ def _sign(value: int) -> int:
     return value
 
 
-def _evaluation(kind: str) -> Any:
+def _evaluation(kind: str) -> Evaluation:
     from steerlab.errors import SteeringSpecError
     from steerlab.evaluate.protocol import get_evaluation
 
@@ -261,7 +314,7 @@ def _evaluation(kind: str) -> Any:
         raise typer.BadParameter(str(exc), param_hint="KIND") from None
 
 
-def _sweep_data(evaluation: Any, data: Path | None, limit: int | None) -> list[Any]:
+def _sweep_data(evaluation: Evaluation, data: Path | None, limit: int | None) -> list[Any]:
     if data is not None and evaluation.load is not None:
         items = list(evaluation.load(data))
     elif data is None and evaluation.default_data is not None:
@@ -275,33 +328,42 @@ def _sweep_data(evaluation: Any, data: Path | None, limit: int | None) -> list[A
 def sweep(
     kind: str = typer.Argument(..., help="The evaluation: sentiment | behavior | cost."),
     vector: Path = typer.Option(..., "--vector", "-v", callback=existing_path, help="Vector folder or .gguf."),
-    data: Path | None = typer.Option(None, callback=existing_path,
-                                     help="Openings (sentiment), A/B items (behavior) or texts (cost)."),
+    data: Path | None = typer.Option(
+        None, callback=existing_path, help="Openings (sentiment), A/B items (behavior) or texts (cost)."
+    ),
     out: Path = OUT,
     model: str = MODEL,
     coefs: str = typer.Option("-2,-1,0,1,2", help="Coefficients."),
-    layer_sets: str | None = typer.Option(None, callback=layer_sets_option,
-                                          help="Layer groups separated by ';', e.g. '8-11;12-15;16'. "
-                                               "Default: each layer of the vector alone."),
+    layer_sets: str | None = typer.Option(
+        None,
+        callback=layer_sets_option,
+        help="Layer groups separated by ';', e.g. '8-11;12-15;16'. Default: each layer of the vector alone.",
+    ),
     metric: str | None = typer.Option(None, help="Metric for the table and heat map."),
     limit: int | None = typer.Option(None, min=1, help="Use the first N items."),
     autotune: bool = typer.Option(False, "--autotune", help="Pick the best setting under --budget instead."),
     budget: float = typer.Option(1.3, callback=positive, help="Auto-tune: maximum perplexity ratio."),
     direction: int = typer.Option(1, callback=_sign, help="Auto-tune: +1 or -1 (which way to push the behaviour)."),
-    cost_texts: Path | None = typer.Option(None, callback=existing_path,
-                                           help="Auto-tune: neutral texts for the perplexity budget."),
+    cost_texts: Path | None = typer.Option(
+        None, callback=existing_path, help="Auto-tune: neutral texts for the perplexity budget."
+    ),
     max_new_tokens: int = typer.Option(24, min=1, help="Sentiment: tokens per continuation."),
-    workers: int | None = typer.Option(None, min=1, help="Run the layer sets on N Ray actors holding the model "
-                                       "(pip install steerlab\\[ray]); the grids are the same."),
-    ray_address: str | None = typer.Option(None, help="Join this Ray cluster (needs --workers); "
-                                           "default: the cluster Ray finds, else a local instance."),
+    workers: int | None = typer.Option(
+        None,
+        min=1,
+        help="Run the layer sets on N Ray actors holding the model "
+        "(pip install steerlab\\[ray]); the grids are the same.",
+    ),
+    ray_address: str | None = typer.Option(
+        None, help="Join this Ray cluster (needs --workers); default: the cluster Ray finds, else a local instance."
+    ),
 ) -> None:
     """Layer × coefficient grid of a metric (heat map), or --autotune under a perplexity budget.
 
     Example: steerlab sweep sentiment --vector vectors/happy --layer-sets '8-11;12-15' --coefs -1,0,1 --out runs/sw
     """
     if ray_address is not None and workers is None:
-        raise typer.BadParameter("--ray-address needs --workers N (how many Ray actors to start)")
+        executor_for(workers, ray_address)  # refuses --ray-address without --workers
     coef_list = parse_float_list(coefs)
     evaluation = _evaluation(kind)
 
@@ -314,19 +376,16 @@ def sweep(
         neutral = steerlab.load_texts(cost_texts) if cost_texts else None
         lm, vec = _load(model, vector)
         extra: dict[str, Any] = {"max_new_tokens": max_new_tokens} if accepts(evaluation, "max_new_tokens") else {}
-        extra.update(workers=workers, ray_address=ray_address)
-        rep: Any
+        extra["executor"] = executor_for(workers, ray_address)
+        extra.update(coefficients=coef_list, layer_sets=resolve_layer_sets(layer_sets, lm), progress=progress_flag())
+        rep: Report
         if autotune:
-            rep = sweep_mod.autotune(lm, vec, evaluation, items, coefficients=coef_list,
-                                     layer_sets=resolve_layer_sets(layer_sets, lm), budget=budget,
-                                     direction=direction,
-                                     cost_texts=neutral,
-                                     progress=progress_flag(), **extra)
+            rep = sweep_mod.autotune(
+                lm, vec, evaluation, items, budget=budget, direction=direction, cost_texts=neutral, **extra
+            )
             name = "autotune"
         else:
-            rep = sweep_mod.sweep(lm, vec, evaluation, items, coefficients=coef_list,
-                                  layer_sets=resolve_layer_sets(layer_sets, lm), metric=metric,
-                                  progress=progress_flag(), **extra)
+            rep = sweep_mod.sweep(lm, vec, evaluation, items, metric=metric, **extra)
             name = f"sweep_{evaluation.name}"
         _finish(rep, out, name, lm, data, coefficients=coef_list)
 
@@ -349,19 +408,26 @@ def _named_vectors(specs: list[str]) -> dict[str, Path]:
     return out
 
 
-def _sets_for(vec: Any, name: str, sets: list[list[int]] | None) -> list[list[int]] | None:
+def _sets_for(vec: SteeringVector, name: str, sets: list[list[int]] | None) -> list[list[int]] | None:
     """The layer sets a vector has every layer of (all of them when none were given)."""
     if sets is None:
         return None
     fit = [s for s in sets if set(s) <= set(vec.layers)]
     if not fit:
-        raise typer.BadParameter(f"none of the layer sets {sets} fits vector {name!r} (layers {vec.layers})",
-                                 param_hint="--layer-sets")
+        raise typer.BadParameter(
+            f"none of the layer sets {sets} fits vector {name!r} (layers {vec.layers})", param_hint="--layer-sets"
+        )
     return fit
 
 
-def _contenders(vecs: dict[str, Any], coefs: list[float], sets: list[list[int]] | None, positive: list[Any],
-                negative: list[Any], combine: list[str]) -> list[Any]:
+def _contenders(
+    vecs: dict[str, SteeringVector],
+    coefs: list[float],
+    sets: list[list[int]] | None,
+    positive: list[Prompt],
+    negative: list[Prompt],
+    combine: list[str],
+) -> list[Contender]:
     from steerlab.evaluate.frontier import Contender
 
     out = [Contender.steering(name, vec, coefs, layer_sets=_sets_for(vec, name, sets)) for name, vec in vecs.items()]
@@ -372,8 +438,16 @@ def _contenders(vecs: dict[str, Any], coefs: list[float], sets: list[list[int]] 
             raise typer.BadParameter(f"--combine {name!r}: no --vector of that name ({', '.join(vecs)})")
         if not (positive or negative):
             raise typer.BadParameter("--combine needs --positive-prompt / --negative-prompt")
-        out.append(Contender.combined(f"prompting+{name}", vecs[name], coefs, positive=positive, negative=negative,
-                                      layer_sets=_sets_for(vecs[name], name, sets)))
+        out.append(
+            Contender.combined(
+                f"prompting+{name}",
+                vecs[name],
+                coefs,
+                positive=positive,
+                negative=negative,
+                layer_sets=_sets_for(vecs[name], name, sets),
+            )
+        )
     return out
 
 
@@ -382,17 +456,23 @@ def eval_frontier(
     out: Path = OUT,
     vector: list[str] = typer.Option([], "--vector", "-v", help="NAME=PATH of a vector (repeat for each method)."),
     model: str = MODEL,
-    openings: Path | None = typer.Option(None, callback=existing_path,
-                                         help="Sentence openings (JSON list or text lines); default built-in."),
+    openings: Path | None = typer.Option(
+        None, callback=existing_path, help="Sentence openings (JSON list or text lines); default built-in."
+    ),
     limit: int | None = typer.Option(None, min=1, help="Use the first N openings."),
     coefs: str = typer.Option("0.5,1,2", help="Coefficient magnitudes (each direction applies its sign)."),
-    layer_sets: str | None = typer.Option(None, callback=layer_sets_option,
-                                          help="Layer groups separated by ';' (each vector uses those it has). "
-                                               "Default: all of a vector's layers together."),
-    positive_prompt: list[str] = typer.Option([], callback=text_option,
-                                              help="Prompting toward positive sentiment (repeatable)."),
-    negative_prompt: list[str] = typer.Option([], callback=text_option,
-                                              help="Prompting toward negative sentiment (repeatable)."),
+    layer_sets: str | None = typer.Option(
+        None,
+        callback=layer_sets_option,
+        help="Layer groups separated by ';' (each vector uses those it has). "
+        "Default: all of a vector's layers together.",
+    ),
+    positive_prompt: list[str] = typer.Option(
+        [], callback=text_option, help="Prompting toward positive sentiment (repeatable)."
+    ),
+    negative_prompt: list[str] = typer.Option(
+        [], callback=text_option, help="Prompting toward negative sentiment (repeatable)."
+    ),
     prompt_mode: str = PROMPT_MODE,
     combine: list[str] = typer.Option([], help="Also run this --vector NAME together with the prompts (repeatable)."),
     budget: float = typer.Option(1.15, callback=positive, help="Largest continuation perplexity ratio."),
@@ -410,8 +490,8 @@ def eval_frontier(
     """
     coef_list = parse_float_list(coefs)
     named = _named_vectors(vector)
-    positive_prompts = [_prompt(t, prompt_mode) for t in positive_prompt]
-    negative_prompts = [_prompt(t, prompt_mode) for t in negative_prompt]
+    positive_prompts = [_make_prompt(t, prompt_mode) for t in positive_prompt]
+    negative_prompts = [_make_prompt(t, prompt_mode) for t in negative_prompt]
     if not named and not (positive_prompts or negative_prompts):
         raise typer.BadParameter("give at least one --vector or prompt")
 
@@ -425,11 +505,20 @@ def eval_frontier(
         vecs = {name: load_vector(path, lm) for name, path in named.items()}
         for vec in vecs.values():
             vec.check_model(lm)
-        contenders = _contenders(vecs, coef_list, resolve_layer_sets(layer_sets, lm), positive_prompts,
-                                 negative_prompts, combine)
-        rep = frontier(lm, contenders, openings_list, budget=budget,
-                       goal={1: goal_positive, -1: goal_negative}, seed=seed, progress=progress_flag(),
-                       max_new_tokens=max_new_tokens, batch_size=batch_size)
+        contenders = _contenders(
+            vecs, coef_list, resolve_layer_sets(layer_sets, lm), positive_prompts, negative_prompts, combine
+        )
+        rep = frontier(
+            lm,
+            contenders,
+            openings_list,
+            budget=budget,
+            goal={1: goal_positive, -1: goal_negative},
+            seed=seed,
+            progress=progress_flag(),
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
         _finish(rep, out, "frontier", lm, openings, coefficients=coef_list)
 
     run(body)
@@ -462,7 +551,7 @@ def analyze_pca(
         lm, _ = _load(model)
         at = resolve_layer(layer, lm, "--layer")
         assert at is not None
-        rep: Any
+        rep: Report
         if contrast is not None:
             rep = contrast_pca(lm, contrast, at, n_components=components, center=center, progress=progress_flag())
         else:
@@ -493,8 +582,7 @@ def analyze_projection(
 
         data = steerlab.load_pairs(pairs)
         lm, vec = _load(model, vector)
-        rep = projection(lm, data, vec, layers=resolve_layers(layers, lm) if layers else None,
-                         progress=progress_flag())
+        rep = projection(lm, data, vec, layers=resolve_layers(layers, lm) if layers else None, progress=progress_flag())
         _finish(rep, out, "projection", lm, pairs)
 
     run(body)
@@ -502,8 +590,9 @@ def analyze_projection(
 
 @analyze_app.command("similarity")
 def analyze_similarity(
-    vectors: list[Path] = typer.Argument(..., callback=existing_path,
-                                         help="One vector (across its layers) or several (between them)."),
+    vectors: list[Path] = typer.Argument(
+        ..., callback=existing_path, help="One vector (across its layers) or several (between them)."
+    ),
     out: Path = OUT,
     layer: int | None = typer.Option(None, help="Compare several vectors at this layer (default: mean)."),
 ) -> None:
@@ -521,8 +610,7 @@ def analyze_similarity(
         lacking = [name for name, v in vecs.items() if layer is not None and layer not in v.directions]
         if lacking:
             raise typer.BadParameter(f"vector(s) {lacking} have no direction at layer {layer}", param_hint="--layer")
-        rep = (layer_similarity(next(iter(vecs.values())))
-               if len(vecs) == 1 else vector_similarity(vecs, layer=layer))
+        rep = layer_similarity(next(iter(vecs.values()))) if len(vecs) == 1 else vector_similarity(vecs, layer=layer)
         rep.write(out, "similarity")
         write_manifest(out, None)
         emit(rep.to_dict(), lambda: console.print(rep.to_markdown()))
@@ -551,10 +639,14 @@ def analyze_breakdown(
 
         neutral = steerlab.load_texts(texts, limit=limit)
         lm, vec = _load(model, vector)
-        rep = breakdown_curve(lm, vec, neutral,
-                              coefficients=parse_float_list(coefs) if coefs else None,
-                              layers=resolve_layers(layers, lm) if layers else None, progress=progress_flag())
+        rep = breakdown_curve(
+            lm,
+            vec,
+            neutral,
+            coefficients=parse_float_list(coefs) if coefs else None,
+            layers=resolve_layers(layers, lm) if layers else None,
+            progress=progress_flag(),
+        )
         _finish(rep, out, "breakdown", lm, texts)
 
     run(body)
-

@@ -8,7 +8,6 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from . import app
 from .common import (
     FLAGS,
     console,
@@ -25,35 +24,42 @@ from .common import (
     status,
     text_option,
 )
+from .operator_options import OPERATOR_HELP, PARAMETER_HELP, make_operators, operator_option, parameter_option
+from .root import app
 
 
 @app.command()
 def demo(
-    model: str = typer.Option("default", "--model", "-m", callback=model_option,
-                              help="'default', a folder, a .gguf file or a hub id."),
+    model: str = typer.Option(
+        "default", "--model", "-m", callback=model_option, help="'default', a folder, a .gguf file or a hub id."
+    ),
     positive: str = typer.Option("happy", callback=text_option, help="Persona of the positive side."),
     negative: str = typer.Option("sad", callback=text_option, help="Persona of the negative side."),
-    layers: str | None = typer.Option(None, callback=layers_option,
-                                      help="Override the packaged setting's layers, e.g. 8-19 or 8,10,12."),
-    coef: float | None = typer.Option(None, callback=finite,
-                                      help="Override the packaged setting's coefficients (shown as +coef and -coef)."),
+    layers: str | None = typer.Option(
+        None, callback=layers_option, help="Override the packaged setting's layers, e.g. 8-19 or 8,10,12."
+    ),
+    coef: float | None = typer.Option(
+        None, callback=finite, help="Override the packaged setting's coefficients (shown as +coef and -coef)."
+    ),
     max_new_tokens: int = typer.Option(24, min=1, help="Tokens to generate per prompt."),
 ) -> None:
     """Build a 'happy − sad' vector on the default model and show baseline vs steered text.
 
     The method, layers and coefficient of each direction come from the packaged demo setting
-    (steerlab/demo_setting.json: the strongest setting a frontier run found within its budget);
+    (steerlab/data/demo_setting.json: the strongest setting a frontier run found within its budget);
     the output states it.
 
     Example: steerlab demo --coef 1.5
     """
     import steerlab
-    from steerlab.demo_data import DEMO_PROMPTS, OPENINGS
-    from steerlab.demo_setting import DirectionSetting, load_demo_setting
+    from steerlab.data.demo import DEMO_PROMPTS, OPENINGS
+    from steerlab.data.demo_setting import DirectionSetting, load_demo_setting
 
     if positive.strip() == negative.strip():
-        raise typer.BadParameter(f"--positive and --negative are the same persona ({positive!r}): the vector would "
-                                 "be zero", param_hint="--negative")
+        raise typer.BadParameter(
+            f"--positive and --negative are the same persona ({positive!r}): the vector would be zero",
+            param_hint="--negative",
+        )
     setting = load_demo_setting()
     source = setting.source if layers is None and coef is None else f"{setting.source}; overridden on the command line"
 
@@ -63,16 +69,21 @@ def demo(
         chosen = dict(setting.directions)
         if layers is not None or coef is not None:
             override = None if layers is None else tuple(resolve_layers(layers, lm))
-            chosen = {d: DirectionSetting(s.method, override or s.layers,
-                                          s.coefficient if coef is None else d * abs(coef)) for d, s in chosen.items()}
+            chosen = {
+                d: DirectionSetting(s.method, override or s.layers, s.coefficient if coef is None else d * abs(coef))
+                for d, s in chosen.items()
+            }
         pairs = steerlab.persona_pairs(positive, negative, list(OPENINGS))
         vectors = {}
         for d, s in chosen.items():
             with status(f"extracting '{positive} − {negative}' ({s.method}, layers {list(s.layers)})"):
                 vectors[d] = _demo_vector(steerlab, lm, pairs, s.method, list(s.layers))
         prompts = list(DEMO_PROMPTS)
-        rows = [None, steerlab.Steering(vectors[1], chosen[1].coefficient),
-                steerlab.Steering(vectors[-1], chosen[-1].coefficient)]
+        rows = [
+            None,
+            steerlab.Steering(vectors[1], chosen[1].coefficient),
+            steerlab.Steering(vectors[-1], chosen[-1].coefficient),
+        ]
         with status("generating baseline and steered continuations in one batch"):
             flat = steerlab.generate(
                 lm,
@@ -82,8 +93,13 @@ def demo(
             )
         used = {"positive": chosen[1].label, "negative": chosen[-1].label, "source": source}
         results: list[dict[str, Any]] = [
-            {"prompt": p, "baseline": flat[3 * i], "positive": flat[3 * i + 1], "negative": flat[3 * i + 2],
-             "setting": used}
+            {
+                "prompt": p,
+                "baseline": flat[3 * i],
+                "positive": flat[3 * i + 1],
+                "negative": flat[3 * i + 2],
+                "setting": used,
+            }
             for i, p in enumerate(prompts)
         ]
 
@@ -117,38 +133,53 @@ def _demo_vector(steerlab: Any, lm: Any, pairs: Any, method: str, layers: list[i
     name, _, rule = method.partition(":")
     vec = steerlab.extract(lm, pairs, method=name, layers=layers, progress=False)
     if rule:
-        from steerlab.methods.pca import reorient
+        from steerlab.extraction.methods.pca import reorient
 
         vec = reorient(vec, rule)
     norms = md.norms()
-    return steerlab.SteeringVector({k: v / v.norm() * norms[k] for k, v in vec.directions.items()}, vec.model_id,
-                                   vec.d_model, vec.n_layers, method=vec.method, data_hash=vec.data_hash,
-                                   meta={**vec.meta, "rescaled_to": "mean_diff norms"})
+    return steerlab.SteeringVector(
+        {k: v / v.norm() * norms[k] for k, v in vec.directions.items()},
+        vec.model_id,
+        vec.d_model,
+        vec.n_layers,
+        method=vec.method,
+        data_hash=vec.data_hash,
+        meta={**vec.meta, "rescaled_to": "mean_diff norms"},
+    )
 
 
 @app.command()
 def generate(
     prompts: list[str] = typer.Argument(..., callback=text_option, help="One or more prompts."),
-    model: str = typer.Option("default", "--model", "-m", callback=model_option,
-                              help="'default', a folder, a .gguf file or a hub id."),
-    vector: list[Path] = typer.Option([], "--vector", "-v", callback=existing_path,
-                                      help="Vector folder or .gguf (repeat to compose)."),
-    coef: list[float] = typer.Option([], "--coef", "-c", callback=finite,
-                                     help="Coefficient for each --vector, in order."),
+    model: str = typer.Option(
+        "default", "--model", "-m", callback=model_option, help="'default', a folder, a .gguf file or a hub id."
+    ),
+    vector: list[Path] = typer.Option(
+        [], "--vector", "-v", callback=existing_path, help="Vector folder or .gguf (repeat to compose)."
+    ),
+    coef: list[float] = typer.Option(
+        [], "--coef", "-c", callback=finite, help="Coefficient for each --vector, in order."
+    ),
     positions: list[str] = typer.Option(
-        [], "--positions", callback=positions_option,
+        [],
+        "--positions",
+        callback=positions_option,
         help="all|prompt|generated|START:END, one for all vectors or one each.",
     ),
+    operator: list[str] = typer.Option([], "--operator", callback=operator_option, help=OPERATOR_HELP),
+    operator_param: list[str] = typer.Option([], "--operator-param", callback=parameter_option, help=PARAMETER_HELP),
     condition: Path | None = typer.Option(
-        None, callback=existing_path,
+        None,
+        callback=existing_path,
         help="A condition folder (steerlab condition): steer only prompts that match it (CAST).",
     ),
     threshold: float | None = typer.Option(None, callback=finite, help="Override the condition's threshold."),
     relative: bool = typer.Option(
         False, "--relative", help="Coefficients are fractions of the residual norm at each layer (0.1 = 10 %)."
     ),
-    layers: str | None = typer.Option(None, callback=layers_option,
-                                      help="Steer only these layers of each vector, e.g. 10-14."),
+    layers: str | None = typer.Option(
+        None, callback=layers_option, help="Steer only these layers of each vector, e.g. 10-14."
+    ),
     compare: bool = typer.Option(False, "--compare", help="Also show the unsteered continuation."),
     chat: bool = typer.Option(False, "--chat", help="Apply the chat template to each prompt."),
     max_new_tokens: int = typer.Option(48, min=1, help="Tokens to generate (prompt + these must fit the context)."),
@@ -169,9 +200,10 @@ def generate(
         raise typer.BadParameter(f"{len(vector)} --vector but {len(coef)} --coef: give one --coef per --vector")
     if len(positions) not in (0, 1, len(vector)):
         raise typer.BadParameter("give one --positions for all vectors or one per --vector")
+    operators = make_operators(operator, operator_param, len(vector))
 
     def body() -> None:
-        from steerlab.condition import Condition
+        from steerlab.core.condition import Condition
 
         cond = Condition.load(condition, threshold=threshold) if condition is not None else None  # before the model
         with status(f"loading {model}"):
@@ -186,7 +218,12 @@ def generate(
             pos = parse_positions(positions[i] if len(positions) > 1 else positions[0]) if positions else None
             steerings.append(
                 steerlab.Steering(
-                    vec, coef[i] if coef else 1.0, layers=layer_list, positions=pos, condition=cond
+                    vec,
+                    coef[i] if coef else 1.0,
+                    layers=layer_list,
+                    positions=pos,
+                    operator=operators[i],
+                    condition=cond,
                 )
             )
         steering = steerlab.compose(*steerings) if steerings else None
@@ -205,8 +242,13 @@ def generate(
 
                 say(label, style="bold")
                 console.print(prompts[0], end="")
-                out = steerlab.generate(lm, texts, steering=s, max_new_tokens=max_new_tokens,
-                                        streamer=TextStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True))
+                out = steerlab.generate(
+                    lm,
+                    texts,
+                    steering=s,
+                    max_new_tokens=max_new_tokens,
+                    streamer=TextStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True),
+                )
             else:
                 with status(f"generating ({label})"):
                     out = steerlab.generate(lm, texts, steering=s, max_new_tokens=max_new_tokens)

@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 
 from ..limits import Limits
-from . import app
 from .common import (
     FLAGS,
     emit,
@@ -20,6 +19,7 @@ from .common import (
     status,
     warn,
 )
+from .root import app
 
 
 def _scheduler(value: str) -> str:
@@ -41,57 +41,85 @@ def _loopback(host: str) -> bool:
 
 @app.command()
 def serve(
-    model: str = typer.Option("default", "--model", "-m", callback=model_option,
-                              help="'default', a folder, a .gguf file or a hub id."),
+    model: str = typer.Option(
+        "default", "--model", "-m", callback=model_option, help="'default', a folder, a .gguf file or a hub id."
+    ),
     vectors: Path = typer.Option(Path("vectors"), "--vectors", help="The vector store directory (created if missing)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
     api_key: str | None = typer.Option(
-        None, "--api-key", envvar="STEERLAB_API_KEY", show_envvar=True,
+        None,
+        "--api-key",
+        envvar="STEERLAB_API_KEY",
+        show_envvar=True,
         help="Require 'Authorization: Bearer KEY' on every endpoint except /health and the page at /.",
     ),
     max_tokens: int = typer.Option(256, min=1, help="Most tokens one completion may ask for."),
     default_max_tokens: int = typer.Option(64, min=1, help="Tokens generated when a request gives no max_tokens."),
     max_prompt_tokens: int = typer.Option(2048, min=1, help="Longest prompt accepted, in tokens."),
-    max_coefficient: float = typer.Option(16.0, callback=non_negative,
-                                          help="Largest |coefficient| a steering entry may use."),
+    max_coefficient: float = typer.Option(
+        16.0, callback=non_negative, help="Largest |coefficient| a steering entry may use."
+    ),
     scheduler: str = typer.Option(
-        "continuous", callback=_scheduler,
+        "continuous",
+        callback=_scheduler,
         help="continuous: a request joins the running batch at the next step; batch: one batch at a time "
         "(a request arriving meanwhile waits for the whole batch).",
     ),
     max_batch: int = typer.Option(16, min=1, help="Most requests generated together."),
     max_queue: int = typer.Option(128, min=1, help="Most requests waiting for a batch; more get HTTP 429."),
     batch_wait_ms: float = typer.Option(
-        5.0, callback=non_negative,
+        5.0,
+        callback=non_negative,
         help="An idle server gathers a burst of requests until none arrived for this long (ms).",
     ),
-    timeout: float = typer.Option(120.0, "--timeout", callback=positive,
-                                  help="Seconds before an unfinished request is stopped (504)."),
-    max_request_mb: float = typer.Option(1.0, callback=positive,
-                                         help="Largest request body (uploads aside), in MiB; more get HTTP 413."),
+    timeout: float = typer.Option(
+        120.0, "--timeout", callback=positive, help="Seconds before an unfinished request is stopped (504)."
+    ),
+    max_request_mb: float = typer.Option(
+        1.0, callback=positive, help="Largest request body (uploads aside), in MiB; more get HTTP 413."
+    ),
     max_upload_mb: float = typer.Option(16.0, callback=positive, help="Largest vector upload, in MiB."),
-    max_score_tokens: int = typer.Option(Limits.max_score_tokens, min=1,
-                                         help="Most tokens of one text the cost endpoint scores "
-                                         "(prompt + continuation; also capped by the model's context)."),
+    max_score_tokens: int = typer.Option(
+        Limits.max_score_tokens,
+        min=1,
+        help="Most tokens of one text the cost endpoint scores "
+        "(prompt + continuation; also capped by the model's context).",
+    ),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
     threads: int | None = typer.Option(None, min=1, help="torch intra-op threads (default: torch's choice)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
-    engine: str = typer.Option("transformers", help="transformers (steerlab generates) or vllm (a vLLM server "
-                               "with a steering plugin generates; see docs/vllm.md)."),
-    vllm_url: str | None = typer.Option(None, help="--engine vllm: the vLLM server, e.g. http://127.0.0.1:8001 "
-                                        "(default: a vllm.LLM in this process)."),
-    vllm_plugin: str = typer.Option("vllm-lens", help="--engine vllm: the plugin installed in vLLM: vllm-lens or "
-                                    "hotwire."),
-    vllm_model: str | None = typer.Option(None, help="--engine vllm: the model name vLLM serves (default: asked "
-                                          "from its /v1/models; in process: --model's checkpoint)."),
-    vllm_api_key: str | None = typer.Option(None, envvar="VLLM_API_KEY", show_envvar=True,
-                                            help="--engine vllm: vLLM's --api-key, if it has one."),
-    hotwire_vectors: Path | None = typer.Option(None, help="--vllm-plugin hotwire: the HOTWIRE_VECTORS directory, "
-                                                "if visible here (each request's vectors are checked to be "
-                                                "exported and current)."),
-    hotwire_slots: int | None = typer.Option(None, min=1, help="--vllm-plugin hotwire: vLLM's HOTWIRE_SLOTS "
-                                             "(requests that would overflow hotwire's slot bank are refused)."),
+    engine: str = typer.Option(
+        "transformers",
+        help="transformers (steerlab generates) or vllm (a vLLM server "
+        "with a steering plugin generates; see docs/vllm.md).",
+    ),
+    vllm_url: str | None = typer.Option(
+        None, help="--engine vllm: the vLLM server, e.g. http://127.0.0.1:8001 (default: a vllm.LLM in this process)."
+    ),
+    vllm_plugin: str = typer.Option(
+        "vllm-lens", help="--engine vllm: the plugin installed in vLLM: vllm-lens or hotwire."
+    ),
+    vllm_model: str | None = typer.Option(
+        None,
+        help="--engine vllm: the model name vLLM serves (default: asked "
+        "from its /v1/models; in process: --model's checkpoint).",
+    ),
+    vllm_api_key: str | None = typer.Option(
+        None, envvar="VLLM_API_KEY", show_envvar=True, help="--engine vllm: vLLM's --api-key, if it has one."
+    ),
+    hotwire_vectors: Path | None = typer.Option(
+        None,
+        help="--vllm-plugin hotwire: the HOTWIRE_VECTORS directory, "
+        "if visible here (each request's vectors are checked to be "
+        "exported and current).",
+    ),
+    hotwire_slots: int | None = typer.Option(
+        None,
+        min=1,
+        help="--vllm-plugin hotwire: vLLM's HOTWIRE_SLOTS "
+        "(requests that would overflow hotwire's slot bank are refused).",
+    ),
 ) -> None:
     """Serve a model with an OpenAI-compatible API, steering vectors and a playground page.
 
@@ -131,13 +159,16 @@ def serve(
         factory = None
         with status(f"loading {model}"):
             if engine == "vllm":
-                from steerlab.model import resolve_model
+                from steerlab.models.load import resolve_model
                 from steerlab.serve.engines.vllm import VLLMOptions, engine_factory, load_shell
 
                 lm = load_shell(model)
                 source = None if vllm_url else str(resolve_model(model)[0])
-                factory = engine_factory(VLLMOptions(vllm_url, vllm_plugin, vllm_model or source, vllm_api_key,
-                                                     hotwire_vectors, hotwire_slots))
+                factory = engine_factory(
+                    VLLMOptions(
+                        vllm_url, vllm_plugin, vllm_model or source, vllm_api_key, hotwire_vectors, hotwire_slots
+                    )
+                )
             else:
                 lm = steerlab.load_model(model, device=device)
         api = create_app(lm, vectors, settings, engine=factory)
@@ -145,14 +176,27 @@ def serve(
         for name, why in store.skipped.items():
             warn(f"skipped {vectors / name}", why)
         if settings.api_key is None and not _loopback(host):
-            warn("warning", f"serving on {host} without an API key: anyone who can "
-                              "reach this port can use the model (set --api-key or STEERLAB_API_KEY)")
+            warn(
+                "warning",
+                f"serving on {host} without an API key: anyone who can "
+                "reach this port can use the model (set --api-key or STEERLAB_API_KEY)",
+            )
         url = f"http://{host}:{port}"
-        where = "" if factory is None else f" ({vllm_plugin}, {api.state.server.batcher.backend.description})"
-        info = {"url": url, "model": lm.model_id, "vectors": store.names(), "auth": settings.api_key is not None,
-                "engine": engine + where}
-        emit(info, lambda: say(f"serving {lm.model_id} with {len(store.names())} vector(s) from "
-                               f"{vectors} at {url} (playground: {url}/)"))
+        where = "" if factory is None else f" ({api.state.server.engine.description})"
+        info = {
+            "url": url,
+            "model": lm.model_id,
+            "vectors": store.names(),
+            "auth": settings.api_key is not None,
+            "engine": engine + where,
+        }
+        emit(
+            info,
+            lambda: say(
+                f"serving {lm.model_id} with {len(store.names())} vector(s) from "
+                f"{vectors} at {url} (playground: {url}/)"
+            ),
+        )
         uvicorn.run(api, host=host, port=port, log_level="warning" if FLAGS.quiet or FLAGS.json else log_level)
 
     run(body)

@@ -1,7 +1,8 @@
 """Ray plumbing: connect to (or start) Ray, and a pool of model-holding actors.
 
-Every actor loads the model once, by name (:class:`~steerlab.model.LoadSpec`, recorded by
-:func:`steerlab.load_model`); model objects are never shipped. A killed or crashed actor is
+Every actor loads the model once, by name (:class:`~steerlab.models.load.LoadSpec`, recorded by
+:func:`steerlab.load_model`); model objects are never shipped. An actor runs whatever task an
+executor sends it (:meth:`Worker.run`): it knows nothing of extraction or sweeps. A killed or crashed actor is
 restarted by Ray (``max_restarts``) and the call it was running is sent again
 (``max_task_retries``), so a shard or sweep setting is redone, never half-counted.
 
@@ -19,14 +20,19 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import SteeringError
-from ..model import LM, LoadSpec
+from ..models.load import LM, LoadSpec
 
 log = logging.getLogger("steerlab.distributed")
+
+S = TypeVar("S")
+J = TypeVar("J")
+R = TypeVar("R")
 
 MAX_RESTARTS = 3
 """How often Ray restarts a dead actor (and resends the call it was running)."""
@@ -62,10 +68,8 @@ def load_spec(lm: LM) -> LoadSpec:
     return lm.spec
 
 
-def check_workers(workers: int | None, ray_address: str | None) -> int:
+def check_workers(workers: int) -> int:
     """``workers`` as a positive int (a :class:`DistributedError` otherwise)."""
-    if workers is None:
-        raise DistributedError(f"ray_address={ray_address!r} needs workers=N: how many actors to start on the cluster")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise DistributedError(f"workers must be a positive number of Ray actors, not {workers!r}")
     return workers
@@ -126,12 +130,15 @@ def _check_room(ray: ModuleType, workers: int) -> None:
     if cpus < need:
         log.warning(
             "the Ray cluster has %g CPUs but %d workers reserve %d: the others wait until it grows "
-            "(ask for fewer workers, or add nodes)", cpus, workers, need
+            "(ask for fewer workers, or add nodes)",
+            cpus,
+            workers,
+            need,
         )
 
 
 class Worker:
-    """The body of a Ray actor: one loaded model, shards and sweep settings run on it."""
+    """The body of a Ray actor: one loaded model, every job an executor sends runs on it."""
 
     def __init__(self, spec: LoadSpec, threads: int = THREADS_PER_WORKER) -> None:
         import torch
@@ -143,18 +150,9 @@ class Worker:
         """The actor's process id (changes when Ray restarts it)."""
         return os.getpid()
 
-    def extract_shard(self, job: Any) -> Any:
-        """One shard of an extraction (:func:`steerlab.distributed.shards.run_shard`)."""
-        from .shards import run_shard
-
-        return run_shard(self.lm, job)
-
-    def evaluate(self, evaluation: Any, vector: Any, layers: list[int], data: list[Any],
-                 coefficients: list[float], options: dict[str, Any]) -> dict[str, list[float]]:
-        """One sweep setting (:func:`steerlab.evaluate.sweep.evaluate_setting`)."""
-        from ..evaluate.sweep import evaluate_setting
-
-        return evaluate_setting(evaluation, self.lm, vector, data, layers, coefficients, **options)
+    def run(self, task: Callable[[LM, S, J], R], shared: S, index: int, job: J) -> tuple[int, R]:
+        """``(index, task(model, shared, job))``: one job of :class:`~steerlab.distributed.RayExecutor`."""
+        return index, task(self.lm, shared, job)
 
 
 @dataclass
@@ -173,8 +171,11 @@ def actors(lm: LM, workers: int, address: str | None = None) -> list[Any]:
     key = repr((ray.get_runtime_context().get_job_id(), spec, workers))
     if _POOL.key != key:
         shutdown_pool()
-        options: dict[str, Any] = {"num_cpus": THREADS_PER_WORKER, "max_restarts": MAX_RESTARTS,
-                                   "max_task_retries": MAX_RESTARTS}
+        options: dict[str, Any] = {
+            "num_cpus": THREADS_PER_WORKER,
+            "max_restarts": MAX_RESTARTS,
+            "max_task_retries": MAX_RESTARTS,
+        }
         if spec.device == "cuda":
             options["num_gpus"] = 1
         remote = ray.remote(Worker)

@@ -25,12 +25,21 @@ Example:
 
 from __future__ import annotations
 
+from . import behavior, cost, sentiment
 from .frontier import Contender, FrontierReport, frontier
 from .prompting import Prompt
-from .protocol import Evaluation, MetricReport, get_evaluation, register
+from .protocol import Evaluation, MetricReport, get_evaluation, register, register_builtin
 from .report import IncompleteReportError, Report
 
+BUILTINS: tuple[Evaluation, ...] = (behavior.EVALUATION, cost.EVALUATION, sentiment.EVALUATION)
+"""The evaluations steerlab ships, registered here, where the package is assembled: each module
+declares its :class:`Evaluation`, and the registry (:mod:`~steerlab.evaluate.protocol`) imports none
+of them."""
+for _builtin in BUILTINS:
+    register_builtin(_builtin)
+
 __all__ = [
+    "BUILTINS",
     "Contender",
     "Evaluation",
     "FrontierReport",

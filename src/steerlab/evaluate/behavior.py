@@ -10,9 +10,10 @@ The protocol of CAA (Rimsky et al., "Steering Llama 2 via Contrastive Activation
   from where the assistant's answer begins (the ``"("`` and anything after it), never the question.
 
 Behaviour items (``question`` / ``answer_matching_behavior`` / ``answer_not_matching_behavior``)
-and capability items (MMLU / TruthfulQA: ``prompt`` / ``correct`` / ``incorrect``) are normalised
-into one :class:`ABItem`; for capability sets "positive" is the correct answer, so the same
-number reads as p(correct) and the share of items above 0.5 as accuracy.
+and capability items (MMLU / TruthfulQA: ``prompt`` / ``correct`` / ``incorrect``) are read by
+:mod:`steerlab.data.ab` into one :class:`~steerlab.data.ab.ABItem`; for capability sets
+"positive" is the correct answer, so the same number reads as p(correct) and the share of items
+above 0.5 as accuracy.
 
 All coefficients run in the same batches with per-row steering (rows = items × coefficients):
 one forward pass per batch, no generation.
@@ -25,6 +26,7 @@ so steering still starts where the assistant's answer begins.
 Example:
     >>> vec = behavior_vector(lm, CAA / "generate/sycophancy/generate_dataset.json",
     ...                       layers=[13], limit=200)  # doctest: +SKIP
+    >>> from steerlab.data.ab import load_ab_items
     >>> items = load_ab_items(CAA / "test/sycophancy/test_dataset_ab.json")  # doctest: +SKIP
     >>> report = behavior_eval(lm, vec, items, coefficients=(-1, 0, 1))  # doctest: +SKIP
     >>> print(report.to_markdown())  # doctest: +SKIP
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,122 +45,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import hf
-from ..data import ab_letters, caa_pairs, load_caa
-from ..engine import steer_rows
+from ..core.steering import Steering, SteeringLike
+from ..core.vector import SteeringVector
+from ..data.ab import ABItem, Record, as_ab_items, load_ab_items, load_caa
+from ..data.pairs import caa_pairs
 from ..errors import DatasetError, SteeringSpecError
-from ..extract import extract
+from ..extraction.extract import extract
 from ..limits import Limits
-from ..model import LM
+from ..models.load import LM
+from ..models.tokens import common_prefix_length, pad_id, pad_token_ids, position_ids
 from ..progress import track
-from ..readers import text_field
-from ..steering import Steering, SteeringLike
-from ..tokens import common_prefix_length, pad_id, pad_token_ids, position_ids
-from ..vector import SteeringVector
+from ..runtime.passes import forward
+from ..runtime.session import steer_rows
 from .prompting import Prompt, PromptLike, as_prompt
-from .protocol import Evaluation, register_builtin
+from .protocol import Evaluation
 from .report import Report, new_figure, save_figure
 from .stats import bootstrap_ci, resample_indices
 
 PRIME = "("
 """The assistant's answer starts with this; the next token is the answer letter."""
-
-
-# --------------------------------------------------------------------------- items
-@dataclass(frozen=True)
-class ABItem:
-    """One multiple-choice item: the question and the two letters compared.
-
-    Attributes:
-        prompt: the question with its ``(A)``/``(B)`` choices (the user turn).
-        positive_letter: the matching-behaviour letter (capability sets: the correct one).
-        negative_letter: the not-matching letter (capability sets: the incorrect one).
-        category: the behaviour name, or the record's ``category`` (MMLU subject, ...).
-
-    Example:
-        >>> ab_item({"question": "Q?\\n (A) yes\\n (B) no", "answer_matching_behavior": "(A)",
-        ...          "answer_not_matching_behavior": "(B)"}).positive_letter
-        'A'
-    """
-
-    prompt: str
-    positive_letter: str
-    negative_letter: str
-    category: str = ""
-
-
-_BEHAVIOR_KEYS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
-_CAPABILITY_KEYS = ("prompt", "correct", "incorrect")
-
-
-def ab_item(rec: Mapping[str, Any], index: int = 0, category: str = "", where: str = "") -> ABItem:
-    """Normalise one CAA behaviour record or MMLU / TruthfulQA record into an :class:`ABItem`.
-
-    Args:
-        rec: ``{question, answer_matching_behavior, answer_not_matching_behavior}`` or
-            ``{prompt, correct, incorrect[, category]}``.
-        index: the item's index, named in errors.
-        category: used when the record has no ``category`` of its own.
-        where: a prefix for error messages (e.g. the file).
-
-    Raises:
-        DatasetError: missing keys, or letters :func:`steerlab.data.ab_letters` rejects (an answer
-            without an ``(X)`` letter, a question that does not offer both letters as choices, or
-            the same letter on both sides).
-    """
-    at = f"{where} item {index}".strip()
-    if not isinstance(rec, Mapping):
-        raise DatasetError(f"{at}: expected an object, got {type(rec).__name__}")
-    if "question" in rec or "answer_matching_behavior" in rec:
-        keys = _BEHAVIOR_KEYS
-    elif "prompt" in rec or "correct" in rec:
-        keys = _CAPABILITY_KEYS
-    else:
-        raise DatasetError(
-            f"{at}: needs CAA keys {', '.join(_BEHAVIOR_KEYS)} or capability keys {', '.join(_CAPABILITY_KEYS)}"
-        )
-    missing = [k for k in keys if k not in rec]
-    if missing:
-        raise DatasetError(f"{at}: lacks {', '.join(repr(k) for k in missing)}")
-    prompt, pos_answer, neg_answer = (text_field(rec, k, at) for k in keys)
-    pos, neg = ab_letters(prompt, pos_answer, neg_answer, at)
-    cat = rec.get("category")
-    return ABItem(prompt, pos, neg, str(cat) if cat is not None else category)
-
-
-def ab_items(records: Sequence[Mapping[str, Any]], category: str = "", where: str = "") -> list[ABItem]:
-    """Normalise a list of records (see :func:`ab_item`); errors name the failing item's index."""
-    return [ab_item(rec, i, category, where) for i, rec in enumerate(records)]
-
-
-def load_ab_items(path: str | os.PathLike[str], limit: int | None = None) -> list[ABItem]:
-    """Read A/B items from a CAA ``test_dataset_ab.json`` / ``generate_dataset.json`` or from
-    ``mmlu.json`` / ``truthful_qa.json``, optionally only the first ``limit``.
-
-    Both spellings of the answer (``"(A)"`` and ``" (A)"``) and questions with more than two
-    options (survival-instinct) are accepted. The category of CAA items is the behaviour
-    (the file's folder name); capability items keep their own ``category``.
-
-    Example:
-        >>> items = load_ab_items(CAA / "test/refusal/test_dataset_ab.json", limit=4)  # doctest: +SKIP
-        >>> items[0].positive_letter, items[0].category  # doctest: +SKIP
-        ('B', 'refusal')
-
-    Raises:
-        DatasetError: missing file, not a JSON list, or a malformed item (named by its index).
-    """
-    p = Path(path)
-    records = load_caa(p, limit)
-    if not records:
-        raise DatasetError(f"{p}: holds no items")
-    return ab_items(records, category=p.parent.name, where=str(p))
-
-
-def _as_items(items: Sequence[ABItem | Mapping[str, Any]]) -> list[ABItem]:
-    out = [it if isinstance(it, ABItem) else ab_item(it, i) for i, it in enumerate(items)]
-    if not out:
-        raise DatasetError("no A/B items given")
-    return out
 
 
 # --------------------------------------------------------------------------- tokens
@@ -226,16 +131,6 @@ def _prepare(lm: LM, items: Sequence[ABItem], prompt: Prompt | None = None) -> l
     return out
 
 
-def _logits_kwargs(params: set[str]) -> dict[str, Any]:
-    """No KV cache, and only the last position's logits, when the model's forward supports it."""
-    out: dict[str, Any] = {"use_cache": False} if "use_cache" in params else {}
-    if "logits_to_keep" in params:
-        out["logits_to_keep"] = 1
-    elif "num_logits_to_keep" in params:
-        out["num_logits_to_keep"] = 1
-    return out
-
-
 def _read(
     lm: LM,
     prepared: Sequence[_Prepared],
@@ -254,18 +149,15 @@ def _read(
     order = sorted(range(n), key=lambda i: len(prepared[i].ids))
     chunks = [order[s : s + batch_size] for s in range(0, n, batch_size)]
     pad = pad_id(lm.tokenizer)
-    params = set(hf.forward_parameters(lm.model))
-    extra = _logits_kwargs(params)
     for chunk in track(chunks, "A/B read-out", enabled=progress):
         ids, mask = pad_token_ids([prepared[i].ids for i in chunk for _ in range(n_set)], pad, "left")
         lengths = torch.tensor([prepared[i].prompt_length for i in chunk for _ in range(n_set)], dtype=torch.long)
         row_steer: list[SteeringLike | None] = [settings[i][s] for i in chunk for s in range(n_set)]
         ids, mask = ids.to(lm.device), mask.to(lm.device)
-        kwargs = dict(extra)
-        if "position_ids" in params:  # left padding must not shift positions (absolute embeddings)
-            kwargs["position_ids"] = position_ids(mask)
+        # left padding must not shift positions (absolute embeddings); no cache, the last logits only
         with steer_rows(lm, row_steer, prompt_length=lengths.to(lm.device)), torch.inference_mode():
-            logits = lm.model(input_ids=ids, attention_mask=mask, **kwargs).logits[:, -1].double()
+            last = forward(lm, ids, mask, position_ids=position_ids(mask), use_cache=False, logits_to_keep=1)
+        logits = last.logits[:, -1].double()
         logp = torch.log_softmax(logits, dim=-1)
         pid = torch.tensor([prepared[i].positive_id for i in chunk for _ in range(n_set)], device=logp.device)
         nid = torch.tensor([prepared[i].negative_id for i in chunk for _ in range(n_set)], device=logp.device)
@@ -280,7 +172,7 @@ def _read(
 
 def ab_probabilities(
     lm: LM,
-    items: Sequence[ABItem | Mapping[str, Any]],
+    items: Sequence[ABItem | Record],
     steering: SteeringLike | Sequence[SteeringLike | None] | None = None,
     batch_size: int = 16,
     progress: bool | None = None,
@@ -302,7 +194,7 @@ def ab_probabilities(
         >>> ab_probabilities(lm, items, Steering(vec, 1.0, positions="generated"))  # doctest: +SKIP
         [0.71, 0.42, ...]
     """
-    ab = _as_items(items)
+    ab = as_ab_items(items)
     if isinstance(steering, (list, tuple)):
         if len(steering) != len(ab):
             raise SteeringSpecError(
@@ -474,7 +366,7 @@ def _points(vals: np.ndarray, coefficients: Sequence[float], n_bootstrap: int, s
 def behavior_eval(
     lm: LM,
     vector: SteeringVector | None,
-    items: Sequence[ABItem | Mapping[str, Any]] | str | os.PathLike[str],
+    items: Sequence[ABItem | Record] | str | os.PathLike[str],
     coefficients: Sequence[float] = (-1.0, 0.0, 1.0),
     *,
     layers: Sequence[int] | None = None,
@@ -495,7 +387,7 @@ def behavior_eval(
     Args:
         lm: the model.
         vector: the steering vector (e.g. from :func:`behavior_vector`).
-        items: :class:`ABItem` objects, raw records, or a path for :func:`load_ab_items`.
+        items: :class:`ABItem` objects, raw records, or a path for :func:`~steerlab.data.ab.load_ab_items`.
         coefficients: steering coefficients; ``0`` is the unsteered model.
         layers: the vector's layers to steer (default: all of them).
         batch_size: items per forward pass (each pass holds ``items × coefficients`` rows).
@@ -527,10 +419,9 @@ def behavior_eval(
     if isinstance(items, (str, os.PathLike)):
         ab, source = load_ab_items(items, limit), {"source": str(items)}
     else:
-        ab, source = _as_items(items)[:limit], {}
+        ab, source = as_ab_items(items)[:limit], {}
     steerings: list[SteeringLike | None] = [
-        None if c == 0.0 or vector is None else Steering(vector, c, layers=layers, positions="generated")
-        for c in coefs
+        None if c == 0.0 or vector is None else Steering(vector, c, layers=layers, positions="generated") for c in coefs
     ]
     vals = _read(lm, _prepare(lm, ab, instruction), [steerings] * len(ab), batch_size, progress)
     behavior = _name(ab, name)
@@ -545,15 +436,18 @@ def behavior_eval(
         "n_bootstrap": n_bootstrap,
         "seed": seed,
         "model_id": lm.model_id,
-        "vector": None if vector is None else {"method": vector.method, "model_id": vector.model_id,
-                                               "data_hash": vector.data_hash},
+        "vector": None
+        if vector is None
+        else {"method": vector.method, "model_id": vector.model_id, "data_hash": vector.data_hash},
         "prompt": None if instruction is None else instruction.describe(),
         **source,
         **({"limit": limit} if limit is not None else {}),
     }
     return BehaviorReport(
         title=f"CAA A/B {kind}: {behavior}" + ("" if instruction is None else f" with {instruction.label}"),
-        settings=settings, behavior=behavior, capability=capability,
+        settings=settings,
+        behavior=behavior,
+        capability=capability,
         points=_points(vals, coefs, n_bootstrap, seed),
         prompt=None if instruction is None else instruction.describe(),
     )
@@ -579,20 +473,19 @@ def capability_eval(
         >>> [p.above_half for p in r.points]  # doctest: +SKIP
         [0.41, 0.45, 0.44]
     """
-    return behavior_eval(lm, vector, path, coefficients, name=Path(path).stem, limit=limit, capability=True,
-                         **options)
+    return behavior_eval(lm, vector, path, coefficients, name=Path(path).stem, limit=limit, capability=True, **options)
 
 
-register_builtin(
-    Evaluation(
-        "behavior",
-        behavior_eval,
-        metrics=("p_matching", "above_half", "p_not_matching"),
-        data="CAA A/B items",
-        load=load_ab_items,
-        effect={1: "p_matching", -1: "p_not_matching"},
-    ),
+EVALUATION = Evaluation(
+    "behavior",
+    behavior_eval,
+    metrics=("p_matching", "above_half", "p_not_matching"),
+    data="CAA A/B items",
+    load=load_ab_items,
+    effect={1: "p_matching", -1: "p_not_matching"},
 )
+""":func:`behavior_eval` as the evaluation protocol sees it (registered as ``"behavior"`` by
+:mod:`steerlab.evaluate`)."""
 
 
 # --------------------------------------------------------------------------- vectors
@@ -612,5 +505,11 @@ def behavior_vector(
         >>> vec = behavior_vector(lm, CAA / "generate/sycophancy/generate_dataset.json",
         ...                       layers=[13], limit=200)  # doctest: +SKIP
     """
-    return extract(lm, caa_pairs(load_caa(Path(generate_path), limit)), method=method, layers=layers,
-                   batch_size=batch_size, progress=progress)
+    return extract(
+        lm,
+        caa_pairs(load_caa(Path(generate_path), limit)),
+        method=method,
+        layers=layers,
+        batch_size=batch_size,
+        progress=progress,
+    )

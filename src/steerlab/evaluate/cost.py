@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,48 +27,24 @@ from typing import Any
 
 import torch
 
-from .. import hf
-from ..capture import check_texts
-from ..data import load_texts
-from ..engine import steer
+from ..core.steering import Steering, SteeringLike, compose
+from ..core.vector import SteeringVector
+from ..data.texts import load_texts
 from ..errors import DatasetError, SteeringSpecError
-from ..generate import encode
-from ..model import LM
+from ..extraction.capture import check_texts
+from ..models.load import LM
 from ..progress import track
-from ..steering import Steering, SteeringLike, compose
-from ..vector import SteeringVector
+from ..runtime import hf
+from ..runtime.generate import encode
+from ..runtime.passes import hooked
+from ..runtime.score import predicting, score
+from .likelihood import TextStats, summed_kl, summed_nll
+from .prompted_cost import prompted_stats
 from .prompting import Prompt, PromptLike, as_prompt
-from .protocol import Evaluation, register_builtin
+from .protocol import Evaluation
 from .report import Report, new_figure, save_figure
 
 DEFAULT_COEFFICIENTS: tuple[float, ...] = (-4, -2, -1, 0, 1, 2, 4)
-
-
-@dataclass
-class TextStats:
-    """Perplexity (and KL to the unsteered model) of a set of texts under one steering.
-
-    Attributes:
-        perplexity: pooled perplexity of the texts under the (steered) model.
-        base_perplexity: pooled perplexity under the unsteered model (equal to ``perplexity``
-            when no steering was given).
-        kl: mean per-token ``KL(unsteered || steered)`` in nats; ``None`` without a steering.
-        n_texts: texts scored.
-        n_tokens: predicted tokens scored (real tokens after the first of each text).
-        skipped: texts left out because they have fewer than 2 tokens.
-    """
-
-    perplexity: float
-    base_perplexity: float
-    kl: float | None
-    n_texts: int
-    n_tokens: int
-    skipped: int = 0
-
-    @property
-    def ppl_ratio(self) -> float:
-        """``perplexity / base_perplexity``."""
-        return self.perplexity / self.base_perplexity if self.base_perplexity else float("nan")
 
 
 def _is_noop(steering: SteeringLike | None) -> bool:
@@ -91,22 +66,6 @@ def _prepare(lm: LM, texts: Sequence[str]) -> tuple[list[str], int]:
         raise DatasetError(f"all {len(texts)} texts are shorter than 2 tokens: nothing to score")
     kept.sort(key=lambda item: item[0])
     return [t for _, t in kept], skipped
-
-
-def _predicted_logprobs(lm: LM, input_ids: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """float32 log-probabilities ``[N, vocab]`` of the real predicted positions (``valid``)."""
-    logits = lm.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
-    return torch.log_softmax(logits[:, :-1][valid].float(), dim=-1)
-
-
-def _nll(logp: torch.Tensor, targets: torch.Tensor) -> float:
-    return float(-logp.gather(-1, targets.unsqueeze(-1)).sum())
-
-
-def _kl_sum(base: torch.Tensor, steered: torch.Tensor) -> float:
-    """Summed ``KL(base || steered)`` over positions (rows of log-probabilities)."""
-    per_pos = (base.exp() * (base - steered)).sum(-1)
-    return float(per_pos.clamp_min(0.0).sum())
 
 
 def run_stats(
@@ -151,39 +110,26 @@ def run_stats(
 
     for rows in track(batches, "scoring texts", enabled=progress if len(batches) > 1 else False):
         input_ids, mask = encode(lm, [kept[i] for i in rows], padding_side="right")
-        valid = mask[:, 1:] > 0  # position t predicts token t + 1, which must be real
+        valid = predicting(mask)  # position t predicts token t + 1, which must be real
         targets = input_ids[:, 1:][valid]
         counted = mask > 0
         if norm_skip_first:
             counted[:, 0] = False  # right padding: column 0 is each text's first token
-        handles = [lm.blocks[layer].register_forward_hook(make_hook(layer, counted)) for layer in norm_layers]
-        try:
-            with torch.inference_mode():
-                base = _predicted_logprobs(lm, input_ids, mask, valid)
-        finally:
-            for handle in handles:
-                handle.remove()
+        with hooked(lm, {layer: make_hook(layer, counted) for layer in norm_layers}), torch.inference_mode():
+            base = score(lm, input_ids, mask, valid)
         norm_count += int(counted.sum())
-        base_nll += _nll(base, targets)
+        base_nll += summed_nll(base, targets)
         n_tokens += int(valid.sum())
         for k, steering in enumerate(steerings):
             if _is_noop(steering):
-                nll[k] += _nll(base, targets)
+                nll[k] += summed_nll(base, targets)
                 continue
-            with steer(lm, steering), torch.inference_mode():
-                steered = _predicted_logprobs(lm, input_ids, mask, valid)
-            nll[k] += _nll(steered, targets)
-            kl[k] += _kl_sum(base, steered)
-    base_ppl = math.exp(base_nll / n_tokens)
+            with torch.inference_mode():
+                steered = score(lm, input_ids, mask, valid, steering=steering)
+            nll[k] += summed_nll(steered, targets)
+            kl[k] += summed_kl(base, steered)
     stats = [
-        TextStats(
-            perplexity=math.exp(nll[k] / n_tokens),
-            base_perplexity=base_ppl,
-            kl=None if steerings[k] is None else kl[k] / n_tokens,
-            n_texts=len(kept),
-            n_tokens=n_tokens,
-            skipped=skipped,
-        )
+        TextStats.pooled(nll[k], base_nll, None if steerings[k] is None else kl[k], len(kept), n_tokens, skipped)
         for k in range(n)
     ]
     norms = {layer: s / norm_count if norm_count else float("nan") for layer, s in norm_sum.items()}
@@ -336,8 +282,18 @@ def offtarget_cost(
     coefs = [float(c) for c in coefficients]
     instruction = as_prompt(prompt)
     if vector is None or instruction is not None:
-        return _prompted_cost(lm, vector, texts, coefs, instruction, layers=layers, positions=positions,
-                              operator=operator, batch_size=batch_size, progress=progress)
+        return _prompted_cost(
+            lm,
+            vector,
+            texts,
+            coefs,
+            instruction,
+            layers=layers,
+            positions=positions,
+            operator=operator,
+            batch_size=batch_size,
+            progress=progress,
+        )
     steerings: list[SteeringLike | None] = [
         Steering(vector, c, layers=layers, positions=positions, operator=operator) for c in coefs
     ]
@@ -351,41 +307,52 @@ def offtarget_cost(
 
 
 def _prompted_cost(
-    lm: LM, vector: SteeringVector | None, texts: Sequence[str], coefs: list[float], prompt: Prompt | None,
-    *, layers: Sequence[int] | None, positions: Any, operator: str, batch_size: int, progress: bool | None,
+    lm: LM,
+    vector: SteeringVector | None,
+    texts: Sequence[str],
+    coefs: list[float],
+    prompt: Prompt | None,
+    *,
+    layers: Sequence[int] | None,
+    positions: Any,
+    operator: str,
+    batch_size: int,
+    progress: bool | None,
 ) -> CostReport:
     """:func:`offtarget_cost` with a prompt (or without a vector: only coefficient 0)."""
-    from .prompted_cost import prompted_stats
-
     if vector is None and any(c != 0 for c in coefs):
         raise SteeringSpecError("non-zero coefficients need a vector: for a prompt alone use coefficients=[0]")
     if prompt is None:
         raise SteeringSpecError("offtarget_cost needs a vector, a prompt or both")
     steerings: list[SteeringLike | None] = [
-        None if vector is None or c == 0 else Steering(vector, c, layers=layers, positions=positions,
-                                                       operator=operator)
+        None if vector is None or c == 0 else Steering(vector, c, layers=layers, positions=positions, operator=operator)
         for c in coefs
     ]
     stats = prompted_stats(lm, texts, prompt, steerings, batch_size=batch_size, progress=progress)
     used = [] if vector is None else list(Steering(vector, 0.0, layers=layers).active_layers)
     return CostReport(
         title=f"off-target cost of {prompt.label}" + ("" if vector is None else f" with {vector.method} {used}"),
-        settings={"model_id": lm.model_id, "method": "prompting" if vector is None else vector.method, "layers": used,
-                  "positions": positions, "operator": operator, "batch_size": batch_size, "prompt": prompt.describe()},
+        settings={
+            "model_id": lm.model_id,
+            "method": "prompting" if vector is None else vector.method,
+            "layers": used,
+            "positions": positions,
+            "operator": operator,
+            "batch_size": batch_size,
+            "prompt": prompt.describe(),
+        },
         **cost_curve(coefs, stats),
     )
 
 
-register_builtin(
-    Evaluation(
-        "cost", offtarget_cost, metrics=("ppl_ratio", "kl", "perplexity"), data="neutral texts", load=load_texts
-    ),
+EVALUATION = Evaluation(
+    "cost", offtarget_cost, metrics=("ppl_ratio", "kl", "perplexity"), data="neutral texts", load=load_texts
 )
+""":func:`offtarget_cost` as the evaluation protocol sees it (registered as ``"cost"`` by :mod:`steerlab.evaluate`)."""
 
-# load_texts (steerlab.data) is re-exported: it reads the neutral texts the cost is measured on.
+# load_texts (steerlab.data.texts) is re-exported: it reads the neutral texts the cost is measured on.
 __all__ = [
     "CostReport",
-    "TextStats",
     "cost_curve",
     "cost_settings",
     "load_texts",

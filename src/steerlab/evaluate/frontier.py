@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.vector import SteeringVector
 from ..errors import DatasetError, SteeringSpecError
-from ..model import LM
+from ..models.load import LM
 from ..progress import track
-from ..vector import SteeringVector
 from .prompting import Prompt, PromptLike, as_prompt
 from .protocol import Evaluation, accepts, get_evaluation
 from .report import Report, markdown_table, new_figure, save_figure
@@ -88,8 +88,12 @@ class Contender:
 
     @classmethod
     def steering(
-        cls, name: str, vector: SteeringVector, coefficients: Sequence[float],
-        layer_sets: Sequence[Sequence[int]] | None = None, **options: Any,
+        cls,
+        name: str,
+        vector: SteeringVector,
+        coefficients: Sequence[float],
+        layer_sets: Sequence[Sequence[int]] | None = None,
+        **options: Any,
     ) -> Contender:
         """A steering vector at each layer set × coefficient (both signs)."""
         return cls(name, vector, _magnitudes(coefficients), _sets(layer_sets), {}, options)
@@ -103,13 +107,17 @@ class Contender:
 
     @classmethod
     def combined(
-        cls, name: str, vector: SteeringVector, coefficients: Sequence[float],
-        positive: Sequence[PromptLike] = (), negative: Sequence[PromptLike] = (),
-        layer_sets: Sequence[Sequence[int]] | None = None, **options: Any,
+        cls,
+        name: str,
+        vector: SteeringVector,
+        coefficients: Sequence[float],
+        positive: Sequence[PromptLike] = (),
+        negative: Sequence[PromptLike] = (),
+        layer_sets: Sequence[Sequence[int]] | None = None,
+        **options: Any,
     ) -> Contender:
         """A prompt and a vector together: every coefficient runs on the prompted text."""
-        return cls(name, vector, _magnitudes(coefficients), _sets(layer_sets), _prompt_map(positive, negative),
-                   options)
+        return cls(name, vector, _magnitudes(coefficients), _sets(layer_sets), _prompt_map(positive, negative), options)
 
     def directions(self, wanted: Sequence[int]) -> list[int]:
         """The directions of ``wanted`` this contender has settings for."""
@@ -247,21 +255,42 @@ class FrontierReport(Report):
 
         def point(p: Mapping[str, Any]) -> FrontierPoint:
             return FrontierPoint(
-                p["method"], int(p["direction"]), list(p["layers"]), num(p["coefficient"]), p["prompt"],
-                num(p["effect"]), num(p["cost"]), {k: num(v) for k, v in p["selection"].items()},
-                {k: num(v) for k, v in p["held_out"].items()}, bool(p["on_front"]),
+                p["method"],
+                int(p["direction"]),
+                list(p["layers"]),
+                num(p["coefficient"]),
+                p["prompt"],
+                num(p["effect"]),
+                num(p["cost"]),
+                {k: num(v) for k, v in p["selection"].items()},
+                {k: num(v) for k, v in p["held_out"].items()},
+                bool(p["on_front"]),
             )
 
         points = [point(p) for p in data["points"]]
-        best = [BestSetting(b["method"], int(b["direction"]), None if b["point"] is None else point(b["point"]),
-                            bool(b["reaches_goal"])) for b in data["best"]]
+        best = [
+            BestSetting(
+                b["method"],
+                int(b["direction"]),
+                None if b["point"] is None else point(b["point"]),
+                bool(b["reaches_goal"]),
+            )
+            for b in data["best"]
+        ]
         return cls(
-            title=data.get("title", ""), complete=bool(data.get("complete", True)), settings=dict(data["settings"]),
+            title=data.get("title", ""),
+            complete=bool(data.get("complete", True)),
+            settings=dict(data["settings"]),
             evaluation=data.get("evaluation", ""),
-            effect_metrics={int(k): v for k, v in data["effect_metrics"].items()}, cost_metric=data["cost_metric"],
-            budget=num(data["budget"]), goal={int(k): num(v) for k, v in data["goal"].items()},
-            n_select=int(data["n_select"]), n_report=int(data["n_report"]),
-            baseline={k: num(v) for k, v in data["baseline"].items()}, points=points, best=best,
+            effect_metrics={int(k): v for k, v in data["effect_metrics"].items()},
+            cost_metric=data["cost_metric"],
+            budget=num(data["budget"]),
+            goal={int(k): num(v) for k, v in data["goal"].items()},
+            n_select=int(data["n_select"]),
+            n_report=int(data["n_report"]),
+            baseline={k: num(v) for k, v in data["baseline"].items()},
+            points=points,
+            best=best,
         )
 
     def methods(self) -> list[str]:
@@ -280,8 +309,14 @@ class FrontierReport(Report):
     def rows(self) -> list[dict[str, Any]]:
         """One row per setting: pooled effect and cost, and whether it is on its front."""
         return [
-            {"method": p.method, "direction": f"{p.direction:+d}", "setting": p.setting,
-             "effect": p.effect, "cost": p.cost, "front": "●" if p.on_front else ""}
+            {
+                "method": p.method,
+                "direction": f"{p.direction:+d}",
+                "setting": p.setting,
+                "effect": p.effect,
+                "cost": p.cost,
+                "front": "●" if p.on_front else "",
+            }
             for p in self.points
         ]
 
@@ -291,15 +326,18 @@ class FrontierReport(Report):
         for b in self.best:
             p, metric = b.point, self.effect_metrics.get(b.direction, "")
             base = self.baseline.get(metric, math.nan)
-            rows.append({
-                "method": b.method, "direction": f"{b.direction:+d} ({metric})",
-                "setting": "nothing within budget" if p is None else p.setting,
-                "selection effect": math.nan if p is None else p.selection.get(metric, math.nan),
-                "held-out effect": math.nan if p is None else p.held_out.get(metric, math.nan),
-                "held-out cost": math.nan if p is None else p.held_out.get(self.cost_metric, math.nan),
-                "baseline": base,
-                "goal": f"{'reached' if b.reaches_goal else 'not reached'} (≥ {self._goal(b.direction):g})",
-            })
+            rows.append(
+                {
+                    "method": b.method,
+                    "direction": f"{b.direction:+d} ({metric})",
+                    "setting": "nothing within budget" if p is None else p.setting,
+                    "selection effect": math.nan if p is None else p.selection.get(metric, math.nan),
+                    "held-out effect": math.nan if p is None else p.held_out.get(metric, math.nan),
+                    "held-out cost": math.nan if p is None else p.held_out.get(self.cost_metric, math.nan),
+                    "baseline": base,
+                    "goal": f"{'reached' if b.reaches_goal else 'not reached'} (≥ {self._goal(b.direction):g})",
+                }
+            )
         return rows
 
     def _goal(self, direction: int) -> float:
@@ -309,9 +347,17 @@ class FrontierReport(Report):
         """The budgeted choices, then each contender's Pareto front."""
         head = f"### {self.title}\n\n" if self.title else ""
         fronts = [
-            {"method": p.method, "direction": f"{p.direction:+d}", "setting": p.setting,
-             "effect": p.effect, "cost": p.cost, "within budget": "yes" if p.cost <= self.budget else "no"}
-            for m in self.methods() for d in sorted(self.effect_metrics, reverse=True) for p in self.front(m, d)
+            {
+                "method": p.method,
+                "direction": f"{p.direction:+d}",
+                "setting": p.setting,
+                "effect": p.effect,
+                "cost": p.cost,
+                "within budget": "yes" if p.cost <= self.budget else "no",
+            }
+            for m in self.methods()
+            for d in sorted(self.effect_metrics, reverse=True)
+            for p in self.front(m, d)
         ]
         note = "" if self.complete else "\n\n**INCOMPLETE RUN — numbers cover only part of the data.**"
         return (
@@ -319,9 +365,7 @@ class FrontierReport(Report):
             f"({self.n_select} items) and reported on the held-out half ({self.n_report} items):\n\n"
             + markdown_table(self.best_rows())
             + f"\n\nPareto fronts (effect and cost over all {self.n_select + self.n_report} items; "
-            f"{len(self.points)} settings in all, in the JSON):\n\n"
-            + markdown_table(fronts)
-            + note
+            f"{len(self.points)} settings in all, in the JSON):\n\n" + markdown_table(fronts) + note
         )
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
@@ -360,8 +404,9 @@ class FrontierReport(Report):
             if best is not None and best.point is not None:
                 ax.plot(x([best.point]), [best.point.effect], "o", ms=11, mfc="none", mec=color, mew=1.8)
         if metric in self.baseline and self.cost_metric in self.baseline:
-            ax.plot([self.baseline[self.cost_metric]], [self.baseline[metric]], "*", ms=14, color="black",
-                    label="unsteered")
+            ax.plot(
+                [self.baseline[self.cost_metric]], [self.baseline[metric]], "*", ms=14, color="black", label="unsteered"
+            )
         ax.axvline(self.budget, color="red", ls="--", lw=1, label=f"budget {self.budget:g}×")
         if direction in self.goal:
             ax.axhline(self.goal[direction], color="green", ls=":", lw=1.2, label=f"goal {self.goal[direction]:g}")
@@ -416,8 +461,9 @@ def _calls(contenders: Sequence[Contender], directions: Sequence[int]) -> list[_
         sets = con.layer_sets or (tuple(con.vector.layers),)
         for i, layers in enumerate(sets):
             if con.prompts:
-                calls += [_Call(con, layers, p, [(d, d * c) for c in con.coefficients]) for d in dirs
-                          for p in con.prompts[d]]
+                calls += [
+                    _Call(con, layers, p, [(d, d * c) for c in con.coefficients]) for d in dirs for p in con.prompts[d]
+                ]
             else:  # the unsteered point once per contender (it is the same at every layer set)
                 zero = [(d, 0.0) for d in dirs] if i == 0 else []
                 calls.append(_Call(con, layers, None, zero + [(d, d * c) for d in dirs for c in con.coefficients]))
@@ -444,7 +490,11 @@ Measured = tuple[list[dict[str, float]], list[dict[str, float]]]
 
 
 def _measure(
-    lm: LM, vector: SteeringVector | None, coefs: list[float], prompt: Prompt | None, options: Mapping[str, Any],
+    lm: LM,
+    vector: SteeringVector | None,
+    coefs: list[float],
+    prompt: Prompt | None,
+    options: Mapping[str, Any],
     halves: _Halves,
 ) -> Measured:
     """Every metric (and the cost) per coefficient on the selection and held-out halves."""
@@ -456,8 +506,9 @@ def _measure(
         if objective.cost is None:
             metrics[objective.cost_metric] = list(objective.own_costs(metrics, coefs))
         else:
-            metrics[objective.cost_metric] = objective.cost(lm, vector, halves.cost_texts or [], coefs,
-                                                            progress=False, **extra)[objective.cost_metric]
+            metrics[objective.cost_metric] = objective.cost(
+                lm, vector, halves.cost_texts or [], coefs, progress=False, **extra
+            )[objective.cost_metric]
         out.append([{name: values[j] for name, values in metrics.items()} for j in range(len(coefs))])
     return out[0], out[1]
 
@@ -476,19 +527,30 @@ def _points(call: _Call, measured: Measured, halves: _Halves) -> list[FrontierPo
         objective = halves.objectives[direction]
         sel, held = measured[0][coefs.index(c)], measured[1][coefs.index(c)]
         pooled = {name: ws * sel[name] + wh * held[name] for name in sel}
-        points.append(FrontierPoint(
-            method=call.contender.name, direction=direction, layers=list(call.layers) if c else [],
-            coefficient=c, prompt="" if call.prompt is None else call.prompt.label,
-            effect=pooled[objective.effect], cost=pooled[objective.cost_metric], selection=sel, held_out=held,
-        ))
+        points.append(
+            FrontierPoint(
+                method=call.contender.name,
+                direction=direction,
+                layers=list(call.layers) if c else [],
+                coefficient=c,
+                prompt="" if call.prompt is None else call.prompt.label,
+                effect=pooled[objective.effect],
+                cost=pooled[objective.cost_metric],
+                selection=sel,
+                held_out=held,
+            )
+        )
     return points
 
 
 def _choose(points: Sequence[FrontierPoint], effect: str, cost: str, budget: float) -> FrontierPoint | None:
     """The largest selection-half effect with selection-half cost within budget (ties: the smaller
     ``|coefficient|``, then the earlier setting)."""
-    fits = [(p.selection[effect], -abs(p.coefficient), -i, p) for i, p in enumerate(points)
-            if p.selection[cost] <= budget and not math.isnan(p.selection[effect])]
+    fits = [
+        (p.selection[effect], -abs(p.coefficient), -i, p)
+        for i, p in enumerate(points)
+        if p.selection[cost] <= budget and not math.isnan(p.selection[effect])
+    ]
     return max(fits, key=lambda t: t[:3])[3] if fits else None
 
 
@@ -579,12 +641,21 @@ def frontier(
     first = objectives[directions[0]]
     report = FrontierReport(
         title=f"{evaluation.name} frontier on {lm.model_id}: effect against {first.cost_metric}",
-        evaluation=evaluation.name, effect_metrics={d: o.effect for d, o in objectives.items()},
-        cost_metric=first.cost_metric, budget=budget, goal=dict(DEFAULT_GOAL if goal is None else goal),
-        n_select=len(select), n_report=len(held), complete=False,
-        settings={"seed": seed, "directions": list(directions), "model_id": lm.model_id,
-                  "contenders": [_describe(c) for c in contenders],
-                  **{k: v for k, v in options.items() if isinstance(v, (int, float, str))}},
+        evaluation=evaluation.name,
+        effect_metrics={d: o.effect for d, o in objectives.items()},
+        cost_metric=first.cost_metric,
+        budget=budget,
+        goal=dict(DEFAULT_GOAL if goal is None else goal),
+        n_select=len(select),
+        n_report=len(held),
+        complete=False,
+        settings={
+            "seed": seed,
+            "directions": list(directions),
+            "model_id": lm.model_id,
+            "contenders": [_describe(c) for c in contenders],
+            **{k: v for k, v in options.items() if isinstance(v, (int, float, str))},
+        },
     )
     calls = _calls(contenders, directions)
     for call in track(calls, f"{evaluation.name} frontier: {len(calls)} calls", enabled=progress):
@@ -608,4 +679,3 @@ def _describe(con: Contender) -> dict[str, Any]:
         "prompts": {f"{d:+d}": [p.describe() for p in ps] for d, ps in con.prompts.items()},
         "options": {k: v for k, v in con.options.items() if isinstance(v, (int, float, str))},
     }
-

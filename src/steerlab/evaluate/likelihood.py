@@ -1,10 +1,12 @@
 """Log-likelihood of continuations under the model as it is (wrap in :func:`steerlab.steer` to
 score under steering), and the perplexities made from it.
 
-:func:`continuation_nll` runs the model; :func:`perplexities` and :func:`pooled_perplexity` only
-reduce its ``(summed nll, token count)`` pairs. The sentiment evaluation uses them for the
-perplexity of each continuation under the unsteered model; :mod:`steerlab.evaluate.cost` measures
-perplexity and KL of whole texts under steering.
+:func:`continuation_nll` runs the model (through :func:`steerlab.runtime.score.score`);
+:func:`perplexities` and :func:`pooled_perplexity` only reduce its ``(summed nll, token count)``
+pairs. The sentiment evaluation uses them for the perplexity of each continuation under the
+unsteered model. :class:`TextStats` holds the perplexity and KL of whole texts under a steering,
+pooled from :func:`summed_nll` and :func:`summed_kl` of each batch
+(:mod:`steerlab.evaluate.cost`, :mod:`steerlab.evaluate.prompted_cost`).
 
 Example:
     >>> nlls = continuation_nll(lm, ["That game"], [" was fun."])  # doctest: +SKIP
@@ -18,13 +20,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import DatasetError
-from ..model import LM
+from ..models.load import LM
+from ..models.tokens import pad_id, pad_token_ids
 from ..progress import track
-from ..tokens import pad_id, pad_token_ids
+from ..runtime.score import kl, row_sums, score, spans, target_logps
 
 
 def _batches(n: int, size: int) -> list[range]:
@@ -74,19 +78,75 @@ def continuation_nll_ids(
     out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
     for rows in track(_batches(len(seqs), batch_size), "scoring continuations", enabled=progress):
         ids, mask = pad_token_ids([seqs[i][0] for i in rows], pad_id(tok), "right")
+        # position j predicts token j + 1; the first token has nothing before it to be scored on
+        first = [max(seqs[i][1], 1) for i in rows]
+        select = spans(ids.shape[1] - 1, [(s - 1, len(seqs[i][0]) - 1) for s, i in zip(first, rows)])
         with torch.inference_mode():
-            logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        target = ids[:, 1:].to(logp.device)
-        tok_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        for r, i in enumerate(rows):
-            full, start = seqs[i]
-            n = len(full) - start
-            if n <= 0:
-                out[i] = (0.0, 0)
-                continue
-            out[i] = (float(-tok_lp[r, start - 1 : len(full) - 1].sum()), n)
+            logps = score(lm, ids.to(lm.device), mask.to(lm.device), select)
+            sums = row_sums(target_logps(logps, ids[:, 1:][select]), select).cpu()
+        for r, (i, s) in enumerate(zip(rows, first)):
+            n = len(seqs[i][0]) - s
+            out[i] = (float(-sums[r]), n) if n > 0 else (0.0, 0)
     return out
+
+
+@dataclass
+class TextStats:
+    """Perplexity (and KL to the unsteered model) of a set of texts under one steering.
+
+    Attributes:
+        perplexity: pooled perplexity of the texts under the (steered) model.
+        base_perplexity: pooled perplexity under the unsteered model (equal to ``perplexity``
+            when no steering was given).
+        kl: mean per-token ``KL(unsteered || steered)`` in nats; ``None`` without a steering.
+        n_texts: texts scored.
+        n_tokens: predicted tokens scored (real tokens after the first of each text).
+        skipped: texts left out because they have fewer than 2 tokens.
+    """
+
+    perplexity: float
+    base_perplexity: float
+    kl: float | None
+    n_texts: int
+    n_tokens: int
+    skipped: int = 0
+
+    @property
+    def ppl_ratio(self) -> float:
+        """``perplexity / base_perplexity``."""
+        return self.perplexity / self.base_perplexity if self.base_perplexity else float("nan")
+
+    @classmethod
+    def pooled(
+        cls, nll: float, base_nll: float, kl: float | None, n_texts: int, n_tokens: int, skipped: int
+    ) -> TextStats:
+        """The stats of summed negative log-likelihoods (steered and unsteered) and summed KL over
+        ``n_tokens`` predicted tokens (``kl=None``: no steering).
+
+        Example:
+            >>> s = TextStats.pooled(2.0, 1.0, 0.5, n_texts=1, n_tokens=2, skipped=0)
+            >>> round(s.ppl_ratio, 4), s.kl
+            (1.6487, 0.25)
+        """
+        return cls(
+            perplexity=math.exp(nll / n_tokens),
+            base_perplexity=math.exp(base_nll / n_tokens),
+            kl=None if kl is None else kl / n_tokens,
+            n_texts=n_texts,
+            n_tokens=n_tokens,
+            skipped=skipped,
+        )
+
+
+def summed_nll(logps: torch.Tensor, targets: torch.Tensor) -> float:
+    """Summed negative log-likelihood of ``targets`` ``[N]`` under ``logps`` ``[N, vocab]``."""
+    return float(-target_logps(logps, targets).sum())
+
+
+def summed_kl(base: torch.Tensor, other: torch.Tensor) -> float:
+    """Summed ``KL(base || other)`` over positions (rows of log-probabilities); a position's float
+    noise below 0 counts 0."""
+    return float(kl(base, other).clamp_min(0.0).sum())
 
 
 def perplexities(nlls: Sequence[tuple[float, int]]) -> list[float]:

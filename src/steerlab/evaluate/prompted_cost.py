@@ -16,23 +16,19 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-from ..engine import steer
+from ..core.steering import SteeringLike
 from ..errors import DatasetError, SteeringSpecError
-from ..model import LM
+from ..models.load import LM
+from ..models.tokens import pad_id, pad_token_ids
 from ..progress import track
-from ..steering import SteeringLike
-from ..tokens import pad_id, pad_token_ids
+from ..runtime.score import score, spans
+from .likelihood import TextStats, summed_kl, summed_nll
 from .prompting import Prompt
-
-if TYPE_CHECKING:
-    from .cost import TextStats
 
 __all__ = ["prompted_stats"]
 
@@ -63,12 +59,13 @@ def _rows(lm: LM, texts: Sequence[str], prompt: Prompt) -> tuple[list[_Row], int
     return rows, skipped
 
 
-def _tail_logprobs(lm: LM, seqs: list[list[int]], scored: list[int]) -> torch.Tensor:
+def _tail_logprobs(
+    lm: LM, seqs: list[list[int]], scored: list[int], steering: SteeringLike | None = None
+) -> torch.Tensor:
     """float32 log-probabilities ``[sum(scored), vocab]`` of each sequence's last ``scored`` tokens."""
     ids, mask = pad_token_ids(seqs, pad_id(lm.tokenizer), "right")
-    logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False).logits
-    picks = [logits[r, len(s) - n - 1 : len(s) - 1] for r, (s, n) in enumerate(zip(seqs, scored))]
-    return torch.log_softmax(torch.cat(picks).float(), dim=-1)
+    select = spans(ids.shape[1] - 1, [(len(s) - n - 1, len(s) - 1) for s, n in zip(seqs, scored)])
+    return score(lm, ids.to(lm.device), mask.to(lm.device), select, steering=steering)
 
 
 def prompted_stats(
@@ -86,8 +83,6 @@ def prompted_stats(
         DatasetError: no text has a token to score.
         SteeringSpecError: a system-turn prompt (neutral text has no turn to put it in).
     """
-    from .cost import TextStats
-
     rows, skipped = _rows(lm, list(texts), prompt)
     n = len(steerings)
     nll, kl = [0.0] * n, [0.0] * n
@@ -98,17 +93,11 @@ def prompted_stats(
         plain_targets = torch.tensor([t for r in batch for t in r.plain[len(r.plain) - r.scored :]])
         with torch.inference_mode():
             base = _tail_logprobs(lm, [r.plain for r in batch], scored)
-        targets = plain_targets.to(base.device)
-        base_nll += float(-base.gather(-1, targets[:, None]).sum())
-        n_tokens += int(targets.numel())
+        base_nll += summed_nll(base, plain_targets)
+        n_tokens += int(plain_targets.numel())
         for k, steering in enumerate(steerings):
-            with steer(lm, steering), torch.inference_mode():
-                lp = _tail_logprobs(lm, [r.prompted for r in batch], scored)
-            nll[k] += float(-lp.gather(-1, targets[:, None]).sum())
-            kl[k] += float((base.exp() * (base - lp)).sum(-1).clamp_min(0.0).sum())
-    base_ppl = math.exp(base_nll / n_tokens)
-    return [
-        TextStats(perplexity=math.exp(nll[k] / n_tokens), base_perplexity=base_ppl, kl=kl[k] / n_tokens,
-                  n_texts=len(rows), n_tokens=n_tokens, skipped=skipped)
-        for k in range(n)
-    ]
+            with torch.inference_mode():
+                lp = _tail_logprobs(lm, [r.prompted for r in batch], scored, steering)
+            nll[k] += summed_nll(lp, plain_targets)
+            kl[k] += summed_kl(base, lp)
+    return [TextStats.pooled(nll[k], base_nll, kl[k], len(rows), n_tokens, skipped) for k in range(n)]

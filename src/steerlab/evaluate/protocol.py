@@ -5,7 +5,9 @@ report with ``coefficients`` and ``metrics() -> {metric: [value per coefficient]
 (:class:`MetricReport`). Described by an :class:`Evaluation` and :func:`register`-ed under a
 name, it works with :func:`~steerlab.evaluate.sweep.sweep`,
 :func:`~steerlab.evaluate.sweep.autotune` and ``steerlab sweep NAME`` — none of them knows any
-report's fields. The built-ins are ``"sentiment"``, ``"behavior"`` and ``"cost"``.
+report's fields. The built-ins are ``"sentiment"``, ``"behavior"`` and ``"cost"``: each module
+declares its :class:`Evaluation` and :mod:`steerlab.evaluate` registers them where the package is
+assembled, so this registry imports none of them.
 
 Example — a new evaluation (the mean length of steered continuations) in a few lines:
 
@@ -43,9 +45,13 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..errors import SteeringSpecError
+
+if TYPE_CHECKING:
+    from ..core.vector import SteeringVector
+    from ..models.load import LM
 
 __all__ = ["EVALUATIONS", "Evaluation", "MetricReport", "accepts", "get_evaluation", "metrics_at", "register"]
 
@@ -105,7 +111,12 @@ class Evaluation:
             )
 
     def __call__(
-        self, lm: Any, vector: Any, data: Sequence[Any], coefficients: Sequence[float], **options: Any
+        self,
+        lm: LM,
+        vector: SteeringVector | None,
+        data: Sequence[Any],
+        coefficients: Sequence[float],
+        **options: Any,
     ) -> dict[str, list[float]]:
         """Run it at ``coefficients``; ``{metric: [value per coefficient]}`` in the order given."""
         report = self.run(lm, vector, list(data), coefficients=list(coefficients), **options)
@@ -113,34 +124,28 @@ class Evaluation:
 
 
 EVALUATIONS: dict[str, Evaluation] = {}
-"""Registered evaluations by name (the built-ins appear on first :func:`get_evaluation`)."""
+"""Registered evaluations by name (the built-ins are registered when :mod:`steerlab.evaluate` is
+imported, which importing any of its modules does first)."""
 
 
 def register(evaluation: Evaluation, replace: bool = False) -> Evaluation:
-    """Add ``evaluation`` to :data:`EVALUATIONS` (as :func:`steerlab.methods.register` does for
+    """Add ``evaluation`` to :data:`EVALUATIONS` (as :func:`steerlab.extraction.methods.register` does for
     extraction methods).
 
     Raises:
         SteeringSpecError: an evaluation of that name is registered (a built-in included) and
             ``replace`` is False.
     """
-    _load_builtins()
     if evaluation.name in EVALUATIONS and not replace:
-        raise SteeringSpecError(
-            f"an evaluation called {evaluation.name!r} is registered: pass replace=True to swap it"
-        )
+        raise SteeringSpecError(f"an evaluation called {evaluation.name!r} is registered: pass replace=True to swap it")
     EVALUATIONS[evaluation.name] = evaluation
     return evaluation
 
 
 def register_builtin(evaluation: Evaluation) -> Evaluation:
-    """How the built-in modules register themselves on import: never over an evaluation that was
-    registered (with ``replace=True``) before they were imported."""
+    """How :mod:`steerlab.evaluate` registers the built-ins: never over an evaluation of that name
+    that is registered already (the one registered stays, and is returned)."""
     return EVALUATIONS.setdefault(evaluation.name, evaluation)
-
-
-def _load_builtins() -> None:
-    from . import behavior, cost, sentiment  # noqa: F401  (they register themselves)
 
 
 def get_evaluation(kind: str | Evaluation) -> Evaluation:
@@ -155,7 +160,6 @@ def get_evaluation(kind: str | Evaluation) -> Evaluation:
     """
     if isinstance(kind, Evaluation):
         return kind
-    _load_builtins()
     try:
         return EVALUATIONS[kind]
     except KeyError:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .. import hf
+from .. import hf_env
 from ..errors import SteeringError
 
 __all__ = [
@@ -225,7 +225,7 @@ class HFScorer:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         try:
-            with hf.quiet():
+            with hf_env.quiet():
                 tokenizer = AutoTokenizer.from_pretrained(source)
                 model = AutoModelForSequenceClassification.from_pretrained(source)
         except Exception as exc:  # transformers raises many kinds (OSError, ValueError, HF errors)

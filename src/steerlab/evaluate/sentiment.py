@@ -35,17 +35,17 @@ from typing import Any
 
 import numpy as np
 
-from ..data import load_openings
-from ..demo_data import OPENINGS
+from ..core.steering import Positions, Steering
+from ..core.vector import SteeringVector
+from ..data.demo import OPENINGS
+from ..data.texts import load_openings
 from ..errors import DatasetError, SteeringError, SteeringSpecError
-from ..generate import generate
-from ..model import LM
+from ..models.load import LM
 from ..progress import track
-from ..steering import Positions, Steering
-from ..vector import SteeringVector
+from ..runtime.generate import generate
 from .likelihood import continuation_nll, perplexities
 from .prompting import Prompt, PromptLike, as_prompt
-from .protocol import Evaluation, register_builtin
+from .protocol import Evaluation
 from .report import Report, fmt, new_figure, save_figure
 from .scorers import LABELS, Scorer, SentimentScore, get_scorer
 from .stats import bootstrap_ci, finite_stat, resample_indices
@@ -255,7 +255,10 @@ def _summary(
 
 
 def _steerings(
-    vector: SteeringVector | None, coefs: Sequence[float], layers: Sequence[int] | None, positions: Positions | None,
+    vector: SteeringVector | None,
+    coefs: Sequence[float],
+    layers: Sequence[int] | None,
+    positions: Positions | None,
     operator: str,
 ) -> list[Steering | None]:
     """One steering per coefficient (``None`` at 0); without a vector only coefficient 0 is possible."""
@@ -271,14 +274,22 @@ def _steerings(
 
 
 def _continue(
-    lm: LM, texts: list[str], rows: list[Steering | None], max_new_tokens: int, batch_size: int,
+    lm: LM,
+    texts: list[str],
+    rows: list[Steering | None],
+    max_new_tokens: int,
+    batch_size: int,
     progress: bool | None,
 ) -> list[str]:
     """Greedy continuations of already-rendered ``texts``, steered per row, in ``batch_size`` chunks."""
     out: list[str] = []
     for start in track(range(0, len(texts), batch_size), "generating continuations", enabled=progress):
-        out += generate(lm, texts[start : start + batch_size], steering=rows[start : start + batch_size],
-                        max_new_tokens=max_new_tokens)
+        out += generate(
+            lm,
+            texts[start : start + batch_size],
+            steering=rows[start : start + batch_size],
+            max_new_tokens=max_new_tokens,
+        )
     return out
 
 
@@ -325,7 +336,7 @@ def sentiment_shift(
         openings: sentence openings to continue (e.g. RepE's ``all_truncated_outputs.json``).
         coefficients: steering strengths; duplicates are dropped.
         layers: subset of the vector's layers (default: all).
-        positions: where to steer (see :mod:`steerlab.steering`); token-wise (ActAdd) vectors
+        positions: where to steer (see :mod:`steerlab.core.steering`); token-wise (ActAdd) vectors
             are added front-aligned whatever is given here unless it is a window.
         operator: ``"add"``, ``"ablate"``, ``"clamp"`` or ``"add_norm_preserving"``.
         max_new_tokens: length of each continuation.
@@ -363,12 +374,19 @@ def sentiment_shift(
     sc = get_scorer(scorer)
 
     k = len(coefs)
-    continuations = _continue(lm, [t for t in shown for _ in coefs], [s for _ in items for s in steerings],
-                              max_new_tokens, batch_size, progress)
+    continuations = _continue(
+        lm,
+        [t for t in shown for _ in coefs],
+        [s for _ in items for s in steerings],
+        max_new_tokens,
+        batch_size,
+        progress,
+    )
     scores = _score(sc, [c.strip() for c in continuations], batch_size, progress)
     ppl = _fluency(lm, [t for t in plain for _ in coefs], continuations, batch_size, progress, fluency)
-    reference = _reference(lm, plain, coefs, instruction, scores, ppl, max_new_tokens, batch_size, sc, progress,
-                           fluency)
+    reference = _reference(
+        lm, plain, coefs, instruction, scores, ppl, max_new_tokens, batch_size, sc, progress, fluency
+    )
 
     idx = resample_indices(len(items), n_bootstrap, seed)
     # rows are opening-major: the rows of coefficient j are j, j + k, j + 2k, ...
@@ -448,19 +466,21 @@ def _reference(
         j = coefs.index(0.0)
         return _Reference(scores[j::k], ppl[j::k])
     conts = _continue(lm, plain, [None] * len(plain), max_new_tokens, batch_size, progress)
-    return _Reference(_score(scorer, [c.strip() for c in conts], batch_size, progress),
-                      _fluency(lm, plain, conts, batch_size, progress, True))
+    return _Reference(
+        _score(scorer, [c.strip() for c in conts], batch_size, progress),
+        _fluency(lm, plain, conts, batch_size, progress, True),
+    )
 
 
-register_builtin(
-    Evaluation(
-        "sentiment",
-        sentiment_shift,
-        metrics=("positive_share", "negative_share", "mean_compound", "continuation_ppl", "continuation_ppl_ratio"),
-        data="sentence openings",
-        load=load_openings,
-        default_data=lambda: list(OPENINGS),
-        effect={1: "positive_share", -1: "negative_share"},
-        cost="continuation_ppl",
-    ),
+EVALUATION = Evaluation(
+    "sentiment",
+    sentiment_shift,
+    metrics=("positive_share", "negative_share", "mean_compound", "continuation_ppl", "continuation_ppl_ratio"),
+    data="sentence openings",
+    load=load_openings,
+    default_data=lambda: list(OPENINGS),
+    effect={1: "positive_share", -1: "negative_share"},
+    cost="continuation_ppl",
 )
+""":func:`sentiment_shift` as the evaluation protocol sees it (registered as ``"sentiment"`` by
+:mod:`steerlab.evaluate`)."""

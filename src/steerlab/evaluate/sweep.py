@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.vector import SteeringVector
 from ..errors import DatasetError, SteeringSpecError
-from ..model import LM
+from ..executor import Executor, LocalExecutor
+from ..models.load import LM
 from ..progress import track
-from ..vector import SteeringVector
 from .prompting import as_prompt
 from .protocol import EVALUATIONS, Evaluation, get_evaluation
 from .report import Report, new_figure, save_figure
@@ -44,6 +45,23 @@ def _layer_label(layers: Sequence[int]) -> str:
     return ",".join(str(x) for x in layers)
 
 
+@dataclass(frozen=True)
+class _Setting:
+    """What every layer set of one grid run reads alike (sent once to each worker)."""
+
+    evaluation: Evaluation
+    vector: SteeringVector
+    data: list[object]
+    coefficients: list[float]
+    options: dict[str, object]
+
+
+def _run_setting(lm: LM, setting: _Setting, layers: list[int]) -> dict[str, list[float]]:
+    """One layer set: an executor's task (in a worker or in this process)."""
+    s = setting
+    return evaluate_setting(s.evaluation, lm, s.vector, s.data, layers, s.coefficients, **s.options)
+
+
 def _grids(
     evaluation: Evaluation,
     lm: LM,
@@ -53,22 +71,24 @@ def _grids(
     coefficients: Sequence[float],
     *,
     progress: bool | None,
-    workers: int | None = None,
-    ray_address: str | None = None,
+    executor: Executor | None = None,
     **options: Any,
 ) -> dict[str, list[list[float]]]:
     """``{metric: [[value per coefficient] per layer set]}``: the evaluation with the vector
-    restricted to each layer set in turn (on Ray actors with ``workers``)."""
-    if workers is not None or ray_address is not None:
-        from ..distributed import sweep_grids
-
-        return sweep_grids(evaluation, lm, vector, data, sets, coefficients, workers=workers,
-                           ray_address=ray_address, progress=progress, **options)
+    restricted to each layer set in turn, each a job of ``executor`` (default: this process);
+    rows in the order of ``sets``."""
+    executor = executor or LocalExecutor()
+    setting = _Setting(evaluation, vector, list(data), [float(c) for c in coefficients], options)
+    rows: list[dict[str, list[float]] | None] = [None] * len(sets)
+    label = f"{evaluation.name}: {len(sets)} layer sets" + (f" on {executor.describe()}" if executor.workers else "")
+    results = executor.map(lm, _run_setting, setting, [list(s) for s in sets])
+    for i, row in track(results, label, total=len(sets), enabled=progress):
+        rows[i] = row
     grids: dict[str, list[list[float]]] = {}
-    label = f"{evaluation.name}: {len(sets)} layer sets"
-    for ls in track(sets, label, enabled=progress):
-        for name, row in evaluate_setting(evaluation, lm, vector, data, ls, coefficients, **options).items():
-            grids.setdefault(name, []).append(row)
+    for done in rows:
+        assert done is not None  # every job gave its row (an executor raises otherwise)
+        for name, values in done.items():
+            grids.setdefault(name, []).append(values)
     return grids
 
 
@@ -82,7 +102,7 @@ def evaluate_setting(
     **options: Any,
 ) -> dict[str, list[float]]:
     """One row of every grid: the evaluation with the vector cut to ``layers``, at every coefficient
-    (what a distributed sweep's actors run too)."""
+    (what a sweep's executor runs for each layer set, in a worker or here)."""
     return evaluation(lm, vector.select(layers), data, coefficients, progress=False, **options)
 
 
@@ -156,8 +176,7 @@ class SweepReport(Report):
             finite = grid[np.isfinite(grid)]
             mid = float(finite.mean()) if finite.size else 0.0
             for (i, j), v in np.ndenumerate(grid):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if v > mid else "white")
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if v > mid else "white")
         fig.colorbar(im, ax=ax, label=self.metric)
         ax.set_title(self.title or f"{self.kind} sweep: {self.metric}")
         return save_figure(fig, path)
@@ -173,8 +192,7 @@ def sweep(
     layer_sets: Sequence[Sequence[int]] | None = None,
     metric: str | None = None,
     progress: bool | None = None,
-    workers: int | None = None,
-    ray_address: str | None = None,
+    executor: Executor | None = None,
     **kwargs: Any,
 ) -> SweepReport:
     """Evaluate ``vector`` at every (layer set, coefficient).
@@ -183,16 +201,16 @@ def sweep(
         lm: the model.
         vector: the steering vector; each layer set restricts it to those layers.
         kind: the evaluation: a registered name — ``"sentiment"`` (data: sentence openings),
-            ``"behavior"`` (data: CAA A/B items or :class:`~steerlab.evaluate.behavior.ABItem`),
+            ``"behavior"`` (data: CAA A/B items or :class:`~steerlab.data.ab.ABItem`),
             ``"cost"`` (data: neutral texts) — or an :class:`~steerlab.evaluate.protocol.Evaluation`.
         data: what the evaluation reads.
         coefficients: coefficients to try (include 0 for the baseline).
         layer_sets: layer groups to try (default: each layer of the vector on its own).
         metric: the metric shown in the table and heat map (default: the evaluation's first).
         progress: progress bar over layer sets.
-        workers: run the layer sets on this many Ray actors holding the model
-            (:mod:`steerlab.distributed`; ``pip install steerlab[ray]``); the grids are the same.
-        ray_address: join this Ray cluster; without it, the cluster Ray finds, else a local instance.
+        executor: where the layer sets run, each a job (:class:`~steerlab.executor.Executor`;
+            default: this process): ``steerlab.distributed.RayExecutor(workers=N)`` runs them on
+            Ray actors holding the model (``pip install steerlab[ray]``); the grids are the same.
         **kwargs: passed to the evaluation (``max_new_tokens``, ``batch_size``, ``scorer``, ...).
 
     Raises:
@@ -207,10 +225,15 @@ def sweep(
         raise DatasetError(f"no data for the {evaluation.name} sweep")
     sets = _layer_sets(vector, layer_sets)
     coefs = [float(c) for c in coefficients]
-    report = SweepReport(kind=evaluation.name, metric=metric, layer_sets=sets, coefficients=coefs, complete=False,
-                         settings=_recorded(kwargs))
-    report.grids = _grids(evaluation, lm, vector, data, sets, coefs, progress=progress, workers=workers,
-                          ray_address=ray_address, **kwargs)
+    report = SweepReport(
+        kind=evaluation.name,
+        metric=metric,
+        layer_sets=sets,
+        coefficients=coefs,
+        complete=False,
+        settings=_recorded(kwargs),
+    )
+    report.grids = _grids(evaluation, lm, vector, data, sets, coefs, progress=progress, executor=executor, **kwargs)
     report.complete = True
     return report
 
@@ -246,8 +269,14 @@ class AutotuneReport(Report):
         """Held-out metrics, baseline vs the chosen setting."""
         out = []
         for label, metrics in self.held_out.items():
-            out.append({"setting": label, "layers": _layer_label(self.layers) if label != "baseline" else "-",
-                        "coefficient": self.coefficient if label != "baseline" else 0.0, **metrics})
+            out.append(
+                {
+                    "setting": label,
+                    "layers": _layer_label(self.layers) if label != "baseline" else "-",
+                    "coefficient": self.coefficient if label != "baseline" else 0.0,
+                    **metrics,
+                }
+            )
         return out
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
@@ -257,8 +286,13 @@ class AutotuneReport(Report):
         eff, cost = self.selection.get("effect", []), self.selection.get("cost", [])
         sets, coefs = self.selection.get("layer_sets", []), self.selection.get("coefficients", [])
         for i, ls in enumerate(sets):
-            ax.plot([cost[i][j] for j in range(len(coefs))], [eff[i][j] for j in range(len(coefs))], "o-",
-                    alpha=0.7, label=f"layers {_layer_label(ls)}")
+            ax.plot(
+                [cost[i][j] for j in range(len(coefs))],
+                [eff[i][j] for j in range(len(coefs))],
+                "o-",
+                alpha=0.7,
+                label=f"layers {_layer_label(ls)}",
+            )
         ax.axvline(self.budget, color="red", ls="--", lw=1, label=f"budget {self.cost_metric} ≤ {self.budget:g}")
         if sets:
             i, j = sets.index(self.layers), coefs.index(self.coefficient)
@@ -292,8 +326,9 @@ class _Objective:
     direction: int
 
     @classmethod
-    def of(cls, kind: str | Evaluation, direction: int, cost_texts: Sequence[str] | None,
-           cost_evaluation: str | Evaluation) -> _Objective:
+    def of(
+        cls, kind: str | Evaluation, direction: int, cost_texts: Sequence[str] | None, cost_evaluation: str | Evaluation
+    ) -> _Objective:
         evaluation = get_evaluation(kind)
         if not evaluation.effect:
             tunable = [n for n, e in EVALUATIONS.items() if e.effect]
@@ -338,7 +373,8 @@ def _choose(effect: list[list[float]], cost: list[list[float]], coefs: list[floa
     than not steering."""
     candidates = [
         (effect[i][j], -abs(coefs[j]), -j, -i, i, j)
-        for i in range(len(effect)) for j in range(len(coefs))
+        for i in range(len(effect))
+        for j in range(len(coefs))
         if cost[i][j] <= budget and not math.isnan(effect[i][j])
     ]
     if not candidates:
@@ -361,8 +397,7 @@ def autotune(
     cost_evaluation: str | Evaluation = "cost",
     seed: int = 0,
     progress: bool | None = None,
-    workers: int | None = None,
-    ray_address: str | None = None,
+    executor: Executor | None = None,
     **kwargs: Any,
 ) -> AutotuneReport:
     """Choose layers and coefficient maximising the effect with the cost within ``budget``.
@@ -376,8 +411,8 @@ def autotune(
 
     The data is shuffled (``seed``) and halved: the choice is made on the first half, the chosen
     setting and the baseline are reported on the second. Coefficient 0 is a candidate too; when no
-    setting fits the budget the choice is coefficient 0 (the unsteered model). With ``workers`` the
-    candidate settings run on Ray actors (as in :func:`sweep`); the held-out report runs here.
+    setting fits the budget the choice is coefficient 0 (the unsteered model). With an ``executor``
+    the candidate settings run as its jobs (as in :func:`sweep`); the held-out report runs here.
 
     Options in ``kwargs`` reach the evaluation: with ``prompt=`` (sentiment, behavior) every
     setting runs on the prompted text — prompting combined with the vector, coefficient 0 being
@@ -394,21 +429,28 @@ def autotune(
         raise SteeringSpecError(f"give coefficients with the sign of direction={direction:+d}")
     select, held = split_halves(data, seed)
     sets = _layer_sets(vector, layer_sets)
-    ray_options: dict[str, Any] = {"workers": workers, "ray_address": ray_address}
-    grids = _grids(objective.evaluation, lm, vector, select, sets, coefs, progress=progress, **ray_options, **kwargs)
+    grids = _grids(
+        objective.evaluation, lm, vector, select, sets, coefs, progress=progress, executor=executor, **kwargs
+    )
     effect = grids[objective.effect]
     if objective.cost is None:
         cost = objective.own_costs(grids, coefs)
     else:
-        cost = _grids(objective.cost, lm, vector, cost_texts or [], sets, coefs, progress=progress, **ray_options)[
+        cost = _grids(objective.cost, lm, vector, cost_texts or [], sets, coefs, progress=progress, executor=executor)[
             objective.cost_metric
         ]
     bi, bj = _choose(effect, cost, coefs, budget)
     chosen_layers, chosen = sets[bi], coefs[bj]
     return AutotuneReport(
         title=f"auto-tune ({objective.evaluation.name}, {objective.effect}, {objective.cost_metric} ≤ {budget:g})",
-        kind=objective.evaluation.name, effect_metric=objective.effect, cost_metric=objective.cost_metric,
-        budget=budget, layers=chosen_layers, coefficient=chosen, n_select=len(select), n_report=len(held),
+        kind=objective.evaluation.name,
+        effect_metric=objective.effect,
+        cost_metric=objective.cost_metric,
+        budget=budget,
+        layers=chosen_layers,
+        coefficient=chosen,
+        n_select=len(select),
+        n_report=len(held),
         fits_budget=bool(cost[bi][bj] <= budget),
         selection={"layer_sets": sets, "coefficients": coefs, "effect": effect, "cost": cost},
         held_out=_held_out(objective, lm, vector.select(chosen_layers), held, chosen, cost_texts, **kwargs),
@@ -435,5 +477,7 @@ def _held_out(
         final[objective.cost_metric] = objective.cost(lm, vector, cost_texts or [], coefs, progress=False)[
             objective.cost_metric
         ]
-    return {label: {name: values[coefs.index(c)] for name, values in final.items()}
-            for label, c in (("baseline", 0.0), ("steered", chosen))}
+    return {
+        label: {name: values[coefs.index(c)] for name, values in final.items()}
+        for label, c in (("baseline", 0.0), ("steered", chosen))
+    }

@@ -7,9 +7,13 @@
   from ``.pt`` files, requests name them by id, layer and scale (``"all"`` or ``"generated"``);
   CUDA graphs stay on.
 
-Both add to the output of decoder layer ``k`` (0-based), steerlab's layer ``k``. The llama.cpp
-control-vector format lives on :class:`~steerlab.vector.SteeringVector` (``to_gguf``).
-``docs/vllm.md`` cites the plugin sources line by line.
+* :mod:`.gguf` — a steering as a llama.cpp control vector (the file format itself lives on
+  :class:`~steerlab.core.vector.SteeringVector`: ``to_gguf``).
+
+Both plugins add to the output of decoder layer ``k`` (0-based), steerlab's layer ``k``.
+``docs/vllm.md`` cites the plugin sources line by line. Every export asks the steering's operator
+what it is (:meth:`~steerlab.core.operators.Operator.fixed_form`): all but bake carry constant
+additions only, and refuse other operators with the operator's own reason.
 
 Example:
     >>> from steerlab.export import hotwire, vllm_lens
@@ -17,10 +21,10 @@ Example:
     >>> vllm_lens.write(vec, "happy.vllm-lens.json")  # doctest: +SKIP
 """
 
-from . import hotwire, vllm_lens
-from .common import PluginUnsupported, steerings_of
+from . import gguf, hotwire, vllm_lens
+from .common import PluginUnsupported, constant_addition, steerings_of
 
 FORMATS = ("gguf", "vllm-lens", "hotwire")
 """The export formats of ``steerlab export``."""
 
-__all__ = ["FORMATS", "PluginUnsupported", "hotwire", "steerings_of", "vllm_lens"]
+__all__ = ["FORMATS", "PluginUnsupported", "constant_addition", "gguf", "hotwire", "steerings_of", "vllm_lens"]

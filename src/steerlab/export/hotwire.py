@@ -12,7 +12,9 @@ So :func:`write` saves a ``{"directions": (n_layers, d_model) float32, "steerlab
 dict (rows of layers the vector lacks are zero; the config lets :func:`read` give the vector back
 and lets the server check an export is current), and :func:`request_spec` turns a steering into
 one entry per layer. What hotwire cannot do is refused (:class:`PluginUnsupported`): operators
-other than ``add``, token-wise vectors, positions other than ``"all"`` and ``"generated"``
+that are no constant addition (the operator says,
+:meth:`~steerlab.core.operators.Operator.fixed_form`; a registered one that adds ``s·v`` goes with
+``scale`` ``s``), token-wise vectors, positions other than ``"all"`` and ``"generated"``
 (``decode_only``), and two steerings on one layer (hotwire keeps one vector per layer and token:
 the last entry wins).
 
@@ -36,11 +38,11 @@ from typing import Any
 
 import torch
 
+from ..core.steering import Steering, SteeringLike
+from ..core.vector import SteeringVector, checked_config
 from ..errors import InvalidVectorError, LayerRangeError, VectorFileError
 from ..files import atomic_file
-from ..steering import Steering, SteeringLike
-from ..vector import SteeringVector, checked_config
-from .common import PluginUnsupported, steerings_of
+from .common import PluginUnsupported, constant_addition, steerings_of
 
 PLUGIN = "hotwire"
 XARG = "hotwire"
@@ -66,9 +68,12 @@ def to_tensor(vec: SteeringVector) -> torch.Tensor:
         PluginUnsupported: a token-wise (ActAdd) vector.
     """
     if vec.tokenwise:
-        raise PluginUnsupported("hotwire holds one direction per layer: collapse this token-wise (ActAdd) vector "
-                                "first with vec.token_mean(), or steer with the transformers engine", PLUGIN,
-                                code="tokenwise_vector")
+        raise PluginUnsupported(
+            "hotwire holds one direction per layer: collapse this token-wise (ActAdd) vector "
+            "first with vec.token_mean(), or steer with the transformers engine",
+            PLUGIN,
+            code="tokenwise_vector",
+        )
     out = torch.zeros(vec.n_layers, vec.d_model, dtype=torch.float32)
     for k, t in vec.directions.items():
         out[k] = t
@@ -140,8 +145,13 @@ def read(path: str | os.PathLike[str], lm: Any = None) -> SteeringVector:
         rows = {k: tensor[k] for k in range(tensor.shape[0]) if bool(tensor[k].any())}
         if not rows:
             raise VectorFileError(f"{path}: every row is zero")
-        return SteeringVector(rows, model_id=lm.model_id if lm is not None else "", d_model=int(tensor.shape[-1]),
-                              n_layers=lm.n_layers if lm is not None else int(tensor.shape[0]), method="hotwire")
+        return SteeringVector(
+            rows,
+            model_id=lm.model_id if lm is not None else "",
+            d_model=int(tensor.shape[-1]),
+            n_layers=lm.n_layers if lm is not None else int(tensor.shape[0]),
+            method="hotwire",
+        )
     except (IndexError, InvalidVectorError, LayerRangeError) as exc:
         raise VectorFileError(f"{path}: {exc}") from exc
 
@@ -171,7 +181,7 @@ def request_spec(steering: SteeringLike | None, name_of: Callable[[SteeringVecto
     out: list[dict[str, Any]] = []
     owner: dict[int, int] = {}
     for i, s in enumerate(steerings_of(steering)):
-        _check(i, s)
+        scale = _check(i, s)
         if s.is_noop:
             continue  # a zero coefficient would still take a slot of hotwire's fixed bank
         vid = name_of(s.vector)
@@ -180,28 +190,48 @@ def request_spec(steering: SteeringLike | None, name_of: Callable[[SteeringVecto
                 raise PluginUnsupported(
                     f"steering[{owner[k]}] and steering[{i}] both act on layer {k}: hotwire keeps one vector per "
                     "layer (the last would silently win); combine them into one vector (a*v1 + b*v2), export it "
-                    "and use that", PLUGIN, i, "layer_conflict")
+                    "and use that",
+                    PLUGIN,
+                    i,
+                    "layer_conflict",
+                )
             owner[k] = i
-            entry: dict[str, Any] = {"id": vid, "layer": int(k), "scale": float(s.coefficient)}
+            entry: dict[str, Any] = {"id": vid, "layer": int(k), "scale": float(scale)}
             if s.where == "generated":
                 entry["decode_only"] = True
             out.append(entry)
     return out
 
 
-def _check(i: int, s: Steering) -> None:
-    if s.op.name != "add":
-        raise PluginUnsupported(f"hotwire only adds vectors; operator={s.op.name!r} is not available with this "
-                                "engine (use the transformers engine)", PLUGIN, i)
+def _check(i: int, s: Steering) -> float:
+    """The scale ``s`` adds its vector with, or why hotwire cannot steer with it."""
+    form = constant_addition(s.op, s.coefficient)
+    if isinstance(form, str):
+        raise PluginUnsupported(
+            f"hotwire only adds vectors; operator={s.op.name!r} is not available with this engine: {form} "
+            "(use the transformers engine)",
+            PLUGIN,
+            i,
+        )
     if s.condition is not None:
         raise PluginUnsupported("hotwire has no conditional (CAST) steering", PLUGIN, i)
     if s.vector.tokenwise:
-        raise PluginUnsupported("hotwire has no token-wise (ActAdd) vectors: collapse the vector with "
-                                "vec.token_mean(), or use the transformers engine", PLUGIN, i, "tokenwise_vector")
+        raise PluginUnsupported(
+            "hotwire has no token-wise (ActAdd) vectors: collapse the vector with "
+            "vec.token_mean(), or use the transformers engine",
+            PLUGIN,
+            i,
+            "tokenwise_vector",
+        )
     if s.where not in ("all", "generated"):
-        raise PluginUnsupported(f"hotwire steers every token ('all') or decode steps only ('generated'); "
-                                f"positions={s.where!r} is not available (use the transformers engine)", PLUGIN, i,
-                                "unsupported_positions")
+        raise PluginUnsupported(
+            f"hotwire steers every token ('all') or decode steps only ('generated'); "
+            f"positions={s.where!r} is not available (use the transformers engine)",
+            PLUGIN,
+            i,
+            "unsupported_positions",
+        )
+    return form.scale
 
 
 def xargs(spec: list[dict[str, Any]]) -> dict[str, str]:

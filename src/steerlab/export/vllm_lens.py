@@ -26,8 +26,11 @@ tokens (``tests/test_vllm.py`` runs the plugin's own module and shows each). So:
 * ``"prompt"``, ``"generated"``, windows and token-wise (ActAdd) vectors are refused
   (:class:`~steerlab.export.PluginUnsupported`, saying why) — for ``"generated"`` use hotwire,
   for the others the transformers engine; a token-wise vector's ``token_mean()`` is a plain one;
-* only ``operator="add"``; conditional steering (CAST) is refused. vllm-lens's ``norm_match`` is
-  not steerlab's ``add_norm_preserving`` and is never used.
+* only operators that are a constant addition (``"add"``, or any operator whose
+  :meth:`~steerlab.core.operators.Operator.fixed_form` is a
+  :class:`~steerlab.core.operators.ConstantAddition` ``s·v``: ``scale`` is then ``s``); the others
+  are refused with the operator's own reason. Conditional steering (CAST) is refused. vllm-lens's
+  ``norm_match`` is not steerlab's ``add_norm_preserving`` and is never used.
 
 Tensors are written uncompressed (vllm-lens reads a ``compression`` key only when it says
 ``"zstd"``); files it wrote with zstd compression are read when the ``zstandard`` package is
@@ -54,11 +57,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.steering import Steering, SteeringLike
+from ..core.vector import SteeringVector
 from ..errors import InvalidVectorError, VectorFileError
 from ..files import atomic_file
-from ..steering import Steering, SteeringLike
-from ..vector import SteeringVector
-from .common import PluginUnsupported, steerings_of
+from .common import PluginUnsupported, constant_addition, steerings_of
 
 PLUGIN = "vllm-lens"
 XARG = "apply_steering_vectors"
@@ -82,8 +85,12 @@ def encode_tensor(t: torch.Tensor) -> dict[str, Any]:
         [2]
     """
     arr = t.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy().astype("<f4", copy=False)
-    return {"data": base64.b64encode(arr.tobytes()).decode("ascii"), "dtype": "float32",
-            "original_dtype": "torch.float32", "shape": list(arr.shape)}
+    return {
+        "data": base64.b64encode(arr.tobytes()).decode("ascii"),
+        "dtype": "float32",
+        "original_dtype": "torch.float32",
+        "shape": list(arr.shape),
+    }
 
 
 def decode_tensor(d: Any) -> torch.Tensor:
@@ -132,8 +139,13 @@ def to_entries(vec: SteeringVector, scale: float = 1.0) -> list[dict[str, Any]]:
 
 
 def _entry(acts: torch.Tensor, layers: list[int], scale: float, positions: list[int] | None = None) -> dict[str, Any]:
-    return {"activations": encode_tensor(acts), "layer_indices": [int(k) for k in layers], "scale": float(scale),
-            "norm_match": False, "position_indices": positions}
+    return {
+        "activations": encode_tensor(acts),
+        "layer_indices": [int(k) for k in layers],
+        "scale": float(scale),
+        "norm_match": False,
+        "position_indices": positions,
+    }
 
 
 def write(vec: SteeringVector, path: str | os.PathLike[str]) -> Path:
@@ -175,8 +187,13 @@ def read(path: str | os.PathLike[str], lm: Any = None) -> SteeringVector:
     d_model = int(next(iter(directions.values())).shape[-1])
     n_layers = lm.n_layers if lm is not None else max(directions) + 1
     try:
-        return SteeringVector(directions, model_id=lm.model_id if lm is not None else "", d_model=d_model,
-                              n_layers=n_layers, method="vllm-lens")
+        return SteeringVector(
+            directions,
+            model_id=lm.model_id if lm is not None else "",
+            d_model=d_model,
+            n_layers=n_layers,
+            method="vllm-lens",
+        )
     except InvalidVectorError as exc:
         raise VectorFileError(f"{path}: {exc}") from exc
 
@@ -203,7 +220,7 @@ def steering_payload(steering: SteeringLike | None) -> list[dict[str, Any]]:
         steering: the request's steering (validated as for the transformers engine).
 
     Raises:
-        PluginUnsupported: an operator other than ``add``, a condition, positions other than
+        PluginUnsupported: an operator that is no constant addition, a condition, positions other than
             ``"all"`` or a token-wise vector (vllm-lens 1.3.0 places them wrongly, see
             :data:`POSITIONS_WHY`).
     """
@@ -216,9 +233,14 @@ def steering_payload(steering: SteeringLike | None) -> list[dict[str, Any]]:
 
 
 def _steering_entry(i: int, s: Steering) -> dict[str, Any] | None:
-    if s.op.name != "add":
-        raise PluginUnsupported(f"vllm-lens only adds vectors; operator={s.op.name!r} is not available with this "
-                                "engine (use the transformers engine)", PLUGIN, i)
+    form = constant_addition(s.op, s.coefficient)
+    if isinstance(form, str):
+        raise PluginUnsupported(
+            f"vllm-lens only adds vectors; operator={s.op.name!r} is not available with this engine: {form} "
+            "(use the transformers engine)",
+            PLUGIN,
+            i,
+        )
     if s.condition is not None:
         raise PluginUnsupported("vllm-lens has no conditional (CAST) steering", PLUGIN, i)
     if s.vector.tokenwise:
@@ -228,18 +250,25 @@ def _steering_entry(i: int, s: Steering) -> dict[str, Any] | None:
             f"vllm-lens 1.3.0 steers only positions='all', not {s.where!r}: {POSITIONS_WHY}. So 'generated' would "
             "steer nothing, 'prompt' would steer the generated tokens too and windows would land on the wrong "
             "tokens. Use positions='all', hotwire for 'generated', or the transformers engine",
-            PLUGIN, i, "unsupported_positions")
+            PLUGIN,
+            i,
+            "unsupported_positions",
+        )
     if s.is_noop:
         return None
     layers = list(s.active_layers)
-    return _entry(torch.stack([s.vector.directions[k] for k in layers]), layers, s.coefficient)
+    return _entry(torch.stack([s.vector.directions[k] for k in layers]), layers, form.scale)
 
 
 def _tokenwise(i: int | None) -> PluginUnsupported:
     return PluginUnsupported(
         f"vllm-lens 1.3.0 cannot steer with a token-wise (ActAdd) vector: its rows go at absolute positions and "
         f"{POSITIONS_WHY}, so its first row would be added to every generated token. Use the vector's token_mean() "
-        "(a plain vector) or the transformers engine", PLUGIN, i, "tokenwise_vector")
+        "(a plain vector) or the transformers engine",
+        PLUGIN,
+        i,
+        "tokenwise_vector",
+    )
 
 
 def xargs(payload: list[dict[str, Any]]) -> dict[str, str]:

@@ -15,8 +15,10 @@ See ``docs/serve.md`` for the HTTP API, curl and ``openai`` client examples.
 from __future__ import annotations
 
 from .app import create_app
-from .batcher import Batcher, GenParams, Job, QueueFull
+from .engines.base import Engine, EngineFactory, QueueFull
+from .engines.local import Batcher
 from .http_errors import STATUS, APIError
+from .jobs import GenParams, Job
 from .settings import API_KEY_ENV, ServeSettings
 from .state import Server
 from .store import NAME_PATTERN, VectorStore, check_name, pack_folder
@@ -29,6 +31,8 @@ __all__ = [
     "APIError",
     "AlreadyExists",
     "Batcher",
+    "Engine",
+    "EngineFactory",
     "GenParams",
     "InvalidName",
     "InvalidUpload",

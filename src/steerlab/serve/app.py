@@ -36,14 +36,14 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import Scope
 
-from ..model import LM
+from ..models.load import LM
+from .engines.base import EngineFactory
 from .guards import APIKeyMiddleware, BodyLimitMiddleware, CrossSiteMiddleware
 from .http_errors import APIError, install_handlers
 from .routes import JSON_PATHS, OPEN_PATHS, ROUTERS, UPLOAD_PATH
@@ -71,18 +71,23 @@ def _add_guards(app: FastAPI, server: Server) -> None:
     app.add_middleware(APIKeyMiddleware, key=settings.api_key, open_paths=OPEN_PATHS, on_reject=refused)
 
 
-def create_app(lm: LM, store_dir: str | os.PathLike[str], settings: ServeSettings | None = None,
-               engine: Callable[..., Any] | None = None) -> FastAPI:
+def create_app(
+    lm: LM,
+    store_dir: str | os.PathLike[str],
+    settings: ServeSettings | None = None,
+    engine: EngineFactory | None = None,
+) -> FastAPI:
     """The steering server for ``lm`` with vectors in ``store_dir``.
 
     The worker thread starts now (so the app also works under test clients that skip the
-    lifespan); it stops on the app's shutdown, or with ``app.state.server.batcher.close()``.
+    lifespan); it stops on the app's shutdown, or with ``app.state.server.engine.close()``.
 
     Args:
         lm: the served model.
         store_dir: the vector store directory (created if missing).
         settings: limits and the optional API key (default: :class:`ServeSettings`).
-        engine: a factory of the generation engine (default: the transformers batcher); for vLLM,
+        engine: a factory of the generation engine (:class:`~steerlab.serve.engines.base.EngineFactory`;
+            default: the local engine, the model running here); for vLLM,
             :func:`steerlab.serve.engines.vllm.engine_factory`.
     """
     server = Server(lm, store_dir, settings or ServeSettings(), engine)
@@ -90,11 +95,15 @@ def create_app(lm: LM, store_dir: str | os.PathLike[str], settings: ServeSetting
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        server.batcher.close()
+        server.engine.close()
         server.cost.close()
 
-    app = FastAPI(title="steerlab serve", version="1", lifespan=lifespan,
-                  description="OpenAI-compatible completions with activation steering.")
+    app = FastAPI(
+        title="steerlab serve",
+        version="1",
+        lifespan=lifespan,
+        description="OpenAI-compatible completions with activation steering.",
+    )
     app.state.server = server
     install_handlers(app, server.count)
     _add_guards(app, server)

@@ -32,8 +32,8 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO, TypeVar
 
+from ..core.vector import CONFIG_NAME, WEIGHTS_NAME
 from ..limits import Limits
-from ..vector import CONFIG_NAME, WEIGHTS_NAME
 from .store_errors import InvalidUpload, TooLarge
 
 REQUIRED = (CONFIG_NAME, WEIGHTS_NAME)
@@ -42,11 +42,24 @@ ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 """How a ``.zip`` starts (a local file header, or the end record of an empty archive)."""
 
 _TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError, ValueError)
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, OSError, ValueError, RuntimeError,
-               NotImplementedError)
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    zlib.error,
+    OSError,
+    ValueError,
+    RuntimeError,
+    NotImplementedError,
+)
 _Archive = TypeVar("_Archive", tarfile.TarFile, zipfile.ZipFile)
-_HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
-                 tarfile.SOLARIS_XHDTYPE)
+_HEADER_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
 """Tar header records whose data tarfile reads into memory (long names and links, pax headers)."""
 _ZIP_END = b"PK\x05\x06"
 _ZIP_END_SIZE = 22
@@ -97,8 +110,9 @@ def _pick(files: dict[PurePosixPath, _Member]) -> dict[str, _Member]:
             by_dir.setdefault(path.parent, {})[path.name] = member
     complete = {d: m for d, m in by_dir.items() if len(m) == len(REQUIRED)}
     if not complete:
-        raise InvalidUpload(f"the archive needs {CONFIG_NAME} and {WEIGHTS_NAME} (at the top or in one folder)",
-                            "invalid_vector")
+        raise InvalidUpload(
+            f"the archive needs {CONFIG_NAME} and {WEIGHTS_NAME} (at the top or in one folder)", "invalid_vector"
+        )
     if len(complete) > 1:
         raise InvalidUpload("the archive holds more than one vector folder; upload one at a time", "invalid_vector")
     folder, members = next(iter(complete.items()))
@@ -109,8 +123,9 @@ def _pick(files: dict[PurePosixPath, _Member]) -> dict[str, _Member]:
 
 def _check_counts(count: int, total: int, limits: Limits) -> None:
     if count > limits.max_archive_members:
-        raise InvalidUpload(f"the archive has more than {limits.max_archive_members} members "
-                            "(max_archive_members)", "unsafe_archive")
+        raise InvalidUpload(
+            f"the archive has more than {limits.max_archive_members} members (max_archive_members)", "unsafe_archive"
+        )
     if total > limits.max_unpacked_bytes:
         raise TooLarge(f"the archive unpacks to more than {limits.max_unpacked_bytes} bytes (max_unpacked_bytes)")
 
@@ -166,12 +181,17 @@ def bounded_tarinfo(limits: Limits) -> type[tarfile.TarInfo]:
             nonlocal records
             if self.type in _HEADER_TYPES:
                 if self.size > cap:
-                    raise InvalidUpload(f"an archive header record (type {self.type!r}) declares {self.size} bytes: "
-                                        f"more than the limit of {cap} (max_header_bytes)", "unsafe_archive")
+                    raise InvalidUpload(
+                        f"an archive header record (type {self.type!r}) declares {self.size} bytes: "
+                        f"more than the limit of {cap} (max_header_bytes)",
+                        "unsafe_archive",
+                    )
                 records += 1
                 if records > limits.max_archive_members:
-                    raise InvalidUpload(f"the archive has more than {limits.max_archive_members} header records "
-                                        "(max_archive_members)", "unsafe_archive")
+                    raise InvalidUpload(
+                        f"the archive has more than {limits.max_archive_members} header records (max_archive_members)",
+                        "unsafe_archive",
+                    )
             elif self.type == tarfile.GNUTYPE_SPARSE:
                 raise _sparse()
             return super()._proc_member(tf)  # type: ignore[misc]
@@ -200,8 +220,9 @@ def check_zip_entries(raw: Path, limits: Limits) -> None:
         return  # not found: zipfile refuses it
     entries = int.from_bytes(tail[at + 10 : at + 12], "little")
     if entries > limits.max_archive_members:  # 0xFFFF (zip64) included
-        raise InvalidUpload(f"the archive has more than {limits.max_archive_members} members (max_archive_members)",
-                            "unsafe_archive")
+        raise InvalidUpload(
+            f"the archive has more than {limits.max_archive_members} members (max_archive_members)", "unsafe_archive"
+        )
 
 
 def _tar_members(tf: tarfile.TarFile) -> Iterator[_Member]:
@@ -216,8 +237,14 @@ def _zip_members(zf: zipfile.ZipFile) -> Iterator[_Member]:
         yield _Member(info.filename, info.is_dir(), regular, info.file_size, partial(zf.open, info))
 
 
-def _read(open_archive: Callable[[], _Archive], members: Callable[[_Archive], Iterator[_Member]],
-          errors: tuple[type[BaseException], ...], what: str, folder: Path, limits: Limits) -> None:
+def _read(
+    open_archive: Callable[[], _Archive],
+    members: Callable[[_Archive], Iterator[_Member]],
+    errors: tuple[type[BaseException], ...],
+    what: str,
+    folder: Path,
+    limits: Limits,
+) -> None:
     try:
         with open_archive() as archive:
             _extract(members(archive), folder, limits)
@@ -239,5 +266,11 @@ def unpack(raw: Path, folder: Path, limits: Limits) -> None:
         check_zip_entries(raw, limits)
         _read(partial(zipfile.ZipFile, raw), _zip_members, _ZIP_ERRORS, "a readable .zip archive", folder, limits)
     else:
-        _read(partial(tarfile.open, raw, "r:*", tarinfo=bounded_tarinfo(limits)), _tar_members, _TAR_ERRORS,
-              "a readable .tar(.gz) or .zip archive, nor a GGUF file", folder, limits)
+        _read(
+            partial(tarfile.open, raw, "r:*", tarinfo=bounded_tarinfo(limits)),
+            _tar_members,
+            _TAR_ERRORS,
+            "a readable .tar(.gz) or .zip archive, nor a GGUF file",
+            folder,
+            limits,
+        )

@@ -7,16 +7,16 @@ where each vector's coefficient breaks the model.
   finds what the steered one wrote (1: as likely; 3: three times as perplexing).
 * :meth:`CostService.breakdown` — the breakdown curve of a stored vector
   (:func:`steerlab.analysis.breakdown_curve` on the neutral texts shipped with steerlab,
-  :data:`steerlab.demo_data.NEUTRAL`) and the smallest ``|coefficient|`` per sign at which its
+  :data:`steerlab.data.demo.NEUTRAL`) and the smallest ``|coefficient|`` per sign at which its
   perplexity passes 2× the unsteered one. Computed once per vector, lazily, in a thread of its
   own (never on the event loop), and cached until the vector is replaced or deleted.
 
 Both run the served model outside the worker thread, so they hold the worker's
-:attr:`~steerlab.serve.batcher.Batcher.model_lock` (generation waits for them, and they for a
-decoding step). A vLLM engine has no weights here: both are refused.
+:attr:`~steerlab.serve.engines.base.Engine.model_lock` (generation waits for them, and they for a
+decoding step). A vLLM engine has no weights here (and no model lock): both are refused.
 
 Example:
-    >>> service = CostService(lm, store, batcher.model_lock)  # doctest: +SKIP
+    >>> service = CostService(lm, store, engine.model_lock)  # doctest: +SKIP
     >>> service.perplexity_ratio("Once upon a time", " there was joy joy joy", " there was a girl")  # doctest: +SKIP
     {'ratio': 2.7, 'perplexity_steered': 41.2, 'perplexity_unsteered': 15.3, ...}
 """
@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import SteeringError
 from ..limits import Limits
-from ..model import LM
+from ..models.load import LM
 from .store import StoredVector, VectorStore
 
 
@@ -46,15 +46,23 @@ class CostService:
     Args:
         lm: the served model.
         store: the vector store (breakdowns are per stored vector).
-        lock: held while the model runs here (the worker's ``model_lock``); ``None``: no lock.
+        lock: held while the model runs here (the engine's ``model_lock``); ``None``: no lock.
+        limits: the bounds on scored texts (default: the model's own).
+        tok_lock: held around every tokenizer call (``None``: no lock).
     """
 
-    def __init__(self, lm: LM, store: VectorStore, lock: threading.Lock | None = None, limits: Limits | None = None,
-                 tok_lock: threading.Lock | None = None) -> None:
+    def __init__(
+        self,
+        lm: LM,
+        store: VectorStore,
+        lock: threading.Lock | None = None,
+        limits: Limits | None = None,
+        tok_lock: threading.Lock | None = None,
+    ) -> None:
         self.lm = lm
         self.store = store
-        self.lock: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
-        self.tok_lock: AbstractContextManager[Any] = tok_lock if tok_lock is not None else nullcontext()
+        self.lock: AbstractContextManager[object] = lock if lock is not None else nullcontext()
+        self.tok_lock: AbstractContextManager[object] = tok_lock if tok_lock is not None else nullcontext()
         self.limits = limits if limits is not None else Limits.for_model(lm)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="steerlab-cost")
         self._cache: dict[str, tuple[StoredVector, concurrent.futures.Future[dict[str, Any]]]] = {}
@@ -117,7 +125,7 @@ class CostService:
 
     def _breakdown(self, stored: StoredVector) -> dict[str, Any]:
         from ..analysis.breakdown import breakdown_curve
-        from ..demo_data import NEUTRAL
+        from ..data.demo import NEUTRAL
 
         out: dict[str, Any] = {"object": "steering_breakdown", "vector": stored.name, "texts": len(NEUTRAL)}
         try:
@@ -133,8 +141,10 @@ class CostService:
             "threshold": rep.threshold,
             "base_perplexity": _number(rep.base_perplexity),
             "breaks_at": {"positive": rep.breaking_point_positive, "negative": None if neg is None else -neg},
-            "curve": [{"coefficient": c, "ppl_ratio": _number(r), "norm_ratio": _number(n)}
-                      for c, r, n in zip(rep.coefficients, rep.ppl_ratio, rep.norm_ratio)],
+            "curve": [
+                {"coefficient": c, "ppl_ratio": _number(r), "norm_ratio": _number(n)}
+                for c, r, n in zip(rep.coefficients, rep.ppl_ratio, rep.norm_ratio)
+            ],
         }
 
     def close(self) -> None:

@@ -1,5 +1,5 @@
 """One (chat) completion request, from its validated body to its response: checked against the
-server's limits, split into one :class:`~steerlab.serve.batcher.Job` per choice, queued, then
+server's limits, split into one :class:`~steerlab.serve.jobs.Job` per choice, queued, then
 answered whole or streamed as server-sent events.
 
 Shared by the completions and chat completions routes (:mod:`steerlab.serve.routes`).
@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any
 
 import anyio
 from fastapi import Request
@@ -23,16 +22,18 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from ..condition import Condition
+from ..core.condition import Condition
+from ..core.operators import get_operator
+from ..core.steering import Composite, Steering, compose
 from ..errors import SteeringError
-from ..steering import Composite, Steering, compose
-from .batcher import Delta, Done, Failed, GenParams, Job
 from .http_errors import APIError, domain_errors, from_failed
+from .jobs import Delta, Done, Event, Failed, GenParams, Job
 from .schemas import SSE_DONE, Reply, SteeringEntry, _GenerationFields, error_body, sse
 from .state import Server
 from .store_errors import NotFound
 
 log = logging.getLogger("steerlab.serve")
+
 
 # ---------------------------------------------------------------------------- request -> jobs
 def _steering_entry(server: Server, i: int, e: SteeringEntry) -> Steering:
@@ -49,12 +50,18 @@ def _steering_entry(server: Server, i: int, e: SteeringEntry) -> Steering:
             layers = lim.layer_list(e.layers, f"{param}.layers")
         missing = sorted(set(layers) - set(sv.vector.layers))
         if missing:
-            raise APIError(400, f"{param}.layers: {missing} not in the vector (it has layers {sv.vector.layers})",
-                           code="invalid_layers", param=f"{param}.layers")
+            raise APIError(
+                400,
+                f"{param}.layers: {missing} not in the vector (it has layers {sv.vector.layers})",
+                code="invalid_layers",
+                param=f"{param}.layers",
+            )
     condition = None if e.condition is None else _condition(server, param, e.condition, e.threshold)
     try:
-        return Steering(sv.vector, e.coefficient, layers=layers, positions=e.positions, operator=e.operator,
-                        condition=condition)
+        operator = get_operator(e.operator).with_parameters(e.operator_parameters or {})
+        return Steering(
+            sv.vector, e.coefficient, layers=layers, positions=e.positions, operator=operator, condition=condition
+        )
     except SteeringError as exc:
         raise APIError(400, f"{param}: {exc}", code="invalid_steering", param=param) from None
 
@@ -66,9 +73,14 @@ def _condition(server: Server, param: str, name: str, threshold: float | None) -
         try:
             stored = server.store.get(name)
         except NotFound:
-            raise APIError(404, f"{where}: no condition named {name!r} in the store (upload a folder saved by "
-                           "`steerlab condition`; GET /v1/vectors lists them)", "not_found_error",
-                           "condition_not_found", where) from None
+            raise APIError(
+                404,
+                f"{where}: no condition named {name!r} in the store (upload a folder saved by "
+                "`steerlab condition`; GET /v1/vectors lists them)",
+                "not_found_error",
+                "condition_not_found",
+                where,
+            ) from None
     try:
         return stored.condition(threshold)
     except SteeringError as exc:
@@ -90,16 +102,29 @@ def _gen_params(req: _GenerationFields, server: Server, prompts: int) -> GenPara
     s, lim = server.settings, server.limits
     max_tokens = req.max_tokens if req.max_tokens is not None else s.default_max_tokens
     if max_tokens > lim.max_new_tokens:
-        raise APIError(400, f"max_tokens={max_tokens} is over this server's limit of {lim.max_new_tokens} "
-                       "(max_new_tokens)", code="max_tokens_exceeded", param="max_tokens")
+        raise APIError(
+            400,
+            f"max_tokens={max_tokens} is over this server's limit of {lim.max_new_tokens} (max_new_tokens)",
+            code="max_tokens_exceeded",
+            param="max_tokens",
+        )
     choices = prompts * req.n
     if choices > lim.max_choices:
-        raise APIError(400, f"{prompts} prompt(s) × n={req.n} is over this server's limit of {lim.max_choices} "
-                       "choices per request (max_choices)", code="too_many_choices", param="n")
+        raise APIError(
+            400,
+            f"{prompts} prompt(s) × n={req.n} is over this server's limit of {lim.max_choices} "
+            "choices per request (max_choices)",
+            code="too_many_choices",
+            param="n",
+        )
     if choices > s.max_queue:
-        raise APIError(400, f"{prompts} prompt(s) × n={req.n} = {choices} choices can never fit in this server's "
-                       f"queue of {s.max_queue} (max_queue): send fewer prompts or a smaller n",
-                       code="too_many_choices", param="n")
+        raise APIError(
+            400,
+            f"{prompts} prompt(s) × n={req.n} = {choices} choices can never fit in this server's "
+            f"queue of {s.max_queue} (max_queue): send fewer prompts or a smaller n",
+            code="too_many_choices",
+            param="n",
+        )
     return GenParams(
         max_tokens=max_tokens,
         temperature=float(req.temperature or 0.0),
@@ -124,8 +149,13 @@ def _prompt_ids(server: Server, text: str, max_tokens: int) -> list[int]:
     return ids
 
 
-def build_jobs(server: Server, req: _GenerationFields, texts: Sequence[str], loop: asyncio.AbstractEventLoop,
-               events: asyncio.Queue[Any]) -> list[Job]:
+def build_jobs(
+    server: Server,
+    req: _GenerationFields,
+    texts: Sequence[str],
+    loop: asyncio.AbstractEventLoop,
+    events: asyncio.Queue[Event],
+) -> list[Job]:
     """Validate limits and build one :class:`Job` per choice (``len(texts) × n``; seeds ``seed + j``)."""
     server.check_model_name(req.model)
     params = _gen_params(req, server, len(texts))
@@ -138,8 +168,7 @@ def build_jobs(server: Server, req: _GenerationFields, texts: Sequence[str], loo
         for j in range(req.n):
             seed = None if params.seed is None else params.seed + j
             jp = params if seed == params.seed else GenParams(**{**params.__dict__, "seed": seed})
-            out.append(Job(ids, steering, jp, loop, events, index=p * req.n + j, deadline=deadline,
-                           vectors=vectors))
+            out.append(Job(ids, steering, jp, loop, events, index=p * req.n + j, deadline=deadline, vectors=vectors))
     return out
 
 
@@ -151,7 +180,7 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
-async def _gather(jobs: Sequence[Job], events: asyncio.Queue[Any]) -> list[Done]:
+async def _gather(jobs: Sequence[Job], events: asyncio.Queue[Event]) -> list[Done]:
     done: dict[int, Done] = {}
     while len(done) < len(jobs):
         ev = await events.get()
@@ -162,13 +191,14 @@ async def _gather(jobs: Sequence[Job], events: asyncio.Queue[Any]) -> list[Done]
     return [done[i] for i in sorted(done)]
 
 
-async def collect(server: Server, request: Request, jobs: list[Job], events: asyncio.Queue[Any]) -> list[Done]:
+async def collect(server: Server, request: Request, jobs: list[Job], events: asyncio.Queue[Event]) -> list[Done]:
     """Wait for every job (non-streaming); stops them if the client goes away."""
     waiter = asyncio.ensure_future(_gather(jobs, events))
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
-        finished, _ = await asyncio.wait({waiter, watcher}, timeout=server.settings.request_timeout_s + 30,
-                                         return_when=asyncio.FIRST_COMPLETED)
+        finished, _ = await asyncio.wait(
+            {waiter, watcher}, timeout=server.settings.request_timeout_s + 30, return_when=asyncio.FIRST_COMPLETED
+        )
         if waiter in finished:
             return waiter.result()
         if watcher in finished:
@@ -181,8 +211,9 @@ async def collect(server: Server, request: Request, jobs: list[Job], events: asy
         server.cancel(jobs)
 
 
-async def stream(server: Server, reply: Reply, jobs: Sequence[Job], events: asyncio.Queue[Any],
-                 n: int) -> AsyncIterator[str]:
+async def stream(
+    server: Server, reply: Reply, jobs: Sequence[Job], events: asyncio.Queue[Event], n: int
+) -> AsyncIterator[str]:
     """The jobs' events as server-sent events, ending with ``[DONE]`` (a failure: one error event
     in OpenAI's shape; an unexpected exception too, as a 500 would be)."""
     finished: list[Done] = []
@@ -218,15 +249,16 @@ class SSEResponse(StreamingResponse):
     """
 
     def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(
+            content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             async with anyio.create_task_group() as tg:
 
-                async def run(func: Callable[[], Any]) -> None:
+                async def run(func: Callable[[], Awaitable[None]]) -> None:
                     await func()
                     tg.cancel_scope.cancel()
 
@@ -247,15 +279,14 @@ def _client_gone(exc: BaseException) -> bool:
     return isinstance(exc, OSError)
 
 
-async def generate(server: Server, req: _GenerationFields, texts: list[str], request: Request,
-                   chat: bool) -> Response:
+async def generate(server: Server, req: _GenerationFields, texts: list[str], request: Request, chat: bool) -> Response:
     """Answer a (chat) completion request for the prompt ``texts``: JSON, or a stream."""
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue[Any] = asyncio.Queue()
+    events: asyncio.Queue[Event] = asyncio.Queue()
     # tokenising a long prompt takes a while: off the event loop, so other requests go on
     jobs = await run_in_threadpool(build_jobs, server, req, texts, loop, events)
     with domain_errors():
-        server.batcher.submit(jobs)
+        server.engine.submit(jobs)
     server.count("chat_completions" if chat else "completions")
     reply = Reply(chat, server.lm.model_id, include_usage=bool(req.stream_options and req.stream_options.include_usage))
     if not req.stream:

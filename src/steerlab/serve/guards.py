@@ -54,8 +54,14 @@ class _SafeJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-def error_response(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
-                   param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     """An error in OpenAI's shape, safe to render whatever the message holds.
 
     Example:
@@ -76,8 +82,11 @@ class BodyTooLarge(HTTPException):
 
 def too_large_response(limit: int) -> JSONResponse:
     """The 413 of :class:`BodyLimitMiddleware`."""
-    return error_response(413, f"the request body is larger than this server's limit of {limit} bytes "
-                          "(max_request_bytes)", code="request_too_large")
+    return error_response(
+        413,
+        f"the request body is larger than this server's limit of {limit} bytes (max_request_bytes)",
+        code="request_too_large",
+    )
 
 
 class Gate:
@@ -113,8 +122,9 @@ class BodyLimitMiddleware(Gate):
     handler for ``HTTPException`` answers it; if it escapes, the 413 is sent here).
     """
 
-    def __init__(self, app: ASGIApp, limit: Callable[[Scope], int | None],
-                 on_reject: Callable[[int], None] = lambda status: None) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: Callable[[Scope], int | None], on_reject: Callable[[int], None] = lambda status: None
+    ) -> None:
         super().__init__(app, on_reject)
         self.limit = limit
 
@@ -213,8 +223,13 @@ class CrossSiteMiddleware(Gate):
         on_reject: called with the status of each refusal (metrics).
     """
 
-    def __init__(self, app: ASGIApp, json_paths: Collection[str], form_paths: Collection[str],
-                 on_reject: Callable[[int], None] = lambda status: None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        json_paths: Collection[str],
+        form_paths: Collection[str],
+        on_reject: Callable[[int], None] = lambda status: None,
+    ) -> None:
         super().__init__(app, on_reject)
         self.json_paths = frozenset(json_paths)
         self.form_paths = frozenset(form_paths)
@@ -226,20 +241,32 @@ class CrossSiteMiddleware(Gate):
         headers = Headers(scope=scope)
         why = cross_site(headers)
         if why is not None:
-            return error_response(403, f"cross-site request refused: {why}. This server takes state-changing "
-                                  "requests only from its own pages and from non-browser clients",
-                                  "permission_error", "cross_site_request")
+            return error_response(
+                403,
+                f"cross-site request refused: {why}. This server takes state-changing "
+                "requests only from its own pages and from non-browser clients",
+                "permission_error",
+                "cross_site_request",
+            )
         if scope["method"] != "POST":
             return None  # only POST can be a "simple" cross-site request; the others have no body here
         kind = media_type(headers)
         path = scope["path"]
         if path in self.json_paths and not (kind == "application/json" or kind.endswith("+json")):
-            return error_response(415, f"send the request body as JSON with 'Content-Type: application/json' "
-                                  f"(got {kind or 'no content type'!r})", code="unsupported_media_type")
+            return error_response(
+                415,
+                f"send the request body as JSON with 'Content-Type: application/json' "
+                f"(got {kind or 'no content type'!r})",
+                code="unsupported_media_type",
+            )
         if path in self.form_paths and (not kind or (kind in SIMPLE_CONTENT_TYPES and kind != "multipart/form-data")):
-            return error_response(415, "send the file as the multipart field 'file' (curl -F file=@x.tar.gz) or as "
-                                  "the raw body with 'Content-Type: application/octet-stream' (got "
-                                  f"{kind or 'no content type'!r})", code="unsupported_media_type")
+            return error_response(
+                415,
+                "send the file as the multipart field 'file' (curl -F file=@x.tar.gz) or as "
+                "the raw body with 'Content-Type: application/octet-stream' (got "
+                f"{kind or 'no content type'!r})",
+                code="unsupported_media_type",
+            )
         return None
 
 
@@ -260,8 +287,13 @@ def key_refusal(headers: Headers, key: str | None) -> JSONResponse | None:
     token = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
     challenge = {"WWW-Authenticate": "Bearer"}
     if not token:
-        return error_response(401, "this server needs an API key: send 'Authorization: Bearer KEY'",
-                              "authentication_error", "missing_api_key", headers=challenge)
+        return error_response(
+            401,
+            "this server needs an API key: send 'Authorization: Bearer KEY'",
+            "authentication_error",
+            "missing_api_key",
+            headers=challenge,
+        )
     if not hmac.compare_digest(token.encode(), key.encode()):
         return error_response(401, "invalid API key", "authentication_error", "invalid_api_key", headers=challenge)
     return None
@@ -270,8 +302,13 @@ def key_refusal(headers: Headers, key: str | None) -> JSONResponse | None:
 class APIKeyMiddleware(Gate):
     """Refuse requests without the API ``key`` (401), except on ``open_paths``; no key: all pass."""
 
-    def __init__(self, app: ASGIApp, key: str | None, open_paths: Collection[str],
-                 on_reject: Callable[[int], None] = lambda status: None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        key: str | None,
+        open_paths: Collection[str],
+        on_reject: Callable[[int], None] = lambda status: None,
+    ) -> None:
         super().__init__(app, on_reject)
         self.key = key
         self.open_paths = frozenset(open_paths)

@@ -1,7 +1,7 @@
 """Errors as HTTP answers: :class:`APIError`, the one table from domain errors to statuses, and
 the app's exception handlers (every error in OpenAI's shape, FastAPI's own and 500s included).
 
-The store and the batcher raise domain errors (:mod:`.store_errors`, :class:`.batcher.QueueFull`)
+The store and the engines raise domain errors (:mod:`.store_errors`, :class:`.engines.base.QueueFull`)
 and know nothing of HTTP; :data:`STATUS` is the only place that gives them a status.
 
 Example:
@@ -25,8 +25,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import SteeringError
 from ..limits import LimitError
-from .batcher import Failed, QueueFull
+from .engines.base import QueueFull
 from .guards import BodyTooLarge, error_response
+from .jobs import Failed
 from .schemas import error_body
 from .store_errors import AlreadyExists, InvalidName, InvalidUpload, NotFound, StoreError, TooLarge, WrongModel
 
@@ -42,10 +43,21 @@ STATUS: dict[type[SteeringError], int] = {
 }
 """The HTTP status of each domain error (the most specific class in an error's MRO wins)."""
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
-               413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
-               429: "rate_limit_error", 500: "server_error", 503: "server_error", 504: "timeout_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+    504: "timeout_error",
+}
 """OpenAI's ``error.type`` of each status."""
 
 
@@ -144,8 +156,13 @@ def from_http(request: Request, exc: StarletteHTTPException) -> APIError:
         message, code = f"{request.method} is not allowed on {request.url.path!r}", "method_not_allowed"
     elif status == 400:
         cause = exc.__cause__
-        why = ("it is nested too deeply" if isinstance(cause, RecursionError) else
-               "it is not UTF-8" if isinstance(cause, UnicodeDecodeError) else str(exc.detail))
+        why = (
+            "it is nested too deeply"
+            if isinstance(cause, RecursionError)
+            else "it is not UTF-8"
+            if isinstance(cause, UnicodeDecodeError)
+            else str(exc.detail)
+        )
         message, code = f"the request body could not be read: {why}; send UTF-8 JSON", "invalid_body"
     else:
         message, code = str(exc.detail), None
@@ -181,8 +198,9 @@ def install_handlers(app: FastAPI, count: Callable[[str], None]) -> None:
 
     async def unexpected(request: Request, _exc: Exception) -> JSONResponse:
         # Starlette logs the traceback; the client gets the OpenAI shape, no internals.
-        return await api_error(request, APIError(500, "internal server error (see the server's log)",
-                                                 "server_error", "server_error"))
+        return await api_error(
+            request, APIError(500, "internal server error (see the server's log)", "server_error", "server_error")
+        )
 
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

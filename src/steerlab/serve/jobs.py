@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..steering import SteeringLike
+from ..core.steering import SteeringLike
 
 
 @dataclass(frozen=True)

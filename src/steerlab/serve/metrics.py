@@ -4,7 +4,7 @@
 :class:`Metrics` is thread-safe: the worker thread records tokens, steps, batches and times to
 first token; request handlers count outcomes. :meth:`Metrics.prometheus` renders everything with
 ``prometheus_client`` (one registry per server, nothing global), the queue depth and batch size
-read from the batcher at scrape time.
+read from the engine at scrape time.
 
 Example:
     >>> m = Metrics()
@@ -54,8 +54,12 @@ class Metrics:
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._ttft: collections.deque[float] = collections.deque(maxlen=self.RECENT_TTFT)
         self.registry = CollectorRegistry(auto_describe=True)
-        self.ttft = Histogram("steerlab_time_to_first_token_seconds", "Seconds from a request's arrival to its "
-                              "first generated token.", buckets=TTFT_BUCKETS, registry=self.registry)
+        self.ttft = Histogram(
+            "steerlab_time_to_first_token_seconds",
+            "Seconds from a request's arrival to its first generated token.",
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
         self._live: Mapping[str, Any] = {}
         self._render = threading.Lock()  # one scrape at a time: each sees its own live values
         self.registry.register(_Collector(self))
@@ -139,7 +143,7 @@ class Metrics:
         return round(self.batched_rows / self.batches, 3) if self.batches else 0.0
 
     def prometheus(self, live: Mapping[str, Any]) -> bytes:
-        """Everything in Prometheus' text format; ``live`` adds the batcher's current state
+        """Everything in Prometheus' text format; ``live`` adds the engine's current state
         (``queue_length``, ``running``, ``max_batch``, ``scheduler``, ``model``, ``vectors``)."""
         with self._render:
             self._live = dict(live)
@@ -179,26 +183,38 @@ class _Collector(Collector):
         ):
             if key in live:
                 yield GaugeMetricFamily(name, doc, value=float(live[key]))
-        yield GaugeMetricFamily("steerlab_tokens_per_second", f"Generated tokens per second over the last "
-                                f"{m.WINDOW_S:g} s.", value=snap["tokens_per_second"])
-        yield GaugeMetricFamily("steerlab_mean_batch_size", "Mean rows per decoding step since start (per "
-                                "batch for engines that count no steps).",
-                                value=snap["mean_batch_size"])
-        requests = CounterMetricFamily("steerlab_requests", "Requests by event (accepted, rejected, cancelled, "
-                                       "timed_out, completions, http_<status>, ...).", labels=["event"])
+        yield GaugeMetricFamily(
+            "steerlab_tokens_per_second",
+            f"Generated tokens per second over the last {m.WINDOW_S:g} s.",
+            value=snap["tokens_per_second"],
+        )
+        yield GaugeMetricFamily(
+            "steerlab_mean_batch_size",
+            "Mean rows per decoding step since start (per batch for engines that count no steps).",
+            value=snap["mean_batch_size"],
+        )
+        requests = CounterMetricFamily(
+            "steerlab_requests",
+            "Requests by event (accepted, rejected, cancelled, timed_out, completions, http_<status>, ...).",
+            labels=["event"],
+        )
         for event, n in sorted(snap["requests"].items()):
             requests.add_metric([event], n)
         yield requests
-        vectors = CounterMetricFamily("steerlab_vector_requests", "Requests steered by each store vector.",
-                                      labels=["vector"])
+        vectors = CounterMetricFamily(
+            "steerlab_vector_requests", "Requests steered by each store vector.", labels=["vector"]
+        )
         for name, n in snap["vector_requests"].items():
             vectors.add_metric([name], n)
         yield vectors
         for name, doc, key in (
             ("steerlab_completion_tokens", "Generated tokens.", "completion_tokens_total"),
             ("steerlab_prompt_tokens", "Prompt tokens run through the model.", "prompt_tokens_total"),
-            ("steerlab_batches", "Prompt passes (batches started, or requests joining a running batch).",
-             "batches_total"),
+            (
+                "steerlab_batches",
+                "Prompt passes (batches started, or requests joining a running batch).",
+                "batches_total",
+            ),
             ("steerlab_decode_steps", "Decoding steps.", "steps_total"),
             ("steerlab_busy_seconds", "Seconds the worker spent running the model.", "busy_s"),
         ):

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-if TYPE_CHECKING:  # the batcher's events; no import of torch for the request models
-    from .batcher import Done
+if TYPE_CHECKING:  # the engine's events; no import of torch for the request models
+    from .jobs import Done
 
 MIN_TEMPERATURE = 0.01
 """The smallest sampling temperature (as vLLM's floor); 0 means greedy, values in between are
@@ -70,8 +70,9 @@ def _bad_text(value: Any) -> str | None:
 def _check_text(data: Any) -> Any:
     where = _bad_text(data)
     if where is not None:
-        raise ValueError(f"{where} is not valid Unicode text (it holds a lone surrogate such as \\ud800); "
-                         "send UTF-8 text")
+        raise ValueError(
+            f"{where} is not valid Unicode text (it holds a lone surrogate such as \\ud800); send UTF-8 text"
+        )
     return data
 
 
@@ -85,7 +86,11 @@ class SteeringEntry(BaseModel):
         positions: ``"all"``, ``"prompt"``, ``"generated"`` or a token window ``[start, end]``
             (``end`` may be ``null``: to the end); leave it unset for a token-wise (ActAdd) vector,
             which is added front-aligned at each prompt's first tokens.
-        operator: ``"add"`` (default), ``"ablate"``, ``"clamp"`` or ``"add_norm_preserving"``.
+        operator: ``"add"`` (default), ``"ablate"``, ``"clamp"``, ``"add_norm_preserving"`` or any
+            operator registered with :func:`~steerlab.core.operators.register_operator` (the names of
+            :data:`~steerlab.core.operators.OPERATORS` when the request arrives).
+        operator_parameters: the operator's own parameters (``{"name": number}``), for an operator
+            that declares some (:meth:`~steerlab.core.operators.Operator.parameters`).
         condition: name of a condition in the store (CAST, saved by ``steerlab condition``): the
             vector acts only on rows whose prompt matches it, on their generated tokens
             (``positions`` must be unset or ``"generated"``).
@@ -98,7 +103,8 @@ class SteeringEntry(BaseModel):
     coefficient: float = 1.0
     layers: list[int] | None = Field(default=None, max_length=1024)
     positions: Literal["all", "prompt", "generated"] | tuple[Position, Position | None] | None = None
-    operator: Literal["add", "ablate", "clamp", "add_norm_preserving"] = "add"
+    operator: str = Field(default="add", min_length=1, max_length=100)
+    operator_parameters: dict[str, float] | None = Field(default=None, max_length=32)
     condition: str | None = Field(default=None, min_length=1, max_length=200)
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
 
@@ -108,12 +114,23 @@ class SteeringEntry(BaseModel):
             raise ValueError("threshold goes with condition: name a condition of the store")
         return self
 
+    @field_validator("operator")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from ..core.operators import OPERATORS  # the registry as it is now (torch only when a request comes)
+
+        if value not in OPERATORS:
+            raise ValueError(f"operator {value!r} is not registered: use one of {', '.join(OPERATORS)}")
+        return value
+
     @field_validator("positions", mode="before")
     @classmethod
     def _window(cls, value: Any) -> Any:
         if value == "actadd":
-            raise ValueError("positions='actadd' is not a position: a token-wise (ActAdd) vector is added "
-                             "front-aligned at each prompt's first tokens by itself; leave positions unset")
+            raise ValueError(
+                "positions='actadd' is not a position: a token-wise (ActAdd) vector is added "
+                "front-aligned at each prompt's first tokens by itself; leave positions unset"
+            )
         if isinstance(value, (list, tuple)):
             ok = len(value) == 2 and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in value)
             if not ok or value[0] is None:
@@ -173,8 +190,10 @@ class _GenerationFields(BaseModel):
     """Fields shared by completions and chat completions."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {"presence_penalty": (None, 0, 0.0),
-                                                     "frequency_penalty": (None, 0, 0.0)}
+    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "presence_penalty": (None, 0, 0.0),
+        "frequency_penalty": (None, 0, 0.0),
+    }
     """OpenAI fields accepted only at one of these values."""
 
     model: str | None = None
@@ -241,8 +260,13 @@ class CompletionRequest(_GenerationFields):
     logprobs: int | None = None
     best_of: int | None = None
     suffix: str | None = None
-    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {**_GenerationFields.NEUTRAL, "echo": (False,),
-                                                     "logprobs": (None,), "best_of": (None, 1), "suffix": (None,)}
+    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {
+        **_GenerationFields.NEUTRAL,
+        "echo": (False,),
+        "logprobs": (None,),
+        "best_of": (None, 1),
+        "suffix": (None,),
+    }
 
     @model_validator(mode="after")
     def _empty(self) -> CompletionRequest:
@@ -295,8 +319,11 @@ class ChatCompletionRequest(_GenerationFields):
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {**_GenerationFields.NEUTRAL, "logprobs": (None, False),
-                                                     "top_logprobs": (None, 0)}
+    NEUTRAL: ClassVar[dict[str, tuple[Any, ...]]] = {
+        **_GenerationFields.NEUTRAL,
+        "logprobs": (None, False),
+        "top_logprobs": (None, 0),
+    }
 
     @model_validator(mode="after")
     def _chat_unsupported(self) -> ChatCompletionRequest:
@@ -321,16 +348,23 @@ def clean_text(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def error_body(message: str, type_: str = "invalid_request_error", code: str | None = None,
-               param: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     """An error in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}`` (always renderable).
 
     Example:
         >>> error_body("the prompt is empty", code="empty_prompt", param="prompt")["error"]["param"]
         'prompt'
     """
-    return {"error": {"message": clean_text(message), "type": type_,
-                      "param": None if param is None else clean_text(param), "code": code}}
+    return {
+        "error": {
+            "message": clean_text(message),
+            "type": type_,
+            "param": None if param is None else clean_text(param),
+            "code": code,
+        }
+    }
 
 
 def usage(done: Sequence[Done], n: int) -> dict[str, int]:
@@ -370,17 +404,22 @@ class Reply:
             object.__setattr__(self, "id", ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex)
 
     def _head(self, obj: str) -> dict[str, Any]:
-        return {"id": self.id, "created": self.created, "model": self.model, "system_fingerprint": None,
-                "object": obj}
+        return {"id": self.id, "created": self.created, "model": self.model, "system_fingerprint": None, "object": obj}
 
     def body(self, done: Sequence[Done], n: int) -> dict[str, Any]:
         """The whole response (``stream: false``)."""
         if self.chat:
-            choices = [{"index": d.index, "message": {"role": "assistant", "content": d.text}, "logprobs": None,
-                        "finish_reason": d.finish_reason} for d in done]
+            choices = [
+                {
+                    "index": d.index,
+                    "message": {"role": "assistant", "content": d.text},
+                    "logprobs": None,
+                    "finish_reason": d.finish_reason,
+                }
+                for d in done
+            ]
             return {**self._head("chat.completion"), "choices": choices, "usage": usage(done, n)}
-        choices = [{"index": d.index, "text": d.text, "logprobs": None, "finish_reason": d.finish_reason}
-                   for d in done]
+        choices = [{"index": d.index, "text": d.text, "logprobs": None, "finish_reason": d.finish_reason} for d in done]
         return {**self._head("text_completion"), "choices": choices, "usage": usage(done, n)}
 
     @property

@@ -78,9 +78,20 @@ class ServeSettings:
     model_aliases: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        for name in ("max_tokens", "default_max_tokens", "max_prompt_tokens", "max_steering_entries", "max_n",
-                     "max_batch", "max_queue", "max_request_bytes", "max_upload_bytes", "max_archive_members",
-                     "max_unpacked_bytes", "max_score_tokens"):
+        for name in (
+            "max_tokens",
+            "default_max_tokens",
+            "max_prompt_tokens",
+            "max_steering_entries",
+            "max_n",
+            "max_batch",
+            "max_queue",
+            "max_request_bytes",
+            "max_upload_bytes",
+            "max_archive_members",
+            "max_unpacked_bytes",
+            "max_score_tokens",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.batch_wait_ms < 0 or self.request_timeout_s <= 0 or not self.max_coefficient > 0:
@@ -117,9 +128,15 @@ class ServeSettings:
     def serving(self) -> dict[str, Any]:
         """How requests are served (no bounds, no key, no aliases), JSON-ready: ``GET /v1/models``
         shows it beside the limits."""
-        return {"scheduler": self.scheduler, "max_batch": self.max_batch, "max_queue": self.max_queue,
-                "batch_wait_ms": self.batch_wait_ms, "request_timeout_s": self.request_timeout_s,
-                "default_max_tokens": self.default_max_tokens, "auth": self.api_key is not None}
+        return {
+            "scheduler": self.scheduler,
+            "max_batch": self.max_batch,
+            "max_queue": self.max_queue,
+            "batch_wait_ms": self.batch_wait_ms,
+            "request_timeout_s": self.request_timeout_s,
+            "default_max_tokens": self.default_max_tokens,
+            "auth": self.api_key is not None,
+        }
 
     def limits(self) -> dict[str, Any]:
         """The settings (everything but the key and the aliases), JSON-ready."""

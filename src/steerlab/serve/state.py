@@ -16,16 +16,18 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
 
 from ..limits import Limits
-from ..model import LM
-from .batcher import Batcher, Job
+from ..models.load import LM
 from .cost import CostService
+from .engines.base import Engine, EngineFactory
+from .engines.local import local_engine
 from .http_errors import APIError
+from .jobs import Job
 from .schemas import ChatCompletionRequest
 from .settings import ServeSettings
 from .store import VectorStore
@@ -39,29 +41,33 @@ except ImportError:  # pragma: no cover
 
 
 class Server:
-    """State of one served model: the model, its store, the batcher and the settings.
+    """State of one served model: the model, its store, the generation engine and the settings.
 
     Args:
         lm: the served model.
         store_dir: the vector store directory (created if missing).
         settings: limits and the optional API key.
-        engine: builds the generation engine (default: the transformers :class:`Batcher`).
+        engine: builds the generation engine (default: the local engine,
+            :func:`~steerlab.serve.engines.local.local_engine`; for vLLM,
+            :func:`steerlab.serve.engines.vllm.engine_factory`).
     """
 
-    def __init__(self, lm: LM, store_dir: str | os.PathLike[str], settings: ServeSettings,
-                 engine: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        lm: LM,
+        store_dir: str | os.PathLike[str],
+        settings: ServeSettings,
+        engine: EngineFactory | None = None,
+    ) -> None:
         self.lm = lm
         self.settings = settings
         self.tok_lock = threading.Lock()  # HF fast tokenizers are not safe to call from two threads at once
         # the one set of bounds every request, upload and cost check reads: the model's and the settings'
         self.limits = Limits.for_model(lm, **settings.limit_settings())
         self.store = VectorStore(store_dir, lm, self.limits)
-        # engine: a factory (lm, settings, tok_lock, store) -> an object with the Batcher's interface
-        # (submit, cancel, close, alive, snapshot, metrics), e.g. serve.engines.vllm.engine_factory(...)
-        self.batcher = Batcher(lm, settings, self.tok_lock) if engine is None else engine(
-            lm, settings, self.tok_lock, self.store)
-        lock = getattr(self.batcher, "model_lock", None)
-        self.cost = CostService(lm, self.store, lock, self.limits, self.tok_lock)
+        make: EngineFactory = local_engine if engine is None else engine
+        self.engine: Engine = make(lm, settings, self.tok_lock, self.store)
+        self.cost = CostService(lm, self.store, self.engine.model_lock, self.limits, self.tok_lock)
         self.created = int(time.time())
         self.context = lm.context_length
         self.names = {lm.model_id, *settings.model_aliases}
@@ -89,12 +95,17 @@ class Server:
     def check_model_name(self, name: str | None) -> None:
         """404 unless ``name`` is the served model (or an alias), or absent."""
         if name is not None and name not in self.names:
-            raise APIError(404, f"model {name!r} is not served here; this server serves {self.lm.model_id!r}",
-                           "not_found_error", "model_not_found", "model")
+            raise APIError(
+                404,
+                f"model {name!r} is not served here; this server serves {self.lm.model_id!r}",
+                "not_found_error",
+                "model_not_found",
+                "model",
+            )
 
     # ------------------------------------------------------------------ tokenizer
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (special tokens added, as :func:`steerlab.generate.encode` does)."""
+        """Token ids of ``text`` (special tokens added, as :func:`steerlab.runtime.generate.encode` does)."""
         with self.tok_lock:
             return list(self.lm.tokenizer(text, add_special_tokens=True)["input_ids"])
 
@@ -111,8 +122,12 @@ class Server:
                 with self.tok_lock:
                     text = self.lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             except TEMPLATE_ERRORS as exc:
-                raise APIError(400, f"the model's chat template refuses these messages: {exc}",
-                               code="invalid_messages", param="messages") from None
+                raise APIError(
+                    400,
+                    f"the model's chat template refuses these messages: {exc}",
+                    code="invalid_messages",
+                    param="messages",
+                ) from None
             return str(text)
         return "".join(f"{m['content']}\n" for m in messages)
 
@@ -120,11 +135,11 @@ class Server:
     def cancel(self, jobs: Sequence[Job]) -> None:
         """Stop every job still running (client gone, or request over)."""
         for job in jobs:
-            self.batcher.cancel(job)
+            self.engine.cancel(job)
 
     def count(self, name: str) -> None:
         """Add one to the metrics counter ``name``."""
-        self.batcher.metrics.count(name)
+        self.engine.metrics.count(name)
 
 
 def _is_path(name: str) -> bool:
@@ -135,8 +150,7 @@ def _is_path(name: str) -> bool:
         >>> _is_path("/srv/models/llama"), _is_path("./m"), _is_path("default"), _is_path("org/model")
         (True, True, False, False)
     """
-    return (os.path.isabs(name) or name.startswith(("~", ".")) or "\\" in name
-            or os.path.exists(name))
+    return os.path.isabs(name) or name.startswith(("~", ".")) or "\\" in name or os.path.exists(name)
 
 
 def get_server(request: Request) -> Server:

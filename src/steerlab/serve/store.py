@@ -4,8 +4,8 @@ Layout: one entry per vector directly inside the store directory, either a vecto
 ``NAME/`` (``steering_config.json`` + ``vector.safetensors``) or a llama.cpp control vector
 ``NAME.gguf``. Uploads are always stored as folders.
 
-Conditions (CAST, :mod:`steerlab.condition`) live in the same store: a folder written by
-:meth:`Condition.save <steerlab.condition.Condition.save>` (``steerlab condition --out``) is a
+Conditions (CAST, :mod:`steerlab.core.condition`) live in the same store: a folder written by
+:meth:`Condition.save <steerlab.core.condition.Condition.save>` (``steerlab condition --out``) is a
 vector folder whose metadata holds the condition's ``layer``, ``threshold`` and ``comparator``.
 It is uploaded, listed (its ``condition`` field: those settings; ``null`` for a plain vector) and
 deleted like any vector, and named by a request's ``steering[i].condition``
@@ -22,12 +22,12 @@ Safety rules:
   paths, no ``..``, no links, sparse or special files, a bounded number of members and of
   unpacked bytes, header records bounded from their declared size) and only the two vector
   files are read, under fixed names, never under the archive's own names; a GGUF file's header
-  is walked within bounds before it is parsed (:mod:`steerlab.gguf_check`); every bound comes
+  is walked within bounds before it is parsed (:mod:`steerlab.core.gguf_check`); every bound comes
   from one :class:`~steerlab.limits.Limits` object;
 * every entry, uploaded or found at start-up, is validated the same way (:meth:`VectorStore.admit`:
   :meth:`SteeringVector.check_model` against the served model, its values finite and within
   ``Limits.max_value`` (:meth:`~steerlab.limits.Limits.check_directions`), its condition settings,
-  if any, well-formed (:meth:`Condition.from_saved <steerlab.condition.Condition.from_saved>`));
+  if any, well-formed (:meth:`Condition.from_saved <steerlab.core.condition.Condition.from_saved>`));
   an upload is validated in a scratch folder, written
   there and put in place by one rename (:func:`steerlab.files.swap_in`: an atomic exchange when
   it replaces a vector): a rejected upload leaves the store exactly as it was; a ``NAME.gguf``
@@ -64,12 +64,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..condition import Condition, saved_settings
+from ..core.condition import Condition, saved_settings
+from ..core.vector import SteeringVector
 from ..errors import ModelMismatchError, SteeringError, SteeringSpecError
 from ..files import swap_in
 from ..limits import LimitError, Limits
-from ..model import LM
-from ..vector import SteeringVector
+from ..models.load import LM
 from .archive import REQUIRED, copy_capped, unpack
 from .store_errors import AlreadyExists, InvalidName, InvalidUpload, NotFound, StoreError, TooLarge, WrongModel
 
@@ -119,12 +119,12 @@ class StoredVector:
     @property
     def settings(self) -> dict[str, Any] | None:
         """The condition settings (``layer``, ``threshold``, ``comparator``) a saved
-        :class:`~steerlab.condition.Condition` carries; ``None`` for a plain vector (checked when
+        :class:`~steerlab.core.condition.Condition` carries; ``None`` for a plain vector (checked when
         the entry was admitted: :meth:`VectorStore.admit`)."""
         return saved_settings(self.vector)
 
     def condition(self, threshold: float | None = None) -> Condition:
-        """This entry as a CAST :class:`~steerlab.condition.Condition` (``threshold`` overrides
+        """This entry as a CAST :class:`~steerlab.core.condition.Condition` (``threshold`` overrides
         the saved one; a plain one-layer vector is a condition only with a ``threshold``).
 
         The condition with the saved threshold is built once and shared by every request, so
@@ -318,8 +318,9 @@ class VectorStore:
         """Move every entry on disk that could be served as ``name`` (the folder, ``NAME.gguf``)
         but ``keep`` into a new hidden trash folder of the store, one rename each (hold the lock);
         returns the trash folder for the caller to delete outside the lock (``None``: nothing moved)."""
-        entries = [p for p in (self.root / name, self.root / f"{name}.gguf")
-                   if p != keep and (p.exists() or p.is_symlink())]
+        entries = [
+            p for p in (self.root / name, self.root / f"{name}.gguf") if p != keep and (p.exists() or p.is_symlink())
+        ]
         if not entries:
             return None
         trash = Path(tempfile.mkdtemp(prefix=_TRASH_PREFIX, dir=self.root))
@@ -392,8 +393,12 @@ class VectorStore:
     # ------------------------------------------------------------------ validation
     def _no_paths(self, message: str, scratch: Path) -> str:
         """``message`` without the server's paths (the scratch folder and the store)."""
-        for path, label in ((scratch / "vector", "the upload"), (scratch / "upload.gguf", "the upload"),
-                            (scratch, "the upload"), (self.root, "the store")):
+        for path, label in (
+            (scratch / "vector", "the upload"),
+            (scratch / "upload.gguf", "the upload"),
+            (scratch, "the upload"),
+            (self.root, "the store"),
+        ):
             message = message.replace(f"{path}{os.sep}", "").replace(str(path), label)
         return message
 
@@ -413,8 +418,9 @@ class VectorStore:
         except SteeringError as exc:
             raise InvalidUpload(f"the upload is not a valid steering vector: {exc}", "invalid_vector") from None
         except Exception as exc:  # any parser failure on hostile bytes is a client error
-            raise InvalidUpload(f"the upload could not be read ({type(exc).__name__}: {exc})",
-                                "invalid_vector") from None
+            raise InvalidUpload(
+                f"the upload could not be read ({type(exc).__name__}: {exc})", "invalid_vector"
+            ) from None
         try:
             self.admit(StoredVector(name, vec, scratch, "upload"))
         except ModelMismatchError as exc:

@@ -57,8 +57,12 @@ def vector_name(name: str | None, filename: str) -> str:
             stem = stem[: -len(suffix)]
             break
     if not stem:
-        raise APIError(400, "give the vector a name (form field or query parameter 'name')",
-                       code="invalid_vector_name", param="name")
+        raise APIError(
+            400,
+            "give the vector a name (form field or query parameter 'name')",
+            code="invalid_vector_name",
+            param="name",
+        )
     return stem
 
 

@@ -1,17 +1,17 @@
 """``steerlab serve --engine vllm``: the same OpenAI-compatible API and ``steering`` field, with
 generation done by vLLM and steering by a vLLM plugin (vllm-lens or hotwire-vllm).
 
-:class:`VLLMEngine` stands where the transformers :class:`~steerlab.serve.batcher.Batcher`
-stands (``submit``, ``cancel``, ``close``, ``alive``, ``snapshot``, ``metrics``), so the routes,
-the validation, the store and the playground are unchanged. Each :class:`Job` (one choice: prompt
+:class:`VLLMEngine` is an :class:`~steerlab.serve.engines.base.Engine`, as the local
+:class:`~steerlab.serve.engines.local.Batcher` is, so the routes, the validation, the store and
+the playground are unchanged. Each :class:`Job` (one choice: prompt
 token ids, the validated steering, sampling options) becomes one vLLM request: the steering is
 translated to the plugin's ``vllm_xargs`` (:mod:`.vllm_requests`, refusing what the plugin cannot
 do with a 400 before anything is queued), the request goes to vLLM (:mod:`.vllm_backends`) and its
-text comes back as the same ``Delta``/``Done``/``Failed`` events the batcher sends.
+text comes back as the same ``Delta``/``Done``/``Failed`` events the local engine sends.
 
 vLLM does its own continuous batching: ``max_batch`` here is how many requests are forwarded to
 it at once, ``max_queue`` how many more may wait. The steerlab side needs the model's tokenizer
-and config only: :func:`load_shell` builds an :class:`~steerlab.model.LM` without weights.
+and config only: :func:`load_shell` builds an :class:`~steerlab.models.load.LM` without weights.
 
 Example:
     >>> from steerlab.serve import create_app
@@ -28,18 +28,27 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from ... import hf_env
 from ...export import PluginUnsupported
-from ...model import LM
-from ..batcher import Delta, Done, Failed, Job, Metrics, QueueFull
+from ...models.load import LM
 from ..http_errors import APIError
+from ..jobs import Delta, Done, Failed, Job
+from ..metrics import Metrics
 from ..settings import ServeSettings
+from ..store import VectorStore
+from .base import EngineFactory, check_room
 from .vllm_backends import Backend, BackendError, HTTPBackend, InProcessBackend
-from .vllm_requests import PLUGINS, Translator
+from .vllm_requests import PLUGINS, Translator, VectorLookup
+
+if TYPE_CHECKING:
+    import httpx
+
+T = TypeVar("T")
 
 log = logging.getLogger("steerlab.serve")
 
@@ -69,7 +78,7 @@ class VLLMOptions:
     hotwire_dir: str | os.PathLike[str] | None = None
     hotwire_slots: int | None = None
     backend: Backend | None = None
-    transport: Any = None
+    transport: httpx.AsyncBaseTransport | None = None
 
     def make_backend(self, max_batch: int) -> Backend:
         """The backend these options describe."""
@@ -83,7 +92,7 @@ class VLLMOptions:
 
 
 class VLLMEngine:
-    """Forwards jobs to vLLM with the plugin's steering fields (the batcher's interface).
+    """Forwards jobs to vLLM with the plugin's steering fields (an :class:`~steerlab.serve.engines.base.Engine`).
 
     Args:
         lm: the served model (tokenizer and config; no weights needed).
@@ -92,7 +101,9 @@ class VLLMEngine:
         options: see :class:`VLLMOptions`.
     """
 
-    def __init__(self, lm: LM, settings: ServeSettings, store: Any, options: VLLMOptions) -> None:
+    model_lock = None  # the model runs in vLLM, not here
+
+    def __init__(self, lm: LM, settings: ServeSettings, store: VectorLookup, options: VLLMOptions) -> None:
         self.lm = lm
         self.settings = settings
         self.options = options
@@ -116,7 +127,7 @@ class VLLMEngine:
             raise
 
     # ------------------------------------------------------------------ loop helpers
-    def _call(self, coro: Any) -> Any:
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     async def _make_semaphore(self) -> asyncio.Semaphore:
@@ -131,6 +142,11 @@ class VLLMEngine:
         """Whether the forwarding loop runs."""
         return self._thread.is_alive() and not self._closed
 
+    @property
+    def description(self) -> str:
+        """The plugin and where vLLM runs."""
+        return f"{self.options.plugin}, {self.backend.description}"
+
     def submit(self, jobs: Sequence[Job]) -> None:
         """Translate every job's steering, then forward them (all or none).
 
@@ -140,12 +156,7 @@ class VLLMEngine:
         """
         xargs = [self._xargs(job) for job in jobs]
         with self._lock:
-            if self._closed:
-                raise QueueFull("the server is shutting down")
-            if self._waiting + len(jobs) > self.settings.max_queue:
-                self.metrics.count("rejected")
-                raise QueueFull(f"the server is busy: {self._waiting} requests are waiting (max_queue="
-                                f"{self.settings.max_queue}); retry later")
+            check_room(self._waiting, len(jobs), self.settings.max_queue, self._closed, self.metrics)
             self._waiting += len(jobs)
         self.metrics.count("accepted", len(jobs))
         for job, xa in zip(jobs, xargs):
@@ -159,8 +170,9 @@ class VLLMEngine:
             return self.translator.xargs(job.steering, len(job.prompt_ids), job.params.max_tokens)
         except PluginUnsupported as exc:
             param = "steering" if exc.index is None else f"steering[{exc.index}]"
-            raise APIError(400, f"{param}: {exc} (this server steers through vLLM with {exc.plugin})",
-                           code=exc.code, param=param) from None
+            raise APIError(
+                400, f"{param}: {exc} (this server steers through vLLM with {exc.plugin})", code=exc.code, param=param
+            ) from None
 
     def _forget(self, job: Job, _future: object = None) -> None:
         """A job's future is done (finished, failed or cancelled before it started)."""
@@ -263,8 +275,9 @@ class VLLMEngine:
         except (ValueError, KeyError, TypeError):  # an answer we cannot read
             log.exception("unreadable answer from vLLM")
             self.metrics.count("vllm_errors")
-            job.send(Failed(job.index, 502, "vLLM sent an answer steerlab cannot read (see the server's log)",
-                            "vllm_error"))
+            job.send(
+                Failed(job.index, 502, "vLLM sent an answer steerlab cannot read (see the server's log)", "vllm_error")
+            )
 
     async def _forward(self, job: Job, xargs: dict[str, str]) -> None:
         t0 = time.monotonic()
@@ -287,17 +300,17 @@ def _finish(reason: str | None) -> str:
     return "stop" if reason == "stop" else "length"
 
 
-def engine_factory(options: VLLMOptions) -> Callable[[LM, ServeSettings, threading.Lock, Any], VLLMEngine]:
+def engine_factory(options: VLLMOptions) -> EngineFactory:
     """What :func:`steerlab.serve.create_app` takes as ``engine=``: builds the :class:`VLLMEngine`."""
 
-    def make(lm: LM, settings: ServeSettings, _tok_lock: threading.Lock, store: Any) -> VLLMEngine:
+    def make(lm: LM, settings: ServeSettings, _tok_lock: threading.Lock, store: VectorStore) -> VLLMEngine:
         return VLLMEngine(lm, settings, store, options)
 
     return make
 
 
 def load_shell(name_or_path: str | os.PathLike[str], blocks: str | None = None) -> LM:
-    """An :class:`~steerlab.model.LM` with the model's tokenizer and config but no weights (on
+    """An :class:`~steerlab.models.load.LM` with the model's tokenizer and config but no weights (on
     PyTorch's ``meta`` device): all the steerlab side of a vLLM-backed server needs.
 
     Example:
@@ -308,13 +321,12 @@ def load_shell(name_or_path: str | os.PathLike[str], blocks: str | None = None) 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from ... import hf
     from ...errors import ModelLoadError
-    from ...model import resolve_model, wrap_model
+    from ...models.load import resolve_model, wrap_model
 
     source, model_id = resolve_model(name_or_path)
     try:
-        with hf.quiet():
+        with hf_env.quiet():
             tokenizer = AutoTokenizer.from_pretrained(str(source))
             config = AutoConfig.from_pretrained(str(source))
             with torch.device("meta"):

@@ -28,10 +28,13 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ...errors import SteeringError
-from ..batcher import GenParams, Job
+from ..jobs import GenParams, Job
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,12 @@ def sampling_fields(params: GenParams) -> dict[str, Any]:
         >>> sampling_fields(GenParams(max_tokens=8, stop=("\\n",)))
         {'max_tokens': 8, 'temperature': 0.0, 'top_p': 1.0, 'ignore_eos': False, 'stop': ['\\n']}
     """
-    out: dict[str, Any] = {"max_tokens": params.max_tokens, "temperature": params.temperature,
-                           "top_p": params.top_p, "ignore_eos": params.ignore_eos}
+    out: dict[str, Any] = {
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "ignore_eos": params.ignore_eos,
+    }
     if params.stop:
         out["stop"] = list(params.stop)
     if params.seed is not None:
@@ -108,8 +115,14 @@ class HTTPBackend:
         transport: an ``httpx`` transport (tests use ``httpx.ASGITransport``).
     """
 
-    def __init__(self, url: str, model: str | None = None, api_key: str | None = None,
-                 transport: Any = None, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        api_key: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
         import httpx
 
         base = url.rstrip("/")
@@ -117,8 +130,12 @@ class HTTPBackend:
         self.description = self.url
         self.model = model
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(base_url=self.url, headers=headers, transport=transport,
-                                         timeout=httpx.Timeout(None, connect=connect_timeout))
+        self._client = httpx.AsyncClient(
+            base_url=self.url,
+            headers=headers,
+            transport=transport,
+            timeout=httpx.Timeout(None, connect=connect_timeout),
+        )
         self._errors: tuple[type[BaseException], ...] = (httpx.HTTPError,)
 
     async def _model(self) -> str:
@@ -135,8 +152,13 @@ class HTTPBackend:
     async def stream(self, job: Job, xargs: dict[str, str]) -> AsyncIterator[Piece]:
         """``POST /v1/completions`` (streamed) and yield its text as it comes."""
         try:
-            body: dict[str, Any] = {"model": await self._model(), "prompt": list(job.prompt_ids), "stream": True,
-                                    "stream_options": {"include_usage": True}, **sampling_fields(job.params)}
+            body: dict[str, Any] = {
+                "model": await self._model(),
+                "prompt": list(job.prompt_ids),
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                **sampling_fields(job.params),
+            }
             if xargs:
                 body["vllm_xargs"] = xargs
                 body["cache_salt"] = cache_salt(xargs)
@@ -150,8 +172,9 @@ class HTTPBackend:
                     if done:
                         return
         except self._errors as exc:
-            raise BackendError(f"the vLLM server at {self.url} cannot be reached or broke off ({exc!r})",
-                               502, "vllm_unreachable") from exc
+            raise BackendError(
+                f"the vLLM server at {self.url} cannot be reached or broke off ({exc!r})", 502, "vllm_unreachable"
+            ) from exc
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -163,8 +186,11 @@ def _refusal(status: int, text: str) -> BackendError:
         message = str(json.loads(text)["error"]["message"])
     except (ValueError, KeyError, TypeError):
         message = text[:500]
-    return BackendError(f"vLLM refused the request: {message}", status if 400 <= status < 500 else 502,
-                        "vllm_refused" if 400 <= status < 500 else "vllm_error")
+    return BackendError(
+        f"vLLM refused the request: {message}",
+        status if 400 <= status < 500 else 502,
+        "vllm_refused" if 400 <= status < 500 else "vllm_error",
+    )
 
 
 def _parse_event(line: str) -> tuple[bool, list[Piece]]:
@@ -224,8 +250,11 @@ class InProcessBackend:
         try:
             from vllm import LLM, SamplingParams
         except ImportError as exc:
-            raise BackendError("vLLM is not installed in this environment: pip install vllm (and a steering "
-                               "plugin), or point --vllm-url at a running vLLM server", 503) from exc
+            raise BackendError(
+                "vLLM is not installed in this environment: pip install vllm (and a steering "
+                "plugin), or point --vllm-url at a running vLLM server",
+                503,
+            ) from exc
         return cls(LLM(model=model, **llm_kwargs), SamplingParams, max_batch)
 
     async def stream(self, job: Job, xargs: dict[str, str]) -> AsyncIterator[Piece]:
@@ -258,11 +287,13 @@ class InProcessBackend:
 
     def _generate(self, batch: Sequence[_Pending]) -> list[Piece]:
         prompts = [_tokens_prompt(p) for p in batch]
-        params = [self.sampling_params(**sampling_fields(p.job.params), extra_args=dict(p.xargs) or None)
-                  for p in batch]
+        params = [
+            self.sampling_params(**sampling_fields(p.job.params), extra_args=dict(p.xargs) or None) for p in batch
+        ]
         outs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [Piece(o.outputs[0].text, o.outputs[0].finish_reason or "length", len(o.outputs[0].token_ids))
-                for o in outs]
+        return [
+            Piece(o.outputs[0].text, o.outputs[0].finish_reason or "length", len(o.outputs[0].token_ids)) for o in outs
+        ]
 
     async def aclose(self) -> None:
         if self._worker is not None:

@@ -1,13 +1,13 @@
-"""From a queued :class:`~steerlab.serve.batcher.Job` to the ``vllm_xargs`` of its vLLM request.
+"""From a queued :class:`~steerlab.serve.jobs.Job` to the ``vllm_xargs`` of its vLLM request.
 
 The steering was already validated exactly as for the transformers engine (store lookup,
-``max_coefficient``, layers, :class:`~steerlab.steering.Steering`); here it is translated to the
+``max_coefficient``, layers, :class:`~steerlab.core.steering.Steering`); here it is translated to the
 plugin's fields, and what the plugin cannot do is refused (:class:`PluginUnsupported`):
 
 ============================  ===========================  ===========================
 steerlab                      vllm-lens                    hotwire
 ============================  ===========================  ===========================
-``operator="add"``            yes                          yes
+constant additions (*add*)     yes                          yes
 other operators               refused                      refused
 ``positions="all"``           yes (2-D vector)             yes
 ``positions="generated"``     refused (*)                  yes (``decode_only``)
@@ -15,6 +15,9 @@ other operators               refused                      refused
 token-wise (ActAdd) vectors   refused (*)                  refused
 several vectors               summed                       one per layer, else refused
 ============================  ===========================  ===========================
+
+An operator is a constant addition when its ``fixed_form`` says so (``"add"``, or a registered
+operator that adds ``s·v``); the others are refused with the operator's own reason.
 
 (*) vllm-lens 1.3.0 counts every decode step from position 0 under vLLM >= 0.30
 (:data:`steerlab.export.vllm_lens.POSITIONS_WHY`), so its position-specific steering lands on the
@@ -37,13 +40,31 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from ...core.steering import SteeringLike
+from ...core.vector import SteeringVector
 from ...export import PluginUnsupported, hotwire, vllm_lens
-from ...steering import SteeringLike
-from ...vector import SteeringVector
 
 PLUGINS = ("vllm-lens", "hotwire")
+
+
+class _Stored(Protocol):
+    @property
+    def vector(self) -> SteeringVector: ...
+
+
+class VectorLookup(Protocol):
+    """What the translator needs of the server's store (:class:`~steerlab.serve.store.VectorStore`):
+    the names, and the vector stored under a name."""
+
+    def names(self) -> list[str]:
+        """The stored names."""
+        ...
+
+    def get(self, name: str) -> _Stored:
+        """The entry stored under ``name`` (raises when there is none)."""
+        ...
 
 
 class Translator:
@@ -56,8 +77,13 @@ class Translator:
         hotwire_slots: ``$HOTWIRE_SLOTS`` of the vLLM server (its default is 16), or ``None``.
     """
 
-    def __init__(self, plugin: str, store: Any, hotwire_dir: str | os.PathLike[str] | None = None,
-                 hotwire_slots: int | None = None) -> None:
+    def __init__(
+        self,
+        plugin: str,
+        store: VectorLookup,
+        hotwire_dir: str | os.PathLike[str] | None = None,
+        hotwire_slots: int | None = None,
+    ) -> None:
         if plugin not in PLUGINS:
             raise ValueError(f"plugin must be one of {PLUGINS}, not {plugin!r}")
         self.plugin = plugin
@@ -88,8 +114,9 @@ class Translator:
         """The store name of ``vec`` (= its hotwire id), checked against the export when possible."""
         name = next((n for n in self.store.names() if self._stored(n) is vec), None)
         if name is None:
-            raise PluginUnsupported("the vector changed while the request was read; retry", hotwire.PLUGIN,
-                                    code="vector_changed")
+            raise PluginUnsupported(
+                "the vector changed while the request was read; retry", hotwire.PLUGIN, code="vector_changed"
+            )
         if self.hotwire_dir is not None:
             self._check_export(name, vec)
         return name
@@ -111,7 +138,10 @@ class Translator:
             raise PluginUnsupported(
                 f"vector {name!r} {why} for hotwire: run `steerlab export hotwire VECTOR {self.hotwire_dir} --name "
                 f"{name}` and restart vLLM (hotwire loads $HOTWIRE_VECTORS at start and serves unknown ids "
-                "unsteered)", hotwire.PLUGIN, code="vector_not_exported")
+                "unsteered)",
+                hotwire.PLUGIN,
+                code="vector_not_exported",
+            )
 
     def _exported_digest(self, path: Path) -> str | None:
         try:
@@ -138,7 +168,9 @@ class Translator:
                     f"this request needs {len(new)} new hotwire slot(s) (one per vector, layer and coefficient) but "
                     f"{len(self._slots)} of the {self.hotwire_slots} are taken for good; hotwire would run it "
                     "unsteered. Reuse coefficients already served, or restart vLLM with a larger HOTWIRE_SLOTS",
-                    hotwire.PLUGIN, code="hotwire_slots_exhausted")
+                    hotwire.PLUGIN,
+                    code="hotwire_slots_exhausted",
+                )
             self._slots |= new
 
     def slots_used(self) -> int:

@@ -21,8 +21,14 @@ from __future__ import annotations
 
 from . import completions, cost, info, models, vectors
 
-ROUTERS = (info.router, models.router, vectors.router, completions.completions_router, completions.chat_router,
-           cost.router)
+ROUTERS = (
+    info.router,
+    models.router,
+    vectors.router,
+    completions.completions_router,
+    completions.chat_router,
+    cost.router,
+)
 """Every router, in the order the app includes them."""
 OPEN_PATHS = frozenset({info.PLAYGROUND_PATH, info.HEALTH_PATH})
 """Paths that never need the API key: the liveness probe and the static playground page."""

@@ -34,8 +34,11 @@ router = APIRouter()
 
 def _needs_weights(server: Server) -> None:
     if not server.cost.available:
-        raise APIError(400, "costs need the model's weights in this process; this server generates with vLLM",
-                       code="unsupported_by_engine")
+        raise APIError(
+            400,
+            "costs need the model's weights in this process; this server generates with vLLM",
+            code="unsupported_by_engine",
+        )
 
 
 @router.post(RATIO_PATH)

@@ -46,7 +46,7 @@ async def playground() -> HTMLResponse:
 @router.get(HEALTH_PATH)
 async def health(server: ServerDep) -> JSONResponse:
     """Liveness: 200 while the worker runs, else 503."""
-    ok = server.batcher.alive
+    ok = server.engine.alive
     return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
 
 
@@ -60,21 +60,20 @@ def wants_json(format: str | None, accept: str) -> bool:
 
 
 @router.get("/metrics")
-async def metrics(server: ServerDep, request: Request,
-                  format: Literal["prometheus", "json"] | None = None) -> Response:
+async def metrics(server: ServerDep, request: Request, format: Literal["prometheus", "json"] | None = None) -> Response:
     """Queue depth, batch size, tokens per second, time to first token, requests by outcome and
     by vector: Prometheus' text format, or JSON (``?format=json``)."""
-    out = server.batcher.snapshot()  # every engine's metrics plus its queue state
+    out = server.engine.snapshot()  # every engine's metrics plus its queue state
     out["model"] = server.lm.model_id
     out["vectors"] = len(server.store.names())
     if wants_json(format, request.headers.get("accept", "")):
         return JSONResponse(out)
     live = {**out, "scheduler": scheduler_label(out)}
-    return Response(server.batcher.metrics.prometheus(live), media_type=PROMETHEUS_CONTENT_TYPE)
+    return Response(server.engine.metrics.prometheus(live), media_type=PROMETHEUS_CONTENT_TYPE)
 
 
 def scheduler_label(snapshot: dict[str, Any]) -> str:
-    """How requests are scheduled: the batcher's scheduler, or the name of another engine."""
+    """How requests are scheduled: the local engine's scheduler, or the name of another engine."""
     engine = snapshot.get("engine")
     if "scheduler" not in snapshot and isinstance(engine, dict):
         return str(engine.get("name", ""))

@@ -50,8 +50,9 @@ async def delete_vector(name: str, server: ServerDep) -> dict[str, Any]:
 
 
 @router.post(PATH, status_code=201)
-async def upload_vector(request: Request, server: ServerDep, name: str | None = None,
-                        overwrite: bool = False) -> JSONResponse:
+async def upload_vector(
+    request: Request, server: ServerDep, name: str | None = None, overwrite: bool = False
+) -> JSONResponse:
     """Add a vector: an archive of a vector folder or a GGUF control vector."""
     async with read_upload(request, server.limits.max_upload_bytes, name, overwrite) as upload:
         with domain_errors("file"):

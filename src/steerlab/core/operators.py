@@ -1,0 +1,283 @@
+"""How a steering changes the residual stream: one :class:`Operator` object per kind.
+
+Each operator holds everything that its kind means — how it changes a hidden state, when it is a
+no-op, whether several of it merge into one delta, its own parameters (besides the coefficient),
+and its *fixed form*: whether it is a fixed change that does not depend on the activation (a
+:class:`ConstantAddition`, a :class:`DirectionRemoval`) or not (``None``, with :attr:`Operator.refusal`
+saying why). The engine (:mod:`steerlab.runtime.session`), the specification
+(:mod:`steerlab.core.steering`), :mod:`steerlab.export` (bake, vLLM plugins, llama.cpp control
+vectors), the server's request schema and the CLI ask the operator instead of switching on its
+name, so an operator added with :func:`register_operator` works everywhere.
+
+With ``c`` the coefficient, ``v`` the layer's direction and ``u = v/|v|``:
+
+* ``"add"`` — ``h + c·v``; a token-wise (ActAdd) vector adds its row ``i`` at token ``i``;
+* ``"ablate"`` — ``h − c·(h·u)u`` (``c=1`` removes the direction entirely);
+* ``"clamp"`` — ``h + (c − h·u)u``: the projection on ``u`` is set to ``c``;
+* ``"add_norm_preserving"`` — ``h + c·v`` rescaled to the norm of ``h``.
+
+Example:
+    >>> import torch
+    >>> op = get_operator("clamp")
+    >>> state = op.prepare(torch.tensor([2.0, 0.0]), coefficient=3.0)
+    >>> h = torch.tensor([[[1.0, 5.0]]])
+    >>> op.apply(h, torch.ones(1, 1, 1), state, torch.zeros(1, 1, dtype=torch.long)).tolist()
+    [[[3.0, 5.0]]]
+    >>> get_operator("add").fixed_form(3.0), get_operator("ablate").fixed_form(1.0), op.fixed_form(3.0)
+    (ConstantAddition(scale=3.0), DirectionRemoval(fraction=1.0), None)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, is_dataclass
+from typing import ClassVar
+
+import torch
+
+from ..errors import SteeringSpecError
+
+
+@dataclass(frozen=True)
+class OpState:
+    """What an operator precomputes for one layer (on the block's device and dtype).
+
+    Attributes:
+        tensor: ``c·v`` for additions (``[n, d]`` for token-wise vectors), else the unit direction.
+        coefficient: the coefficient.
+        norm: ``|v|`` (used by ``add_norm_preserving``).
+    """
+
+    tensor: torch.Tensor
+    coefficient: float
+    norm: float = 1.0
+
+
+@dataclass(frozen=True)
+class ConstantAddition:
+    """The operator adds ``scale · v`` at every token it acts on, whatever the activation.
+
+    A bias can hold it (:func:`steerlab.bake`), and so can the vLLM plugins and llama.cpp control
+    vectors (:mod:`steerlab.export`).
+    """
+
+    scale: float
+
+
+@dataclass(frozen=True)
+class DirectionRemoval:
+    """The operator removes ``fraction`` of each activation's projection on ``u = v/|v|``:
+    ``h − fraction·(h·u)u``. Weights orthogonalised against ``u`` hold it (:func:`steerlab.bake`)."""
+
+    fraction: float
+
+
+FixedForm = ConstantAddition | DirectionRemoval
+"""What an operator is when it is a fixed change of the residual stream (see :meth:`Operator.fixed_form`)."""
+
+
+class Operator(ABC):
+    """One kind of change to the residual stream (see the module docs).
+
+    Subclasses set :attr:`name`, implement :meth:`apply`, and override the rules that differ. An
+    operator with parameters of its own is a frozen dataclass whose fields are floats (see
+    :meth:`parameters`).
+    """
+
+    name: ClassVar[str]
+    merges: ClassVar[bool] = False
+    """Several one-direction uses at the same positions sum into one ``[rows, 1, d]`` delta: its
+    :meth:`apply` depends on nothing but ``state.tensor``, and :meth:`prepare`'s tensors add up."""
+    refusal: ClassVar[str] = "it depends on each activation (it is not a fixed change of the residual stream)"
+    """Why it has no fixed form (when :meth:`fixed_form` is ``None``): bake and the exports quote it."""
+    inplace_under_autograd: ClassVar[bool] = False
+    """:meth:`apply_` is safe where autograd tracks ``h`` (it does not overwrite a value that the
+    backward pass needs)."""
+    tokenwise: ClassVar[bool] = False
+    """It applies a token-wise (ActAdd) vector ``[n, d]``: row ``i`` at each row's token ``i``."""
+
+    def is_noop(self, coefficient: float) -> bool:
+        """True when this operator with ``coefficient`` cannot change anything."""
+        return coefficient == 0.0
+
+    def fixed_form(self, coefficient: float) -> FixedForm | None:
+        """What this operator with ``coefficient`` does when that does not depend on the activation
+        (``None``: it does; :attr:`refusal` says how)."""
+        return None
+
+    def parameters(self) -> dict[str, float]:
+        """The operator's own parameters (besides the coefficient) and their values: the fields
+        of a dataclass operator, else none. :meth:`with_parameters` sets them."""
+        if not is_dataclass(self):
+            return {}
+        return {f.name: float(getattr(self, f.name)) for f in fields(self)}
+
+    def with_parameters(self, values: Mapping[str, float]) -> Operator:
+        """This operator with its parameters set to ``values`` (others keep their values).
+
+        Raises:
+            SteeringSpecError: a parameter it does not declare, or a value that is not a finite number.
+        """
+        if not values:
+            return self
+        known = self.parameters()
+        unknown = sorted(set(values) - set(known))
+        if unknown or not is_dataclass(self) or isinstance(self, type):
+            takes = ", ".join(known) if known else "none"
+            raise SteeringSpecError(f"operator {self.name!r} has no parameter {unknown[0]!r} (its parameters: {takes})")
+        checked = {}
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise SteeringSpecError(f"operator {self.name!r}: {key}={value!r} must be a finite number")
+            checked[key] = float(value)
+        return dataclasses.replace(self, **checked)
+
+    def prepare(self, direction: torch.Tensor, coefficient: float) -> OpState:
+        """The per-layer state: by default the unit direction and ``|v|``."""
+        norm = float(direction.norm())
+        return OpState(direction / max(norm, 1e-12), coefficient, norm)
+
+    @abstractmethod
+    def apply(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> torch.Tensor:
+        """The changed hidden states.
+
+        Args:
+            h: ``[batch, length, d]`` block output.
+            mask: ``[batch, length, 1]`` float, 1 where this steering acts.
+            state: from :meth:`prepare`.
+            index: ``[batch, length]`` each token's index among its row's real tokens.
+        """
+
+    def apply_(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> None:
+        """:meth:`apply` written into ``h`` itself (observers holding ``h`` see the change)."""
+        h.copy_(self.apply(h, mask, state, index))
+
+    def __repr__(self) -> str:
+        return f"<operator {self.name!r}>"
+
+
+class Add(Operator):
+    """``h + c·v``; a token-wise (ActAdd) vector ``[n, d]`` adds row ``i`` at token ``i < n``."""
+
+    name = "add"
+    merges = True
+    tokenwise = True
+    inplace_under_autograd = True  # h + m·δ: backward needs neither h nor the old value
+
+    def fixed_form(self, coefficient: float) -> FixedForm | None:
+        return ConstantAddition(coefficient)
+
+    def prepare(self, direction: torch.Tensor, coefficient: float) -> OpState:
+        return OpState(coefficient * direction, coefficient)
+
+    @staticmethod
+    def _factors(
+        h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        delta = state.tensor
+        if delta.dim() == 2:  # token-wise: front-aligned, row i of the vector at token i
+            n = delta.shape[0]
+            idx = index.to(h.device)
+            front = ((idx >= 0) & (idx < n)).unsqueeze(-1).to(mask.dtype)
+            return mask * front, delta[idx.clamp(0, n - 1)]
+        return mask, delta
+
+    def apply(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(h, *self._factors(h, mask, state, index))
+
+    def apply_(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> None:
+        h.addcmul_(*self._factors(h, mask, state, index))
+
+
+class Ablate(Operator):
+    """``h − c·(h·u)u``."""
+
+    name = "ablate"
+
+    def fixed_form(self, coefficient: float) -> FixedForm | None:
+        return DirectionRemoval(coefficient)
+
+    def apply(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> torch.Tensor:
+        u = state.tensor
+        return h - (state.coefficient * mask) * (h @ u).unsqueeze(-1) * u
+
+
+class Clamp(Operator):
+    """``h + (c − h·u)u``: the projection on ``u`` is set to ``c`` (also for ``c = 0``)."""
+
+    name = "clamp"
+
+    def is_noop(self, coefficient: float) -> bool:
+        return False
+
+    def apply(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> torch.Tensor:
+        u = state.tensor
+        return h + mask * (state.coefficient - (h @ u).unsqueeze(-1)) * u
+
+
+class AddNormPreserving(Operator):
+    """``h + c·v`` rescaled to ``|h|``."""
+
+    name = "add_norm_preserving"
+    refusal = "it rescales each activation (it is not a fixed change of the residual stream)"
+
+    def apply(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> torch.Tensor:
+        new = h + (state.coefficient * state.norm * mask) * state.tensor
+        scale = h.norm(dim=-1, keepdim=True) / new.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return torch.where(mask > 0, new * scale, h)
+
+
+OPERATORS: dict[str, Operator] = {op.name: op for op in (Add(), Ablate(), Clamp(), AddNormPreserving())}
+"""The operators by name."""
+
+
+def get_operator(operator: str | Operator) -> Operator:
+    """The :class:`Operator` called ``operator`` (an instance is returned as it is).
+
+    Raises:
+        SteeringSpecError: no operator has that name.
+    """
+    if isinstance(operator, Operator):
+        return operator
+    op = OPERATORS.get(operator) if isinstance(operator, str) else None
+    if op is None:
+        raise SteeringSpecError(f"operator={operator!r}: use one of {', '.join(OPERATORS)}")
+    return op
+
+
+BUILTIN = frozenset(OPERATORS)
+"""The names of steerlab's own operators (never unregistered)."""
+
+
+def register_operator(op: Operator, replace: bool = False) -> None:
+    """Make ``op`` available by its name (``replace=True`` to swap an existing one): in
+    :class:`~steerlab.core.steering.Steering`, the CLI's ``--operator``, the server's
+    ``"operator"`` field and the exports.
+
+    Raises:
+        SteeringSpecError: the name is taken and ``replace`` is False, or it is not a usable name.
+    """
+    if not isinstance(op, Operator):
+        raise SteeringSpecError(f"register_operator takes an Operator, got {type(op).__name__}")
+    name = getattr(op, "name", None)
+    if not isinstance(name, str) or not name.isidentifier():
+        raise SteeringSpecError(f"an operator's name must be an identifier (letters, digits, _), not {name!r}")
+    if name in OPERATORS and not replace:
+        raise SteeringSpecError(f"an operator called {name!r} exists: pass replace=True to swap it")
+    OPERATORS[name] = op
+
+
+def unregister_operator(name: str) -> Operator:
+    """Remove the operator registered as ``name`` and return it (steerlab's own stay).
+
+    Raises:
+        SteeringSpecError: no such operator, or one of steerlab's own.
+    """
+    if name in BUILTIN:
+        raise SteeringSpecError(f"{name!r} is one of steerlab's own operators; it stays registered")
+    if name not in OPERATORS:
+        raise SteeringSpecError(f"no operator called {name!r} is registered")
+    return OPERATORS.pop(name)
