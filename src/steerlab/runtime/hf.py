@@ -221,6 +221,14 @@ def new_cache(model: Any) -> Any:
     return DynamicCache()
 
 
+def static_cache(model: Any, length: int) -> Any:
+    """An empty static KV cache of ``length`` positions for ``model`` (tensors of a fixed shape,
+    allocated at its first update and reused after ``reset()``: what a compiled step needs)."""
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config, max_cache_len=length)
+
+
 def select_cache_rows(cache: Any, index: torch.Tensor) -> None:
     """Keep (and repeat) the rows ``index`` of a dynamic cache, in place."""
     cache.batch_select_indices(index)
