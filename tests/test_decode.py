@@ -177,3 +177,30 @@ def test_the_route_is_greedy_left_padded_and_plain_generate_only(lm) -> None:
     assert not compiled_route(lm, True, "left", {"num_return_sequences": 2})(1, 20, 8)
     assert not compiled_route(lm, False, "left", {})(1, 20, 8)
     assert compiled_route(lm, None, "left", {})(1, 20, decode.CPU_MIN_TOKENS) == (lm.device.type == "cpu")
+
+
+def test_int8_weights_keep_the_invariants_on_the_compiled_path(vec) -> None:
+    """Weight-only int8 (steerlab.models.quantize): the same invariants, on a fresh copy of the model."""
+    from steerlab.models.quantize import Int8Linear, int8_weights
+
+    from .conftest import STORIES
+
+    lm8 = int8_weights(steerlab.load_model(STORIES))
+    assert any(isinstance(m, Int8Linear) for m in lm8.model.modules())
+    assert lm8.model.dtype == torch.bfloat16
+    torch._dynamo.reset()
+    try:
+        dec = Decoder(lm8, 3, 64, backend=_Counting())
+        plain = _run(dec, lm8, [None] * 3)
+        plain_keys = _keys(dec)
+        zero = _run(dec, lm8, [Steering(vec, 0.0)] * 3)
+        assert torch.equal(zero, plain)  # coefficient 0: exact, by construction (zero deltas)
+        assert all(torch.equal(a, b) for a, b in zip(_keys(dec), plain_keys, strict=True))
+        rows = [Steering(vec, 4.0), None, Steering(vec, -3.0)]
+        mixed = _run(dec, lm8, rows)
+        assert all(torch.equal(a[1], b[1]) for a, b in zip(_keys(dec), plain_keys, strict=True))  # row 1 unsteered
+        assert not torch.equal(mixed[0], plain[0])
+        # the compiled path gives model.generate's tokens on the int8 model too
+        assert _texts(lm8, mixed) == steerlab.generate(lm8, PROMPTS, rows, max_new_tokens=N, compiled=False)
+    finally:
+        torch._dynamo.reset()
