@@ -176,7 +176,15 @@ def test_the_route_is_greedy_left_padded_and_plain_generate_only(lm) -> None:
     assert not compiled_route(lm, True, "right", {})(1, 20, 8)
     assert not compiled_route(lm, True, "left", {"num_return_sequences": 2})(1, 20, 8)
     assert not compiled_route(lm, False, "left", {})(1, 20, 8)
-    assert compiled_route(lm, None, "left", {})(1, 20, decode.CPU_MIN_TOKENS) == (lm.device.type == "cpu")
+
+
+def test_by_default_a_cpu_compiles_a_shape_only_after_enough_steps_of_it(lm, monkeypatch) -> None:
+    monkeypatch.setattr(decode, "_EAGER_STEPS", decode.weakref.WeakKeyDictionary())
+    route = compiled_route(lm, None, "left", {})
+    assert not route(1, 20, decode.CPU_MIN_STEPS - 1)
+    assert route(1, 20, 1)  # the shape's steps now reach CPU_MIN_STEPS
+    assert not route(2, 20, 1)  # another shape counts its own
+    assert not route(decode.CPU_MAX_BATCH + 1, 20, decode.CPU_MIN_STEPS)
 
 
 def test_int8_weights_keep_the_invariants_on_the_compiled_path(vec) -> None:

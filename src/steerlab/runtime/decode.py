@@ -277,11 +277,18 @@ _GREEDY_DEFAULTS = {"do_sample": False, "temperature": None, "top_p": None, "top
 
 
 def pays(lm: LM, batch: int, length: int, new_tokens: int) -> bool:
-    """Whether the compiled step pays for its compilation in a ``generate`` call (the rule
-    measured by ``benchmarks/bench_llamacpp.py``; see docs/benchmarks.md): on a GPU (CUDA graphs)
-    always; on a CPU only when the model already has a compiled step for this batch and cache
-    length (``length``: prompt plus new tokens, rounded up to a power of two), or the call decodes
-    at least :data:`CPU_MIN_TOKENS` tokens.
+    """Whether a ``generate`` chunk should decode through the compiled step (the rule measured by
+    ``benchmarks/bench_llamacpp.py``, docs/benchmarks.md):
+
+    * on a GPU, always (CUDA graphs);
+    * on a CPU, when the model already has a compiled step for this batch and cache length
+      (``length``: prompt plus new tokens, rounded up to a power of two); else at most
+      :data:`CPU_MAX_BATCH` rows, once this process has decoded :data:`CPU_MIN_STEPS` steps of
+      that shape (this call's included). Compiling takes 12–90 s on the 2-core CPU measured and
+      saves ~10 ms a step at batch 1 and nothing at batch 16 in float32: it pays back after
+      roughly a thousand steps of one shape, never for a single short call.
+
+    A call that does not compile counts its steps toward its shape.
 
     Example:
         >>> pays(lm, 1, 20, 8)  # doctest: +SKIP
@@ -289,14 +296,19 @@ def pays(lm: LM, batch: int, length: int, new_tokens: int) -> bool:
     """
     if lm.device.type == "cuda":
         return True
-    if (batch, _length_bucket(length)) in _DECODERS.get(lm.model, {}):
+    key = (batch, _length_bucket(length))
+    if key in _DECODERS.get(lm.model, {}):
         return True
-    return new_tokens >= CPU_MIN_TOKENS
+    seen = _EAGER_STEPS.setdefault(lm.model, {})
+    seen[key] = seen.get(key, 0) + new_tokens
+    return batch <= CPU_MAX_BATCH and seen[key] >= CPU_MIN_STEPS
 
 
-CPU_MIN_TOKENS = 512
-"""On a CPU, ``generate`` compiles a step for a call of at least this many new tokens (else only
-when a compiled step for its shape exists already)."""
+CPU_MIN_STEPS = 2048
+"""On a CPU, ``generate`` compiles a step for a shape once the process has decoded this many steps of it."""
+CPU_MAX_BATCH = 4
+"""On a CPU, ``generate`` compiles only for batches up to this size (float32 at 16 rows: no gain)."""
+_EAGER_STEPS: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[int, int], int]] = weakref.WeakKeyDictionary()
 
 
 def compiled_route(
