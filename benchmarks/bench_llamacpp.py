@@ -2,9 +2,10 @@
 
 llama.cpp is the ``xllamacpp`` wheel's in-process server (16 slots, continuous batching, one thread,
 greedy, the GGUF's own Q4_1 weights; unsteered: a control vector is one add per layer). steerlab
-loads the same GGUF (dequantized to float32; ``--dtype bfloat16``; ``--dtype int8``: bfloat16 with
-int8 weights, :mod:`steerlab.models.quantize`) and decodes steered: one vector at
-batch 1, a vector (its own coefficient) per row with 16 rows. steerlab's routes:
+loads the same GGUF (dequantized to float32; ``--dtype bfloat16``; ``--dtype int8`` / ``int4``:
+bfloat16 with int8 / 4-bit weights, :mod:`steerlab.models.quantize`, and what that changes against
+float32) and decodes steered: one vector at batch 1, a vector (its own coefficient) per row with 16
+rows. steerlab's routes:
 
 * ``generate`` — ``steerlab.generate(..., compiled=False)``: ``model.generate`` with the steering hooks;
 * ``static`` — :class:`steerlab.runtime.decode.Decoder` run eagerly (static KV cache, no compilation);
@@ -154,6 +155,33 @@ def _agree(lm: Any, a: str, b: str) -> int:
     return n
 
 
+def _fidelity(lm: Any, convert: Callable[[], Any]) -> dict[str, Any]:
+    """What a lower precision changes against float32: next-token logits after each prompt (max
+    |difference|, mean KL divergence, same top token) and 48 greedy tokens (leading tokens equal)."""
+    import torch
+
+    import steerlab
+    from steerlab.runtime.generate import encode
+
+    ids, mask = encode(lm, PROMPTS)
+    with torch.inference_mode():
+        before = lm.model(input_ids=ids, attention_mask=mask).logits[:, -1].float()
+    texts = steerlab.generate(lm, PROMPTS[:4], max_new_tokens=48, compiled=False)
+    convert()
+    with torch.inference_mode():
+        after = lm.model(input_ids=ids, attention_mask=mask).logits[:, -1].float()
+    other = steerlab.generate(lm, PROMPTS[:4], max_new_tokens=48, compiled=False)
+    kl = torch.nn.functional.kl_div(after.log_softmax(-1), before.log_softmax(-1), log_target=True, reduction="none")
+    return {
+        "max_abs_logit_diff": round(float((after - before).abs().max()), 3),
+        "logit_range": round(float(before.max() - before.min()), 1),
+        "mean_kl": round(float(kl.sum(-1).mean()), 4),
+        "same_top_token": int((after.argmax(-1) == before.argmax(-1)).sum()),
+        "prompts": len(PROMPTS),
+        "greedy_tokens_agree_48": [_agree(lm, a, b) for a, b in zip(texts, other, strict=True)],
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -165,10 +193,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     path = str(default_gguf_path())
     lm = steerlab.load_model("default")
-    if args.dtype == "int8":
-        from steerlab.models.quantize import int8_weights
+    if args.dtype in ("int8", "int4"):
+        from steerlab.models import quantize
 
-        int8_weights(lm)
+        fidelity = _fidelity(lm, lambda: getattr(quantize, f"{args.dtype}_weights")(lm))
     elif args.dtype != "float32":
         lm.model.to(getattr(torch, args.dtype))
     n_layers = len(lm.blocks)
@@ -177,6 +205,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batches = [1] if args.quick else [1, 16]
     res: dict[str, Any] = {"tokens": args.tokens, "rounds": args.rounds, "threads": args.threads, "dtype": args.dtype}
     res["gguf"] = Path(path).name
+    if args.dtype in ("int8", "int4"):
+        res["vs_float32"] = fidelity
     for batch in batches:
         prompts = PROMPTS[:batch]
         rows = [steerlab.Steering(vec, 4.0 + 0.25 * i) for i in range(batch)]
@@ -230,6 +260,8 @@ def markdown(res: dict[str, Any]) -> str:
                 f"{res[key]['texts_equal']}/{len(res[key]['tokens_agree'])}, leading tokens that agree "
                 f"{res[key]['tokens_agree']}"
             )
+    if "vs_float32" in res:
+        lines.append(f"\n{res['dtype']} vs float32 (same steerlab model): {res['vs_float32']}")
     lines.append(f"\nload average at the end: {[round(x, 2) for x in res['load']]}")
     return "\n".join(lines)
 
@@ -239,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens", type=int, default=48)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8", "int4"])
     p.add_argument("--quick", action="store_true", help="16 tokens, 1 round, batch 1 only")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled route")
     p.add_argument("--out", type=Path, default=None)

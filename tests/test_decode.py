@@ -187,14 +187,16 @@ def test_by_default_a_cpu_compiles_a_shape_only_after_enough_steps_of_it(lm, mon
     assert not route(decode.CPU_MAX_BATCH + 1, 20, decode.CPU_MIN_STEPS)
 
 
-def test_int8_weights_keep_the_invariants_on_the_compiled_path(vec) -> None:
-    """Weight-only int8 (steerlab.models.quantize): the same invariants, on a fresh copy of the model."""
-    from steerlab.models.quantize import Int8Linear, int8_weights
+@pytest.mark.parametrize("bits", ["int8", "int4"])
+def test_low_bit_weights_keep_the_invariants_on_the_compiled_path(vec, bits) -> None:
+    """Weight-only int8 / int4 (steerlab.models.quantize): the same invariants, on a fresh copy of the model."""
+    from steerlab.models import quantize
 
     from .conftest import STORIES
 
-    lm8 = int8_weights(steerlab.load_model(STORIES))
-    assert any(isinstance(m, Int8Linear) for m in lm8.model.modules())
+    lm8 = getattr(quantize, f"{bits}_weights")(steerlab.load_model(STORIES))
+    kind = quantize.Int8Linear if bits == "int8" else quantize.Int4Linear
+    assert any(isinstance(m, kind) for m in lm8.model.modules())
     assert lm8.model.dtype == torch.bfloat16
     torch._dynamo.reset()
     try:
