@@ -93,7 +93,7 @@ class Int4Linear(torch.nn.Module):
         n, k = weight.shape
         groups = weight.view(n, k // GROUP, GROUP)
         low, high = groups.amin(-1), groups.amax(-1)
-        step = ((high - low) / 15).clamp(min=torch.finfo(torch.float32).tiny)
+        step = grid_step(groups, low, high)
         q = torch.round((groups - low[..., None]) / step[..., None]).clamp(0, 15).to(torch.int32).view(n, k)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight_int4", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2))
@@ -107,6 +107,27 @@ class Int4Linear(torch.nn.Module):
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def grid_step(groups: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Each group's step: the grid its values already lie on where there is one (a weight that
+    came as Q4_1: the smallest gap between its distinct values, when every value is a whole
+    number of such gaps above the minimum and at most 15 of them), else ``(max - min) / 15``.
+
+    Example:
+        >>> g = torch.tensor([[[0.5, 0.7, 1.1, 0.5]]])  # levels 0, 1, 3 of a 0.2 grid
+        >>> grid_step(g, g.amin(-1), g.amax(-1))
+        tensor([[0.2000]])
+    """
+    tiny = torch.finfo(torch.float32).tiny
+    even = ((high - low) / 15).clamp(min=tiny)
+    ordered = groups.sort(-1).values
+    gaps = ordered.diff(dim=-1)
+    gaps = torch.where(gaps > even[..., None] * 1e-3, gaps, torch.inf)
+    found = gaps.amin(-1).clamp(min=tiny)
+    levels = (groups - low[..., None]) / found[..., None]
+    on_grid = ((levels - levels.round()).abs().amax(-1) < 1e-3) & (levels.amax(-1) < 15.5) & torch.isfinite(found)
+    return torch.where(on_grid, found, even)
 
 
 def fits(linear: torch.nn.Linear, multiple: int = 16, outputs: int = 1) -> bool:
@@ -133,26 +154,35 @@ def int8_weights(lm: LM) -> LM:
 
 
 def int4_weights(lm: LM) -> LM:
-    """:func:`int8_weights` with 4-bit weights in groups of 32 (:class:`Int4Linear`)."""
-    return _quantize(lm, Int4Linear, GROUP, 16)
+    """:func:`int8_weights` with 4-bit weights in groups of 32 in the blocks (:class:`Int4Linear`);
+    the ``lm_head`` gets int8 (the default model's output matrix, tied to its embeddings, did not
+    come on a 4-bit grid)."""
+    return _quantize(lm, Int4Linear, GROUP, 16, head=Int8Linear)
 
 
-def _quantize(lm: LM, kind: Callable[[torch.nn.Linear], torch.nn.Module], multiple: int, outputs: int = 1) -> LM:
+def _quantize(
+    lm: LM,
+    kind: Callable[[torch.nn.Linear], torch.nn.Module],
+    multiple: int,
+    outputs: int = 1,
+    head: Callable[[torch.nn.Linear], torch.nn.Module] | None = None,
+) -> LM:
     if lm.device.type != "cpu":
         raise ValueError(f"int8 / int4 weights use torch's CPU kernels; the model is on {lm.device}")
     model = lm.model.to(torch.bfloat16)
-    targets: list[tuple[torch.nn.Module, str, torch.nn.Linear]] = []
+    targets: list[tuple[torch.nn.Module, str, torch.nn.Linear, Callable[[torch.nn.Linear], torch.nn.Module]]] = []
     for block in lm.blocks:
         for parent in block.modules():
             for name, child in parent.named_children():
                 if isinstance(child, torch.nn.Linear) and fits(child, multiple, outputs):
-                    targets.append((parent, name, child))
-    head = model.get_output_embeddings()
-    if isinstance(head, torch.nn.Linear) and fits(head, multiple, outputs):
+                    targets.append((parent, name, child, kind))
+    output = model.get_output_embeddings()
+    head_kind = head or kind
+    if isinstance(output, torch.nn.Linear) and fits(output, *((16, 1) if head is Int8Linear else (multiple, outputs))):
         for parent in model.modules():
             for name, child in parent.named_children():
-                if child is head:
-                    targets.append((parent, name, head))
-    for parent, name, linear in targets:
-        setattr(parent, name, kind(linear))
+                if child is output:
+                    targets.append((parent, name, output, head_kind))
+    for parent, name, linear, make in targets:
+        setattr(parent, name, make(linear))
     return lm
