@@ -176,6 +176,8 @@ def test_the_route_is_greedy_left_padded_and_plain_generate_only(lm) -> None:
     assert not compiled_route(lm, True, "right", {})(1, 20, 8)
     assert not compiled_route(lm, True, "left", {"num_return_sequences": 2})(1, 20, 8)
     assert not compiled_route(lm, False, "left", {})(1, 20, 8)
+    with pytest.raises(TypeError, match="compiled must be"):
+        compiled_route(lm, "yes", "left", {})  # type: ignore[arg-type]
 
 
 def test_by_default_a_cpu_compiles_a_shape_only_after_enough_steps_of_it(lm, monkeypatch) -> None:

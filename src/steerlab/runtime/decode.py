@@ -1,7 +1,7 @@
 """Compiled steered decoding: a static KV cache, one compiled step, steering deltas as graph inputs.
 
 A :class:`Decoder` holds, for one model, batch size and cache length, a transformers
-``StaticCache`` and one ``torch.compile`` d decoding step (the forward call of one token per row,
+``StaticCache`` and one decoding step compiled by ``torch.compile`` (the forward call of one token per row,
 the greedy choice, the finite-logits check and end-of-sequence bookkeeping, all in the graph). Its
 steering is one buffer ``deltas[layer, row]`` that a forward hook per block adds to the block's
 output: a new vector, coefficient or row assignment is written into the buffer in place, so the
@@ -10,8 +10,9 @@ are the same tensors). A row or layer without steering holds zeros: adding ``0.0
 value as it was (``x + 0.0 == x`` for every float but ``-0.0``, which becomes ``+0.0`` and compares
 equal), so a coefficient of 0 gives exactly the plain run of this same path.
 
-What stays outside the graph, per step: one Python call, one ``bool`` read (whether any row's
-logits were not finite or every row has ended). The prompt (prefill) runs eagerly through the
+What stays outside the graph, per step: one Python call, one integer read back (whether any row's
+logits were not finite, or every row has ended) and two ``[B]`` copies. Sampling is not in it:
+a sampling call decodes through ``generate``. The prompt (prefill) runs eagerly through the
 steering session's full path (positions, conditions): the decoder takes over at the first
 generated token, when the session's plan is plain adds (:attr:`steerlab.runtime.plan.DecodeStep.adds`);
 any other plan (a window, a token-wise vector, an operator other than add on generated tokens, a
@@ -322,6 +323,8 @@ def compiled_route(
         >>> compiled_route(lm, True, "left", {"do_sample": True})(1, 20, 8)  # doctest: +SKIP
         False
     """
+    if compiled is not None and not isinstance(compiled, bool):
+        raise TypeError(f"compiled must be True, False or None (got {compiled!r})")
     own = {k: v for k, v in generate_kwargs.items() if not (k in _GREEDY_DEFAULTS and v == _GREEDY_DEFAULTS[k])}
     if compiled is False or padding_side != "left" or own:
         return lambda batch, length, new_tokens: False
