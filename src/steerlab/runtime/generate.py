@@ -22,6 +22,7 @@ from ..errors import DatasetError, SteeringSpecError
 from ..limits import Limits
 from ..models.load import LM
 from ..models.tokens import pad_id, pad_token_ids
+from .decode import compiled_route, decoder, eos_ids
 from .finite import FiniteLogits
 from .passes import hf_generate
 from .session import steer_rows
@@ -56,6 +57,7 @@ def generate(
     chat: bool = False,
     batch_size: int | None = None,
     padding_side: str = "left",
+    compiled: bool | None = None,
     **generate_kwargs: Any,
 ) -> list[str]:
     """Continue ``prompts`` (greedy by default), optionally steered; returns the new text of each.
@@ -68,6 +70,10 @@ def generate(
         chat: render each prompt as a user turn with the chat template.
         batch_size: prompts per ``generate`` call (default: all at once).
         padding_side: ``"left"`` (default) or ``"right"``.
+        compiled: decode through the compiled step (:mod:`steerlab.runtime.decode`): ``None``
+            (default) where it pays (:func:`steerlab.runtime.decode.pays`), ``True`` whenever the
+            call allows it (greedy, left padding, no other ``generate`` keyword, steering that
+            decodes as plain adds), ``False`` never. The tokens are those of ``model.generate``.
         **generate_kwargs: passed to ``model.generate`` (``do_sample``, ``temperature``,
             ``use_cache``, ...).
 
@@ -93,10 +99,19 @@ def generate(
         kwargs.setdefault("top_p", None)
         kwargs.setdefault("top_k", None)
     out: list[str] = []
+    route = compiled_route(lm, compiled, padding_side, generate_kwargs)
     for start in range(0, len(texts), step):
         chunk = texts[start : start + step]
         input_ids, mask = encode(lm, chunk, padding_side)
         lm.check_context(int(mask.sum(-1).max()), max_new_tokens)  # past its context a model writes garbage
+        if route(len(chunk), input_ids.shape[1] + max_new_tokens, max_new_tokens):
+            dec = decoder(lm, len(chunk), input_ids.shape[1] + max_new_tokens)
+            new = dec.run(
+                input_ids, mask, rows[start : start + step], max_new_tokens, eos_ids(lm), kwargs["pad_token_id"], start
+            )
+            if new is not None:  # None: this steering does not decode as plain adds
+                out += lm.tokenizer.batch_decode(new, skip_special_tokens=True)
+                continue
         # one reduction per step over the logits: never argmax or sample NaN (checked before the others)
         guard = FiniteLogits(start, len(chunk))
         kwargs["logits_processor"] = LogitsProcessorList([guard, *(generate_kwargs.get("logits_processor") or ())])

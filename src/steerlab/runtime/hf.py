@@ -38,7 +38,14 @@ _PARAMS: WeakKeyDictionary[Any, tuple[str, ...]] = WeakKeyDictionary()
 
 
 def forward_parameters(model: Any) -> tuple[str, ...]:
-    """Names of ``model.forward``'s parameters, in order (read once per model)."""
+    """Names of ``model.forward``'s parameters, in order (read once per model).
+
+    Under ``torch.compile`` the result is a constant of the graph (a model's signature does not
+    change): TorchDynamo does not trace the lookup, whose guards on the weak dictionary would
+    break when another model is collected while a graph compiles.
+    """
+    if torch.compiler.is_compiling():
+        return _signature(model)
     params = _PARAMS.get(model)
     if params is None:
         try:
@@ -47,6 +54,14 @@ def forward_parameters(model: Any) -> tuple[str, ...]:
             params = ("input_ids",)
         _PARAMS[model] = params
     return params
+
+
+@torch.compiler.assume_constant_result
+def _signature(model: Any) -> tuple[str, ...]:
+    try:
+        return tuple(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return ("input_ids",)
 
 
 def accepts(model: Any, name: str) -> bool:
@@ -219,6 +234,14 @@ def new_cache(model: Any) -> Any:
     if "config" in inspect.signature(DynamicCache.__init__).parameters:
         return DynamicCache(config=model.config)
     return DynamicCache()
+
+
+def static_cache(model: Any, length: int) -> Any:
+    """An empty static KV cache of ``length`` positions for ``model`` (tensors of a fixed shape,
+    allocated at its first update and reused after ``reset()``: what a compiled step needs)."""
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config, max_cache_len=length)
 
 
 def select_cache_rows(cache: Any, index: torch.Tensor) -> None:
