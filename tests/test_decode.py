@@ -180,12 +180,11 @@ def test_the_route_is_greedy_left_padded_and_plain_generate_only(lm) -> None:
         compiled_route(lm, "yes", "left", {})  # type: ignore[arg-type]
 
 
-def test_by_default_a_cpu_compiles_a_shape_only_after_enough_steps_of_it(lm, monkeypatch) -> None:
-    monkeypatch.setattr(decode, "_EAGER_STEPS", decode.weakref.WeakKeyDictionary())
+def test_by_default_a_cpu_compiles_only_long_calls_of_few_rows_decided_by_the_call_alone(lm) -> None:
     route = compiled_route(lm, None, "left", {})
     assert not route(1, 20, decode.CPU_MIN_STEPS - 1)
-    assert route(1, 20, 1)  # the shape's steps now reach CPU_MIN_STEPS
-    assert not route(2, 20, 1)  # another shape counts its own
+    assert route(1, 20, decode.CPU_MIN_STEPS)
+    assert not route(1, 20, 1)  # what ran before does not change the path of a short call
     assert not route(decode.CPU_MAX_BATCH + 1, 20, decode.CPU_MIN_STEPS)
 
 

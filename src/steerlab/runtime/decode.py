@@ -278,38 +278,34 @@ _GREEDY_DEFAULTS = {"do_sample": False, "temperature": None, "top_p": None, "top
 
 
 def pays(lm: LM, batch: int, length: int, new_tokens: int) -> bool:
-    """Whether a ``generate`` chunk should decode through the compiled step (the rule measured by
-    ``benchmarks/bench_llamacpp.py``, docs/benchmarks.md):
+    """Whether a ``generate`` chunk decodes through the compiled step by default (the rule measured
+    by ``benchmarks/bench_llamacpp.py``, docs/benchmarks.md). Decided by the call alone, never by
+    what the process ran before, so the same call always takes the same path and gives the same
+    tokens (a steered row at coefficient 0 and a plain row of one call share the path):
 
-    * on a GPU, always (CUDA graphs);
-    * on a CPU, when the model already has a compiled step for this batch and cache length
-      (``length``: prompt plus new tokens, rounded up to a power of two); else at most
-      :data:`CPU_MAX_BATCH` rows, once this process has decoded :data:`CPU_MIN_STEPS` steps of
-      that shape (this call's included). Compiling takes 12–90 s on the 2-core CPU measured and
-      saves ~10 ms a step at batch 1 and nothing at batch 16 in float32: it pays back after
-      roughly a thousand steps of one shape, never for a single short call.
+    * on a CPU, at most :data:`CPU_MAX_BATCH` rows and at least :data:`CPU_MIN_STEPS` new tokens.
+      Compiling takes 12–90 s on the 2-core CPU measured and saves ~10 ms a step at batch 1 and
+      nothing at batch 16 in float32: it pays back after roughly a thousand steps, never for a
+      short call. ``compiled=True`` opts in for shorter calls (the step is kept per model, batch
+      and cache length, so later calls of that shape do not compile again).
+    * on a GPU, not by default: CUDA graphs are written but unmeasured here (``compiled=True``).
 
-    A call that does not compile counts its steps toward its shape.
+    ``length`` (prompt plus new tokens) does not enter the rule; it names the cache the step uses.
 
     Example:
         >>> pays(lm, 1, 20, 8)  # doctest: +SKIP
         False
     """
-    if lm.device.type == "cuda":
-        return True
-    key = (batch, _length_bucket(length))
-    if key in _DECODERS.get(lm.model, {}):
-        return True
-    seen = _EAGER_STEPS.setdefault(lm.model, {})
-    seen[key] = seen.get(key, 0) + new_tokens
-    return batch <= CPU_MAX_BATCH and seen[key] >= CPU_MIN_STEPS
+    del length
+    if lm.device.type != "cpu":
+        return False
+    return batch <= CPU_MAX_BATCH and new_tokens >= CPU_MIN_STEPS
 
 
 CPU_MIN_STEPS = 2048
-"""On a CPU, ``generate`` compiles a step for a shape once the process has decoded this many steps of it."""
+"""On a CPU, ``generate`` compiles by default for a call of at least this many new tokens."""
 CPU_MAX_BATCH = 4
-"""On a CPU, ``generate`` compiles only for batches up to this size (float32 at 16 rows: no gain)."""
-_EAGER_STEPS: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[int, int], int]] = weakref.WeakKeyDictionary()
+"""On a CPU, ``generate`` compiles by default only for batches up to this size (float32 at 16 rows: no gain)."""
 
 
 def compiled_route(
