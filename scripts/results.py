@@ -48,6 +48,7 @@ from steerlab.evaluate.scorers import get_scorer
 from steerlab.evaluate.stats import bootstrap_ci
 from steerlab.evaluate.sweep import autotune
 from steerlab.extraction.methods.pca import RULES, reorient
+from steerlab.extraction.sign import layer_signs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -87,6 +88,8 @@ MODELS: dict[str, dict[str, Any]] = {
         "trained_layers": [12],
         "trained_coefs": [0.5, 1.0, 1.5, 2.0, 3.0],
         "train": {"lr": 0.02, "epochs": 6},
+        "ops": {"push": [0.5, 1.0, 1.5, 2.0, 3.0], "rotate": [0.01, 0.02, 0.05, 0.1, 0.2]},
+        "op_combo": {"push": [1.0], "rotate": [0.02]},
     },
     "stories260K": {
         "path": str(SHARED / "models" / "stories260K"),
@@ -106,8 +109,15 @@ MODELS: dict[str, dict[str, Any]] = {
         "trained_layers": [2],
         "trained_coefs": [0.05, 0.1, 0.2, 0.3, 0.5, 1.0],
         "train": {"lr": 0.05, "epochs": 6},
+        "ops": {"push": [0.5, 1.0, 1.5, 2.0, 3.0, 5.0], "rotate": [0.01, 0.02, 0.05, 0.1, 0.2, 0.4]},
+        "op_combo": {"push": [1.0, 2.0], "rotate": [0.02, 0.05]},
     },
 }
+OPERATORS = ("push", "rotate")
+"""The least-push operators on the frontier, each applied to the mean_diff vector at the layers
+where the pairs' two sides project with opposite signs (``steerlab.extraction.sign``)."""
+LEAN = {"sets": 2, "coefs": [0.25, 0.5, 1.0, 1.5], "prompts": 1}
+"""``--lean``: the first two layer sets, four coefficients and the middle prompt of each side."""
 
 
 def _commit() -> str:
@@ -202,13 +212,44 @@ def trained_vector(lm: steerlab.LM, method: str, plan: dict[str, Any]) -> steerl
     return vec
 
 
+def operator_contenders(
+    md: steerlab.SteeringVector, operators: Sequence[str], plan: dict[str, Any], sign_sets: list[list[int]], quick: bool
+) -> list[Contender]:
+    """Each operator on the mean_diff vector at ``sign_sets``, alone and with the middle prompt."""
+    out = []
+    for op in operators:
+        coefs, combo = plan["ops"][op], plan["op_combo"][op]
+        if quick:
+            coefs, combo = coefs[1:3], combo[:1]
+        out.append(Contender.steering(f"{op}(mean_diff)", md, coefs, layer_sets=sign_sets, operator=op))
+        out.append(
+            Contender.combined(
+                f"prompting+{op}(mean_diff)",
+                md,
+                combo,
+                positive=POSITIVE[1:2],
+                negative=NEGATIVE[1:2],
+                layer_sets=sign_sets[:1],
+                operator=op,
+            )
+        )
+    return out
+
+
 def contenders(
-    vectors: dict[str, steerlab.SteeringVector], methods: Sequence[str], plan: dict[str, Any], quick: bool
+    vectors: dict[str, steerlab.SteeringVector],
+    methods: Sequence[str],
+    plan: dict[str, Any],
+    quick: bool,
+    lean: bool = False,
 ) -> list[Contender]:
     sets, coefs = plan["sets"], plan["coefs"]
     act_sets, act_coefs = plan["actadd_sets"], plan["actadd_coefs"]
     combo_sets, combo_coefs = sets[: plan["combo_sets"]], plan["combo_coefs"]
     pos, neg = POSITIVE, NEGATIVE
+    if lean:
+        sets, coefs, pos, neg = sets[: LEAN["sets"]], LEAN["coefs"], POSITIVE[1:2], NEGATIVE[1:2]
+        combo_sets, combo_coefs = sets[1:2], combo_coefs[:2]
     if quick:
         sets, coefs, act_sets, act_coefs = sets[:1], coefs[1:3], act_sets[:1], act_coefs[1:3]
         combo_sets, combo_coefs, pos, neg = sets[:1], combo_coefs[1:2], POSITIVE[1:2], NEGATIVE[1:2]
@@ -246,7 +287,7 @@ def _goal_reading(rep: FrontierReport, direction: int) -> str:
     pts = [p for p in rep.points if p.direction == direction and p.on_front]
     reach = sorted((p for p in pts if p.effect >= goal), key=lambda p: p.cost)
     top = max(pts, key=lambda p: p.effect) if pts else None
-    inside = [p for p in pts if p.cost <= rep.budget]
+    inside = [p for p in pts if rep.within(p) == "yes"]
     best_in = max(inside, key=lambda p: p.effect) if inside else None
     parts = []
     if best_in is not None:
@@ -288,13 +329,41 @@ def _trained_text(method: str, vec: steerlab.SteeringVector, plan: dict[str, Any
     )
 
 
-def frontier_section(key: str, methods: Sequence[str], out: Path, quick: bool) -> tuple[str, dict[str, Any]]:
+def sign_layer_sets(lm: steerlab.LM, md: steerlab.SteeringVector, plan: dict[str, Any]) -> tuple[list[list[int]], str]:
+    """Where the operators act: the layers at which the persona pairs' two sides project on the
+    mean_diff direction with opposite signs (Selective Steering's layer rule), or, where there are
+    none, the model's middle layers; and a sentence saying which."""
+    pairs = steerlab.persona_pairs("happy", "sad", _openings()[:128])
+    signs = layer_signs(lm, pairs, md)
+    table = ", ".join(f"L{s.layer} {s.positive:+.2f}/{s.negative:+.2f}" for s in signs)
+    opposite = [s.layer for s in signs if s.opposite]
+    if opposite:
+        return [opposite], (
+            f" The operators act at layers {_layer_text(opposite)}, where the persona pairs' positive and negative "
+            f"examples project on the mean_diff direction with opposite signs (mean projections in units of |v|, "
+            f"positive/negative: {table})."
+        )
+    return [plan["mid"]], (
+        f" No layer has the persona pairs' two sides projecting with opposite signs on the mean_diff direction "
+        f"({table}), so the operators act at layers {_layer_text(plan['mid'])}, where the sign condition is "
+        "dominated by a common offset."
+    )
+
+
+def frontier_section(
+    key: str, methods: Sequence[str], out: Path, quick: bool, operators: Sequence[str] = (), lean: bool = False
+) -> tuple[str, dict[str, Any]]:
     plan = MODELS[key]
     t0 = time.perf_counter()
     lm = steerlab.load_model(plan["path"])
     vectors = build_vectors(lm, methods, plan)
     held = _openings()[200 : 200 + (8 if quick else plan["n_held"])]
-    cons = contenders(vectors, methods, plan, quick)
+    cons = contenders(vectors, methods, plan, quick, lean)
+    sign_text = ""
+    if operators:
+        sign_sets, sign_text = sign_layer_sets(lm, vectors["mean_diff"], plan)
+        print(f"  {key}:{sign_text}", flush=True)
+        cons += operator_contenders(vectors["mean_diff"], operators, plan, sign_sets, quick)
     rep = frontier(
         lm,
         cons,
@@ -328,7 +397,9 @@ def frontier_section(key: str, methods: Sequence[str], out: Path, quick: bool) -
         + "; ".join(f"+ “{p.text.strip()}”" for p in POSITIVE)
         + "; "
         + "; ".join(f"− “{p.text.strip()}”" for p in NEGATIVE)
-        + ". Prompting + mean_diff uses the middle prompt of each side."
+        + ". Prompting + a vector uses the middle prompt of each side."
+        + (" Lean grid (`--lean`): two layer sets, four coefficients, the middle prompt of each side." if lean else "")
+        + sign_text
         + "".join(_trained_text(m, vectors[m], plan) for m in methods if m in TRAINED)
         + "\n\n"
         + rep.to_markdown().split("\n\n", 1)[1]
@@ -607,6 +678,10 @@ def main() -> None:
     parser.add_argument("--models", default="stories260K,default", help="frontier / orientation models")
     parser.add_argument("--replot", action="store_true", help="only redraw the frontier plots from their JSON")
     parser.add_argument(
+        "--operators", default=",".join(OPERATORS), help="least-push operators on the frontier ('' for none)"
+    )
+    parser.add_argument("--lean", action="store_true", help="fewer layer sets, coefficients and prompts")
+    parser.add_argument(
         "--methods",
         default="actadd,mean_diff,pca_diff",
         help="extraction methods on the frontier (any name steerlab.extract accepts)",
@@ -631,7 +706,8 @@ def main() -> None:
     if "frontier" in sections:
         for key in keys:
             print(f"frontier on {key} ...", flush=True)
-            _save(out, f"frontier_{key}", *frontier_section(key, methods, out, args.quick))
+            ops = [o for o in args.operators.split(",") if o]
+            _save(out, f"frontier_{key}", *frontier_section(key, methods, out, args.quick, ops, args.lean))
     if "orientation" in sections:
         print("pca_diff orientation ...", flush=True)
         _save(out, "orientation", *orientation_section(keys, out, args.quick))
