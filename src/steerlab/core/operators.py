@@ -234,10 +234,12 @@ class AddNormPreserving(Operator):
         return torch.where(mask > 0, new * scale, h)
 
 
-def _side(h: torch.Tensor, state: OpState) -> tuple[torch.Tensor, float]:
-    """``(h·s u, s)``: each token's projection on the side the coefficient points to (``s = ±1``)."""
-    side = 1.0 if state.coefficient > 0 else -1.0
-    return side * (h @ state.tensor).unsqueeze(-1), side
+def _sided(direction: torch.Tensor, coefficient: float) -> OpState:
+    """The state of ``push`` / ``rotate``: the unit direction on the side the coefficient points to
+    (``sign(c)·u``), so that a projection on it is positive where the token is already on target."""
+    norm = float(direction.norm())
+    side = -1.0 if coefficient < 0 else 1.0
+    return OpState(direction * (side / max(norm, 1e-12)), coefficient, norm)
 
 
 class Push(Operator):
@@ -268,13 +270,15 @@ class Push(Operator):
     name = "push"
     refusal = "it moves each token by how far its own projection is from the target (not a fixed change)"
 
+    def prepare(self, direction: torch.Tensor, coefficient: float) -> OpState:
+        return _sided(direction, coefficient)
+
     def apply(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> torch.Tensor:
         if state.coefficient == 0.0:
             return h
-        projection, side = _side(h, state)
         target = math.log(abs(state.coefficient)) * state.norm
-        push = (target - projection).clamp_min(0.0)
-        return h + (side * mask * push) * state.tensor
+        push = (h @ state.tensor).unsqueeze(-1).neg_().add_(target).clamp_min_(0.0).mul_(mask)
+        return torch.addcmul(h, push, state.tensor)
 
 
 @dataclass(frozen=True)
@@ -305,21 +309,27 @@ class Rotate(Operator):
         if self.selective not in (0.0, 1.0):
             raise SteeringSpecError(f"operator 'rotate': selective={self.selective!r} must be 0 or 1")
 
+    def prepare(self, direction: torch.Tensor, coefficient: float) -> OpState:
+        return _sided(direction, coefficient)
+
     def apply(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> torch.Tensor:
-        if state.coefficient == 0.0:
+        # In the plane of u' = sign(c)·u and w = rest/|rest|, h = a·u' + b·w (b ≥ 0); turning by
+        # α toward u' gives (a cos α + b sin α, b cos α − a sin α), and where that passes u'
+        # (second part < 0) the token is set along u' with its norm. No trigonometry per token.
+        angle = min(abs(state.coefficient), math.pi)
+        if angle == 0.0:
             return h
-        projection, side = _side(h, state)
-        rest = h - (side * projection) * state.tensor  # the part orthogonal to u
-        across = rest.norm(dim=-1, keepdim=True)
-        radius = torch.sqrt(projection.square() + across.square())
-        angle = torch.atan2(across, projection)  # from ±u, in [0, π]
-        turned = (angle - min(abs(state.coefficient), math.pi)).clamp_min(0.0)
-        new = (side * radius * torch.cos(turned)) * state.tensor + rest * (
-            radius * torch.sin(turned) / across.clamp_min(1e-12)
-        )
+        cos, sin = math.cos(angle), math.sin(angle)
+        su = state.tensor
+        a = (h @ su).unsqueeze(-1)
+        rest = torch.addcmul(h, a, su, value=-1.0)
+        b = rest.norm(dim=-1, keepdim=True)
+        new_b = b * cos - a * sin
+        new_a = torch.where(new_b < 0, torch.hypot(a, b), a * cos + b * sin)
+        new = torch.addcmul(rest * (new_b.clamp_min(0.0) / b.clamp_min(1e-12)), new_a, su)
         act = mask > 0
         if self.selective:
-            act = act & (projection < 0)
+            act = act & (a < 0)
         return torch.where(act, new.to(h.dtype), h)
 
 
