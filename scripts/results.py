@@ -25,6 +25,7 @@ Reads ../shared/data (not copied into the repository).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import subprocess
@@ -56,6 +57,8 @@ REPE = SHARED / "data" / "repe"
 CAA = SHARED / "data" / "caa" / "datasets"
 SECTIONS = ("frontier", "orientation", "caa", "breakdown")
 TRAINED = ("bipo", "reps")
+SIDES = {"positive": 1, "negative": -1}
+"""``reps:negative``: a trained vector for one direction (trained and evaluated on that side only)."""
 BUDGET = 1.15
 
 POSITIVE = [
@@ -176,8 +179,8 @@ def build_vectors(lm: steerlab.LM, methods: Sequence[str], plan: dict[str, Any])
         method, _, rule = name.partition(":")  # "pca_diff:majority": pca_diff in the majority orientation
         if name == "mean_diff":
             out[name] = md
-        elif method in TRAINED:
-            out[name] = trained_vector(lm, method, plan)
+        elif method in TRAINED:  # "reps:negative": a vector trained for that side only
+            out[name] = trained_vector(lm, method, plan, rule or None)
         elif name == "actadd":
             out[name] = steerlab.extract(
                 lm, [steerlab.ContrastPair("Love", "Hate")], method="actadd", layers=plan["actadd_layers"]
@@ -194,14 +197,25 @@ SELF_CONTRAST = ("Write a cheerful, happy story.", "Write a sad, gloomy story.")
 """The two prompts whose continuations (openings 0–127) train the trained methods' vectors."""
 
 
-def trained_vector(lm: steerlab.LM, method: str, plan: dict[str, Any]) -> steerlab.SteeringVector:
+_SELF_PAIRS: dict[str, list[Any]] = {}
+
+
+def trained_vector(
+    lm: steerlab.LM, method: str, plan: dict[str, Any], side: str | None = None
+) -> steerlab.SteeringVector:
     """A trained (bipo / reps) vector distilled from prompting: preference pairs the model writes
-    itself under a cheerful and a sad prompt (:func:`steerlab.self_contrast`), one vector at
-    ``plan["trained_layers"]``, steering the generated tokens (as it was trained)."""
+    itself under a cheerful and a sad prompt (:func:`steerlab.self_contrast`, written once per
+    model), one vector at ``plan["trained_layers"]``, steering the generated tokens (as it was
+    trained); ``side`` (``"positive"`` / ``"negative"``) trains a vector for that direction only."""
     t0 = time.perf_counter()
-    pairs = steerlab.self_contrast(lm, _openings()[:128], *SELF_CONTRAST, max_new_tokens=plan["tokens"], batch_size=64)
+    if lm.model_id not in _SELF_PAIRS:
+        _SELF_PAIRS[lm.model_id] = steerlab.self_contrast(
+            lm, _openings()[:128], *SELF_CONTRAST, max_new_tokens=plan["tokens"], batch_size=64
+        )
+    pairs = _SELF_PAIRS[lm.model_id]
     t1 = time.perf_counter()
-    vec = steerlab.extract(lm, pairs, method=method, layers=plan["trained_layers"], seed=0, **plan["train"])
+    extra = {} if side is None else {"directions": side}
+    vec = steerlab.extract(lm, pairs, method=method, layers=plan["trained_layers"], seed=0, **plan["train"], **extra)
     t2 = time.perf_counter()
     vec.meta["timing_s"] = {"self_contrast": round(t1 - t0, 1), "training": round(t2 - t1, 1)}
     print(
@@ -259,9 +273,11 @@ def contenders(
             out.append(Contender.steering(name, vectors[name], act_coefs, layer_sets=act_sets))
         elif name.partition(":")[0] in TRAINED:
             tc = plan["trained_coefs"][1:3] if quick else plan["trained_coefs"]
-            out.append(
-                Contender.steering(name, vectors[name], tc, layer_sets=[plan["trained_layers"]], positions="generated")
+            side = name.partition(":")[2]
+            con = Contender.steering(
+                name, vectors[name], tc, layer_sets=[plan["trained_layers"]], positions="generated"
             )
+            out.append(dataclasses.replace(con, sides=(SIDES[side],)) if side else con)
         else:
             out.append(Contender.steering(name, vectors[name], coefs, layer_sets=sets))
     out.append(Contender.prompting("prompting", positive=pos, negative=neg))
@@ -377,7 +393,7 @@ def frontier_section(
     rep.title = f"Effect–fluency frontier on {lm.model_id}"
     rep.write(out / "results", f"frontier_{key}")
     minutes = (time.perf_counter() - t0) / 60
-    trained = [m for m in methods if m in TRAINED]
+    trained = [m for m in methods if m.partition(":")[0] in TRAINED]
     slot = (
         ""
         if trained
@@ -400,7 +416,7 @@ def frontier_section(
         + ". Prompting + a vector uses the middle prompt of each side."
         + (" Lean grid (`--lean`): two layer sets, four coefficients, the middle prompt of each side." if lean else "")
         + sign_text
-        + "".join(_trained_text(m, vectors[m], plan) for m in methods if m in TRAINED)
+        + "".join(_trained_text(m, vectors[m], plan) for m in trained)
         + "\n\n"
         + rep.to_markdown().split("\n\n", 1)[1]
         + f"\n\n![frontier {key}](results/frontier_{key}.png)\n\n"
@@ -665,7 +681,9 @@ def _check_methods(methods: Sequence[str]) -> None:
     for name in methods:
         method, _, rule = name.partition(":")
         get_method(method)  # an unknown method fails here, before any model runs, listing the choices
-        if rule and rule not in RULES:
+        if method in TRAINED and rule and rule not in SIDES:
+            raise SystemExit(f"{name}: a trained vector's side is one of {', '.join(SIDES)}")
+        if method not in TRAINED and rule and rule not in RULES:
             raise SystemExit(f"{name}: orientation rule {rule!r} is not one of {', '.join(RULES)}")
 
 

@@ -17,9 +17,11 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..core.operators import OPERATORS
 from ..data.demo_setting import KEYS, DemoSetting, DemoSettingError, DirectionSetting, held_out_value
 from ..errors import DatasetError
 from ..extraction.methods import get_method
@@ -57,8 +59,14 @@ def from_frontier(report: Mapping[str, Any], source: str | None = None) -> DemoS
                 f"the frontier report has no steering setting within its budget for the {key} direction ({metric})"
             )
         effect, p = max(scored, key=lambda t: t[0])  # the first contender wins a tie
+        operator, method = split_operator(p.method)
         directions[d] = DirectionSetting(
-            p.method, tuple(p.layers), p.coefficient, effect, held_out_value(p.held_out.get(rep.cost_metric))
+            method,
+            tuple(p.layers),
+            p.coefficient,
+            effect,
+            held_out_value(p.held_out.get(rep.cost_metric)),
+            operator,
         )
     if source is None:
         metrics = ", ".join(f"{KEYS[d]}: {m}" for d, m in sorted(rep.effect_metrics.items(), reverse=True))
@@ -69,9 +77,23 @@ def from_frontier(report: Mapping[str, Any], source: str | None = None) -> DemoS
     return DemoSetting(directions, source)
 
 
+def split_operator(name: str) -> tuple[str, str]:
+    """``(operator, method)`` of a contender name: ``"push(mean_diff)"`` is the push operator on a
+    mean_diff vector (as scripts/results.py names them); a plain name is ``"add"``.
+
+    Example:
+        >>> split_operator("push(mean_diff)"), split_operator("pca_diff")
+        (('push', 'mean_diff'), ('add', 'pca_diff'))
+    """
+    match = re.fullmatch(r"(\w+)\((.+)\)", name)
+    if match and match.group(1) in OPERATORS:
+        return match.group(1), match.group(2)
+    return "add", name
+
+
 def _trained(name: str) -> bool:
     """Whether a contender named ``name`` (``method`` or ``method:rule``) is a trained method."""
     try:
-        return get_method(name.partition(":")[0]).trained
+        return get_method(split_operator(name)[1].partition(":")[0]).trained
     except DatasetError:
         return False

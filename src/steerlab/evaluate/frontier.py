@@ -67,6 +67,7 @@ class Contender:
         prompts: ``{direction: [prompt, ...]}`` (``+1``: prompts pushing the effect up, ``-1``:
             down). With a vector, every coefficient runs on each prompt of its direction.
         options: extra options of the evaluation for this contender (e.g. ``positions``).
+        sides: the directions it runs in (a vector trained for one side: ``(-1,)``).
     """
 
     name: str
@@ -75,6 +76,7 @@ class Contender:
     layer_sets: tuple[tuple[int, ...], ...] | None = None
     prompts: Mapping[int, tuple[Prompt, ...]] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+    sides: tuple[int, ...] = (1, -1)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -87,8 +89,8 @@ class Contender:
             raise SteeringSpecError(
                 f"contender {self.name!r}: coefficients are magnitudes (> 0); each direction applies its sign"
             )
-        if any(d not in (1, -1) for d in self.prompts):
-            raise SteeringSpecError(f"contender {self.name!r}: prompts are keyed by direction +1 / -1")
+        if not self.sides or any(d not in (1, -1) for d in (*self.prompts, *self.sides)):
+            raise SteeringSpecError(f"contender {self.name!r}: prompts and sides are directions +1 / -1")
 
     @classmethod
     def steering(
@@ -125,7 +127,7 @@ class Contender:
 
     def directions(self, wanted: Sequence[int]) -> list[int]:
         """The directions of ``wanted`` this contender has settings for."""
-        return [d for d in wanted if not self.prompts or self.prompts.get(d)]
+        return [d for d in wanted if d in self.sides and (not self.prompts or self.prompts.get(d))]
 
 
 def _magnitudes(coefficients: Sequence[float]) -> tuple[float, ...]:
