@@ -276,9 +276,17 @@ class Push(Operator):
     def apply(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> torch.Tensor:
         if state.coefficient == 0.0:
             return h
+        return torch.addcmul(h, self._push(h, mask, state), state.tensor)
+
+    def apply_(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> None:
+        if state.coefficient != 0.0:  # in place: h + 0·u leaves a token as it was
+            h.addcmul_(self._push(h, mask, state), state.tensor)
+
+    @staticmethod
+    def _push(h: torch.Tensor, mask: torch.Tensor, state: OpState) -> torch.Tensor:
+        """``[..., 1]``: how far each token moves along ``sign(c)·u`` (0 where it is on target or masked)."""
         target = math.log(abs(state.coefficient)) * state.norm
-        push = (h @ state.tensor).unsqueeze(-1).neg_().add_(target).clamp_min_(0.0).mul_(mask)
-        return torch.addcmul(h, push, state.tensor)
+        return (h @ state.tensor).unsqueeze(-1).neg_().add_(target).clamp_min_(0.0).mul_(mask)
 
 
 @dataclass(frozen=True)

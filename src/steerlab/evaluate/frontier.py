@@ -264,9 +264,10 @@ class FrontierReport(Report):
         """``"yes"`` when a point's pooled cost is within the budget and it does not loop, else why not."""
         if not p.cost <= self.budget:
             return "no"
-        return "no (loops)" if self.loops({**p.selection, **{k: self._pooled(p, k) for k in self.guard}}) else "yes"
+        return "no (loops)" if self.loops({**p.selection, **{k: self.pooled(p, k) for k in self.guard}}) else "yes"
 
-    def _pooled(self, p: FrontierPoint, metric: str) -> float:
+    def pooled(self, p: FrontierPoint, metric: str) -> float:
+        """A metric of ``p`` over all items (both halves, size-weighted)."""
         n = self.n_select + self.n_report
         sel, held = p.selection.get(metric, math.nan), p.held_out.get(metric, math.nan)
         return (self.n_select * sel + self.n_report * held) / n if n else math.nan
@@ -387,8 +388,8 @@ class FrontierReport(Report):
                 "setting": p.setting,
                 "effect": p.effect,
                 "cost": p.cost,
-                "distinct-2": self._pooled(p, "distinct_2"),
-                "repeated 3-grams": self._pooled(p, "repeated_3gram"),
+                "distinct-2": self.pooled(p, "distinct_2"),
+                "repeated 3-grams": self.pooled(p, "repeated_3gram"),
                 "within budget": self.within(p),
             }
             for m in self.methods()
