@@ -493,6 +493,7 @@ def _threads(n: int) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="stories260K only")
+    p.add_argument("--default-only", action="store_true", help="SmolLM2-135M only (no compiled section)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case (default 12 / 6)")
     p.add_argument("--e2e-rounds", type=int, default=None, help="whole-generate rounds per case (default 5 / 3)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -500,7 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-compiled", action="store_true", help="skip the torch.compile section")
     p.add_argument("--out", type=Path, default=RESULTS / "steps.json")
     args = p.parse_args(argv)
-    cases = [QUICK] if args.quick else [QUICK, DEFAULT]
+    cases = [QUICK] if args.quick else [DEFAULT] if args.default_only else [QUICK, DEFAULT]
     over = {k: v for k, v in (("rounds", args.rounds), ("e2e_rounds", args.e2e_rounds)) if v}
     cases = [StepCase(**{**asdict(c), **over}) for c in cases]
     started = time.time()
@@ -513,7 +514,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     with _threads(args.threads):
         # the compiled section runs on the short-step proxy only (compiling the default model takes minutes)
-        res = {**header, "cases": [run_case(c, args.device, not args.no_compiled and c is cases[0]) for c in cases]}
+        compiled = not args.no_compiled and not args.default_only
+        res = {**header, "cases": [run_case(c, args.device, compiled and c is cases[0]) for c in cases]}
     res["markdown"] = markdown(res)
     write_json(args.out, res)
     print(res["markdown"])
