@@ -397,9 +397,9 @@ def frontier_section(
     slot = (
         ""
         if trained
-        else "\n\n> **Slot for trained methods (bipo, reps):** not run yet. Once `steerlab.extract` accepts them, "
-        f"`scripts/results.py --sections frontier --models {key} --methods {','.join([*methods, 'bipo', 'reps'])}` "
-        "adds their points, fronts and budgeted choices to this table and plot."
+        else "\n\n> **Trained methods** are not in this run: "
+        f"`scripts/results.py --sections frontier --models {key} --methods "
+        f"{','.join([*methods, 'bipo', 'reps:positive', 'reps:negative'])}` adds them."
     )
     md = (
         f"{_provenance(minutes, 'quick' if quick else 'full')}\n\n"
@@ -655,6 +655,7 @@ def assemble(out: Path) -> Path:
         .format(
             frontier_default=_fragment(out, "frontier_default"),
             frontier_stories=_fragment(out, "frontier_stories260K"),
+            frontier_default_trained=_fragment(out, "frontier_default_trained"),
             orientation=_fragment(out, "orientation"),
             caa=_fragment(out, "caa"),
             breakdown=_fragment(out, "breakdown"),
