@@ -224,3 +224,22 @@ def test_cli_and_server_take_them(lm: steerlab.LM, vec: steerlab.SteeringVector,
         assert r.status_code == 200 and r.json()["choices"][0]["text"] == want_push
         r = post({"coefficient": 0.3, "operator": "rotate", "operator_parameters": {"selective": 0.5}})
         assert r.status_code == 400 and "must be 0 or 1" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("name", ["push", "rotate", "rotate_all"])
+def test_in_place_equals_out_of_place(vec: steerlab.SteeringVector, name: str) -> None:
+    """``apply_`` (the engine's path under inference) against ``apply`` (under autograd): the same
+    tokens move, by the same amount up to float noise (``h + (new − h)`` against ``new``, |h| ~ 10:
+    atol 1e-5); tokens that do not move are exactly equal."""
+    h, v = _data()
+    s = STEERINGS[name](vec)
+    mask = torch.ones(2, 6, 1)
+    mask[1, :2] = 0
+    coefficient = 1.5 if name == "push" else s.coefficient
+    state = s.op.prepare(v, coefficient)
+    want = s.op.apply(h, mask, state, ZERO)
+    got = h.clone()
+    s.op.apply_(got, mask, state, ZERO)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    still = (want == h).all(-1)
+    assert bool(still.any()) and bool((~still).any()) and torch.equal(got[still], h[still])

@@ -321,12 +321,28 @@ class Rotate(Operator):
         return _sided(direction, coefficient)
 
     def apply(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> torch.Tensor:
-        # In the plane of u' = sign(c)·u and w = rest/|rest|, h = a·u' + b·w (b ≥ 0); turning by
-        # α toward u' gives (a cos α + b sin α, b cos α − a sin α), and where that passes u'
-        # (second part < 0) the token is set along u' with its norm. No trigonometry per token.
-        angle = min(abs(state.coefficient), math.pi)
-        if angle == 0.0:
+        if min(abs(state.coefficient), math.pi) == 0.0:
             return h
+        _, rest, scale, new_a, act = self._turn(h, mask, state)
+        return torch.where(act, torch.addcmul(rest * scale, new_a, state.tensor).to(h.dtype), h)
+
+    def apply_(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> None:
+        if min(abs(state.coefficient), math.pi) == 0.0:
+            return
+        a, rest, scale, new_a, act = self._turn(h, mask, state)
+        on = act.to(h.dtype)  # in place: h + (new − h), 0 where a token does not turn
+        h.addcmul_(rest, (scale - 1.0).mul_(on)).addcmul_((new_a - a).mul_(on), state.tensor)
+
+    def _turn(
+        self, h: torch.Tensor, mask: torch.Tensor, state: OpState
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(a, rest, scale, new_a, act)``: the turned token is ``rest·scale + new_a·u'``.
+
+        In the plane of ``u' = sign(c)·u`` and ``w = rest/|rest|``, ``h = a·u' + b·w`` (``b ≥ 0``);
+        turning by ``α`` toward ``u'`` gives ``(a cos α + b sin α, b cos α − a sin α)``, and where
+        that passes ``u'`` (second part < 0) the token is set along ``u'`` with its norm. No
+        trigonometry per token."""
+        angle = min(abs(state.coefficient), math.pi)
         cos, sin = math.cos(angle), math.sin(angle)
         su = state.tensor
         a = (h @ su).unsqueeze(-1)
@@ -334,11 +350,11 @@ class Rotate(Operator):
         b = rest.norm(dim=-1, keepdim=True)
         new_b = b * cos - a * sin
         new_a = torch.where(new_b < 0, torch.hypot(a, b), a * cos + b * sin)
-        new = torch.addcmul(rest * (new_b.clamp_min(0.0) / b.clamp_min(1e-12)), new_a, su)
+        scale = new_b.clamp_min(0.0) / b.clamp_min(1e-12)
         act = mask > 0
         if self.selective:
             act = act & (a < 0)
-        return torch.where(act, new.to(h.dtype), h)
+        return a, rest, scale, new_a, act
 
 
 OPERATORS: dict[str, Operator] = {
