@@ -1,8 +1,10 @@
 """Steering's per-step cost in decoding, where steps are short (issue 14's proxy) and on the default model.
 
-Settings: plain, one vector for the whole batch, a different vector per row (16 rows), every
-steering at ``positions="generated"`` on every layer; and, for reference, the floor of any
-hook-based steering: bare forward hooks that each do one in-place add (no session, no positions).
+Settings: plain, one vector for the whole batch, a different vector per row (16 rows), the
+least-push operators ``push`` and ``rotate`` with the same vector (``vs add``: their step ratio over
+the one vector's plain add), every steering at ``positions="generated"`` on every layer; and, for
+reference, the floor of any hook-based steering: bare forward hooks that each do one in-place add
+(no session, no positions).
 
 **Eager, per step, interleaved.** Whole ``generate`` calls drift by ±10 % between runs on a shared
 machine, more than the effect measured. So each setting decodes its own stream (its own KV cache
@@ -90,8 +92,17 @@ def _setup(case: StepCase, device: str) -> tuple[Any, list[str], dict[str, Any]]
         "a vector per row": [
             steerlab.Steering(vec * (0.5 + 0.1 * i), 1.0, positions="generated") for i in range(case.batch)
         ],
+        # the least-push operators (issue 24), the same vector and positions: compare with "one vector"
+        "push": steerlab.Steering(vec, 2.0, positions="generated", operator="push"),
+        "rotate": steerlab.Steering(vec, 0.05, positions="generated", operator="rotate"),
     }
     return lm, prompts, settings
+
+
+ADD = "one vector"
+OPERATOR_SETTINGS = ("push", "rotate")
+"""Settings whose cost is also read over a plain add (``vs add``: their paired step ratio over
+``one vector``'s; the issue's goal is ≤ 1.03)."""
 
 
 class _BareHooks:
@@ -418,8 +429,8 @@ def markdown(res: dict[str, Any]) -> str:
     """The short table."""
     out = [
         "| model | setting | µs/step (median) | step ratio | extra µs/step | in steerlab's hooks µs/step (share) "
-        "| set-up ms | end-to-end ratio | target (step) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| set-up ms | end-to-end ratio | target (step) | vs add |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for case in res["cases"]:
         c = case["case"]
@@ -437,7 +448,7 @@ def markdown(res: dict[str, Any]) -> str:
             out.append(
                 f"| {where} | {name} | {row['step_us_median']:.0f} | {row['step_ratio']:.3f} "
                 f"| {row['extra_us_per_step']:+.0f} | {hooks} | {row['setup_ms_median']:.2f} "
-                f"| {row['end_to_end_ratio']:.3f} | {ok} |"
+                f"| {row['end_to_end_ratio']:.3f} | {ok} | {_vs_add(case, name)} |"
             )
     compiled = [c for c in res["cases"] if "compiled" in c]
     if compiled:
@@ -458,6 +469,15 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _vs_add(case: dict[str, Any], name: str) -> str:
+    """An operator setting's step ratio over the plain add's (goal ≤ 1.03), else ``""``."""
+    rows = case["settings"]
+    if name not in OPERATOR_SETTINGS or ADD not in rows:
+        return ""
+    over = rows[name]["step_ratio"] / rows[ADD]["step_ratio"]
+    return f"{over:.3f} ({'met' if over <= 1.03 else 'MISSED'} ≤ 1.03)"
+
+
 @contextmanager
 def _threads(n: int) -> Iterator[None]:
     import torch
@@ -473,6 +493,7 @@ def _threads(n: int) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="stories260K only")
+    p.add_argument("--default-only", action="store_true", help="SmolLM2-135M only (no compiled section)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case (default 12 / 6)")
     p.add_argument("--e2e-rounds", type=int, default=None, help="whole-generate rounds per case (default 5 / 3)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -480,7 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-compiled", action="store_true", help="skip the torch.compile section")
     p.add_argument("--out", type=Path, default=RESULTS / "steps.json")
     args = p.parse_args(argv)
-    cases = [QUICK] if args.quick else [QUICK, DEFAULT]
+    cases = [QUICK] if args.quick else [DEFAULT] if args.default_only else [QUICK, DEFAULT]
     over = {k: v for k, v in (("rounds", args.rounds), ("e2e_rounds", args.e2e_rounds)) if v}
     cases = [StepCase(**{**asdict(c), **over}) for c in cases]
     started = time.time()
@@ -493,7 +514,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     with _threads(args.threads):
         # the compiled section runs on the short-step proxy only (compiling the default model takes minutes)
-        res = {**header, "cases": [run_case(c, args.device, not args.no_compiled and c is cases[0]) for c in cases]}
+        compiled = not args.no_compiled and not args.default_only
+        res = {**header, "cases": [run_case(c, args.device, compiled and c is cases[0]) for c in cases]}
     res["markdown"] = markdown(res)
     write_json(args.out, res)
     print(res["markdown"])

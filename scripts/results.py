@@ -25,6 +25,7 @@ Reads ../shared/data (not copied into the repository).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import subprocess
@@ -48,6 +49,7 @@ from steerlab.evaluate.scorers import get_scorer
 from steerlab.evaluate.stats import bootstrap_ci
 from steerlab.evaluate.sweep import autotune
 from steerlab.extraction.methods.pca import RULES, reorient
+from steerlab.extraction.sign import layer_signs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -55,6 +57,8 @@ REPE = SHARED / "data" / "repe"
 CAA = SHARED / "data" / "caa" / "datasets"
 SECTIONS = ("frontier", "orientation", "caa", "breakdown")
 TRAINED = ("bipo", "reps")
+SIDES = {"positive": 1, "negative": -1}
+"""``reps:negative``: a trained vector for one direction (trained and evaluated on that side only)."""
 BUDGET = 1.15
 
 POSITIVE = [
@@ -87,6 +91,8 @@ MODELS: dict[str, dict[str, Any]] = {
         "trained_layers": [12],
         "trained_coefs": [0.5, 1.0, 1.5, 2.0, 3.0],
         "train": {"lr": 0.02, "epochs": 6},
+        "ops": {"push": [0.5, 1.0, 1.5, 2.0, 3.0], "rotate": [0.01, 0.02, 0.05, 0.1, 0.2]},
+        "op_combo": {"push": [1.0], "rotate": [0.02]},
     },
     "stories260K": {
         "path": str(SHARED / "models" / "stories260K"),
@@ -106,8 +112,15 @@ MODELS: dict[str, dict[str, Any]] = {
         "trained_layers": [2],
         "trained_coefs": [0.05, 0.1, 0.2, 0.3, 0.5, 1.0],
         "train": {"lr": 0.05, "epochs": 6},
+        "ops": {"push": [0.5, 1.0, 1.5, 2.0, 3.0, 5.0], "rotate": [0.01, 0.02, 0.05, 0.1, 0.2, 0.4]},
+        "op_combo": {"push": [1.0, 2.0], "rotate": [0.02, 0.05]},
     },
 }
+OPERATORS = ("push", "rotate")
+"""The least-push operators on the frontier, each applied to the mean_diff vector at the layers
+where the pairs' two sides project with opposite signs (``steerlab.extraction.sign``)."""
+LEAN = {"sets": 2, "coefs": [0.25, 0.5, 1.0, 1.5], "prompts": 1}
+"""``--lean``: the first two layer sets, four coefficients and the middle prompt of each side."""
 
 
 def _commit() -> str:
@@ -166,8 +179,8 @@ def build_vectors(lm: steerlab.LM, methods: Sequence[str], plan: dict[str, Any])
         method, _, rule = name.partition(":")  # "pca_diff:majority": pca_diff in the majority orientation
         if name == "mean_diff":
             out[name] = md
-        elif method in TRAINED:
-            out[name] = trained_vector(lm, method, plan)
+        elif method in TRAINED:  # "reps:negative": a vector trained for that side only
+            out[name] = trained_vector(lm, method, plan, rule or None)
         elif name == "actadd":
             out[name] = steerlab.extract(
                 lm, [steerlab.ContrastPair("Love", "Hate")], method="actadd", layers=plan["actadd_layers"]
@@ -184,14 +197,25 @@ SELF_CONTRAST = ("Write a cheerful, happy story.", "Write a sad, gloomy story.")
 """The two prompts whose continuations (openings 0–127) train the trained methods' vectors."""
 
 
-def trained_vector(lm: steerlab.LM, method: str, plan: dict[str, Any]) -> steerlab.SteeringVector:
+_SELF_PAIRS: dict[str, list[Any]] = {}
+
+
+def trained_vector(
+    lm: steerlab.LM, method: str, plan: dict[str, Any], side: str | None = None
+) -> steerlab.SteeringVector:
     """A trained (bipo / reps) vector distilled from prompting: preference pairs the model writes
-    itself under a cheerful and a sad prompt (:func:`steerlab.self_contrast`), one vector at
-    ``plan["trained_layers"]``, steering the generated tokens (as it was trained)."""
+    itself under a cheerful and a sad prompt (:func:`steerlab.self_contrast`, written once per
+    model), one vector at ``plan["trained_layers"]``, steering the generated tokens (as it was
+    trained); ``side`` (``"positive"`` / ``"negative"``) trains a vector for that direction only."""
     t0 = time.perf_counter()
-    pairs = steerlab.self_contrast(lm, _openings()[:128], *SELF_CONTRAST, max_new_tokens=plan["tokens"], batch_size=64)
+    if lm.model_id not in _SELF_PAIRS:
+        _SELF_PAIRS[lm.model_id] = steerlab.self_contrast(
+            lm, _openings()[:128], *SELF_CONTRAST, max_new_tokens=plan["tokens"], batch_size=64
+        )
+    pairs = _SELF_PAIRS[lm.model_id]
     t1 = time.perf_counter()
-    vec = steerlab.extract(lm, pairs, method=method, layers=plan["trained_layers"], seed=0, **plan["train"])
+    extra = {} if side is None else {"directions": side}
+    vec = steerlab.extract(lm, pairs, method=method, layers=plan["trained_layers"], seed=0, **plan["train"], **extra)
     t2 = time.perf_counter()
     vec.meta["timing_s"] = {"self_contrast": round(t1 - t0, 1), "training": round(t2 - t1, 1)}
     print(
@@ -202,13 +226,44 @@ def trained_vector(lm: steerlab.LM, method: str, plan: dict[str, Any]) -> steerl
     return vec
 
 
+def operator_contenders(
+    md: steerlab.SteeringVector, operators: Sequence[str], plan: dict[str, Any], sign_sets: list[list[int]], quick: bool
+) -> list[Contender]:
+    """Each operator on the mean_diff vector at ``sign_sets``, alone and with the middle prompt."""
+    out = []
+    for op in operators:
+        coefs, combo = plan["ops"][op], plan["op_combo"][op]
+        if quick:
+            coefs, combo = coefs[1:3], combo[:1]
+        out.append(Contender.steering(f"{op}(mean_diff)", md, coefs, layer_sets=sign_sets, operator=op))
+        out.append(
+            Contender.combined(
+                f"prompting+{op}(mean_diff)",
+                md,
+                combo,
+                positive=POSITIVE[1:2],
+                negative=NEGATIVE[1:2],
+                layer_sets=sign_sets[:1],
+                operator=op,
+            )
+        )
+    return out
+
+
 def contenders(
-    vectors: dict[str, steerlab.SteeringVector], methods: Sequence[str], plan: dict[str, Any], quick: bool
+    vectors: dict[str, steerlab.SteeringVector],
+    methods: Sequence[str],
+    plan: dict[str, Any],
+    quick: bool,
+    lean: bool = False,
 ) -> list[Contender]:
     sets, coefs = plan["sets"], plan["coefs"]
     act_sets, act_coefs = plan["actadd_sets"], plan["actadd_coefs"]
     combo_sets, combo_coefs = sets[: plan["combo_sets"]], plan["combo_coefs"]
     pos, neg = POSITIVE, NEGATIVE
+    if lean:
+        sets, coefs, pos, neg = sets[: LEAN["sets"]], LEAN["coefs"], POSITIVE[1:2], NEGATIVE[1:2]
+        combo_sets, combo_coefs = sets[1:2], combo_coefs[:2]
     if quick:
         sets, coefs, act_sets, act_coefs = sets[:1], coefs[1:3], act_sets[:1], act_coefs[1:3]
         combo_sets, combo_coefs, pos, neg = sets[:1], combo_coefs[1:2], POSITIVE[1:2], NEGATIVE[1:2]
@@ -218,9 +273,11 @@ def contenders(
             out.append(Contender.steering(name, vectors[name], act_coefs, layer_sets=act_sets))
         elif name.partition(":")[0] in TRAINED:
             tc = plan["trained_coefs"][1:3] if quick else plan["trained_coefs"]
-            out.append(
-                Contender.steering(name, vectors[name], tc, layer_sets=[plan["trained_layers"]], positions="generated")
+            side = name.partition(":")[2]
+            con = Contender.steering(
+                name, vectors[name], tc, layer_sets=[plan["trained_layers"]], positions="generated"
             )
+            out.append(dataclasses.replace(con, sides=(SIDES[side],)) if side else con)
         else:
             out.append(Contender.steering(name, vectors[name], coefs, layer_sets=sets))
     out.append(Contender.prompting("prompting", positive=pos, negative=neg))
@@ -246,7 +303,7 @@ def _goal_reading(rep: FrontierReport, direction: int) -> str:
     pts = [p for p in rep.points if p.direction == direction and p.on_front]
     reach = sorted((p for p in pts if p.effect >= goal), key=lambda p: p.cost)
     top = max(pts, key=lambda p: p.effect) if pts else None
-    inside = [p for p in pts if p.cost <= rep.budget]
+    inside = [p for p in pts if rep.within(p) == "yes"]
     best_in = max(inside, key=lambda p: p.effect) if inside else None
     parts = []
     if best_in is not None:
@@ -288,13 +345,41 @@ def _trained_text(method: str, vec: steerlab.SteeringVector, plan: dict[str, Any
     )
 
 
-def frontier_section(key: str, methods: Sequence[str], out: Path, quick: bool) -> tuple[str, dict[str, Any]]:
+def sign_layer_sets(lm: steerlab.LM, md: steerlab.SteeringVector, plan: dict[str, Any]) -> tuple[list[list[int]], str]:
+    """Where the operators act: the layers at which the persona pairs' two sides project on the
+    mean_diff direction with opposite signs (Selective Steering's layer rule), or, where there are
+    none, the model's middle layers; and a sentence saying which."""
+    pairs = steerlab.persona_pairs("happy", "sad", _openings()[:128])
+    signs = layer_signs(lm, pairs, md)
+    table = ", ".join(f"L{s.layer} {s.positive:+.2f}/{s.negative:+.2f}" for s in signs)
+    opposite = [s.layer for s in signs if s.opposite]
+    if opposite:
+        return [opposite], (
+            f" The operators act at layers {_layer_text(opposite)}, where the persona pairs' positive and negative "
+            f"examples project on the mean_diff direction with opposite signs (mean projections in units of |v|, "
+            f"positive/negative: {table})."
+        )
+    return [plan["mid"]], (
+        f" No layer has the persona pairs' two sides projecting with opposite signs on the mean_diff direction "
+        f"({table}), so the operators act at layers {_layer_text(plan['mid'])}, where the sign condition is "
+        "dominated by a common offset."
+    )
+
+
+def frontier_section(
+    key: str, methods: Sequence[str], out: Path, quick: bool, operators: Sequence[str] = (), lean: bool = False
+) -> tuple[str, dict[str, Any]]:
     plan = MODELS[key]
     t0 = time.perf_counter()
     lm = steerlab.load_model(plan["path"])
     vectors = build_vectors(lm, methods, plan)
     held = _openings()[200 : 200 + (8 if quick else plan["n_held"])]
-    cons = contenders(vectors, methods, plan, quick)
+    cons = contenders(vectors, methods, plan, quick, lean)
+    sign_text = ""
+    if operators:
+        sign_sets, sign_text = sign_layer_sets(lm, vectors["mean_diff"], plan)
+        print(f"  {key}:{sign_text}", flush=True)
+        cons += operator_contenders(vectors["mean_diff"], operators, plan, sign_sets, quick)
     rep = frontier(
         lm,
         cons,
@@ -308,13 +393,13 @@ def frontier_section(key: str, methods: Sequence[str], out: Path, quick: bool) -
     rep.title = f"Effect–fluency frontier on {lm.model_id}"
     rep.write(out / "results", f"frontier_{key}")
     minutes = (time.perf_counter() - t0) / 60
-    trained = [m for m in methods if m in TRAINED]
+    trained = [m for m in methods if m.partition(":")[0] in TRAINED]
     slot = (
         ""
         if trained
-        else "\n\n> **Slot for trained methods (bipo, reps):** not run yet. Once `steerlab.extract` accepts them, "
-        f"`scripts/results.py --sections frontier --models {key} --methods {','.join([*methods, 'bipo', 'reps'])}` "
-        "adds their points, fronts and budgeted choices to this table and plot."
+        else "\n\n> **Trained methods** are not in this run: "
+        f"`scripts/results.py --sections frontier --models {key} --methods "
+        f"{','.join([*methods, 'bipo', 'reps:positive', 'reps:negative'])}` adds them."
     )
     md = (
         f"{_provenance(minutes, 'quick' if quick else 'full')}\n\n"
@@ -328,8 +413,10 @@ def frontier_section(key: str, methods: Sequence[str], out: Path, quick: bool) -
         + "; ".join(f"+ “{p.text.strip()}”" for p in POSITIVE)
         + "; "
         + "; ".join(f"− “{p.text.strip()}”" for p in NEGATIVE)
-        + ". Prompting + mean_diff uses the middle prompt of each side."
-        + "".join(_trained_text(m, vectors[m], plan) for m in methods if m in TRAINED)
+        + ". Prompting + a vector uses the middle prompt of each side."
+        + (" Lean grid (`--lean`): two layer sets, four coefficients, the middle prompt of each side." if lean else "")
+        + sign_text
+        + "".join(_trained_text(m, vectors[m], plan) for m in trained)
         + "\n\n"
         + rep.to_markdown().split("\n\n", 1)[1]
         + f"\n\n![frontier {key}](results/frontier_{key}.png)\n\n"
@@ -568,6 +655,7 @@ def assemble(out: Path) -> Path:
         .format(
             frontier_default=_fragment(out, "frontier_default"),
             frontier_stories=_fragment(out, "frontier_stories260K"),
+            frontier_default_trained=_fragment(out, "frontier_default_trained"),
             orientation=_fragment(out, "orientation"),
             caa=_fragment(out, "caa"),
             breakdown=_fragment(out, "breakdown"),
@@ -594,7 +682,9 @@ def _check_methods(methods: Sequence[str]) -> None:
     for name in methods:
         method, _, rule = name.partition(":")
         get_method(method)  # an unknown method fails here, before any model runs, listing the choices
-        if rule and rule not in RULES:
+        if method in TRAINED and rule and rule not in SIDES:
+            raise SystemExit(f"{name}: a trained vector's side is one of {', '.join(SIDES)}")
+        if method not in TRAINED and rule and rule not in RULES:
             raise SystemExit(f"{name}: orientation rule {rule!r} is not one of {', '.join(RULES)}")
 
 
@@ -606,6 +696,10 @@ def main() -> None:
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     parser.add_argument("--models", default="stories260K,default", help="frontier / orientation models")
     parser.add_argument("--replot", action="store_true", help="only redraw the frontier plots from their JSON")
+    parser.add_argument(
+        "--operators", default=",".join(OPERATORS), help="least-push operators on the frontier ('' for none)"
+    )
+    parser.add_argument("--lean", action="store_true", help="fewer layer sets, coefficients and prompts")
     parser.add_argument(
         "--methods",
         default="actadd,mean_diff,pca_diff",
@@ -631,7 +725,8 @@ def main() -> None:
     if "frontier" in sections:
         for key in keys:
             print(f"frontier on {key} ...", flush=True)
-            _save(out, f"frontier_{key}", *frontier_section(key, methods, out, args.quick))
+            ops = [o for o in args.operators.split(",") if o]
+            _save(out, f"frontier_{key}", *frontier_section(key, methods, out, args.quick, ops, args.lean))
     if "orientation" in sections:
         print("pca_diff orientation ...", flush=True)
         _save(out, "orientation", *orientation_section(keys, out, args.quick))

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from steerlab.cli import app
 from steerlab.data.demo_setting import DemoSettingError, load_demo_setting
-from steerlab.evaluate.demo_choice import from_frontier
+from steerlab.evaluate.demo_choice import from_frontier, split_operator
 
 from .conftest import STORIES
 
@@ -102,11 +102,21 @@ def test_builder_on_the_stories260k_frontier() -> None:
         steering = [
             b["point"]
             for b in data["best"]
-            if b["direction"] == d and b["point"] is not None and b["point"]["layers"] and not b["point"]["prompt"]
+            if b["direction"] == d
+            and b["point"] is not None
+            and b["point"]["layers"]
+            and not b["point"]["prompt"]
+            and split_operator(b["method"])[1].partition(":")[0] not in ("bipo", "reps")  # the demo does not train
         ]
         top = max(steering, key=lambda p: p["held_out"][key])
         got = s.directions[d]
-        assert (got.method, list(got.layers), got.coefficient) == (top["method"], top["layers"], top["coefficient"])
+        operator, method = split_operator(top["method"])
+        assert (got.method, list(got.layers), got.coefficient, got.operator) == (
+            method,
+            top["layers"],
+            top["coefficient"],
+            operator,
+        )
         assert got.held_out_effect == top["held_out"][key]
         assert all(p["held_out"][key] <= got.held_out_effect for p in steering)
 
@@ -172,3 +182,33 @@ def test_demo_builds_each_method_as_the_frontier_does(method: str) -> None:
             # rounding is 1.25e-5 of it).
             assert float(vec.directions[k].norm()) == pytest.approx(md.norms()[k], rel=1e-6, abs=6e-7)
             assert float(torch.nn.functional.cosine_similarity(vec.directions[k], md.directions[k], dim=0)) > 0
+
+
+def test_builder_with_a_demo_budget() -> None:
+    """``budget``: the strongest vector setting over all items within that cost that does not loop."""
+    from steerlab.evaluate.frontier import FrontierReport
+
+    data = json.loads(FRONTIER.read_text())
+    rep = FrontierReport.from_dict(data)
+    loose = from_frontier(data, budget=1.5)
+    for d in (1, -1):
+        fits = [
+            p
+            for p in rep.points
+            if p.direction == d
+            and p.cost <= 1.5
+            and p.layers
+            and not p.prompt
+            and split_operator(p.method)[1].partition(":")[0] not in ("bipo", "reps")
+            and not rep.loops({m: rep.pooled(p, m) for m in rep.guard})
+        ]
+        best = max(fits, key=lambda p: (p.effect, -p.cost))
+        got = loose.directions[d]
+        operator, method = split_operator(best.method)
+        assert (got.method, list(got.layers), got.coefficient, got.operator) == (
+            method,
+            best.layers,
+            best.coefficient,
+            operator,
+        )
+    assert "1.5" in loose.source and "does not loop" in loose.source

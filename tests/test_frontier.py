@@ -499,3 +499,34 @@ def test_reorient_flips_exactly_the_disagreeing_layers():
     assert [float(out.directions[k][0]) for k in (0, 1, 2)] == [1.0, -1.0, 1.0]
     assert out.meta["flipped_layers"] == [1]
     assert math.isclose(float(reorient(vec, "majority").directions[1][0]), 1.0)
+
+
+# ----------------------------------------------------------------------------- degeneracy guard, one-sided contenders
+def test_degeneracy_measures() -> None:
+    from steerlab.evaluate.degeneracy import distinct_n, repeated_ngrams
+
+    assert distinct_n(["a b c d"], 2) == 1.0 and repeated_ngrams(["a b c d"], 3) == 0.0
+    assert distinct_n(["go go go go go"], 2) == 0.25  # 4 bigrams, 1 distinct
+    assert repeated_ngrams(["go go go go go"], 3) == pytest.approx(2 / 3)  # 3 trigrams, 2 seen before
+    assert math.isnan(distinct_n(["one"], 2)) and math.isnan(repeated_ngrams([], 3))
+    assert distinct_n(["one", "a b"], 2) == 1.0  # a text too short to have a bigram is left out
+
+
+def test_guard_keeps_a_looping_setting_out(vec: steerlab.SteeringVector) -> None:
+    rep = FrontierReport(guard={"repeated_3gram": 0.05}, baseline={"repeated_3gram": 0.1}, budget=1.15, n_select=1)
+    assert rep.loops({"repeated_3gram": 0.2}) and not rep.loops({"repeated_3gram": 0.14}) and not rep.loops({})
+
+    def point(effect: float, rep3: float) -> FrontierPoint:
+        sel = {"positive_share": effect, "cost": 1.0, "repeated_3gram": rep3}
+        return FrontierPoint("m", 1, [1], 1.0, "", effect, 1.0, sel, dict(sel))
+
+    looping, fluent = point(0.9, 0.5), point(0.6, 0.1)
+    assert _choose([looping, fluent], "positive_share", "cost", 1.15) is looping  # no guard
+    assert _choose([looping, fluent], "positive_share", "cost", 1.15, rep.loops) is fluent
+    rep.cost_metric = "cost"
+    assert rep.within(looping) == "no (loops)" and rep.within(fluent) == "yes"
+    one = Contender.steering("neg", vec, [1.0])
+    assert one.directions([1, -1]) == [1, -1]
+    assert Contender("neg", vec, (1.0,), sides=(-1,)).directions([1, -1]) == [-1]
+    with pytest.raises(steerlab.SteeringSpecError, match="sides"):
+        Contender("neg", vec, (1.0,), sides=(2,))

@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from . import condition, evals, gen, serve, vectors  # noqa: F401  (they add their commands to app)
+from . import condition, evals, gen, serve, train, vectors  # noqa: F401  (they add their commands to app)
 from .root import app
 
 __all__ = ["app"]

@@ -70,7 +70,12 @@ def demo(
         if layers is not None or coef is not None:
             override = None if layers is None else tuple(resolve_layers(layers, lm))
             chosen = {
-                d: DirectionSetting(s.method, override or s.layers, s.coefficient if coef is None else d * abs(coef))
+                d: DirectionSetting(
+                    s.method,
+                    override or s.layers,
+                    s.coefficient if coef is None else d * abs(coef),
+                    operator=s.operator,
+                )
                 for d, s in chosen.items()
             }
         pairs = steerlab.persona_pairs(positive, negative, list(OPENINGS))
@@ -81,8 +86,8 @@ def demo(
         prompts = list(DEMO_PROMPTS)
         rows = [
             None,
-            steerlab.Steering(vectors[1], chosen[1].coefficient),
-            steerlab.Steering(vectors[-1], chosen[-1].coefficient),
+            steerlab.Steering(vectors[1], chosen[1].coefficient, operator=chosen[1].operator),
+            steerlab.Steering(vectors[-1], chosen[-1].coefficient, operator=chosen[-1].operator),
         ]
         with status("generating baseline and steered continuations in one batch"):
             flat = steerlab.generate(

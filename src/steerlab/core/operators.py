@@ -14,7 +14,11 @@ With ``c`` the coefficient, ``v`` the layer's direction and ``u = v/|v|``:
 * ``"add"`` — ``h + c·v``; a token-wise (ActAdd) vector adds its row ``i`` at token ``i``;
 * ``"ablate"`` — ``h − c·(h·u)u`` (``c=1`` removes the direction entirely);
 * ``"clamp"`` — ``h + (c − h·u)u``: the projection on ``u`` is set to ``c``;
-* ``"add_norm_preserving"`` — ``h + c·v`` rescaled to the norm of ``h``.
+* ``"add_norm_preserving"`` — ``h + c·v`` rescaled to the norm of ``h``;
+* ``"push"`` — the least push along ``u`` that brings ``h·u`` up to ``ln(c)·|v|`` (for ``c > 0``;
+  mirrored for ``c < 0``), nothing where it is already there (:class:`Push`);
+* ``"rotate"`` — turn ``h`` by ``c`` radians toward ``u`` in the plane of ``h`` and ``u``, keeping
+  its norm, only where ``h·u`` has the wrong sign by default (:class:`Rotate`).
 
 Example:
     >>> import torch
@@ -230,7 +234,132 @@ class AddNormPreserving(Operator):
         return torch.where(mask > 0, new * scale, h)
 
 
-OPERATORS: dict[str, Operator] = {op.name: op for op in (Add(), Ablate(), Clamp(), AddNormPreserving())}
+def _sided(direction: torch.Tensor, coefficient: float) -> OpState:
+    """The state of ``push`` / ``rotate``: the unit direction on the side the coefficient points to
+    (``sign(c)·u``), so that a projection on it is positive where the token is already on target."""
+    norm = float(direction.norm())
+    side = -1.0 if coefficient < 0 else 1.0
+    return OpState(direction * (side / max(norm, 1e-12)), coefficient, norm)
+
+
+class Push(Operator):
+    """Minimal push: move ``h`` along ``u`` only as far as needed for its projection on ``±u`` to
+    reach a target, and not at all where it is already there (LiSeCo's closed form, AxBench's
+    thresholding intervention, StTP). For ``c > 0`` the target is ``ln(c)·|v|``::
+
+        h + max(0, ln(c)·|v| − h·u) · u
+
+    and for ``c < 0`` the mirror image (projection at most ``−ln|c|·|v|``). So ``|c| = 1`` is the
+    *sign condition*: only tokens projecting on the wrong side of zero are moved, onto zero;
+    ``|c| = e`` asks for a margin of ``|v|`` on the right side; ``|c| < 1`` moves only tokens far on
+    the wrong side, and as ``c → 0`` the target recedes to ``−∞`` (``c = 0`` moves nothing). The
+    target is in units of the vector's norm (for a mean-difference vector, the distance between the
+    two sides' means), so one coefficient means the same at every layer. Use it at layers where the
+    two sides project with opposite signs (:func:`steerlab.extraction.sign.opposite_sign_layers`):
+    there the sign of ``h·u`` is a classifier, and the push is spent only on tokens it places on
+    the wrong side.
+
+    Example:
+        >>> op = get_operator("push")
+        >>> state = op.prepare(torch.tensor([2.0, 0.0]), coefficient=math.e)  # target: h·u ≥ 1·|v| = 2
+        >>> h = torch.tensor([[[-3.0, 1.0], [0.5, 1.0], [4.0, 1.0]]])
+        >>> op.apply(h, torch.ones(1, 3, 1), state, torch.zeros(1, 3, dtype=torch.long)).tolist()
+        [[[2.0, 1.0], [2.0, 1.0], [4.0, 1.0]]]
+    """
+
+    name = "push"
+    refusal = "it moves each token by how far its own projection is from the target (not a fixed change)"
+
+    def prepare(self, direction: torch.Tensor, coefficient: float) -> OpState:
+        return _sided(direction, coefficient)
+
+    def apply(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> torch.Tensor:
+        if state.coefficient == 0.0:
+            return h
+        return torch.addcmul(h, self._push(h, mask, state), state.tensor)
+
+    def apply_(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> None:
+        if state.coefficient != 0.0:  # in place: h + 0·u leaves a token as it was
+            h.addcmul_(self._push(h, mask, state), state.tensor)
+
+    @staticmethod
+    def _push(h: torch.Tensor, mask: torch.Tensor, state: OpState) -> torch.Tensor:
+        """``[..., 1]``: how far each token moves along ``sign(c)·u`` (0 where it is on target or masked)."""
+        target = math.log(abs(state.coefficient)) * state.norm
+        return (h @ state.tensor).unsqueeze(-1).neg_().add_(target).clamp_min_(0.0).mul_(mask)
+
+
+@dataclass(frozen=True)
+class Rotate(Operator):
+    """Rotation toward the direction, norm-preserving (angular steering): each token's residual is
+    turned by ``|c|`` radians in the plane of ``h`` and ``u``, toward ``u`` for ``c > 0`` and toward
+    ``−u`` for ``c < 0`` (so ``c = −π``, 180°, points it along ``−u`` wherever it was along ``u``),
+    and never past ``±u``. Its norm is kept. With ``selective=1`` (the default; Selective Steering) only
+    tokens whose projection has the wrong sign turn; the others are left exactly as they were.
+
+    Attributes:
+        selective: ``1``: only tokens with ``h·u`` of the wrong sign; ``0``: every token.
+
+    Example:
+        >>> op = get_operator("rotate")
+        >>> state = op.prepare(torch.tensor([1.0, 0.0]), coefficient=math.pi / 2)  # 90°
+        >>> h = torch.tensor([[[-1.0, -2.0], [1.0, 1.0]]])  # the second one already has h·u > 0
+        >>> out = op.apply(h, torch.ones(1, 2, 1), state, torch.zeros(1, 2, dtype=torch.long))
+        >>> [[round(x, 4) for x in t] for t in out[0].tolist()]
+        [[2.0, -1.0], [1.0, 1.0]]
+    """
+
+    name: ClassVar[str] = "rotate"
+    refusal: ClassVar[str] = "it turns each activation by an angle (it is not a fixed change of the residual stream)"
+    selective: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.selective not in (0.0, 1.0):
+            raise SteeringSpecError(f"operator 'rotate': selective={self.selective!r} must be 0 or 1")
+
+    def prepare(self, direction: torch.Tensor, coefficient: float) -> OpState:
+        return _sided(direction, coefficient)
+
+    def apply(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> torch.Tensor:
+        if min(abs(state.coefficient), math.pi) == 0.0:
+            return h
+        _, rest, scale, new_a, act = self._turn(h, mask, state)
+        return torch.where(act, torch.addcmul(rest * scale, new_a, state.tensor).to(h.dtype), h)
+
+    def apply_(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> None:
+        if min(abs(state.coefficient), math.pi) == 0.0:
+            return
+        a, rest, scale, new_a, act = self._turn(h, mask, state)
+        on = act.to(h.dtype)  # in place: h + (new − h), 0 where a token does not turn
+        h.addcmul_(rest, (scale - 1.0).mul_(on)).addcmul_((new_a - a).mul_(on), state.tensor)
+
+    def _turn(
+        self, h: torch.Tensor, mask: torch.Tensor, state: OpState
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(a, rest, scale, new_a, act)``: the turned token is ``rest·scale + new_a·u'``.
+
+        In the plane of ``u' = sign(c)·u`` and ``w = rest/|rest|``, ``h = a·u' + b·w`` (``b ≥ 0``);
+        turning by ``α`` toward ``u'`` gives ``(a cos α + b sin α, b cos α − a sin α)``, and where
+        that passes ``u'`` (second part < 0) the token is set along ``u'`` with its norm. No
+        trigonometry per token."""
+        angle = min(abs(state.coefficient), math.pi)
+        cos, sin = math.cos(angle), math.sin(angle)
+        su = state.tensor
+        a = (h @ su).unsqueeze(-1)
+        rest = torch.addcmul(h, a, su, value=-1.0)
+        b = rest.norm(dim=-1, keepdim=True)
+        new_b = b * cos - a * sin
+        new_a = torch.where(new_b < 0, torch.hypot(a, b), a * cos + b * sin)
+        scale = new_b.clamp_min(0.0) / b.clamp_min(1e-12)
+        act = mask > 0
+        if self.selective:
+            act = act & (a < 0)
+        return a, rest, scale, new_a, act
+
+
+OPERATORS: dict[str, Operator] = {
+    op.name: op for op in (Add(), Ablate(), Clamp(), AddNormPreserving(), Push(), Rotate())
+}
 """The operators by name."""
 
 

@@ -40,10 +40,12 @@ class DemoSettingError(SteeringError):
 
 @dataclass(frozen=True)
 class DirectionSetting:
-    """How the demo steers one way: a vector from ``method`` at ``layers``, times ``coefficient``.
+    """How the demo steers one way: a vector from ``method`` at ``layers``, times ``coefficient``,
+    applied by ``operator``.
 
     Attributes:
         held_out_effect, held_out_cost: what the frontier measured for it (``None``: not measured).
+        operator: how the vector acts (``"add"``, ``"push"``, ``"rotate"``, ...).
     """
 
     method: str
@@ -51,6 +53,7 @@ class DirectionSetting:
     coefficient: float
     held_out_effect: float | None = None
     held_out_cost: float | None = None
+    operator: str = "add"
 
     @property
     def label(self) -> str:
@@ -61,7 +64,8 @@ class DirectionSetting:
             if len(ls) > 1 and list(ls) == list(range(ls[0], ls[-1] + 1))
             else ",".join(map(str, ls))
         )
-        return f"{self.method} L{span} c={self.coefficient:+g}"
+        how = "" if self.operator == "add" else f" ({self.operator})"
+        return f"{self.method}{how} L{span} c={self.coefficient:+g}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +74,7 @@ class DirectionSetting:
             "coefficient": self.coefficient,
             "held_out_effect": self.held_out_effect,
             "held_out_cost": self.held_out_cost,
+            "operator": self.operator,
         }
 
 
@@ -109,6 +114,7 @@ class DemoSetting:
                     coef,
                     held_out_value(e.get("held_out_effect")),
                     held_out_value(e.get("held_out_cost")),
+                    str(e.get("operator", "add")),
                 )
             return cls(directions, str(data["source"]))
         except (KeyError, TypeError, ValueError) as exc:

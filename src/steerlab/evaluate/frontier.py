@@ -49,6 +49,10 @@ __all__ = ["BestSetting", "Contender", "FrontierPoint", "FrontierReport", "front
 DEFAULT_GOAL: dict[int, float] = {1: 0.90, -1: 0.80}
 """The issue's target: positive share ≥ 0.90 pushing up, negative share ≥ 0.80 pushing down."""
 
+DEFAULT_GUARD: dict[str, float] = {"repeated_3gram": 0.05}
+"""The degeneracy guard: a setting whose continuations repeat more than 5 points more of their
+3-grams than the unsteered model's cannot be chosen (:mod:`steerlab.evaluate.degeneracy`)."""
+
 
 # --------------------------------------------------------------------------- contenders
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class Contender:
         prompts: ``{direction: [prompt, ...]}`` (``+1``: prompts pushing the effect up, ``-1``:
             down). With a vector, every coefficient runs on each prompt of its direction.
         options: extra options of the evaluation for this contender (e.g. ``positions``).
+        sides: the directions it runs in (a vector trained for one side: ``(-1,)``).
     """
 
     name: str
@@ -71,6 +76,7 @@ class Contender:
     layer_sets: tuple[tuple[int, ...], ...] | None = None
     prompts: Mapping[int, tuple[Prompt, ...]] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+    sides: tuple[int, ...] = (1, -1)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -83,8 +89,8 @@ class Contender:
             raise SteeringSpecError(
                 f"contender {self.name!r}: coefficients are magnitudes (> 0); each direction applies its sign"
             )
-        if any(d not in (1, -1) for d in self.prompts):
-            raise SteeringSpecError(f"contender {self.name!r}: prompts are keyed by direction +1 / -1")
+        if not self.sides or any(d not in (1, -1) for d in (*self.prompts, *self.sides)):
+            raise SteeringSpecError(f"contender {self.name!r}: prompts and sides are directions +1 / -1")
 
     @classmethod
     def steering(
@@ -121,7 +127,7 @@ class Contender:
 
     def directions(self, wanted: Sequence[int]) -> list[int]:
         """The directions of ``wanted`` this contender has settings for."""
-        return [d for d in wanted if not self.prompts or self.prompts.get(d)]
+        return [d for d in wanted if d in self.sides and (not self.prompts or self.prompts.get(d))]
 
 
 def _magnitudes(coefficients: Sequence[float]) -> tuple[float, ...]:
@@ -240,6 +246,31 @@ class FrontierReport(Report):
     baseline: dict[str, float] = field(default_factory=dict)
     points: list[FrontierPoint] = field(default_factory=list)
     best: list[BestSetting] = field(default_factory=list)
+    guard: dict[str, float] = field(default_factory=dict)
+
+    def loops(self, metrics: Mapping[str, float], reference: Mapping[str, float] | None = None) -> bool:
+        """True when ``metrics`` break the degeneracy guard: a guarded metric (e.g. the share of
+        repeated 3-grams) more than its allowance above ``reference``'s (default: the baseline's).
+
+        Example:
+            >>> rep = FrontierReport(guard={"repeated_3gram": 0.05}, baseline={"repeated_3gram": 0.02})
+            >>> rep.loops({"repeated_3gram": 0.30}), rep.loops({"repeated_3gram": 0.04}), rep.loops({})
+            (True, False, False)
+        """
+        ref = self.baseline if reference is None else reference
+        return any(m in metrics and m in ref and metrics[m] > ref[m] + allowance for m, allowance in self.guard.items())
+
+    def within(self, p: FrontierPoint) -> str:
+        """``"yes"`` when a point's pooled cost is within the budget and it does not loop, else why not."""
+        if not p.cost <= self.budget:
+            return "no"
+        return "no (loops)" if self.loops({**p.selection, **{k: self.pooled(p, k) for k in self.guard}}) else "yes"
+
+    def pooled(self, p: FrontierPoint, metric: str) -> float:
+        """A metric of ``p`` over all items (both halves, size-weighted)."""
+        n = self.n_select + self.n_report
+        sel, held = p.selection.get(metric, math.nan), p.held_out.get(metric, math.nan)
+        return (self.n_select * sel + self.n_report * held) / n if n else math.nan
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FrontierReport:
@@ -291,6 +322,7 @@ class FrontierReport(Report):
             baseline={k: num(v) for k, v in data["baseline"].items()},
             points=points,
             best=best,
+            guard={k: float(v) for k, v in data.get("guard", {}).items()},
         )
 
     def methods(self) -> list[str]:
@@ -334,6 +366,8 @@ class FrontierReport(Report):
                     "selection effect": math.nan if p is None else p.selection.get(metric, math.nan),
                     "held-out effect": math.nan if p is None else p.held_out.get(metric, math.nan),
                     "held-out cost": math.nan if p is None else p.held_out.get(self.cost_metric, math.nan),
+                    "held-out distinct-2": math.nan if p is None else p.held_out.get("distinct_2", math.nan),
+                    "held-out repeated 3-grams": math.nan if p is None else p.held_out.get("repeated_3gram", math.nan),
                     "baseline": base,
                     "goal": f"{'reached' if b.reaches_goal else 'not reached'} (≥ {self._goal(b.direction):g})",
                 }
@@ -345,6 +379,7 @@ class FrontierReport(Report):
 
     def to_markdown(self) -> str:
         """The budgeted choices, then each contender's Pareto front."""
+        guarded = ", ".join(f"{m} ≤ unsteered + {a:g}" for m, a in self.guard.items())
         head = f"### {self.title}\n\n" if self.title else ""
         fronts = [
             {
@@ -353,7 +388,9 @@ class FrontierReport(Report):
                 "setting": p.setting,
                 "effect": p.effect,
                 "cost": p.cost,
-                "within budget": "yes" if p.cost <= self.budget else "no",
+                "distinct-2": self.pooled(p, "distinct_2"),
+                "repeated 3-grams": self.pooled(p, "repeated_3gram"),
+                "within budget": self.within(p),
             }
             for m in self.methods()
             for d in sorted(self.effect_metrics, reverse=True)
@@ -361,7 +398,9 @@ class FrontierReport(Report):
         ]
         note = "" if self.complete else "\n\n**INCOMPLETE RUN — numbers cover only part of the data.**"
         return (
-            f"{head}Best inside the budget ({self.cost_metric} ≤ {self.budget:g}), chosen on the selection half "
+            f"{head}Best inside the budget ({self.cost_metric} ≤ {self.budget:g}"
+            + (f"; degeneracy guard: {guarded}" if guarded else "")
+            + "), chosen on the selection half "
             f"({self.n_select} items) and reported on the held-out half ({self.n_report} items):\n\n"
             + markdown_table(self.best_rows())
             + f"\n\nPareto fronts (effect and cost over all {self.n_select + self.n_report} items; "
@@ -543,24 +582,38 @@ def _points(call: _Call, measured: Measured, halves: _Halves) -> list[FrontierPo
     return points
 
 
-def _choose(points: Sequence[FrontierPoint], effect: str, cost: str, budget: float) -> FrontierPoint | None:
-    """The largest selection-half effect with selection-half cost within budget (ties: the smaller
-    ``|coefficient|``, then the earlier setting)."""
+def _choose(
+    points: Sequence[FrontierPoint],
+    effect: str,
+    cost: str,
+    budget: float,
+    loops: Callable[[Mapping[str, float]], bool] = lambda metrics: False,
+) -> FrontierPoint | None:
+    """The largest selection-half effect with selection-half cost within budget and no loops on the
+    selection half (ties: the smaller ``|coefficient|``, then the earlier setting)."""
     fits = [
         (p.selection[effect], -abs(p.coefficient), -i, p)
         for i, p in enumerate(points)
-        if p.selection[cost] <= budget and not math.isnan(p.selection[effect])
+        if p.selection[cost] <= budget and not math.isnan(p.selection[effect]) and not loops(p.selection)
     ]
     return max(fits, key=lambda t: t[:3])[3] if fits else None
 
 
 def _mark_and_choose(report: FrontierReport, contenders: Sequence[Contender], directions: Sequence[int]) -> None:
+    zero = next((p for p in report.points if p.coefficient == 0.0 and not p.prompt), None)
+    reference = report.baseline if zero is None else zero.selection  # the guard's reference on the selection half
     for con in contenders:
         for d in con.directions(directions):
             pts = [p for p in report.points if p.method == con.name and p.direction == d]
             for p, flag in zip(pts, pareto_front([(p.cost, p.effect) for p in pts])):
                 p.on_front = flag
-            chosen = _choose(pts, report.effect_metrics[d], report.cost_metric, report.budget)
+            chosen = _choose(
+                pts,
+                report.effect_metrics[d],
+                report.cost_metric,
+                report.budget,
+                lambda metrics: report.loops(metrics, reference),
+            )
             goal = report.goal.get(d, math.inf)
             reached = chosen is not None and chosen.held_out[report.effect_metrics[d]] >= goal
             report.best.append(BestSetting(con.name, d, chosen, reached))
@@ -602,6 +655,7 @@ def frontier(
     directions: Sequence[int] = (1, -1),
     cost_texts: Sequence[str] | None = None,
     cost_evaluation: str | Evaluation = "cost",
+    guard: Mapping[str, float] | None = None,
     seed: int = 0,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
@@ -620,6 +674,10 @@ def frontier(
         directions: which ways to push (``+1``, ``-1``).
         cost_texts: neutral texts for an evaluation without its own cost (as in autotune).
         cost_evaluation: what measures the cost on ``cost_texts``.
+        guard: the degeneracy guard, ``{metric: allowance}``: a setting whose metric is more than
+            the allowance above the unsteered model's is not chosen and not "within budget"
+            (default :data:`DEFAULT_GUARD`: repeated 3-grams of the continuations, where the
+            evaluation reports them).
         seed: the shuffle of the selection / held-out split.
         progress: progress bar over the evaluation calls.
         log: called with one line per finished call (what ran, how long it took).
@@ -648,6 +706,7 @@ def frontier(
         goal=dict(DEFAULT_GOAL if goal is None else goal),
         n_select=len(select),
         n_report=len(held),
+        guard=dict(DEFAULT_GUARD if guard is None else guard),
         complete=False,
         settings={
             "seed": seed,

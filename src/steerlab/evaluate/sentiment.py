@@ -43,6 +43,7 @@ from ..errors import DatasetError, SteeringError, SteeringSpecError
 from ..models.load import LM
 from ..progress import track
 from ..runtime.generate import generate
+from .degeneracy import distinct_n, repeated_ngrams
 from .likelihood import continuation_nll, perplexities
 from .prompting import Prompt, PromptLike, as_prompt
 from .protocol import Evaluation
@@ -74,6 +75,8 @@ class SentimentRow:
     median_perplexity: float = math.nan
     mean_perplexity: float = math.nan
     ppl_ratio: float = math.nan
+    distinct_2: float = math.nan
+    repeated_3gram: float = math.nan
 
 
 def coefficient_label(coefficient: float) -> str:
@@ -157,6 +160,8 @@ class SentimentReport(Report):
             "mean_compound": [r.mean_compound for r in rows],
             "continuation_ppl": [r.mean_perplexity for r in rows],
             "continuation_ppl_ratio": [r.ppl_ratio for r in rows],
+            "distinct_2": [r.distinct_2 for r in rows],
+            "repeated_3gram": [r.repeated_3gram for r in rows],
         }
 
     def rows(self) -> list[dict[str, Any]]:
@@ -230,9 +235,14 @@ def _score(scorer: Scorer, texts: list[str], batch_size: int, progress: bool | N
 
 
 def _summary(
-    coefficient: float, scores: Sequence[SentimentScore], ppl: Sequence[float], idx: np.ndarray
+    coefficient: float,
+    scores: Sequence[SentimentScore],
+    ppl: Sequence[float],
+    idx: np.ndarray,
+    texts: Sequence[str] = (),
 ) -> SentimentRow:
-    """The row of one coefficient: means, shares and their bootstrap intervals (resampled along ``idx``)."""
+    """The row of one coefficient: means, shares and their bootstrap intervals (resampled along
+    ``idx``), and how much its continuations ``texts`` repeat themselves (:mod:`.degeneracy`)."""
     compound = np.array([s.compound for s in scores])
     shares = {lab: np.array([s.label == lab for s in scores], dtype=float) for lab in LABELS}
     return SentimentRow(
@@ -251,6 +261,8 @@ def _summary(
         mean_positive=float(np.mean([s.positive for s in scores])),
         median_perplexity=finite_stat(ppl, np.median),
         mean_perplexity=finite_stat(ppl, np.mean),
+        distinct_2=distinct_n(texts, 2),
+        repeated_3gram=repeated_ngrams(texts, 3),
     )
 
 
@@ -299,6 +311,7 @@ class _Reference:
 
     scores: list[SentimentScore]
     ppl: list[float]
+    texts: list[str]
 
 
 def sentiment_shift(
@@ -385,13 +398,13 @@ def sentiment_shift(
     scores = _score(sc, [c.strip() for c in continuations], batch_size, progress)
     ppl = _fluency(lm, [t for t in plain for _ in coefs], continuations, batch_size, progress, fluency)
     reference = _reference(
-        lm, plain, coefs, instruction, scores, ppl, max_new_tokens, batch_size, sc, progress, fluency
+        lm, plain, coefs, instruction, scores, ppl, continuations, max_new_tokens, batch_size, sc, progress, fluency
     )
 
     idx = resample_indices(len(items), n_bootstrap, seed)
     # rows are opening-major: the rows of coefficient j are j, j + k, j + 2k, ...
-    results = [_summary(c, scores[j::k], ppl[j::k], idx) for j, c in enumerate(coefs)]
-    ref_row = None if reference is None else _summary(0.0, reference.scores, reference.ppl, idx)
+    results = [_summary(c, scores[j::k], ppl[j::k], idx, continuations[j::k]) for j, c in enumerate(coefs)]
+    ref_row = None if reference is None else _summary(0.0, reference.scores, reference.ppl, idx, reference.texts)
     for r in results:
         r.ppl_ratio = _ratio(r.mean_perplexity, ref_row)
     if ref_row is not None:
@@ -451,6 +464,7 @@ def _reference(
     prompt: Prompt | None,
     scores: list[SentimentScore],
     ppl: list[float],
+    texts: list[str],
     max_new_tokens: int,
     batch_size: int,
     scorer: Scorer,
@@ -464,18 +478,27 @@ def _reference(
     k = len(coefs)
     if prompt is None and 0.0 in coefs:
         j = coefs.index(0.0)
-        return _Reference(scores[j::k], ppl[j::k])
+        return _Reference(scores[j::k], ppl[j::k], texts[j::k])
     conts = _continue(lm, plain, [None] * len(plain), max_new_tokens, batch_size, progress)
     return _Reference(
         _score(scorer, [c.strip() for c in conts], batch_size, progress),
         _fluency(lm, plain, conts, batch_size, progress, True),
+        conts,
     )
 
 
 EVALUATION = Evaluation(
     "sentiment",
     sentiment_shift,
-    metrics=("positive_share", "negative_share", "mean_compound", "continuation_ppl", "continuation_ppl_ratio"),
+    metrics=(
+        "positive_share",
+        "negative_share",
+        "mean_compound",
+        "continuation_ppl",
+        "continuation_ppl_ratio",
+        "distinct_2",
+        "repeated_3gram",
+    ),
     data="sentence openings",
     load=load_openings,
     default_data=lambda: list(OPENINGS),

@@ -25,10 +25,12 @@ TRAIN_POSITIONS = ("generated", "all")
 DEFAULT_BETA = {"bipo": 0.1, "reps": 1.0}
 """β by objective: BiPO's DPO temperature (Cao et al. use 0.1), RePS's reward scale (Wu et al.: 1)."""
 
-DIRECTIONS = ("sample", "both")
+DIRECTIONS = ("sample", "both", "positive", "negative")
 DEFAULT_DIRECTIONS = {"bipo": "sample", "reps": "both"}
 """Directions scored per pair and step by objective: BiPO draws ``d ~ U{−1, 1}`` per pair (half the
-forward work per step), RePS scores both its steering and its suppression pair."""
+forward work per step), RePS scores both its steering and its suppression pair. ``"positive"`` /
+``"negative"`` score one side only: a vector trained for that side alone (``+c·v`` makes the chosen
+completion win; ``−c·v`` the rejected one), with RePS's weighting of that side (β₊ or β₋)."""
 
 
 class TrainingError(SteeringError):
@@ -53,8 +55,9 @@ class TrainConfig:
         positions: ``"generated"`` (completion tokens) or ``"all"`` (see :data:`TRAIN_POSITIONS`).
         factors: coefficients the vector is trained at, one sampled per pair and step (RePS
             samples several; ``(1.0,)`` trains ``Steering(vec, ±1)``).
-        directions: ``"sample"`` (one direction ``±`` drawn per pair and step) or ``"both"``
-            (``None``: ``"sample"`` for ``bipo`` as in the paper, ``"both"`` for ``reps``).
+        directions: ``"sample"`` (one direction ``±`` drawn per pair and step), ``"both"``, or one
+            side only, ``"positive"`` / ``"negative"`` (a vector per direction: steer with ``+c``
+            / ``−c``) (``None``: ``"sample"`` for ``bipo`` as in the paper, ``"both"`` for ``reps``).
     """
 
     lr: float = 0.01
@@ -102,7 +105,7 @@ class TrainConfig:
         if not _finite(self.holdout) or not 0 <= self.holdout < 1:
             raise TrainingError(f"holdout={self.holdout!r} must be in [0, 1) (the share of pairs held out)")
         if self.directions is not None and self.directions not in DIRECTIONS:
-            raise TrainingError(f"directions={self.directions!r}: use 'sample' or 'both'")
+            raise TrainingError(f"directions={self.directions!r}: use one of {', '.join(DIRECTIONS)}")
         if self.positions not in TRAIN_POSITIONS:
             raise TrainingError(f"positions={self.positions!r}: trained vectors use 'generated' or 'all'")
 

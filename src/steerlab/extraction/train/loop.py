@@ -141,6 +141,9 @@ def _coefficients(run: _Run, step: int, n: int) -> list[tuple[float, ...]]:
     pick = torch.randint(len(factors), (n,), generator=_generator(run.cfg.seed, 2, step)).tolist()
     if run.cfg.directions == "both":
         return [(factors[i], -factors[i]) for i in pick]
+    if run.cfg.directions in ("positive", "negative"):  # one side only: a vector per direction
+        sign = 1.0 if run.cfg.directions == "positive" else -1.0
+        return [(sign * factors[i],) for i in pick]
     signs = torch.randint(2, (n,), generator=_generator(run.cfg.seed, 4, step)).tolist()
     return [(factors[i] if s else -factors[i],) for i, s in zip(pick, signs)]
 
@@ -183,18 +186,19 @@ def _train_step(run: _Run, state: TrainState, step: int) -> tuple[float, float, 
 
 
 def _heldout(run: _Run, state: TrainState) -> tuple[float, float]:
-    """Mean loss and accuracy of the held-out pairs at the middle training coefficient, both
-    directions."""
+    """Mean loss and accuracy of the held-out pairs at the middle training coefficient, in both
+    directions (in its own direction only for a one-sided vector)."""
     assert state.ref is not None
     vec = live_vector(run.lm, state.params)
     c = sorted(run.cfg.factors)[len(run.cfg.factors) // 2]
+    sides = {"positive": (c,), "negative": (-c,)}.get(run.cfg.directions or "", (c, -c))
     loss, acc = 0.0, 0.0
     with torch.no_grad():
         for start in range(0, len(run.held), run.cfg.micro_batch_size):
             idx = run.held[start : start + run.cfg.micro_batch_size]
-            s = _scores(run, idx, state.ref, vec, [(c, -c)] * len(idx))
-            loss += float(run.objective.loss(s, run.beta).sum()) / 2
-            acc += float(s.accuracy().sum()) / 2
+            s = _scores(run, idx, state.ref, vec, [sides] * len(idx))
+            loss += float(run.objective.loss(s, run.beta).sum()) / len(sides)
+            acc += float(s.accuracy().sum()) / len(sides)
     return loss / len(run.held), acc / len(run.held)
 
 
