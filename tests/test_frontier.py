@@ -436,7 +436,10 @@ def test_orientation_rules_on_synthetic_pairs():
     assert oriented(torch.tensor([-2.0]), pos, neg, "mean_gap").tolist() == [-1.5]
     tie = torch.tensor([[1.0], [-3.0]])  # one pair each way: the mean gap decides
     assert oriented(torch.tensor([1.0]), tie, torch.zeros(2, 1)).tolist() == [-1.0]
-    clear = orientation(torch.randn(40, 3) + torch.tensor([2.0, 0, 0]), torch.randn(40, 3), torch.tensor([1.0, 0, 0]))
+    # seeded: unseeded draws failed now and then (more than 8 of 40 pairs against +x has P = 0.003 alone)
+    g = torch.Generator().manual_seed(0)
+    clear_pos = torch.randn(40, 3, generator=g) + torch.tensor([2.0, 0, 0])
+    clear = orientation(clear_pos, torch.randn(40, 3, generator=g), torch.tensor([1.0, 0, 0]))
     assert clear["rules_agree"] and clear["pair_agreement"] > 0.8 and clear["sign_confidence"] == 1.0
 
 
