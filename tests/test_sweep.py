@@ -41,6 +41,8 @@ def test_sentiment_sweep_grid_and_heatmap(lm, vec, tmp_path):
         "mean_compound",
         "continuation_ppl",
         "continuation_ppl_ratio",
+        "distinct_2",
+        "repeated_3gram",
     }
     assert all(len(row) == 3 for row in rep.grids["mean_compound"])
     # coefficient 0 is the unsteered model whatever the layers

@@ -250,15 +250,25 @@ class FrontierReport(Report):
 
     def loops(self, metrics: Mapping[str, float], reference: Mapping[str, float] | None = None) -> bool:
         """True when ``metrics`` break the degeneracy guard: a guarded metric (e.g. the share of
-        repeated 3-grams) more than its allowance above ``reference``'s (default: the baseline's).
+        repeated 3-grams) more than its allowance above ``reference``'s (default: the baseline's),
+        or not measurable (``nan``: no continuation long enough, e.g. one glued word or nothing)
+        where the reference's is — continuations that collapsed cannot win either.
 
         Example:
             >>> rep = FrontierReport(guard={"repeated_3gram": 0.05}, baseline={"repeated_3gram": 0.02})
             >>> rep.loops({"repeated_3gram": 0.30}), rep.loops({"repeated_3gram": 0.04}), rep.loops({})
             (True, False, False)
+            >>> rep.loops({"repeated_3gram": float("nan")})
+            True
         """
         ref = self.baseline if reference is None else reference
-        return any(m in metrics and m in ref and metrics[m] > ref[m] + allowance for m, allowance in self.guard.items())
+
+        def breaks(metric: str, allowance: float) -> bool:
+            if metric not in metrics or metric not in ref or math.isnan(ref[metric]):
+                return False
+            return math.isnan(metrics[metric]) or metrics[metric] > ref[metric] + allowance
+
+        return any(breaks(m, allowance) for m, allowance in self.guard.items())
 
     def within(self, p: FrontierPoint) -> str:
         """``"yes"`` when a point's pooled cost is within the budget and it does not loop, else why not."""
