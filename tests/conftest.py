@@ -12,15 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import steerlab
-
-os.environ.setdefault("STEERLAB_QUIET", "1")
 # TorchInductor's on-disk cache is not keyed by ATEN_CPU_CAPABILITY (torch 2.13): C++ kernels cached
 # under one capability fail to compile under another ("at::vec has not been declared"), which broke
 # tests/test_compile.py when the suite ran under ATEN_CPU_CAPABILITY=default after a native run. One
-# cache per capability (unless the caller chose one).
+# cache per capability (unless the caller chose one), set before steerlab (or anything else) can
+# import TorchDynamo, which fixes the cache directory at its first use.
 _INDUCTOR_CACHE = f"torchinductor-steerlab-{os.getuid()}-{torch.backends.cpu.get_cpu_capability()}"
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), _INDUCTOR_CACHE))
+
+import steerlab  # noqa: E402 (after the cache directory is chosen)
+
+os.environ.setdefault("STEERLAB_QUIET", "1")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 STORIES = SHARED / "models" / "stories260K"

@@ -71,3 +71,12 @@ def test_the_cli_prints_no_compile_notice(vec: steerlab.SteeringVector, tmp_path
         )
         assert res.returncode == 0, res.stderr
         assert NOTICE not in res.stderr + res.stdout, quiet
+
+
+def test_importing_steerlab_does_not_import_torchdynamo() -> None:
+    """``import steerlab`` leaves TorchDynamo unimported (~1.5 s here, and it fixes TorchInductor's
+    cache directory at first use); it comes in only with a compile. A fresh interpreter, so no
+    other test's import counts."""
+    code = "import sys, steerlab; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

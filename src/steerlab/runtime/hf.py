@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import sys
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 from weakref import WeakKeyDictionary
@@ -42,26 +43,31 @@ def forward_parameters(model: Any) -> tuple[str, ...]:
 
     Under ``torch.compile`` the result is a constant of the graph (a model's signature does not
     change): TorchDynamo does not trace the lookup, whose guards on the weak dictionary would
-    break when another model is collected while a graph compiles.
+    break when another model is collected while a graph compiles. The mark is set at the first
+    eager call after TorchDynamo was imported (marking earlier would import TorchDynamo with
+    steerlab: ~1.5 s); a graph traced before any eager call traces the lookup, as it always could.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and getattr(_signature, "_dynamo_marked_constant", False):
         return _signature(model)
+    if not torch.compiler.is_compiling() and "torch._dynamo" in sys.modules:
+        _mark_signature_constant()
     params = _PARAMS.get(model)
     if params is None:
-        try:
-            params = tuple(inspect.signature(model.forward).parameters)
-        except (TypeError, ValueError):
-            params = ("input_ids",)
-        _PARAMS[model] = params
+        params = _PARAMS[model] = _signature(model)
     return params
 
 
-@torch.compiler.assume_constant_result
 def _signature(model: Any) -> tuple[str, ...]:
     try:
         return tuple(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
         return ("input_ids",)
+
+
+def _mark_signature_constant() -> None:
+    """Mark :func:`_signature` as a graph constant for TorchDynamo (once; TorchDynamo is imported)."""
+    if not getattr(_signature, "_dynamo_marked_constant", False):
+        torch.compiler.assume_constant_result(_signature)  # marks the function in place
 
 
 def accepts(model: Any, name: str) -> bool:
