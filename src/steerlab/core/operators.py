@@ -321,13 +321,13 @@ class Rotate(Operator):
         return _sided(direction, coefficient)
 
     def apply(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> torch.Tensor:
-        if min(abs(state.coefficient), math.pi) == 0.0:
+        if state.coefficient == 0.0:
             return h
         _, rest, scale, new_a, act = self._turn(h, mask, state)
         return torch.where(act, torch.addcmul(rest * scale, new_a, state.tensor).to(h.dtype), h)
 
     def apply_(self, h: torch.Tensor, mask: torch.Tensor, state: OpState, index: torch.Tensor) -> None:
-        if min(abs(state.coefficient), math.pi) == 0.0:
+        if state.coefficient == 0.0:
             return
         a, rest, scale, new_a, act = self._turn(h, mask, state)
         on = act.to(h.dtype)  # in place: h + (new − h), 0 where a token does not turn

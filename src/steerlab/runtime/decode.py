@@ -97,10 +97,9 @@ class Decoder:
         self.lm = lm
         self.batch = batch
         self.length = length
-        config = lm.model.config.get_text_config() if hasattr(lm.model.config, "get_text_config") else lm.model.config
         dtype = next(lm.model.parameters()).dtype
-        self.deltas = torch.zeros(len(lm.blocks), batch, 1, int(config.hidden_size), dtype=dtype, device=lm.device)
-        self._hooks = {k: self._make_hook(k) for k in range(len(lm.blocks))}  # the same objects every call
+        self.deltas = torch.zeros(lm.n_layers, batch, 1, lm.d_model, dtype=dtype, device=lm.device)
+        self._hooks = {k: self._make_hook(k) for k in range(lm.n_layers)}  # the same objects every call
         self._cache: Any = None
         self.timing: dict[str, float] = {}
         """The last :meth:`run`: ``prefill_s`` (the prompt and the first token), ``steps`` (compiled

@@ -47,9 +47,10 @@ def forward_parameters(model: Any) -> tuple[str, ...]:
     eager call after TorchDynamo was imported (marking earlier would import TorchDynamo with
     steerlab: ~1.5 s); a graph traced before any eager call traces the lookup, as it always could.
     """
-    if torch.compiler.is_compiling() and getattr(_signature, "_dynamo_marked_constant", False):
-        return _signature(model)
-    if not torch.compiler.is_compiling() and "torch._dynamo" in sys.modules:
+    if torch.compiler.is_compiling():
+        if getattr(_signature, "_dynamo_marked_constant", False):
+            return _signature(model)
+    elif "torch._dynamo" in sys.modules:
         _mark_signature_constant()
     params = _PARAMS.get(model)
     if params is None:
