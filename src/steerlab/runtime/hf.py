@@ -314,6 +314,20 @@ def shift_cache(cache: Any, n: int) -> None:
             layer.values = layer.values[:, :, -n:, :]
 
 
+def kv_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``[batch, heads, positions, dim]`` key and value tensors of each layer of a layered
+    cache (dynamic or static; a static cache's only once allocated). Writing into a static cache's
+    tensors in place keeps a compiled step that reads them valid."""
+    return [(layer.keys, layer.values) for layer in _kv_layers(cache)]
+
+
+def set_write_column(cache: Any, column: int) -> None:
+    """Make every layer of a static cache write its next token at ``column``, in place (the
+    layers' ``cumulative_length`` tensors, which a compiled step reads)."""
+    for layer in _kv_layers(cache):
+        layer.cumulative_length.fill_(column)
+
+
 def append_cache_rows(cache: Any, other: Any) -> None:
     """Append the rows of ``other`` to ``cache`` (both dynamic, the same length), in place."""
     for layer, more in zip(_kv_layers(cache), _kv_layers(other), strict=True):

@@ -42,6 +42,7 @@ from ..metrics import Metrics
 from ..settings import ServeSettings
 from ..store import VectorStore
 from .batch import BatchScheduler
+from .compiled import CompiledScheduler, pays
 from .continuous import ContinuousScheduler, unsupported
 from .worker import Scheduler, Worker
 
@@ -67,6 +68,8 @@ class Batcher:
         self.queue = self.worker.queue
         self.scheduler = settings.scheduler
         self.fallback: str | None = None  # why a continuous server runs batch at a time
+        self.compiled = False  # whether the continuous scheduler decodes through a compiled step
+        self.active: Scheduler | None = None  # the worker's scheduler, once chosen
         self._thread = threading.Thread(target=self._loop, name="steerlab-serve-worker", daemon=True)
         self._thread.start()
 
@@ -121,6 +124,9 @@ class Batcher:
         """The queue's state now: queue length, rows generating, limits and the scheduler."""
         out: dict[str, Any] = {"queue_length": self.queue.queue_length(), "running": self.queue.running()}
         out.update(max_batch=self.settings.max_batch, max_queue=self.settings.max_queue, scheduler=self.scheduler)
+        out["compiled"] = self.compiled
+        if isinstance(self.active, CompiledScheduler):
+            out["compiled_shapes"] = self.active.shapes()
         if self.fallback:
             out["scheduler_fallback"] = self.fallback
         return out
@@ -132,7 +138,8 @@ class Batcher:
     # ------------------------------------------------------------------ worker
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
-        self._scheduler().run()
+        self.active = self._scheduler()
+        self.active.run()
 
     def _scheduler(self) -> Scheduler:
         """The scheduler asked for, or batch at a time where continuous batching cannot serve the model."""
@@ -140,6 +147,10 @@ class Batcher:
             with self.worker.model_lock:
                 why = unsupported(self.lm)
             if why is None:
+                setting = self.settings.compiled
+                self.compiled = setting == "on" or (setting == "auto" and pays(self.lm, self.settings))
+                if self.compiled:
+                    return CompiledScheduler(self.worker)
                 return ContinuousScheduler(self.worker)
             self.fallback = why
             self.scheduler = "batch"
