@@ -251,6 +251,7 @@ def test_mixed_rows_served_together_or_joining_mid_stream_give_the_text_of_each_
     """Requests sent at once, or one every 20 ms (joining and leaving mid-stream), some of them
     not plain adds (served eagerly beside the slots): every text is the request's alone."""
     app = create_app(lm, store, ServeSettings(api_key=KEY, compiled="on", max_batch=8, batch_wait_ms=5))
+    graphs = backend.graphs
     try:
         got = _texts(asyncio.run(_post(app, _bodies(), gap_s)))
         snap = app.state.server.engine.snapshot()
@@ -262,6 +263,8 @@ def test_mixed_rows_served_together_or_joining_mid_stream_give_the_text_of_each_
     slot_steps = sum(d.steps for d in sched.decoders.values())
     assert slot_steps > 0 and snap["steps_total"] > slot_steps  # both paths decoded
     assert len(sched.decoders) >= 2  # the slots grew (or shrank) with the rows
+    # one graph per shape: rows of other vectors, coefficients and slots recompile nothing
+    assert backend.graphs - graphs == len(sched.decoders) == len(snap["compiled_shapes"])
     assert sched.dec is None and not sched.slotted and not sched.rows
 
 
