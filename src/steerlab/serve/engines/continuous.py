@@ -29,6 +29,11 @@ caches; a forward without ``position_ids`` or a KV cache) are served batch at a 
 
 Every forward call goes through :func:`steerlab.runtime.passes.forward`.
 
+:class:`~steerlab.serve.engines.compiled.CompiledScheduler` extends this loop (``--compiled on``):
+where prefilled rows go (:meth:`ContinuousScheduler._join`), how many rows run
+(:meth:`ContinuousScheduler.running`), the step and the failure of a step
+(:meth:`ContinuousScheduler._abort`) are its points of extension.
+
 Example:
     >>> ContinuousScheduler(worker).run()  # the worker thread's loop  # doctest: +SKIP
 """

@@ -12,6 +12,11 @@ schedulers (``ServeSettings.scheduler``), siblings built on the same
   cache is merged into the batch's), and a finished one leaves at once. Models whose caches
   cannot be merged (sliding-window or other non-dynamic caches, or no ``position_ids``) fall back
   to the batch scheduler, logged once and reported by ``/metrics``.
+  With ``ServeSettings.compiled`` on, the continuous scheduler is
+  :class:`~steerlab.serve.engines.compiled.CompiledScheduler`: rows whose steering is plain adds
+  decode through one compiled step over a static cache (``"auto"``:
+  :func:`~steerlab.serve.engines.compiled.pays`); ``live()`` reports ``compiled`` and the
+  compiled step shapes.
 * ``"batch"`` (:class:`~steerlab.serve.engines.batch.BatchScheduler`): batch at a time, one
   ``generate`` call per batch; a request that arrives meanwhile waits for the whole batch to end.
 
