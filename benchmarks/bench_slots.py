@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 from pathlib import Path
@@ -144,7 +145,16 @@ def main(argv: list[str] | None = None) -> None:
     layers = [1, 2, 3] if args.quick else list(range(8, 20))
     out = args.out or RESULTS / ("serve_slots_quick.json" if args.quick else "serve_slots.json")
     started = time.time()
-    config = {"model": model, "length": args.length, "steps": args.steps, "threads": args.threads, "layers": layers}
+    config = {
+        "model": model,
+        "length": args.length,
+        "steps": args.steps,
+        "threads": args.threads,
+        "layers": layers,
+        # transformers' switch for SDPA's own grouped-query attention under a mask (else, compiled, the
+        # keys and values are repeated over every head for the whole static cache each step)
+        "TRANSFORMERS_SDPA_FORCE_GQA": os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA"),
+    }
     result = benchlib.result_header("bench_slots", started, args.rounds, config, benchlib.machine_info())
     lm = steerlab.load_model(model)
     result["runs"] = [measure(lm, int(b), args.length, args.steps, args.rounds, layers) for b in args.rows.split(",")]
