@@ -401,3 +401,16 @@ def test_torchinductor_slots_give_the_tokens_of_eager(lm: steerlab.LM, vec: stee
         assert [lm.tokenizer.decode(g, skip_special_tokens=True) for g in got] == want
     finally:
         torch._dynamo.reset()
+
+
+def test_the_slot_step_attends_with_grouped_query_sdpa_only_within_the_step(lm: steerlab.LM) -> None:
+    """stories260K has grouped key/value heads and SDPA attention: the slot step switches it to SDPA's
+    own grouped-query attention for the step's call only (its tests above run through it), and
+    gives the implementation back even when the step raises."""
+    assert lm.model.config._attn_implementation == "sdpa" and lm.model.config.num_key_value_heads < 8
+    with hf.grouped_query_sdpa(lm.model):
+        assert lm.model.config._attn_implementation == hf.GROUPED_SDPA
+    assert lm.model.config._attn_implementation == "sdpa"
+    with pytest.raises(RuntimeError), hf.grouped_query_sdpa(lm.model):
+        raise RuntimeError("a failed step")
+    assert lm.model.config._attn_implementation == "sdpa"

@@ -269,7 +269,7 @@ class SlotDecoder:
             assert held is not None
             self.mask[i, w] = 1
             self.positions[i, 0] = held
-        with hooked(self.lm, self._hooks):
+        with hooked(self.lm, self._hooks), hf.grouped_query_sdpa(self.lm.model):
             logits = self._step(self.tokens, self.positions, torch.tensor([w], device=self.lm.device), self.mask)
         for i in used:
             held = self.held[i]

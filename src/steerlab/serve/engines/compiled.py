@@ -63,9 +63,9 @@ def pays(lm: LM, settings: ServeSettings) -> bool:
     """Whether ``compiled="auto"`` decodes through the compiled step: nowhere yet, by measurement.
 
     On the 2-core CPU measured (docs/serve.md: ``benchmarks/bench_slots.py`` and
-    ``bench_serve.py``, busy), the compiled step of the default model is 1.15x the eager one's
-    speed at one row, 1.03x at 4 and 0.71x at 16 (slower); compiling one step shape takes
-    10-14 s with TorchInductor's on-disk cache warm and 2-4 minutes cold, and a server meets
+    ``bench_serve.py``, busy), the compiled step of the default model is 1.37x the eager one's
+    speed at one row, 1.14x at 4 and 1.03x at 16; compiling one step shape takes 10-14 s with
+    TorchInductor's on-disk cache warm and 1-4 minutes cold, and a server meets
     several shapes (its slots follow the rows, in powers of two, over caches of power-of-two
     lengths), every request waiting while one compiles. A GPU (CUDA graphs, not enabled for the
     slots) is unmeasured. ``compiled="on"`` opts in.
