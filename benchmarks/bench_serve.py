@@ -10,7 +10,15 @@ the real command line, on the same model and store:
   worker gathers the requests waiting into one ``generate`` call; a request that arrives while a
   batch decodes waits for the whole batch to end;
 * **one at a time** — ``--scheduler batch --max-batch 1``: the queue served one request after
-  another (what a server without batching does; each request is served alone).
+  another (what a server without batching does; each request is served alone);
+* **compiled** — ``--scheduler continuous --compiled on --max-batch N``: continuous batching whose
+  rows decode through one compiled step over a static cache (slots; the others run
+  ``--compiled off``). Compiling a step shape is a long pause on a CPU: the warm-up runs each load
+  pattern on every server until a pass makes no new step shape (``--warmup full``, the
+  default; ``compiled_shapes`` in ``/metrics``), so that the timed runs measure the steps, and the
+  JSON records each server's warm-up time and shapes.
+
+``--servers`` picks which of them run (all four by default).
 
 Two load patterns, each ``--concurrency`` requests (64; request ``i`` uses vector ``i % 4``):
 
@@ -99,12 +107,13 @@ class ServeConfig:
     seed: int = 0
     vectors: tuple[str, ...] = tuple(p for p, _ in PERSONAS)
 
-    def modes(self) -> dict[str, tuple[str, int]]:
-        """Server name: (``--scheduler``, ``--max-batch``)."""
+    def modes(self) -> dict[str, tuple[str, int, str]]:
+        """Server name: (``--scheduler``, ``--max-batch``, ``--compiled``)."""
         return {
-            "continuous": ("continuous", self.max_batch),
-            "batch": ("batch", self.max_batch),
-            "one_at_a_time": ("batch", 1),
+            "continuous": ("continuous", self.max_batch, "off"),
+            "compiled": ("continuous", self.max_batch, "on"),
+            "batch": ("batch", self.max_batch, "off"),
+            "one_at_a_time": ("batch", 1, "off"),
         }
 
 
@@ -158,7 +167,7 @@ def free_port() -> int:
 class ServeProcess:
     """``steerlab serve`` in a subprocess (the real command line)."""
 
-    def __init__(self, cfg: ServeConfig, store: Path, scheduler: str, max_batch: int) -> None:
+    def __init__(self, cfg: ServeConfig, store: Path, scheduler: str, max_batch: int, compiled: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [
@@ -177,6 +186,8 @@ class ServeProcess:
             scheduler,
             "--max-batch",
             str(max_batch),
+            "--compiled",
+            compiled,
             "--max-queue",
             str(max(64, 2 * cfg.concurrency)),
             "--timeout",
@@ -358,30 +369,60 @@ def summarise(rs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def compare(summary: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Continuous vs the others: TTFT p95 ratio, throughput ratio, identical texts."""
-    c, b = summary["continuous"], summary["batch"]
-    alone = runs["one_at_a_time"][0]["texts"]
-    return {
-        "ttft_p95_batch_over_continuous": round(b["ttft_s_p95"] / c["ttft_s_p95"], 2),
-        "ttft_p50_batch_over_continuous": round(b["ttft_s_p50"] / c["ttft_s_p50"], 2),
-        "tokens_per_s_continuous_over_batch": round(c["tokens_per_s"] / b["tokens_per_s"], 3),
-        "tokens_per_s_continuous_over_one_at_a_time": round(
-            c["tokens_per_s"] / summary["one_at_a_time"]["tokens_per_s"], 2
-        ),
-        "texts_identical_to_alone": {m: all(r["texts"] == alone for r in rs) for m, rs in runs.items()},
-    }
+    """Continuous vs the others (those that ran): TTFT p95 ratios, throughput ratios, identical texts
+    (to the one-at-a-time server's, else to the eager continuous one's)."""
+    out: dict[str, Any] = {}
+
+    def ratio(name: str, a: str, b: str, key: str, digits: int) -> None:
+        if a in summary and b in summary:
+            out[name] = round(summary[a][key] / summary[b][key], digits)
+
+    ratio("ttft_p95_batch_over_continuous", "batch", "continuous", "ttft_s_p95", 2)
+    ratio("ttft_p50_batch_over_continuous", "batch", "continuous", "ttft_s_p50", 2)
+    ratio("tokens_per_s_continuous_over_batch", "continuous", "batch", "tokens_per_s", 3)
+    ratio("tokens_per_s_continuous_over_one_at_a_time", "continuous", "one_at_a_time", "tokens_per_s", 2)
+    ratio("ttft_p95_continuous_over_compiled", "continuous", "compiled", "ttft_s_p95", 3)
+    ratio("tokens_per_s_compiled_over_continuous", "compiled", "continuous", "tokens_per_s", 3)
+    reference = "one_at_a_time" if "one_at_a_time" in runs else next(iter(runs))
+    alone = runs[reference][0]["texts"]
+    out["texts_reference"] = reference
+    out["texts_identical_to_alone"] = {m: all(r["texts"] == alone for r in rs) for m, rs in runs.items()}
+    return out
 
 
-def measure(cfg: ServeConfig, store: Path, bodies: list[dict[str, Any]], reps: int, solo_reps: int) -> dict[str, Any]:
-    """Start the three servers, warm each up, run both patterns; summaries per pattern."""
-    servers = {m: ServeProcess(cfg, store, sched, mb) for m, (sched, mb) in cfg.modes().items()}
+def measure(
+    cfg: ServeConfig,
+    store: Path,
+    bodies: list[dict[str, Any]],
+    reps: int,
+    solo_reps: int,
+    names: list[str],
+    warmup: str,
+) -> dict[str, Any]:
+    """Start the servers ``names``, warm each up, run both patterns; summaries per pattern."""
+    modes = cfg.modes()
+    servers = {m: ServeProcess(cfg, store, *modes[m]) for m in names}
     try:
         for s in servers.values():
             s.wait()
+        warm: dict[str, float] = {}
         for m, s in servers.items():
-            log(f"warm-up: {m}")
-            asyncio.run(load(s.url, bodies[:4], [0.0] * 4))
-        out: dict[str, Any] = {}
+            log(f"warm-up ({warmup}): {m}")
+            begun = time.monotonic()
+            if warmup == "full" and m != "one_at_a_time":
+                shapes = None
+                for _ in range(6):  # until a pass of both patterns makes no new compiled step shape
+                    for pattern in PATTERNS:
+                        asyncio.run(load(s.url, bodies, offsets(cfg, pattern)))
+                    now = s.metrics().get("compiled_shapes")
+                    if now == shapes:
+                        break
+                    shapes = now
+            else:
+                asyncio.run(load(s.url, bodies[:4], [0.0] * 4))
+            warm[m] = round(time.monotonic() - begun, 1)
+            log(f"warm-up {m}: {warm[m]} s, compiled shapes {s.metrics().get('compiled_shapes')}")
+        out: dict[str, Any] = {"warmup_s": warm}
         for pattern in PATTERNS:
             runs = run_pattern(cfg, servers, bodies, pattern, reps, solo_reps)
             summary = {m: summarise(rs) for m, rs in runs.items()}
@@ -415,12 +456,11 @@ def markdown(result: dict[str, Any], out: Path) -> str:
             )
     for pattern in PATTERNS:
         c = result[pattern]["comparison"]
+        ratios = ", ".join(f"{k} **{v}×**" for k, v in c.items() if k.startswith(("ttft", "tokens")))
         lines.append(
-            f"\n{pattern}: TTFT p95 batch/continuous **{c['ttft_p95_batch_over_continuous']}×**, "
-            f"tokens/s continuous/batch {c['tokens_per_s_continuous_over_batch']}×, continuous/one at a "
-            f"time {c['tokens_per_s_continuous_over_one_at_a_time']}×; texts identical to the request "
-            f"alone: {c['texts_identical_to_alone']}"
+            f"\n{pattern}: {ratios}; texts identical to {c['texts_reference']}'s: {c['texts_identical_to_alone']}"
         )
+    lines.append(f"\nwarm-up (s): {result['warmup_s']}")
     lines.append(f"\nload average {machine['loadavg_start'][0]:.2f} → {machine['loadavg_end'][0]:.2f}; wrote {out}")
     return "\n".join(lines)
 
@@ -441,6 +481,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--spread", type=float, default=None, help="seconds over which the 'arrivals' requests arrive")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of each server (1)")
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
+    ap.add_argument(
+        "--servers",
+        default="continuous,compiled,batch,one_at_a_time",
+        help="comma-separated servers to run (continuous, compiled, batch, one_at_a_time)",
+    )
+    ap.add_argument(
+        "--warmup",
+        choices=("full", "short"),
+        default="full",
+        help="full: each load pattern once per server before timing (compiles the compiled server's "
+        "step shapes); short: 4 requests",
+    )
     args = ap.parse_args(argv)
     base = QUICK if args.quick else FULL
     cfg = replace(
@@ -461,7 +513,12 @@ def main(argv: list[str] | None = None) -> None:
         store = Path(tmp) / "vectors"
         log(f"extracting {len(PERSONAS)} vectors on {cfg.model}")
         bodies = requests(make_store(cfg, store), cfg)
-        result.update(measure(cfg, store, bodies, args.reps, solo_reps))
+        names = [n.strip() for n in args.servers.split(",") if n.strip()]
+        unknown = sorted(set(names) - set(cfg.modes()))
+        if unknown or not names:
+            ap.error(f"--servers: unknown {unknown} (use {', '.join(cfg.modes())})")
+        result["servers"] = names
+        result.update(measure(cfg, store, bodies, args.reps, solo_reps, names, args.warmup))
     result["machine"]["loadavg_end"] = benchlib.loadavg()
     result["total_wall_s"] = round(time.time() - started, 1)
     benchlib.write_json(out, result, indent=2)

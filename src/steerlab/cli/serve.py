@@ -30,6 +30,14 @@ def _scheduler(value: str) -> str:
     return value
 
 
+def _compiled(value: str) -> str:
+    from steerlab.serve.settings import COMPILED
+
+    if value not in COMPILED:
+        raise typer.BadParameter(f"use one of {', '.join(COMPILED)} (got {value!r})")
+    return value
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -65,6 +73,13 @@ def serve(
         callback=_scheduler,
         help="continuous: a request joins the running batch at the next step; batch: one batch at a time "
         "(a request arriving meanwhile waits for the whole batch).",
+    ),
+    compiled: str = typer.Option(
+        "auto",
+        callback=_compiled,
+        help="on: the continuous scheduler decodes rows whose steering is plain adds through one compiled step "
+        "(compiled at its first use of each shape: a long pause on a CPU); off: eagerly; auto: "
+        "on where measured to pay (docs/serve.md).",
     ),
     max_batch: int = typer.Option(16, min=1, help="Most requests generated together."),
     max_queue: int = typer.Option(128, min=1, help="Most requests waiting for a batch; more get HTTP 429."),
@@ -147,6 +162,7 @@ def serve(
             max_prompt_tokens=max_prompt_tokens,
             max_coefficient=max_coefficient,
             scheduler=scheduler,
+            compiled=compiled,
             max_batch=max_batch,
             max_queue=max_queue,
             batch_wait_ms=batch_wait_ms,

@@ -21,7 +21,8 @@ from __future__ import annotations
 import copy
 import inspect
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 from weakref import WeakKeyDictionary
 
@@ -312,6 +313,80 @@ def shift_cache(cache: Any, n: int) -> None:
         else:
             layer.keys = layer.keys[:, :, -n:, :]
             layer.values = layer.values[:, :, -n:, :]
+
+
+GROUPED_SDPA = "steerlab_sdpa_gqa"
+"""The attention implementation :func:`grouped_query_sdpa` switches a model to: transformers' SDPA
+attention, but a one-token step with grouped key/value heads calls SDPA with ``enable_gqa=True``."""
+
+
+def _sdpa_gqa(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    plain = kwargs.get("position_bias") is None and kwargs.get("softcap") is None
+    if getattr(module, "num_key_value_groups", 1) == 1 or query.shape[2] != 1 or not plain:
+        out: tuple[torch.Tensor, None] = sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
+        return out
+    attn = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=True
+    )
+    return attn.transpose(1, 2).contiguous(), None
+
+
+@contextmanager
+def grouped_query_sdpa(model: Any) -> Iterator[None]:
+    """Within the block, a model that attends through transformers' SDPA attention runs its
+    one-token steps with SDPA's own grouped-query attention under a mask (``enable_gqa``), not
+    transformers' copy of the key/value heads over every query head (``repeat_kv``, which it does
+    under ``torch.compile``; eagerly it packs the query groups instead). For a compiled step over a
+    static cache that copy is the whole cache, every step. Other models are left as they are.
+    The model's config is switched for the block (the caller owns the model meanwhile).
+
+    Example:
+        >>> with grouped_query_sdpa(lm.model):  # doctest: +SKIP
+        ...     logits = compiled_step(...)
+    """
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        yield
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if GROUPED_SDPA not in AttentionInterface._global_mapping:
+        AttentionInterface.register(GROUPED_SDPA, _sdpa_gqa)
+        AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
+    config._attn_implementation = GROUPED_SDPA
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
+
+
+def kv_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``[batch, heads, positions, dim]`` key and value tensors of each layer of a layered
+    cache (dynamic or static; a static cache's only once allocated). Writing into a static cache's
+    tensors in place keeps a compiled step that reads them valid."""
+    return [(layer.keys, layer.values) for layer in _kv_layers(cache)]
+
+
+def set_write_column(cache: Any, column: int) -> None:
+    """Make every layer of a static cache write its next token at ``column``, in place (the
+    layers' ``cumulative_length`` tensors, which a compiled step reads)."""
+    for layer in _kv_layers(cache):
+        layer.cumulative_length.fill_(column)
 
 
 def append_cache_rows(cache: Any, other: Any) -> None:

@@ -16,6 +16,7 @@ from ..limits import Limits
 
 API_KEY_ENV = "STEERLAB_API_KEY"
 SCHEDULERS = ("continuous", "batch")
+COMPILED = ("auto", "on", "off")
 
 
 @dataclass
@@ -36,6 +37,11 @@ class ServeSettings:
             step; models whose KV caches cannot be merged fall back to ``"batch"``) or
             ``"batch"`` (batch at a time: one ``generate`` call per batch, a request arriving
             meanwhile waits for it to end).
+        compiled: whether the continuous scheduler decodes through a compiled step
+            (:class:`~steerlab.serve.engines.compiled.CompiledScheduler`: rows whose steering is
+            plain adds decode in the slots of one static KV cache, the others eagerly beside
+            them): ``"on"``, ``"off"`` or ``"auto"`` (:func:`~steerlab.serve.engines.compiled.pays`:
+            where it was measured to pay, docs/serve.md).
         max_batch: the most requests generating together.
         max_queue: the most requests waiting for a batch (not yet generating); more get a 429.
         batch_wait_ms: an idle worker gathers a burst of requests before starting them: until no
@@ -66,6 +72,7 @@ class ServeSettings:
     max_steering_entries: int = Limits.max_steering_entries
     max_n: int = Limits.max_choices
     scheduler: str = "continuous"
+    compiled: str = "auto"
     max_batch: int = 16
     max_queue: int = 128
     batch_wait_ms: float = 5.0
@@ -98,6 +105,8 @@ class ServeSettings:
             raise ValueError("batch_wait_ms must be >= 0, max_coefficient and request_timeout_s > 0")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler={self.scheduler!r}: use one of {', '.join(SCHEDULERS)}")
+        if self.compiled not in COMPILED:
+            raise ValueError(f"compiled={self.compiled!r}: use one of {', '.join(COMPILED)}")
         self.default_max_tokens = min(self.default_max_tokens, self.max_tokens)
         if self.api_key == "":
             self.api_key = None
@@ -130,6 +139,7 @@ class ServeSettings:
         shows it beside the limits."""
         return {
             "scheduler": self.scheduler,
+            "compiled": self.compiled,
             "max_batch": self.max_batch,
             "max_queue": self.max_queue,
             "batch_wait_ms": self.batch_wait_ms,

@@ -29,6 +29,11 @@ caches; a forward without ``position_ids`` or a KV cache) are served batch at a 
 
 Every forward call goes through :func:`steerlab.runtime.passes.forward`.
 
+:class:`~steerlab.serve.engines.compiled.CompiledScheduler` extends this loop (``--compiled on``):
+where prefilled rows go (:meth:`ContinuousScheduler._join`), how many rows run
+(:meth:`ContinuousScheduler.running`), the step and the failure of a step
+(:meth:`ContinuousScheduler._abort`) are its points of extension.
+
 Example:
     >>> ContinuousScheduler(worker).run()  # the worker thread's loop  # doctest: +SKIP
 """
@@ -95,7 +100,7 @@ def _returned_cache(output: Any, passed: Any) -> Any:
 
 
 @dataclass(eq=False)
-class _Row:
+class Row:
     """One request in the running batch."""
 
     job: Job
@@ -119,7 +124,7 @@ class ContinuousScheduler:
         self.model = worker.lm.model
         self.metrics = worker.metrics
         self.max_batch = worker.settings.max_batch
-        self.rows: list[_Row] = []
+        self.rows: list[Row] = []
         self.cache: Any = None
         self.width = 0  # positions in the cache (padding included)
         self.session: ExitStack | None = None  # steering of the current rows
@@ -130,8 +135,9 @@ class ContinuousScheduler:
         try:
             with torch.inference_mode():
                 while True:
-                    jobs = self.worker.queue.take(self.max_batch - len(self.rows), block=not self.rows)
-                    if jobs is None and not self.rows:
+                    running = self.running()
+                    jobs = self.worker.queue.take(self.max_batch - running, block=not running)
+                    if jobs is None and not self.running():
                         return
                     self._turn(jobs or [])
         finally:
@@ -144,13 +150,11 @@ class ContinuousScheduler:
             with self.worker.model_lock:  # other users of the model (serve.cost) wait for the turn
                 if jobs:
                     self._admit(jobs)
-                if self.rows:
+                if self.running():
                     self._step()
         except Exception as exc:  # the worker must survive anything a step does
             log.exception("decoding step failed")
-            for row in self.rows:
-                row.stream.fail(exc)
-            self._reset()
+            self._abort(exc)
         finally:
             self.metrics.add_busy(time.monotonic() - start)
 
@@ -158,7 +162,7 @@ class ContinuousScheduler:
     def _admit(self, jobs: list[Job]) -> None:
         """Run the prompts of ``jobs``, send their first tokens and merge them into the batch."""
         self._close_session()  # the prompt call has its own steering
-        rows = [_Row(j, self.worker.stream(j), self.worker.sampler(j, self.lm.device)) for j in jobs]
+        rows = [Row(j, self.worker.stream(j), self.worker.sampler(j, self.lm.device)) for j in jobs]
         try:
             cache, logits, width = self._prefill(rows)
             tokens = choose_tokens(logits, [r.sampler for r in rows])
@@ -181,13 +185,28 @@ class ContinuousScheduler:
         try:
             if len(keep) < len(rows):
                 hf.select_cache_rows(cache, torch.tensor(keep))
-            self._merge(joining, cache, width)
+            self._join(joining, cache, width)
         except Exception as exc:  # the running batch's cache may be half merged: the caller resets it
             for row in joining:
                 row.stream.fail(exc)
             raise
 
-    def _prefill(self, rows: list[_Row]) -> tuple[Any, torch.Tensor, int]:
+    def running(self) -> int:
+        """Rows generating now."""
+        return len(self.rows)
+
+    def _abort(self, exc: BaseException) -> None:
+        """A step failed: every running row fails with ``exc``, and the batch starts afresh."""
+        for row in self.rows:
+            row.stream.fail(exc)
+        self._reset()
+
+    def _join(self, rows: list[Row], cache: Any, width: int) -> None:
+        """Add the prefilled ``rows`` (whose cache, ``width`` positions long, is ``cache``) to the
+        running rows."""
+        self._merge(rows, cache, width)
+
+    def _prefill(self, rows: list[Row]) -> tuple[Any, torch.Tensor, int]:
         """One steered forward call over the rows' left-padded prompts: ``(cache, [B, V] logits of
         each prompt's last token, padded length)``; each row's conditions (CAST) are decided here,
         on its own prompt, and kept in ``row.decided`` for its decoding steps."""
@@ -211,7 +230,7 @@ class ContinuousScheduler:
         self.metrics.add_batch(len(jobs), int(mask.sum()))
         return _returned_cache(out, cache), out.logits[:, -1, :], int(ids.shape[1])
 
-    def _merge(self, rows: list[_Row], cache: Any, width: int) -> None:
+    def _merge(self, rows: list[Row], cache: Any, width: int) -> None:
         """Add ``rows`` (whose cache, ``width`` positions long, is ``cache``) to the running batch."""
         if not self.rows:
             self.rows, self.cache, self.width = rows, cache, width
@@ -225,7 +244,7 @@ class ContinuousScheduler:
         self._trim()
 
     @staticmethod
-    def _pad(rows: list[_Row], cache: Any, n: int) -> None:
+    def _pad(rows: list[Row], cache: Any, n: int) -> None:
         hf.shift_cache(cache, n)
         for row in rows:
             row.pad += n

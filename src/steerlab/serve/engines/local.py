@@ -12,6 +12,11 @@ schedulers (``ServeSettings.scheduler``), siblings built on the same
   cache is merged into the batch's), and a finished one leaves at once. Models whose caches
   cannot be merged (sliding-window or other non-dynamic caches, or no ``position_ids``) fall back
   to the batch scheduler, logged once and reported by ``/metrics``.
+  With ``ServeSettings.compiled`` on, the continuous scheduler is
+  :class:`~steerlab.serve.engines.compiled.CompiledScheduler`: rows whose steering is plain adds
+  decode through one compiled step over a static cache (``"auto"``:
+  :func:`~steerlab.serve.engines.compiled.pays`); ``live()`` reports ``compiled`` and the
+  compiled step shapes.
 * ``"batch"`` (:class:`~steerlab.serve.engines.batch.BatchScheduler`): batch at a time, one
   ``generate`` call per batch; a request that arrives meanwhile waits for the whole batch to end.
 
@@ -42,6 +47,7 @@ from ..metrics import Metrics
 from ..settings import ServeSettings
 from ..store import VectorStore
 from .batch import BatchScheduler
+from .compiled import CompiledScheduler, pays
 from .continuous import ContinuousScheduler, unsupported
 from .worker import Scheduler, Worker
 
@@ -67,6 +73,8 @@ class Batcher:
         self.queue = self.worker.queue
         self.scheduler = settings.scheduler
         self.fallback: str | None = None  # why a continuous server runs batch at a time
+        self.compiled = False  # whether the continuous scheduler decodes through a compiled step
+        self.active: Scheduler | None = None  # the worker's scheduler, once chosen
         self._thread = threading.Thread(target=self._loop, name="steerlab-serve-worker", daemon=True)
         self._thread.start()
 
@@ -121,6 +129,9 @@ class Batcher:
         """The queue's state now: queue length, rows generating, limits and the scheduler."""
         out: dict[str, Any] = {"queue_length": self.queue.queue_length(), "running": self.queue.running()}
         out.update(max_batch=self.settings.max_batch, max_queue=self.settings.max_queue, scheduler=self.scheduler)
+        out["compiled"] = self.compiled
+        if isinstance(self.active, CompiledScheduler):
+            out["compiled_shapes"] = self.active.shapes()
         if self.fallback:
             out["scheduler_fallback"] = self.fallback
         return out
@@ -132,7 +143,8 @@ class Batcher:
     # ------------------------------------------------------------------ worker
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
-        self._scheduler().run()
+        self.active = self._scheduler()
+        self.active.run()
 
     def _scheduler(self) -> Scheduler:
         """The scheduler asked for, or batch at a time where continuous batching cannot serve the model."""
@@ -140,6 +152,10 @@ class Batcher:
             with self.worker.model_lock:
                 why = unsupported(self.lm)
             if why is None:
+                setting = self.settings.compiled
+                self.compiled = setting == "on" or (setting == "auto" and pays(self.lm, self.settings))
+                if self.compiled:
+                    return CompiledScheduler(self.worker)
                 return ContinuousScheduler(self.worker)
             self.fallback = why
             self.scheduler = "batch"
