@@ -215,3 +215,24 @@ def test_low_bit_weights_keep_the_invariants_on_the_compiled_path(vec, bits) -> 
         assert _texts(lm8, mixed) == steerlab.generate(lm8, PROMPTS, rows, max_new_tokens=N, compiled=False)
     finally:
         torch._dynamo.reset()
+
+
+def test_more_decoders_than_dynamos_recompile_limit_each_compile_once(lm, vec) -> None:
+    """TorchDynamo keeps at most ``recompile_limit`` (8) graphs per code object and, with
+    ``fullgraph=True``, a ninth is an error: each decoder compiles its own code object, so a process
+    may hold any number of (batch, length) shapes. (The counting backend runs the graph eagerly:
+    the tokens are exact, compared with the same decoder uncompiled.)"""
+    torch._dynamo.reset()
+    backend = _Counting()
+    try:
+        limit = torch._dynamo.config.recompile_limit
+        for k in range(limit + 1):
+            dec = Decoder(lm, 1 + k % 3, 64 * (1 + k // 3), backend=backend)
+            rows = [Steering(vec, 2.0)] * dec.batch
+            got = _run(dec, lm, rows, PROMPTS[: dec.batch])
+            assert torch.equal(
+                got, _run(Decoder(lm, dec.batch, dec.length, backend=None), lm, rows, PROMPTS[: dec.batch])
+            )
+        assert backend.graphs == limit + 1  # one graph per decoder, none recompiled
+    finally:
+        torch._dynamo.reset()

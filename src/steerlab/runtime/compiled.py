@@ -1,4 +1,5 @@
-"""Steering a model that ``torch.compile`` has compiled: make compiled code notice the hooks.
+"""Steering a model that ``torch.compile`` has compiled: make compiled code notice the hooks (and give
+each compiled decoding step a code object of its own: :func:`own_code`).
 
 By default TorchDynamo does not guard on module hooks
 (``torch._dynamo.config.skip_nnmodule_hook_guards = True``): a model compiled before a steering
@@ -25,10 +26,16 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
+import types
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("steerlab")
+
+_MADE = itertools.count()
 
 
 def guard_hooks() -> bool:
@@ -78,3 +85,27 @@ def compiled_anything() -> bool:
     if seen is None:
         return True
     return any(ref() is not None for ref in seen)
+
+
+def own_code(method: Callable[..., Any], owner: object, name: str) -> Callable[..., Any]:
+    """``method`` (a function defined in a class) bound to ``owner`` through a code object of its own.
+
+    TorchDynamo keeps its compiled graphs per code object, at most ``recompile_limit`` (8) of them,
+    and with ``fullgraph=True`` one more is an error (``FailOnRecompileLimitHit``). A compiled step
+    whose every instance holds its own tensors (a cache, buffers: guards of its graph) would fail
+    at the ninth instance if they shared the method's code object; with one code object each, each
+    instance holds exactly its own graph. ``name`` (made unique here) names it in TorchDynamo's logs.
+
+    Example:
+        >>> class Step:
+        ...     def run(self, x):
+        ...         return x + 1
+        >>> a, b = Step(), Step()
+        >>> fa, fb = own_code(Step.run, a, "step"), own_code(Step.run, b, "step")
+        >>> fa(1), fa.__code__ is fb.__code__, fa.__code__ is Step.run.__code__
+        (2, False, False)
+    """
+    fn = getattr(method, "__func__", method)
+    code = fn.__code__.replace(co_name=f"{name}_{next(_MADE)}")
+    own = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+    return types.MethodType(own, owner)

@@ -41,6 +41,7 @@ from ..errors import NonFiniteError
 from ..models.load import LM
 from ..models.tokens import position_ids
 from . import hf
+from .compiled import own_code
 from .finite import finite, nonfinite_message, peaks
 from .passes import forward, hooked
 from .plan import Plan, RowSteerings, block_device
@@ -110,7 +111,9 @@ class Decoder:
         else:
             if mode is None and lm.device.type == "cuda":
                 mode = "reduce-overhead"
-            self._step = torch.compile(self._eager_step, backend=backend, mode=mode, fullgraph=True, dynamic=False)
+            # a code object of its own: TorchDynamo holds at most 8 graphs per code object (compiled.own_code)
+            step = own_code(Decoder._eager_step, self, f"decode_step_{batch}x{length}")
+            self._step = torch.compile(step, backend=backend, mode=mode, fullgraph=True, dynamic=False)
 
     def _make_hook(self, layer: int) -> Any:
         deltas = self.deltas
@@ -231,7 +234,7 @@ class Decoder:
         n = 1
         if not bool(unfinished.any()):
             return out[:, :n]
-        with hooked(self.lm, self._hooks):
+        with hooked(self.lm, self._hooks), hf.grouped_query_sdpa(self.lm.model):
             for i in range(1, max_new_tokens):
                 step = self._step(
                     tokens[:, None],

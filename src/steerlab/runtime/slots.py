@@ -32,8 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import itertools
-import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,11 +40,10 @@ import torch
 from ..core.steering import SteeringLike
 from ..models.load import LM
 from . import hf
+from .compiled import own_code
 from .decode import eligible
 from .passes import forward, hooked
 from .session import steer_rows
-
-_MADE = itertools.count()
 
 KV = Sequence[tuple[torch.Tensor, torch.Tensor]]
 """One row's cache: per layer, ``[1, heads, n, dim]`` keys and values."""
@@ -137,10 +134,7 @@ class SlotDecoder:
         with ``fullgraph=True`` one more is an error: one shared code object would fail at the
         ninth decoder (each holds its own cache, a guard of the graph). With its own code object
         each decoder holds exactly one graph."""
-        fn = SlotDecoder._eager_step
-        code = fn.__code__.replace(co_name=f"slot_step_{self.slots}x{self.length}_{next(_MADE)}")
-        own = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
-        return types.MethodType(own, self)
+        return own_code(SlotDecoder._eager_step, self, f"slot_step_{self.slots}x{self.length}")
 
     def _make_hook(self, layer: int) -> Any:
         deltas = self.deltas
