@@ -165,12 +165,12 @@ def test_demo_builds_each_method_as_the_frontier_does(method: str) -> None:
     import torch
 
     import steerlab
-    from steerlab.cli.gen import _demo_vector
     from steerlab.data.demo import OPENINGS
+    from steerlab.evaluate.demo_run import demo_vector
 
     lm = steerlab.load_model(STORIES)
     pairs = steerlab.persona_pairs("happy", "sad", list(OPENINGS))
-    vec = _demo_vector(steerlab, lm, pairs, method, [1, 2])
+    vec = demo_vector(lm, pairs, method, [1, 2])
     assert vec.layers == [1, 2]
     if method != "actadd":
         md = steerlab.extract(lm, pairs, method="mean_diff", layers=[1, 2], progress=False)
