@@ -694,6 +694,8 @@ def assemble(out: Path) -> Path:
             frontier_default=_fragment(out, "frontier_default"),
             frontier_stories=_fragment(out, "frontier_stories260K"),
             frontier_default_trained=_fragment(out, "frontier_default_trained"),
+            frontier_default_demo=_fragment(out, "frontier_default_demo"),
+            frontier_stories_kl=_fragment(out, "frontier_stories260K_kl"),
             orientation=_fragment(out, "orientation"),
             caa=_fragment(out, "caa"),
             breakdown=_fragment(out, "breakdown"),

@@ -212,3 +212,28 @@ def test_builder_with_a_demo_budget() -> None:
             operator,
         )
     assert "1.5" in loose.source and "does not loop" in loose.source
+
+
+def test_builder_carries_a_kl_cap_winner() -> None:
+    from steerlab.evaluate.demo_choice import split_kl_cap
+
+    assert split_kl_cap("kl0.3(mean_diff)") == (0.3, "mean_diff")
+    assert split_kl_cap("klx(mean_diff)") == (None, "klx(mean_diff)")
+    report = synthetic()
+    report["best"].append(
+        {
+            "method": "kl0.3(mean_diff)",
+            "direction": 1,
+            "point": _point("kl0.3(mean_diff)", 1, [2, 3], 5.0, 0.8),
+            "reaches_goal": False,
+        }
+    )
+    s = from_frontier(report)
+    pos = s.directions[1]
+    assert (pos.method, pos.kl_cap, pos.coefficient, pos.operator) == ("mean_diff", 0.3, 5.0, "add")
+    assert "KL<=0.3" in pos.label
+    assert type(s).from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    bad = s.to_dict()
+    bad["positive"]["kl_cap"] = -1
+    with pytest.raises(DemoSettingError, match="kl_cap"):
+        type(s).from_dict(bad)
