@@ -178,7 +178,7 @@ def test_server_refuses_a_cap_clearly(lm: steerlab.LM, store) -> None:  # type: 
 
     happy = {"vector": "happy", "coefficient": 4.0}
     with TestClient(create_app(lm, store, ServeSettings(api_key=KEY))) as client:
-        for cap, code in ((0.5, "kl_cap_unsupported"), (0.0, None), (-1.0, None)):
+        for cap, code in ((0.5, "kl_cap_unsupported"), (0.0, "invalid_kl_cap"), (-1.0, "invalid_kl_cap")):
             r = client.post(
                 "/v1/completions",
                 headers=AUTH,
@@ -187,7 +187,6 @@ def test_server_refuses_a_cap_clearly(lm: steerlab.LM, store) -> None:  # type: 
             assert r.status_code == 400, r.text
             err = r.json()["error"]
             assert err["param"] == "steering[0].kl_cap" and "kl_cap" in err["message"]
-            if code:
-                assert err["code"] == code
+            assert err["code"] == code
         ok = client.post("/v1/completions", headers=AUTH, json={"prompt": "x", "max_tokens": 2, "steering": [happy]})
         assert ok.status_code == 200

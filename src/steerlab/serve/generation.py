@@ -57,7 +57,7 @@ def _steering_entry(server: Server, i: int, e: SteeringEntry) -> Steering:
                 param=f"{param}.layers",
             )
     condition = None if e.condition is None else _condition(server, param, e.condition, e.threshold)
-    with domain_errors(f"{param}.kl_cap"):
+    with domain_errors(f"{param}.kl_cap", "invalid_kl_cap"):
         kl_cap = lim.check_kl_cap(e.kl_cap, f"{param}.kl_cap")
     if kl_cap is not None:  # no engine of the server runs the shadow rows (steerlab.runtime.kl_cap)
         raise APIError(
