@@ -47,8 +47,8 @@ def demo(
     """Build a 'happy − sad' vector on the default model and show baseline vs steered text.
 
     The method, layers and coefficient of each direction come from the packaged demo setting
-    (steerlab/data/demo_setting.json: the strongest setting a frontier run found within its budget);
-    the output states it.
+    (steerlab/data/demo_setting.json: the strongest setting a frontier run found within its budget,
+    that run's vectors extracted on the same persona pairs as the demo's); the output states it.
 
     Example: steerlab demo --coef 1.5
     """
