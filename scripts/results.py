@@ -695,6 +695,7 @@ def assemble(out: Path) -> Path:
             frontier_stories=_fragment(out, "frontier_stories260K"),
             frontier_default_trained=_fragment(out, "frontier_default_trained"),
             frontier_default_demo=_fragment(out, "frontier_default_demo"),
+            frontier_default_kl=_fragment(out, "frontier_default_kl"),
             frontier_stories_kl=_fragment(out, "frontier_stories260K_kl"),
             orientation=_fragment(out, "orientation"),
             caa=_fragment(out, "caa"),
