@@ -119,6 +119,9 @@ MODELS: dict[str, dict[str, Any]] = {
 OPERATORS = ("push", "rotate")
 """The least-push operators on the frontier, each applied to the mean_diff vector at the layers
 where the pairs' two sides project with opposite signs (``steerlab.extraction.sign``)."""
+KL_COEFS = (1.0, 2.5, 5.0)
+"""``--kl-caps``: coefficients of the KL-capped mean_diff rows (above the add grid: the cap scales
+each token's strength back, :mod:`steerlab.runtime.kl_cap`)."""
 LEAN = {"sets": 2, "coefs": [0.25, 0.5, 1.0, 1.5], "prompts": 1}
 """``--lean``: the first two layer sets, four coefficients and the middle prompt of each side."""
 
@@ -168,10 +171,26 @@ def equal_norm(vec: steerlab.SteeringVector, norms: dict[int, float]) -> steerla
     )
 
 
-def build_vectors(lm: steerlab.LM, methods: Sequence[str], plan: dict[str, Any]) -> dict[str, steerlab.SteeringVector]:
+VECTOR_OPENINGS = {
+    "repe": "openings 0–127 of RepE's all_truncated_outputs.json",
+    "demo": "the 24 openings of steerlab.data.demo.OPENINGS, the pairs `steerlab demo` extracts on",
+}
+"""``--vector-openings``: the openings whose happy − sad persona pairs the vectors are extracted on."""
+
+
+def vector_openings(source: str) -> list[str]:
+    """The openings of ``--vector-openings SOURCE``."""
+    from steerlab.data.demo import OPENINGS
+
+    return list(OPENINGS) if source == "demo" else _openings()[:128]
+
+
+def build_vectors(
+    lm: steerlab.LM, methods: Sequence[str], plan: dict[str, Any], source: str = "repe"
+) -> dict[str, steerlab.SteeringVector]:
     """One happy − sad vector per method (ActAdd: the "Love" − "Hate" pair); every multi-pair
     vector but mean_diff is rescaled per layer to the mean_diff norms."""
-    pairs = steerlab.persona_pairs("happy", "sad", _openings()[:128])
+    pairs = steerlab.persona_pairs("happy", "sad", vector_openings(source))
     md = steerlab.extract(lm, pairs, method="mean_diff", layers=plan["mid"], progress=False)
     out: dict[str, steerlab.SteeringVector] = {}
     for name in methods:
@@ -366,13 +385,29 @@ def sign_layer_sets(lm: steerlab.LM, md: steerlab.SteeringVector, plan: dict[str
     )
 
 
+def kl_contenders(
+    md: steerlab.SteeringVector, caps: Sequence[float], plan: dict[str, Any], quick: bool, lean: bool
+) -> list[Contender]:
+    """mean_diff with each per-token KL cap (``kl0.3(mean_diff)``), at the add grid's first layer sets."""
+    sets = plan["sets"][: 1 if quick else LEAN["sets"] if lean else len(plan["sets"])]
+    coefs = KL_COEFS[:2] if quick else KL_COEFS
+    return [Contender.steering(f"kl{cap:g}(mean_diff)", md, coefs, layer_sets=sets, kl_cap=cap) for cap in caps]
+
+
 def frontier_section(
-    key: str, methods: Sequence[str], out: Path, quick: bool, operators: Sequence[str] = (), lean: bool = False
+    key: str,
+    methods: Sequence[str],
+    out: Path,
+    quick: bool,
+    operators: Sequence[str] = (),
+    lean: bool = False,
+    kl_caps: Sequence[float] = (),
+    source: str = "repe",
 ) -> tuple[str, dict[str, Any]]:
     plan = MODELS[key]
     t0 = time.perf_counter()
     lm = steerlab.load_model(plan["path"])
-    vectors = build_vectors(lm, methods, plan)
+    vectors = build_vectors(lm, methods, plan, source)
     held = _openings()[200 : 200 + (8 if quick else plan["n_held"])]
     cons = contenders(vectors, methods, plan, quick, lean)
     sign_text = ""
@@ -380,6 +415,8 @@ def frontier_section(
         sign_sets, sign_text = sign_layer_sets(lm, vectors["mean_diff"], plan)
         print(f"  {key}:{sign_text}", flush=True)
         cons += operator_contenders(vectors["mean_diff"], operators, plan, sign_sets, quick)
+    if kl_caps:
+        cons += kl_contenders(vectors["mean_diff"], kl_caps, plan, quick, lean)
     rep = frontier(
         lm,
         cons,
@@ -403,8 +440,9 @@ def frontier_section(
     )
     md = (
         f"{_provenance(minutes, 'quick' if quick else 'full')}\n\n"
-        f"Held-out openings: {len(held)} (openings 200+ of RepE's all_truncated_outputs.json; vectors use openings "
-        f"0–127), greedy, {plan['tokens']} new tokens, VADER. Cost = mean perplexity of the continuations under the "
+        f"Held-out openings: {len(held)} (openings 200+ of RepE's all_truncated_outputs.json; vectors use "
+        f"{VECTOR_OPENINGS[source]}), greedy, {plan['tokens']} new tokens, VADER. Cost = mean perplexity of the "
+        "continuations under the "
         "unsteered, unprompted model given the plain opening, over that of its own continuations — the same for "
         "steered, prompted and prompted + steered rows. Methods: "
         + ", ".join(f"`{c.name}`" for c in cons)
@@ -656,6 +694,9 @@ def assemble(out: Path) -> Path:
             frontier_default=_fragment(out, "frontier_default"),
             frontier_stories=_fragment(out, "frontier_stories260K"),
             frontier_default_trained=_fragment(out, "frontier_default_trained"),
+            frontier_default_demo=_fragment(out, "frontier_default_demo"),
+            frontier_default_kl=_fragment(out, "frontier_default_kl"),
+            frontier_stories_kl=_fragment(out, "frontier_stories260K_kl"),
             orientation=_fragment(out, "orientation"),
             caa=_fragment(out, "caa"),
             breakdown=_fragment(out, "breakdown"),
@@ -701,6 +742,15 @@ def main() -> None:
     )
     parser.add_argument("--lean", action="store_true", help="fewer layer sets, coefficients and prompts")
     parser.add_argument(
+        "--vector-openings",
+        choices=sorted(VECTOR_OPENINGS),
+        default="repe",
+        help="the openings of the persona pairs the vectors are extracted on ('demo': those steerlab demo uses)",
+    )
+    parser.add_argument(
+        "--kl-caps", default="", help="per-token KL caps (nats) of mean_diff rows on the frontier, e.g. 0.1,0.3"
+    )
+    parser.add_argument(
         "--methods",
         default="actadd,mean_diff,pca_diff",
         help="extraction methods on the frontier (any name steerlab.extract accepts)",
@@ -726,7 +776,9 @@ def main() -> None:
         for key in keys:
             print(f"frontier on {key} ...", flush=True)
             ops = [o for o in args.operators.split(",") if o]
-            _save(out, f"frontier_{key}", *frontier_section(key, methods, out, args.quick, ops, args.lean))
+            caps = [float(c) for c in args.kl_caps.split(",") if c]
+            section = frontier_section(key, methods, out, args.quick, ops, args.lean, caps, args.vector_openings)
+            _save(out, f"frontier_{key}", *section)
     if "orientation" in sections:
         print("pca_diff orientation ...", flush=True)
         _save(out, "orientation", *orientation_section(keys, out, args.quick))

@@ -74,9 +74,10 @@ def synthetic() -> dict[str, Any]:
 
 def test_the_packaged_setting_is_what_the_default_model_frontier_found() -> None:
     s = load_demo_setting()
-    built = from_frontier(json.loads((ROOT / "docs" / "results" / "frontier_default.json").read_text()))
+    # the run whose vectors were extracted on the demo's own pairs (scripts/results.py --vector-openings demo)
+    built = from_frontier(json.loads((ROOT / "docs" / "results" / "frontier_default_demo.json").read_text()))
     assert s.directions == built.directions
-    assert s.source.startswith(built.source) and "frontier_default.json" in s.source
+    assert s.source.startswith(built.source) and "frontier_default_demo.json" in s.source
     assert s.directions[1].coefficient > 0 > s.directions[-1].coefficient
 
 
@@ -165,12 +166,12 @@ def test_demo_builds_each_method_as_the_frontier_does(method: str) -> None:
     import torch
 
     import steerlab
-    from steerlab.cli.gen import _demo_vector
     from steerlab.data.demo import OPENINGS
+    from steerlab.evaluate.demo_run import demo_vector
 
     lm = steerlab.load_model(STORIES)
     pairs = steerlab.persona_pairs("happy", "sad", list(OPENINGS))
-    vec = _demo_vector(steerlab, lm, pairs, method, [1, 2])
+    vec = demo_vector(lm, pairs, method, [1, 2])
     assert vec.layers == [1, 2]
     if method != "actadd":
         md = steerlab.extract(lm, pairs, method="mean_diff", layers=[1, 2], progress=False)
@@ -212,3 +213,28 @@ def test_builder_with_a_demo_budget() -> None:
             operator,
         )
     assert "1.5" in loose.source and "does not loop" in loose.source
+
+
+def test_builder_carries_a_kl_cap_winner() -> None:
+    from steerlab.evaluate.demo_choice import split_kl_cap
+
+    assert split_kl_cap("kl0.3(mean_diff)") == (0.3, "mean_diff")
+    assert split_kl_cap("klx(mean_diff)") == (None, "klx(mean_diff)")
+    report = synthetic()
+    report["best"].append(
+        {
+            "method": "kl0.3(mean_diff)",
+            "direction": 1,
+            "point": _point("kl0.3(mean_diff)", 1, [2, 3], 5.0, 0.8),
+            "reaches_goal": False,
+        }
+    )
+    s = from_frontier(report)
+    pos = s.directions[1]
+    assert (pos.method, pos.kl_cap, pos.coefficient, pos.operator) == ("mean_diff", 0.3, 5.0, "add")
+    assert "KL<=0.3" in pos.label
+    assert type(s).from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    bad = s.to_dict()
+    bad["positive"]["kl_cap"] = -1
+    with pytest.raises(DemoSettingError, match="kl_cap"):
+        type(s).from_dict(bad)

@@ -259,6 +259,21 @@ class Limits:
             )
         return float(value)
 
+    @staticmethod
+    def check_kl_cap(value: Any, where: str = "kl_cap") -> float | None:
+        """A per-token KL cap (nats) as a float: a number above 0; ``None`` or ``inf`` mean no cap
+        (returned as ``None``, so an infinite cap is exactly the uncapped path).
+
+        Example:
+            >>> Limits.check_kl_cap(0.5), Limits.check_kl_cap(float("inf")), Limits.check_kl_cap(None)
+            (0.5, None, None)
+        """
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not value > 0:
+            raise LimitError(f"{where} must be a number above 0 (nats; inf or none for no cap), got {value!r}")
+        return None if math.isinf(value) else float(value)
+
     def check_directions(self, directions: Mapping[int, torch.Tensor], where: str) -> None:
         """Refuse a vector whose values are not finite, whose norm overflows, or beyond ``max_value``.
 

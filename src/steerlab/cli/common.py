@@ -190,6 +190,17 @@ def finite(value: Any) -> Any:
     return value
 
 
+def kl_cap_option(value: float | None) -> float | None:
+    """Option callback: a KL cap above 0 in nats (``inf``: no cap), checked by
+    :meth:`steerlab.limits.Limits.check_kl_cap` before a model loads."""
+    from ..limits import LimitError, Limits
+
+    try:
+        return Limits.check_kl_cap(value, "--kl-cap")
+    except LimitError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def positive(value: float | None) -> float | None:
     """The option must be a number greater than 0."""
     if value is not None and not (math.isfinite(value) and value > 0):

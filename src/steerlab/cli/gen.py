@@ -14,6 +14,7 @@ from .common import (
     emit,
     existing_path,
     finite,
+    kl_cap_option,
     layers_option,
     model_option,
     parse_positions,
@@ -46,13 +47,13 @@ def demo(
     """Build a 'happy − sad' vector on the default model and show baseline vs steered text.
 
     The method, layers and coefficient of each direction come from the packaged demo setting
-    (steerlab/data/demo_setting.json: the strongest setting a frontier run found within its budget);
-    the output states it.
+    (steerlab/data/demo_setting.json: the strongest setting a frontier run found within its budget,
+    that run's vectors extracted on the same persona pairs as the demo's); the output states it.
 
     Example: steerlab demo --coef 1.5
     """
     import steerlab
-    from steerlab.data.demo import DEMO_PROMPTS, OPENINGS
+    from steerlab.data.demo import DEMO_PROMPTS
     from steerlab.data.demo_setting import DirectionSetting, load_demo_setting
 
     if positive.strip() == negative.strip():
@@ -75,34 +76,24 @@ def demo(
                     override or s.layers,
                     s.coefficient if coef is None else d * abs(coef),
                     operator=s.operator,
+                    kl_cap=s.kl_cap,
                 )
                 for d, s in chosen.items()
             }
-        pairs = steerlab.persona_pairs(positive, negative, list(OPENINGS))
-        vectors = {}
-        for d, s in chosen.items():
-            with status(f"extracting '{positive} − {negative}' ({s.method}, layers {list(s.layers)})"):
-                vectors[d] = _demo_vector(steerlab, lm, pairs, s.method, list(s.layers))
+        from steerlab.evaluate.demo_run import demo_columns, demo_rows
+
+        with status(f"extracting '{positive} − {negative}' ({chosen[1].method} / {chosen[-1].method})"):
+            rows = demo_rows(lm, chosen, positive, negative)
         prompts = list(DEMO_PROMPTS)
-        rows = [
-            None,
-            steerlab.Steering(vectors[1], chosen[1].coefficient, operator=chosen[1].operator),
-            steerlab.Steering(vectors[-1], chosen[-1].coefficient, operator=chosen[-1].operator),
-        ]
         with status("generating baseline and steered continuations in one batch"):
-            flat = steerlab.generate(
-                lm,
-                [p for p in prompts for _ in rows],
-                steering=[r for _ in prompts for r in rows],
-                max_new_tokens=max_new_tokens,
-            )
+            columns = demo_columns(lm, prompts, rows, max_new_tokens)
         used = {"positive": chosen[1].label, "negative": chosen[-1].label, "source": source}
         results: list[dict[str, Any]] = [
             {
                 "prompt": p,
-                "baseline": flat[3 * i],
-                "positive": flat[3 * i + 1],
-                "negative": flat[3 * i + 2],
+                "baseline": columns["baseline"][i],
+                "positive": columns["positive"][i],
+                "negative": columns["negative"][i],
                 "setting": used,
             }
             for i, p in enumerate(prompts)
@@ -123,34 +114,6 @@ def demo(
         emit(results, human)
 
     run(body)
-
-
-def _demo_vector(steerlab: Any, lm: Any, pairs: Any, method: str, layers: list[int]) -> Any:
-    """The demo's vector for ``method`` built as the frontier runs build it (scripts/results.py):
-    mean_diff on the persona pairs; ActAdd on the "Love" − "Hate" pair; any other method
-    (``name`` or ``name:orientation``) on the persona pairs, reoriented, rescaled per layer to the
-    mean_diff norms."""
-    if method == "actadd":
-        return steerlab.extract(lm, [steerlab.ContrastPair("Love", "Hate")], method="actadd", layers=layers)
-    md = steerlab.extract(lm, pairs, method="mean_diff", layers=layers, progress=False)
-    if method == "mean_diff":
-        return md
-    name, _, rule = method.partition(":")
-    vec = steerlab.extract(lm, pairs, method=name, layers=layers, progress=False)
-    if rule:
-        from steerlab.extraction.methods.pca import reorient
-
-        vec = reorient(vec, rule)
-    norms = md.norms()
-    return steerlab.SteeringVector(
-        {k: v / v.norm() * norms[k] for k, v in vec.directions.items()},
-        vec.model_id,
-        vec.d_model,
-        vec.n_layers,
-        method=vec.method,
-        data_hash=vec.data_hash,
-        meta={**vec.meta, "rescaled_to": "mean_diff norms"},
-    )
 
 
 @app.command()
@@ -184,6 +147,13 @@ def generate(
     ),
     layers: str | None = typer.Option(
         None, callback=layers_option, help="Steer only these layers of each vector, e.g. 10-14."
+    ),
+    kl_cap: float | None = typer.Option(
+        None,
+        "--kl-cap",
+        callback=kl_cap_option,
+        help="Cap (nats) on each token's KL from the unsteered distribution: strength scaled per token "
+        "(greedy; each prompt runs beside an unsteered copy, about 2x the compute).",
     ),
     compare: bool = typer.Option(False, "--compare", help="Also show the unsteered continuation."),
     chat: bool = typer.Option(False, "--chat", help="Apply the chat template to each prompt."),
@@ -229,6 +199,7 @@ def generate(
                     positions=pos,
                     operator=operators[i],
                     condition=cond,
+                    kl_cap=kl_cap,
                 )
             )
         steering = steerlab.compose(*steerings) if steerings else None
@@ -239,7 +210,7 @@ def generate(
                 lm.check_context(n, max_new_tokens)
             except steerlab.ContextLengthError as exc:
                 raise steerlab.ContextLengthError(f"prompt {i + 1}: {exc} (--max-new-tokens)") from None
-        streaming = stream and len(prompts) == 1 and not FLAGS.json and not FLAGS.quiet
+        streaming = stream and len(prompts) == 1 and not FLAGS.json and not FLAGS.quiet and kl_cap is None
         results = []
         for label, s in ([("baseline", None)] if compare and steering is not None else []) + [("output", steering)]:
             if streaming:

@@ -55,6 +55,11 @@ class Steering:
             ``get_operator(name).with_parameters({...})``).
         condition: a :class:`~steerlab.core.condition.Condition` read on each row's prompt: rows whose
             prompt does not match are not steered (CAST). Acts on generated tokens only.
+        kl_cap: a per-token cap (nats) on the KL from the unsteered next-token distribution
+            (Dynamic Activation Composition): in :func:`steerlab.generate` each capped row runs beside
+            an unsteered shadow row fed the same tokens, and its strength is scaled after each step
+            so the KL stays near the cap (:mod:`steerlab.runtime.kl_cap`; about twice the rows).
+            ``None`` or ``inf``: no cap. Greedy decoding only.
     """
 
     vector: SteeringVector
@@ -63,6 +68,7 @@ class Steering:
     positions: Positions | None = None
     operator: str | Operator = "add"
     condition: Condition | None = None
+    kl_cap: float | None = None
     _op: Operator = field(init=False, repr=False)
     _layers: tuple[int, ...] = field(init=False, repr=False)
 
@@ -76,6 +82,10 @@ class Steering:
         if not math.isfinite(coef):
             raise SteeringSpecError(f"coefficient={self.coefficient!r} must be finite")
         object.__setattr__(self, "coefficient", coef)
+        try:
+            object.__setattr__(self, "kl_cap", Limits.check_kl_cap(self.kl_cap))
+        except LimitError as exc:
+            raise SteeringSpecError(str(exc)) from None
         op = get_operator(self.operator)
         object.__setattr__(self, "_op", op)
         object.__setattr__(self, "operator", op.name)

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..errors import SteeringError
 from ..files import atomic_file
+from ..limits import LimitError, Limits
 
 FILE = "demo_setting.json"
 """The packaged setting, beside this module."""
@@ -46,6 +47,7 @@ class DirectionSetting:
     Attributes:
         held_out_effect, held_out_cost: what the frontier measured for it (``None``: not measured).
         operator: how the vector acts (``"add"``, ``"push"``, ``"rotate"``, ...).
+        kl_cap: a per-token KL cap in nats (``None``: none; :mod:`steerlab.runtime.kl_cap`).
     """
 
     method: str
@@ -54,6 +56,7 @@ class DirectionSetting:
     held_out_effect: float | None = None
     held_out_cost: float | None = None
     operator: str = "add"
+    kl_cap: float | None = None
 
     @property
     def label(self) -> str:
@@ -65,7 +68,8 @@ class DirectionSetting:
             else ",".join(map(str, ls))
         )
         how = "" if self.operator == "add" else f" ({self.operator})"
-        return f"{self.method}{how} L{span} c={self.coefficient:+g}"
+        cap = "" if self.kl_cap is None else f" KL<={self.kl_cap:g}"
+        return f"{self.method}{how} L{span} c={self.coefficient:+g}{cap}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +79,7 @@ class DirectionSetting:
             "held_out_effect": self.held_out_effect,
             "held_out_cost": self.held_out_cost,
             "operator": self.operator,
+            **({} if self.kl_cap is None else {"kl_cap": self.kl_cap}),
         }
 
 
@@ -115,9 +120,10 @@ class DemoSetting:
                     held_out_value(e.get("held_out_effect")),
                     held_out_value(e.get("held_out_cost")),
                     str(e.get("operator", "add")),
+                    Limits.check_kl_cap(e.get("kl_cap"), f"{key}.kl_cap"),
                 )
             return cls(directions, str(data["source"]))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, LimitError) as exc:
             raise DemoSettingError(
                 f"not a demo setting ({type(exc).__name__}: {exc}); "
                 "rebuild it with scripts/demo_setting.py FRONTIER_JSON"

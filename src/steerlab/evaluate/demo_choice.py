@@ -65,6 +65,7 @@ def from_frontier(report: Mapping[str, Any], source: str | None = None, budget: 
             )
         effect, _, p = max(scored, key=lambda t: t[:2])  # ties: the cheaper, then the first
         operator, method = split_operator(p.method)
+        cap, method = split_kl_cap(method)
         directions[d] = DirectionSetting(
             method,
             tuple(p.layers),
@@ -72,6 +73,7 @@ def from_frontier(report: Mapping[str, Any], source: str | None = None, budget: 
             held_out_value(p.held_out.get(metric)),
             held_out_value(p.held_out.get(rep.cost_metric)),
             operator,
+            cap,
         )
     if source is None:
         metrics = ", ".join(f"{KEYS[d]}: {m}" for d, m in sorted(rep.effect_metrics.items(), reverse=True))
@@ -105,9 +107,26 @@ def split_operator(name: str) -> tuple[str, str]:
     return "add", name
 
 
+def split_kl_cap(name: str) -> tuple[float | None, str]:
+    """``(kl_cap, method)`` of a contender name: ``"kl0.3(mean_diff)"`` is mean_diff with a per-token
+    KL cap of 0.3 nats (as scripts/results.py ``--kl-caps`` names them); a plain name has none.
+
+    Example:
+        >>> split_kl_cap("kl0.3(mean_diff)"), split_kl_cap("pca_diff")
+        ((0.3, 'mean_diff'), (None, 'pca_diff'))
+    """
+    match = re.fullmatch(r"kl([0-9.eE+-]+)\((.+)\)", name)
+    if match:
+        try:
+            return float(match.group(1)), match.group(2)
+        except ValueError:
+            pass
+    return None, name
+
+
 def _trained(name: str) -> bool:
     """Whether a contender named ``name`` (``method`` or ``method:rule``) is a trained method."""
     try:
-        return get_method(split_operator(name)[1].partition(":")[0]).trained
+        return get_method(split_kl_cap(split_operator(name)[1])[1].partition(":")[0]).trained
     except DatasetError:
         return False

@@ -272,6 +272,7 @@ def _steerings(
     layers: Sequence[int] | None,
     positions: Positions | None,
     operator: str,
+    kl_cap: float | None = None,
 ) -> list[Steering | None]:
     """One steering per coefficient (``None`` at 0); without a vector only coefficient 0 is possible."""
     if vector is None:
@@ -282,7 +283,10 @@ def _steerings(
             )
         return [None] * len(coefs)
     where = None if vector.tokenwise and positions in (None, "all") else positions
-    return [None if c == 0 else Steering(vector, c, layers=layers, positions=where, operator=operator) for c in coefs]
+    return [
+        None if c == 0 else Steering(vector, c, layers=layers, positions=where, operator=operator, kl_cap=kl_cap)
+        for c in coefs
+    ]
 
 
 def _continue(
@@ -323,6 +327,7 @@ def sentiment_shift(
     layers: Sequence[int] | None = None,
     positions: Positions | None = "all",
     operator: str = "add",
+    kl_cap: float | None = None,
     max_new_tokens: int = 24,
     scorer: str | os.PathLike[str] | Scorer | None = None,
     batch_size: int = 32,
@@ -351,7 +356,10 @@ def sentiment_shift(
         layers: subset of the vector's layers (default: all).
         positions: where to steer (see :mod:`steerlab.core.steering`); token-wise (ActAdd) vectors
             are added front-aligned whatever is given here unless it is a window.
-        operator: ``"add"``, ``"ablate"``, ``"clamp"`` or ``"add_norm_preserving"``.
+        operator: ``"add"``, ``"ablate"``, ``"clamp"``, ``"add_norm_preserving"``, ``"push"``,
+            ``"rotate"`` or a registered one.
+        kl_cap: a per-token KL cap (nats) on each steered row (:mod:`steerlab.runtime.kl_cap`;
+            greedy, about twice the generation cost); ``None``: none.
         max_new_tokens: length of each continuation.
         scorer: ``"vader"`` (default), a classifier folder / hub id, or a :class:`Scorer`.
         batch_size: rows per ``generate`` call, texts per scoring batch.
@@ -381,7 +389,7 @@ def sentiment_shift(
     instruction = as_prompt(prompt)
     if vector is not None:
         vector.check_model(lm)
-    steerings = _steerings(vector, coefs, layers, positions, operator)
+    steerings = _steerings(vector, coefs, layers, positions, operator, kl_cap)
     plain = [lm.chat(o) if chat else o for o in items]
     shown = plain if instruction is None else [instruction.render(lm, o, chat) for o in items]
     sc = get_scorer(scorer)
@@ -421,6 +429,7 @@ def sentiment_shift(
             "layers": used,
             "positions": positions,
             "operator": operator,
+            "kl_cap": kl_cap,
             "coefficients": coefs,
             "n_openings": n,
             "max_new_tokens": max_new_tokens,

@@ -24,6 +24,7 @@ from ..models.load import LM
 from ..models.tokens import pad_id, pad_token_ids
 from .decode import compiled_route, decoder, eos_ids
 from .finite import FiniteLogits
+from .kl_cap import capped_generate, check_capped_kwargs, row_caps
 from .passes import hf_generate
 from .session import steer_rows
 
@@ -74,6 +75,8 @@ def generate(
             (default) where it pays (:func:`steerlab.runtime.decode.pays`), ``True`` whenever the
             call allows it (greedy, left padding, no other ``generate`` keyword, steering that
             decodes as plain adds), ``False`` never. The tokens are those of ``model.generate``.
+            Chunks with a ``kl_cap`` steering always decode eagerly (:mod:`steerlab.runtime.kl_cap`:
+            greedy, left padding, each capped row beside an unsteered shadow row, about 2x the rows).
         **generate_kwargs: passed to ``model.generate`` (``do_sample``, ``temperature``,
             ``use_cache``, ...).
 
@@ -99,11 +102,22 @@ def generate(
         kwargs.setdefault("top_p", None)
         kwargs.setdefault("top_k", None)
     out: list[str] = []
+    caps = row_caps(rows)
+    if any(c is not None for c in caps):
+        check_capped_kwargs(kwargs)
     route = compiled_route(lm, compiled, padding_side, generate_kwargs)
     for start in range(0, len(texts), step):
         chunk = texts[start : start + step]
         input_ids, mask = encode(lm, chunk, padding_side)
         lm.check_context(int(mask.sum(-1).max()), max_new_tokens)  # past its context a model writes garbage
+        if any(c is not None for c in caps[start : start + step]):  # eager, with unsteered shadow rows
+            if padding_side != "left":
+                raise SteeringSpecError("kl_cap decodes left-padded rows (padding_side='left')")
+            capped, _ = capped_generate(
+                lm, input_ids, mask, rows[start : start + step], max_new_tokens, start, **kwargs
+            )
+            out += lm.tokenizer.batch_decode(capped, skip_special_tokens=True)
+            continue
         if route(len(chunk), input_ids.shape[1] + max_new_tokens, max_new_tokens):
             dec = decoder(lm, len(chunk), input_ids.shape[1] + max_new_tokens)
             new = dec.run(

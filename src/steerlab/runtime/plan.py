@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -148,6 +149,7 @@ class Term:
     rows: torch.Tensor | None  # [B] bool or None (= all rows)
     state: OpState
     condition: Condition | None = None  # steer only rows whose prompt passed it
+    scale: torch.Tensor | None = None  # [B, 1, 1] per-row strength of a KL cap (updated in place), or None
     _decode_mask: torch.Tensor | None = field(default=None, repr=False)
 
     def apply(self, h: torch.Tensor, call: CallState) -> torch.Tensor:
@@ -157,6 +159,8 @@ class Term:
         mask = call.mask(self.positions, self.rows, h.device)
         if self.condition is not None:
             mask = mask * _decision(call.decisions, self.condition, mask, strict=False)
+        if self.scale is not None:
+            mask = mask * self.scale.to(device=mask.device, dtype=mask.dtype)
         if self.op.inplace_under_autograd or not (h.requires_grad and torch.is_grad_enabled()):
             self.op.apply_(h, mask, self.state, index)
             return h
@@ -170,6 +174,9 @@ class Term:
         if self.condition is not None:
             decided = _decision(step.decisions, self.condition, h, strict=True)
             mask = decided if mask is None else mask * decided
+        if self.scale is not None:
+            scale = self.scale.to(device=h.device, dtype=h.dtype)
+            mask = scale if mask is None else mask * scale
         if mask is None:
             if self.op.merges:
                 return h.add_(self.state.tensor)
@@ -183,7 +190,7 @@ class Term:
     @property
     def plain_add(self) -> bool:
         """Whether, at a decoding step, this term is one in-place add of its delta on every row."""
-        return self.op.merges and self.rows is None and self.condition is None
+        return self.op.merges and self.rows is None and self.condition is None and self.scale is None
 
     @property
     def acts_on_generated(self) -> bool:
@@ -210,6 +217,8 @@ class Term:
         state = self.state
         if self.op.merges and state.tensor.dim() == 3 and state.tensor.shape[0] > 1:
             state = OpState(state.tensor.repeat_interleave(repeat, dim=0), state.coefficient, state.norm)
+        if self.scale is not None:
+            raise SteeringSpecError("a KL-capped steering decodes one row per prompt (num_return_sequences=1)")
         return Term(self.op, self.positions, rows, state, self.condition)
 
 
@@ -224,9 +233,20 @@ def block_device(block: torch.nn.Module, fallback: torch.device) -> torch.device
     return param.device if param is not None else fallback
 
 
-def build_terms(lm: LM, live: Sequence[Entry], batch: int | None, dtype: torch.dtype) -> dict[int, list[Term]]:
+def build_terms(
+    lm: LM,
+    live: Sequence[Entry],
+    batch: int | None,
+    dtype: torch.dtype,
+    strength: torch.Tensor | None = None,
+) -> dict[int, list[Term]]:
     """The terms of ``live`` steerings (none a no-op) per layer, in composition order, their
     states on each block's device in ``dtype``; ``batch`` rows for per-row entries.
+
+    A steering with a ``kl_cap`` is one term of its own whose mask is multiplied by ``strength``
+    (``[batch]``, each row's scale, updated in place by :mod:`steerlab.runtime.kl_cap` between
+    steps); without ``strength`` it is refused (only ``generate`` runs the unsteered shadow rows
+    that a cap needs).
 
     One-direction uses of a merging operator (add) that share positions are merged into one
     row-stacked delta per layer, unless another term came in between (composition order). Row
@@ -240,10 +260,15 @@ def build_terms(lm: LM, live: Sequence[Entry], batch: int | None, dtype: torch.d
     for s, idx in live:
         op = s.op
         rows = None if idx is None else _row_mask(idx, batch or 0, lm.device)
+        scale = _cap_scale(s, strength)
         for layer in s.active_layers:
             device = devices[layer]
             v = s.vector.directions[layer].to(device=device, dtype=dtype)
             layer_terms = terms.setdefault(layer, [])
+            if scale is not None:
+                state = dataclasses.replace(op.prepare(v, s.coefficient), graded=True)
+                layer_terms.append(Term(op, s.where, rows, state, s.condition, scale.to(device)))
+                continue
             if not (op.merges and v.dim() == 1) or s.condition is not None:
                 layer_terms.append(Term(op, s.where, rows, op.prepare(v, s.coefficient), s.condition))
                 continue
@@ -265,6 +290,18 @@ def build_terms(lm: LM, live: Sequence[Entry], batch: int | None, dtype: torch.d
         index = torch.tensor(at, device=acc.device)
         acc.view(acc.shape[0], -1).index_add_(0, index, torch.cat(values))
     return terms
+
+
+def _cap_scale(s: Steering, strength: torch.Tensor | None) -> torch.Tensor | None:
+    """``[B, 1, 1]`` the per-row strength a KL-capped steering is scaled by (a view of ``strength``)."""
+    if s.kl_cap is None:
+        return None
+    if strength is None:
+        raise SteeringSpecError(
+            f"kl_cap={s.kl_cap:g} needs the unsteered shadow rows that steerlab.generate runs beside the "
+            "steered ones (greedy decoding): a steering session on its own cannot cap the KL"
+        )
+    return strength.view(-1, 1, 1)
 
 
 def _row_mask(idx: list[int], batch: int, device: torch.device) -> torch.Tensor:

@@ -100,6 +100,7 @@ class SteeringSession:
         prompt_length: torch.Tensor | int | None = None,
         generating: bool = False,
         decided: Mapping[Condition, torch.Tensor] | None = None,
+        strength: torch.Tensor | None = None,
     ) -> None:
         self._lm = lm
         self._owner = threading.get_ident()
@@ -115,7 +116,7 @@ class SteeringSession:
             self._decisions[id(cond)] = rows_decided.to(device=lm.device, dtype=torch.bool)
             self._scores[id(cond)] = torch.full(rows_decided.shape, float("nan"), device=lm.device)
         conditions = {id(s.condition): s.condition for s, _ in live if s.condition is not None}
-        self._base = Plan.build(build_terms(lm, live, self._batch, self._dtype), conditions, self._decisions)
+        self._base = Plan.build(build_terms(lm, live, self._batch, self._dtype, strength), conditions, self._decisions)
         self._plan = self._base
         longest = None if prompt_length is None else int(torch.as_tensor(prompt_length).max())
         self._prompt = _Prompt(prompt_length, longest, done=generating)
@@ -309,6 +310,7 @@ def steer_rows(
     prompt_length: torch.Tensor | int | None = None,
     generating: bool = False,
     decided: Mapping[Condition, torch.Tensor] | None = None,
+    strength: torch.Tensor | None = None,
 ) -> Iterator[SteeringSession]:
     """Like :func:`steer`, with one steering (or ``None``) per batch row.
 
@@ -317,12 +319,14 @@ def steer_rows(
     cached steps then take the fast path from the first call. Their conditions (CAST) were decided
     when their prompts ran, in another session (``session.decisions``): ``decided`` gives, per
     :class:`~steerlab.core.condition.Condition` of ``rows``, the ``[B]`` bool decision of each row.
+    ``strength`` (``[B]`` float) scales the steerings that have a ``kl_cap``, row by row; whoever
+    passes it updates it in place between calls (:mod:`steerlab.runtime.kl_cap`).
 
     Example:
         >>> with steer_rows(lm, [Steering(vec, 4.0), None]):  # doctest: +SKIP
         ...     out = lm.model(input_ids=ids, attention_mask=mask)
     """
     with SteeringSession(
-        lm, [], rows=rows, prompt_length=prompt_length, generating=generating, decided=decided
+        lm, [], rows=rows, prompt_length=prompt_length, generating=generating, decided=decided, strength=strength
     ) as session:
         yield session

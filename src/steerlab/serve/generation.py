@@ -57,6 +57,16 @@ def _steering_entry(server: Server, i: int, e: SteeringEntry) -> Steering:
                 param=f"{param}.layers",
             )
     condition = None if e.condition is None else _condition(server, param, e.condition, e.threshold)
+    with domain_errors(f"{param}.kl_cap", "invalid_kl_cap"):
+        kl_cap = lim.check_kl_cap(e.kl_cap, f"{param}.kl_cap")
+    if kl_cap is not None:  # no engine of the server runs the shadow rows (steerlab.runtime.kl_cap)
+        raise APIError(
+            400,
+            f"{param}.kl_cap: this server's engines decode one row per request and cannot run the unsteered "
+            "shadow rows a KL cap needs; use `steerlab generate --kl-cap` or steerlab.generate",
+            code="kl_cap_unsupported",
+            param=f"{param}.kl_cap",
+        )
     try:
         operator = get_operator(e.operator).with_parameters(e.operator_parameters or {})
         return Steering(

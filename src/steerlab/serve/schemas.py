@@ -95,6 +95,11 @@ class SteeringEntry(BaseModel):
             vector acts only on rows whose prompt matches it, on their generated tokens
             (``positions`` must be unset or ``"generated"``).
         threshold: overrides the condition's threshold (a cosine similarity in ``[-1, 1]``).
+        kl_cap: a per-token cap (nats) on the KL from the unsteered next-token distribution
+            (:mod:`steerlab.runtime.kl_cap`). Part of the API's shape; this server's engines decode
+            one row per request and cannot run the unsteered shadow rows a cap needs, so a request
+            with a cap is refused (400, ``kl_cap_unsupported``): use ``steerlab generate --kl-cap``
+            or :func:`steerlab.generate`.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -107,6 +112,7 @@ class SteeringEntry(BaseModel):
     operator_parameters: dict[str, float] | None = Field(default=None, max_length=32)
     condition: str | None = Field(default=None, min_length=1, max_length=200)
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    kl_cap: float | None = None
 
     @model_validator(mode="after")
     def _threshold_needs_condition(self) -> SteeringEntry:
