@@ -154,6 +154,28 @@ def test_demo_states_the_setting_it_uses() -> None:
     assert rows[0]["setting"]["positive"] == f"{method} L1-3 c=+4"
     assert rows[0]["setting"]["negative"] == f"{load_demo_setting().directions[-1].method} L1-3 c=-4"
     assert "overridden" in rows[0]["setting"]["source"]
+    # each shown text's sentiment, and each column's mean over every opening the demo ran
+    from steerlab.data.demo import OPENINGS
+    from steerlab.evaluate.scorers import get_scorer
+
+    assert [r["prompt"] for r in rows] == list(OPENINGS[:3])
+    vader = get_scorer("vader")
+    for r in rows:
+        for col in ("baseline", "positive", "negative"):
+            assert r["sentiment"][col] == round(vader.score([r[col].strip()])[0].compound, 3)
+    assert rows[0]["mean_sentiment"] == rows[-1]["mean_sentiment"] and set(rows[0]["mean_sentiment"]) == {
+        "baseline",
+        "positive",
+        "negative",
+    }
+    five = runner.invoke(
+        app, ["--json", "demo", "--model", str(STORIES), "--layers", "1-3", "--show", "5", "--max-new-tokens", "2"]
+    )
+    assert five.exit_code == 0, five.output
+    assert [r["prompt"] for r in json.loads(five.stdout)] == list(OPENINGS[:5])
+    for bad in ("0", str(len(OPENINGS) + 1)):
+        res = runner.invoke(app, ["demo", "--model", str(STORIES), "--show", bad])
+        assert res.exit_code == 2, res.output
     human = runner.invoke(
         app, ["demo", "--model", str(STORIES), "--layers", "1-3", "--coef", "4", "--max-new-tokens", "4"]
     )

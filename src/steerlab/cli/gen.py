@@ -7,7 +7,9 @@ from typing import Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
+from ..data.demo import OPENINGS
 from .common import (
     FLAGS,
     console,
@@ -43,17 +45,20 @@ def demo(
         None, callback=finite, help="Override the packaged setting's coefficients (shown as +coef and -coef)."
     ),
     max_new_tokens: int = typer.Option(24, min=1, help="Tokens to generate per prompt."),
+    show: int = typer.Option(3, min=1, max=len(OPENINGS), help=f"Openings shown as rows (of the {len(OPENINGS)} run)."),
 ) -> None:
     """Build a 'happy − sad' vector on the default model and show baseline vs steered text.
 
     The method, layers and coefficient of each direction come from the packaged demo setting
     (steerlab/data/demo_setting.json: the strongest setting a frontier run found within its budget,
     that run's vectors extracted on the same persona pairs as the demo's); the output states it.
+    Every column continues all the demo's openings in one batch; the first ``--show`` are printed
+    with each text's sentiment (VADER compound), and each column's mean over all of them follows:
+    a few rows alone say little about which way a column reads.
 
     Example: steerlab demo --coef 1.5
     """
     import steerlab
-    from steerlab.data.demo import DEMO_PROMPTS
     from steerlab.data.demo_setting import DirectionSetting, load_demo_setting
 
     if positive.strip() == negative.strip():
@@ -80,23 +85,25 @@ def demo(
                 )
                 for d, s in chosen.items()
             }
-        from steerlab.evaluate.demo_run import demo_columns, demo_rows
+        from steerlab.evaluate.demo_run import COLUMNS, demo_columns, demo_rows, text_sentiment
 
         with status(f"extracting '{positive} − {negative}' ({chosen[1].method} / {chosen[-1].method})"):
             rows = demo_rows(lm, chosen, positive, negative)
-        prompts = list(DEMO_PROMPTS)
-        with status("generating baseline and steered continuations in one batch"):
+        prompts = list(OPENINGS)
+        with status(f"generating baseline and steered continuations of {len(prompts)} openings in one batch"):
             columns = demo_columns(lm, prompts, rows, max_new_tokens)
+        scores = text_sentiment(columns)
+        means = {name: round(sum(v) / len(v), 3) for name, v in scores.items()}
         used = {"positive": chosen[1].label, "negative": chosen[-1].label, "source": source}
         results: list[dict[str, Any]] = [
             {
                 "prompt": p,
-                "baseline": columns["baseline"][i],
-                "positive": columns["positive"][i],
-                "negative": columns["negative"][i],
+                **{name: columns[name][i] for name in COLUMNS},
+                "sentiment": {name: round(scores[name][i], 3) for name in COLUMNS},
+                "mean_sentiment": means,
                 "setting": used,
             }
-            for i, p in enumerate(prompts)
+            for i, p in enumerate(prompts[:show])
         ]
 
         def human() -> None:
@@ -106,10 +113,17 @@ def demo(
             table.add_column(f"{chosen[1].coefficient:+g} ({positive})", style="green")
             table.add_column(f"{chosen[-1].coefficient:+g} ({negative})", style="red")
             for r in results:
-                table.add_row(r["prompt"], r["baseline"].strip(), r["positive"].strip(), r["negative"].strip())
+                cells = (Text(r[c].strip()) + Text(f" ({r['sentiment'][c]:+.2f})", style="dim") for c in COLUMNS)
+                table.add_row(Text(r["prompt"]), *cells)  # Text: a continuation's brackets are not markup
             console.print(table)
-            console.print(f"setting: {positive} {used['positive']}; {negative} {used['negative']}")
-            console.print(f"source: {source}")
+            console.print(
+                f"sentiment (VADER compound, mean over all {len(prompts)} openings): "
+                f"baseline {means['baseline']:+.2f}, {positive} {means['positive']:+.2f}, "
+                f"{negative} {means['negative']:+.2f}",
+                markup=False,
+            )
+            console.print(f"setting: {positive} {used['positive']}; {negative} {used['negative']}", markup=False)
+            console.print(f"source: {source}", markup=False)
 
         emit(results, human)
 

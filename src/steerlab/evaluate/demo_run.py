@@ -85,10 +85,12 @@ def demo_columns(
     return {name: flat[j::k] for j, name in enumerate(COLUMNS[:k])}
 
 
+def text_sentiment(columns: Mapping[str, Sequence[str]], scorer: str = "vader") -> dict[str, list[float]]:
+    """Each column's compound sentiment (VADER by default) of each stripped continuation."""
+    sc = get_scorer(scorer)
+    return {name: [float(s.compound) for s in sc.score([t.strip() for t in texts])] for name, texts in columns.items()}
+
+
 def column_sentiment(columns: Mapping[str, Sequence[str]], scorer: str = "vader") -> dict[str, float]:
     """Each column's mean compound sentiment (VADER by default) of its stripped continuations."""
-    sc = get_scorer(scorer)
-    return {
-        name: float(np.mean([s.compound for s in sc.score([t.strip() for t in texts])]))
-        for name, texts in columns.items()
-    }
+    return {name: float(np.mean(v)) for name, v in text_sentiment(columns, scorer).items()}
