@@ -114,8 +114,6 @@ def describe(setting: DemoSetting, d: int, vector: str | None, why: str | None =
     steering: dict[str, Any] | None = None
     if vector is not None:
         steering = {"vector": vector, "coefficient": s.coefficient, "operator": s.operator}
-        if s.kl_cap is not None and KL_CAP_SERVED:  # pragma: no cover - no engine serves a cap yet
-            steering["kl_cap"] = s.kl_cap
     return {
         "object": "steering_preset",
         "id": WORDS[d],

@@ -16,13 +16,14 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from ..schemas import PresetList
 from ..state import ServerDep
 
 PATH = "/v1/presets"
 router = APIRouter()
 
 
-@router.get(PATH)
+@router.get(PATH, response_model=PresetList)
 async def list_presets(server: ServerDep) -> dict[str, Any]:
     """Each preset: its label, the store vector, coefficient, operator and KL cap, the held-out
     effect and cost the frontier measured, and the setting's source."""
