@@ -101,6 +101,12 @@ def serve(
         help="Most tokens of one text the cost endpoint scores "
         "(prompt + continuation; also capped by the model's context).",
     ),
+    presets: bool = typer.Option(
+        True,
+        "--presets/--no-presets",
+        help="Offer steerlab demo's frontier winners as presets (GET /v1/presets, the playground), built in "
+        "the background at start (default model: a few seconds, generation waits for them).",
+    ),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
     threads: int | None = typer.Option(None, min=1, help="torch intra-op threads (default: torch's choice)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
@@ -170,6 +176,7 @@ def serve(
             max_request_bytes=max(1, int(max_request_mb * 1024 * 1024)),
             max_upload_bytes=max(1, int(max_upload_mb * 1024 * 1024)),
             max_score_tokens=max_score_tokens,
+            presets=presets,
             model_aliases=(model,),  # accepted in requests; never shown when it is a path (/v1/models)
         )
         factory = None
@@ -189,6 +196,8 @@ def serve(
                 lm = steerlab.load_model(model, device=device)
         api = create_app(lm, vectors, settings, engine=factory)
         store = api.state.server.store
+        if presets:
+            api.state.server.presets.future()  # built in the background now, not at the first page load
         for name, why in store.skipped.items():
             warn(f"skipped {vectors / name}", why)
         if settings.api_key is None and not _loopback(host):

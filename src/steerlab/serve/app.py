@@ -13,6 +13,8 @@ Endpoints (all but ``/health`` and the static page ``/`` need the API key when o
   ``DELETE /v1/vectors/{name}``;
 * ``POST /v1/cost/perplexity_ratio``, ``GET /v1/cost/breakdown/{name}`` — what a steering costs
   (:mod:`steerlab.serve.cost`);
+* ``GET /v1/presets`` — the frontier's winners of ``steerlab demo`` as presets
+  (:mod:`steerlab.serve.presets`);
 * ``GET /health`` (no key), ``GET /metrics``;
 * ``GET /`` — the playground page.
 
@@ -97,6 +99,7 @@ def create_app(
         yield
         server.engine.close()
         server.cost.close()
+        server.presets.close()
 
     app = FastAPI(
         title="steerlab serve",

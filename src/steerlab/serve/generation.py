@@ -29,6 +29,7 @@ from ..errors import SteeringError
 from .http_errors import APIError, domain_errors, from_failed
 from .jobs import Delta, Done, Event, Failed, GenParams, Job
 from .schemas import SSE_DONE, Reply, SteeringEntry, _GenerationFields, error_body, sse
+from .settings import KL_CAP_SERVED
 from .state import Server
 from .store_errors import NotFound
 
@@ -59,7 +60,9 @@ def _steering_entry(server: Server, i: int, e: SteeringEntry) -> Steering:
     condition = None if e.condition is None else _condition(server, param, e.condition, e.threshold)
     with domain_errors(f"{param}.kl_cap", "invalid_kl_cap"):
         kl_cap = lim.check_kl_cap(e.kl_cap, f"{param}.kl_cap")
-    if kl_cap is not None:  # no engine of the server runs the shadow rows (steerlab.runtime.kl_cap)
+    if (
+        kl_cap is not None and not KL_CAP_SERVED
+    ):  # no engine of the server runs the shadow rows (steerlab.runtime.kl_cap)
         raise APIError(
             400,
             f"{param}.kl_cap: this server's engines decode one row per request and cannot run the unsteered "

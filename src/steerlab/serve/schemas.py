@@ -179,6 +179,72 @@ class PerplexityRatioRequest(BaseModel):
         return _check_text(data)
 
 
+class OmittedField(BaseModel):
+    """A field of a preset the server leaves out of its ``steering`` entry, and why."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    field: str
+    reason: str
+
+
+class PresetSteering(BaseModel):
+    """A preset's entry, ready for a request's ``steering`` list (a :class:`SteeringEntry`; no
+    ``kl_cap``: the server refuses one, :data:`~steerlab.serve.settings.KL_CAP_SERVED`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    vector: str
+    coefficient: float
+    operator: str
+
+
+class Preset(BaseModel):
+    """One of ``GET /v1/presets``' presets (:func:`steerlab.serve.presets.describe`): a frontier
+    winner of ``steerlab demo``, its store vector (``None`` and ``reason`` when it is not available),
+    what the frontier measured for it and the setting's source."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    object: Literal["steering_preset"]
+    id: str
+    direction: Literal["positive", "negative"]
+    label: str
+    available: bool
+    reason: str | None
+    vector: str | None
+    method: str
+    layers: list[int]
+    coefficient: float
+    operator: str
+    kl_cap: float | None
+    held_out_effect: float | None
+    held_out_cost: float | None
+    source: str
+    omitted: list[OmittedField]
+    steering: PresetSteering | None
+
+
+class PresetList(BaseModel):
+    """``GET /v1/presets``: the presets for the served ``model``; ``data`` is empty and ``reason``
+    says why where the setting (from ``source``, chosen on ``made_for``) does not fit it.
+
+    Example:
+        >>> PresetList.model_validate({"object": "list", "model": "stories260K", "source": None,
+        ...                            "made_for": None, "reason": "turned off", "data": []}).reason
+        'turned off'
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    object: Literal["list"]
+    model: str
+    source: str | None
+    made_for: str | None
+    reason: str | None
+    data: list[Preset]
+
+
 class StreamOptions(BaseModel):
     """``stream_options``: ``include_usage`` adds a last chunk with token counts."""
 

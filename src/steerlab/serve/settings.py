@@ -17,6 +17,10 @@ from ..limits import Limits
 API_KEY_ENV = "STEERLAB_API_KEY"
 SCHEDULERS = ("continuous", "batch")
 COMPILED = ("auto", "on", "off")
+KL_CAP_SERVED = False
+"""Whether requests may carry a ``kl_cap``: no engine of the server runs the unsteered shadow rows a
+cap needs (:mod:`steerlab.runtime.kl_cap`), so the server refuses it (400, ``kl_cap_unsupported``)
+and its presets leave it out (:mod:`steerlab.serve.presets`)."""
 
 
 @dataclass
@@ -56,6 +60,9 @@ class ServeSettings:
         max_unpacked_bytes: the most bytes an uploaded archive may unpack to.
         max_score_tokens: the most tokens of one text ``POST /v1/cost/perplexity_ratio`` scores
             (prompt + continuation; also capped by the model's context).
+        presets: offer the frontier's winners of ``steerlab demo`` as presets (``GET /v1/presets``,
+            :mod:`steerlab.serve.presets`; built on the first request, or at start by ``steerlab
+            serve``); ``False``: the endpoint lists none and says why.
         model_aliases: extra names accepted in a request's ``model`` field (e.g. ``"default"``);
             ones that are paths on this machine are accepted but never shown.
 
@@ -82,6 +89,7 @@ class ServeSettings:
     max_archive_members: int = Limits.max_archive_members
     max_unpacked_bytes: int = Limits.max_unpacked_bytes
     max_score_tokens: int = Limits.max_score_tokens
+    presets: bool = True
     model_aliases: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -145,6 +153,7 @@ class ServeSettings:
             "batch_wait_ms": self.batch_wait_ms,
             "request_timeout_s": self.request_timeout_s,
             "default_max_tokens": self.default_max_tokens,
+            "presets": self.presets,
             "auth": self.api_key is not None,
         }
 

@@ -28,6 +28,7 @@ from .engines.base import Engine, EngineFactory
 from .engines.local import local_engine
 from .http_errors import APIError
 from .jobs import Job
+from .presets import PresetService
 from .schemas import ChatCompletionRequest
 from .settings import ServeSettings
 from .store import VectorStore
@@ -68,6 +69,7 @@ class Server:
         make: EngineFactory = local_engine if engine is None else engine
         self.engine: Engine = make(lm, settings, self.tok_lock, self.store)
         self.cost = CostService(lm, self.store, self.engine.model_lock, self.limits, self.tok_lock)
+        self.presets = PresetService(lm, self.store, self.engine.model_lock, self.tok_lock, enabled=settings.presets)
         self.created = int(time.time())
         self.context = lm.context_length
         self.names = {lm.model_id, *settings.model_aliases}
@@ -89,6 +91,7 @@ class Server:
                 "aliases": sorted(a for a in self.names - {self.lm.model_id} if not _is_path(a)),
                 "limits": self.limits.public(),
                 "serving": self.settings.serving(),
+                "operators": operator_names(),
             },
         }
 
@@ -140,6 +143,18 @@ class Server:
     def count(self, name: str) -> None:
         """Add one to the metrics counter ``name``."""
         self.engine.metrics.count(name)
+
+
+def operator_names() -> list[str]:
+    """The operators a request's ``steering[i].operator`` may name now (the registry's).
+
+    Example:
+        >>> operator_names()[:4]
+        ['add', 'ablate', 'clamp', 'add_norm_preserving']
+    """
+    from ..core.operators import OPERATORS
+
+    return list(OPERATORS)
 
 
 def _is_path(name: str) -> bool:

@@ -360,19 +360,42 @@ class VectorStore:
                 vec = self._validate(name, upload, scratch)
             except StoreError as exc:
                 raise type(exc)(self._no_paths(exc.message, scratch), exc.code) from None
-            folder = vec.save(scratch / "out")
-            with self._lock:
-                dest = self._room_for(name, overwrite)
-                swap_in(folder, dest)  # one rename, or one atomic exchange with the old folder
-                sv = StoredVector(name, vec, dest, "folder")
-                self._vectors[name] = sv
-                # the NAME.gguf it replaces goes now, after the folder is in place: a crash in between
-                # leaves both, and the folder wins at the next start (and a delete removes both)
-                trash = self._bury(name, keep=dest)
-            if trash is not None:
-                shutil.rmtree(trash, ignore_errors=True)
+            sv = self._install(name, vec, scratch, overwrite)
         log.info("vector store: added %s", name)
         return sv.describe()
+
+    def put(self, name: str, vector: SteeringVector, overwrite: bool = False) -> StoredVector:
+        """Add a vector built in this process (e.g. a preset, :mod:`steerlab.serve.presets`) to the
+        store, checked (:meth:`admit`) and written like an upload: atomically, or not at all.
+
+        Raises:
+            InvalidName: a bad name.
+            AlreadyExists: the name is taken and ``overwrite`` is false.
+            ModelMismatchError / LimitError: the vector cannot be served with this model.
+        """
+        check_name(name)
+        self.admit(StoredVector(name, vector, self.root / name, "folder"))
+        with self._lock:
+            self._check_free(name, overwrite)
+        with tempfile.TemporaryDirectory(prefix=_TMP_PREFIX, dir=self.root) as tmp:
+            sv = self._install(name, vector, Path(tmp), overwrite)
+        log.info("vector store: added %s", name)
+        return sv
+
+    def _install(self, name: str, vec: SteeringVector, scratch: Path, overwrite: bool) -> StoredVector:
+        """Save ``vec`` in ``scratch`` and put it in place as the folder ``name`` (one rename)."""
+        folder = vec.save(scratch / "out")
+        with self._lock:
+            dest = self._room_for(name, overwrite)
+            swap_in(folder, dest)  # one rename, or one atomic exchange with the old folder
+            sv = StoredVector(name, vec, dest, "folder")
+            self._vectors[name] = sv
+            # the NAME.gguf it replaces goes now, after the folder is in place: a crash in between
+            # leaves both, and the folder wins at the next start (and a delete removes both)
+            trash = self._bury(name, keep=dest)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+        return sv
 
     def _check_free(self, name: str, overwrite: bool) -> None:
         """:class:`AlreadyExists` when ``name`` is served and ``overwrite`` is false (hold the lock)."""

@@ -4,7 +4,8 @@
 * :mod:`.models` — ``GET /v1/models``, ``GET /v1/models/{model}``;
 * :mod:`.vectors` — ``GET``, ``POST`` and ``DELETE`` on ``/v1/vectors``;
 * :mod:`.info` — the playground page ``/``, ``/health`` and ``/metrics``;
-* :mod:`.cost` — ``POST /v1/cost/perplexity_ratio``, ``GET /v1/cost/breakdown/{name}``.
+* :mod:`.cost` — ``POST /v1/cost/perplexity_ratio``, ``GET /v1/cost/breakdown/{name}``;
+* :mod:`.presets` — ``GET /v1/presets``.
 
 Routes stay thin: they take the shared state as a dependency (:data:`steerlab.serve.state.ServerDep`),
 hand the work to :mod:`steerlab.serve.generation`, :mod:`steerlab.serve.upload` and the store,
@@ -19,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from . import completions, cost, info, models, vectors
+from . import completions, cost, info, models, presets, vectors
 
 ROUTERS = (
     info.router,
@@ -28,6 +29,7 @@ ROUTERS = (
     completions.completions_router,
     completions.chat_router,
     cost.router,
+    presets.router,
 )
 """Every router, in the order the app includes them."""
 OPEN_PATHS = frozenset({info.PLAYGROUND_PATH, info.HEALTH_PATH})
