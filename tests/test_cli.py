@@ -198,7 +198,13 @@ def test_demo_on_default_model_in_a_subprocess():
         timeout=600,
     )
     rows = json.loads(res.stdout)
-    assert len(rows) == 3 and all(r["baseline"] != r["negative"] for r in rows)
+    assert len(rows) == 3
+    # the packaged setting is the frontier's least push inside 1.15x perplexity (c = +/-0.25): over 8
+    # tokens a row may keep the baseline's words; each steered column changes most rows (which way
+    # they read, over all 24 openings, is tests/test_demo_columns.py's)
+    for column in ("positive", "negative"):
+        assert sum(r["baseline"] != r[column] for r in rows) >= 2, (column, rows)
+    assert all(set(r["sentiment"]) == set(r["mean_sentiment"]) == {"baseline", "positive", "negative"} for r in rows)
 
 
 # ---------------------------------------------------------------- eval / sweep / analyze
