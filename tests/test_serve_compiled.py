@@ -263,8 +263,12 @@ def test_mixed_rows_served_together_or_joining_mid_stream_give_the_text_of_each_
     slot_steps = sum(d.steps for d in sched.decoders.values())
     assert slot_steps > 0 and snap["steps_total"] > slot_steps  # both paths decoded
     assert len(sched.decoders) >= 2  # the slots grew (or shrank) with the rows
-    # one graph per shape: rows of other vectors, coefficients and slots recompile nothing
-    assert backend.graphs - graphs == len(sched.decoders) == len(snap["compiled_shapes"])
+    # one graph per shape that ran a step: rows of other vectors, coefficients and slots recompile
+    # nothing (a shape the rows left before its first step compiled nothing: which shapes are made
+    # depends on when the requests meet, a matter of thread timing)
+    ran = [d for d in sched.decoders.values() if d.steps > 0]
+    assert backend.graphs - graphs == len(ran) >= 1
+    assert len(sched.decoders) == len(snap["compiled_shapes"])
     assert sched.dec is None and not sched.slotted and not sched.rows
 
 
