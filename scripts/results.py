@@ -42,6 +42,7 @@ import steerlab
 from steerlab.analysis import breakdown_curve
 from steerlab.data.ab import load_ab_items
 from steerlab.evaluate.behavior import behavior_eval, behavior_vector, capability_eval
+from steerlab.evaluate.demo_run import equal_norm
 from steerlab.evaluate.frontier import Contender, FrontierReport, frontier
 from steerlab.evaluate.prompting import Prompt
 from steerlab.evaluate.report import markdown_table
@@ -158,19 +159,6 @@ def _layer_text(layers: Sequence[int]) -> str:
 
 
 # --------------------------------------------------------------------------- vectors
-def equal_norm(vec: steerlab.SteeringVector, norms: dict[int, float]) -> steerlab.SteeringVector:
-    """``vec`` rescaled per layer to ``norms`` (methods compared at equal added norm)."""
-    return steerlab.SteeringVector(
-        {k: v / v.norm() * norms[k] for k, v in vec.directions.items()},
-        vec.model_id,
-        vec.d_model,
-        vec.n_layers,
-        method=vec.method,
-        data_hash=vec.data_hash,
-        meta={**vec.meta, "rescaled_to": "mean_diff norms"},
-    )
-
-
 VECTOR_OPENINGS = {
     "repe": "openings 0–127 of RepE's all_truncated_outputs.json",
     "demo": "the 24 openings of steerlab.data.demo.OPENINGS, the pairs `steerlab demo` extracts on",

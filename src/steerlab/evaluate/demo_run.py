@@ -43,7 +43,19 @@ def demo_vector(lm: LM, pairs: Sequence[ContrastPair], method: str, layers: list
     vec = extract(lm, pairs, method=name, layers=layers, progress=False)
     if rule:
         vec = reorient(vec, rule)
-    norms = md.norms()
+    return equal_norm(vec, md.norms())
+
+
+def equal_norm(vec: SteeringVector, norms: Mapping[int, float]) -> SteeringVector:
+    """``vec`` rescaled per layer to ``norms`` (the mean_diff norms: methods compared at equal added
+    norm, as the frontier runs and the demo build them).
+
+    Example:
+        >>> import torch
+        >>> v = SteeringVector({0: torch.tensor([3.0, 4.0])}, "m", 2, 1)
+        >>> equal_norm(v, {0: 10.0}).directions[0]
+        tensor([6., 8.])
+    """
     return SteeringVector(
         {k: v / v.norm() * norms[k] for k, v in vec.directions.items()},
         vec.model_id,

@@ -65,6 +65,26 @@ def eligible(lm: LM, plan: Plan) -> bool:
     return all(block_device(block, lm.device) == lm.device for block in lm.blocks)
 
 
+def delta_hooks(deltas: torch.Tensor) -> dict[int, Callable[..., None]]:
+    """One forward hook per layer that adds ``deltas[layer]`` (``[n_layers, B, 1, d]``) to the block's
+    output in place: a compiled step's steering, made once so that every call passes the same hook
+    objects reading the same buffer (written in place between calls, never recompiled).
+
+    Example:
+        >>> hooks = delta_hooks(torch.zeros(2, 1, 1, 4))
+        >>> sorted(hooks)
+        [0, 1]
+    """
+
+    def make(layer: int) -> Callable[..., None]:
+        def hook(_module: Any, _args: Any, output: Any) -> None:
+            hf.block_hidden(output).add_(deltas[layer])
+
+        return hook
+
+    return {k: make(k) for k in range(deltas.shape[0])}
+
+
 def _length_bucket(n: int) -> int:
     """Cache lengths are rounded up to a power of two (at least 64), so calls of similar lengths
     share one compiled step.
@@ -100,7 +120,7 @@ class Decoder:
         self.length = length
         dtype = next(lm.model.parameters()).dtype
         self.deltas = torch.zeros(lm.n_layers, batch, 1, lm.d_model, dtype=dtype, device=lm.device)
-        self._hooks = {k: self._make_hook(k) for k in range(lm.n_layers)}  # the same objects every call
+        self._hooks = delta_hooks(self.deltas)  # the same objects every call
         self._cache: Any = None
         self.timing: dict[str, float] = {}
         """The last :meth:`run`: ``prefill_s`` (the prompt and the first token), ``steps`` (compiled
@@ -114,14 +134,6 @@ class Decoder:
             # a code object of its own: TorchDynamo holds at most 8 graphs per code object (compiled.own_code)
             step = own_code(Decoder._eager_step, self, f"decode_step_{batch}x{length}")
             self._step = torch.compile(step, backend=backend, mode=mode, fullgraph=True, dynamic=False)
-
-    def _make_hook(self, layer: int) -> Any:
-        deltas = self.deltas
-
-        def hook(_module: Any, _args: Any, output: Any) -> None:
-            hf.block_hidden(output).add_(deltas[layer])
-
-        return hook
 
     def _eager_step(
         self,

@@ -41,7 +41,7 @@ from ..core.steering import SteeringLike
 from ..models.load import LM
 from . import hf
 from .compiled import own_code
-from .decode import eligible
+from .decode import delta_hooks, eligible
 from .passes import forward, hooked
 from .session import steer_rows
 
@@ -119,7 +119,7 @@ class SlotDecoder:
         self.column = 0
         """Where the next step writes every row (rows end at ``column``)."""
         self.steps = 0
-        self._hooks = {k: self._make_hook(k) for k in range(lm.n_layers)}
+        self._hooks = delta_hooks(self.deltas)
         self.cache: Any = hf.static_cache(lm.model, length)
         with torch.no_grad():  # allocate the cache's tensors (a static cache does at its first write)
             self._eager_step(self.tokens, self.positions, torch.zeros(1, dtype=torch.long, device=device), self.mask)
@@ -135,14 +135,6 @@ class SlotDecoder:
         ninth decoder (each holds its own cache, a guard of the graph). With its own code object
         each decoder holds exactly one graph."""
         return own_code(SlotDecoder._eager_step, self, f"slot_step_{self.slots}x{self.length}")
-
-    def _make_hook(self, layer: int) -> Any:
-        deltas = self.deltas
-
-        def hook(_module: Any, _args: Any, output: Any) -> None:
-            hf.block_hidden(output).add_(deltas[layer])
-
-        return hook
 
     def _eager_step(
         self, tokens: torch.Tensor, positions: torch.Tensor, cache_position: torch.Tensor, mask: torch.Tensor
